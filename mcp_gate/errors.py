@@ -1,0 +1,118 @@
+"""The one error tree of mcp-gate.
+
+    GateError                      every error the gate raises on purpose
+    ├── ConfigError                a bad gate.toml, client config or manifest: file, key, problem
+    ├── StoreError                 the SQLite store cannot be opened, read or written
+    │   └── EvidenceWriteError     an evidence record could not be committed (the call must not run)
+    ├── CallRefused                a tool call the gate will not forward; the text goes to the agent
+    │   ├── UnknownTool            no such tool, or a blocked one
+    │   ├── InvalidArguments       arguments are not an object, too large, or fail the tool's schema
+    │   ├── Quarantined            the tool's definition changed since it was pinned
+    │   ├── NeedsHuman             the tier needs a confirmation or approval this gate cannot give yet
+    │   └── DownstreamUnavailable  the server behind the tool is not connected
+    └── DownstreamFailed           the downstream failed during the call (connection closed, timeout)
+
+Errors carry fields; `str()` is one line a person or an LLM can act on. Foreign exceptions
+are translated at the edge with `raise ... from exc`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CallRefused",
+    "ConfigError",
+    "DownstreamFailed",
+    "DownstreamUnavailable",
+    "EvidenceWriteError",
+    "GateError",
+    "InvalidArguments",
+    "NeedsHuman",
+    "Quarantined",
+    "StoreError",
+    "UnknownTool",
+]
+
+
+class GateError(Exception):
+    """Base of every error mcp-gate raises on purpose."""
+
+
+class ConfigError(GateError):
+    """A configuration or manifest file is missing or wrong."""
+
+    def __init__(self, file: str, key: str | None, problem: str) -> None:
+        self.file = file
+        self.key = key
+        self.problem = problem
+        where = f"{file}: {key}" if key else file
+        super().__init__(f"{where}: {problem}")
+
+
+class StoreError(GateError):
+    """The store could not do what was asked."""
+
+
+class EvidenceWriteError(StoreError):
+    """An evidence record could not be committed; the call it describes must not run."""
+
+
+class CallRefused(GateError):
+    """The gate will not forward this call. The message is written for the agent."""
+
+
+class UnknownTool(CallRefused):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"unknown tool {name!r}: it is not offered by this gate; list the tools again")
+
+
+class InvalidArguments(CallRefused):
+    def __init__(self, tool: str, problem: str) -> None:
+        self.tool = tool
+        self.problem = problem
+        super().__init__(f"invalid arguments for {tool}: {problem}")
+
+
+class Quarantined(CallRefused):
+    def __init__(self, tool: str, pinned: str, current: str) -> None:
+        self.tool = tool
+        self.pinned = pinned
+        self.current = current
+        super().__init__(
+            f"{tool} is quarantined: its definition changed since it was pinned "
+            f"(pin {pinned[:12]} -> {current[:12]}); an operator must review it and run "
+            f"`mcp-gate tools accept {tool}` before it can be called"
+        )
+
+
+class NeedsHuman(CallRefused):
+    def __init__(self, tool: str, tier: str, requirement: str, rule: str, reason: str) -> None:
+        self.tool = tool
+        self.tier = tier
+        self.requirement = requirement
+        self.rule = rule
+        self.reason = reason
+        super().__init__(
+            f"{tool} was not run: its tier is {tier} ({reason}; {rule}), which requires {requirement}, "
+            f"and this gate does not hold calls for human decisions; do not retry, ask the user"
+        )
+
+
+class DownstreamUnavailable(CallRefused):
+    def __init__(self, server: str, why: str) -> None:
+        self.server = server
+        self.why = why
+        super().__init__(f"server {server!r} is not available ({why}); the call was not run, try again later")
+
+
+class DownstreamFailed(GateError):
+    """The downstream failed while the call was in flight: it may or may not have taken effect."""
+
+    def __init__(self, server: str, tool: str, why: str) -> None:
+        self.server = server
+        self.tool = tool
+        self.why = why
+        super().__init__(
+            f"{server}__{tool} failed in the downstream server ({why}); it may or may not have taken "
+            f"effect and was not retried"
+        )
