@@ -1,0 +1,333 @@
+"""The `mcp-gate` command: argument parsing and one function per command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import anyio
+
+from mcp_gate import __version__
+from mcp_gate.config import GateConfig, load_config, read_client_config, resolve_config_path, servers_to_toml
+from mcp_gate.errors import GateError, StoreError
+from mcp_gate.evidence import render_story
+from mcp_gate.gateway import SEPARATOR, Gateway, split_name
+from mcp_gate.store import SQLiteStore
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _config(args: argparse.Namespace) -> GateConfig:
+    return load_config(resolve_config_path(args.config, os.environ, Path.cwd()), os.environ)
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help="gate.toml to use (default: $MCP_GATE_CONFIG, else ./gate.toml)",
+    )
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# -- serve ----------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mcp_gate.server import FrontServer
+
+    config = _config(args)
+    http = _host_port(args.http) if args.http else None
+    if http is not None and not config.agents:
+        raise GateError(f"{config.path}: agents: serving HTTP needs at least one [agents.NAME] with a token_sha256")
+
+    async def run() -> None:
+        async with Gateway.open(config) as gate:
+            front = FrontServer(gate)
+            if http is None:
+                await front.serve_stdio()
+                return
+            host, port = http
+
+            async def announce(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+                await front.serve_http(host, port, task_status=task_status)
+
+            async with anyio.create_task_group() as tg:
+                bound = await tg.start(announce)
+                _progress(f"mcp-gate {config.name}: serving streamable HTTP on http://{host}:{bound}/mcp")
+
+    anyio.run(run)
+    return EXIT_OK
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise GateError(f"--http: expected HOST:PORT such as 127.0.0.1:8765, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+# -- check and tools ------------------------------------------------------------------------
+
+
+def _inspect(config: GateConfig, *, timeout: float) -> dict[str, Any]:
+    """Start the gate's downstreams once and describe servers and tools."""
+
+    async def run() -> dict[str, Any]:
+        names = ", ".join(config.servers) or "none"
+        _progress(f"connecting to {len(config.servers)} server(s): {names} (up to {timeout:.0f}s)...")
+        async with Gateway.open(config, startup_timeout=timeout) as gate:
+            servers = [
+                {
+                    "name": ds.name,
+                    "state": ds.state,
+                    "transport": ds.spec.transport,
+                    "protocol": ds.protocol_version,
+                    "error": ds.last_error,
+                    "manifest": str(gate.manifests[ds.name].path) if ds.name in gate.manifests else None,
+                }
+                for ds in gate.downstreams
+            ]
+            tools = [
+                {
+                    "name": t.name,
+                    "server": t.server,
+                    "tier": t.decision.tier,
+                    "conditional": t.decision.conditional,
+                    "rule": t.decision.rule,
+                    "reason": t.decision.reason,
+                    "pin": t.pin,
+                    "quarantined": t.quarantined,
+                    "listed": t.decision.tier != "blocked",
+                }
+                for t in sorted(gate.offered.values(), key=lambda t: t.name)
+            ]
+            return {"gate": config.name, "policy_sha256": gate.policy_sha256, "servers": servers, "tools": tools}
+
+    return anyio.run(run)
+
+
+def _print_tools(tools: list[dict[str, Any]]) -> None:
+    if not tools:
+        _say("  (no tools)")
+        return
+    width = max(len(t["name"]) for t in tools)
+    for t in tools:
+        tier = t["tier"] + ("*" if t["conditional"] else "")
+        flags = "  QUARANTINED" if t["quarantined"] else ""
+        _say(f"  {t['name']:<{width}}  {tier:<9} {t['pin'][:12]}  {t['rule']}: {t['reason']}{flags}")
+    if any(t["conditional"] for t in tools):
+        _say("  * a rule with argument conditions may give a different tier for some arguments")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _config(args)
+    report = _inspect(config, timeout=args.timeout)
+    if args.json:
+        _say(json.dumps(report, indent=2))
+    else:
+        _say(f"config {config.path}: ok (gate {config.name!r}, policy {report['policy_sha256'][:12]})")
+        for s in report["servers"]:
+            status = "up" if s["state"] == "up" else s["state"].upper()
+            detail = f" ({s['protocol']})" if s["protocol"] else ""
+            manifest = s["manifest"] or "no manifest: every tool is high"
+            _say(f"server {s['name']}: {status}{detail}; {manifest}")
+            if s["error"] and s["state"] != "up":
+                _say(f"  error: {s['error']}")
+        _say("tools (name, tier, pin, rule: reason):")
+        _print_tools(report["tools"])
+    failed = [s for s in report["servers"] if s["state"] not in ("up", "disabled")]
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_tools(args: argparse.Namespace) -> int:
+    if args.tools_command == "accept":
+        return cmd_tools_accept(args)
+    config = _config(args)
+    report = _inspect(config, timeout=args.timeout)
+    if args.json:
+        _say(json.dumps(report["tools"], indent=2))
+    else:
+        _print_tools(report["tools"])
+    return EXIT_OK
+
+
+def cmd_tools_accept(args: argparse.Namespace) -> int:
+    config = _config(args)
+    split = split_name(args.name)
+    if split is None or split[0] not in config.servers:
+        raise GateError(f"tools accept: {args.name!r} is not SERVER{SEPARATOR}TOOL for a configured server")
+    server, tool = split
+
+    async def run() -> str:
+        from mcp_gate.evidence import new_event
+        from mcp_gate.clock import SystemClock, utc_iso
+
+        async with await SQLiteStore.open(config.data_dir / "gate.db") as store:
+            pin = await store.get_pin(server, tool)
+            if pin is None or pin.drifted_pin is None:
+                raise GateError(f"tools accept: {args.name} has no changed definition waiting to be accepted")
+            event = new_event(
+                "tool.accepted",
+                ts=utc_iso(SystemClock().now()),
+                correlation_id=None,
+                gate={"name": config.name, "version": __version__},
+                server=server,
+                tool=tool,
+                pin=pin.drifted_pin,
+                previous_pin=pin.pin,
+                accepted_by=os.environ.get("USER", "unknown"),
+            )
+            accepted = await store.accept_drift(server, tool, events=[event])
+            return accepted.pin
+
+    pin = anyio.run(run)
+    _say(f"accepted {args.name}: pin {pin[:12]} is now trusted")
+    return EXIT_OK
+
+
+# -- import ---------------------------------------------------------------------------------
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    servers = read_client_config(Path(args.path), os.environ)
+    _say(f"# servers from {args.path}; paste into gate.toml")
+    _say(servers_to_toml(servers))
+    return EXIT_OK
+
+
+# -- audit ----------------------------------------------------------------------------------
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    config = _config(args)
+    db = config.data_dir / "gate.db"
+    if not db.exists():
+        raise GateError(f"{db}: no evidence log here yet (has the gate run with this config?)")
+
+    async def verify() -> int:
+        async with await SQLiteStore.open(db) as store:
+            _progress(f"verifying {db}...")
+            report = await store.verify()
+        if args.json:
+            _say(json.dumps(report.__dict__))
+        elif report.ok:
+            _say(f"ok: {report.records} records, chain intact, head {report.head_hash[:16]}")
+        else:
+            _say(f"TAMPERED: {report.problem}")
+        return EXIT_OK if report.ok else EXIT_FAILED
+
+    async def show() -> int:
+        async with await SQLiteStore.open(db) as store:
+            records = await store.records(correlation_id=args.correlation_id)
+        if not records:
+            raise GateError(f"audit show: no records with correlation id {args.correlation_id!r}")
+        if args.json:
+            _say(json.dumps([dict(r.body) for r in records], indent=2))
+        else:
+            _say(render_story(records))
+        return EXIT_OK
+
+    return anyio.run(verify if args.audit_command == "verify" else show)
+
+
+# -- demo -----------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mcp_gate.demo import run_demo
+
+    return run_demo(keep=args.keep)
+
+
+# -- parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mcp-gate",
+        description="An MCP server that guards what AI agents do: agents connect to the gate, the gate "
+        "connects to their tool servers, tiers every tool, and records every call as evidence.",
+    )
+    parser.add_argument("--version", action="version", version=f"mcp-gate {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("serve", help="serve agents over stdio (default) or streamable HTTP")
+    _add_config(p)
+    p.add_argument("--http", metavar="HOST:PORT", help="serve streamable HTTP on HOST:PORT instead of stdio")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("check", help="validate config and manifests, start the servers, list every tool")
+    _add_config(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for servers (default 30)")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("tools", help="list the tools the gate offers, with tier, rule and pin")
+    _add_config(p)
+    p.add_argument("--json", action="store_true", help="print the tools as JSON")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for servers (default 30)")
+    p.set_defaults(func=cmd_tools, tools_command=None)
+    tools_sub = p.add_subparsers(dest="tools_command", metavar="SUBCOMMAND")
+    a = tools_sub.add_parser("accept", help="trust the changed definition of a quarantined tool")
+    _add_config(a)
+    a.add_argument("name", metavar="SERVER__TOOL")
+    a.set_defaults(func=cmd_tools)
+
+    p = sub.add_parser("import", help="print [servers.*] tables for an mcpServers / VS Code servers JSON file")
+    p.add_argument("path", metavar="PATH", help="claude_desktop_config.json, .mcp.json, .vscode/mcp.json, ...")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("audit", help="verify the evidence log or show one call's story")
+    audit_sub = p.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
+    v = audit_sub.add_parser("verify", help="check the hash chain and gapless sequence (exit 1 if tampered)")
+    _add_config(v)
+    v.add_argument("--json", action="store_true", help="print the result as JSON")
+    v.set_defaults(func=cmd_audit)
+    s = audit_sub.add_parser("show", help="print every record of one call")
+    _add_config(s)
+    s.add_argument("correlation_id", metavar="CORRELATION_ID")
+    s.add_argument("--json", action="store_true", help="print the records as JSON")
+    s.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("demo", help="run the guided demo against the example notes server")
+    p.add_argument("--keep", action="store_true", help="keep the demo's temporary directory")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="mcp-gate %(levelname)s %(name)s: %(message)s",
+    )
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        code = func(args)
+    except GateError as exc:
+        print(f"mcp-gate: error: {exc}", file=sys.stderr)
+        code = EXIT_USAGE if not isinstance(exc, StoreError) else EXIT_FAILED
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

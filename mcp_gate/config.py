@@ -1,0 +1,763 @@
+"""Load and validate gate.toml and client mcpServers JSON (the only reader of files and env for settings)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated, Any, Literal, cast
+from urllib.parse import urlsplit
+
+import rfc8785
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from mcp_gate.errors import ConfigError
+from mcp_gate.policy import DEFAULT_REQUIREMENTS, Approvals, Block, Confirm, Requirement, Run, Tier
+
+__all__ = [
+    "Agent",
+    "GateConfig",
+    "Protocol",
+    "Requester",
+    "ServerSpec",
+    "config_error_from",
+    "load_config",
+    "read_client_config",
+    "read_toml",
+    "resolve_config_path",
+    "servers_to_toml",
+]
+
+Protocol = Literal["legacy", "auto", "2026-07-28"]
+
+DEFAULT_TIMEOUT = 120.0
+_SERVER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_AGENT_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_CONFIGURABLE = ("low", "medium", "high", "critical")
+_MISSING_CONFIG = "no such file; pass --config or set MCP_GATE_CONFIG"
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who calls over stdio: the agent principal and the human it acts for."""
+
+    agent: str
+    owner: str
+
+
+@dataclass(frozen=True)
+class Agent:
+    """An HTTP requester, identified by the SHA-256 of its bearer token."""
+
+    name: str
+    token_sha256: str
+    owner: str
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """One downstream server, variables expanded and paths absolute."""
+
+    name: str
+    command: str | None
+    args: tuple[str, ...]
+    env: Mapping[str, str]
+    cwd: Path | None
+    url: str | None
+    headers: Mapping[str, str]
+    timeout: float
+    protocol: Protocol
+    disabled: bool
+    origin: str
+
+    @property
+    def transport(self) -> Literal["stdio", "http"]:
+        return "stdio" if self.command is not None else "http"
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """The validated gate.toml with every server it registers."""
+
+    path: Path
+    name: str
+    data_dir: Path
+    manifests_dir: Path
+    manifests_required: bool
+    requester: Requester
+    agents: Mapping[str, Agent]
+    servers: Mapping[str, ServerSpec]
+    requirements: Mapping[Tier, Requirement]
+    config_sha256: str
+
+
+# --- reading files ------------------------------------------------------------------------------
+
+
+def _read_bytes(path: Path, missing: str) -> bytes:
+    file = str(path)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ConfigError(file, None, missing) from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(file, None, "is a directory, not a file") from exc
+    except PermissionError as exc:
+        raise ConfigError(file, None, "cannot be read: permission denied") from exc
+    except OSError as exc:
+        raise ConfigError(file, None, f"cannot be read: {exc.strerror or exc}") from exc
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), None, f"is not UTF-8 text (bad byte at offset {exc.start})") from exc
+
+
+def read_toml(path: Path, *, missing: str = "no such file") -> tuple[dict[str, Any], bytes]:
+    """Parse a TOML file; return its table and its bytes. Every failure is a one-line ConfigError."""
+    raw = _read_bytes(path, missing)
+    try:
+        data = tomllib.loads(_decode(path, raw))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), None, f"invalid TOML: {_one_line(str(exc))}") from exc
+    return data, raw
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+# --- pydantic errors as one line ------------------------------------------------------------------
+
+_EXPECTED = {
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "list_type": "a list",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "model_attributes_type": "a table",
+}
+_LITERAL_NOUN = {"tier": "tier", "default": "tier", "protocol": "protocol"}
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table"
+    if value is None:
+        return "null"
+    return f"a {type(value).__name__}"
+
+
+def dotted_key(loc: tuple[str | int, ...]) -> str | None:
+    """A pydantic location as a dotted key, list positions 1-based: ("rule", 1, "tier") -> rule[2].tier."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part + 1}]"
+        else:
+            out += f".{part}" if out else part
+    return out or None
+
+
+def config_error_from(file: str, exc: ValidationError, *, prefix: tuple[str | int, ...] = ()) -> ConfigError:
+    """The first error of a pydantic ValidationError as one ConfigError line: file, dotted key, problem."""
+    error = exc.errors(include_url=False)[0]
+    loc = (*prefix, *error["loc"])
+    kind = error["type"]
+    value = error.get("input")
+    ctx = error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        problem = "unknown key"
+    elif kind == "missing":
+        problem = "required key is missing"
+    elif kind in _EXPECTED:
+        problem = f"expected {_EXPECTED[kind]}, got {_kind(value)}"
+    elif kind == "literal_error":
+        noun = _LITERAL_NOUN.get(str(loc[-1]) if loc else "", "value")
+        problem = f"unknown {noun} {value!r}; expected {ctx.get('expected', '?')}"
+    elif kind == "value_error":
+        problem = str(ctx.get("error", error["msg"]))
+    elif kind == "invalid-json-value":
+        problem = f"expected a JSON value (string, number, boolean, list or table), got {_kind(value)}"
+    else:
+        problem = error["msg"].replace("Input should be", "must be")
+    return ConfigError(file, dotted_key(loc), _one_line(problem))
+
+
+# --- the gate.toml and client JSON shapes -----------------------------------------------------------
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _sha256_hex(value: str) -> str:
+    if not _SHA256_HEX.fullmatch(value):
+        raise ValueError("must be 64 lowercase hex characters: the SHA-256 of the bearer token")
+    return value
+
+
+NonEmpty = Annotated[str, AfterValidator(_non_empty)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _GateSection(_Strict):
+    name: NonEmpty = "mcp-gate"
+    data_dir: NonEmpty = ".mcp-gate"
+    manifests: NonEmpty | None = None
+
+
+class _RequesterSection(_Strict):
+    agent: NonEmpty = "local-agent"
+    owner: NonEmpty = "unknown"
+
+
+class _AgentSection(_Strict):
+    token_sha256: Annotated[str, AfterValidator(_sha256_hex)]
+    owner: NonEmpty
+
+
+class _ServerSection(_Strict):
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0)
+    protocol: Protocol = "legacy"
+    inherit_env: list[str] = Field(default_factory=list)
+    disabled: bool = False
+
+
+class _GateFile(_Strict):
+    servers_from: list[NonEmpty] = Field(default_factory=list)
+    gate: _GateSection = Field(default_factory=_GateSection)
+    requester: _RequesterSection = Field(default_factory=_RequesterSection)
+    agents: dict[str, _AgentSection] = Field(default_factory=dict)
+    servers: dict[str, _ServerSection] = Field(default_factory=dict)
+    tiers: dict[str, Any] = Field(default_factory=dict)
+
+
+class _ClientEntry(_Strict):
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    type: str | None = None
+    timeout: float | None = Field(default=None, gt=0)  # milliseconds
+    disabled: bool | None = None
+    enabled: bool | None = None
+    # Written by clients for their own use; nothing the gate can act on.
+    oauth: Any = None
+    headersHelper: Any = None  # the clients' own spellings
+    sandbox: Any = None
+    sandboxEnabled: Any = None
+    dev: Any = None
+    alwaysLoad: Any = None
+    icon: Any = None
+
+
+# --- variables ---------------------------------------------------------------------------------------
+
+_VARIABLE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+
+
+def _expand(value: str, file: str, key: str, environ: Mapping[str, str], workspace: Path) -> str:
+    """Expand ${VAR}, ${VAR:-default}, ${env:VAR}, ${userHome}, ${workspaceFolder}; `$${` is literal `${`."""
+
+    def fail(problem: str) -> ConfigError:
+        return ConfigError(file, key, problem)
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$${":
+            return "${"
+        inner = match.group(1)
+        if inner == "workspaceFolder":
+            return str(workspace)
+        if inner == "userHome":
+            home = environ.get("HOME") or environ.get("USERPROFILE")
+            if not home:
+                raise fail("uses ${userHome} but HOME is not set")
+            return home
+        if inner.startswith("input:"):
+            raise fail(
+                f"uses ${{{inner}}}, a VS Code prompt the gate cannot answer; "
+                "set the value in an environment variable and write ${env:NAME}"
+            )
+        if inner.startswith("env:"):
+            name = inner[4:]
+            if not _ENV_NAME.fullmatch(name):
+                raise fail(f"${{{inner}}} does not name an environment variable")
+            if name not in environ:
+                raise fail(f"environment variable {name} is not set (used as ${{{inner}}})")
+            return environ[name]
+        name, has_default, default = inner.partition(":-")
+        if not _ENV_NAME.fullmatch(name):
+            raise fail(
+                f"unsupported variable ${{{inner}}}; use ${{NAME}}, ${{NAME:-default}}, ${{env:NAME}}, "
+                "${userHome} or ${workspaceFolder}"
+            )
+        if has_default:
+            return environ.get(name) or default
+        if name not in environ:
+            raise fail(
+                f"environment variable {name} is not set (used as ${{{name}}}); "
+                f"set it or write ${{{name}:-default}}"
+            )
+        return environ[name]
+
+    return _VARIABLE.sub(replace, value)
+
+
+# --- servers -------------------------------------------------------------------------------------------
+
+
+def _check_server_name(name: str, file: str, key: str) -> None:
+    if not _SERVER_NAME.fullmatch(name) or "__" in name:
+        raise ConfigError(
+            file,
+            key,
+            f"server name {name!r} must be 1-64 letters, digits, '_' or '-' and must not contain '__' "
+            "(the gate names tools <server>__<tool>)",
+        )
+
+
+def _build_server(
+    name: str, section: _ServerSection, *, file: str, key: str, base: Path, environ: Mapping[str, str]
+) -> ServerSpec:
+    """One server from its validated table: variables expanded, paths absolute, transport checked."""
+    command, url, args, env, cwd, headers = (
+        section.command,
+        section.url,
+        section.args,
+        section.env,
+        section.cwd,
+        section.headers,
+    )
+    _check_server_name(name, file, key)
+
+    def expand(value: str, sub: str) -> str:
+        return _expand(value, file, f"{key}.{sub}", environ, base)
+
+    if command is None and url is None:
+        raise ConfigError(file, key, "a server needs command (stdio) or url (streamable HTTP)")
+    if command is not None and url is not None:
+        raise ConfigError(file, key, "a server has command (stdio) or url (streamable HTTP), not both")
+    if url is not None:
+        for field, present in (
+            ("args", args),
+            ("env", env),
+            ("cwd", cwd is not None),
+            ("inherit_env", section.inherit_env),
+        ):
+            if present:
+                raise ConfigError(file, f"{key}.{field}", "only applies to stdio servers; this one has a url")
+        expanded_url = expand(url, "url")
+        parts = urlsplit(expanded_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(file, f"{key}.url", f"{expanded_url!r} is not an http:// or https:// URL")
+        return ServerSpec(
+            name=name,
+            command=None,
+            args=(),
+            env=MappingProxyType({}),
+            cwd=None,
+            url=expanded_url,
+            headers=MappingProxyType({h: expand(v, f"headers.{h}") for h, v in headers.items()}),
+            timeout=section.timeout,
+            protocol=section.protocol,
+            disabled=section.disabled,
+            origin=file,
+        )
+    assert command is not None
+    if headers:
+        raise ConfigError(file, f"{key}.headers", "only applies to HTTP servers; this one has a command")
+    expanded_command = expand(command, "command")
+    if not expanded_command.strip():
+        raise ConfigError(file, f"{key}.command", "must not be empty")
+    merged: dict[str, str] = {}
+    for i, variable in enumerate(section.inherit_env, start=1):
+        if not _ENV_NAME.fullmatch(variable):
+            raise ConfigError(
+                file, f"{key}.inherit_env[{i}]", f"{variable!r} is not an environment variable name"
+            )
+        if variable in environ:
+            merged[variable] = environ[variable]
+    merged.update({k: expand(v, f"env.{k}") for k, v in env.items()})
+    return ServerSpec(
+        name=name,
+        command=expanded_command,
+        args=tuple(expand(a, f"args[{i}]") for i, a in enumerate(args, start=1)),
+        env=MappingProxyType(merged),
+        cwd=base if cwd is None else base / expand(cwd, "cwd"),
+        url=None,
+        headers=MappingProxyType({}),
+        timeout=section.timeout,
+        protocol=section.protocol,
+        disabled=section.disabled,
+        origin=file,
+    )
+
+
+# --- client JSON (Claude Desktop, Claude Code, Cursor, VS Code) -------------------------------------
+
+
+def _strip_jsonc(text: str) -> str:
+    """Blank out // and /* */ comments and trailing commas, keeping every line and column in place."""
+    chars = list(text)
+    n = len(text)
+
+    def blank(start: int, end: int) -> None:
+        for k in range(start, end):
+            if chars[k] != "\n":
+                chars[k] = " "
+
+    i = 0
+    in_string = False
+    while i < n:
+        c = text[i]
+        if in_string:
+            if c == "\\":
+                i += 2
+                continue
+            in_string = c != '"'
+            i += 1
+        elif c == '"':
+            in_string = True
+            i += 1
+        elif text.startswith("//", i):
+            end = text.find("\n", i)
+            end = n if end == -1 else end
+            blank(i, end)
+            i = end
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            end = n if end == -1 else end + 2
+            blank(i, end)
+            i = end
+        else:
+            i += 1
+    stripped = "".join(chars)
+    in_string = False
+    i = 0
+    while i < n:
+        c = stripped[i]
+        if in_string:
+            if c == "\\":
+                i += 2
+                continue
+            in_string = c != '"'
+        elif c == '"':
+            in_string = True
+        elif c == ",":
+            j = i + 1
+            while j < n and stripped[j] in " \t\r\n":
+                j += 1
+            if j < n and stripped[j] in "}]":
+                chars[i] = " "
+        i += 1
+    return "".join(chars)
+
+
+def read_client_config(path: Path, environ: Mapping[str, str]) -> dict[str, ServerSpec]:
+    """The servers of a client config: {"mcpServers": ...} (Claude, Cursor) or {"servers": ...} (VS Code)."""
+    file = str(path)
+    text = _decode(path, _read_bytes(path, "no such file"))
+    try:
+        data = json.loads(_strip_jsonc(text))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            file, None, f"invalid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(file, None, "expected a JSON object with mcpServers or servers")
+    prefix: str
+    if "mcpServers" in data and "servers" in data:
+        raise ConfigError(file, None, "has both mcpServers and servers; keep one")
+    if "mcpServers" in data:
+        prefix, entries = "mcpServers", data["mcpServers"]
+    elif "servers" in data:
+        prefix, entries = "servers", data["servers"]
+    elif isinstance(data.get("mcp"), dict) and "servers" in data["mcp"]:  # VS Code settings.json
+        prefix, entries = "mcp.servers", data["mcp"]["servers"]
+    else:
+        raise ConfigError(file, None, "no mcpServers or servers object found")
+    if not isinstance(entries, dict):
+        raise ConfigError(file, prefix, f"expected an object, got {_kind(entries)}")
+    base = path.absolute().parent
+    servers: dict[str, ServerSpec] = {}
+    for name, raw in entries.items():
+        key = f"{prefix}.{name}"
+        if not isinstance(raw, dict):
+            raise ConfigError(file, key, f"expected an object, got {_kind(raw)}")
+        if "envFile" in raw:
+            raise ConfigError(
+                file,
+                f"{key}.envFile",
+                'envFile is not supported; put the variables in env, e.g. "TOKEN": "${env:TOKEN}"',
+            )
+        try:
+            entry = _ClientEntry.model_validate(raw)
+        except ValidationError as exc:
+            raise config_error_from(file, exc, prefix=(*prefix.split("."), name)) from exc
+        if entry.type in ("sse", "ws"):
+            raise ConfigError(
+                file, f"{key}.type", f"transport {entry.type!r} is not supported; use streamable HTTP"
+            )
+        if entry.type not in (None, "stdio", "http", "streamable-http"):
+            raise ConfigError(
+                file, f"{key}.type", f"unknown type {entry.type!r}; expected stdio, http or streamable-http"
+            )
+        if entry.type == "stdio" and entry.command is None:
+            raise ConfigError(file, f"{key}.type", "type stdio needs a command")
+        if entry.type in ("http", "streamable-http") and entry.url is None:
+            raise ConfigError(file, f"{key}.type", f"type {entry.type} needs a url")
+        if entry.disabled is not None and entry.enabled is not None and entry.disabled == entry.enabled:
+            raise ConfigError(file, f"{key}.enabled", "disabled and enabled contradict each other")
+        section = _ServerSection(
+            command=entry.command,
+            args=entry.args,
+            env=entry.env,
+            cwd=entry.cwd,
+            url=entry.url,
+            headers=entry.headers,
+            timeout=DEFAULT_TIMEOUT if entry.timeout is None else entry.timeout / 1000,
+            disabled=bool(entry.disabled) or entry.enabled is False,
+        )
+        servers[name] = _build_server(name, section, file=file, key=key, base=base, environ=environ)
+    return servers
+
+
+# --- gate.toml ---------------------------------------------------------------------------------------
+
+
+def resolve_config_path(arg: str | None, environ: Mapping[str, str], cwd: Path) -> Path:
+    """Which gate.toml to read: the --config argument, else $MCP_GATE_CONFIG, else ./gate.toml."""
+    chosen = arg or environ.get("MCP_GATE_CONFIG") or "gate.toml"
+    return cwd / chosen
+
+
+def _requirements(file: str, tiers: Mapping[str, Any]) -> dict[Tier, Requirement]:
+    requirements: dict[Tier, Requirement] = dict(DEFAULT_REQUIREMENTS)
+    for tier, value in tiers.items():
+        key = f"tiers.{tier}"
+        if tier == "blocked":
+            raise ConfigError(file, key, "the blocked tier always blocks and cannot be configured")
+        if tier not in _CONFIGURABLE:
+            raise ConfigError(file, key, "unknown tier; expected low, medium, high or critical")
+        requirement: Requirement
+        if value == "run":
+            requirement = Run()
+        elif value == "confirm":
+            requirement = Confirm()
+        elif value == "block":
+            requirement = Block()
+        elif isinstance(value, dict):
+            extra = sorted(set(value) - {"approvals"})
+            if extra:
+                raise ConfigError(file, f"{key}.{extra[0]}", "unknown key")
+            if "approvals" not in value:
+                raise ConfigError(file, f"{key}.approvals", "required key is missing")
+            count = value["approvals"]
+            if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 10:
+                raise ConfigError(file, f"{key}.approvals", f"must be an integer from 1 to 10, got {count!r}")
+            requirement = Approvals(count)
+        else:
+            raise ConfigError(
+                file, key, f'expected "run", "confirm", "block" or {{ approvals = N }}, got {value!r}'
+            )
+        requirements[cast(Tier, tier)] = requirement
+    return requirements
+
+
+def load_config(path: Path, environ: Mapping[str, str]) -> GateConfig:
+    """Read and validate gate.toml and the client configs it names; raise one-line ConfigErrors."""
+    file = str(path)
+    data, _ = read_toml(path, missing=_MISSING_CONFIG)
+    try:
+        model = _GateFile.model_validate(data)
+    except ValidationError as exc:
+        raise config_error_from(file, exc) from exc
+    base = path.absolute().parent
+
+    servers: dict[str, ServerSpec] = {}
+    for name, section in model.servers.items():
+        servers[name] = _build_server(
+            name, section, file=file, key=f"servers.{name}", base=base, environ=environ
+        )
+    for i, entry in enumerate(model.servers_from, start=1):
+        key = f"servers_from[{i}]"
+        client_path = base / _expand(entry, file, key, environ, base)
+        if not client_path.exists():
+            raise ConfigError(file, key, f"no such file: {client_path}")
+        for name, spec in read_client_config(client_path, environ).items():
+            if name in servers:
+                raise ConfigError(
+                    file,
+                    key,
+                    f"server {name!r} from {client_path} is already defined in {servers[name].origin}; "
+                    "a server name may appear only once",
+                )
+            servers[name] = spec
+
+    agents: dict[str, Agent] = {}
+    seen_tokens: dict[str, str] = {}
+    for name, agent in model.agents.items():
+        if not _AGENT_NAME.fullmatch(name):
+            raise ConfigError(
+                file, f"agents.{name}", "agent name must be 1-64 letters, digits, '_', '.', '@' or '-'"
+            )
+        if agent.token_sha256 in seen_tokens:
+            raise ConfigError(
+                file,
+                f"agents.{name}.token_sha256",
+                f"the same token is already given to agent {seen_tokens[agent.token_sha256]!r}",
+            )
+        seen_tokens[agent.token_sha256] = name
+        agents[name] = Agent(name=name, token_sha256=agent.token_sha256, owner=agent.owner)
+
+    manifests = model.gate.manifests
+    fields: dict[str, Any] = {
+        "path": path.absolute(),
+        "name": model.gate.name,
+        "data_dir": base / model.gate.data_dir,
+        "manifests_dir": base / (manifests if manifests is not None else "tool_manifests"),
+        "manifests_required": manifests is not None,
+        "requester": Requester(agent=model.requester.agent, owner=model.requester.owner),
+        "agents": MappingProxyType(agents),
+        "servers": MappingProxyType(servers),
+        "requirements": MappingProxyType(_requirements(file, model.tiers)),
+    }
+    return GateConfig(**fields, config_sha256=_config_sha256(fields))
+
+
+def _secret(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _requirement_json(requirement: Requirement) -> dict[str, Any]:
+    if isinstance(requirement, Approvals):
+        return {"approvals": requirement.count}
+    return {"kind": type(requirement).__name__.lower()}
+
+
+def _config_sha256(fields: Mapping[str, Any]) -> str:
+    requester: Requester = fields["requester"]
+    agents: Mapping[str, Agent] = fields["agents"]
+    servers: Mapping[str, ServerSpec] = fields["servers"]
+    requirements: Mapping[Tier, Requirement] = fields["requirements"]
+    document = {
+        "path": str(fields["path"]),
+        "name": fields["name"],
+        "data_dir": str(fields["data_dir"]),
+        "manifests_dir": str(fields["manifests_dir"]),
+        "manifests_required": fields["manifests_required"],
+        "requester": {"agent": requester.agent, "owner": requester.owner},
+        "agents": {n: {"token_sha256": a.token_sha256, "owner": a.owner} for n, a in agents.items()},
+        "servers": {
+            n: {
+                "command": s.command,
+                "args": list(s.args),
+                "env": {k: _secret(v) for k, v in s.env.items()},
+                "cwd": None if s.cwd is None else str(s.cwd),
+                "url": s.url,
+                "headers": {k: _secret(v) for k, v in s.headers.items()},
+                "timeout": s.timeout,
+                "protocol": s.protocol,
+                "disabled": s.disabled,
+                "origin": s.origin,
+            }
+            for n, s in servers.items()
+        },
+        "requirements": {t: _requirement_json(r) for t, r in requirements.items()},
+    }
+    return hashlib.sha256(rfc8785.dumps(document)).hexdigest()
+
+
+# --- writing [servers.*] -----------------------------------------------------------------------------
+
+
+def _toml_string(value: str, *, literal_dollar: bool = True) -> str:
+    """A TOML basic string; `${` becomes `$${` so loading it back does not expand anything."""
+    if literal_dollar:
+        value = value.replace("${", "$${")
+    out = ['"']
+    for c in value:
+        if c == '"':
+            out.append('\\"')
+        elif c == "\\":
+            out.append("\\\\")
+        elif c in "\b\t\n\f\r":
+            out.append({"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}[c])
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            out.append(f"\\u{ord(c):04X}")
+        else:
+            out.append(c)
+    out.append('"')
+    return "".join(out)
+
+
+def _toml_table(values: Mapping[str, str]) -> str:
+    items = ", ".join(
+        f"{_toml_string(k, literal_dollar=False)} = {_toml_string(v)}" for k, v in values.items()
+    )
+    return f"{{ {items} }}" if items else "{}"
+
+
+def servers_to_toml(servers: Mapping[str, ServerSpec]) -> str:
+    """The [servers.*] tables of gate.toml for these servers (what `mcp-gate import` writes).
+
+    Values are written as they are, already expanded; loading the text back gives equal specs.
+    """
+    blocks: list[str] = []
+    for name, spec in servers.items():
+        lines = [f"[servers.{name}]"]
+        if spec.command is not None:
+            lines.append(f"command = {_toml_string(spec.command)}")
+            if spec.args:
+                lines.append(f"args = [{', '.join(_toml_string(a) for a in spec.args)}]")
+            if spec.env:
+                lines.append(f"env = {_toml_table(spec.env)}")
+            if spec.cwd is not None:
+                lines.append(f"cwd = {_toml_string(str(spec.cwd))}")
+        if spec.url is not None:
+            lines.append(f"url = {_toml_string(spec.url)}")
+            if spec.headers:
+                lines.append(f"headers = {_toml_table(spec.headers)}")
+        if spec.timeout != DEFAULT_TIMEOUT:
+            lines.append(f"timeout = {int(spec.timeout) if spec.timeout.is_integer() else spec.timeout!r}")
+        if spec.protocol != "legacy":
+            lines.append(f'protocol = "{spec.protocol}"')
+        if spec.disabled:
+            lines.append("disabled = true")
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks)

@@ -1,0 +1,367 @@
+"""Evidence records: canonical JSON, redaction, the SHA-256 hash chain, its verification and rendering."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import rfc8785
+
+__all__ = [
+    "GENESIS_HASH",
+    "ChainVerifier",
+    "Record",
+    "VerifyReport",
+    "canonical_json",
+    "chain_hash",
+    "digest",
+    "new_event",
+    "redact",
+    "render_story",
+    "sha256_hex",
+]
+
+GENESIS_HASH = "0" * 64
+
+REDACTED = "[redacted]"
+TOO_DEEP = "[cut: too deep]"
+CUT_KEY = "[cut]"
+_SECRET_WORDS = ("token", "password", "passwd", "secret", "key", "authorization", "cookie", "credential")
+_MAX_SAFE_INT = 2**53 - 1
+# The columns a stored row repeats from its body; a mismatch means one of them was edited.
+_COLUMNS = ("event_id", "ts", "event_type", "correlation_id")
+
+
+def canonical_json(value: Any) -> bytes:
+    """RFC 8785 (JCS) bytes of a JSON value.
+
+    Raises ValueError for anything outside I-JSON: integers beyond +-(2**53 - 1), NaN and
+    infinities, non-string keys, lone surrogates, non-JSON types.
+    """
+    return rfc8785.dumps(value)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def digest(value: Any) -> str:
+    """SHA-256 of the canonical JSON of a value (for `args_sha256`, `result_sha256`)."""
+    return sha256_hex(canonical_json(value))
+
+
+def chain_hash(prev_hash: str, body_canonical: bytes) -> str:
+    """The entry hash of a record: SHA-256 over the previous entry hash and the canonical body."""
+    return sha256_hex(prev_hash.encode("ascii") + body_canonical)
+
+
+def redact(value: Any, *, max_string: int = 256, max_items: int = 50, max_depth: int = 8) -> Any:
+    """A copy of a value that is safe and small enough to store as evidence.
+
+    Values under keys that look secret become "[redacted]"; long strings, lists and objects are
+    cut with a marker saying how much was cut; containers nested deeper than `max_depth` become
+    "[cut: too deep]". Never raises, and the result is always accepted by `canonical_json`.
+    """
+    return _redact(value, 0, max_string, max_items, max_depth)
+
+
+def _redact(value: Any, depth: int, max_string: int, max_items: int, max_depth: int) -> Any:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return (
+            value if -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT else _cut_string(_int_text(value), max_string)
+        )
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, str):
+        return _cut_string(value, max_string)
+    if isinstance(value, Mapping | list | tuple) and depth >= max_depth:
+        return TOO_DEEP
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        items = list(value.items())
+        for key, item in items[:max_items]:
+            name = _key_text(key, max_string)
+            if _is_secret(name):
+                out[name] = REDACTED
+            else:
+                out[name] = _redact(item, depth + 1, max_string, max_items, max_depth)
+        if len(items) > max_items:
+            out[CUT_KEY] = f"{len(items) - max_items} more keys"
+        return out
+    if isinstance(value, list | tuple):
+        kept = [_redact(item, depth + 1, max_string, max_items, max_depth) for item in value[:max_items]]
+        if len(value) > max_items:
+            kept.append(f"[cut {len(value) - max_items} items]")
+        return kept
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"<{len(value)} bytes>"
+    return _cut_string(_safe_repr(value), max_string)
+
+
+def _cut_string(text: str, max_string: int) -> str:
+    if len(text) > max_string:
+        text = f"{text[:max_string]}…[cut {len(text) - max_string} chars]"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates, e.g. from a JSON "\ud800" escape
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def _key_text(key: Any, max_string: int) -> str:
+    if isinstance(key, str):
+        return _cut_string(key, max_string)
+    if key is None or isinstance(key, bool | float):
+        return _cut_string(json.dumps(key), max_string)
+    if isinstance(key, int):
+        return _cut_string(_int_text(key), max_string)
+    return _cut_string(_safe_repr(key), max_string)
+
+
+def _int_text(number: int) -> str:
+    try:
+        return str(number)
+    except ValueError:  # beyond Python's int -> str digit limit
+        return f"<int of {number.bit_length()} bits>"
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:  # a foreign __repr__ may raise anything; redaction must not
+        return f"<{type(value).__name__}>"
+
+
+def _is_secret(key: str) -> bool:
+    lowered = key.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One stored evidence record. `body` is the full record as hashed, including the columns."""
+
+    seq: int
+    event_id: str
+    ts: str
+    event_type: str
+    correlation_id: str | None
+    body: Mapping[str, Any]
+    prev_hash: str
+    entry_hash: str
+
+
+def new_event(event_type: str, *, ts: str, correlation_id: str | None, **fields: Any) -> dict[str, Any]:
+    """A record body without `seq` (the store assigns it). Fields must be JSON values."""
+    return {
+        "event_id": uuid.uuid4().hex,
+        "ts": ts,
+        "event_type": event_type,
+        "correlation_id": correlation_id,
+        **fields,
+    }
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """The outcome of verifying a chain.
+
+    `records` counts every row read; `head_hash` is the entry hash of the last record that
+    verified (the genesis hash if none did); `first_bad_seq` is the sequence number at which
+    the chain first breaks, so records 1..first_bad_seq-1 are intact.
+    """
+
+    ok: bool
+    records: int
+    head_hash: str
+    first_bad_seq: int | None
+    problem: str | None
+
+
+class ChainVerifier:
+    """Checks stored rows fed in stored order, in constant memory; the first problem wins."""
+
+    def __init__(self) -> None:
+        self._last_seq = 0
+        self._head_hash = GENESIS_HASH
+        self._records = 0
+        self._first_bad_seq: int | None = None
+        self._problem: str | None = None
+
+    def feed(
+        self,
+        seq: int,
+        event_id: str,
+        ts: str,
+        event_type: str,
+        correlation_id: str | None,
+        body_text: str,
+        prev_hash: str,
+        entry_hash: str,
+    ) -> None:
+        self._records += 1
+        if self._problem is not None:
+            return
+        expected = self._last_seq + 1
+        problem = self._check(
+            expected, seq, (event_id, ts, event_type, correlation_id), body_text, prev_hash, entry_hash
+        )
+        if problem is not None:
+            self._first_bad_seq = expected
+            self._problem = problem
+            return
+        self._last_seq = expected
+        self._head_hash = entry_hash
+
+    def _check(
+        self,
+        expected: int,
+        seq: Any,
+        columns: tuple[Any, ...],
+        body_text: Any,
+        prev_hash: Any,
+        entry_hash: Any,
+    ) -> str | None:
+        if type(seq) is not int:
+            return f"seq {expected}: the seq column holds {seq!r}, not a number (edited?)"
+        if seq > expected:
+            after = f"after seq {expected - 1}" if expected > 1 else "at the start"
+            return f"seq {expected} missing {after} (deleted?)"
+        if seq < expected:
+            return f"seq {seq} found again where seq {expected} was expected (duplicated or reordered?)"
+        if not isinstance(body_text, str):
+            return f"seq {seq}: body is not text (edited?)"
+        try:
+            body = json.loads(body_text)
+            canonical = canonical_json(body)
+        except ValueError:
+            return f"seq {seq}: body is not valid canonical JSON (edited?)"
+        if not isinstance(body, dict):
+            return f"seq {seq}: body is not a JSON object (edited?)"
+        if canonical != body_text.encode("utf-8"):
+            return f"seq {seq}: body is not in canonical form (re-formatted or edited?)"
+        body_seq = body.get("seq")
+        if type(body_seq) is not int or body_seq != seq:
+            return f"seq {seq}: the body says seq {body_seq!r} (moved or reordered?)"
+        for name, column in zip(_COLUMNS, columns, strict=True):
+            if name not in body or body[name] != column or type(body[name]) is not type(column):
+                return f"seq {seq}: column {name} does not match the body (edited?)"
+        if prev_hash != self._head_hash:
+            link = f"seq {seq - 1}" if seq > 1 else "the genesis hash"
+            return f"seq {seq}: prev_hash does not link to {link} (inserted or reordered?)"
+        if not isinstance(entry_hash, str) or entry_hash != chain_hash(prev_hash, canonical):
+            return f"seq {seq}: entry_hash does not match its contents (edited?)"
+        return None
+
+    def report(self) -> VerifyReport:
+        return VerifyReport(
+            ok=self._problem is None,
+            records=self._records,
+            head_hash=self._head_hash,
+            first_bad_seq=self._first_bad_seq,
+            problem=self._problem,
+        )
+
+
+_ARGS_WIDTH = 200
+
+
+def render_story(records: Sequence[Record]) -> str:
+    """A readable multi-line story of one call, for `mcp-gate audit show CORRELATION_ID`."""
+    if not records:
+        return "(no records)"
+    correlation_id = next((r.correlation_id for r in records if r.correlation_id), None)
+    agent = _first(records, "requester", "agent")
+    owner = _first(records, "requester", "owner")
+    server = _first(records, "server")
+    tool = _first(records, "tool")
+    header = [f"call {correlation_id or '?'}"]
+    header.append(f"requester {agent or '?'}" + (f" (owner {owner})" if owner else ""))
+    if server or tool:
+        header.append(f"tool {server or '?'}__{tool or '?'}")
+    lines = ["  ".join(header)]
+    for record in records:
+        details = _details(record.event_type, record.body)
+        line = f"  {_clock_time(record.ts)}  #{record.seq:<5} {record.event_type:<16}"
+        lines.append(f"{line} {details}".rstrip())
+    return "\n".join(lines)
+
+
+def _first(records: Sequence[Record], *path: str) -> str | None:
+    for record in records:
+        value = _get(record.body, *path)
+        if value is not None:
+            return _text(value)
+    return None
+
+
+def _get(body: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(body, Mapping):
+            return None
+        body = body.get(key)
+    return body
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else _compact(value, _ARGS_WIDTH)
+
+
+def _compact(value: Any, width: int) -> str:
+    try:
+        text = json.dumps(
+            value, ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=_safe_repr
+        )
+    except (TypeError, ValueError):
+        text = _safe_repr(value)
+    return text if len(text) <= width else f"{text[:width]}…"
+
+
+def _clock_time(ts: Any) -> str:
+    # "2026-11-24T16:48:32.123456Z" -> "16:48:32.123"
+    if isinstance(ts, str) and len(ts) >= 23 and ts[10] == "T":
+        return ts[11:23]
+    return _text(ts)
+
+
+def _details(event_type: str, body: Mapping[str, Any]) -> str:
+    parts: list[str] = []
+
+    def add(label: str, *path: str, width: int = _ARGS_WIDTH) -> None:
+        value = _get(body, *path)
+        if value is not None:
+            shown = value if isinstance(value, str) else _compact(value, width)
+            parts.append(f"{label}={shown}")
+
+    match event_type:
+        case "policy.decided":
+            add("tier", "tier")
+            add("requirement", "requirement")
+            add("rule", "rule")
+            reason = _get(body, "reason")
+            if reason is not None:
+                parts.append(f"({_text(reason)})")
+        case "call.requested":
+            parts.append(f"args={_compact(_get(body, 'args'), _ARGS_WIDTH)}")
+        case "call.executed":
+            add("duration_ms", "duration_ms")
+            if _get(body, "is_error") is True:
+                parts.append("is_error")
+            add("result", "result")
+        case "call.failed" | "call.refused":
+            add("error", "error")
+        case "tool.pinned" | "tool.drifted":
+            pin = _get(body, "pin")
+            if pin is not None:
+                parts.append(f"pin={_text(pin)[:12]}")
+        case _:
+            add("error", "error")
+            add("reason", "reason")
+    return " ".join(parts)

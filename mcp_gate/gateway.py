@@ -1,0 +1,398 @@
+"""The pipeline of one call: identify -> look up -> validate -> policy -> record -> forward -> record."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, assert_never
+
+import anyio
+import jsonschema
+import mcp_types as types
+
+from mcp_gate import __version__
+from mcp_gate.clock import Clock, SystemClock, utc_iso
+from mcp_gate.config import GateConfig, Requester
+from mcp_gate.downstream import Downstream, Downstreams, ProgressFn
+from mcp_gate.errors import (
+    CallRefused,
+    DownstreamFailed,
+    DownstreamUnavailable,
+    EvidenceWriteError,
+    InvalidArguments,
+    NeedsHuman,
+    Quarantined,
+    UnknownTool,
+)
+from mcp_gate.evidence import canonical_json, digest, new_event, redact
+from mcp_gate.manifests import Manifest, load_manifests
+from mcp_gate.pins import Accepted, Drifted, New, StillDrifted, canonical_definition, observe, pin_of
+from mcp_gate.policy import (
+    Approvals,
+    Block,
+    Confirm,
+    Decision,
+    Run,
+    classify,
+    describe_requirement,
+    policy_sha256,
+)
+from mcp_gate.store import PinRecord, SQLiteStore, Store
+
+__all__ = ["Gateway", "OfferedTool", "SEPARATOR", "split_name"]
+
+log = logging.getLogger("mcp_gate.gateway")
+
+SEPARATOR = "__"
+MAX_ARGUMENT_BYTES = 256 * 1024
+TIER_META_KEY = "io.github.mcp-gate/tier"
+
+
+def split_name(name: str) -> tuple[str, str] | None:
+    server, sep, tool = name.partition(SEPARATOR)
+    if not sep or not server or not tool:
+        return None
+    return server, tool
+
+
+@dataclass(frozen=True)
+class OfferedTool:
+    """A downstream tool as the gate sees it: its pin, quarantine state and listing tier."""
+
+    server: str
+    tool: str
+    served: types.Tool
+    pin: str
+    accepted: PinRecord | None
+    decision: Decision
+
+    @property
+    def name(self) -> str:
+        return f"{self.server}{SEPARATOR}{self.tool}"
+
+    @property
+    def quarantined(self) -> bool:
+        return self.accepted is not None and self.accepted.pin != self.pin
+
+    def listed(self) -> types.Tool:
+        """The definition shown to agents. A quarantined tool shows its accepted definition, so a
+        changed description (a possible prompt injection) never reaches the agent unreviewed."""
+        if self.quarantined and self.accepted is not None:
+            base = types.Tool.model_validate(dict(self.accepted.definition))
+        else:
+            base = self.served
+        meta = dict(base.meta or {})
+        meta[TIER_META_KEY] = self.decision.tier
+        return base.model_copy(update={"name": self.name, "meta": meta})
+
+
+class Gateway:
+    """One running gate: its config, policy, store, downstreams and the tools they offer."""
+
+    def __init__(
+        self,
+        config: GateConfig,
+        manifests: Mapping[str, Manifest],
+        store: Store,
+        downstreams: Downstreams,
+        clock: Clock,
+    ) -> None:
+        self.config = config
+        self.manifests = manifests
+        self.store = store
+        self.downstreams = downstreams
+        self.clock = clock
+        self.policy_sha256 = policy_sha256(config.config_sha256, manifests)
+        self.offered: dict[str, OfferedTool] = {}
+        self.tool_listeners: list[Callable[[], Awaitable[None]]] = []
+        self._pin_lock = anyio.Lock()
+        self._validators: dict[str, Any] = {}
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        config: GateConfig,
+        *,
+        clock: Clock | None = None,
+        startup_timeout: float = 30.0,
+        store: Store | None = None,
+    ) -> AsyncIterator[Gateway]:
+        """Open the store, record the start, connect every downstream; close it all on exit."""
+        manifests = load_manifests(config.manifests_dir, config.servers.keys(), required=config.manifests_required)
+        own_store = store is None
+        opened: Store = store if store is not None else await SQLiteStore.open(config.data_dir / "gate.db")
+        try:
+            downstreams = Downstreams(config.servers, log_dir=config.data_dir / "logs")
+            gate = cls(config, manifests, opened, downstreams, clock or SystemClock())
+            await gate.record(
+                "gate.started",
+                None,
+                servers=sorted(config.servers),
+                manifests={name: m.sha256 for name, m in manifests.items()},
+            )
+            async with anyio.create_task_group() as tg:
+                await tg.start(functools.partial(downstreams.run, gate._tools_changed, startup_timeout=startup_timeout))
+                try:
+                    yield gate
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            if own_store:
+                await opened.close()
+
+    # -- evidence -------------------------------------------------------------------------
+
+    def _common(self) -> dict[str, Any]:
+        return {
+            "gate": {"name": self.config.name, "version": __version__},
+            "policy_sha256": self.policy_sha256,
+        }
+
+    def event(self, event_type: str, correlation_id: str | None, **fields: Any) -> dict[str, Any]:
+        return new_event(
+            event_type, ts=utc_iso(self.clock.now()), correlation_id=correlation_id, **self._common(), **fields
+        )
+
+    async def record(self, event_type: str, correlation_id: str | None, **fields: Any) -> None:
+        await self.store.append([self.event(event_type, correlation_id, **fields)])
+
+    # -- tools ----------------------------------------------------------------------------
+
+    async def _tools_changed(self, ds: Downstream) -> None:
+        async with self._pin_lock:
+            await self._reconcile(ds)
+        for listener in list(self.tool_listeners):
+            await listener()
+
+    async def _reconcile(self, ds: Downstream) -> None:
+        """Pin new tools, quarantine drifted ones, and rebuild this server's offered tools."""
+        manifest = self.manifests.get(ds.name)
+        fresh: dict[str, OfferedTool] = {}
+        for tool in ds.tools.values():
+            definition = canonical_definition(tool)
+            pin = pin_of(definition)
+            stored = await self.store.get_pin(ds.name, tool.name)
+            observation = observe(pin, stored.pin if stored else None, stored.drifted_pin if stored else None)
+            fields = {"server": ds.name, "tool": tool.name, "pin": pin}
+            match observation:
+                case New():
+                    await self.store.set_pin(
+                        ds.name, tool.name, pin=pin, definition=definition,
+                        events=[self.event("tool.pinned", None, **fields, definition=redact(definition))],
+                    )
+                    stored = await self.store.get_pin(ds.name, tool.name)
+                case Drifted():
+                    assert stored is not None
+                    log.warning("%s__%s: definition changed; quarantined until accepted", ds.name, tool.name)
+                    await self.store.mark_drift(
+                        ds.name, tool.name, pin=pin, definition=definition,
+                        events=[
+                            self.event(
+                                "tool.drifted", None, **fields, pinned=stored.pin, definition=redact(definition)
+                            )
+                        ],
+                    )
+                case Accepted() | StillDrifted():
+                    pass
+                case _:
+                    assert_never(observation)
+            decision = classify(tool.name, _annotations(tool), None, manifest)
+            fresh[f"{ds.name}{SEPARATOR}{tool.name}"] = OfferedTool(ds.name, tool.name, tool, pin, stored, decision)
+        prefix = f"{ds.name}{SEPARATOR}"
+        self.offered = {k: v for k, v in self.offered.items() if not k.startswith(prefix)} | fresh
+
+    def list_tools(self) -> list[types.Tool]:
+        return [t.listed() for t in self.offered.values() if t.decision.tier != "blocked"]
+
+    def input_schema(self, name: str) -> dict[str, Any] | None:
+        offered = self.offered.get(name)
+        return offered.listed().input_schema if offered is not None else None
+
+    # -- calls ----------------------------------------------------------------------------
+
+    async def call(
+        self,
+        requester: Requester,
+        name: str,
+        arguments: Any,
+        *,
+        transport: str,
+        progress: ProgressFn | None = None,
+    ) -> types.CallToolResult:
+        """Run one agent call through the gate. Every outcome is a CallToolResult; refusals are errors."""
+        correlation_id = uuid.uuid4().hex
+        who = {"agent": requester.agent, "owner": requester.owner}
+        split = split_name(name)
+        base: dict[str, Any] = {
+            "requester": who,
+            "transport": transport,
+            "server": split[0] if split else None,
+            "tool": split[1] if split else name,
+        }
+        try:
+            offered, args = await self._admit(name, arguments)
+        except CallRefused as refusal:
+            return await self._refuse(correlation_id, base, refusal, arguments)
+        base |= {"pin": offered.pin, "args_sha256": digest(args)}
+        decision = classify(offered.tool, _annotations(offered.served), args, self.manifests.get(offered.server))
+        requirement = self.config.requirements[decision.tier]
+        decided = {
+            "tier": decision.tier,
+            "rule": decision.rule,
+            "reason": decision.reason,
+            "requirement": describe_requirement(requirement),
+        }
+        try:
+            await self.store.append(
+                [
+                    self.event("call.requested", correlation_id, **base, args=redact(args)),
+                    self.event("policy.decided", correlation_id, **base, **decided),
+                ]
+            )
+        except EvidenceWriteError as exc:
+            log.error("evidence write failed; refusing %s: %s", name, exc)
+            return _error_result(f"{name} was not run: the gate could not write its evidence record ({exc})")
+        match requirement:
+            case Run():
+                return await self._forward(correlation_id, base, offered, args, progress)
+            case Block():
+                refusal: CallRefused = CallRefused(
+                    f"{name} is blocked by policy ({decision.reason}; {decision.rule}) and never runs"
+                )
+            case Confirm() | Approvals():
+                refusal = NeedsHuman(
+                    name, decision.tier, describe_requirement(requirement), decision.rule, decision.reason
+                )
+            case _:
+                assert_never(requirement)
+        return await self._refuse(correlation_id, base, refusal, None)
+
+    async def _admit(self, name: str, arguments: Any) -> tuple[OfferedTool, dict[str, Any]]:
+        """Look the tool up and check the arguments; raise CallRefused with the reason."""
+        offered = self.offered.get(name)
+        if offered is None or offered.decision.tier == "blocked":
+            split = split_name(name)
+            if split is not None and split[0] in self.config.servers:
+                ds = self.downstreams[split[0]]
+                if ds.state != "up":
+                    raise DownstreamUnavailable(split[0], ds.last_error or ds.state)
+            raise UnknownTool(name)
+        if offered.quarantined:
+            offered = await self._recheck_pin(offered)
+        if arguments is None:
+            arguments = {}
+        if not isinstance(arguments, dict):
+            raise InvalidArguments(name, f"arguments must be a JSON object, not {type(arguments).__name__}")
+        try:
+            size = len(canonical_json(arguments))
+        except Exception as exc:  # rfc8785 rejects NaN, huge ints, bad surrogates: agent input
+            raise InvalidArguments(name, f"arguments are not valid JSON values ({exc})") from exc
+        if size > MAX_ARGUMENT_BYTES:
+            raise InvalidArguments(name, f"arguments are {size} bytes; the limit is {MAX_ARGUMENT_BYTES}")
+        self._validate(offered, arguments)
+        return offered, arguments
+
+    async def _recheck_pin(self, offered: OfferedTool) -> OfferedTool:
+        """A quarantined tool may have been accepted from another process since we looked."""
+        stored = await self.store.get_pin(offered.server, offered.tool)
+        if stored is not None and stored.pin == offered.pin:
+            fresh = OfferedTool(offered.server, offered.tool, offered.served, offered.pin, stored, offered.decision)
+            self.offered[offered.name] = fresh
+            return fresh
+        pinned = stored.pin if stored is not None else "?"
+        raise Quarantined(offered.name, pinned, offered.pin)
+
+    def _validate(self, offered: OfferedTool, arguments: dict[str, Any]) -> None:
+        validator = self._validators.get(offered.pin)
+        if validator is None:
+            schema = offered.served.input_schema
+            cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+            try:
+                cls.check_schema(schema)
+            except jsonschema.SchemaError as exc:
+                raise InvalidArguments(
+                    offered.name, f"the server's input schema is itself invalid ({exc.message}); not run"
+                ) from exc
+            validator = cls(schema)
+            self._validators[offered.pin] = validator
+        error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
+        if error is not None:
+            where = "/" + "/".join(str(p) for p in error.absolute_path)
+            raise InvalidArguments(offered.name, f"at {where}: {error.message[:300]}")
+
+    async def _refuse(
+        self, correlation_id: str, base: Mapping[str, Any], refusal: CallRefused, raw_arguments: Any
+    ) -> types.CallToolResult:
+        events = []
+        if raw_arguments is not None:
+            events.append(self.event("call.requested", correlation_id, **base, args=redact(raw_arguments)))
+        events.append(self.event("call.refused", correlation_id, **base, error=str(refusal)))
+        try:
+            await self.store.append(events)
+        except EvidenceWriteError as exc:
+            log.error("evidence write failed for a refused call: %s", exc)
+        return _error_result(str(refusal))
+
+    async def _forward(
+        self,
+        correlation_id: str,
+        base: Mapping[str, Any],
+        offered: OfferedTool,
+        args: dict[str, Any],
+        progress: ProgressFn | None,
+    ) -> types.CallToolResult:
+        ds = self.downstreams[offered.server]
+        started = time.perf_counter()
+        try:
+            result = await ds.call(offered.tool, args, progress=progress)
+        except CallRefused as refusal:  # not connected: nothing was sent
+            return await self._refuse(correlation_id, base, refusal, None)
+        except DownstreamFailed as exc:
+            duration = _ms(started)
+            await self._record_outcome("call.failed", correlation_id, base, error=str(exc), duration_ms=duration)
+            return _error_result(str(exc))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._record_outcome(
+                    "call.failed", correlation_id, base, error="cancelled by the client", duration_ms=_ms(started)
+                )
+            raise
+        wire = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+        await self._record_outcome(
+            "call.executed",
+            correlation_id,
+            base,
+            duration_ms=_ms(started),
+            is_error=bool(result.is_error),
+            result_sha256=digest(wire),
+            result=redact(wire),
+        )
+        return result
+
+    async def _record_outcome(self, event_type: str, correlation_id: str, base: Mapping[str, Any], **fields: Any) -> None:
+        # The call has already run: failing to record its outcome cannot undo it. The missing
+        # outcome is visible in the log (requested + decided, no result) and is logged loudly.
+        try:
+            await self.store.append([self.event(event_type, correlation_id, **base, **fields)])
+        except EvidenceWriteError as exc:
+            log.error("could not record %s for %s: %s", event_type, correlation_id, exc)
+
+
+def _annotations(tool: types.Tool) -> dict[str, Any] | None:
+    if tool.annotations is None:
+        return None
+    return tool.annotations.model_dump(by_alias=True, exclude_none=True)
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def _error_result(text: str) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=True)

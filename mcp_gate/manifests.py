@@ -1,0 +1,217 @@
+"""Read tool manifests (tool_manifests/*.toml): per server, ordered rules from tool and arguments to tier."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, ValidationError
+
+from mcp_gate.config import config_error_from, read_toml
+from mcp_gate.errors import ConfigError
+from mcp_gate.policy import Tier, compile_glob
+
+__all__ = [
+    "UNSET",
+    "Condition",
+    "Manifest",
+    "Rule",
+    "load_manifest",
+    "load_manifests",
+]
+
+
+class _Unset(enum.Enum):
+    UNSET = "UNSET"
+
+
+UNSET = _Unset.UNSET
+"""`Condition.equals` when the condition has no `equals` check (TOML has no null to stand for it)."""
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Checks on one argument value; every check that is set must hold."""
+
+    glob: str | None = None
+    regex: re.Pattern[str] | None = None
+    equals: Any = UNSET
+    min: float | None = None
+    max: float | None = None
+
+    @property
+    def checks_equals(self) -> bool:
+        return self.equals is not UNSET
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One manifest rule: tool-name globs, argument conditions (JSON pointer -> Condition), tier, reason."""
+
+    index: int
+    tools: tuple[str, ...]
+    when: tuple[tuple[str, Condition], ...]
+    tier: Tier
+    reason: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The rules of one downstream server, in order; the first match wins."""
+
+    server: str
+    default: Tier
+    trust_annotations: bool
+    rules: tuple[Rule, ...]
+    path: Path
+    sha256: str
+
+
+# --- the file format --------------------------------------------------------------------------------
+
+
+def _glob(value: str) -> str:
+    try:
+        compile_glob(value)
+    except ValueError as exc:
+        raise ValueError(f"invalid glob {value!r}: {exc}") from exc
+    return value
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regex: {exc}") from exc
+    return value
+
+
+def _reason(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must say why the tool gets this tier")
+    return value
+
+
+def _pointer(value: str) -> str:
+    if value != "" and not value.startswith("/"):
+        raise ValueError(
+            f"{value!r} is not a JSON pointer: it must start with '/' (or be '' for all arguments)"
+        )
+    if re.search(r"~(?![01])", value):
+        raise ValueError(
+            f"{value!r} is not a JSON pointer: '~' must be followed by 0 or 1 (~0 is '~', ~1 is '/')"
+        )
+    return value
+
+
+Glob = Annotated[str, AfterValidator(_glob)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _ConditionModel(_Strict):
+    glob: Glob | None = None
+    regex: Annotated[str, AfterValidator(_regex)] | None = None
+    equals: JsonValue = None
+    min: float | None = None
+    max: float | None = None
+
+
+class _RuleModel(_Strict):
+    tools: list[Glob] = Field(min_length=1)
+    when: dict[str, _ConditionModel] = Field(default_factory=dict)
+    tier: Tier
+    reason: Annotated[str, AfterValidator(_reason)]
+
+
+class _ManifestModel(_Strict):
+    server: str
+    default: Tier = "high"
+    trust_annotations: bool = False
+    rule: list[_RuleModel] = Field(default_factory=list)
+
+
+def _condition(file: str, key: str, model: _ConditionModel) -> Condition:
+    if not model.model_fields_set:
+        raise ConfigError(file, key, "a condition needs at least one of glob, regex, equals, min, max")
+    numeric = model.min is not None or model.max is not None
+    if numeric and (model.glob is not None or model.regex is not None):
+        raise ConfigError(
+            file, key, "min/max check numbers and glob/regex check strings; a value is never both"
+        )
+    if model.min is not None and model.max is not None and model.min > model.max:
+        raise ConfigError(file, f"{key}.min", f"min ({model.min:g}) is greater than max ({model.max:g})")
+    return Condition(
+        glob=model.glob,
+        regex=re.compile(model.regex) if model.regex is not None else None,
+        equals=model.equals if "equals" in model.model_fields_set else UNSET,
+        min=model.min,
+        max=model.max,
+    )
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read one manifest file; every problem is a one-line ConfigError naming the file and key."""
+    file = str(path)
+    data, raw = read_toml(path)
+    try:
+        model = _ManifestModel.model_validate(data)
+    except ValidationError as exc:
+        raise config_error_from(file, exc) from exc
+    rules: list[Rule] = []
+    for index, rule in enumerate(model.rule, start=1):
+        when: list[tuple[str, Condition]] = []
+        for pointer, condition in rule.when.items():
+            key = f"rule[{index}].when.{pointer}"
+            try:
+                _pointer(pointer)
+            except ValueError as exc:
+                raise ConfigError(file, key, str(exc)) from exc
+            when.append((pointer, _condition(file, key, condition)))
+        rules.append(
+            Rule(index=index, tools=tuple(rule.tools), when=tuple(when), tier=rule.tier, reason=rule.reason)
+        )
+    return Manifest(
+        server=model.server,
+        default=model.default,
+        trust_annotations=model.trust_annotations,
+        rules=tuple(rules),
+        path=path,
+        sha256=hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def load_manifests(directory: Path, servers: Collection[str], *, required: bool) -> dict[str, Manifest]:
+    """Every `*.toml` manifest in `directory`, by server; each must name a configured server, at most once."""
+    if not directory.exists():
+        if required:
+            raise ConfigError(str(directory), None, "no such manifest directory (set by gate.manifests)")
+        return {}
+    if not directory.is_dir():
+        raise ConfigError(str(directory), None, "the manifest directory is not a directory")
+    manifests: dict[str, Manifest] = {}
+    for path in sorted(directory.glob("*.toml")):
+        manifest = load_manifest(path)
+        if manifest.server not in servers:
+            known = ", ".join(sorted(servers)) or "none"
+            raise ConfigError(
+                str(path),
+                "server",
+                f"{manifest.server!r} is not a server in the gate config (known: {known})",
+            )
+        if manifest.server in manifests:
+            raise ConfigError(
+                str(path),
+                "server",
+                f"server {manifest.server!r} already has a manifest, {manifests[manifest.server].path.name}; "
+                "one manifest per server",
+            )
+        manifests[manifest.server] = manifest
+    return manifests

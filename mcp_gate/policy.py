@@ -1,0 +1,301 @@
+"""Pure policy: which tier a tool call gets from its server's manifest, and what each tier requires."""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal, assert_never
+
+import rfc8785
+
+if TYPE_CHECKING:
+    from mcp_gate.manifests import Condition, Manifest, Rule
+
+__all__ = [
+    "DEFAULT_REQUIREMENTS",
+    "TIERS",
+    "Approvals",
+    "Block",
+    "Confirm",
+    "Decision",
+    "Requirement",
+    "Run",
+    "Tier",
+    "classify",
+    "compile_glob",
+    "condition_holds",
+    "describe_requirement",
+    "json_equal",
+    "policy_sha256",
+    "resolve_pointer",
+]
+
+Tier = Literal["low", "medium", "high", "critical", "blocked"]
+TIERS: tuple[Tier, ...] = ("low", "medium", "high", "critical", "blocked")
+
+
+@dataclass(frozen=True)
+class Run:
+    """The call runs at once."""
+
+
+@dataclass(frozen=True)
+class Confirm:
+    """The requesting side confirms the call in its own client."""
+
+
+@dataclass(frozen=True)
+class Approvals:
+    """`count` distinct approvers, none of them the requester's owner, approve the exact call."""
+
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ValueError(f"Approvals.count must be at least 1, not {self.count}")
+
+
+@dataclass(frozen=True)
+class Block:
+    """The call never runs."""
+
+
+Requirement = Run | Confirm | Approvals | Block
+
+DEFAULT_REQUIREMENTS: Mapping[Tier, Requirement] = MappingProxyType(
+    {
+        "low": Run(),
+        "medium": Confirm(),
+        "high": Approvals(1),
+        "critical": Approvals(2),
+        "blocked": Block(),
+    }
+)
+
+
+def describe_requirement(requirement: Requirement) -> str:
+    """What a requirement asks for, as words that fit after "requires"."""
+    match requirement:
+        case Run():
+            return "run"
+        case Confirm():
+            return "a confirmation by the requester"
+        case Approvals(count=1):
+            return "1 approval"
+        case Approvals(count=count):
+            return f"{count} approvals"
+        case Block():
+            return "never runs"
+        case _:
+            assert_never(requirement)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The tier of one tool (or one call) and what decided it."""
+
+    tier: Tier
+    rule: str
+    reason: str
+    source: Literal["rule", "default", "annotation", "no-manifest"]
+    # Only meaningful when listing (no arguments): a rule with `when` conditions that names
+    # this tool was skipped, so specific arguments may get a different tier.
+    conditional: bool = False
+
+
+def classify(
+    tool: str,
+    annotations: Mapping[str, Any] | None,
+    arguments: Mapping[str, Any] | None,
+    manifest: Manifest | None,
+    *,
+    server: str | None = None,
+) -> Decision:
+    """Decide the tier of `tool` called with `arguments` (None: for listing, without arguments).
+
+    First matching rule wins. Unmatched tools get the manifest default, lowered to `low` only
+    when the manifest trusts annotations and the server marks the tool read-only and not
+    destructive. A server without a manifest gets `high` for every tool (fail closed).
+    """
+    if manifest is None:
+        return Decision(
+            tier="high",
+            rule=f"no manifest for server {server!r}" if server is not None else "no manifest",
+            reason="no manifest: every tool of an unknown server is high",
+            source="no-manifest",
+        )
+    file = manifest.path.name
+    skipped_conditional = False
+    for rule in manifest.rules:
+        if not _names(rule, tool):
+            continue
+        if rule.when and arguments is None:
+            skipped_conditional = True
+            continue
+        if arguments is not None and not all(
+            condition_holds(condition, pointer, arguments) for pointer, condition in rule.when
+        ):
+            continue
+        return Decision(
+            tier=rule.tier,
+            rule=f"{file} rule {rule.index}",
+            reason=rule.reason,
+            source="rule",
+            conditional=skipped_conditional,
+        )
+    if manifest.trust_annotations and manifest.default != "low" and _read_only(annotations):
+        return Decision(
+            tier="low",
+            rule=f"{file} default lowered by readOnlyHint",
+            reason="no rule matched and the server marks the tool read-only, which this manifest trusts",
+            source="annotation",
+            conditional=skipped_conditional,
+        )
+    return Decision(
+        tier=manifest.default,
+        rule=f"{file} default",
+        reason="no rule matched; manifest default",
+        source="default",
+        conditional=skipped_conditional,
+    )
+
+
+def _names(rule: Rule, tool: str) -> bool:
+    return any(fnmatch.fnmatchcase(tool, pattern) for pattern in rule.tools)
+
+
+def _read_only(annotations: Mapping[str, Any] | None) -> bool:
+    if annotations is None:
+        return False
+    return annotations.get("readOnlyHint") is True and annotations.get("destructiveHint") is not True
+
+
+def resolve_pointer(document: Any, pointer: str) -> Any:
+    """The value at an RFC 6901 JSON pointer, or raise LookupError when it does not resolve."""
+    if pointer == "":
+        return document
+    if not pointer.startswith("/"):
+        raise LookupError(f"JSON pointer {pointer!r} does not start with '/'")
+    value = document
+    for token in pointer[1:].split("/"):
+        part = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(value, Mapping):
+            if part not in value:
+                raise LookupError(f"no key {part!r}")
+            value = value[part]
+        elif isinstance(value, Sequence) and not isinstance(value, str | bytes):
+            if not re.fullmatch(r"0|[1-9][0-9]*", part) or int(part) >= len(value):
+                raise LookupError(f"no index {part!r}")
+            value = value[int(part)]
+        else:
+            raise LookupError(f"cannot step into a {type(value).__name__} with {part!r}")
+    return value
+
+
+def condition_holds(condition: Condition, pointer: str, arguments: Mapping[str, Any]) -> bool:
+    """Whether every check of `condition` holds for the value at `pointer` in `arguments`.
+
+    A pointer that does not resolve, or a value of the wrong type for a check, does not hold.
+    """
+    try:
+        value = resolve_pointer(arguments, pointer)
+    except LookupError:
+        return False
+    if condition.glob is not None and not (
+        isinstance(value, str) and compile_glob(condition.glob).fullmatch(value)
+    ):
+        return False
+    if condition.regex is not None and not (isinstance(value, str) and condition.regex.fullmatch(value)):
+        return False
+    if condition.checks_equals and not json_equal(value, condition.equals):
+        return False
+    if condition.min is not None or condition.max is not None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if condition.min is not None and value < condition.min:
+            return False
+        if condition.max is not None and value > condition.max:
+            return False
+    return True
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """Equality of JSON values: `true` is not `1`, `1` is `1.0`, objects compare by keys."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, int | float) or isinstance(b, int | float):
+        return isinstance(a, int | float) and isinstance(b, int | float) and a == b
+    if isinstance(a, str) or isinstance(b, str):
+        return isinstance(a, str) and isinstance(b, str) and a == b
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, Sequence) and isinstance(b, Sequence):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    return False
+
+
+@functools.lru_cache(maxsize=1024)
+def compile_glob(pattern: str) -> re.Pattern[str]:
+    """A path glob as a regex for fullmatch: `*`, `?` and `[...]` stay within one `/` segment, `**` crosses.
+
+    `**/` also matches no directory at all, so `**/.ssh` matches `.ssh`. Raises ValueError for an
+    empty pattern or an unbalanced `[`.
+    """
+    if pattern == "":
+        raise ValueError("empty glob")
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "*":
+            if pattern.startswith("**", i):
+                i += 2
+                if i < n and pattern[i] == "/":
+                    out.append("(?:.*/)?")
+                    i += 1
+                else:
+                    out.append(".*")
+            else:
+                out.append("[^/]*")
+                i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[":
+            j = i + 1
+            negate = j < n and pattern[j] == "!"
+            if negate:
+                j += 1
+            start = j
+            if j < n and pattern[j] == "]":  # a leading "]" is a literal member
+                j += 1
+            while j < n and pattern[j] != "]":
+                j += 1
+            if j >= n:
+                raise ValueError(f"unbalanced '[' at position {i}")
+            members = pattern[start:j].replace("\\", "\\\\").replace("^", "\\^").replace("[", "\\[")
+            out.append(f"[^/{members}]" if negate else f"(?!/)[{members}]")
+            i = j + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    try:
+        return re.compile("".join(out), re.DOTALL)
+    except re.error as exc:  # e.g. a reversed range like [z-a]
+        raise ValueError(f"bad character class: {exc}") from exc
+
+
+def policy_sha256(config_sha256: str, manifests: Mapping[str, Manifest]) -> str:
+    """The policy version: SHA-256 over the config hash and every manifest's file hash."""
+    document: dict[str, str | dict[str, str]] = {
+        "config": config_sha256,
+        "manifests": {server: manifest.sha256 for server, manifest in manifests.items()},
+    }
+    return hashlib.sha256(rfc8785.dumps(document)).hexdigest()

@@ -1,0 +1,185 @@
+"""The agent-facing MCP server: stdio and streamable HTTP, both protocol eras."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import mcp_types as types
+import uvicorn
+from mcp.server import Server, ServerRequestContext
+from mcp.server.lowlevel.server import NotificationOptions
+from mcp.server.session import ServerSession
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from mcp_gate import __version__
+from mcp_gate.config import Agent, Requester
+from mcp_gate.downstream import ProgressFn
+from mcp_gate.gateway import Gateway
+
+__all__ = ["BearerAuth", "FrontServer", "REQUESTER_SCOPE_KEY"]
+
+log = logging.getLogger("mcp_gate.server")
+
+REQUESTER_SCOPE_KEY = "mcp_gate.requester"
+
+
+class FrontServer:
+    """The MCP server agents talk to, built over a running Gateway."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.bus = InMemorySubscriptionBus()
+        self._legacy_sessions: list[ServerSession] = []
+        self.server: Server[Any] = Server(
+            "mcp-gate",
+            version=__version__,
+            title=f"mcp-gate ({gateway.config.name})",
+            instructions=(
+                "Tools are named <server>__<tool>. Calls the gate refuses or cannot run come back as "
+                "tool errors that say why; read the reason before retrying."
+            ),
+            on_list_tools=self._list_tools,
+            on_call_tool=self._call_tool,
+            on_subscriptions_listen=ListenHandler(self.bus),
+            get_tool_input_schema=gateway.input_schema,
+        )
+        self.server.add_notification_handler(
+            "notifications/initialized", types.NotificationParams, self._initialized
+        )
+        gateway.tool_listeners.append(self.tools_changed)
+
+    def initialization_options(self) -> Any:
+        return self.server.create_initialization_options(NotificationOptions(tools_changed=True))
+
+    async def _initialized(self, ctx: ServerRequestContext[Any], params: Any) -> None:
+        # The SDK keeps no public list of live legacy connections; keep the sessions to tell them
+        # about tool changes.
+        self._legacy_sessions.append(ctx.session)
+
+    async def tools_changed(self) -> None:
+        await self.bus.publish(ToolsListChanged())
+        alive = []
+        for session in self._legacy_sessions:
+            try:
+                await session.send_tool_list_changed()
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError, RuntimeError, OSError):
+                continue
+            alive.append(session)
+        self._legacy_sessions = alive
+
+    async def _list_tools(self, ctx: ServerRequestContext[Any], params: Any) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=self.gateway.list_tools())
+
+    def _requester(self, ctx: ServerRequestContext[Any]) -> tuple[Requester, str]:
+        request = ctx.request
+        if request is not None and hasattr(request, "scope"):
+            agent = request.scope.get(REQUESTER_SCOPE_KEY)
+            if not isinstance(agent, Agent):
+                # The ASGI guard admits no request without an agent; this is a second lock.
+                raise PermissionError("no authenticated agent on this HTTP request")
+            return Requester(agent=agent.name, owner=agent.owner), "http"
+        return self.gateway.config.requester, "stdio"
+
+    async def _call_tool(
+        self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        requester, transport = self._requester(ctx)
+        return await self.gateway.call(
+            requester, params.name, params.arguments, transport=transport, progress=_progress_relay(ctx)
+        )
+
+    async def serve_stdio(self) -> None:
+        from mcp.server.stdio import stdio_server
+
+        async with stdio_server() as (read, write):
+            await self.server.run(read, write, self.initialization_options())
+
+    def http_app(self, host: str) -> ASGIApp:
+        app = self.server.streamable_http_app(host=host)
+        return BearerAuth(app, self.gateway.config.agents)
+
+    async def serve_http(self, host: str, port: int, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve streamable HTTP on host:port (port 0 picks a free one; the bound port is reported)."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        bound = sock.getsockname()[1]
+        config = uvicorn.Config(self.http_app(host), log_level="warning", lifespan="on")
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the CLI owns signals
+        task_status.started(bound)
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            sock.close()
+
+
+def _progress_relay(ctx: ServerRequestContext[Any]) -> ProgressFn | None:
+    meta = (ctx.params or {}).get("_meta") if isinstance(ctx.params, Mapping) else None
+    if not isinstance(meta, Mapping) or meta.get("progressToken") is None:
+        return None
+
+    async def relay(progress: float, total: float | None, message: str | None) -> None:
+        await ctx.session.report_progress(progress, total, message)
+
+    return relay
+
+
+class BearerAuth:
+    """ASGI guard: every HTTP request must carry `Authorization: Bearer <token>` of a configured
+    agent. The token is compared by SHA-256 in constant time, never logged, never forwarded."""
+
+    def __init__(self, app: ASGIApp, agents: Mapping[str, Agent]) -> None:
+        self.app = app
+        self.by_digest = {agent.token_sha256: agent for agent in agents.values()}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        agent = self._authenticate(scope)
+        if agent is None:
+            await _unauthorized(send)
+            return
+        scope[REQUESTER_SCOPE_KEY] = agent
+        await self.app(scope, receive, send)
+
+    def _authenticate(self, scope: Scope) -> Agent | None:
+        for key, value in scope.get("headers", []):
+            if key.lower() != b"authorization":
+                continue
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                return None
+            presented = hashlib.sha256(token.strip().encode()).hexdigest()
+            found = None
+            for known, agent in self.by_digest.items():
+                if hmac.compare_digest(known, presented):
+                    found = agent
+            return found
+        return None
+
+
+async def _unauthorized(send: Send) -> None:
+    body = b'{"error":"unauthorized","error_description":"a valid bearer token of a configured agent is required"}'
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"www-authenticate", b'Bearer realm="mcp-gate"'),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,471 @@
+"""The storage interface (`Store`) and its SQLite implementation: evidence chain and tool pins."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from mcp_gate.clock import Clock, SystemClock, utc_iso
+from mcp_gate.errors import EvidenceWriteError, StoreError
+from mcp_gate.evidence import GENESIS_HASH, ChainVerifier, Record, VerifyReport, canonical_json, chain_hash
+
+__all__ = ["PinRecord", "SQLiteStore", "Store"]
+
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS evidence (
+    seq INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    ts TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    correlation_id TEXT,
+    body TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    entry_hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS evidence_by_correlation ON evidence(correlation_id);
+CREATE TRIGGER IF NOT EXISTS evidence_no_update BEFORE UPDATE ON evidence
+BEGIN SELECT RAISE(ABORT, 'evidence is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS evidence_no_delete BEFORE DELETE ON evidence
+BEGIN SELECT RAISE(ABORT, 'evidence is append-only'); END;
+CREATE TABLE IF NOT EXISTS pins (
+    server TEXT NOT NULL,
+    tool TEXT NOT NULL,
+    pin TEXT NOT NULL,
+    definition TEXT NOT NULL,
+    drifted_pin TEXT,
+    drifted_definition TEXT,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (server, tool)
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+_RECORD_COLUMNS = "seq, event_id, ts, event_type, correlation_id, body, prev_hash, entry_hash"
+_PIN_COLUMNS = "server, tool, pin, definition, drifted_pin, drifted_definition, updated_at"
+_REQUIRED_TEXT = ("event_id", "ts", "event_type")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PinRecord:
+    """The accepted definition of one downstream tool, and a newer one held in quarantine."""
+
+    server: str
+    tool: str
+    pin: str
+    definition: Mapping[str, Any]
+    drifted_pin: str | None
+    drifted_definition: Mapping[str, Any] | None
+    updated_at: str
+
+
+class Store(Protocol):
+    """Where the gate keeps evidence and pins. Every write that carries events commits them atomically."""
+
+    async def append(self, events: Sequence[Mapping[str, Any]]) -> list[Record]:
+        """Chain event bodies (from `new_event`) in one transaction; EvidenceWriteError if not."""
+        ...
+
+    async def records(
+        self,
+        *,
+        correlation_id: str | None = None,
+        event_type: str | None = None,
+        after_seq: int = 0,
+        limit: int | None = None,
+    ) -> list[Record]: ...
+
+    async def head(self) -> tuple[int, str]:
+        """(last seq or 0, last entry hash or the genesis hash)."""
+        ...
+
+    async def verify(self) -> VerifyReport: ...
+
+    async def get_pin(self, server: str, tool: str) -> PinRecord | None: ...
+
+    async def list_pins(self) -> list[PinRecord]: ...
+
+    async def set_pin(
+        self,
+        server: str,
+        tool: str,
+        *,
+        pin: str,
+        definition: Mapping[str, Any],
+        events: Sequence[Mapping[str, Any]],
+    ) -> list[Record]:
+        """Accept `pin` for the tool, clearing any drift, and append `events` in the same transaction."""
+        ...
+
+    async def mark_drift(
+        self,
+        server: str,
+        tool: str,
+        *,
+        pin: str,
+        definition: Mapping[str, Any],
+        events: Sequence[Mapping[str, Any]],
+    ) -> list[Record]:
+        """Hold a changed definition of a pinned tool in quarantine; StoreError if the tool has no pin."""
+        ...
+
+    async def accept_drift(self, server: str, tool: str, *, events: Sequence[Mapping[str, Any]]) -> PinRecord:
+        """Make the quarantined definition the accepted one; StoreError if there is none."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class SQLiteStore:
+    """A `Store` in one SQLite file; several processes may share it (writes use BEGIN IMMEDIATE).
+
+    All work on the connection runs in a worker thread, one hop per operation, so a write is a
+    plain synchronous transaction: it either commits whole or rolls back, even if the caller
+    is cancelled meanwhile (the hop is not abandoned).
+    """
+
+    def __init__(self, path: Path, connection: sqlite3.Connection, clock: Clock) -> None:
+        self._path = path
+        self._connection: sqlite3.Connection | None = connection
+        self._clock = clock
+        self._lock = anyio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path, *, clock: Clock | None = None, busy_timeout: float = 10.0) -> SQLiteStore:
+        """Open (creating if needed) the store at `path`; StoreError naming the path if it cannot.
+
+        `busy_timeout` is how long a write waits for another process holding the file's lock."""
+        connection = await anyio.to_thread.run_sync(_connect, path, busy_timeout)
+        return cls(path, connection, clock or SystemClock())
+
+    async def __aenter__(self) -> SQLiteStore:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        async with self._lock:
+            connection, self._connection = self._connection, None
+            if connection is not None:
+                await anyio.to_thread.run_sync(connection.close)
+
+    # evidence
+
+    async def append(self, events: Sequence[Mapping[str, Any]]) -> list[Record]:
+        return await self._write_evidence(len(events), lambda conn: _append(conn, events))
+
+    async def records(
+        self,
+        *,
+        correlation_id: str | None = None,
+        event_type: str | None = None,
+        after_seq: int = 0,
+        limit: int | None = None,
+    ) -> list[Record]:
+        where = ["seq > ?"]
+        params: list[Any] = [after_seq]
+        if correlation_id is not None:
+            where.append("correlation_id = ?")
+            params.append(correlation_id)
+        if event_type is not None:
+            where.append("event_type = ?")
+            params.append(event_type)
+        params.append(-1 if limit is None else limit)
+        sql = f"SELECT {_RECORD_COLUMNS} FROM evidence WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+        rows = await self._read(lambda conn: conn.execute(sql, params).fetchall())
+        return [_record(row) for row in rows]
+
+    async def head(self) -> tuple[int, str]:
+        return await self._read(_head)
+
+    async def verify(self) -> VerifyReport:
+        """Stream every row in stored order (rowid, not seq) through a `ChainVerifier`.
+
+        Uses its own short-lived connection so a long verification does not hold up appends.
+        """
+        self._require_open()
+        try:
+            return await anyio.to_thread.run_sync(_verify_file, self._path, abandon_on_cancel=True)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot verify the evidence in {self._path}: {_one_line(exc)}") from exc
+
+    # pins
+
+    async def get_pin(self, server: str, tool: str) -> PinRecord | None:
+        return await self._read(lambda conn: _get_pin(conn, server, tool))
+
+    async def list_pins(self) -> list[PinRecord]:
+        sql = f"SELECT {_PIN_COLUMNS} FROM pins ORDER BY server, tool"
+        rows = await self._read(lambda conn: conn.execute(sql).fetchall())
+        return [_pin_record(row) for row in rows]
+
+    async def set_pin(
+        self,
+        server: str,
+        tool: str,
+        *,
+        pin: str,
+        definition: Mapping[str, Any],
+        events: Sequence[Mapping[str, Any]],
+    ) -> list[Record]:
+        updated_at = utc_iso(self._clock.now())
+
+        def write(conn: sqlite3.Connection) -> list[Record]:
+            definition_text = canonical_json(dict(definition)).decode("utf-8")
+            conn.execute(
+                f"INSERT INTO pins ({_PIN_COLUMNS}) VALUES (?, ?, ?, ?, NULL, NULL, ?) "
+                "ON CONFLICT (server, tool) DO UPDATE SET pin = excluded.pin, "
+                "definition = excluded.definition, drifted_pin = NULL, drifted_definition = NULL, "
+                "updated_at = excluded.updated_at",
+                (server, tool, pin, definition_text, updated_at),
+            )
+            return _append(conn, events)
+
+        return await self._write_evidence(len(events), write)
+
+    async def mark_drift(
+        self,
+        server: str,
+        tool: str,
+        *,
+        pin: str,
+        definition: Mapping[str, Any],
+        events: Sequence[Mapping[str, Any]],
+    ) -> list[Record]:
+        updated_at = utc_iso(self._clock.now())
+
+        def write(conn: sqlite3.Connection) -> list[Record]:
+            definition_text = canonical_json(dict(definition)).decode("utf-8")
+            changed = conn.execute(
+                "UPDATE pins SET drifted_pin = ?, drifted_definition = ?, updated_at = ? "
+                "WHERE server = ? AND tool = ?",
+                (pin, definition_text, updated_at, server, tool),
+            ).rowcount
+            if changed != 1:
+                raise StoreError(f"cannot record drift for {server}__{tool}: it has no accepted pin")
+            return _append(conn, events)
+
+        return await self._write_evidence(len(events), write)
+
+    async def accept_drift(self, server: str, tool: str, *, events: Sequence[Mapping[str, Any]]) -> PinRecord:
+        updated_at = utc_iso(self._clock.now())
+
+        def write(conn: sqlite3.Connection) -> PinRecord:
+            changed = conn.execute(
+                "UPDATE pins SET pin = drifted_pin, definition = drifted_definition, drifted_pin = NULL, "
+                "drifted_definition = NULL, updated_at = ? "
+                "WHERE server = ? AND tool = ? AND drifted_pin IS NOT NULL",
+                (updated_at, server, tool),
+            ).rowcount
+            if changed != 1:
+                raise StoreError(
+                    f"cannot accept drift for {server}__{tool}: no changed definition is waiting"
+                )
+            _append(conn, events)
+            accepted = _get_pin(conn, server, tool)
+            assert accepted is not None  # updated just above, in this transaction
+            return accepted
+
+        return await self._write_evidence(len(events), write)
+
+    # plumbing
+
+    def _require_open(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise StoreError(f"the store at {self._path} is closed")
+        return self._connection
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        async with self._lock:
+            connection = self._require_open()
+            try:
+                return await anyio.to_thread.run_sync(fn, connection)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read the store at {self._path}: {_one_line(exc)}") from exc
+
+    async def _write_evidence(self, count: int, fn: Callable[[sqlite3.Connection], T]) -> T:
+        async with self._lock:
+            if self._connection is None:
+                raise EvidenceWriteError(f"cannot write {count} evidence record(s): the store is closed")
+            try:
+                return await anyio.to_thread.run_sync(_in_transaction, self._connection, fn)
+            except StoreError:
+                raise
+            except (sqlite3.Error, ValueError, TypeError) as exc:
+                raise EvidenceWriteError(
+                    f"cannot write {count} evidence record(s) to {self._path}: {_one_line(exc)}"
+                ) from exc
+
+
+def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot open the store at {path}: {_one_line(exc)}") from exc
+    connection: sqlite3.Connection | None = None
+    try:
+        # isolation_level=None: no implicit transactions, we BEGIN IMMEDIATE ourselves.
+        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
+        connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")  # first: the WAL switch below may wait
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = FULL")
+        connection.execute("PRAGMA foreign_keys = ON")
+        version = _in_transaction(connection, _create_schema)
+    except sqlite3.Error as exc:
+        if connection is not None:
+            connection.close()
+        raise StoreError(f"cannot open the store at {path}: {_one_line(exc)}") from exc
+    if version != SCHEMA_VERSION:
+        connection.close()
+        raise StoreError(
+            f"cannot open the store at {path}: schema version {version}, expected {SCHEMA_VERSION}"
+        )
+    return connection
+
+
+def _create_schema(conn: sqlite3.Connection) -> str:
+    for statement in _SCHEMA.split(";\n"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return str(row[0])
+
+
+def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:  # SQLite may already have rolled back on its own
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _head(conn: sqlite3.Connection) -> tuple[int, str]:
+    row = conn.execute("SELECT seq, entry_hash FROM evidence ORDER BY seq DESC LIMIT 1").fetchone()
+    return (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
+
+
+def _append(conn: sqlite3.Connection, events: Sequence[Mapping[str, Any]]) -> list[Record]:
+    """Chain and insert events; runs inside a BEGIN IMMEDIATE transaction so the head cannot move."""
+    if not events:
+        return []
+    seq, prev_hash = _head(conn)
+    records: list[Record] = []
+    rows: list[tuple[Any, ...]] = []
+    for index, event in enumerate(events):
+        body = dict(event)
+        for name in _REQUIRED_TEXT:
+            if not isinstance(body.get(name), str):
+                raise EvidenceWriteError(f"event {index} has no text {name!r}; build events with new_event()")
+        correlation_id = body.get("correlation_id")
+        if correlation_id is not None and not isinstance(correlation_id, str):
+            raise EvidenceWriteError(f"event {index} has a correlation_id that is not text or null")
+        seq += 1
+        body["seq"] = seq
+        text = canonical_json(body)
+        entry_hash = chain_hash(prev_hash, text)
+        record = Record(
+            seq=seq,
+            event_id=body["event_id"],
+            ts=body["ts"],
+            event_type=body["event_type"],
+            correlation_id=correlation_id,
+            body=body,
+            prev_hash=prev_hash,
+            entry_hash=entry_hash,
+        )
+        records.append(record)
+        rows.append(
+            (
+                seq,
+                record.event_id,
+                record.ts,
+                record.event_type,
+                correlation_id,
+                text.decode("utf-8"),
+                prev_hash,
+                entry_hash,
+            )
+        )
+        prev_hash = entry_hash
+    conn.executemany(f"INSERT INTO evidence ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    return records
+
+
+def _record(row: Sequence[Any]) -> Record:
+    seq, event_id, ts, event_type, correlation_id, body_text, prev_hash, entry_hash = row
+    try:
+        body = json.loads(body_text)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"evidence seq {seq} is not readable JSON; run `mcp-gate audit verify`") from exc
+    return Record(
+        seq=seq,
+        event_id=event_id,
+        ts=ts,
+        event_type=event_type,
+        correlation_id=correlation_id,
+        body=body,
+        prev_hash=prev_hash,
+        entry_hash=entry_hash,
+    )
+
+
+def _get_pin(conn: sqlite3.Connection, server: str, tool: str) -> PinRecord | None:
+    row = conn.execute(
+        f"SELECT {_PIN_COLUMNS} FROM pins WHERE server = ? AND tool = ?", (server, tool)
+    ).fetchone()
+    return None if row is None else _pin_record(row)
+
+
+def _pin_record(row: Sequence[Any]) -> PinRecord:
+    server, tool, pin, definition, drifted_pin, drifted_definition, updated_at = row
+    return PinRecord(
+        server=server,
+        tool=tool,
+        pin=pin,
+        definition=json.loads(definition),
+        drifted_pin=drifted_pin,
+        drifted_definition=None if drifted_definition is None else json.loads(drifted_definition),
+        updated_at=updated_at,
+    )
+
+
+def _verify_file(path: Path) -> VerifyReport:
+    # Read-only, and never creates a file: verifying must not change what it verifies.
+    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
+    try:
+        verifier = ChainVerifier()
+        # One SELECT is one consistent snapshot under WAL; iterating it streams rows.
+        for row in connection.execute(f"SELECT {_RECORD_COLUMNS} FROM evidence ORDER BY rowid"):
+            verifier.feed(*row)
+        return verifier.report()
+    finally:
+        connection.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

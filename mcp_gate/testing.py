@@ -1,0 +1,93 @@
+"""Helpers our own tests use (and users' tests can): write a gate.toml, run a real gate in memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from mcp_gate.clock import Clock
+from mcp_gate.config import GateConfig, load_config
+from mcp_gate.gateway import Gateway
+from mcp_gate.server import FrontServer
+from mcp_gate.store import Store
+
+__all__ = ["EXAMPLES", "NOTES_MANIFEST", "NOTES_SERVER", "notes_server_table", "running_gate", "write_config"]
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+NOTES_SERVER = EXAMPLES / "notes_server.py"
+NOTES_MANIFEST = EXAMPLES / "tool_manifests" / "notes.toml"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def notes_server_table(notes_dir: Path, *, variant: str = "1", test_tools: bool = True) -> dict[str, Any]:
+    """A [servers.*] table that runs the example notes server with this Python over stdio."""
+    env = {"NOTES_DIR": str(notes_dir), "NOTES_VARIANT": variant}
+    if test_tools:
+        env["NOTES_TEST_TOOLS"] = "1"
+    return {"command": sys.executable, "args": [str(NOTES_SERVER)], "env": env}
+
+
+def write_config(
+    directory: Path,
+    *,
+    servers: Mapping[str, Mapping[str, Any]],
+    manifests: Mapping[str, str] | None = None,
+    name: str = "test-gate",
+    owner: str = "alice@example.com",
+    extra: str = "",
+) -> Path:
+    """Write gate.toml (and manifests, given as server -> TOML text) into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest_dir = directory / "tool_manifests"
+    manifest_dir.mkdir(exist_ok=True)
+    for server, text in (manifests or {}).items():
+        (manifest_dir / f"{server}.toml").write_text(text, encoding="utf-8")
+    lines = [
+        "[gate]",
+        f"name = {json.dumps(name)}",
+        'data_dir = "data"',
+        'manifests = "tool_manifests"',
+        "",
+        "[requester]",
+        'agent = "test-agent"',
+        f"owner = {json.dumps(owner)}",
+        "",
+    ]
+    for server, table in servers.items():
+        lines.append(f"[servers.{server}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())
+        lines.append("")
+    path = directory / "gate.toml"
+    path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
+    return path
+
+
+@asynccontextmanager
+async def running_gate(
+    config: GateConfig | Path,
+    *,
+    clock: Clock | None = None,
+    store: Store | None = None,
+    startup_timeout: float = 60.0,
+) -> AsyncIterator[FrontServer]:
+    """A real gate with its downstreams connected; connect `mcp.Client(front.server)` to it."""
+    if isinstance(config, Path):
+        config = load_config(config, os.environ)
+    async with Gateway.open(config, clock=clock, store=store, startup_timeout=startup_timeout) as gate:
+        yield FrontServer(gate)

@@ -1,0 +1,233 @@
+"""The gate in front of real downstream servers, driven by the SDK's client in both protocol eras."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp_types as types
+import pytest
+from mcp import Client
+
+from mcp_gate.store import SQLiteStore
+from mcp_gate.testing import NOTES_MANIFEST, NOTES_SERVER, notes_server_table, running_gate, write_config
+
+pytestmark = pytest.mark.anyio
+
+MODES = ["legacy", "auto"]
+
+
+def text_of(result: types.CallToolResult) -> str:
+    return " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+@pytest.fixture
+def notes_config(tmp_path: Path) -> Path:
+    return write_config(
+        tmp_path / "gate",
+        servers={"notes": notes_server_table(tmp_path / "notes")},
+        manifests={"notes": NOTES_MANIFEST.read_text()},
+    )
+
+
+async def story(config_path: Path) -> list[dict[str, Any]]:
+    async with await SQLiteStore.open(config_path.parent / "data" / "gate.db") as store:
+        return [dict(r.body) for r in await store.records()]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_tools_are_namespaced_with_schemas_and_annotations_unchanged_and_blocked_tools_hidden(
+    notes_config: Path, mode: str
+) -> None:
+    spec = importlib.util.spec_from_file_location("notes_server", NOTES_SERVER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    direct = {t.name: t for t in module.tools("1", True)}
+    async with running_gate(notes_config) as front, Client(front.server, mode=mode) as agent:
+        listed = {t.name: t for t in (await agent.list_tools()).tools}
+    assert "notes__purge_notes" not in listed
+    assert "notes__read_note" in listed and "notes__echo" in listed
+    for name, tool in listed.items():
+        original = direct[name.removeprefix("notes__")]
+        assert tool.input_schema == original.input_schema
+        assert tool.annotations == original.annotations
+        assert tool.description == original.description
+    assert listed["notes__read_note"].meta is not None
+    assert listed["notes__read_note"].meta["io.github.mcp-gate/tier"] == "low"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_low_tier_call_runs_and_leaves_requested_decided_executed_evidence(
+    notes_config: Path, mode: str
+) -> None:
+    async with running_gate(notes_config) as front, Client(front.server, mode=mode) as agent:
+        result = await agent.call_tool("notes__echo", {"text": "hi"})
+        assert not result.is_error
+        assert text_of(result) == "hi"
+        report = await front.gateway.store.verify()
+    assert report.ok
+    calls = [r for r in await story(notes_config) if r["event_type"].startswith(("call.", "policy."))]
+    assert [r["event_type"] for r in calls] == ["call.requested", "policy.decided", "call.executed"]
+    assert len({r["correlation_id"] for r in calls}) == 1
+    assert calls[0]["requester"] == {"agent": "test-agent", "owner": "alice@example.com"}
+    assert calls[1]["tier"] == "low"
+    assert calls[2]["is_error"] is False and calls[2]["result_sha256"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_high_tier_call_is_refused_with_its_tier_and_reason_and_never_reaches_the_server(
+    notes_config: Path, tmp_path: Path, mode: str
+) -> None:
+    async with running_gate(notes_config) as front, Client(front.server, mode=mode) as agent:
+        result = await agent.call_tool("notes__write_note", {"name": "todo", "text": "x"})
+    assert result.is_error
+    message = text_of(result)
+    assert "high" in message and "1 approval" in message
+    assert not (tmp_path / "notes" / "todo").exists()
+    events = [r["event_type"] for r in await story(notes_config)]
+    assert events[-3:] == ["call.requested", "policy.decided", "call.refused"]
+
+
+async def test_an_argument_condition_raises_the_tier_for_matching_arguments_only(notes_config: Path) -> None:
+    async with running_gate(notes_config) as front, Client(front.server, mode="legacy") as agent:
+        archived = await agent.call_tool("notes__delete_note", {"name": "archive/2025"})
+        plain = await agent.call_tool("notes__delete_note", {"name": "todo"})
+    assert "critical" in text_of(archived) and "2 approvals" in text_of(archived)
+    assert "high" in text_of(plain)
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments", "expected"),
+    [
+        ("notes__nope", {}, "unknown tool"),
+        ("nope", {}, "unknown tool"),
+        ("notes__purge_notes", {}, "unknown tool"),
+        ("notes__echo", {}, "'text' is a required property"),
+        ("notes__echo", {"text": 5}, "is not of type 'string'"),
+        ("notes__echo", {"text": "x", "extra": 1}, "Additional properties"),
+        ("notes__echo", {"text": "x" * 300_000}, "the limit is"),
+    ],
+)
+async def test_bad_input_from_the_agent_gets_a_clear_tool_error_and_the_gate_keeps_serving(
+    notes_config: Path, name: str, arguments: dict[str, Any], expected: str
+) -> None:
+    async with running_gate(notes_config) as front, Client(front.server, mode="legacy") as agent:
+        bad = await agent.call_tool(name, arguments)
+        good = await agent.call_tool("notes__echo", {"text": "still here"})
+    assert bad.is_error and expected in text_of(bad)
+    assert text_of(good) == "still here"
+    assert (await story(notes_config))[-1]["event_type"] == "call.executed"
+
+
+async def test_a_downstream_that_dies_mid_call_fails_that_call_is_restarted_and_its_tools_come_back(
+    notes_config: Path,
+) -> None:
+    changed = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            changed.set()
+
+    async with running_gate(notes_config) as front, Client(
+        front.server, mode="legacy", message_handler=on_message
+    ) as agent:
+        first_pid_connects = front.gateway.downstreams["notes"].connects
+        crashed = await agent.call_tool("notes__crash", {})
+        assert crashed.is_error
+        assert "connection closed" in text_of(crashed) and "not retried" in text_of(crashed)
+        with anyio.fail_after(30):
+            await changed.wait()
+            while front.gateway.downstreams["notes"].state != "up" or not front.gateway.offered:
+                await anyio.sleep(0.05)
+        assert front.gateway.downstreams["notes"].connects == first_pid_connects + 1
+        again = await agent.call_tool("notes__echo", {"text": "back"})
+        assert text_of(again) == "back"
+    records = await story(notes_config)
+    failed = [r for r in records if r["event_type"] == "call.failed"]
+    assert len(failed) == 1 and failed[0]["tool"] == "crash"
+    # Never re-run: exactly one request for the crash call.
+    assert sum(1 for r in records if r["event_type"] == "call.requested" and r["tool"] == "crash") == 1
+
+
+async def test_a_downstream_that_never_starts_does_not_stop_the_others(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "gate",
+        servers={
+            "notes": notes_server_table(tmp_path / "notes"),
+            "broken": {"command": str(tmp_path / "no-such-binary")},
+            "dies": {"command": sys.executable, "args": ["-c", "import sys; print('boom', file=sys.stderr)"]},
+        },
+        manifests={"notes": NOTES_MANIFEST.read_text()},
+    )
+    async with running_gate(config, startup_timeout=20) as front, Client(front.server, mode="legacy") as agent:
+        assert text_of(await agent.call_tool("notes__echo", {"text": "ok"})) == "ok"
+        broken = front.gateway.downstreams["broken"]
+        assert broken.state == "down" and broken.last_error is not None
+        assert "command not found" in broken.last_error
+        dies = front.gateway.downstreams["dies"]
+        assert dies.state == "down" and dies.last_error is not None and "boom" in dies.last_error
+        refused = await agent.call_tool("broken__anything", {})
+    assert refused.is_error and "not available" in text_of(refused)
+
+
+async def test_a_changed_tool_definition_is_quarantined_until_accepted(tmp_path: Path) -> None:
+    def config(variant: str) -> Path:
+        return write_config(
+            tmp_path / "gate",
+            servers={"notes": notes_server_table(tmp_path / "notes", variant=variant)},
+            manifests={"notes": NOTES_MANIFEST.read_text()},
+        )
+
+    async with running_gate(config("1")) as front, Client(front.server, mode="legacy") as agent:
+        assert not (await agent.call_tool("notes__read_note", {"name": "x"})).content == []
+    async with running_gate(config("2")) as front, Client(front.server, mode="legacy") as agent:
+        listed = {t.name: t for t in (await agent.list_tools()).tools}
+        assert "id_rsa" not in (listed["notes__read_note"].description or "")
+        refused = await agent.call_tool("notes__read_note", {"name": "x"})
+        assert refused.is_error and "quarantined" in text_of(refused)
+        assert "mcp-gate tools accept notes__read_note" in text_of(refused)
+        store = front.gateway.store
+        await store.accept_drift("notes", "read_note", events=[front.gateway.event("tool.accepted", None)])
+        accepted = await agent.call_tool("notes__read_note", {"name": "x"})
+        assert "quarantined" not in text_of(accepted)
+    kinds = [r["event_type"] for r in await story(config("2"))]
+    assert "tool.pinned" in kinds and "tool.drifted" in kinds and "tool.accepted" in kinds
+
+
+async def test_an_evidence_write_failure_means_the_call_does_not_run(notes_config: Path, tmp_path: Path) -> None:
+    db = notes_config.parent / "data" / "gate.db"
+    store = await SQLiteStore.open(db, busy_timeout=0.1)
+    async with store, running_gate(notes_config, store=store) as front, Client(front.server, mode="legacy") as agent:
+        assert text_of(await agent.call_tool("notes__echo", {"text": "warm"})) == "warm"
+        blocker = sqlite3.connect(db, timeout=0.1)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            result = await agent.call_tool(
+                "notes__append_note", {"name": "must-not-exist", "text": "x"}
+            )
+        finally:
+            blocker.rollback()
+            blocker.close()
+    assert result.is_error and "could not write its evidence" in text_of(result)
+    assert not (tmp_path / "notes" / "must-not-exist").exists()
+
+
+async def test_a_real_third_party_server_from_pypi_works_behind_the_gate(tmp_path: Path) -> None:
+    manifest = (Path(__file__).resolve().parent.parent / "tool_manifests" / "time.toml").read_text()
+    config = write_config(
+        tmp_path / "gate",
+        servers={"time": {"command": sys.executable, "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]}},
+        manifests={"time": manifest},
+    )
+    async with running_gate(config) as front, Client(front.server, mode="auto") as agent:
+        names = {t.name for t in (await agent.list_tools()).tools}
+        assert "time__get_current_time" in names
+        result = await agent.call_tool("time__get_current_time", {"timezone": "Europe/Paris"})
+    assert not result.is_error
+    assert json.loads(text_of(result))["timezone"] == "Europe/Paris"

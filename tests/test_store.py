@@ -1,0 +1,453 @@
+from __future__ import annotations
+
+import json
+import sqlite3
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mcp_gate.clock import utc_iso
+from mcp_gate.errors import EvidenceWriteError, StoreError
+from mcp_gate.evidence import GENESIS_HASH, canonical_json, chain_hash, new_event
+from mcp_gate.store import PinRecord, SQLiteStore, Store
+
+pytestmark = pytest.mark.anyio
+
+TS = "2026-11-24T16:48:32.123456Z"
+COLUMNS = "seq, event_id, ts, event_type, correlation_id, body, prev_hash, entry_hash"
+
+
+class FixedClock:
+    def now(self) -> datetime:
+        return datetime(2026, 11, 24, 16, 48, 32, 123456, tzinfo=UTC)
+
+
+def event(
+    event_type: str = "call.requested", correlation_id: str | None = "c1", **fields: Any
+) -> dict[str, Any]:
+    return new_event(event_type, ts=TS, correlation_id=correlation_id, **fields)
+
+
+@contextmanager
+def attacker(path: Path, *, drop_triggers: bool = True) -> Iterator[sqlite3.Connection]:
+    """Open the file directly, as someone with write access to it would, and commit on exit."""
+    with closing(sqlite3.connect(path)) as conn:
+        if drop_triggers:
+            conn.execute("DROP TRIGGER evidence_no_update")
+            conn.execute("DROP TRIGGER evidence_no_delete")
+        with conn:
+            yield conn
+
+
+async def filled(path: Path, count: int) -> None:
+    async with await SQLiteStore.open(path) as store:
+        for n in range(count):
+            await store.append([event(correlation_id=f"c{n + 1}", n=n + 1)])
+
+
+async def verify(path: Path) -> Any:
+    async with await SQLiteStore.open(path) as store:
+        return await store.verify()
+
+
+def test_the_store_module_exports_its_names() -> None:
+    import mcp_gate.store as store
+
+    assert set(store.__all__) == {"PinRecord", "SQLiteStore", "Store"}
+
+
+async def test_sqlite_store_satisfies_the_store_protocol(tmp_path: Path) -> None:
+    store: Store = await SQLiteStore.open(tmp_path / "gate.db")
+    await store.close()
+
+
+async def test_append_assigns_gapless_seq_across_calls_and_chains_the_hashes(tmp_path: Path) -> None:
+    async with await SQLiteStore.open(tmp_path / "gate.db") as store:
+        assert await store.head() == (0, GENESIS_HASH)
+        first = await store.append([event(), event(correlation_id=None)])
+        second = await store.append([event("call.executed", result={"ok": True})])
+        assert await store.append([]) == []
+        records = [*first, *second]
+        assert [r.seq for r in records] == [1, 2, 3]
+        assert records[0].prev_hash == GENESIS_HASH
+        for before, after in zip(records, records[1:], strict=False):
+            assert after.prev_hash == before.entry_hash
+        for record in records:
+            assert record.body["seq"] == record.seq
+            assert record.entry_hash == chain_hash(record.prev_hash, canonical_json(dict(record.body)))
+        assert await store.head() == (3, records[-1].entry_hash)
+        assert await store.records() == records
+        report = await store.verify()
+        assert (report.ok, report.records, report.head_hash) == (True, 3, records[-1].entry_hash)
+
+
+async def test_the_chain_continues_after_reopening_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "dir" / "gate.db"
+    await filled(path, 3)
+    async with await SQLiteStore.open(path) as store:
+        (record,) = await store.append([event()])
+        assert record.seq == 4
+        assert (await store.verify()).ok
+
+
+async def test_records_filter_by_correlation_event_type_seq_and_limit(tmp_path: Path) -> None:
+    async with await SQLiteStore.open(tmp_path / "gate.db") as store:
+        await store.append(
+            [event("call.requested", "a"), event("policy.decided", "a"), event("call.requested", "b")]
+        )
+        await store.append([event("call.executed", "a")])
+        assert [r.seq for r in await store.records(correlation_id="a")] == [1, 2, 4]
+        assert [r.seq for r in await store.records(event_type="call.requested")] == [1, 3]
+        assert [r.seq for r in await store.records(after_seq=2)] == [3, 4]
+        assert [r.seq for r in await store.records(correlation_id="a", after_seq=1, limit=1)] == [2]
+
+
+async def test_stored_bodies_are_canonical_json_with_the_seq(tmp_path: Path) -> None:
+    path = tmp_path / "gate.db"
+    async with await SQLiteStore.open(path) as store:
+        (record,) = await store.append([event(args={"b": 1, "a": 2})])
+    with closing(sqlite3.connect(path)) as conn:
+        (body,) = conn.execute("SELECT body FROM evidence WHERE seq = 1").fetchone()
+    assert body.encode() == canonical_json(json.loads(body))
+    assert json.loads(body) == {**record.body, "seq": 1}
+
+
+# tampering, detected by verify
+
+
+async def test_editing_a_body_byte_is_found(tmp_path: Path) -> None:
+    path = tmp_path / "gate.db"
+    await filled(path, 8)
+    with attacker(path) as conn:
+        conn.execute("UPDATE evidence SET body = replace(body, '\"n\":5', '\"n\":7') WHERE seq = 5")
+    report = await verify(path)
+    assert (report.ok, report.first_bad_seq) == (False, 5)
+    assert report.problem == "seq 5: entry_hash does not match its contents (edited?)"
+
+
+async def test_editing_a_column_is_found(tmp_path: Path) -> None:
+    path = tmp_path / "gate.db"
+    await filled(path, 8)
+    with attacker(path) as conn:
+        conn.execute("UPDATE evidence SET event_type = 'call.executed' WHERE seq = 6")
+    report = await verify(path)
+    assert (report.ok, report.first_bad_seq) == (False, 6)
+    assert report.problem == "seq 6: column event_type does not match the body (edited?)"
+
+
+async def test_deleting_a_row_is_found(tmp_path: Path) -> None:
+    path = tmp_path / "gate.db"
+    await filled(path, 8)
+    with attacker(path) as conn:
+        conn.execute("DELETE FROM evidence WHERE seq = 4")
+    report = await verify(path)
+    assert (report.ok, report.first_bad_seq, report.records) == (False, 4, 7)
+    assert report.problem == "seq 4 missing after seq 3 (deleted?)"
+
+
+async def test_deleting_the_newest_rows_is_not_found_by_the_chain_alone(tmp_path: Path) -> None:
+    # Truncation leaves a valid shorter chain; signed checkpoints (not this module) catch it.
+    path = tmp_path / "gate.db"
+    await filled(path, 8)
+    with attacker(path) as conn:
+        conn.execute("DELETE FROM evidence WHERE seq > 6")
+    report = await verify(path)
+    assert (report.ok, report.records) == (True, 6)
+
+
+async def test_inserting_a_forged_row_with_its_own_correct_hash_is_found_at_the_next_row(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "gate.db"
+    await filled(path, 8)
+    with attacker(path) as conn:
+        (prev,) = conn.execute("SELECT entry_hash FROM evidence WHERE seq = 3").fetchone()
+        # Make room at seq 4 (via negative numbers, so the primary key never collides).
+        conn.execute("UPDATE evidence SET seq = -seq WHERE seq > 3")
+        conn.execute("UPDATE evidence SET seq = 1 - seq WHERE seq < 0")
+        body = {**event("approval.decided", "c3", decision="approve"), "seq": 4}
+        text = canonical_json(body)
+        conn.execute(
+            f"INSERT INTO evidence ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (4, body["event_id"], TS, "approval.decided", "c3", text.decode(), prev, chain_hash(prev, text)),
+        )
+    report = await verify(path)
+    # The forged row links correctly; the chain breaks where the original seq 4 now sits.
+    assert (report.ok, report.first_bad_seq, report.records) == (False, 5, 9)
+    assert report.problem == "seq 5: the body says seq 4 (moved or reordered?)"
+
+
+async def test_swapping_two_rows_contents_is_found_at_the_earlier_one(tmp_path: Path) -> None:
+    path = tmp_path / "gate.db"
+    await filled(path, 8)
+    with attacker(path) as conn:
+        rest = "event_id, ts, event_type, correlation_id, body, prev_hash, entry_hash"
+        row3 = conn.execute(f"SELECT {rest} FROM evidence WHERE seq = 3").fetchone()
+        row6 = conn.execute(f"SELECT {rest} FROM evidence WHERE seq = 6").fetchone()
+        assignments = ", ".join(f"{name} = ?" for name in rest.split(", "))
+        conn.execute("UPDATE evidence SET event_id = 'tmp' WHERE seq = 3")  # event_id is UNIQUE
+        conn.execute(f"UPDATE evidence SET {assignments} WHERE seq = 6", row3)
+        conn.execute(f"UPDATE evidence SET {assignments} WHERE seq = 3", row6)
+    report = await verify(path)
+    assert (report.ok, report.first_bad_seq) == (False, 3)
+    assert report.problem == "seq 3: the body says seq 6 (moved or reordered?)"
+
+
+async def test_reformatting_a_body_without_changing_its_meaning_is_found(tmp_path: Path) -> None:
+    path = tmp_path / "gate.db"
+    await filled(path, 8)
+    with attacker(path) as conn:
+        (body,) = conn.execute("SELECT body FROM evidence WHERE seq = 2").fetchone()
+        conn.execute("UPDATE evidence SET body = ? WHERE seq = 2", (json.dumps(json.loads(body), indent=2),))
+    report = await verify(path)
+    assert (report.ok, report.first_bad_seq) == (False, 2)
+    assert report.problem == "seq 2: body is not in canonical form (re-formatted or edited?)"
+
+
+@pytest.mark.parametrize(
+    "statement", ["UPDATE evidence SET event_type = 'x' WHERE seq = 1", "DELETE FROM evidence WHERE seq = 2"]
+)
+async def test_triggers_block_updates_and_deletes_while_they_are_in_place(
+    tmp_path: Path, statement: str
+) -> None:
+    path = tmp_path / "gate.db"
+    await filled(path, 2)
+    with (
+        pytest.raises(sqlite3.DatabaseError, match="evidence is append-only"),
+        attacker(path, drop_triggers=False) as conn,
+    ):
+        conn.execute(statement)
+    assert (await verify(path)).ok
+
+
+# atomicity and concurrency
+
+
+async def test_an_append_that_fails_writes_nothing_and_says_why(tmp_path: Path) -> None:
+    async with await SQLiteStore.open(tmp_path / "gate.db") as store:
+        await store.append([event()])
+        head = await store.head()
+        with pytest.raises(EvidenceWriteError) as caught:
+            await store.append([event(), event(args=b"not json")])
+        assert caught.value.__cause__ is not None
+        assert "gate.db" in str(caught.value) and "\n" not in str(caught.value)
+        assert await store.head() == head
+        assert len(await store.records()) == 1
+        assert [r.seq for r in await store.append([event()])] == [2]
+        assert (await store.verify()).ok
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"ts": TS, "event_type": "x", "correlation_id": None},
+        {**event(), "correlation_id": 5},
+        {**event(), "n": 2**60},
+    ],
+)
+async def test_events_that_cannot_be_chained_are_refused(tmp_path: Path, bad: dict[str, Any]) -> None:
+    async with await SQLiteStore.open(tmp_path / "gate.db") as store:
+        with pytest.raises(EvidenceWriteError):
+            await store.append([bad])
+        assert await store.head() == (0, GENESIS_HASH)
+
+
+async def test_appending_to_a_closed_store_is_an_evidence_write_error(tmp_path: Path) -> None:
+    store = await SQLiteStore.open(tmp_path / "gate.db")
+    await store.close()
+    await store.close()
+    with pytest.raises(EvidenceWriteError, match="closed"):
+        await store.append([event()])
+    with pytest.raises(StoreError, match="closed"):
+        await store.head()
+
+
+async def test_two_stores_on_one_file_appending_at_once_keep_one_gapless_chain(tmp_path: Path) -> None:
+    path = tmp_path / "gate.db"
+    written: list[str] = []
+    async with await SQLiteStore.open(path) as one, await SQLiteStore.open(path) as two:
+
+        async def writer(store: SQLiteStore, name: str) -> None:
+            for n in range(50):
+                records = await store.append(
+                    [event(correlation_id=name, n=n), event(correlation_id=name, n=n)]
+                )
+                written.extend(r.event_id for r in records)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer, one, "one")
+            tg.start_soon(writer, two, "two")
+            tg.start_soon(writer, one, "one-again")
+
+        records = await two.records()
+        assert [r.seq for r in records] == list(range(1, 301))
+        assert sorted(r.event_id for r in records) == sorted(written)
+        report = await one.verify()
+        assert (report.ok, report.records) == (True, 300)
+
+
+# pins
+
+
+async def test_pins_are_set_drifted_and_accepted_with_their_events(tmp_path: Path) -> None:
+    v1, v2 = {"name": "write_file", "description": "v1"}, {"name": "write_file", "description": "v2"}
+    async with await SQLiteStore.open(tmp_path / "gate.db", clock=FixedClock()) as store:
+        assert await store.get_pin("fs", "write_file") is None
+        pinned = await store.set_pin(
+            "fs", "write_file", pin="p1", definition=v1, events=[event("tool.pinned")]
+        )
+        assert [r.event_type for r in pinned] == ["tool.pinned"]
+        expected = PinRecord("fs", "write_file", "p1", v1, None, None, utc_iso(FixedClock().now()))
+        assert await store.get_pin("fs", "write_file") == expected
+
+        drifted = await store.mark_drift(
+            "fs", "write_file", pin="p2", definition=v2, events=[event("tool.drifted")]
+        )
+        assert [r.seq for r in drifted] == [2]
+        pin = await store.get_pin("fs", "write_file")
+        assert pin is not None and (pin.pin, pin.drifted_pin, pin.drifted_definition) == ("p1", "p2", v2)
+
+        accepted = await store.accept_drift("fs", "write_file", events=[event("tool.accepted")])
+        assert (accepted.pin, accepted.definition, accepted.drifted_pin, accepted.drifted_definition) == (
+            "p2",
+            v2,
+            None,
+            None,
+        )
+        assert await store.list_pins() == [accepted]
+        assert [r.event_type for r in await store.records()] == [
+            "tool.pinned",
+            "tool.drifted",
+            "tool.accepted",
+        ]
+
+
+async def test_setting_a_pin_again_clears_a_pending_drift(tmp_path: Path) -> None:
+    async with await SQLiteStore.open(tmp_path / "gate.db") as store:
+        await store.set_pin("fs", "read", pin="p1", definition={"v": 1}, events=[])
+        await store.mark_drift("fs", "read", pin="p2", definition={"v": 2}, events=[])
+        await store.set_pin("fs", "read", pin="p3", definition={"v": 3}, events=[])
+        pin = await store.get_pin("fs", "read")
+        assert pin is not None and (pin.pin, pin.drifted_pin) == ("p3", None)
+        await store.set_pin("git", "log", pin="g", definition={}, events=[])
+        assert [(p.server, p.tool) for p in await store.list_pins()] == [("fs", "read"), ("git", "log")]
+
+
+async def test_drift_without_a_pin_and_accepting_without_drift_fail_and_write_no_events(
+    tmp_path: Path,
+) -> None:
+    async with await SQLiteStore.open(tmp_path / "gate.db") as store:
+        with pytest.raises(StoreError, match="no accepted pin"):
+            await store.mark_drift("fs", "x", pin="p", definition={}, events=[event("tool.drifted")])
+        await store.set_pin("fs", "x", pin="p", definition={}, events=[])
+        with pytest.raises(StoreError, match="no changed definition"):
+            await store.accept_drift("fs", "x", events=[event("tool.accepted")])
+        assert await store.head() == (0, GENESIS_HASH)
+
+
+# opening
+
+
+async def test_opening_a_directory_fails_with_one_line_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(StoreError) as caught:
+        await SQLiteStore.open(tmp_path)
+    assert str(tmp_path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+async def test_opening_a_file_that_is_not_a_database_fails_with_one_line_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"these are not the tables you are looking for\n" * 100)
+    with pytest.raises(StoreError, match="not a database") as caught:
+        await SQLiteStore.open(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+async def test_opening_under_a_file_fails_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="cannot open the store at"):
+        await SQLiteStore.open(tmp_path / "file" / "gate.db")
+
+
+async def test_the_file_uses_wal_and_records_its_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "gate.db"
+    async with await SQLiteStore.open(path):
+        pass
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("1",)
+
+
+# property: any single mutation is found at the earliest affected seq
+
+
+def _rewrite(path: Path, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Replace the evidence table with a plain one holding `rows` in this stored order."""
+    with attacker(path, drop_triggers=False) as conn:
+        conn.execute("DROP TABLE evidence")
+        conn.execute(f"CREATE TABLE evidence ({COLUMNS})")
+        conn.executemany("INSERT INTO evidence VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def _flip(text: str, position: int) -> str:
+    position %= len(text)
+    replacement = "x" if text[position] != "x" else "y"
+    return text[:position] + replacement + text[position + 1 :]
+
+
+@st.composite
+def _mutations(draw: st.DrawFn) -> tuple[int, list[int], str, int, int]:
+    count = draw(st.integers(2, 60))
+    batches = draw(st.lists(st.integers(1, 5), min_size=1, max_size=count))
+    kind = draw(st.sampled_from(["flip", "delete", "duplicate", "swap"]))
+    first = draw(st.integers(1, count - 1 if kind in ("delete", "swap") else count))
+    second = draw(st.integers(first + 1, count)) if kind == "swap" else draw(st.integers(0, 10_000))
+    return count, batches, kind, first, second
+
+
+@settings(max_examples=100, deadline=None)
+@given(_mutations())
+def test_any_single_mutation_is_found_at_the_earliest_affected_seq(
+    case: tuple[int, list[int], str, int, int],
+) -> None:
+    count, batches, kind, first, second = case
+
+    async def scenario(path: Path) -> None:
+        async with await SQLiteStore.open(path) as store:
+            written = 0
+            for size in batches * count:
+                size = min(size, count - written)
+                if size <= 0:
+                    break
+                await store.append([event(correlation_id=f"c{written + i}", i=i) for i in range(size)])
+                written += size
+        with closing(sqlite3.connect(path)) as conn:
+            rows = [list(row) for row in conn.execute(f"SELECT {COLUMNS} FROM evidence ORDER BY seq")]
+        assert len(rows) == count
+        index = first - 1
+        if kind == "flip":
+            rows[index][5] = _flip(rows[index][5], second)
+            expected = first
+        elif kind == "delete":
+            del rows[index]
+            expected = first
+        elif kind == "duplicate":
+            rows.insert(index + 1, list(rows[index]))
+            expected = first + 1
+        else:
+            rows[index], rows[second - 1] = rows[second - 1], rows[index]
+            expected = first
+        _rewrite(path, [tuple(row) for row in rows])
+        report = await verify(path)
+        assert not report.ok, kind
+        assert report.first_bad_seq == expected, report.problem
+
+    with tempfile.TemporaryDirectory() as directory:
+        anyio.run(scenario, Path(directory) / "gate.db", backend="asyncio")
