@@ -56,7 +56,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _config(args)
     http = _host_port(args.http) if args.http else None
     if http is not None and not config.agents:
-        raise GateError(f"{config.path}: agents: serving HTTP needs at least one [agents.NAME] with a token_sha256")
+        raise GateError(
+            f"{config.path}: agents: serving HTTP needs at least one [agents.NAME] with a token_sha256"
+        )
 
     async def run() -> None:
         async with Gateway.open(config) as gate:
@@ -119,7 +121,12 @@ def _inspect(config: GateConfig, *, timeout: float) -> dict[str, Any]:
                 }
                 for t in sorted(gate.offered.values(), key=lambda t: t.name)
             ]
-            return {"gate": config.name, "policy_sha256": gate.policy_sha256, "servers": servers, "tools": tools}
+            return {
+                "gate": config.name,
+                "policy_sha256": gate.policy_sha256,
+                "servers": servers,
+                "tools": tools,
+            }
 
     return anyio.run(run)
 
@@ -177,8 +184,8 @@ def cmd_tools_accept(args: argparse.Namespace) -> int:
     server, tool = split
 
     async def run() -> str:
-        from mcp_gate.evidence import new_event
         from mcp_gate.clock import SystemClock, utc_iso
+        from mcp_gate.evidence import new_event
 
         async with await SQLiteStore.open(config.data_dir / "gate.db") as store:
             pin = await store.get_pin(server, tool)
@@ -292,8 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("name", metavar="SERVER__TOOL")
     a.set_defaults(func=cmd_tools)
 
-    p = sub.add_parser("import", help="print [servers.*] tables for an mcpServers / VS Code servers JSON file")
-    p.add_argument("path", metavar="PATH", help="claude_desktop_config.json, .mcp.json, .vscode/mcp.json, ...")
+    p = sub.add_parser(
+        "import", help="print [servers.*] tables for an mcpServers / VS Code servers JSON file"
+    )
+    p.add_argument(
+        "path", metavar="PATH", help="claude_desktop_config.json, .mcp.json, .vscode/mcp.json, ..."
+    )
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("audit", help="verify the evidence log or show one call's story")

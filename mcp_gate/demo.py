@@ -60,7 +60,9 @@ def _gate(config: Path) -> StdioServerParameters:
 
 def _cli(*args: str) -> None:
     print(f"   $ mcp-gate {' '.join(args)}", flush=True)
-    done = subprocess.run([sys.executable, "-m", "mcp_gate", *args], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "mcp_gate", *args], capture_output=True, text=True, check=False
+    )
     for line in (done.stdout + done.stderr).strip().splitlines():
         print(f"   {line}", flush=True)
 
@@ -81,7 +83,10 @@ async def _list(config: Path) -> None:
 
 def run_demo(*, keep: bool = False) -> int:
     if not (EXAMPLES / "notes_server.py").exists():
-        print(f"mcp-gate: error: the demo needs the examples/ folder of a source checkout ({EXAMPLES})", file=sys.stderr)
+        print(
+            f"mcp-gate: error: the demo needs the examples/ folder of a source checkout ({EXAMPLES})",
+            file=sys.stderr,
+        )
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="mcp-gate-demo-"))
     try:
@@ -89,11 +94,15 @@ def run_demo(*, keep: bool = False) -> int:
         print(f"mcp-gate demo: a gate in front of the example notes server (files in {workdir})")
         print("The agent below is the MCP SDK's client, talking to `mcp-gate serve` over stdio.")
 
-        _step(1, "The agent lists tools: every tool is namespaced and tiered; purge_notes is blocked and hidden")
+        _step(
+            1, "The agent lists tools: every tool is namespaced and tiered; purge_notes is blocked and hidden"
+        )
         anyio.run(_list, config)
 
         _step(2, "Low-risk calls pass straight through")
-        anyio.run(_agent, config, [("notes__echo", {"text": "hello through the gate"}), ("notes__list_notes", {})])
+        anyio.run(
+            _agent, config, [("notes__echo", {"text": "hello through the gate"}), ("notes__list_notes", {})]
+        )
 
         _step(3, "High-risk and critical calls need a human: refused, with the tier and the reason")
         anyio.run(

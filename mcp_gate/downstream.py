@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal, TextIO
 
 import anyio
 import httpx2
@@ -16,6 +16,7 @@ import mcp_types as types
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.dispatcher import ProgressFnT
 
 from mcp_gate.config import ServerSpec
 from mcp_gate.errors import DownstreamFailed, DownstreamUnavailable
@@ -24,7 +25,7 @@ __all__ = ["Downstream", "Downstreams", "ProgressFn", "describe_failure"]
 
 log = logging.getLogger("mcp_gate.downstream")
 
-ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+ProgressFn = ProgressFnT
 ToolsChanged = Callable[["Downstream"], Awaitable[None]]
 
 State = Literal["starting", "up", "down", "disabled"]
@@ -166,7 +167,9 @@ class Downstream:
                     self.last_error = None
                     self.connects += 1
                     backoff = BACKOFF_FIRST
-                    log.info("%s: connected (%s), %d tools", self.name, client.protocol_version, len(self.tools))
+                    log.info(
+                        "%s: connected (%s), %d tools", self.name, client.protocol_version, len(self.tools)
+                    )
                     await on_tools_changed(self)
                     self._settled.set()
                     await self._watch(client, on_tools_changed)
@@ -213,7 +216,7 @@ class Downstream:
 
 @asynccontextmanager
 async def _stdio_transport(params: StdioServerParameters, errlog_path: Path | None) -> AsyncIterator[Any]:
-    errlog: IO[str] | None = None
+    errlog: TextIO | None = None
     try:
         if errlog_path is not None:
             errlog_path.parent.mkdir(parents=True, exist_ok=True)

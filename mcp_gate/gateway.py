@@ -124,7 +124,9 @@ class Gateway:
         store: Store | None = None,
     ) -> AsyncIterator[Gateway]:
         """Open the store, record the start, connect every downstream; close it all on exit."""
-        manifests = load_manifests(config.manifests_dir, config.servers.keys(), required=config.manifests_required)
+        manifests = load_manifests(
+            config.manifests_dir, config.servers.keys(), required=config.manifests_required
+        )
         own_store = store is None
         opened: Store = store if store is not None else await SQLiteStore.open(config.data_dir / "gate.db")
         try:
@@ -137,7 +139,9 @@ class Gateway:
                 manifests={name: m.sha256 for name, m in manifests.items()},
             )
             async with anyio.create_task_group() as tg:
-                await tg.start(functools.partial(downstreams.run, gate._tools_changed, startup_timeout=startup_timeout))
+                await tg.start(
+                    functools.partial(downstreams.run, gate._tools_changed, startup_timeout=startup_timeout)
+                )
                 try:
                     yield gate
                 finally:
@@ -156,7 +160,11 @@ class Gateway:
 
     def event(self, event_type: str, correlation_id: str | None, **fields: Any) -> dict[str, Any]:
         return new_event(
-            event_type, ts=utc_iso(self.clock.now()), correlation_id=correlation_id, **self._common(), **fields
+            event_type,
+            ts=utc_iso(self.clock.now()),
+            correlation_id=correlation_id,
+            **self._common(),
+            **fields,
         )
 
     async def record(self, event_type: str, correlation_id: str | None, **fields: Any) -> None:
@@ -183,7 +191,10 @@ class Gateway:
             match observation:
                 case New():
                     await self.store.set_pin(
-                        ds.name, tool.name, pin=pin, definition=definition,
+                        ds.name,
+                        tool.name,
+                        pin=pin,
+                        definition=definition,
                         events=[self.event("tool.pinned", None, **fields, definition=redact(definition))],
                     )
                     stored = await self.store.get_pin(ds.name, tool.name)
@@ -191,10 +202,17 @@ class Gateway:
                     assert stored is not None
                     log.warning("%s__%s: definition changed; quarantined until accepted", ds.name, tool.name)
                     await self.store.mark_drift(
-                        ds.name, tool.name, pin=pin, definition=definition,
+                        ds.name,
+                        tool.name,
+                        pin=pin,
+                        definition=definition,
                         events=[
                             self.event(
-                                "tool.drifted", None, **fields, pinned=stored.pin, definition=redact(definition)
+                                "tool.drifted",
+                                None,
+                                **fields,
+                                pinned=stored.pin,
+                                definition=redact(definition),
                             )
                         ],
                     )
@@ -203,7 +221,9 @@ class Gateway:
                 case _:
                     assert_never(observation)
             decision = classify(tool.name, _annotations(tool), None, manifest)
-            fresh[f"{ds.name}{SEPARATOR}{tool.name}"] = OfferedTool(ds.name, tool.name, tool, pin, stored, decision)
+            fresh[f"{ds.name}{SEPARATOR}{tool.name}"] = OfferedTool(
+                ds.name, tool.name, tool, pin, stored, decision
+            )
         prefix = f"{ds.name}{SEPARATOR}"
         self.offered = {k: v for k, v in self.offered.items() if not k.startswith(prefix)} | fresh
 
@@ -237,10 +257,12 @@ class Gateway:
         }
         try:
             offered, args = await self._admit(name, arguments)
-        except CallRefused as refusal:
-            return await self._refuse(correlation_id, base, refusal, arguments)
+        except CallRefused as refused:
+            return await self._refuse(correlation_id, base, refused, arguments)
         base |= {"pin": offered.pin, "args_sha256": digest(args)}
-        decision = classify(offered.tool, _annotations(offered.served), args, self.manifests.get(offered.server))
+        decision = classify(
+            offered.tool, _annotations(offered.served), args, self.manifests.get(offered.server)
+        )
         requirement = self.config.requirements[decision.tier]
         decided = {
             "tier": decision.tier,
@@ -302,7 +324,9 @@ class Gateway:
         """A quarantined tool may have been accepted from another process since we looked."""
         stored = await self.store.get_pin(offered.server, offered.tool)
         if stored is not None and stored.pin == offered.pin:
-            fresh = OfferedTool(offered.server, offered.tool, offered.served, offered.pin, stored, offered.decision)
+            fresh = OfferedTool(
+                offered.server, offered.tool, offered.served, offered.pin, stored, offered.decision
+            )
             self.offered[offered.name] = fresh
             return fresh
         pinned = stored.pin if stored is not None else "?"
@@ -355,12 +379,18 @@ class Gateway:
             return await self._refuse(correlation_id, base, refusal, None)
         except DownstreamFailed as exc:
             duration = _ms(started)
-            await self._record_outcome("call.failed", correlation_id, base, error=str(exc), duration_ms=duration)
+            await self._record_outcome(
+                "call.failed", correlation_id, base, error=str(exc), duration_ms=duration
+            )
             return _error_result(str(exc))
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._record_outcome(
-                    "call.failed", correlation_id, base, error="cancelled by the client", duration_ms=_ms(started)
+                    "call.failed",
+                    correlation_id,
+                    base,
+                    error="cancelled by the client",
+                    duration_ms=_ms(started),
                 )
             raise
         wire = result.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -375,7 +405,9 @@ class Gateway:
         )
         return result
 
-    async def _record_outcome(self, event_type: str, correlation_id: str, base: Mapping[str, Any], **fields: Any) -> None:
+    async def _record_outcome(
+        self, event_type: str, correlation_id: str, base: Mapping[str, Any], **fields: Any
+    ) -> None:
         # The call has already run: failing to record its outcome cannot undo it. The missing
         # outcome is visible in the log (requested + decided, no result) and is logged loudly.
         try:

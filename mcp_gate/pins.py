@@ -10,7 +10,16 @@ import mcp_types as types
 
 from mcp_gate.evidence import digest
 
-__all__ = ["Accepted", "Drifted", "New", "Observation", "StillDrifted", "canonical_definition", "observe", "pin_of"]
+__all__ = [
+    "Accepted",
+    "Drifted",
+    "New",
+    "Observation",
+    "StillDrifted",
+    "canonical_definition",
+    "observe",
+    "pin_of",
+]
 
 # The fields of a tool that change what an agent is told or what the tool does. `_meta`, icons
 # and execution hints are presentation and are left out, so a cosmetic change is not a drift.

@@ -115,7 +115,6 @@ class FrontServer:
         bound = sock.getsockname()[1]
         config = uvicorn.Config(self.http_app(host), log_level="warning", lifespan="on")
         server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the CLI owns signals
         task_status.started(bound)
         try:
             await server.serve(sockets=[sock])
@@ -170,7 +169,10 @@ class BearerAuth:
 
 
 async def _unauthorized(send: Send) -> None:
-    body = b'{"error":"unauthorized","error_description":"a valid bearer token of a configured agent is required"}'
+    body = (
+        b'{"error":"unauthorized",'
+        b'"error_description":"a valid bearer token of a configured agent is required"}'
+    )
     await send(
         {
             "type": "http.response.start",

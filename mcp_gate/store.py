@@ -325,8 +325,12 @@ def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
     connection: sqlite3.Connection | None = None
     try:
         # isolation_level=None: no implicit transactions, we BEGIN IMMEDIATE ourselves.
-        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
-        connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")  # first: the WAL switch below may wait
+        connection = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+        )
+        connection.execute(
+            f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}"
+        )  # first: the WAL switch below may wait
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute("PRAGMA synchronous = FULL")
         connection.execute("PRAGMA foreign_keys = ON")

@@ -134,9 +134,10 @@ async def test_a_downstream_that_dies_mid_call_fails_that_call_is_restarted_and_
         if isinstance(message, types.ToolListChangedNotification):
             changed.set()
 
-    async with running_gate(notes_config) as front, Client(
-        front.server, mode="legacy", message_handler=on_message
-    ) as agent:
+    async with (
+        running_gate(notes_config) as front,
+        Client(front.server, mode="legacy", message_handler=on_message) as agent,
+    ):
         first_pid_connects = front.gateway.downstreams["notes"].connects
         crashed = await agent.call_tool("notes__crash", {})
         assert crashed.is_error
@@ -165,7 +166,10 @@ async def test_a_downstream_that_never_starts_does_not_stop_the_others(tmp_path:
         },
         manifests={"notes": NOTES_MANIFEST.read_text()},
     )
-    async with running_gate(config, startup_timeout=20) as front, Client(front.server, mode="legacy") as agent:
+    async with (
+        running_gate(config, startup_timeout=20) as front,
+        Client(front.server, mode="legacy") as agent,
+    ):
         assert text_of(await agent.call_tool("notes__echo", {"text": "ok"})) == "ok"
         broken = front.gateway.downstreams["broken"]
         assert broken.state == "down" and broken.last_error is not None
@@ -185,7 +189,7 @@ async def test_a_changed_tool_definition_is_quarantined_until_accepted(tmp_path:
         )
 
     async with running_gate(config("1")) as front, Client(front.server, mode="legacy") as agent:
-        assert not (await agent.call_tool("notes__read_note", {"name": "x"})).content == []
+        assert (await agent.call_tool("notes__read_note", {"name": "x"})).content != []
     async with running_gate(config("2")) as front, Client(front.server, mode="legacy") as agent:
         listed = {t.name: t for t in (await agent.list_tools()).tools}
         assert "id_rsa" not in (listed["notes__read_note"].description or "")
@@ -200,17 +204,21 @@ async def test_a_changed_tool_definition_is_quarantined_until_accepted(tmp_path:
     assert "tool.pinned" in kinds and "tool.drifted" in kinds and "tool.accepted" in kinds
 
 
-async def test_an_evidence_write_failure_means_the_call_does_not_run(notes_config: Path, tmp_path: Path) -> None:
+async def test_an_evidence_write_failure_means_the_call_does_not_run(
+    notes_config: Path, tmp_path: Path
+) -> None:
     db = notes_config.parent / "data" / "gate.db"
     store = await SQLiteStore.open(db, busy_timeout=0.1)
-    async with store, running_gate(notes_config, store=store) as front, Client(front.server, mode="legacy") as agent:
+    async with (
+        store,
+        running_gate(notes_config, store=store) as front,
+        Client(front.server, mode="legacy") as agent,
+    ):
         assert text_of(await agent.call_tool("notes__echo", {"text": "warm"})) == "warm"
         blocker = sqlite3.connect(db, timeout=0.1)
         blocker.execute("BEGIN EXCLUSIVE")
         try:
-            result = await agent.call_tool(
-                "notes__append_note", {"name": "must-not-exist", "text": "x"}
-            )
+            result = await agent.call_tool("notes__append_note", {"name": "must-not-exist", "text": "x"})
         finally:
             blocker.rollback()
             blocker.close()
@@ -222,7 +230,9 @@ async def test_a_real_third_party_server_from_pypi_works_behind_the_gate(tmp_pat
     manifest = (Path(__file__).resolve().parent.parent / "tool_manifests" / "time.toml").read_text()
     config = write_config(
         tmp_path / "gate",
-        servers={"time": {"command": sys.executable, "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]}},
+        servers={
+            "time": {"command": sys.executable, "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]}
+        },
         manifests={"time": manifest},
     )
     async with running_gate(config) as front, Client(front.server, mode="auto") as agent:
