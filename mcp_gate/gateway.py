@@ -44,13 +44,14 @@ from mcp_gate.policy import (
 )
 from mcp_gate.store import PinRecord, SQLiteStore, Store
 
-__all__ = ["Gateway", "OfferedTool", "SEPARATOR", "split_name"]
+__all__ = ["CORRELATION_META_KEY", "SEPARATOR", "TIER_META_KEY", "Gateway", "OfferedTool", "split_name"]
 
 log = logging.getLogger("mcp_gate.gateway")
 
 SEPARATOR = "__"
 MAX_ARGUMENT_BYTES = 256 * 1024
 TIER_META_KEY = "io.github.mcp-gate/tier"
+CORRELATION_META_KEY = "io.github.mcp-gate/correlation-id"
 
 
 def split_name(name: str) -> tuple[str, str] | None:
@@ -279,7 +280,9 @@ class Gateway:
             )
         except EvidenceWriteError as exc:
             log.error("evidence write failed; refusing %s: %s", name, exc)
-            return _error_result(f"{name} was not run: the gate could not write its evidence record ({exc})")
+            return _error_result(
+                f"{name} was not run: the gate could not write its evidence record ({exc})", correlation_id
+            )
         match requirement:
             case Run():
                 return await self._forward(correlation_id, base, offered, args, progress)
@@ -298,7 +301,7 @@ class Gateway:
     async def _admit(self, name: str, arguments: Any) -> tuple[OfferedTool, dict[str, Any]]:
         """Look the tool up and check the arguments; raise CallRefused with the reason."""
         offered = self.offered.get(name)
-        if offered is None or offered.decision.tier == "blocked":
+        if offered is None:
             split = split_name(name)
             if split is not None and split[0] in self.config.servers:
                 ds = self.downstreams[split[0]]
@@ -361,7 +364,7 @@ class Gateway:
             await self.store.append(events)
         except EvidenceWriteError as exc:
             log.error("evidence write failed for a refused call: %s", exc)
-        return _error_result(str(refusal))
+        return _error_result(str(refusal), correlation_id)
 
     async def _forward(
         self,
@@ -382,7 +385,7 @@ class Gateway:
             await self._record_outcome(
                 "call.failed", correlation_id, base, error=str(exc), duration_ms=duration
             )
-            return _error_result(str(exc))
+            return _error_result(str(exc), correlation_id)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._record_outcome(
@@ -426,5 +429,10 @@ def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
-def _error_result(text: str) -> types.CallToolResult:
-    return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=True)
+def _error_result(text: str, correlation_id: str) -> types.CallToolResult:
+    """A tool error made by the gate; its `_meta` names the evidence for `mcp-gate audit show`."""
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)],
+        is_error=True,
+        _meta={CORRELATION_META_KEY: correlation_id},
+    )

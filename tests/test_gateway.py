@@ -14,6 +14,7 @@ import mcp_types as types
 import pytest
 from mcp import Client
 
+from mcp_gate.gateway import CORRELATION_META_KEY
 from mcp_gate.store import SQLiteStore
 from mcp_gate.testing import NOTES_MANIFEST, NOTES_SERVER, notes_server_table, running_gate, write_config
 
@@ -90,8 +91,10 @@ async def test_a_high_tier_call_is_refused_with_its_tier_and_reason_and_never_re
     message = text_of(result)
     assert "high" in message and "1 approval" in message
     assert not (tmp_path / "notes" / "todo").exists()
-    events = [r["event_type"] for r in await story(notes_config)]
-    assert events[-3:] == ["call.requested", "policy.decided", "call.refused"]
+    assert result.meta is not None
+    correlation_id = result.meta[CORRELATION_META_KEY]
+    records = [r for r in await story(notes_config) if r["correlation_id"] == correlation_id]
+    assert [r["event_type"] for r in records] == ["call.requested", "policy.decided", "call.refused"]
 
 
 async def test_an_argument_condition_raises_the_tier_for_matching_arguments_only(notes_config: Path) -> None:
@@ -107,7 +110,7 @@ async def test_an_argument_condition_raises_the_tier_for_matching_arguments_only
     [
         ("notes__nope", {}, "unknown tool"),
         ("nope", {}, "unknown tool"),
-        ("notes__purge_notes", {}, "unknown tool"),
+        ("notes__purge_notes", {}, "blocked by policy"),
         ("notes__echo", {}, "'text' is a required property"),
         ("notes__echo", {"text": 5}, "is not of type 'string'"),
         ("notes__echo", {"text": "x", "extra": 1}, "Additional properties"),
