@@ -122,11 +122,10 @@ class FrontServer:
             sock.close()
 
 
-def _progress_relay(ctx: ServerRequestContext[Any]) -> ProgressFn | None:
-    meta = (ctx.params or {}).get("_meta") if isinstance(ctx.params, Mapping) else None
-    if not isinstance(meta, Mapping) or meta.get("progressToken") is None:
-        return None
-
+def _progress_relay(ctx: ServerRequestContext[Any]) -> ProgressFn:
+    # Always relayed: whether the agent asked for progress is not visible on every transport
+    # (the in-process modern dispatcher carries no token), and report_progress is a no-op
+    # for a request that did not ask.
     async def relay(progress: float, total: float | None, message: str | None) -> None:
         await ctx.session.report_progress(progress, total, message)
 
