@@ -65,7 +65,8 @@ class Downstream:
     spec: ServerSpec
     log_dir: Path | None = None
     state: State = "starting"
-    last_error: str | None = None
+    last_error: str | None = None  # for operators (`check`): may quote the server's stderr
+    last_failure: str | None = None  # for agents and evidence: never the server's own output
     tools: dict[str, types.Tool] = field(default_factory=dict)
     connects: int = 0
     protocol_version: str | None = None
@@ -84,7 +85,7 @@ class Downstream:
         """Call a tool once. Never retried: a failure after sending may have taken effect."""
         client = self._client
         if client is None or self.state != "up":
-            raise DownstreamUnavailable(self.name, self.last_error or self.state)
+            raise DownstreamUnavailable(self.name, self.last_failure or self.state)
         try:
             result = await client.call_tool(
                 tool, dict(arguments), read_timeout_seconds=self.spec.timeout, progress_callback=progress
@@ -103,7 +104,7 @@ class Downstream:
     def _mark_dead(self, why: str) -> None:
         if self.state == "up":
             self.state = "down"
-            self.last_error = why
+            self.last_error = self.last_failure = why
         self._dead.set()
 
     def _transport(self) -> AbstractAsyncContextManager[Any]:
@@ -164,7 +165,7 @@ class Downstream:
                     self._client = client
                     self.protocol_version = client.protocol_version
                     self.state = "up"
-                    self.last_error = None
+                    self.last_error = self.last_failure = None
                     self.connects += 1
                     backoff = BACKOFF_FIRST
                     log.info(
@@ -174,7 +175,7 @@ class Downstream:
                     self._settled.set()
                     await self._watch(client, on_tools_changed)
             except Exception as exc:  # any failure of the connection is recorded and retried
-                why = describe_failure(exc)
+                why = self.last_failure = describe_failure(exc)
                 stderr = self._last_stderr_line()
                 self.last_error = f"{why} (last stderr line: {stderr})" if stderr else why
                 log.warning("%s: %s; reconnecting in %.1fs", self.name, self.last_error, backoff)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 import time
 import uuid
@@ -306,7 +308,7 @@ class Gateway:
             if split is not None and split[0] in self.config.servers:
                 ds = self.downstreams[split[0]]
                 if ds.state != "up":
-                    raise DownstreamUnavailable(split[0], ds.last_error or ds.state)
+                    raise DownstreamUnavailable(split[0], ds.last_failure or ds.state)
             raise UnknownTool(name)
         if offered.quarantined:
             offered = await self._recheck_pin(offered)
@@ -403,7 +405,7 @@ class Gateway:
             base,
             duration_ms=_ms(started),
             is_error=bool(result.is_error),
-            result_sha256=digest(wire),
+            result_sha256=_result_digest(wire),
             result=redact(wire),
         )
         return result
@@ -423,6 +425,16 @@ def _annotations(tool: types.Tool) -> dict[str, Any] | None:
     if tool.annotations is None:
         return None
     return tool.annotations.model_dump(by_alias=True, exclude_none=True)
+
+
+def _result_digest(wire: Any) -> str:
+    """RFC 8785 digest of a result; results outside I-JSON (integers beyond 2**53, say) come from
+    the downstream, not the agent, so they are hashed as sorted-key JSON rather than refused."""
+    try:
+        return digest(wire)
+    except ValueError:
+        fallback = json.dumps(wire, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+        return "json:" + hashlib.sha256(fallback.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _ms(started: float) -> float:

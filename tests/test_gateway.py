@@ -180,7 +180,10 @@ async def test_a_downstream_that_never_starts_does_not_stop_the_others(tmp_path:
         dies = front.gateway.downstreams["dies"]
         assert dies.state == "down" and dies.last_error is not None and "boom" in dies.last_error
         refused = await agent.call_tool("broken__anything", {})
+        quiet = await agent.call_tool("dies__anything", {})
     assert refused.is_error and "not available" in text_of(refused)
+    # The agent learns the server is down, never what the server printed on its stderr.
+    assert quiet.is_error and "not available" in text_of(quiet) and "boom" not in text_of(quiet)
 
 
 async def test_a_changed_tool_definition_is_quarantined_until_accepted(tmp_path: Path) -> None:
