@@ -18,6 +18,7 @@ from mcp_gate.config import GateConfig, load_config, read_client_config, resolve
 from mcp_gate.errors import GateError, StoreError
 from mcp_gate.evidence import render_story
 from mcp_gate.gateway import SEPARATOR, Gateway, split_name
+from mcp_gate.manifests import load_manifests
 from mcp_gate.store import SQLiteStore
 
 __all__ = ["main"]
@@ -31,10 +32,11 @@ def _config(args: argparse.Namespace) -> GateConfig:
     return load_config(resolve_config_path(args.config, os.environ, Path.cwd()), os.environ)
 
 
-def _add_config(p: argparse.ArgumentParser) -> None:
+def _add_config(p: argparse.ArgumentParser, *, default: Any = None) -> None:
     p.add_argument(
         "--config",
         metavar="PATH",
+        default=default,
         help="gate.toml to use (default: $MCP_GATE_CONFIG, else ./gate.toml)",
     )
 
@@ -92,6 +94,9 @@ def _host_port(text: str) -> tuple[str, int]:
 def _inspect(config: GateConfig, *, timeout: float) -> dict[str, Any]:
     """Start the gate's downstreams once and describe servers and tools."""
 
+    # Manifest errors are bad input: report them alone, before any progress about servers.
+    load_manifests(config.manifests_dir, config.servers.keys(), required=config.manifests_required)
+
     async def run() -> dict[str, Any]:
         names = ", ".join(config.servers) or "none"
         _progress(f"connecting to {len(config.servers)} server(s): {names} (up to {timeout:.0f}s)...")
@@ -139,6 +144,8 @@ def _print_tools(tools: list[dict[str, Any]]) -> None:
     for t in tools:
         tier = t["tier"] + ("*" if t["conditional"] else "")
         flags = "  QUARANTINED" if t["quarantined"] else ""
+        if not t["listed"]:
+            flags += "  (not listed to agents)"
         _say(f"  {t['name']:<{width}}  {tier:<9} {t['pin'][:12]}  {t['rule']}: {t['reason']}{flags}")
     if any(t["conditional"] for t in tools):
         _say("  * a rule with argument conditions may give a different tier for some arguments")
@@ -153,11 +160,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         _say(f"config {config.path}: ok (gate {config.name!r}, policy {report['policy_sha256'][:12]})")
         for s in report["servers"]:
             status = "up" if s["state"] == "up" else s["state"].upper()
-            detail = f" ({s['protocol']})" if s["protocol"] else ""
-            manifest = s["manifest"] or "no manifest: every tool is high"
-            _say(f"server {s['name']}: {status}{detail}; {manifest}")
-            if s["error"] and s["state"] != "up":
-                _say(f"  error: {s['error']}")
+            if s["state"] == "up" and s["protocol"]:
+                status += f" ({s['protocol']})"
+            elif s["error"] and s["state"] != "up":
+                status += f": {' '.join(str(s['error']).split())}"
+            manifest = f"manifest {s['manifest']}" if s["manifest"] else "no manifest: every tool is high"
+            _say(f"server {s['name']}: {status}; {manifest}")
         _say("tools (name, tier, pin, rule: reason):")
         _print_tools(report["tools"])
     failed = [s for s in report["servers"] if s["state"] not in ("up", "disabled")]
@@ -182,12 +190,15 @@ def cmd_tools_accept(args: argparse.Namespace) -> int:
     if split is None or split[0] not in config.servers:
         raise GateError(f"tools accept: {args.name!r} is not SERVER{SEPARATOR}TOOL for a configured server")
     server, tool = split
+    db = config.data_dir / "gate.db"
+    if not db.exists():
+        raise GateError(f"tools accept: {db}: no pins here yet (has the gate run with this config?)")
 
     async def run() -> str:
         from mcp_gate.clock import SystemClock, utc_iso
         from mcp_gate.evidence import new_event
 
-        async with await SQLiteStore.open(config.data_dir / "gate.db") as store:
+        async with await SQLiteStore.open(db) as store:
             pin = await store.get_pin(server, tool)
             if pin is None or pin.drifted_pin is None:
                 raise GateError(f"tools accept: {args.name} has no changed definition waiting to be accepted")
@@ -267,59 +278,136 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- parser ---------------------------------------------------------------------------------
 
 
+_EXAMPLES = """\
+examples:
+  mcp-gate import ~/.config/Claude/claude_desktop_config.json >> gate.toml
+  mcp-gate check --config gate.toml
+  mcp-gate serve --config gate.toml
+  mcp-gate tools accept notes__read_note
+  mcp-gate audit verify
+  mcp-gate demo
+
+exit status: 0 ok, 1 a check failed (server down, evidence tampered), 2 bad input
+"""
+
+
+def _sub(sub: Any, name: str, summary: str, description: str | None = None) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=summary, description=description or summary)
+    return parser
+
+
+def _add_timeout(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for the servers to start (default 30)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mcp-gate",
         description="An MCP server that guards what AI agents do: agents connect to the gate, the gate "
         "connects to their tool servers, tiers every tool, and records every call as evidence.",
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"mcp-gate {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more to stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("serve", help="serve agents over stdio (default) or streamable HTTP")
+    p = _sub(
+        sub,
+        "serve",
+        "serve agents over stdio (default) or streamable HTTP",
+        "Serve agents over stdio (default) or streamable HTTP. Logs go to stderr; in stdio mode "
+        "stdout carries only MCP messages.",
+    )
     _add_config(p)
     p.add_argument("--http", metavar="HOST:PORT", help="serve streamable HTTP on HOST:PORT instead of stdio")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("check", help="validate config and manifests, start the servers, list every tool")
+    p = _sub(
+        sub,
+        "check",
+        "validate config and manifests, start the servers, list every tool",
+        "Validate the config and manifests, start every server once and list each tool with its "
+        "tier, pin and rule. Exits 1 if a server does not start.",
+    )
     _add_config(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for servers (default 30)")
+    _add_timeout(p)
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("tools", help="list the tools the gate offers, with tier, rule and pin")
+    p = _sub(
+        sub,
+        "tools",
+        "list the tools the gate offers, with tier, rule and pin",
+        "List the tools the gate offers, with tier, rule and pin; `tools accept` trusts a changed one.",
+    )
     _add_config(p)
     p.add_argument("--json", action="store_true", help="print the tools as JSON")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for servers (default 30)")
+    _add_timeout(p)
     p.set_defaults(func=cmd_tools, tools_command=None)
     tools_sub = p.add_subparsers(dest="tools_command", metavar="SUBCOMMAND")
-    a = tools_sub.add_parser("accept", help="trust the changed definition of a quarantined tool")
-    _add_config(a)
-    a.add_argument("name", metavar="SERVER__TOOL")
+    a = _sub(
+        tools_sub,
+        "accept",
+        "trust the changed definition of a quarantined tool",
+        "Trust the changed definition of a quarantined tool (after reviewing it) so agents can call "
+        "it again. Recorded as a tool.accepted event.",
+    )
+    _add_config(a, default=argparse.SUPPRESS)
+    a.add_argument("name", metavar="SERVER__TOOL", help="the quarantined tool, e.g. notes__read_note")
     a.set_defaults(func=cmd_tools)
 
-    p = sub.add_parser(
-        "import", help="print [servers.*] tables for an mcpServers / VS Code servers JSON file"
+    p = _sub(
+        sub,
+        "import",
+        "print [servers.*] tables for an mcpServers / VS Code servers JSON file",
+        "Print gate.toml [servers.*] tables for the servers of a client config (Claude Desktop, "
+        "Claude Code, Cursor, VS Code; comments allowed).",
     )
     p.add_argument(
         "path", metavar="PATH", help="claude_desktop_config.json, .mcp.json, .vscode/mcp.json, ..."
     )
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("audit", help="verify the evidence log or show one call's story")
+    p = _sub(sub, "audit", "verify the evidence log or show one call's story")
     audit_sub = p.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
-    v = audit_sub.add_parser("verify", help="check the hash chain and gapless sequence (exit 1 if tampered)")
+    v = _sub(
+        audit_sub,
+        "verify",
+        "check the hash chain and gapless sequence (exit 1 if tampered)",
+        "Check the evidence log's hash chain and gapless sequence. Exits 1 and names the first bad "
+        "record if anything was edited, deleted, inserted or reordered.",
+    )
     _add_config(v)
     v.add_argument("--json", action="store_true", help="print the result as JSON")
     v.set_defaults(func=cmd_audit)
-    s = audit_sub.add_parser("show", help="print every record of one call")
+    s = _sub(
+        audit_sub,
+        "show",
+        "print every record of one call",
+        "Print every record of one call: requested, decided, executed / failed / refused.",
+    )
     _add_config(s)
-    s.add_argument("correlation_id", metavar="CORRELATION_ID")
+    s.add_argument(
+        "correlation_id",
+        metavar="CORRELATION_ID",
+        help="the call's id, from a refused call's error result or `audit show --json`",
+    )
     s.add_argument("--json", action="store_true", help="print the records as JSON")
     s.set_defaults(func=cmd_audit)
 
-    p = sub.add_parser("demo", help="run the guided demo against the example notes server")
+    p = _sub(
+        sub,
+        "demo",
+        "run the guided demo against the example notes server",
+        "A scripted agent drives a real gate in front of the example notes server (about 10 s).",
+    )
     p.add_argument("--keep", action="store_true", help="keep the demo's temporary directory")
     p.set_defaults(func=cmd_demo)
     return parser
