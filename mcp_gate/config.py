@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Literal, cast
@@ -16,11 +17,14 @@ from urllib.parse import urlsplit
 import rfc8785
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from mcp_gate.approvals import Approver, parse_duration
 from mcp_gate.errors import ConfigError
 from mcp_gate.policy import DEFAULT_REQUIREMENTS, Approvals, Block, Confirm, Requirement, Run, Tier
 
 __all__ = [
+    "AdminSettings",
     "Agent",
+    "ApprovalSettings",
     "GateConfig",
     "Protocol",
     "Requester",
@@ -83,6 +87,25 @@ class ServerSpec:
 
 
 @dataclass(frozen=True)
+class ApprovalSettings:
+    """How held calls behave: hold budget, progress interval, default expiry, pending limit."""
+
+    hold_seconds: float = 45.0
+    progress_seconds: float = 5.0
+    expires_after: float = 15 * 60.0
+    max_pending: int = 10
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """The approvers' HTTP API: where it listens."""
+
+    host: str
+    port: int
+    allow_remote: bool = False
+
+
+@dataclass(frozen=True)
 class GateConfig:
     """The validated gate.toml with every server it registers."""
 
@@ -96,6 +119,18 @@ class GateConfig:
     servers: Mapping[str, ServerSpec]
     requirements: Mapping[Tier, Requirement]
     config_sha256: str
+    approvers: Mapping[str, Approver] = field(default_factory=lambda: MappingProxyType({}))
+    approval_settings: ApprovalSettings = field(default_factory=ApprovalSettings)
+    admin: AdminSettings | None = None
+
+    def approver_by_token(self, token: str) -> Approver | None:
+        """The approver whose token this is, compared by SHA-256 in constant time."""
+        presented = hashlib.sha256(token.encode()).hexdigest()
+        found = None
+        for approver in self.approvers.values():
+            if approver.token_sha256 is not None and hmac.compare_digest(approver.token_sha256, presented):
+                found = approver
+        return found
 
 
 # --- reading files ------------------------------------------------------------------------------
@@ -256,6 +291,25 @@ class _ServerSection(_Strict):
     disabled: bool = False
 
 
+class _ApproverSection(_Strict):
+    email: NonEmpty
+    groups: list[NonEmpty] = Field(default_factory=list)
+    token_sha256: Annotated[str, AfterValidator(_sha256_hex)] | None = None
+    aliases: list[NonEmpty] = Field(default_factory=list)
+
+
+class _ApprovalsSection(_Strict):
+    hold_seconds: float = Field(default=45.0, gt=0, le=3600)
+    progress_seconds: float = Field(default=5.0, gt=0, le=300)
+    expires: NonEmpty = "15m"
+    max_pending: int = Field(default=10, ge=1, le=10_000)
+
+
+class _AdminSection(_Strict):
+    listen: NonEmpty
+    allow_remote: bool = False
+
+
 class _GateFile(_Strict):
     servers_from: list[NonEmpty] = Field(default_factory=list)
     gate: _GateSection = Field(default_factory=_GateSection)
@@ -263,6 +317,9 @@ class _GateFile(_Strict):
     agents: dict[str, _AgentSection] = Field(default_factory=dict)
     servers: dict[str, _ServerSection] = Field(default_factory=dict)
     tiers: dict[str, Any] = Field(default_factory=dict)
+    approvers: dict[str, _ApproverSection] = Field(default_factory=dict)
+    approvals: _ApprovalsSection = Field(default_factory=_ApprovalsSection)
+    admin: _AdminSection | None = None
 
 
 class _ClientEntry(_Strict):
@@ -582,7 +639,7 @@ def _requirements(file: str, tiers: Mapping[str, Any]) -> dict[Tier, Requirement
         elif value == "block":
             requirement = Block()
         elif isinstance(value, dict):
-            extra = sorted(set(value) - {"approvals"})
+            extra = sorted(set(value) - {"approvals", "groups", "expires"})
             if extra:
                 raise ConfigError(file, f"{key}.{extra[0]}", "unknown key")
             if "approvals" not in value:
@@ -590,13 +647,84 @@ def _requirements(file: str, tiers: Mapping[str, Any]) -> dict[Tier, Requirement
             count = value["approvals"]
             if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 10:
                 raise ConfigError(file, f"{key}.approvals", f"must be an integer from 1 to 10, got {count!r}")
-            requirement = Approvals(count)
+            groups = value.get("groups", [])
+            if not isinstance(groups, list) or not all(isinstance(g, str) and g.strip() for g in groups):
+                raise ConfigError(file, f"{key}.groups", f"must be a list of group names, got {groups!r}")
+            expires_after = None
+            if "expires" in value:
+                expires_after = _duration(file, f"{key}.expires", value["expires"])
+            requirement = Approvals(count, groups=tuple(groups), expires_after=expires_after)
         else:
             raise ConfigError(
                 file, key, f'expected "run", "confirm", "block" or {{ approvals = N }}, got {value!r}'
             )
         requirements[cast(Tier, tier)] = requirement
     return requirements
+
+
+def _duration(file: str, key: str, value: Any) -> float:
+    if not isinstance(value, str):
+        raise ConfigError(file, key, f'expected a duration like "15m", got {value!r}')
+    try:
+        return parse_duration(value).total_seconds()
+    except ValueError as exc:
+        raise ConfigError(file, key, str(exc)) from exc
+
+
+def _approvers(file: str, model: _GateFile, agents: Mapping[str, Agent]) -> dict[str, Approver]:
+    approvers: dict[str, Approver] = {}
+    tokens = {a.token_sha256: f"agent {a.name!r}" for a in agents.values()}
+    for name, section in model.approvers.items():
+        key = f"approvers.{name}"
+        if not _AGENT_NAME.fullmatch(name):
+            raise ConfigError(file, key, "approver name must be 1-64 letters, digits, '_', '.', '@' or '-'")
+        if section.token_sha256 is not None:
+            if section.token_sha256 in tokens:
+                raise ConfigError(
+                    file,
+                    f"{key}.token_sha256",
+                    f"the same token is already given to {tokens[section.token_sha256]}",
+                )
+            tokens[section.token_sha256] = f"approver {name!r}"
+        approvers[name] = Approver(
+            name=name,
+            email=section.email,
+            groups=frozenset(section.groups),
+            token_sha256=section.token_sha256,
+            aliases=frozenset(section.aliases),
+        )
+    return approvers
+
+
+def _check_groups(
+    file: str, requirements: Mapping[Tier, Requirement], approvers: Mapping[str, Approver]
+) -> None:
+    known = {g for a in approvers.values() for g in a.groups}
+    for tier, requirement in requirements.items():
+        if isinstance(requirement, Approvals):
+            for group in requirement.groups:
+                if group not in known:
+                    raise ConfigError(
+                        file,
+                        f"tiers.{tier}.groups",
+                        f"no approver is in group {group!r} (known: {sorted(known)})",
+                    )
+
+
+def _admin(file: str, section: _AdminSection | None) -> AdminSettings | None:
+    if section is None:
+        return None
+    host, sep, port = section.listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(
+            file, "admin.listen", f"expected HOST:PORT such as 127.0.0.1:8766, got {section.listen!r}"
+        )
+    if not section.allow_remote and host not in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigError(
+            file, "admin.listen", f"{host} is not a loopback address; set allow_remote = true to listen on it"
+        )
+    return AdminSettings(host=host, port=int(port), allow_remote=section.allow_remote)
 
 
 def load_config(path: Path, environ: Mapping[str, str]) -> GateConfig:
@@ -645,6 +773,15 @@ def load_config(path: Path, environ: Mapping[str, str]) -> GateConfig:
         seen_tokens[agent.token_sha256] = name
         agents[name] = Agent(name=name, token_sha256=agent.token_sha256, owner=agent.owner)
 
+    approvers = _approvers(file, model, agents)
+    requirements = _requirements(file, model.tiers)
+    _check_groups(file, requirements, approvers)
+    settings = ApprovalSettings(
+        hold_seconds=model.approvals.hold_seconds,
+        progress_seconds=model.approvals.progress_seconds,
+        expires_after=_duration(file, "approvals.expires", model.approvals.expires),
+        max_pending=model.approvals.max_pending,
+    )
     manifests = model.gate.manifests
     fields: dict[str, Any] = {
         "path": path.absolute(),
@@ -655,7 +792,10 @@ def load_config(path: Path, environ: Mapping[str, str]) -> GateConfig:
         "requester": Requester(agent=model.requester.agent, owner=model.requester.owner),
         "agents": MappingProxyType(agents),
         "servers": MappingProxyType(servers),
-        "requirements": MappingProxyType(_requirements(file, model.tiers)),
+        "requirements": MappingProxyType(requirements),
+        "approvers": MappingProxyType(approvers),
+        "approval_settings": settings,
+        "admin": _admin(file, model.admin),
     }
     return GateConfig(**fields, config_sha256=_config_sha256(fields))
 
@@ -666,7 +806,11 @@ def _secret(value: str) -> str:
 
 def _requirement_json(requirement: Requirement) -> dict[str, Any]:
     if isinstance(requirement, Approvals):
-        return {"approvals": requirement.count}
+        return {
+            "approvals": requirement.count,
+            "groups": list(requirement.groups),
+            "expires_after": requirement.expires_after,
+        }
     return {"kind": type(requirement).__name__.lower()}
 
 
@@ -699,6 +843,21 @@ def _config_sha256(fields: Mapping[str, Any]) -> str:
             for n, s in servers.items()
         },
         "requirements": {t: _requirement_json(r) for t, r in requirements.items()},
+        "approvers": {
+            n: {
+                "email": a.email,
+                "groups": sorted(a.groups),
+                "token_sha256": a.token_sha256,
+                "aliases": sorted(a.aliases),
+            }
+            for n, a in fields["approvers"].items()
+        },
+        "approvals": {
+            "hold_seconds": fields["approval_settings"].hold_seconds,
+            "progress_seconds": fields["approval_settings"].progress_seconds,
+            "expires_after": fields["approval_settings"].expires_after,
+            "max_pending": fields["approval_settings"].max_pending,
+        },
     }
     return hashlib.sha256(rfc8785.dumps(document)).hexdigest()
 

@@ -12,9 +12,12 @@ from typing import Any
 
 import rfc8785
 
+from mcp_gate.clock import Clock, utc_iso
+
 __all__ = [
     "GENESIS_HASH",
     "ChainVerifier",
+    "EventFactory",
     "Record",
     "VerifyReport",
     "canonical_json",
@@ -53,6 +56,27 @@ def sha256_hex(data: bytes) -> str:
 def digest(value: Any) -> str:
     """SHA-256 of the canonical JSON of a value (for `args_sha256`, `result_sha256`)."""
     return sha256_hex(canonical_json(value))
+
+
+@dataclass(frozen=True)
+class EventFactory:
+    """Builds event bodies that carry what every record of one gate carries: its name, version and
+    policy hash, and a timestamp from the gate's clock."""
+
+    gate_name: str
+    version: str
+    policy_sha256: str
+    clock: Clock
+
+    def __call__(self, event_type: str, correlation_id: str | None, **fields: Any) -> dict[str, Any]:
+        return new_event(
+            event_type,
+            ts=utc_iso(self.clock.now()),
+            correlation_id=correlation_id,
+            gate={"name": self.gate_name, "version": self.version},
+            policy_sha256=self.policy_sha256,
+            **fields,
+        )
 
 
 def chain_hash(prev_hash: str, body_canonical: bytes) -> str:

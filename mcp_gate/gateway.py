@@ -18,7 +18,7 @@ import jsonschema
 import mcp_types as types
 
 from mcp_gate import __version__
-from mcp_gate.clock import Clock, SystemClock, utc_iso
+from mcp_gate.clock import Clock, SystemClock
 from mcp_gate.config import GateConfig, Requester
 from mcp_gate.downstream import Downstream, Downstreams, ProgressFn
 from mcp_gate.errors import (
@@ -31,7 +31,7 @@ from mcp_gate.errors import (
     Quarantined,
     UnknownTool,
 )
-from mcp_gate.evidence import canonical_json, digest, new_event, redact
+from mcp_gate.evidence import EventFactory, canonical_json, digest, redact
 from mcp_gate.manifests import Manifest, load_manifests
 from mcp_gate.pins import Accepted, Drifted, New, StillDrifted, canonical_definition, observe, pin_of
 from mcp_gate.policy import (
@@ -111,6 +111,7 @@ class Gateway:
         self.downstreams = downstreams
         self.clock = clock
         self.policy_sha256 = policy_sha256(config.config_sha256, manifests)
+        self.events = EventFactory(config.name, __version__, self.policy_sha256, clock)
         self.offered: dict[str, OfferedTool] = {}
         self.tool_listeners: list[Callable[[], Awaitable[None]]] = []
         self._pin_lock = anyio.Lock()
@@ -155,20 +156,8 @@ class Gateway:
 
     # -- evidence -------------------------------------------------------------------------
 
-    def _common(self) -> dict[str, Any]:
-        return {
-            "gate": {"name": self.config.name, "version": __version__},
-            "policy_sha256": self.policy_sha256,
-        }
-
     def event(self, event_type: str, correlation_id: str | None, **fields: Any) -> dict[str, Any]:
-        return new_event(
-            event_type,
-            ts=utc_iso(self.clock.now()),
-            correlation_id=correlation_id,
-            **self._common(),
-            **fields,
-        )
+        return self.events(event_type, correlation_id, **fields)
 
     async def record(self, event_type: str, correlation_id: str | None, **fields: Any) -> None:
         await self.store.append([self.event(event_type, correlation_id, **fields)])

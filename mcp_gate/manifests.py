@@ -58,6 +58,7 @@ class Rule:
     when: tuple[tuple[str, Condition], ...]
     tier: Tier
     reason: str
+    approvers: tuple[str, ...] = ()  # approver groups for this rule's calls; empty: the tier's groups
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,7 @@ class _RuleModel(_Strict):
     when: dict[str, _ConditionModel] = Field(default_factory=dict)
     tier: Tier
     reason: Annotated[str, AfterValidator(_reason)]
+    approvers: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
 
 
 class _ManifestModel(_Strict):
@@ -176,7 +178,14 @@ def load_manifest(path: Path) -> Manifest:
                 raise ConfigError(file, key, str(exc)) from exc
             when.append((pointer, _condition(file, key, condition)))
         rules.append(
-            Rule(index=index, tools=tuple(rule.tools), when=tuple(when), tier=rule.tier, reason=rule.reason)
+            Rule(
+                index=index,
+                tools=tuple(rule.tools),
+                when=tuple(when),
+                tier=rule.tier,
+                reason=rule.reason,
+                approvers=tuple(rule.approvers),
+            )
         )
     return Manifest(
         server=model.server,

@@ -51,9 +51,14 @@ class Confirm:
 
 @dataclass(frozen=True)
 class Approvals:
-    """`count` distinct approvers, none of them the requester's owner, approve the exact call."""
+    """`count` distinct approvers, none of them the requester's owner, approve the exact call.
+
+    `groups`: approver groups that may decide (empty: any configured approver). `expires_after`:
+    how long a request stays open, in seconds (None: the gate's default)."""
 
     count: int
+    groups: tuple[str, ...] = ()
+    expires_after: float | None = None
 
     def __post_init__(self) -> None:
         if self.count < 1:
@@ -106,6 +111,8 @@ class Decision:
     # Only meaningful when listing (no arguments): a rule with `when` conditions that names
     # this tool was skipped, so specific arguments may get a different tier.
     conditional: bool = False
+    # Approver groups named by the matching rule; they replace the tier's groups for this call.
+    approvers: tuple[str, ...] = ()
 
 
 def classify(
@@ -147,6 +154,7 @@ def classify(
             reason=rule.reason,
             source="rule",
             conditional=skipped_conditional,
+            approvers=rule.approvers,
         )
     if manifest.trust_annotations and manifest.default != "low" and _read_only(annotations):
         return Decision(

@@ -1,4 +1,4 @@
-"""The storage interface (`Store`) and its SQLite implementation: evidence chain and tool pins."""
+"""The storage interface (`Store`) and its SQLite implementation: evidence, pins, approvals, grants."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
@@ -13,11 +14,12 @@ from typing import Any, Protocol, TypeVar
 import anyio
 import anyio.to_thread
 
+from mcp_gate.approvals import ApprovalRequest, Binding, Grant, RequestState, Vote
 from mcp_gate.clock import Clock, SystemClock, utc_iso
 from mcp_gate.errors import EvidenceWriteError, StoreError
 from mcp_gate.evidence import GENESIS_HASH, ChainVerifier, Record, VerifyReport, canonical_json, chain_hash
 
-__all__ = ["PinRecord", "SQLiteStore", "Store"]
+__all__ = ["Inflight", "PinRecord", "SQLiteStore", "Store", "Tx"]
 
 SCHEMA_VERSION = "1"
 
@@ -47,12 +49,73 @@ CREATE TABLE IF NOT EXISTS pins (
     updated_at TEXT NOT NULL,
     PRIMARY KEY (server, tool)
 );
+CREATE TABLE IF NOT EXISTS approvals (
+    id TEXT PRIMARY KEY,
+    correlation_id TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    server TEXT NOT NULL,
+    tool TEXT NOT NULL,
+    pin TEXT NOT NULL,
+    args_sha256 TEXT NOT NULL,
+    policy_sha256 TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    required INTEGER NOT NULL,
+    groups TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    args TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    state TEXT NOT NULL,
+    closed_by TEXT
+);
+CREATE INDEX IF NOT EXISTS approvals_by_call ON approvals(agent, server, tool, args_sha256, state);
+CREATE INDEX IF NOT EXISTS approvals_by_state ON approvals(state, expires_at);
+CREATE TABLE IF NOT EXISTS votes (
+    request_id TEXT NOT NULL REFERENCES approvals(id),
+    approver TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    at TEXT NOT NULL,
+    note TEXT,
+    PRIMARY KEY (request_id, approver)
+);
+CREATE TABLE IF NOT EXISTS grants (
+    id TEXT PRIMARY KEY,
+    agent TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    server TEXT NOT NULL,
+    tool TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    request_id TEXT,
+    note TEXT,
+    revoked_at TEXT,
+    revoked_by TEXT
+);
+CREATE INDEX IF NOT EXISTS grants_by_tool ON grants(agent, server, tool);
+CREATE TABLE IF NOT EXISTS inflight (
+    correlation_id TEXT PRIMARY KEY,
+    request_id TEXT,
+    started_at TEXT NOT NULL,
+    fields TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
 """
 
+_APPROVAL_COLUMNS = (
+    "id, correlation_id, agent, owner, server, tool, pin, args_sha256, policy_sha256, tier, required, "
+    "groups, rule, reason, args, created_at, expires_at, state, closed_by"
+)
+_GRANT_COLUMNS = (
+    "id, agent, owner, server, tool, created_by, created_at, expires_at, request_id, note, "
+    "revoked_at, revoked_by"
+)
 _RECORD_COLUMNS = "seq, event_id, ts, event_type, correlation_id, body, prev_hash, entry_hash"
 _PIN_COLUMNS = "server, tool, pin, definition, drifted_pin, drifted_definition, updated_at"
 _REQUIRED_TEXT = ("event_id", "ts", "event_type")
@@ -127,7 +190,228 @@ class Store(Protocol):
         """Make the quarantined definition the accepted one; StoreError if there is none."""
         ...
 
+    async def transact(self, fn: Callable[[Tx], T]) -> T:
+        """Run `fn` in one BEGIN IMMEDIATE transaction: it commits whole or not at all, and no other
+        writer (thread or process) interleaves. Failures raise EvidenceWriteError."""
+        ...
+
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        """Run `fn` over a consistent read; StoreError if the store cannot be read."""
+        ...
+
+    def data_version(self) -> int:
+        """Changes whenever another connection (process) commits: a cheap wake-up signal."""
+        ...
+
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Inflight:
+    """A call whose execution began: it has no recorded outcome yet."""
+
+    correlation_id: str
+    request_id: str | None
+    started_at: str
+    fields: Mapping[str, Any]
+
+
+class Tx:
+    """Typed reads and writes over one SQLite connection, used inside `Store.transact` / `read`."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def append(self, events: Sequence[Mapping[str, Any]]) -> list[Record]:
+        return _append(self.conn, events)
+
+    # approval requests
+
+    def get_request(self, request_id: str) -> ApprovalRequest | None:
+        row = self.conn.execute(
+            f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE id = ?", (request_id,)
+        ).fetchone()
+        return None if row is None else self._request(row)
+
+    def find_open_request(self, binding: Binding) -> ApprovalRequest | None:
+        """The newest pending or approved request for the same requester, tool and arguments."""
+        row = self.conn.execute(
+            f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE agent = ? AND owner = ? AND server = ? "
+            "AND tool = ? AND args_sha256 = ? AND state IN ('pending', 'approved') "
+            "ORDER BY created_at DESC LIMIT 1",
+            (binding.agent, binding.owner, binding.server, binding.tool, binding.args_sha256),
+        ).fetchone()
+        return None if row is None else self._request(row)
+
+    def requests(self, *, states: Sequence[RequestState] = (), limit: int = 200) -> list[ApprovalRequest]:
+        if states:
+            marks = ", ".join("?" for _ in states)
+            rows = self.conn.execute(
+                f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE state IN ({marks}) "
+                "ORDER BY created_at LIMIT ?",
+                (*states, limit),
+            ).fetchall()
+        else:
+            rows = self.conn.execute(
+                f"SELECT {_APPROVAL_COLUMNS} FROM approvals ORDER BY created_at DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [self._request(row) for row in rows]
+
+    def count_pending(self, agent: str) -> int:
+        row = self.conn.execute(
+            "SELECT COUNT(*) FROM approvals WHERE agent = ? AND state = 'pending'", (agent,)
+        ).fetchone()
+        return int(row[0])
+
+    def due_for_expiry(self, now: str) -> list[ApprovalRequest]:
+        rows = self.conn.execute(
+            f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE state IN ('pending', 'approved') "
+            "AND expires_at <= ?",
+            (now,),
+        ).fetchall()
+        return [self._request(row) for row in rows]
+
+    def insert_request(self, request: ApprovalRequest) -> None:
+        b = request.binding
+        self.conn.execute(
+            f"INSERT INTO approvals ({_APPROVAL_COLUMNS}) VALUES ({', '.join('?' for _ in range(19))})",
+            (
+                request.id,
+                request.correlation_id,
+                b.agent,
+                b.owner,
+                b.server,
+                b.tool,
+                b.pin,
+                b.args_sha256,
+                b.policy_sha256,
+                request.tier,
+                request.required,
+                json.dumps(list(request.groups)),
+                request.rule,
+                request.reason,
+                canonical_json(request.args).decode("utf-8"),
+                utc_iso(request.created_at),
+                utc_iso(request.expires_at),
+                request.state,
+                request.closed_by,
+            ),
+        )
+
+    def save_request(self, request: ApprovalRequest) -> None:
+        """Store the request's state and any votes not stored yet (a vote is never changed)."""
+        self.conn.execute(
+            "UPDATE approvals SET state = ?, closed_by = ? WHERE id = ?",
+            (request.state, request.closed_by, request.id),
+        )
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO votes (request_id, approver, verdict, channel, at, note) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(request.id, v.approver, v.verdict, v.channel, utc_iso(v.at), v.note) for v in request.votes],
+        )
+
+    def _request(self, row: Sequence[Any]) -> ApprovalRequest:
+        (rid, correlation_id, agent, owner, server, tool, pin, args_sha256, policy_sha256, tier, required,
+         groups, rule, reason, args, created_at, expires_at, state, closed_by) = row  # fmt: skip
+        votes = tuple(
+            Vote(approver=a, verdict=v, channel=c, at=_parse_time(at), note=n)
+            for a, v, c, at, n in self.conn.execute(
+                "SELECT approver, verdict, channel, at, note FROM votes WHERE request_id = ? "
+                "ORDER BY at, rowid",
+                (rid,),
+            )
+        )
+        return ApprovalRequest(
+            id=rid,
+            binding=Binding(agent, owner, server, tool, pin, args_sha256, policy_sha256),
+            correlation_id=correlation_id,
+            tier=tier,
+            required=int(required),
+            groups=tuple(json.loads(groups)),
+            rule=rule,
+            reason=reason,
+            args=json.loads(args),
+            created_at=_parse_time(created_at),
+            expires_at=_parse_time(expires_at),
+            state=state,
+            votes=votes,
+            closed_by=closed_by,
+        )
+
+    # grants
+
+    def insert_grant(self, grant: Grant) -> None:
+        self.conn.execute(
+            f"INSERT INTO grants ({_GRANT_COLUMNS}) VALUES ({', '.join('?' for _ in range(12))})",
+            (
+                grant.id,
+                grant.agent,
+                grant.owner,
+                grant.server,
+                grant.tool,
+                grant.created_by,
+                utc_iso(grant.created_at),
+                utc_iso(grant.expires_at),
+                grant.request_id,
+                grant.note,
+                None if grant.revoked_at is None else utc_iso(grant.revoked_at),
+                grant.revoked_by,
+            ),
+        )
+
+    def revoke_grant(self, grant: Grant) -> None:
+        assert grant.revoked_at is not None
+        self.conn.execute(
+            "UPDATE grants SET revoked_at = ?, revoked_by = ? WHERE id = ?",
+            (utc_iso(grant.revoked_at), grant.revoked_by, grant.id),
+        )
+
+    def get_grant(self, grant_id: str) -> Grant | None:
+        row = self.conn.execute(f"SELECT {_GRANT_COLUMNS} FROM grants WHERE id = ?", (grant_id,)).fetchone()
+        return None if row is None else _grant(row)
+
+    def grants_for(self, agent: str, owner: str, server: str, tool: str) -> list[Grant]:
+        rows = self.conn.execute(
+            f"SELECT {_GRANT_COLUMNS} FROM grants WHERE agent = ? AND owner = ? AND server = ? AND tool = ? "
+            "AND revoked_at IS NULL ORDER BY expires_at DESC",
+            (agent, owner, server, tool),
+        ).fetchall()
+        return [_grant(row) for row in rows]
+
+    def grants(self, *, live_at: str | None = None) -> list[Grant]:
+        if live_at is None:
+            rows = self.conn.execute(
+                f"SELECT {_GRANT_COLUMNS} FROM grants ORDER BY created_at DESC"
+            ).fetchall()
+        else:
+            rows = self.conn.execute(
+                f"SELECT {_GRANT_COLUMNS} FROM grants WHERE revoked_at IS NULL AND expires_at > ? "
+                "ORDER BY created_at DESC",
+                (live_at,),
+            ).fetchall()
+        return [_grant(row) for row in rows]
+
+    # calls in flight
+
+    def begin_inflight(
+        self, correlation_id: str, request_id: str | None, started_at: str, fields: Mapping[str, Any]
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO inflight (correlation_id, request_id, started_at, fields) VALUES (?, ?, ?, ?)",
+            (correlation_id, request_id, started_at, canonical_json(dict(fields)).decode("utf-8")),
+        )
+
+    def end_inflight(self, correlation_id: str) -> None:
+        self.conn.execute("DELETE FROM inflight WHERE correlation_id = ?", (correlation_id,))
+
+    def inflight(self) -> list[Inflight]:
+        rows = self.conn.execute(
+            "SELECT correlation_id, request_id, started_at, fields FROM inflight ORDER BY started_at"
+        ).fetchall()
+        return [Inflight(c, r, s, json.loads(f)) for c, r, s, f in rows]
+
+    def set_request_state(self, request_id: str, state: RequestState) -> None:
+        self.conn.execute("UPDATE approvals SET state = ? WHERE id = ?", (state, request_id))
 
 
 class SQLiteStore:
@@ -143,6 +427,7 @@ class SQLiteStore:
         self._connection: sqlite3.Connection | None = connection
         self._clock = clock
         self._lock = anyio.Lock()
+        self._watch: sqlite3.Connection | None = None
 
     @classmethod
     async def open(cls, path: Path, *, clock: Clock | None = None, busy_timeout: float = 10.0) -> SQLiteStore:
@@ -166,6 +451,9 @@ class SQLiteStore:
     async def close(self) -> None:
         async with self._lock:
             connection, self._connection = self._connection, None
+            if self._watch is not None:
+                self._watch.close()
+                self._watch = None
             if connection is not None:
                 await anyio.to_thread.run_sync(connection.close)
 
@@ -288,6 +576,22 @@ class SQLiteStore:
 
         return await self._write_evidence(len(events), write)
 
+    # transactions over approvals, grants and calls in flight
+
+    async def transact(self, fn: Callable[[Tx], T]) -> T:
+        return await self._write_evidence(0, lambda conn: fn(Tx(conn)))
+
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        return await self._read(lambda conn: fn(Tx(conn)))
+
+    def data_version(self) -> int:
+        # A separate connection: PRAGMA data_version only changes for commits made by *other*
+        # connections, and this one never writes. It reads a counter in shared memory, so it is
+        # cheap enough to ask on the event loop.
+        if self._watch is None:
+            self._watch = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
+
     # plumbing
 
     def _require_open(self) -> sqlite3.Connection:
@@ -306,15 +610,13 @@ class SQLiteStore:
     async def _write_evidence(self, count: int, fn: Callable[[sqlite3.Connection], T]) -> T:
         async with self._lock:
             if self._connection is None:
-                raise EvidenceWriteError(f"cannot write {count} evidence record(s): the store is closed")
+                raise EvidenceWriteError(f"cannot write to {self._path}: the store is closed")
             try:
                 return await anyio.to_thread.run_sync(_in_transaction, self._connection, fn)
             except StoreError:
                 raise
             except (sqlite3.Error, ValueError, TypeError) as exc:
-                raise EvidenceWriteError(
-                    f"cannot write {count} evidence record(s) to {self._path}: {_one_line(exc)}"
-                ) from exc
+                raise EvidenceWriteError(f"cannot write to {self._path}: {_one_line(exc)}") from exc
 
 
 def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
@@ -469,6 +771,29 @@ def _verify_file(path: Path) -> VerifyReport:
         return verifier.report()
     finally:
         connection.close()
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _grant(row: Sequence[Any]) -> Grant:
+    (gid, agent, owner, server, tool, created_by, created_at, expires_at, request_id, note,
+     revoked_at, revoked_by) = row  # fmt: skip
+    return Grant(
+        id=gid,
+        agent=agent,
+        owner=owner,
+        server=server,
+        tool=tool,
+        created_by=created_by,
+        created_at=_parse_time(created_at),
+        expires_at=_parse_time(expires_at),
+        request_id=request_id,
+        note=note,
+        revoked_at=None if revoked_at is None else _parse_time(revoked_at),
+        revoked_by=revoked_by,
+    )
 
 
 def _one_line(exc: BaseException) -> str:

@@ -132,7 +132,7 @@ RULE = '\n[[rule]]\ntools = ["x"]\ntier = "low"\nreason = "r"\n'
     ("text", "key", "problem"),
     [
         ('server = "notes"\ncolour = "red"\n', "colour", "unknown key"),
-        ('server = "notes"\n' + RULE + 'approvers = ["dba"]\n', "rule[1].approvers", "unknown key"),
+        ('server = "notes"\n' + RULE + 'approvers = "dba"\n', "rule[1].approvers", "expected a list"),
         ("default = 'low'\n", "server", "required key is missing"),
         ("server = 5\n", "server", "expected a string, got an integer"),
         ('server = "notes"\ntrust_annotations = "yes"\n', "trust_annotations", "expected true or false"),

@@ -61,7 +61,7 @@ async def verify(path: Path) -> Any:
 def test_the_store_module_exports_its_names() -> None:
     import mcp_gate.store as store
 
-    assert set(store.__all__) == {"PinRecord", "SQLiteStore", "Store"}
+    assert set(store.__all__) == {"Inflight", "PinRecord", "SQLiteStore", "Store", "Tx"}
 
 
 async def test_sqlite_store_satisfies_the_store_protocol(tmp_path: Path) -> None:
