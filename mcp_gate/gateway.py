@@ -18,7 +18,8 @@ import jsonschema
 import mcp_types as types
 
 from mcp_gate import __version__
-from mcp_gate.clock import Clock, SystemClock
+from mcp_gate.approvals import Binding, Denied, Expired, Released, Revoked, Void, describe_wait, outcome_text
+from mcp_gate.clock import Clock, SystemClock, utc_iso
 from mcp_gate.config import GateConfig, Requester
 from mcp_gate.downstream import Downstream, Downstreams, ProgressFn
 from mcp_gate.errors import (
@@ -32,6 +33,7 @@ from mcp_gate.errors import (
     UnknownTool,
 )
 from mcp_gate.evidence import EventFactory, canonical_json, digest, redact
+from mcp_gate.holds import ApprovalEngine, StillPending, TooMany, UsedElsewhere
 from mcp_gate.manifests import Manifest, load_manifests
 from mcp_gate.pins import Accepted, Drifted, New, StillDrifted, canonical_definition, observe, pin_of
 from mcp_gate.policy import (
@@ -44,7 +46,7 @@ from mcp_gate.policy import (
     describe_requirement,
     policy_sha256,
 )
-from mcp_gate.store import PinRecord, SQLiteStore, Store
+from mcp_gate.store import PinRecord, SQLiteStore, Store, Tx
 
 __all__ = ["CORRELATION_META_KEY", "SEPARATOR", "TIER_META_KEY", "Gateway", "OfferedTool", "split_name"]
 
@@ -112,6 +114,7 @@ class Gateway:
         self.clock = clock
         self.policy_sha256 = policy_sha256(config.config_sha256, manifests)
         self.events = EventFactory(config.name, __version__, self.policy_sha256, clock)
+        self.engine = ApprovalEngine(store, clock, config.approval_settings, self.events)
         self.offered: dict[str, OfferedTool] = {}
         self.tool_listeners: list[Callable[[], Awaitable[None]]] = []
         self._pin_lock = anyio.Lock()
@@ -262,13 +265,19 @@ class Gateway:
             "reason": decision.reason,
             "requirement": describe_requirement(requirement),
         }
+        first = [
+            self.event("call.requested", correlation_id, **base, args=redact(args)),
+            self.event("policy.decided", correlation_id, **base, **decided),
+        ]
+        runs_now = isinstance(requirement, Run)
+
+        def write(tx: Tx) -> None:
+            tx.append(first)
+            if runs_now:  # execution begins right after this commits
+                tx.begin_inflight(correlation_id, None, utc_iso(self.clock.now()), _inflight_fields(base))
+
         try:
-            await self.store.append(
-                [
-                    self.event("call.requested", correlation_id, **base, args=redact(args)),
-                    self.event("policy.decided", correlation_id, **base, **decided),
-                ]
-            )
+            await self.store.transact(write)
         except EvidenceWriteError as exc:
             log.error("evidence write failed; refusing %s: %s", name, exc)
             return _error_result(
@@ -276,18 +285,100 @@ class Gateway:
             )
         match requirement:
             case Run():
-                return await self._forward(correlation_id, base, offered, args, progress)
+                return await self._forward(correlation_id, base, offered, args, progress, None)
             case Block():
                 refusal: CallRefused = CallRefused(
                     f"{name} is blocked by policy ({decision.reason}; {decision.rule}) and never runs"
                 )
-            case Confirm() | Approvals():
+            case Confirm():
                 refusal = NeedsHuman(
                     name, decision.tier, describe_requirement(requirement), decision.rule, decision.reason
+                )
+            case Approvals():
+                return await self._hold(
+                    correlation_id, base, offered, args, decision, requirement, requester, progress
                 )
             case _:
                 assert_never(requirement)
         return await self._refuse(correlation_id, base, refusal, None)
+
+    async def _hold(
+        self,
+        correlation_id: str,
+        base: Mapping[str, Any],
+        offered: OfferedTool,
+        args: dict[str, Any],
+        decision: Decision,
+        requirement: Approvals,
+        requester: Requester,
+        progress: ProgressFn | None,
+    ) -> types.CallToolResult:
+        """Hold a call until its approval request is decided, then run it once or say why not."""
+        name = offered.name
+        binding = Binding(
+            agent=requester.agent,
+            owner=requester.owner,
+            server=offered.server,
+            tool=offered.tool,
+            pin=offered.pin,
+            args_sha256=base["args_sha256"],
+            policy_sha256=self.policy_sha256,
+        )
+        try:
+            grant = await self.engine.live_grant(binding, decision.tier)
+            if grant is not None:
+                released = self.event(
+                    "call.released", correlation_id, **base, grant_id=grant.id, grant_by=grant.created_by
+                )
+
+                def write(tx: Tx) -> None:
+                    tx.append([released])
+                    tx.begin_inflight(correlation_id, None, utc_iso(self.clock.now()), _inflight_fields(base))
+
+                await self.store.transact(write)
+                return await self._forward(correlation_id, base, offered, args, progress, None)
+            outcome = await self.engine.hold(
+                binding,
+                correlation_id=correlation_id,
+                tier=decision.tier,
+                required=requirement.count,
+                groups=decision.approvers or requirement.groups,
+                expires_after=requirement.expires_after,
+                rule=decision.rule,
+                reason=decision.reason,
+                args=redact(args),
+                progress=progress,
+            )
+        except EvidenceWriteError as exc:
+            log.error("evidence write failed while holding %s: %s", name, exc)
+            return _error_result(
+                f"{name} was not run: the gate could not write its evidence record ({exc})", correlation_id
+            )
+        match outcome:
+            case Released(request=request):
+                return await self._forward(correlation_id, base, offered, args, progress, request.id)
+            case Denied() | Expired() | Revoked() | Void():
+                text = outcome_text(outcome, name)
+            case StillPending(request=request):
+                return _error_result(
+                    f"{name} was not run yet: it is waiting for approval ({describe_wait(request)}). "
+                    "Call again with the same arguments after approval; an identical call joins the same "
+                    "request instead of making a new one.",
+                    correlation_id,
+                )
+            case TooMany(limit=limit):
+                text = (
+                    f"{name} was not run: this requester already has {limit} approval requests pending; "
+                    "wait for them to be decided before asking for more"
+                )
+            case UsedElsewhere(request=request):
+                text = (
+                    f"{name} was not run: the approval of request {request.id} was already used by an "
+                    "identical call; call again to ask for a new approval"
+                )
+            case _:
+                assert_never(outcome)
+        return await self._refuse(correlation_id, base, CallRefused(text), None)
 
     async def _admit(self, name: str, arguments: Any) -> tuple[OfferedTool, dict[str, Any]]:
         """Look the tool up and check the arguments; raise CallRefused with the reason."""
@@ -364,34 +455,39 @@ class Gateway:
         offered: OfferedTool,
         args: dict[str, Any],
         progress: ProgressFn | None,
+        request_id: str | None,
     ) -> types.CallToolResult:
+        """Send the call downstream exactly once and record its outcome."""
         ds = self.downstreams[offered.server]
         started = time.perf_counter()
+        linked = {**base, "request_id": request_id} if request_id else dict(base)
         try:
             result = await ds.call(offered.tool, args, progress=progress)
         except CallRefused as refusal:  # not connected: nothing was sent
-            return await self._refuse(correlation_id, base, refusal, None)
+            await self._finish(correlation_id, request_id, "call.refused", linked, error=str(refusal))
+            return _error_result(str(refusal), correlation_id)
         except DownstreamFailed as exc:
-            duration = _ms(started)
-            await self._record_outcome(
-                "call.failed", correlation_id, base, error=str(exc), duration_ms=duration
+            await self._finish(
+                correlation_id, request_id, "call.failed", linked, error=str(exc), duration_ms=_ms(started)
             )
             return _error_result(str(exc), correlation_id)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self._record_outcome(
-                    "call.failed",
+                await self._finish(
                     correlation_id,
-                    base,
+                    request_id,
+                    "call.failed",
+                    linked,
                     error="cancelled by the client",
                     duration_ms=_ms(started),
                 )
             raise
         wire = result.model_dump(mode="json", by_alias=True, exclude_none=True)
-        await self._record_outcome(
-            "call.executed",
+        await self._finish(
             correlation_id,
-            base,
+            request_id,
+            "call.executed",
+            linked,
             duration_ms=_ms(started),
             is_error=bool(result.is_error),
             result_sha256=_result_digest(wire),
@@ -399,15 +495,26 @@ class Gateway:
         )
         return result
 
-    async def _record_outcome(
-        self, event_type: str, correlation_id: str, base: Mapping[str, Any], **fields: Any
+    async def _finish(
+        self,
+        correlation_id: str,
+        request_id: str | None,
+        event_type: str,
+        base: Mapping[str, Any],
+        **fields: Any,
     ) -> None:
-        # The call has already run: failing to record its outcome cannot undo it. The missing
-        # outcome is visible in the log (requested + decided, no result) and is logged loudly.
+        # The call has already run: failing to record its outcome cannot undo it. Its in-flight
+        # marker stays, so the next start records it as call.outcome_unknown.
         try:
-            await self.store.append([self.event(event_type, correlation_id, **base, **fields)])
+            await self.engine.finish(
+                correlation_id, request_id, self.event(event_type, correlation_id, **base, **fields)
+            )
         except EvidenceWriteError as exc:
             log.error("could not record %s for %s: %s", event_type, correlation_id, exc)
+
+
+def _inflight_fields(base: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: base[key] for key in ("requester", "server", "tool", "pin", "args_sha256") if key in base}
 
 
 def _annotations(tool: types.Tool) -> dict[str, Any] | None:

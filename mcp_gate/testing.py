@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,34 @@ from mcp_gate.gateway import Gateway
 from mcp_gate.server import FrontServer
 from mcp_gate.store import Store
 
-__all__ = ["EXAMPLES", "NOTES_MANIFEST", "NOTES_SERVER", "notes_server_table", "running_gate", "write_config"]
+__all__ = [
+    "EXAMPLES",
+    "NOTES_MANIFEST",
+    "NOTES_SERVER",
+    "FakeClock",
+    "approver_table",
+    "notes_server_table",
+    "running_gate",
+    "write_config",
+]
+
+
+class FakeClock:
+    """A clock that moves only when told to: expiry tests without sleeps."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.moment = start or datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self.moment
+
+    def advance(self, **delta: float) -> None:
+        self.moment += timedelta(**delta)
+
+
+def approver_table(email: str, groups: list[str], token: str) -> dict[str, Any]:
+    """An [approvers.NAME] table whose API token is `token`."""
+    return {"email": email, "groups": groups, "token_sha256": hashlib.sha256(token.encode()).hexdigest()}
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 NOTES_SERVER = EXAMPLES / "notes_server.py"
@@ -50,6 +79,9 @@ def write_config(
     manifests: Mapping[str, str] | None = None,
     name: str = "test-gate",
     owner: str = "alice@example.com",
+    approvers: Mapping[str, Mapping[str, Any]] | None = None,
+    tiers: Mapping[str, Any] | None = None,
+    approvals: Mapping[str, Any] | None = None,
     extra: str = "",
 ) -> Path:
     """Write gate.toml (and manifests, given as server -> TOML text) into `directory`."""
@@ -69,6 +101,16 @@ def write_config(
         f"owner = {json.dumps(owner)}",
         "",
     ]
+    tables: dict[str, Mapping[str, Any]] = {}
+    if tiers:
+        tables["tiers"] = tiers
+    if approvals:
+        tables["approvals"] = approvals
+    tables |= {f"approvers.{name}": table for name, table in (approvers or {}).items()}
+    for header, table in tables.items():
+        lines.append(f"[{header}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())
+        lines.append("")
     for server, table in servers.items():
         lines.append(f"[servers.{server}]")
         lines.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())

@@ -1,0 +1,603 @@
+"""The approval engine's I/O: persist requests, hold calls, take decisions, wake held calls, release once."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, assert_never
+
+import anyio
+
+from mcp_gate.approvals import (
+    ApprovalRequest,
+    Approved,
+    Approver,
+    Binding,
+    Denied,
+    Expired,
+    Grant,
+    Pending,
+    Refusal,
+    Released,
+    RequestState,
+    Revoked,
+    Verdict,
+    Void,
+    decide,
+    describe_wait,
+    format_duration,
+    grant_covers,
+    new_id,
+    quorum_progress,
+    release,
+    revoke,
+    void_reason,
+)
+from mcp_gate.clock import Clock, utc_iso
+from mcp_gate.config import ApprovalSettings
+from mcp_gate.errors import GateError
+from mcp_gate.evidence import EventFactory
+from mcp_gate.store import Store, Tx
+
+__all__ = ["ApprovalEngine", "HoldOutcome", "NoSuchRequest", "StillPending", "TooMany"]
+
+log = logging.getLogger("mcp_gate.holds")
+
+WATCH_INTERVAL = 0.005  # seconds between checks for decisions committed by other processes
+SWEEP_INTERVAL = 1.0
+
+ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+
+
+class NoSuchRequest(GateError):
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        super().__init__(f"no approval request {request_id!r}; `mcp-gate pending` lists the open ones")
+
+
+@dataclass(frozen=True)
+class StillPending:
+    """The hold budget ran out; the request stays open for a later identical call."""
+
+    request: ApprovalRequest
+
+
+@dataclass(frozen=True)
+class TooMany:
+    limit: int
+
+
+@dataclass(frozen=True)
+class UsedElsewhere:
+    """An identical call, joined to the same request, used the approval first."""
+
+    request: ApprovalRequest
+
+
+HoldOutcome = Released | Denied | Expired | Revoked | Void | StillPending | TooMany | UsedElsewhere
+
+
+@dataclass(frozen=True)
+class _Joined:
+    request: ApprovalRequest
+
+
+class ApprovalEngine:
+    """Approval requests over a `Store`: used by the running gate and by CLI processes alike."""
+
+    def __init__(self, store: Store, clock: Clock, settings: ApprovalSettings, events: EventFactory) -> None:
+        self.store = store
+        self.clock = clock
+        self.settings = settings
+        self.events = events
+        self._wake = anyio.Event()
+        self._holding = 0
+        self._someone_holds = anyio.Event()
+
+    # -- held calls ----------------------------------------------------------------------------
+
+    async def hold(
+        self,
+        binding: Binding,
+        *,
+        correlation_id: str,
+        tier: str,
+        required: int,
+        groups: tuple[str, ...],
+        expires_after: float | None,
+        rule: str,
+        reason: str,
+        args: Any,
+        progress: ProgressFn | None,
+    ) -> HoldOutcome:
+        """Create or join the request for this exact call and wait for it to be decided."""
+        now = self.clock.now()
+        lifetime = timedelta(seconds=expires_after or self.settings.expires_after)
+        ev = self.events
+        limit = self.settings.max_pending
+
+        def admit(tx: Tx) -> HoldOutcome | _Joined:
+            existing = tx.find_open_request(binding)
+            if existing is not None and existing.expired_at(now):
+                self._expire(tx, existing)
+                existing = None
+            if existing is not None:
+                why = void_reason(existing.binding, binding)
+                if why is not None:
+                    voided = replace(existing, state="void", closed_by=why)
+                    tx.save_request(voided)
+                    tx.append(
+                        [ev("approval.voided", existing.correlation_id, request_id=existing.id, why=why)]
+                    )
+                    if existing.state == "approved":
+                        return Void(voided, why)
+                    existing = None
+            if existing is not None:
+                tx.append(
+                    [
+                        ev(
+                            "approval.joined",
+                            correlation_id,
+                            request_id=existing.id,
+                            first_call=existing.correlation_id,
+                        )
+                    ]
+                )
+                if existing.state == "approved":
+                    return self._release(tx, existing.id, binding, correlation_id)
+                return _Joined(existing)
+            if tx.count_pending(binding.agent) >= limit:
+                return TooMany(limit)
+            request = ApprovalRequest(
+                id=new_id(),
+                binding=binding,
+                correlation_id=correlation_id,
+                tier=tier,
+                required=required,
+                groups=groups,
+                rule=rule,
+                reason=reason,
+                args=args,
+                created_at=now,
+                expires_at=now + lifetime,
+            )
+            tx.insert_request(request)
+            tx.append(
+                [
+                    ev(
+                        "approval.requested",
+                        correlation_id,
+                        request_id=request.id,
+                        required=required,
+                        groups=list(groups),
+                        expires_at=utc_iso(request.expires_at),
+                        server=binding.server,
+                        tool=binding.tool,
+                        pin=binding.pin,
+                        args_sha256=binding.args_sha256,
+                        requester={"agent": binding.agent, "owner": binding.owner},
+                    )
+                ]
+            )
+            return _Joined(request)
+
+        admitted = await self.store.transact(admit)
+        if not isinstance(admitted, _Joined):
+            return admitted
+        return await self._wait(admitted.request, binding, correlation_id, progress)
+
+    async def _wait(
+        self, request: ApprovalRequest, binding: Binding, correlation_id: str, progress: ProgressFn | None
+    ) -> HoldOutcome:
+        deadline = anyio.current_time() + self.settings.hold_seconds
+        next_progress = anyio.current_time()
+        steps = 0
+        self._holding += 1
+        self._someone_holds.set()
+        try:
+            while True:
+                wake = self._wake
+                current = await self.store.read(lambda tx: tx.get_request(request.id))
+                if current is None:  # cannot happen: requests are never deleted
+                    raise NoSuchRequest(request.id)
+                outcome = await self._settle(current, binding, correlation_id)
+                if outcome is not None:
+                    return outcome
+                now = anyio.current_time()
+                if now >= deadline:
+                    await self._defer(current, correlation_id, "the hold budget ran out")
+                    return StillPending(current)
+                if progress is not None and now >= next_progress:
+                    steps += 1
+                    await progress(float(steps), None, describe_wait(current))
+                    next_progress = now + self.settings.progress_seconds
+                with anyio.move_on_after(min(deadline, next_progress, now + SWEEP_INTERVAL) - now):
+                    await wake.wait()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                still = await self.store.read(lambda tx: tx.get_request(request.id))
+                if still is not None and still.state in ("pending", "approved"):
+                    await self._defer(still, correlation_id, "the client cancelled or disconnected")
+            raise
+        finally:
+            self._holding -= 1
+            if self._holding == 0:
+                self._someone_holds = anyio.Event()
+
+    async def _settle(
+        self, request: ApprovalRequest, binding: Binding, correlation_id: str
+    ) -> HoldOutcome | None:
+        """The outcome for a held call if its request is settled, else None (keep waiting)."""
+        match request.state:
+            case "pending":
+                if request.expired_at(self.clock.now()):
+                    expired = await self.store.transact(lambda tx: self._expire_if_open(tx, request.id))
+                    if expired is not None:
+                        return expired
+                return None
+            case "approved":
+                released = await self.store.transact(
+                    lambda tx: self._release(tx, request.id, binding, correlation_id)
+                )
+                return released
+            case "denied":
+                vote = request.denial
+                assert vote is not None
+                return Denied(request, vote)
+            case "expired":
+                return Expired(request)
+            case "revoked":
+                return Revoked(request, request.closed_by or "an approver")
+            case "void":
+                return Void(request, request.closed_by or "the call changed")
+            case "executing" | "executed" | "failed" | "outcome_unknown":
+                return UsedElsewhere(request)
+            case _:
+                raise AssertionError(f"unknown request state {request.state!r}")
+
+    def _release(self, tx: Tx, request_id: str, binding: Binding, correlation_id: str) -> HoldOutcome:
+        """Inside a transaction: move an approved request to executing, once."""
+        request = tx.get_request(request_id)
+        assert request is not None
+        if request.state in ("executing", "executed", "failed", "outcome_unknown"):
+            return UsedElsewhere(request)
+        outcome = release(request, binding, now=self.clock.now())
+        match outcome:
+            case Released(request=released):
+                tx.save_request(released)
+                tx.begin_inflight(
+                    correlation_id,
+                    request_id,
+                    utc_iso(self.clock.now()),
+                    {"server": binding.server, "tool": binding.tool, "request_id": request_id},
+                )
+                tx.append(
+                    [
+                        self.events(
+                            "call.released",
+                            correlation_id,
+                            request_id=request_id,
+                            approvers=[v.approver for v in request.approvals],
+                            server=binding.server,
+                            tool=binding.tool,
+                        )
+                    ]
+                )
+                return outcome
+            case Expired():
+                self._expire(tx, request)
+                return outcome
+            case Void(request=voided, why=why):
+                tx.save_request(voided)
+                tx.append(
+                    [self.events("approval.voided", request.correlation_id, request_id=request_id, why=why)]
+                )
+                return outcome
+            case Refusal(why=why):
+                raise AssertionError(f"release refused for an approved request: {why}")
+            case _:
+                assert_never(outcome)
+
+    def _expire(self, tx: Tx, request: ApprovalRequest) -> None:
+        tx.save_request(replace(request, state="expired"))
+        tx.append(
+            [
+                self.events(
+                    "approval.expired",
+                    request.correlation_id,
+                    request_id=request.id,
+                    expires_at=utc_iso(request.expires_at),
+                    approvals=quorum_progress(request),
+                )
+            ]
+        )
+
+    def _expire_if_open(self, tx: Tx, request_id: str) -> Expired | None:
+        request = tx.get_request(request_id)
+        if request is None or request.state not in ("pending", "approved"):
+            return None
+        if not request.expired_at(self.clock.now()):
+            return None
+        self._expire(tx, request)
+        return Expired(replace(request, state="expired"))
+
+    async def _defer(self, request: ApprovalRequest, correlation_id: str, why: str) -> None:
+        await self.store.append(
+            [
+                self.events(
+                    "call.deferred", correlation_id, request_id=request.id, why=why, state=request.state
+                )
+            ]
+        )
+
+    async def finish(self, correlation_id: str, request_id: str | None, event: dict[str, Any]) -> None:
+        """Record a forwarded call's outcome and close its request (executed or failed)."""
+        state: RequestState = "executed" if event["event_type"] == "call.executed" else "failed"
+
+        def write(tx: Tx) -> None:
+            tx.end_inflight(correlation_id)
+            if request_id is not None:
+                tx.set_request_state(request_id, state)
+            tx.append([event])
+
+        await self.store.transact(write)
+
+    # -- decisions -----------------------------------------------------------------------------
+
+    async def decide(
+        self,
+        request_id: str,
+        approver: Approver,
+        verdict: Verdict,
+        *,
+        channel: str,
+        note: str | None = None,
+        grant_for: timedelta | None = None,
+    ) -> Pending | Approved | Denied | Refusal:
+        """One approver's decision, checked and recorded in one transaction; wakes held calls."""
+        ev = self.events
+
+        def write(tx: Tx) -> Pending | Approved | Denied | Refusal:
+            request = tx.get_request(request_id)
+            if request is None:
+                raise NoSuchRequest(request_id)
+            now = self.clock.now()
+            outcome: Pending | Approved | Denied | Refusal
+            if grant_for is not None and request.tier == "critical":
+                outcome = Refusal(
+                    "critical-grant", f"request {request_id} is critical; critical calls get no grants"
+                )
+            else:
+                outcome = decide(request, approver, verdict, channel=channel, now=now, note=note)
+            match outcome:
+                case Refusal(code=code, why=why):
+                    if code == "expired":
+                        self._expire(tx, request)
+                    tx.append(
+                        [
+                            ev(
+                                "approval.refused",
+                                request.correlation_id,
+                                request_id=request_id,
+                                approver=approver.name,
+                                approver_email=approver.email,
+                                channel=channel,
+                                verdict=verdict,
+                                code=code,
+                                why=why,
+                            )
+                        ]
+                    )
+                    return outcome
+                case Pending(request=decided) | Approved(request=decided) | Denied(request=decided):
+                    tx.save_request(decided)
+                    events = [
+                        ev(
+                            "approval.decided",
+                            request.correlation_id,
+                            request_id=request_id,
+                            approver=approver.name,
+                            approver_email=approver.email,
+                            channel=channel,
+                            verdict=verdict,
+                            note=note,
+                            state=decided.state,
+                            quorum=quorum_progress(decided),
+                            shown={
+                                "server": request.binding.server,
+                                "tool": request.binding.tool,
+                                "pin": request.binding.pin,
+                                "args_sha256": request.binding.args_sha256,
+                                "policy_sha256": request.binding.policy_sha256,
+                            },
+                        )
+                    ]
+                    if grant_for is not None and verdict == "approve":
+                        grant = Grant(
+                            id=new_id("G"),
+                            agent=request.binding.agent,
+                            owner=request.binding.owner,
+                            server=request.binding.server,
+                            tool=request.binding.tool,
+                            created_by=approver.name,
+                            created_at=now,
+                            expires_at=now + grant_for,
+                            request_id=request_id,
+                            note=note,
+                        )
+                        tx.insert_grant(grant)
+                        events.append(
+                            ev(
+                                "grant.created",
+                                request.correlation_id,
+                                grant_id=grant.id,
+                                request_id=request_id,
+                                approver=approver.name,
+                                server=grant.server,
+                                tool=grant.tool,
+                                requester={"agent": grant.agent, "owner": grant.owner},
+                                duration=format_duration(grant_for),
+                                expires_at=utc_iso(grant.expires_at),
+                            )
+                        )
+                    tx.append(events)
+                    return outcome
+                case _:
+                    assert_never(outcome)
+
+        result = await self.store.transact(write)
+        self.wake()
+        return result
+
+    async def revoke(self, request_id: str, approver: Approver) -> Revoked | Refusal:
+        def write(tx: Tx) -> Revoked | Refusal:
+            request = tx.get_request(request_id)
+            if request is None:
+                raise NoSuchRequest(request_id)
+            outcome = revoke(request, approver, now=self.clock.now())
+            if isinstance(outcome, Revoked):
+                tx.save_request(outcome.request)
+                event = "approval.revoked"
+            else:
+                event = "approval.refused"
+            tx.append(
+                [
+                    self.events(
+                        event,
+                        request.correlation_id,
+                        request_id=request_id,
+                        approver=approver.name,
+                        channel="revoke",
+                        why=outcome.why if isinstance(outcome, Refusal) else None,
+                    )
+                ]
+            )
+            return outcome
+
+        result = await self.store.transact(write)
+        self.wake()
+        return result
+
+    async def revoke_grant(self, grant_id: str, approver: Approver) -> Grant | Refusal:
+        def write(tx: Tx) -> Grant | Refusal:
+            grant = tx.get_grant(grant_id)
+            if grant is None:
+                raise NoSuchRequest(grant_id)
+            if grant.revoked_at is not None:
+                return Refusal("not-pending", f"grant {grant_id} was already revoked by {grant.revoked_by}")
+            revoked = replace(grant, revoked_at=self.clock.now(), revoked_by=approver.name)
+            tx.revoke_grant(revoked)
+            tx.append(
+                [
+                    self.events(
+                        "grant.revoked",
+                        None,
+                        grant_id=grant_id,
+                        approver=approver.name,
+                        request_id=grant.request_id,
+                    )
+                ]
+            )
+            return revoked
+
+        return await self.store.transact(write)
+
+    async def live_grant(self, binding: Binding, tier: str) -> Grant | None:
+        now = self.clock.now()
+        grants = await self.store.read(
+            lambda tx: tx.grants_for(binding.agent, binding.owner, binding.server, binding.tool)
+        )
+        return next((g for g in grants if grant_covers(g, binding, tier, now)), None)
+
+    # -- housekeeping --------------------------------------------------------------------------
+
+    async def sweep(self) -> int:
+        """Expire every open request whose time is up; return how many."""
+        now = utc_iso(self.clock.now())
+
+        def write(tx: Tx) -> int:
+            due = tx.due_for_expiry(now)
+            for request in due:
+                self._expire(tx, request)
+            return len(due)
+
+        count = await self.store.transact(write)
+        if count:
+            self.wake()
+        return count
+
+    async def recover(self) -> int:
+        """At start-up: calls whose execution began but has no recorded outcome become
+        `call.outcome_unknown`; they are never re-run automatically."""
+
+        def write(tx: Tx) -> int:
+            unknown = tx.inflight()
+            for call in unknown:
+                if call.request_id is not None:
+                    tx.set_request_state(call.request_id, "outcome_unknown")
+                tx.append(
+                    [
+                        self.events(
+                            "call.outcome_unknown",
+                            call.correlation_id,
+                            started_at=call.started_at,
+                            why="the gate stopped after sending the call and before recording its outcome",
+                            **dict(call.fields),
+                        )
+                    ]
+                )
+                tx.end_inflight(call.correlation_id)
+            return len(unknown)
+
+        return await self.store.transact(write)
+
+    def wake(self) -> None:
+        """Wake every held call to re-read its request."""
+        self._wake.set()
+        self._wake = anyio.Event()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Background duty: expire due requests, and wake held calls when another process commits."""
+        task_status.started()
+        last_version = self.store.data_version()
+        last_sweep = -math.inf
+        while True:
+            if self._holding == 0:
+                with anyio.move_on_after(SWEEP_INTERVAL):
+                    await self._someone_holds.wait()
+            version = self.store.data_version()
+            if version != last_version:
+                last_version = version
+                self.wake()
+            if anyio.current_time() - last_sweep >= SWEEP_INTERVAL:
+                last_sweep = anyio.current_time()
+                try:
+                    await self.sweep()
+                except GateError as exc:
+                    log.error("could not expire due approval requests: %s", exc)
+            await anyio.sleep(WATCH_INTERVAL if self._holding else 0)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def get(self, request_id: str) -> ApprovalRequest:
+        request = await self.store.read(lambda tx: tx.get_request(request_id))
+        if request is None:
+            raise NoSuchRequest(request_id)
+        return request
+
+    async def pending(self) -> list[ApprovalRequest]:
+        now = self.clock.now()
+        requests = await self.store.read(lambda tx: tx.requests(states=("pending", "approved")))
+        return [r for r in requests if not r.expired_at(now)]
+
+    async def grants(self, *, live_only: bool = True) -> list[Grant]:
+        now = utc_iso(self.clock.now())
+        return await self.store.read(lambda tx: tx.grants(live_at=now if live_only else None))
+
+
+def expires_in(request: ApprovalRequest, now: datetime) -> str:
+    seconds = max(0, int((request.expires_at - now).total_seconds()))
+    return f"{seconds // 60}m{seconds % 60:02d}s"
