@@ -145,6 +145,7 @@ class ApprovalRequest:
     state: RequestState = "pending"
     votes: tuple[Vote, ...] = field(default=())
     closed_by: str | None = None  # who revoked it, or why it was voided
+    reported: bool = False  # its final outcome has been told to a call of the agent
 
     @property
     def approvals(self) -> tuple[Vote, ...]:

@@ -360,8 +360,10 @@ class Gateway:
             case Denied() | Expired() | Revoked() | Void():
                 text = outcome_text(outcome, name)
             case StillPending(request=request):
+                why = f"{decision.reason}; {decision.rule}"
                 return _error_result(
-                    f"{name} was not run yet: it is waiting for approval ({describe_wait(request)}). "
+                    f"{name} was not run yet: its tier is {decision.tier} ({why}), which requires "
+                    f"{describe_requirement(requirement)}, and it is {describe_wait(request)}. "
                     "Call again with the same arguments after approval; an identical call joins the same "
                     "request instead of making a new one.",
                     correlation_id,

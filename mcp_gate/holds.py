@@ -85,6 +85,23 @@ class _Joined:
     request: ApprovalRequest
 
 
+_FINAL = ("denied", "expired", "revoked", "void")
+
+
+def _final_outcome(request: ApprovalRequest) -> Denied | Expired | Revoked | Void:
+    match request.state:
+        case "denied":
+            vote = request.denial
+            assert vote is not None
+            return Denied(request, vote)
+        case "expired":
+            return Expired(request)
+        case "revoked":
+            return Revoked(request, request.closed_by or "an approver")
+        case _:
+            return Void(request, request.closed_by or "the call changed")
+
+
 class ApprovalEngine:
     """Approval requests over a `Store`: used by the running gate and by CLI processes alike."""
 
@@ -120,10 +137,18 @@ class ApprovalEngine:
         limit = self.settings.max_pending
 
         def admit(tx: Tx) -> HoldOutcome | _Joined:
+            latest = tx.find_latest_request(binding)
+            if latest is not None and latest.state in _FINAL and not latest.reported:
+                # The agent was told to call again after a decision: give it that decision, once.
+                tx.mark_reported(latest.id)
+                return _final_outcome(latest)
             existing = tx.find_open_request(binding)
             if existing is not None and existing.expired_at(now):
+                # The request this call would join or use ran out of time: say so (enforced at
+                # release time too); calling again asks anew.
                 self._expire(tx, existing)
-                existing = None
+                tx.mark_reported(existing.id)
+                return Expired(replace(existing, state="expired"))
             if existing is not None:
                 why = void_reason(existing.binding, binding)
                 if why is not None:
@@ -133,6 +158,7 @@ class ApprovalEngine:
                         [ev("approval.voided", existing.correlation_id, request_id=existing.id, why=why)]
                     )
                     if existing.state == "approved":
+                        tx.mark_reported(existing.id)
                         return Void(voided, why)
                     existing = None
             if existing is not None:
@@ -243,16 +269,9 @@ class ApprovalEngine:
                     lambda tx: self._release(tx, request.id, binding, correlation_id)
                 )
                 return released
-            case "denied":
-                vote = request.denial
-                assert vote is not None
-                return Denied(request, vote)
-            case "expired":
-                return Expired(request)
-            case "revoked":
-                return Revoked(request, request.closed_by or "an approver")
-            case "void":
-                return Void(request, request.closed_by or "the call changed")
+            case "denied" | "expired" | "revoked" | "void":
+                await self.store.transact(lambda tx: tx.mark_reported(request.id))
+                return _final_outcome(request)
             case "executing" | "executed" | "failed" | "outcome_unknown":
                 return UsedElsewhere(request)
             case _:

@@ -68,7 +68,8 @@ CREATE TABLE IF NOT EXISTS approvals (
     created_at TEXT NOT NULL,
     expires_at TEXT NOT NULL,
     state TEXT NOT NULL,
-    closed_by TEXT
+    closed_by TEXT,
+    reported INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS approvals_by_call ON approvals(agent, server, tool, args_sha256, state);
 CREATE INDEX IF NOT EXISTS approvals_by_state ON approvals(state, expires_at);
@@ -110,7 +111,7 @@ CREATE TABLE IF NOT EXISTS meta (
 
 _APPROVAL_COLUMNS = (
     "id, correlation_id, agent, owner, server, tool, pin, args_sha256, policy_sha256, tier, required, "
-    "groups, rule, reason, args, created_at, expires_at, state, closed_by"
+    "groups, rule, reason, args, created_at, expires_at, state, closed_by, reported"
 )
 _GRANT_COLUMNS = (
     "id, agent, owner, server, tool, created_by, created_at, expires_at, request_id, note, "
@@ -243,6 +244,18 @@ class Tx:
         ).fetchone()
         return None if row is None else self._request(row)
 
+    def find_latest_request(self, binding: Binding) -> ApprovalRequest | None:
+        """The newest request, in any state, for the same requester, tool and arguments."""
+        row = self.conn.execute(
+            f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE agent = ? AND owner = ? AND server = ? "
+            "AND tool = ? AND args_sha256 = ? ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            (binding.agent, binding.owner, binding.server, binding.tool, binding.args_sha256),
+        ).fetchone()
+        return None if row is None else self._request(row)
+
+    def mark_reported(self, request_id: str) -> None:
+        self.conn.execute("UPDATE approvals SET reported = 1 WHERE id = ?", (request_id,))
+
     def requests(self, *, states: Sequence[RequestState] = (), limit: int = 200) -> list[ApprovalRequest]:
         if states:
             marks = ", ".join("?" for _ in states)
@@ -274,7 +287,7 @@ class Tx:
     def insert_request(self, request: ApprovalRequest) -> None:
         b = request.binding
         self.conn.execute(
-            f"INSERT INTO approvals ({_APPROVAL_COLUMNS}) VALUES ({', '.join('?' for _ in range(19))})",
+            f"INSERT INTO approvals ({_APPROVAL_COLUMNS}) VALUES ({', '.join('?' for _ in range(20))})",
             (
                 request.id,
                 request.correlation_id,
@@ -295,14 +308,15 @@ class Tx:
                 utc_iso(request.expires_at),
                 request.state,
                 request.closed_by,
+                int(request.reported),
             ),
         )
 
     def save_request(self, request: ApprovalRequest) -> None:
         """Store the request's state and any votes not stored yet (a vote is never changed)."""
         self.conn.execute(
-            "UPDATE approvals SET state = ?, closed_by = ? WHERE id = ?",
-            (request.state, request.closed_by, request.id),
+            "UPDATE approvals SET state = ?, closed_by = ?, reported = ? WHERE id = ?",
+            (request.state, request.closed_by, int(request.reported), request.id),
         )
         self.conn.executemany(
             "INSERT OR IGNORE INTO votes (request_id, approver, verdict, channel, at, note) "
@@ -312,7 +326,7 @@ class Tx:
 
     def _request(self, row: Sequence[Any]) -> ApprovalRequest:
         (rid, correlation_id, agent, owner, server, tool, pin, args_sha256, policy_sha256, tier, required,
-         groups, rule, reason, args, created_at, expires_at, state, closed_by) = row  # fmt: skip
+         groups, rule, reason, args, created_at, expires_at, state, closed_by, reported) = row  # fmt: skip
         votes = tuple(
             Vote(approver=a, verdict=v, channel=c, at=_parse_time(at), note=n)
             for a, v, c, at, n in self.conn.execute(
@@ -336,6 +350,7 @@ class Tx:
             state=state,
             votes=votes,
             closed_by=closed_by,
+            reported=bool(reported),
         )
 
     # grants

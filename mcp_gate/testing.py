@@ -47,6 +47,7 @@ def approver_table(email: str, groups: list[str], token: str) -> dict[str, Any]:
     """An [approvers.NAME] table whose API token is `token`."""
     return {"email": email, "groups": groups, "token_sha256": hashlib.sha256(token.encode()).hexdigest()}
 
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 NOTES_SERVER = EXAMPLES / "notes_server.py"
 NOTES_MANIFEST = EXAMPLES / "tool_manifests" / "notes.toml"

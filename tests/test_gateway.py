@@ -33,6 +33,7 @@ def notes_config(tmp_path: Path) -> Path:
         tmp_path / "gate",
         servers={"notes": notes_server_table(tmp_path / "notes")},
         manifests={"notes": NOTES_MANIFEST.read_text()},
+        approvals={"hold_seconds": 0.3},
     )
 
 
@@ -82,19 +83,28 @@ async def test_a_low_tier_call_runs_and_leaves_requested_decided_executed_eviden
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_a_high_tier_call_is_refused_with_its_tier_and_reason_and_never_reaches_the_server(
+async def test_a_high_tier_call_without_a_decision_comes_back_pending_with_its_tier_and_reason_and_never_runs(
     notes_config: Path, tmp_path: Path, mode: str
 ) -> None:
     async with running_gate(notes_config) as front, Client(front.server, mode=mode) as agent:
         result = await agent.call_tool("notes__write_note", {"name": "todo", "text": "x"})
+        pending = await front.gateway.engine.pending()
     assert result.is_error
     message = text_of(result)
-    assert "high" in message and "1 approval" in message
+    assert "high" in message and "1 approval" in message and "replaces a note's whole text" in message
+    assert len(pending) == 1 and pending[0].state == "pending"
+    assert f"request {pending[0].id}" in message
+    assert "Call again with the same arguments" in message
     assert not (tmp_path / "notes" / "todo").exists()
     assert result.meta is not None
     correlation_id = result.meta[CORRELATION_META_KEY]
     records = [r for r in await story(notes_config) if r["correlation_id"] == correlation_id]
-    assert [r["event_type"] for r in records] == ["call.requested", "policy.decided", "call.refused"]
+    assert [r["event_type"] for r in records] == [
+        "call.requested",
+        "policy.decided",
+        "approval.requested",
+        "call.deferred",
+    ]
 
 
 async def test_an_argument_condition_raises_the_tier_for_matching_arguments_only(notes_config: Path) -> None:
