@@ -12,7 +12,7 @@ import mcp_types as types
 import pytest
 from mcp import Client
 
-from mcp_gate.approvals import Approved, ApprovalRequest, Denied, Pending, Refusal
+from mcp_gate.approvals import ApprovalRequest, Approved, Denied, Pending, Refusal
 from mcp_gate.config import load_config
 from mcp_gate.gateway import Gateway
 from mcp_gate.store import SQLiteStore
@@ -32,10 +32,16 @@ APPROVERS = {
     "carol": approver_table("carol@example.com", ["security", "sre"], "tok-carol"),
     "dave": approver_table("dave@example.com", ["security"], "tok-dave"),
     "alice": approver_table("alice@example.com", ["sre", "security"], "tok-alice"),
-    "mallory": {**approver_table("mallory@example.com", ["sre"], "tok-mallory"), "aliases": ["Alice@Example.com"]},
+    "mallory": {
+        **approver_table("mallory@example.com", ["sre"], "tok-mallory"),
+        "aliases": ["Alice@Example.com"],
+    },
     "frank": approver_table("frank@example.com", ["finance"], "tok-frank"),
 }
-TIERS = {"high": {"approvals": 1, "groups": ["sre", "security"]}, "critical": {"approvals": 2, "groups": ["security"]}}
+TIERS = {
+    "high": {"approvals": 1, "groups": ["sre", "security"]},
+    "critical": {"approvals": 2, "groups": ["security"]},
+}
 
 
 def text_of(result: types.CallToolResult) -> str:
@@ -69,7 +75,9 @@ async def decide(gate: Gateway, request_id: str, who: str, verdict: str = "appro
     return await gate.engine.decide(request_id, gate.config.approvers[who], verdict, channel="test", **kw)  # type: ignore[arg-type]
 
 
-async def in_background(tg: anyio.abc.TaskGroup, call: Callable[[], Awaitable[types.CallToolResult]]) -> list[Any]:
+async def in_background(
+    tg: anyio.abc.TaskGroup, call: Callable[[], Awaitable[types.CallToolResult]]
+) -> list[Any]:
     box: list[Any] = []
 
     async def run() -> None:
@@ -105,7 +113,10 @@ async def test_a_held_call_runs_once_when_an_eligible_approver_approves_it(tmp_p
         [result] = box
     assert not result.is_error and text_of(result) == "wrote plan"
     assert (tmp_path / "notes" / "plan").read_text() == "ship"
-    assert f"request {request.id}" in messages[0] and "waiting for 1 approval from sre or security" in messages[0]
+    assert (
+        f"request {request.id}" in messages[0]
+        and "waiting for 1 approval from sre or security" in messages[0]
+    )
     story = [r for r in await records(config) if r["correlation_id"] == request.correlation_id]
     kinds = [r["event_type"] for r in story]
     assert kinds == [
@@ -126,9 +137,13 @@ async def test_a_denial_reaches_the_agent_with_the_approvers_reason_and_nothing_
     config = make_config(tmp_path)
     async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
         async with anyio.create_task_group() as tg:
-            box = await in_background(tg, lambda: agent.call_tool("notes__write_note", {"name": "x", "text": "y"}))
+            box = await in_background(
+                tg, lambda: agent.call_tool("notes__write_note", {"name": "x", "text": "y"})
+            )
             request = await wait_for_request(front.gateway)
-            assert isinstance(await decide(front.gateway, request.id, "carol", "deny", note="not today"), Denied)
+            assert isinstance(
+                await decide(front.gateway, request.id, "carol", "deny", note="not today"), Denied
+            )
         [result] = box
     assert result.is_error and "denied by carol: not today" in text_of(result)
     assert not (tmp_path / "notes" / "x").exists()
@@ -161,7 +176,9 @@ async def test_a_critical_call_needs_two_distinct_approvers_from_its_groups(tmp_
     config = make_config(tmp_path)
     async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
         async with anyio.create_task_group() as tg:
-            box = await in_background(tg, lambda: agent.call_tool("notes__delete_note", {"name": "archive/q1"}))
+            box = await in_background(
+                tg, lambda: agent.call_tool("notes__delete_note", {"name": "archive/q1"})
+            )
             request = await wait_for_request(front.gateway)
             assert request.tier == "critical" and request.required == 2
             assert isinstance(await decide(front.gateway, request.id, "bob"), Refusal)  # sre only
@@ -178,7 +195,7 @@ async def test_a_critical_call_needs_two_distinct_approvers_from_its_groups(tmp_
     assert len(executed) == 1 and executed[0]["request_id"] == request.id
 
 
-async def test_after_the_hold_budget_the_call_is_pending_and_an_identical_call_joins_the_request_and_runs_once(
+async def test_after_the_hold_budget_the_call_is_pending_and_an_identical_call_joins_it_and_runs_once(
     tmp_path: Path,
 ) -> None:
     config = make_config(tmp_path, hold_seconds=0.2)
@@ -301,7 +318,9 @@ async def test_a_requester_with_too_many_pending_requests_is_refused_clearly(tmp
     assert third.is_error and "already has 2 approval requests pending" in text_of(third)
 
 
-async def test_a_client_that_cancels_a_held_call_leaves_the_request_pending_and_recorded(tmp_path: Path) -> None:
+async def test_a_client_that_cancels_a_held_call_leaves_the_request_pending_and_recorded(
+    tmp_path: Path,
+) -> None:
     config = make_config(tmp_path)
     async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
         with anyio.move_on_after(1.0):
@@ -331,7 +350,9 @@ async def test_fifty_concurrent_decisions_on_one_request_give_one_decision_each_
     db = config.parent / "data" / "gate.db"
     async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
         async with anyio.create_task_group() as tg:
-            box = await in_background(tg, lambda: agent.call_tool("notes__write_note", {"name": "n", "text": "x"}))
+            box = await in_background(
+                tg, lambda: agent.call_tool("notes__write_note", {"name": "n", "text": "x"})
+            )
             request = await wait_for_request(front.gateway)
             outcomes: list[Any] = []
 
@@ -340,10 +361,16 @@ async def test_fifty_concurrent_decisions_on_one_request_give_one_decision_each_
                 from mcp_gate.holds import ApprovalEngine
 
                 async with await SQLiteStore.open(db) as store:
-                    engine = ApprovalEngine(store, front.gateway.clock, loaded.approval_settings, front.gateway.events)
+                    engine = ApprovalEngine(
+                        store, front.gateway.clock, loaded.approval_settings, front.gateway.events
+                    )
                     verdict = "deny" if name in ("ap7", "ap33") else "approve"
-                    outcomes.append(await engine.decide(request.id, loaded.approvers[name], verdict, channel="race"))
-                    outcomes.append(await engine.decide(request.id, loaded.approvers[name], verdict, channel="race"))
+                    outcomes.append(
+                        await engine.decide(request.id, loaded.approvers[name], verdict, channel="race")
+                    )
+                    outcomes.append(
+                        await engine.decide(request.id, loaded.approvers[name], verdict, channel="race")
+                    )
 
             async with anyio.create_task_group() as racers:
                 for name in many:
