@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, assert_never
@@ -36,13 +37,24 @@ from mcp_gate.approvals import (
     revoke,
     void_reason,
 )
-from mcp_gate.clock import Clock, utc_iso
-from mcp_gate.config import ApprovalSettings
+from mcp_gate import __version__
+from mcp_gate.clock import Clock, SystemClock, utc_iso
+from mcp_gate.config import ApprovalSettings, GateConfig
 from mcp_gate.errors import GateError
 from mcp_gate.evidence import EventFactory
-from mcp_gate.store import Store, Tx
+from mcp_gate.manifests import load_manifests
+from mcp_gate.policy import policy_sha256
+from mcp_gate.store import SQLiteStore, Store, Tx
 
-__all__ = ["ApprovalEngine", "HoldOutcome", "NoSuchRequest", "StillPending", "TooMany"]
+__all__ = [
+    "ApprovalEngine",
+    "HoldOutcome",
+    "NoSuchRequest",
+    "StillPending",
+    "TooMany",
+    "UsedElsewhere",
+    "engine_for",
+]
 
 log = logging.getLogger("mcp_gate.holds")
 
@@ -615,6 +627,22 @@ class ApprovalEngine:
     async def grants(self, *, live_only: bool = True) -> list[Grant]:
         now = utc_iso(self.clock.now())
         return await self.store.read(lambda tx: tx.grants(live_at=now if live_only else None))
+
+
+@asynccontextmanager
+async def engine_for(config: GateConfig, *, clock: Clock | None = None) -> AsyncIterator[ApprovalEngine]:
+    """An engine over the gate's SQLite file, for a process beside the gate (the CLI, tests): its
+    decisions reach held calls through the shared file, with the gate's own policy hash."""
+    db = config.data_dir / "gate.db"
+    if not db.exists():
+        raise GateError(f"{db}: no gate data here yet (has the gate run with this config?)")
+    manifests = load_manifests(
+        config.manifests_dir, config.servers.keys(), required=config.manifests_required
+    )
+    clock = clock or SystemClock()
+    events = EventFactory(config.name, __version__, policy_sha256(config.config_sha256, manifests), clock)
+    async with await SQLiteStore.open(db, clock=clock) as store:
+        yield ApprovalEngine(store, clock, config.approval_settings, events)
 
 
 def expires_in(request: ApprovalRequest, now: datetime) -> str:
