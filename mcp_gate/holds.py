@@ -12,6 +12,7 @@ from typing import Any, assert_never
 
 import anyio
 
+from mcp_gate import __version__
 from mcp_gate.approvals import (
     ApprovalRequest,
     Approved,
@@ -37,7 +38,6 @@ from mcp_gate.approvals import (
     revoke,
     void_reason,
 )
-from mcp_gate import __version__
 from mcp_gate.clock import Clock, SystemClock, utc_iso
 from mcp_gate.config import ApprovalSettings, GateConfig
 from mcp_gate.errors import GateError
