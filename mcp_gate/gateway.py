@@ -145,7 +145,11 @@ class Gateway:
                 servers=sorted(config.servers),
                 manifests={name: m.sha256 for name, m in manifests.items()},
             )
+            recovered = await gate.engine.recover()
+            if recovered:
+                log.warning("%d call(s) had no recorded outcome: recorded as call.outcome_unknown", recovered)
             async with anyio.create_task_group() as tg:
+                await tg.start(gate.engine.run)
                 await tg.start(
                     functools.partial(downstreams.run, gate._tools_changed, startup_timeout=startup_timeout)
                 )

@@ -1,0 +1,167 @@
+"""Restart safety: the gate process is killed (SIGKILL) at the worst moments and started again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp_types as types
+import pytest
+from mcp import Client, StdioServerParameters
+
+from mcp_gate.approvals import ApprovalRequest, Approved
+from mcp_gate.config import load_config
+from mcp_gate.holds import engine_for
+from mcp_gate.store import SQLiteStore
+from mcp_gate.testing import NOTES_MANIFEST, approver_table, notes_server_table, write_config
+
+pytestmark = pytest.mark.anyio
+
+# `sleep` is high here, so a slow call can be approved and then interrupted mid-execution.
+MANIFEST = NOTES_MANIFEST.read_text().replace(
+    'tools = ["sleep", "crash"]\ntier = "low"', 'tools = ["sleep"]\ntier = "high"'
+)
+
+
+def text_of(result: types.CallToolResult) -> str:
+    return " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    assert MANIFEST != NOTES_MANIFEST.read_text()
+    return write_config(
+        tmp_path / "gate",
+        servers={"notes": notes_server_table(tmp_path / "notes")},
+        manifests={"notes": MANIFEST},
+        approvers={"bob": approver_table("bob@example.com", ["sre"], "tok-bob")},
+        approvals={"hold_seconds": 60, "progress_seconds": 1},
+    )
+
+
+@asynccontextmanager
+async def gate_process(config: Path, pid_file: Path) -> AsyncIterator[Client]:
+    """The real gate over stdio; its pid is written to `pid_file` (exec keeps the pid)."""
+    launcher = (
+        "import os, sys; "
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+        f"os.execv(sys.executable, [sys.executable, '-m', 'mcp_gate', 'serve', '--config', {str(config)!r}])"
+    )
+    async with Client(
+        StdioServerParameters(command=sys.executable, args=["-c", launcher]), mode="legacy"
+    ) as agent:
+        yield agent
+
+
+def kill(pid_file: Path) -> None:
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+async def wait_for(config: Path, predicate: Any, what: str) -> Any:
+    loaded = load_config(config, {})
+    with anyio.fail_after(30):
+        while True:
+            if (loaded.data_dir / "gate.db").exists():
+                async with engine_for(loaded) as engine:
+                    found = await predicate(engine)
+                if found:
+                    return found
+            await anyio.sleep(0.05)
+
+
+async def pending_request(config: Path) -> ApprovalRequest:
+    async def first(engine: Any) -> ApprovalRequest | None:
+        pending = await engine.pending()
+        return pending[0] if pending else None
+
+    found: ApprovalRequest = await wait_for(config, first, "a pending request")
+    return found
+
+
+async def approve(config: Path, request_id: str) -> None:
+    loaded = load_config(config, {})
+    async with engine_for(loaded) as engine:
+        assert isinstance(
+            await engine.decide(request_id, loaded.approvers["bob"], "approve", channel="cli"), Approved
+        )
+
+
+async def events(config: Path) -> list[dict[str, Any]]:
+    async with await SQLiteStore.open(config.parent / "data" / "gate.db") as store:
+        return [dict(r.body) for r in await store.records()]
+
+
+async def call_until_killed(agent: Client, name: str, arguments: dict[str, Any]) -> None:
+    try:
+        await agent.call_tool(name, arguments)
+    except Exception:  # the gate is killed under this call: the SDK reports the closed connection
+        return
+    raise AssertionError("the call finished although the gate was killed")
+
+
+async def test_a_pending_request_survives_a_killed_gate_and_can_still_be_decided(
+    config: Path, tmp_path: Path
+) -> None:
+    pid = tmp_path / "pid"
+    args = {"name": "survivor", "text": "kept"}
+    async with gate_process(config, pid) as agent, anyio.create_task_group() as tg:
+        tg.start_soon(call_until_killed, agent, "notes__write_note", args)
+        request = await pending_request(config)
+        kill(pid)
+    await approve(config, request.id)
+    async with gate_process(config, pid) as agent:
+        result = await agent.call_tool("notes__write_note", args)
+    assert text_of(result) == "wrote survivor"
+    assert (tmp_path / "notes" / "survivor").read_text() == "kept"
+
+
+async def test_an_approved_call_does_not_run_on_restart_but_only_when_the_agent_sends_it_again(
+    config: Path, tmp_path: Path
+) -> None:
+    pid = tmp_path / "pid"
+    args = {"name": "later", "text": "v"}
+    async with gate_process(config, pid) as agent, anyio.create_task_group() as tg:
+        tg.start_soon(call_until_killed, agent, "notes__write_note", args)
+        request = await pending_request(config)
+        kill(pid)
+    await approve(config, request.id)
+    async with gate_process(config, pid) as agent:
+        assert "notes__echo" in {t.name for t in (await agent.list_tools()).tools}  # up, recovered
+        assert not (tmp_path / "notes" / "later").exists()
+        result = await agent.call_tool("notes__write_note", args)
+    assert text_of(result) == "wrote later"
+    kinds = [e["event_type"] for e in await events(config)]
+    assert kinds.count("call.executed") == 1
+
+
+async def test_a_call_killed_mid_execution_is_recorded_as_outcome_unknown_and_never_rerun(
+    config: Path, tmp_path: Path
+) -> None:
+    pid = tmp_path / "pid"
+    async with gate_process(config, pid) as agent, anyio.create_task_group() as tg:
+        tg.start_soon(call_until_killed, agent, "notes__sleep", {"seconds": 30})
+        request = await pending_request(config)
+        await approve(config, request.id)
+
+        async def executing(engine: Any) -> bool:
+            return bool((await engine.get(request.id)).state == "executing")
+
+        await wait_for(config, executing, "the call to start")
+        kill(pid)
+    async with gate_process(config, pid) as agent:
+        assert "notes__echo" in {t.name for t in (await agent.list_tools()).tools}
+    recorded = await events(config)
+    unknown = [e for e in recorded if e["event_type"] == "call.outcome_unknown"]
+    assert len(unknown) == 1 and unknown[0]["request_id"] == request.id
+    assert unknown[0]["correlation_id"] != request.correlation_id or unknown[0]["tool"] == "sleep"
+    released = [e for e in recorded if e["event_type"] == "call.released"]
+    assert len(released) == 1  # started once, never again
+    loaded = load_config(config, {})
+    async with engine_for(loaded) as engine:
+        assert (await engine.get(request.id)).state == "outcome_unknown"
