@@ -35,7 +35,7 @@ def text_of(result: types.CallToolResult) -> str:
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    assert MANIFEST != NOTES_MANIFEST.read_text()
+    assert NOTES_MANIFEST.read_text() != MANIFEST
     return write_config(
         tmp_path / "gate",
         servers={"notes": notes_server_table(tmp_path / "notes")},
