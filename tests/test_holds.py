@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -388,3 +389,62 @@ async def test_fifty_concurrent_decisions_on_one_request_give_one_decision_each_
         assert lines == ["x"] and not result.is_error
     else:
         assert stored.state == "denied" and lines == [] and result.is_error
+
+
+DECIDER = """
+import sys, anyio
+from mcp_gate.config import load_config
+from mcp_gate.holds import engine_for
+
+async def main(config, request_id, names):
+    loaded = load_config(__import__("pathlib").Path(config), {})
+    async with engine_for(loaded) as engine:
+        async with anyio.create_task_group() as tg:
+            for name in names.split(","):
+                verdict = "deny" if name in ("ap7", "ap33") else "approve"
+                approver = loaded.approvers[name]
+                tg.start_soon(lambda a=approver, v=verdict: engine.decide(request_id, a, v, channel="proc"))
+
+anyio.run(main, *sys.argv[1:])
+"""
+
+
+async def test_fifty_decisions_from_ten_separate_processes_give_one_decision_each_and_at_most_one_execution(
+    tmp_path: Path,
+) -> None:
+    many = {f"ap{i}": approver_table(f"ap{i}@example.com", ["sre"], f"tok-{i}") for i in range(50)}
+    config = write_config(
+        tmp_path / "gate",
+        servers={"notes": notes_server_table(tmp_path / "notes")},
+        manifests={"notes": NOTES_MANIFEST.read_text()},
+        approvers=many,
+        tiers={"high": {"approvals": 2, "groups": ["sre"]}},
+        approvals={"hold_seconds": 60},
+    )
+    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+        async with anyio.create_task_group() as tg:
+            box = await in_background(
+                tg, lambda: agent.call_tool("notes__write_note", {"name": "n", "text": "x"})
+            )
+            request = await wait_for_request(front.gateway)
+            names = list(many)
+            batches = [",".join(names[i : i + 5]) for i in range(0, 50, 5)]
+            async with anyio.create_task_group() as procs:
+                for batch in batches:
+                    procs.start_soon(
+                        anyio.run_process,
+                        [sys.executable, "-c", DECIDER, str(config), request.id, batch],
+                    )
+        [result] = box
+        stored = await front.gateway.engine.get(request.id)
+    assert len({v.approver for v in stored.votes}) == len(stored.votes)
+    recorded = await records(config)
+    decided = [r for r in recorded if r["event_type"] == "approval.decided"]
+    refused = [r for r in recorded if r["event_type"] == "approval.refused"]
+    assert len(decided) + len(refused) == 50 and len(decided) == len(stored.votes)
+    executed = [r for r in recorded if r["event_type"] == "call.executed"]
+    note = tmp_path / "notes" / "n"
+    if stored.state == "executed":
+        assert len(executed) == 1 and note.read_text() == "x" and not result.is_error
+    else:
+        assert stored.state == "denied" and executed == [] and not note.exists() and result.is_error
