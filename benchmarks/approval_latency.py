@@ -88,9 +88,9 @@ async def measure(samples: int) -> dict[str, dict[str, list[float]]]:
                     for i in range(samples + 5):
                         box: list[float] = []
 
-                        async def call(n: int = i, sink: list[float] = box) -> None:
+                        async def call(n: int = i, sink: list[float] = box, label: str = channel) -> None:
                             await agent.call_tool(
-                                "notes__write_note", {"name": f"n{n % 20}", "text": f"{channel} {n}"}
+                                "notes__write_note", {"name": f"n{n % 20}", "text": f"{label} {n}"}
                             )
                             sink.append(time.time())
 
