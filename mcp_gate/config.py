@@ -348,7 +348,15 @@ class _ClientEntry(_Strict):
 _VARIABLE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
 
 
-def _expand(value: str, file: str, key: str, environ: Mapping[str, str], workspace: Path) -> str:
+def _expand(
+    value: str,
+    file: str,
+    key: str,
+    environ: Mapping[str, str],
+    workspace: Path,
+    *,
+    keep_references: bool = False,
+) -> str:
     """Expand ${VAR}, ${VAR:-default}, ${env:VAR}, ${userHome}, ${workspaceFolder}; `$${` is literal `${`."""
 
     def fail(problem: str) -> ConfigError:
@@ -356,10 +364,14 @@ def _expand(value: str, file: str, key: str, environ: Mapping[str, str], workspa
 
     def replace(match: re.Match[str]) -> str:
         if match.group(0) == "$${":
-            return "${"
+            return "$${" if keep_references else "${"
         inner = match.group(1)
         if inner == "workspaceFolder":
             return str(workspace)
+        if keep_references and not inner.startswith("input:"):
+            # `mcp-gate import`: the reference stays, so gate.toml resolves it when it loads and a
+            # secret in the environment is never copied into the printed file.
+            return match.group(0)
         if inner == "userHome":
             home = environ.get("HOME") or environ.get("USERPROFILE")
             if not home:
@@ -409,7 +421,15 @@ def _check_server_name(name: str, file: str, key: str) -> None:
 
 
 def _build_server(
-    name: str, section: _ServerSection, *, file: str, key: str, base: Path, environ: Mapping[str, str]
+    name: str,
+    section: _ServerSection,
+    *,
+    file: str,
+    key: str,
+    base: Path,
+    environ: Mapping[str, str],
+    keep_references: bool = False,
+    default_cwd: bool = True,
 ) -> ServerSpec:
     """One server from its validated table: variables expanded, paths absolute, transport checked."""
     command, url, args, env, cwd, headers = (
@@ -423,7 +443,7 @@ def _build_server(
     _check_server_name(name, file, key)
 
     def expand(value: str, sub: str) -> str:
-        return _expand(value, file, f"{key}.{sub}", environ, base)
+        return _expand(value, file, f"{key}.{sub}", environ, base, keep_references=keep_references)
 
     if command is None and url is None:
         raise ConfigError(file, key, "a server needs command (stdio) or url (streamable HTTP)")
@@ -440,7 +460,9 @@ def _build_server(
                 raise ConfigError(file, f"{key}.{field}", "only applies to stdio servers; this one has a url")
         expanded_url = expand(url, "url")
         parts = urlsplit(expanded_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        if (parts.scheme not in ("http", "https") or not parts.netloc) and not (
+            keep_references and "${" in expanded_url
+        ):
             raise ConfigError(file, f"{key}.url", f"{expanded_url!r} is not an http:// or https:// URL")
         return ServerSpec(
             name=name,
@@ -475,7 +497,7 @@ def _build_server(
         command=expanded_command,
         args=tuple(expand(a, f"args[{i}]") for i, a in enumerate(args, start=1)),
         env=MappingProxyType(merged),
-        cwd=base if cwd is None else base / expand(cwd, "cwd"),
+        cwd=(base if default_cwd else None) if cwd is None else base / expand(cwd, "cwd"),
         url=None,
         headers=MappingProxyType({}),
         timeout=section.timeout,
@@ -545,7 +567,9 @@ def _strip_jsonc(text: str) -> str:
     return "".join(chars)
 
 
-def read_client_config(path: Path, environ: Mapping[str, str]) -> dict[str, ServerSpec]:
+def read_client_config(
+    path: Path, environ: Mapping[str, str], *, keep_references: bool = False
+) -> dict[str, ServerSpec]:
     """The servers of a client config: {"mcpServers": ...} (Claude, Cursor) or {"servers": ...} (VS Code)."""
     file = str(path)
     text = _decode(path, _read_bytes(path, "no such file"))
@@ -610,7 +634,16 @@ def read_client_config(path: Path, environ: Mapping[str, str]) -> dict[str, Serv
             timeout=DEFAULT_TIMEOUT if entry.timeout is None else entry.timeout / 1000,
             disabled=bool(entry.disabled) or entry.enabled is False,
         )
-        servers[name] = _build_server(name, section, file=file, key=key, base=base, environ=environ)
+        servers[name] = _build_server(
+            name,
+            section,
+            file=file,
+            key=key,
+            base=base,
+            environ=environ,
+            keep_references=keep_references,
+            default_cwd=False,  # clients start servers without a set folder; so does the gate
+        )
     return servers
 
 
@@ -885,33 +918,37 @@ def _toml_string(value: str, *, literal_dollar: bool = True) -> str:
     return "".join(out)
 
 
-def _toml_table(values: Mapping[str, str]) -> str:
-    items = ", ".join(
-        f"{_toml_string(k, literal_dollar=False)} = {_toml_string(v)}" for k, v in values.items()
-    )
-    return f"{{ {items} }}" if items else "{}"
-
-
-def servers_to_toml(servers: Mapping[str, ServerSpec]) -> str:
+def servers_to_toml(servers: Mapping[str, ServerSpec], *, references: bool = False) -> str:
     """The [servers.*] tables of gate.toml for these servers (what `mcp-gate import` writes).
 
-    Values are written as they are, already expanded; loading the text back gives equal specs.
+    By default values are taken literally (`${` is written as `$${`), so loading the text back
+    gives equal specs. `references=True` writes values read with `keep_references`, whose `${...}`
+    are meant to be expanded when gate.toml loads.
     """
+    literal = not references
+
+    def string(value: str) -> str:
+        return _toml_string(value, literal_dollar=literal)
+
+    def table(values: Mapping[str, str]) -> str:
+        items = ", ".join(f"{_toml_string(k, literal_dollar=False)} = {string(v)}" for k, v in values.items())
+        return f"{{ {items} }}" if items else "{}"
+
     blocks: list[str] = []
     for name, spec in servers.items():
         lines = [f"[servers.{name}]"]
         if spec.command is not None:
-            lines.append(f"command = {_toml_string(spec.command)}")
+            lines.append(f"command = {string(spec.command)}")
             if spec.args:
-                lines.append(f"args = [{', '.join(_toml_string(a) for a in spec.args)}]")
+                lines.append(f"args = [{', '.join(string(a) for a in spec.args)}]")
             if spec.env:
-                lines.append(f"env = {_toml_table(spec.env)}")
+                lines.append(f"env = {table(spec.env)}")
             if spec.cwd is not None:
-                lines.append(f"cwd = {_toml_string(str(spec.cwd))}")
+                lines.append(f"cwd = {string(str(spec.cwd))}")
         if spec.url is not None:
-            lines.append(f"url = {_toml_string(spec.url)}")
+            lines.append(f"url = {string(spec.url)}")
             if spec.headers:
-                lines.append(f"headers = {_toml_table(spec.headers)}")
+                lines.append(f"headers = {table(spec.headers)}")
         if spec.timeout != DEFAULT_TIMEOUT:
             lines.append(f"timeout = {int(spec.timeout) if spec.timeout.is_integer() else spec.timeout!r}")
         if spec.protocol != "legacy":

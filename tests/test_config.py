@@ -364,7 +364,8 @@ def test_a_claude_desktop_config_is_read_as_stdio_servers(tmp_path: Path) -> Non
         {"K": "v"},
         "stdio",
     )
-    assert (fs.cwd, fs.timeout, fs.protocol, fs.disabled) == (tmp_path, 120.0, "legacy", False)
+    # Clients start servers without a set folder; an imported entry does not invent one.
+    assert (fs.cwd, fs.timeout, fs.protocol, fs.disabled) == (None, 120.0, "legacy", False)
     assert fs.origin == str(tmp_path / "mcp.json")
 
 
@@ -590,8 +591,12 @@ def test_servers_written_as_toml_load_back_unchanged(tmp_path: Path) -> None:
     text = servers_to_toml(servers)
     reloaded = load(tmp_path / "gate", text).servers
     origin = str(tmp_path / "gate" / "gate.toml")
+    # A [servers.*] table without cwd runs in the gate.toml folder.
     assert dict(reloaded) == {
-        name: dataclasses.replace(spec, origin=origin) for name, spec in servers.items()
+        name: dataclasses.replace(
+            spec, origin=origin, cwd=tmp_path / "gate" if spec.command and spec.cwd is None else spec.cwd
+        )
+        for name, spec in servers.items()
     }
     assert reloaded["local"].args[1] == tricky.replace("$${", "${")  # reading the JSON unescaped it once
     assert reloaded["plain"].timeout == 1.5
@@ -599,7 +604,7 @@ def test_servers_written_as_toml_load_back_unchanged(tmp_path: Path) -> None:
 
 def test_servers_to_toml_writes_only_what_differs_from_the_defaults(tmp_path: Path) -> None:
     servers = client(tmp_path, {"mcpServers": {"a": {"command": "x"}}})
-    assert servers_to_toml(servers) == f'[servers.a]\ncommand = "x"\ncwd = "{tmp_path}"\n'
+    assert servers_to_toml(servers) == '[servers.a]\ncommand = "x"\n'
 
 
 # --- which config file -------------------------------------------------------------------------------
@@ -613,3 +618,42 @@ def test_the_config_argument_wins_over_the_environment_and_the_default(tmp_path:
     assert resolve_config_path(None, {"MCP_GATE_CONFIG": "rel.toml"}, tmp_path) == tmp_path / "rel.toml"
     assert resolve_config_path(None, {}, tmp_path) == tmp_path / "gate.toml"
     assert resolve_config_path(None, {"MCP_GATE_CONFIG": ""}, tmp_path) == tmp_path / "gate.toml"
+
+
+def test_an_import_keeps_variable_references_so_secrets_in_the_environment_are_not_copied(
+    tmp_path: Path,
+) -> None:
+    document = {
+        "servers": {
+            "gh": {
+                "command": "gh-mcp",
+                "args": ["${workspaceFolder}/repo"],
+                "env": {"GITHUB_TOKEN": "${env:GITHUB_TOKEN}", "MODE": "${MODE:-fast}"},
+            },
+            "api": {
+                "type": "http",
+                "url": "${API_BASE:-https://api.example.com}/mcp",
+                "headers": {"X": "${KEY}"},
+            },
+        }
+    }
+    path = write(tmp_path / "clients", json.dumps(document), "mcp.json")
+    environ = ENV | {"GITHUB_TOKEN": "ghp_secret123", "KEY": "k-secret"}
+    servers = read_client_config(path, environ, keep_references=True)
+    text = servers_to_toml(servers, references=True)
+    assert "ghp_secret123" not in text and "k-secret" not in text
+    assert '"GITHUB_TOKEN" = "${env:GITHUB_TOKEN}"' in text
+    assert str(tmp_path / "clients") + "/repo" in text  # the client's own folder is resolved now
+    loaded = load(tmp_path / "gate", text, environ).servers
+    assert loaded["gh"].env["GITHUB_TOKEN"] == "ghp_secret123"
+    assert loaded["gh"].env["MODE"] == "fast"
+    assert loaded["api"].url == "https://api.example.com/mcp" and loaded["api"].headers["X"] == "k-secret"
+
+
+def test_an_import_still_rejects_vs_code_input_prompts(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, json.dumps({"servers": {"s": {"command": "x", "env": {"T": "${input:tok}"}}}}), "mcp.json"
+    )
+    with pytest.raises(ConfigError) as caught:
+        read_client_config(path, ENV, keep_references=True)
+    assert "${input:tok}" in str(caught.value)
