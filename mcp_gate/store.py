@@ -19,7 +19,7 @@ from mcp_gate.clock import Clock, SystemClock, utc_iso
 from mcp_gate.errors import EvidenceWriteError, StoreError
 from mcp_gate.evidence import GENESIS_HASH, ChainVerifier, Record, VerifyReport, canonical_json, chain_hash
 
-__all__ = ["Inflight", "PinRecord", "SQLiteStore", "Store", "Tx"]
+__all__ = ["Inflight", "PinRecord", "SQLiteStore", "Store", "Tx", "verify_file"]
 
 SCHEMA_VERSION = "1"
 
@@ -773,6 +773,17 @@ def _pin_record(row: Sequence[Any]) -> PinRecord:
         drifted_definition=None if drifted_definition is None else json.loads(drifted_definition),
         updated_at=updated_at,
     )
+
+
+async def verify_file(path: Path) -> VerifyReport:
+    """Verify the evidence chain in the file at `path` without writing to it or creating anything
+    (an auditor's copy may be read-only)."""
+    if not path.is_file():
+        raise StoreError(f"{path}: no such evidence file")
+    try:
+        return await anyio.to_thread.run_sync(_verify_file, path, abandon_on_cancel=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot verify the evidence in {path}: {_one_line(exc)}") from exc
 
 
 def _verify_file(path: Path) -> VerifyReport:

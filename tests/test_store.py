@@ -61,7 +61,7 @@ async def verify(path: Path) -> Any:
 def test_the_store_module_exports_its_names() -> None:
     import mcp_gate.store as store
 
-    assert set(store.__all__) == {"Inflight", "PinRecord", "SQLiteStore", "Store", "Tx"}
+    assert set(store.__all__) == {"Inflight", "PinRecord", "SQLiteStore", "Store", "Tx", "verify_file"}
 
 
 async def test_sqlite_store_satisfies_the_store_protocol(tmp_path: Path) -> None:
@@ -451,3 +451,25 @@ def test_any_single_mutation_is_found_at_the_earliest_affected_seq(
 
     with tempfile.TemporaryDirectory() as directory:
         anyio.run(scenario, Path(directory) / "gate.db", backend="asyncio")
+
+
+@pytest.mark.anyio
+async def test_verifying_a_file_never_writes_to_it_so_dropped_triggers_stay_dropped(tmp_path: Path) -> None:
+    from mcp_gate.evidence import new_event
+    from mcp_gate.store import verify_file
+
+    db = tmp_path / "gate.db"
+    async with await SQLiteStore.open(db) as store:
+        await store.append([new_event("gate.started", ts="2026-11-24T00:00:00.000000Z", correlation_id=None)])
+    raw = sqlite3.connect(db)
+    raw.execute("DROP TRIGGER evidence_no_update")
+    raw.commit()
+    raw.close()
+    before = db.read_bytes()
+    report = await verify_file(db)
+    assert report.ok and report.records == 1
+    assert db.read_bytes() == before
+    raw = sqlite3.connect(db)
+    triggers = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    raw.close()
+    assert "evidence_no_update" not in triggers
