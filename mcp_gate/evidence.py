@@ -375,6 +375,7 @@ def _details(event_type: str, body: Mapping[str, Any]) -> str:
         case "call.requested":
             parts.append(f"args={_compact(_get(body, 'args'), _ARGS_WIDTH)}")
         case "call.executed":
+            add("request", "request_id")
             add("duration_ms", "duration_ms")
             if _get(body, "is_error") is True:
                 parts.append("is_error")
@@ -385,6 +386,42 @@ def _details(event_type: str, body: Mapping[str, Any]) -> str:
             pin = _get(body, "pin")
             if pin is not None:
                 parts.append(f"pin={_text(pin)[:12]}")
+        case "approval.requested":
+            add("request", "request_id")
+            add("needs", "required")
+            add("from", "groups")
+            add("expires", "expires_at")
+        case "approval.decided":
+            add("request", "request_id")
+            add("by", "approver")
+            add("verdict", "verdict")
+            add("via", "channel")
+            add("note", "note")
+            add("quorum", "quorum")
+        case "approval.refused":
+            add("request", "request_id")
+            add("by", "approver")
+            add("code", "code")
+            add("why", "why")
+        case "approval.joined" | "approval.expired" | "approval.revoked" | "approval.voided":
+            add("request", "request_id")
+            add("by", "approver")
+            add("why", "why")
+        case "call.deferred":
+            add("request", "request_id")
+            add("by", "approver")
+            add("why", "why")
+        case "call.released":
+            add("request", "request_id")
+            add("approvers", "approvers")
+            add("grant", "grant_id")
+        case "grant.created" | "grant.revoked":
+            add("grant", "grant_id")
+            add("by", "approver")
+            add("for", "duration")
+        case "call.outcome_unknown":
+            add("request", "request_id")
+            add("why", "why")
         case _:
             add("error", "error")
             add("reason", "reason")
