@@ -1,0 +1,581 @@
+"""What the gate costs per call: low-tier echo calls direct to a downstream and through the gate.
+
+Runs, in one process and one run, the example notes server's `echo` tool from an SDK client
+(`mcp.Client`) over stdio, directly and through a real `mcp-gate serve` process with evidence on,
+sequentially and with many calls in flight, in both protocol eras. Direct and gated runs are
+interleaved within each repeat (the order alternates) so machine noise hits both; ratios are
+computed within a repeat and the table shows medians over repeats. A second table gives the CPU
+each process spends per call (Linux /proc), a third breaks one sequential call through an
+in-process gate into its parts.
+
+    python benchmarks/overhead.py                 # full run (about 2 minutes on 2 cores)
+    python benchmarks/overhead.py --quick         # smoke run
+    python benchmarks/overhead.py --json out.json # also write the per-repeat figures
+
+The table goes to stdout as markdown; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import inspect
+import json
+import math
+import os
+import platform
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import asdict, dataclass
+from datetime import date
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+import mcp
+import mcp_types as types
+from mcp.client.stdio import stdio_client
+
+from mcp_gate.store import SQLiteStore
+from mcp_gate.testing import NOTES_MANIFEST, NOTES_SERVER, notes_server_table, running_gate, write_config
+
+ERAS = {"legacy": "2025-11-25", "auto": "2026-07-28"}
+GATED_TOOL = "notes__echo"
+DIRECT_TOOL = "echo"
+
+
+def progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# -- figures --------------------------------------------------------------------------------
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    index = max(0, min(len(sorted_values) - 1, math.ceil(q * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One timed batch: throughput, latency (ms) and CPU per call (ms, by process role)."""
+
+    calls: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    cpu_ms: dict[str, float]
+
+    @property
+    def calls_per_s(self) -> float:
+        return self.calls / self.seconds
+
+    @classmethod
+    def of(cls, latencies: list[float], seconds: float, cpu_ms: dict[str, float]) -> Sample:
+        ordered = sorted(latencies)
+        p50, p99 = percentile(ordered, 0.50) * 1000, percentile(ordered, 0.99) * 1000
+        return cls(len(ordered), seconds, p50, p99, cpu_ms)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A direct and a gated sample of one cell, taken back to back in the same repeat."""
+
+    era: str
+    mode: str
+    repeat: int
+    direct: Sample
+    gate: Sample
+
+    @property
+    def p50_ratio(self) -> float:
+        return self.gate.p50_ms / self.direct.p50_ms
+
+    @property
+    def throughput_ratio(self) -> float:
+        return self.gate.calls_per_s / self.direct.calls_per_s
+
+
+# -- load -----------------------------------------------------------------------------------
+
+Call = Callable[[int], Awaitable[None]]
+
+
+def echo_caller(client: mcp.Client, tool: str) -> Call:
+    async def call(i: int) -> None:
+        text = f"ping {i}"
+        result = await client.call_tool(tool, {"text": text})
+        ok = isinstance(result, types.CallToolResult) and not result.is_error
+        if not ok or result.content != [types.TextContent(type="text", text=text)]:
+            raise RuntimeError(f"{tool} did not echo {text!r}: {result}")
+
+    return call
+
+
+async def sequential(call: Call, calls: int) -> tuple[float, list[float]]:
+    latencies = []
+    started = time.perf_counter()
+    for i in range(calls):
+        t0 = time.perf_counter()
+        await call(i)
+        latencies.append(time.perf_counter() - t0)
+    return time.perf_counter() - started, latencies
+
+
+async def in_flight(call: Call, calls: int, concurrency: int) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    next_index = iter(range(calls))
+
+    async def worker() -> None:
+        for i in next_index:
+            t0 = time.perf_counter()
+            await call(i)
+            latencies.append(time.perf_counter() - t0)
+
+    started = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(concurrency):
+            tg.start_soon(worker)
+    return time.perf_counter() - started, latencies
+
+
+# -- processes (Linux /proc; CPU figures are skipped where it is missing) ---------------------
+
+TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[1].split()  # fields after the command name
+
+
+def children(pid: int) -> set[int]:
+    found = set()
+    proc = Path("/proc")
+    for entry in proc.iterdir() if proc.is_dir() else ():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) and int(fields[1]) == pid:
+            found.add(int(entry.name))
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, all its threads."""
+    fields = _stat(pid)
+    return math.nan if fields is None else (int(fields[11]) + int(fields[12])) / TICK
+
+
+@dataclass
+class Target:
+    """One client connection to time: its call and the processes that serve it, by role."""
+
+    call: Call
+    processes: dict[str, int]
+    calls: int = 0
+
+    async def counted(self, i: int) -> None:
+        self.calls += 1
+        await self.call(i)
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far: this (client) process and each serving process."""
+        return {"client": time.process_time()} | {r: cpu_seconds(p) for r, p in self.processes.items()}
+
+    async def run(self, calls: int, concurrency: int) -> Sample:
+        before = self.cpu()
+        if concurrency == 1:
+            seconds, latencies = await sequential(self.counted, calls)
+        else:
+            seconds, latencies = await in_flight(self.counted, calls, concurrency)
+        after = self.cpu()
+        cpu_ms = {role: (after[role] - before[role]) / calls * 1000 for role in before}
+        return Sample.of(latencies, seconds, cpu_ms)
+
+
+# -- setup ----------------------------------------------------------------------------------
+
+
+def gate_config(directory: Path) -> Path:
+    """A gate.toml with the notes server (its default `protocol`: the gate talks to it in legacy)."""
+    notes_dir = directory / "notes"
+    return write_config(
+        directory,
+        servers={"notes": notes_server_table(notes_dir, test_tools=False)},
+        manifests={"notes": NOTES_MANIFEST.read_text(encoding="utf-8")},
+    )
+
+
+def inherited(*names: str) -> dict[str, str]:
+    """The named variables of our environment (the SDK gives servers only a minimal one)."""
+    return {name: os.environ[name] for name in names if name in os.environ}
+
+
+async def open_target(
+    stack: AsyncExitStack, params: mcp.StdioServerParameters, mode: str, tool: str, errlog: TextIO
+) -> Target:
+    before = children(os.getpid())
+    client = await stack.enter_async_context(mcp.Client(stdio_client(params, errlog=errlog), mode=mode))
+    if client.protocol_version != ERAS[mode]:
+        raise RuntimeError(f"mode={mode!r} negotiated {client.protocol_version}, expected {ERAS[mode]}")
+    spawned = sorted(children(os.getpid()) - before)
+    processes = {"server": spawned[0]} if len(spawned) == 1 else {}
+    if processes and tool == GATED_TOOL:
+        grandchildren = sorted(children(spawned[0]))
+        processes = {"gate": spawned[0]}
+        if len(grandchildren) == 1:
+            processes["downstream"] = grandchildren[0]
+    return Target(echo_caller(client, tool), processes)
+
+
+async def count_executed(db: Path) -> int:
+    store = await SQLiteStore.open(db)
+    try:
+        return len(await store.records(event_type="call.executed"))
+    finally:
+        await store.close()
+
+
+# -- the stdio comparison -------------------------------------------------------------------
+
+
+async def compare(args: argparse.Namespace, work: Path) -> list[Pair]:
+    errlog = (work / "children.stderr.log").open("a", encoding="utf-8")
+    targets: dict[tuple[str, str], Target] = {}
+    pairs: list[Pair] = []
+    try:
+        async with AsyncExitStack() as stack:
+            for era in ERAS:
+                notes_dir = work / f"direct-{era}" / "notes"
+                notes_dir.mkdir(parents=True)
+                direct = mcp.StdioServerParameters(
+                    command=sys.executable, args=[str(NOTES_SERVER)], env={"NOTES_DIR": str(notes_dir)}
+                )
+                config = gate_config(work / f"gate-{era}")
+                gate = mcp.StdioServerParameters(
+                    command=sys.executable,
+                    args=["-m", "mcp_gate", "serve", "--config", str(config)],
+                    env=inherited("PYTHONPATH"),  # so a checkout on PYTHONPATH is what gets measured
+                )
+                progress(f"starting the direct server and the gate ({ERAS[era]})...")
+                targets[era, "direct"] = await open_target(stack, direct, era, DIRECT_TOOL, errlog)
+                targets[era, "gate"] = await open_target(stack, gate, era, GATED_TOOL, errlog)
+
+            progress(f"warming up ({args.warmup} calls per client)...")
+            for target in targets.values():
+                for i in range(args.warmup):
+                    await target.counted(i)
+
+            modes = [("sequential", 1), (f"{args.concurrency} in flight", args.concurrency)]
+            for repeat in range(args.repeats):
+                order = ("direct", "gate") if repeat % 2 == 0 else ("gate", "direct")
+                for era in ERAS:
+                    for mode, concurrency in modes:
+                        taken: dict[str, Sample] = {}
+                        for kind in order:
+                            target = targets[era, kind]
+                            for i in range(args.warmup // 5):  # settle after switching targets
+                                await target.counted(i)
+                            taken[kind] = await target.run(args.calls, concurrency)
+                        pair = Pair(era, mode, repeat + 1, taken["direct"], taken["gate"])
+                        pairs.append(pair)
+                        progress(
+                            f"repeat {repeat + 1}/{args.repeats} {ERAS[era]} {mode:>13}: "
+                            f"direct {pair.direct.calls_per_s:5.0f}/s p50 {pair.direct.p50_ms:5.2f} ms | "
+                            f"gate {pair.gate.calls_per_s:5.0f}/s p50 {pair.gate.p50_ms:6.2f} ms | "
+                            f"p50 x{pair.p50_ratio:.2f}"
+                        )
+    except BaseException:
+        errlog.flush()
+        tail = (work / "children.stderr.log").read_text(encoding="utf-8", errors="replace").splitlines()
+        progress("the servers' stderr ended with:\n" + "\n".join(tail[-15:]))
+        raise
+    finally:
+        errlog.close()
+
+    for era in ERAS:
+        gated = targets[era, "gate"].calls
+        executed = await count_executed(work / f"gate-{era}" / "data" / "gate.db")
+        if executed != gated:
+            raise RuntimeError(f"{ERAS[era]}: {executed} call.executed records for {gated} gated calls")
+        progress(f"evidence ({ERAS[era]} gate): {executed} call.executed records for {gated} gated calls")
+    return pairs
+
+
+# -- the in-process breakdown ---------------------------------------------------------------
+
+STORE_WRITES = ("append", "transact", "set_pin", "mark_drift", "accept_drift")
+STORE_READS = ("read", "records", "head", "get_pin", "list_pins")
+
+
+class Timers:
+    """Wall time spent inside wrapped functions, summed per name."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def wrap(self, obj: Any, attr: str, name: str) -> None:
+        """Time `obj.attr` (a coroutine or plain function) by replacing it on the instance."""
+        inner = getattr(obj, attr, None)
+        if inner is None:
+            return
+        if inspect.iscoroutinefunction(inner):
+
+            @functools.wraps(inner)
+            async def timed_async(*a: Any, **kw: Any) -> Any:
+                t0 = time.perf_counter()
+                try:
+                    return await inner(*a, **kw)
+                finally:
+                    self.add(name, time.perf_counter() - t0)
+
+            setattr(obj, attr, timed_async)
+        else:
+
+            @functools.wraps(inner)
+            def timed(*a: Any, **kw: Any) -> Any:
+                t0 = time.perf_counter()
+                try:
+                    return inner(*a, **kw)
+                finally:
+                    self.add(name, time.perf_counter() - t0)
+
+            setattr(obj, attr, timed)
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.counts.clear()
+
+    def ms_per(self, name: str, calls: int) -> float:
+        return self.seconds.get(name, 0.0) / calls * 1000
+
+
+@dataclass(frozen=True)
+class Part:
+    what: str
+    ms_per_call: float
+    note: str
+
+
+async def breakdown(args: argparse.Namespace, work: Path) -> list[Part]:
+    """Time the parts of sequential calls through an in-process gate (front over memory)."""
+    config = gate_config(work / "in-process")
+    timers = Timers()
+    progress(f"in-process breakdown: {args.profile_calls} sequential calls...")
+    async with running_gate(config) as front:
+        gateway = front.gateway
+        timers.wrap(gateway, "call", "gateway")
+        timers.wrap(gateway.downstreams["notes"], "call", "downstream")
+        for attr in STORE_WRITES:
+            timers.wrap(gateway.store, attr, "store writes")
+        for attr in STORE_READS:
+            timers.wrap(gateway.store, attr, "store reads")
+        timers.wrap(gateway, "_validate", "validate")
+        timers.wrap(gateway, "event", "event")
+        async with mcp.Client(front.server, mode="legacy") as client:
+            call = echo_caller(client, GATED_TOOL)
+            for i in range(args.warmup):
+                await call(i)
+            timers.reset()
+            cpu0 = time.process_time()
+            seconds, _ = await sequential(call, args.profile_calls)
+            cpu = time.process_time() - cpu0
+    n = args.profile_calls
+    ms = {name: timers.ms_per(name, n) for name in timers.seconds}
+    writes = timers.counts.get("store writes", 0) / n
+    reads = timers.counts.get("store reads", 0) / n
+    whole = seconds / n * 1000
+    named = ("downstream", "store writes", "store reads", "validate", "event")
+    commit = fsync_commit_ms(work / "commit-probe.db")
+    parts = [
+        Part(
+            "whole call, client to client",
+            whole,
+            f"in-process front (no stdio on the agent side); this process used {cpu / n * 1000:.2f} ms CPU",
+        ),
+        Part(
+            "downstream round trip",
+            ms.get("downstream", 0.0),
+            "SDK client + stdio + notes server: the hop a direct legacy client makes",
+        ),
+        Part(
+            f"evidence writes ({writes:.0f} transactions)",
+            ms.get("store writes", 0.0),
+            "each a worker-thread hop and one BEGIN IMMEDIATE ... COMMIT (events, hash chain, in-flight "
+            f"marker); a bare fsync'd commit on this disk: {commit:.2f} ms",
+        ),
+        Part("building evidence events", ms.get("event", 0.0), "uuid, timestamp, field merge"),
+        Part("jsonschema validation", ms.get("validate", 0.0), "validator cached per pin"),
+        Part(
+            "rest of the gate pipeline",
+            ms.get("gateway", 0.0) - sum(ms.get(k, 0.0) for k in named),
+            "lookup, canonical JSON + SHA-256 of arguments and result, redaction, policy, result dump",
+        ),
+        Part(
+            "front MCP server + in-memory client",
+            whole - ms.get("gateway", 0.0),
+            "SDK: parse, dispatch, validate and serialise request and result, on both sides",
+        ),
+    ]
+    if reads:
+        parts.insert(3, Part(f"store reads ({reads:.1f} per call)", ms.get("store reads", 0.0), ""))
+    return parts
+
+
+def fsync_commit_ms(path: Path) -> float:
+    """Median ms of one small committed transaction with the store's settings (WAL, synchronous=FULL)."""
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = FULL")
+        connection.execute("CREATE TABLE t (seq INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+        timings = []
+        for _ in range(200):
+            t0 = time.perf_counter()
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("INSERT INTO t (body) VALUES (?)", ("x" * 600,))
+            connection.execute("COMMIT")
+            timings.append(time.perf_counter() - t0)
+        return statistics.median(timings) * 1000
+    finally:
+        connection.close()
+
+
+# -- output ---------------------------------------------------------------------------------
+
+
+def cells(pairs: list[Pair], concurrency: int) -> list[tuple[str, str, list[Pair]]]:
+    modes = ("sequential", f"{concurrency} in flight")
+    return [
+        (era, mode, [p for p in pairs if p.era == era and p.mode == mode]) for era in ERAS for mode in modes
+    ]
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def table(pairs: list[Pair], concurrency: int) -> str:
+    lines = [
+        "| era | mode | direct calls/s | direct p50 / p99 ms | gate calls/s | gate p50 / p99 ms "
+        "| p50 ratio | throughput ratio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for era, mode, cell in cells(pairs, concurrency):
+        d, g = [p.direct for p in cell], [p.gate for p in cell]
+        lines.append(
+            f"| {ERAS[era]} ({era}) | {mode} "
+            f"| {med([s.calls_per_s for s in d]):.0f} "
+            f"| {med([s.p50_ms for s in d]):.2f} / {med([s.p99_ms for s in d]):.2f} "
+            f"| {med([s.calls_per_s for s in g]):.0f} "
+            f"| {med([s.p50_ms for s in g]):.2f} / {med([s.p99_ms for s in g]):.2f} "
+            f"| x{med([p.p50_ratio for p in cell]):.2f} | x{med([p.throughput_ratio for p in cell]):.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def cpu_table(pairs: list[Pair], concurrency: int) -> str | None:
+    """CPU ms per call of each process, or None where /proc gave no figures."""
+
+    def cpu(samples: list[Sample], role: str) -> str:
+        values = [s.cpu_ms.get(role, math.nan) for s in samples]
+        return "?" if any(math.isnan(v) for v in values) else f"{med(values):.2f}"
+
+    if not any(p.gate.cpu_ms.get("gate") for p in pairs):
+        return None
+    lines = [
+        "CPU per call, ms (same runs):",
+        "",
+        "| era | mode | direct: client / server | gate: client / gate / downstream |",
+        "|---|---|---:|---:|",
+    ]
+    for era, mode, cell in cells(pairs, concurrency):
+        d, g = [p.direct for p in cell], [p.gate for p in cell]
+        lines.append(
+            f"| {ERAS[era]} | {mode} | {cpu(d, 'client')} / {cpu(d, 'server')} "
+            f"| {cpu(g, 'client')} / {cpu(g, 'gate')} / {cpu(g, 'downstream')} |"
+        )
+    return "\n".join(lines)
+
+
+def parts_table(parts: list[Part], calls: int) -> str:
+    lines = [
+        f"In-process gate, per call (legacy front, sequential, mean of {calls} calls):",
+        "",
+        "| part | ms per call | what it is |",
+        "|---|---:|---|",
+    ]
+    lines.extend(f"| {p.what} | {p.ms_per_call:.2f} | {p.note} |" for p in parts)
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=2000, help="calls per timed batch (default 2000)")
+    parser.add_argument("--concurrency", type=int, default=50, help="calls in flight (default 50)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats; medians are reported (default 3)")
+    parser.add_argument("--warmup", type=int, default=100, help="warm-up calls per client (default 100)")
+    parser.add_argument(
+        "--profile-calls", type=int, default=2000, help="calls timed in the breakdown (default 2000)"
+    )
+    parser.add_argument("--quick", action="store_true", help="a fast smoke run (few calls, one repeat)")
+    parser.add_argument("--json", metavar="PATH", type=Path, help="also write the per-repeat figures here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.calls, args.repeats, args.warmup, args.profile_calls = 200, 1, 20, 200
+    return args
+
+
+async def run(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mcp-gate-bench-") as tmp:
+        work = Path(tmp)
+        pairs = await compare(args, work)
+        parts = await breakdown(args, work)
+    command = " ".join(["python benchmarks/overhead.py", *sys.argv[1:]])
+    print(
+        f"{date.today().isoformat()}; {os.cpu_count()} CPUs; Python {platform.python_version()}; "
+        f"mcp {version('mcp')}; `{command}`\n"
+    )
+    print(
+        f"{args.repeats} repeat(s) x {args.calls} echo calls per cell, over stdio; medians over repeats; "
+        "ratios are gate/direct within a repeat. The gate talks to the notes server in the 2025-11-25 "
+        "era (its default `protocol`), whatever the era of its own client.\n"
+    )
+    print(table(pairs, args.concurrency))
+    if (cpu := cpu_table(pairs, args.concurrency)) is not None:
+        print()
+        print(cpu)
+    print()
+    print(parts_table(parts, args.profile_calls))
+    progress(f"done in {time.perf_counter() - started:.0f}s")
+    if args.json is not None:
+        raw = {
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "pairs": [
+                asdict(p) | {"p50_ratio": p.p50_ratio, "throughput_ratio": p.throughput_ratio} for p in pairs
+            ],
+            "breakdown": [asdict(p) for p in parts],
+        }
+        args.json.write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str]) -> None:
+    anyio.run(run, parse_args(argv))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
