@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -15,7 +18,7 @@ import mcp_types as types
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-from mcp_gate.gateway import CORRELATION_META_KEY
+from mcp_gate.approvals import ApprovalRequest
 from mcp_gate.store import SQLiteStore
 
 __all__ = ["EXAMPLES", "run_demo", "write_demo_config"]
@@ -24,10 +27,27 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 _WIDTH = 100
 
 
-def write_demo_config(directory: Path, *, variant: str = "1") -> Path:
+APPROVERS = {
+    "alice": ("alice@example.com", ["sre"]),  # the human the demo agent acts for
+    "bob": ("bob@example.com", ["sre"]),
+    "carol": ("carol@example.com", ["security", "sre"]),
+    "dave": ("dave@example.com", ["security"]),
+}
+
+
+def demo_tokens() -> dict[str, str]:
+    return {name: secrets.token_urlsafe(24) for name in APPROVERS}
+
+
+def write_demo_config(directory: Path, tokens: dict[str, str], *, variant: str = "1") -> Path:
     """Write a gate.toml for the notes server into `directory`; return its path."""
     notes = directory / "notes"
     config = directory / "gate.toml"
+    approvers = "".join(
+        f"\n[approvers.{name}]\nemail = {email!r}\ngroups = {groups!r}\n"
+        f"token_sha256 = {hashlib.sha256(tokens[name].encode()).hexdigest()!r}\n"
+        for name, (email, groups) in APPROVERS.items()
+    )
     config.write_text(
         f"""[gate]
 name = "demo"
@@ -42,7 +62,16 @@ owner = "alice@example.com"
 command = {sys.executable!r}
 args = [{str(EXAMPLES / "notes_server.py")!r}]
 env = {{ NOTES_DIR = {str(notes)!r}, NOTES_VARIANT = {variant!r} }}
-""",
+
+[tiers]
+high = {{ approvals = 1, groups = ["sre", "security"] }}
+critical = {{ approvals = 2, groups = ["security"] }}
+
+[approvals]
+hold_seconds = 120
+progress_seconds = 2
+"""
+        + approvers,
         encoding="utf-8",
     )
     return config
@@ -66,11 +95,13 @@ def _show(result: types.CallToolResult) -> None:
     _wrapped("REFUSED" if result.is_error else "result", ", ".join(text.strip().splitlines()))
 
 
-def _cli(*args: str) -> None:
-    """Run `mcp-gate ARGS` and show what an operator would see (progress lines left out)."""
-    _say(f"   $ mcp-gate {' '.join(args)}")
+def _cli(*args: str, token: tuple[str, str] | None = None) -> None:
+    """Run `mcp-gate ARGS` (as `token`'s approver) and show what an operator would see."""
+    who = f"MCP_GATE_TOKEN=<{token[0]}'s token> " if token else ""
+    _say(f"   $ {who}mcp-gate {' '.join(a if ' ' not in a else repr(a) for a in args)}")
+    env = {**os.environ, "MCP_GATE_TOKEN": token[1]} if token else None
     done = subprocess.run(
-        [sys.executable, "-m", "mcp_gate", *args], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "mcp_gate", *args], capture_output=True, text=True, check=False, env=env
     )
     output = done.stdout if done.returncode == 0 else done.stdout + done.stderr
     for line in output.strip().splitlines():
@@ -92,6 +123,10 @@ class _Agent:
 
     def _client(self) -> Client:
         return Client(stdio_client(self._params, errlog=self._log), mode="legacy")
+
+    def session(self) -> Client:
+        """One open session with the gate, for calls that stay held across several steps."""
+        return self._client()
 
     def call(self, *calls: tuple[str, dict[str, Any]]) -> list[types.CallToolResult]:
         async def run() -> list[types.CallToolResult]:
@@ -149,10 +184,14 @@ def _run(workdir: Path, log: TextIO) -> int:
     notes = workdir / "notes"
     notes.mkdir()
     (notes / "welcome").write_text("Notes live here; the agent may read them but not rewrite them.\n")
-    config = write_demo_config(workdir)
+    (notes / "archive").mkdir()
+    (notes / "archive" / "2025").write_text("last year's decisions, kept for retention\n")
+    tokens = demo_tokens()
+    config = write_demo_config(workdir, tokens)
     agent = _Agent(config, log)
     _say("mcp-gate demo: a gate in front of the example notes server")
-    _say("The agent is the MCP SDK's client, talking to `mcp-gate serve` over stdio.")
+    _say("The agent is the MCP SDK's client, talking to `mcp-gate serve` over stdio, on behalf of")
+    _say("alice@example.com. Approvers bob, carol and dave decide from another process with the CLI.")
 
     _step(1, "The agent lists tools: each is namespaced and tiered; purge_notes is blocked, so not listed")
     _print_tools(agent.list_tools())
@@ -164,31 +203,91 @@ def _run(workdir: Path, log: TextIO) -> int:
         ("notes__read_note", {"name": "welcome"}),
     )
 
-    _step(3, "Riskier calls are refused, with tier and reason; holding them for approval comes later")
-    refused, *_ = agent.call(
-        ("notes__write_note", {"name": "welcome", "text": "gone"}),
-        ("notes__delete_note", {"name": "archive/2025"}),
-        ("notes__purge_notes", {}),
-    )
+    held = anyio.run(_approvals, agent, config, tokens)
 
-    _step(4, "Each call leaves its whole story in the evidence log, under one correlation id")
-    correlation_id = str((refused.meta or {}).get(CORRELATION_META_KEY, "?"))
-    _cli("audit", "show", correlation_id, "--config", str(config))
+    _step(7, "Each call leaves its whole story in the evidence log: request, decision, release, result")
+    _cli("audit", "show", held, "--config", str(config))
 
-    _step(5, "The server changes read_note's description (a rug pull): the gate quarantines the tool")
-    config = write_demo_config(workdir, variant="2")
+    _step(8, "The server changes read_note's description (a rug pull): the gate quarantines the tool")
+    config = write_demo_config(workdir, tokens, variant="2")
     read_note = next(t for t in agent.list_tools() if t.name == "notes__read_note")
     _say(f"   the agent still sees the reviewed description: {read_note.description!r}")
     agent.call(("notes__read_note", {"name": "welcome"}))
     _wrapped("held for review", repr(anyio.run(_held_description, config)))
 
-    _step(6, "Accepting trusts the new definition, so a person reviews it first (the demo accepts anyway)")
+    _step(9, "Accepting trusts the new definition, so a person reviews it first (the demo accepts anyway)")
     _cli("tools", "accept", "notes__read_note", "--config", str(config))
     agent.call(("notes__read_note", {"name": "welcome"}))
 
-    _step(7, "An auditor verifies the hash chain over every record")
+    _step(10, "An auditor verifies the hash chain over every record")
     _cli("audit", "verify", "--config", str(config))
     _say(
         "\nDone. Next: `mcp-gate import` your client's mcpServers JSON, then `mcp-gate check`; see README.md."
     )
     return 0
+
+
+async def _approvals(agent: _Agent, config: Path, tokens: dict[str, str]) -> str:
+    """Steps 3-6: calls held until approvers decide from another process. Returns a correlation id."""
+    cfg = str(config)
+
+    async def cli(*args: str, who: str | None = None) -> None:
+        token = (who, tokens[who]) if who else None
+        await anyio.to_thread.run_sync(lambda: _cli(*args, "--config", cfg, token=token))
+
+    async with agent.session() as gate, anyio.create_task_group() as tg:
+
+        async def held(name: str, arguments: dict[str, Any], box: list[types.CallToolResult]) -> None:
+            box.append(await gate.call_tool(name, arguments))
+
+        async def hold(
+            name: str, arguments: dict[str, Any]
+        ) -> tuple[ApprovalRequest, list[types.CallToolResult]]:
+            _say(f"   agent calls {name} {arguments}   (the call waits)")
+            box: list[types.CallToolResult] = []
+            tg.start_soon(held, name, arguments, box)
+            return await _wait_for_request(config, name), box
+
+        async def outcome(box: list[types.CallToolResult]) -> types.CallToolResult:
+            with anyio.fail_after(60):
+                while not box:
+                    await anyio.sleep(0.02)
+            _say("   the agent's call returns:")
+            _show(box[0])
+            return box[0]
+
+        _step(3, "A high-risk call is held until an eligible approver approves that exact call")
+        request, box = await hold("notes__write_note", {"name": "plan", "text": "ship on Friday"})
+        await cli("pending", who="bob")
+        await cli("approve", request.id, "--note", "fine, it is a new note", who="bob")
+        await outcome(box)
+
+        _step(4, "Nobody approves their own call: alice is an approver, but the agent acts for her")
+        second, box = await hold("notes__write_note", {"name": "welcome", "text": "gone"})
+        await cli("approve", second.id, who="alice")
+
+        _step(5, "A denial ends the request; the agent gets the approver's reason")
+        await cli("deny", second.id, "--reason", "welcome is kept as it is", who="carol")
+        await outcome(box)
+
+        _step(6, "A critical call (deleting an archived note) needs two distinct approvers from security")
+        critical, box = await hold("notes__delete_note", {"name": "archive/2025"})
+        await cli("approve", critical.id, who="bob")
+        await cli("approve", critical.id, who="carol")
+        await cli("approve", critical.id, who="dave")
+        await outcome(box)
+        tg.cancel_scope.cancel()
+    return request.correlation_id
+
+
+async def _wait_for_request(config: Path, name: str) -> ApprovalRequest:
+    server, _, tool = name.partition("__")
+    with anyio.fail_after(60):
+        while True:
+            if (config.parent / "data" / "gate.db").exists():
+                async with await SQLiteStore.open(config.parent / "data" / "gate.db") as store:
+                    found = await store.read(lambda tx: tx.requests(states=("pending",)))
+                for request in found:
+                    if (request.binding.server, request.binding.tool) == (server, tool):
+                        return request
+            await anyio.sleep(0.05)
