@@ -266,9 +266,11 @@ def cmd_tools_accept(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    servers = read_client_config(Path(args.path), os.environ)
+    # ${...} references stay references: gate.toml resolves them when it loads, so a secret in
+    # this shell's environment is never printed.
+    servers = read_client_config(Path(args.path), os.environ, keep_references=True)
     _say(f"# servers from {args.path}; paste into gate.toml")
-    _say(servers_to_toml(servers))
+    _say(servers_to_toml(servers, references=True))
     return EXIT_OK
 
 

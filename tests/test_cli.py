@@ -292,8 +292,27 @@ def test_import_prints_server_tables_that_load_back_as_the_same_servers(
     assert list(loaded.servers) == list(expected)
     for name, spec in expected.items():
         got = loaded.servers[name]
-        for field in ("command", "args", "env", "cwd", "url", "headers", "timeout", "protocol", "disabled"):
+        for field in ("command", "args", "env", "url", "headers", "timeout", "protocol", "disabled"):
             assert getattr(got, field) == getattr(spec, field), (name, field)
+        # The client gave no folder; a [servers.*] table without cwd runs in the gate.toml folder.
+        assert got.cwd == (gate.parent if spec.command else None)
+
+
+def test_import_prints_variable_references_never_the_secrets_they_name(tmp_path: Path) -> None:
+    source = tmp_path / "claude.json"
+    source.write_text(
+        '{"mcpServers": {"gh": {"command": "gh-mcp", "env": {"GITHUB_TOKEN": "${GITHUB_TOKEN}"}}}}'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "mcp_gate", "import", str(source)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GITHUB_TOKEN": "ghp_secret123"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ghp_secret123" not in done.stdout + done.stderr
+    assert '"GITHUB_TOKEN" = "${GITHUB_TOKEN}"' in done.stdout
 
 
 def test_import_of_a_vscode_prompt_variable_is_a_one_line_error(tmp_path: Path) -> None:
@@ -315,7 +334,7 @@ class Audited:
 async def _drive_calls(config: Path) -> str:
     async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
         assert not (await agent.call_tool("notes__echo", {"text": "hi"})).is_error
-        refused = await agent.call_tool("notes__write_note", {"name": "todo", "text": "ship it"})
+        refused = await agent.call_tool("notes__purge_notes", {})  # blocked: refused by policy
         assert not (await agent.call_tool("notes__list_notes", {})).is_error
     assert refused.is_error and refused.meta is not None
     return str(refused.meta[CORRELATION_META_KEY])
@@ -427,10 +446,10 @@ def test_audit_show_tells_a_refused_calls_whole_story(audited: Audited) -> None:
     header, *events = done.stdout.strip().splitlines()
     assert audited.refused_id in header
     assert "requester test-agent (owner alice@example.com)" in header
-    assert "tool notes__write_note" in header
+    assert "tool notes__purge_notes" in header
     assert [line.split()[2] for line in events] == ["call.requested", "policy.decided", "call.refused"]
-    assert "ship it" in events[0]
-    assert "tier=high" in events[1] and "notes.toml rule 5" in events[1]
+    assert "args={}" in events[0]
+    assert "tier=blocked" in events[1] and "notes.toml rule 8" in events[1]
     assert "1 approval" in events[2]
     as_json = mcp_gate("audit", "show", audited.refused_id, "--config", str(audited.config), "--json")
     bodies = json.loads(as_json.stdout)
