@@ -450,7 +450,7 @@ def test_audit_show_tells_a_refused_calls_whole_story(audited: Audited) -> None:
     assert [line.split()[2] for line in events] == ["call.requested", "policy.decided", "call.refused"]
     assert "args={}" in events[0]
     assert "tier=blocked" in events[1] and "notes.toml rule 8" in events[1]
-    assert "1 approval" in events[2]
+    assert "blocked by policy" in events[2]
     as_json = mcp_gate("audit", "show", audited.refused_id, "--config", str(audited.config), "--json")
     bodies = json.loads(as_json.stdout)
     assert [b["event_type"] for b in bodies] == ["call.requested", "policy.decided", "call.refused"]
