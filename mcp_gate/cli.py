@@ -26,7 +26,7 @@ from mcp_gate.errors import GateError, StoreError
 from mcp_gate.evidence import render_story
 from mcp_gate.gateway import SEPARATOR, Gateway, split_name
 from mcp_gate.manifests import load_manifests
-from mcp_gate.store import SQLiteStore
+from mcp_gate.store import SQLiteStore, Tx, verify_file
 
 __all__ = ["main"]
 
@@ -284,9 +284,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise GateError(f"{db}: no evidence log here yet (has the gate run with this config?)")
 
     async def verify() -> int:
-        async with await SQLiteStore.open(db) as store:
-            _progress(f"verifying {db}...")
-            report = await store.verify()
+        _progress(f"verifying {db}...")
+        report = await verify_file(db)  # read-only: verifying never changes what it verifies
         if args.json:
             _say(json.dumps(report.__dict__))
         elif report.ok:
@@ -298,6 +297,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
     async def show() -> int:
         async with await SQLiteStore.open(db) as store:
             records = await store.records(correlation_id=args.correlation_id)
+            # A call that joined an approval request made by an earlier identical call: its
+            # story includes that request's records (who was asked, who decided).
+            linked = {r.body["request_id"] for r in records if isinstance(r.body.get("request_id"), str)}
+            for request_id in sorted(linked):
+                request = await store.read(functools.partial(Tx.get_request, request_id=request_id))
+                if request is not None and request.correlation_id != args.correlation_id:
+                    records += await store.records(correlation_id=request.correlation_id)
+        records = sorted({r.seq: r for r in records}.values(), key=lambda r: r.seq)
         if not records:
             raise GateError(f"audit show: no records with correlation id {args.correlation_id!r}")
         if args.json:

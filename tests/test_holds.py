@@ -216,8 +216,25 @@ async def test_after_the_hold_budget_the_call_is_pending_and_an_identical_call_j
         assert not ran.is_error and (tmp_path / "notes" / "later").read_text() == "v1"
         again = await agent.call_tool("notes__write_note", args)
         assert again.is_error and "waiting for 1 approval" in text_of(again)  # used once; asks anew
-    kinds = [r["event_type"] for r in await records(config)]
+    recorded = await records(config)
+    kinds = [r["event_type"] for r in recorded]
     assert kinds.count("call.executed") == 1 and kinds.count("approval.joined") == 2
+    # The story of the call that ran includes the request an earlier call made and bob's decision.
+    [executed] = [r for r in recorded if r["event_type"] == "call.executed"]
+    shown = await anyio.run_process(
+        [
+            sys.executable,
+            "-m",
+            "mcp_gate",
+            "audit",
+            "show",
+            executed["correlation_id"],
+            "--config",
+            str(config),
+        ]
+    )
+    story = " ".join(shown.stdout.decode().split())
+    assert "approval.requested" in story and "by=bob verdict=approve" in story and "call.executed" in story
 
 
 async def test_expiry_is_enforced_at_decision_time_to_the_millisecond(tmp_path: Path) -> None:
