@@ -5,13 +5,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import socket
 from collections.abc import Mapping
 from typing import Any
 
 import anyio
 import mcp_types as types
-import uvicorn
 from mcp.server import Server, ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.session import ServerSession
@@ -22,6 +20,7 @@ from mcp_gate import __version__
 from mcp_gate.config import Agent, Requester
 from mcp_gate.downstream import ProgressFn
 from mcp_gate.gateway import Gateway
+from mcp_gate.http import bearer_token, serve_asgi
 
 __all__ = ["BearerAuth", "FrontServer", "REQUESTER_SCOPE_KEY"]
 
@@ -107,19 +106,9 @@ class FrontServer:
 
     async def serve_http(self, host: str, port: int, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve streamable HTTP on host:port (port 0 picks a free one; the bound port is reported)."""
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-        bound = sock.getsockname()[1]
-        config = uvicorn.Config(self.http_app(host), log_level="warning", lifespan="on")
-        server = uvicorn.Server(config)
-        task_status.started(bound)
-        try:
-            await server.serve(sockets=[sock])
-        finally:
-            sock.close()
+        await serve_asgi(
+            self.http_app(host), host, port, what="mcp-gate", lifespan="on", task_status=task_status
+        )
 
 
 def _progress_relay(ctx: ServerRequestContext[Any]) -> ProgressFn:
@@ -152,19 +141,15 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
     def _authenticate(self, scope: Scope) -> Agent | None:
-        for key, value in scope.get("headers", []):
-            if key.lower() != b"authorization":
-                continue
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                return None
-            presented = hashlib.sha256(token.strip().encode()).hexdigest()
-            found = None
-            for known, agent in self.by_digest.items():
-                if hmac.compare_digest(known, presented):
-                    found = agent
-            return found
-        return None
+        token = bearer_token(scope)
+        if token is None:
+            return None
+        presented = hashlib.sha256(token.encode()).hexdigest()
+        found = None
+        for known, agent in self.by_digest.items():
+            if hmac.compare_digest(known, presented):
+                found = agent
+        return found
 
 
 async def _unauthorized(send: Send) -> None:

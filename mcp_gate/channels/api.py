@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any, TypeVar, assert_never
 
 import anyio
-import uvicorn
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -36,6 +34,7 @@ from mcp_gate.errors import GateError
 from mcp_gate.evidence import Record
 from mcp_gate.gateway import SEPARATOR, Gateway
 from mcp_gate.holds import ApprovalEngine, NoSuchRequest
+from mcp_gate.http import bearer_token, serve_asgi
 
 __all__ = ["APPROVER_SCOPE_KEY", "Desk", "build_api", "serve_api", "summarize"]
 
@@ -417,34 +416,12 @@ class ApproverAuth:
         await self.app(scope, receive, send)
 
     def _authenticate(self, scope: Scope) -> Approver | None:
-        for key, value in scope.get("headers", []):
-            if key.lower() != b"authorization":
-                continue
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                return None
-            return self.config.approver_by_token(token.strip())
-        return None
+        token = bearer_token(scope)
+        return None if token is None else self.config.approver_by_token(token)
 
 
 async def serve_api(
     gate: Gateway, host: str, port: int, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
 ) -> None:
     """Serve the approvers' API on host:port (port 0 picks a free one; the bound port is reported)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        raise GateError(f"approver API: cannot listen on {host}:{port} ({exc.strerror or exc})") from exc
-    bound: int = sock.getsockname()[1]
-    config = uvicorn.Config(build_api(gate), log_level="warning", access_log=False, lifespan="off")
-    server = uvicorn.Server(config)
-    task_status.started(bound)
-    try:
-        await server.serve(sockets=[sock])
-    finally:
-        sock.close()
+    await serve_asgi(build_api(gate), host, port, what="approver API", task_status=task_status)
