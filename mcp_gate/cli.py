@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import ipaddress
 import json
 import logging
 import os
-import re
-import secrets
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import quote
 
 import anyio
 
@@ -316,314 +311,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return anyio.run(verify if args.audit_command == "verify" else show)
 
 
-# -- approvers: pending, show, approve, deny, revoke, grants --------------------------------
-
-
 class Refused(GateError):
     """The gate refused a decision (self-approval, not eligible, expired, ...): exit 1."""
 
 
 class Unreachable(GateError):
     """The approver API could not be reached or answered unexpectedly: exit 1."""
-
-
-def _token(args: argparse.Namespace) -> str:
-    """The approver's token: --token-file, else $MCP_GATE_TOKEN. Never a name typed here."""
-    if args.token_file is not None:
-        path = Path(args.token_file)
-        try:
-            token = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise GateError(
-                f"--token-file {path}: cannot read it ({getattr(exc, 'strerror', None) or exc})"
-            ) from exc
-        if not token:
-            raise GateError(f"--token-file {path}: the file is empty")
-        return token
-    token = os.environ.get("MCP_GATE_TOKEN", "").strip()
-    if not token:
-        raise GateError(
-            "no approver token: set MCP_GATE_TOKEN or pass --token-file PATH "
-            "(`mcp-gate approvers token NAME` makes one)"
-        )
-    return token
-
-
-@dataclass(frozen=True)
-class _Op:
-    """One approver operation, as an API call and as the same call on a local Desk."""
-
-    method: str
-    path: str
-    body: dict[str, Any] | None
-    run: Callable[[Any, Any], Awaitable[Any]]  # (Desk, Approver) -> result or Refusal
-
-
-def _perform(args: argparse.Namespace, op: _Op) -> Any:
-    """Run an operation through the API or the gate's database, as --via and the config say."""
-    token = _token(args)
-    if args.api is not None:
-        if args.via == "db":
-            raise GateError("--api and --via db contradict each other; drop one")
-        return _over_api(args.api, token, op)
-    config = _config(args)
-    if args.via == "api" or (args.via == "auto" and config.admin is not None):
-        if config.admin is None:
-            raise GateError(f"--via api: {config.path} has no [admin] section; pass --api URL")
-        url = _url(config.admin.host, config.admin.port)
-        try:
-            return _over_api(url, token, op, connect_errors=args.via == "auto")
-        except _NotListening:
-            logging.getLogger("mcp_gate.cli").info("no approver API at %s; using the gate's database", url)
-    return anyio.run(_over_db, config, token, op)
-
-
-class _NotListening(Exception):
-    pass
-
-
-def _over_api(url: str, token: str, op: _Op, *, connect_errors: bool = False) -> Any:
-    import httpx2
-
-    base = url.rstrip("/")
-    try:
-        with httpx2.Client(
-            headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30.0)
-        ) as http:
-            response = http.request(op.method, base + op.path, json=op.body)
-    except httpx2.ConnectError as exc:
-        if connect_errors:
-            raise _NotListening from exc
-        raise Unreachable(f"cannot reach the approver API at {base}: {exc}") from exc
-    except httpx2.HTTPError as exc:
-        raise Unreachable(f"the approver API at {base} failed: {exc}") from exc
-    try:
-        data = response.json()
-    except ValueError:
-        data = None
-    error = data.get("error") if isinstance(data, dict) else None
-    match response.status_code:
-        case 200 if isinstance(data, dict):
-            return data
-        case 401:
-            raise GateError(f"the approver API at {base} refused the token: it is no approver's token")
-        case 409:
-            raise Refused(error or "refused")
-        case 400 | 404 if error:
-            raise GateError(error)
-        case status:
-            raise Unreachable(f"the approver API at {base} answered {status}: {error or response.text[:200]}")
-
-
-async def _over_db(config: GateConfig, token: str, op: _Op) -> Any:
-    from mcp_gate.channels.api import Desk
-    from mcp_gate.clock import SystemClock
-    from mcp_gate.evidence import EventFactory
-    from mcp_gate.holds import ApprovalEngine, NoSuchRequest
-    from mcp_gate.policy import policy_sha256
-
-    approver = config.approver_by_token(token)
-    if approver is None:
-        raise GateError(f"the token is no approver's token in {config.path}")
-    db = config.data_dir / "gate.db"
-    if not db.exists():
-        raise GateError(f"{db}: no approval requests here yet (has the gate run with this config?)")
-    manifests = load_manifests(
-        config.manifests_dir, config.servers.keys(), required=config.manifests_required
-    )
-    clock = SystemClock()
-    # The same policy hash the gate computes, so the decisions recorded here match its records.
-    events = EventFactory(config.name, __version__, policy_sha256(config.config_sha256, manifests), clock)
-    async with await SQLiteStore.open(db) as store:
-        desk = Desk(ApprovalEngine(store, clock, config.approval_settings, events), channel="cli")
-        try:
-            result = await op.run(desk, approver)
-        except NoSuchRequest as exc:
-            raise GateError(str(exc)) from exc
-    if isinstance(result, dict | list):
-        return result
-    raise Refused(result.why)
-
-
-def _path_id(identifier: str) -> str:
-    return quote(identifier.strip().upper(), safe="")
-
-
-def _print_json(value: Any) -> None:
-    _say(json.dumps(value, indent=2, ensure_ascii=False))
-
-
-def _in(seconds: int) -> str:
-    return (
-        f"{seconds // 60}m{seconds % 60:02d}s"
-        if seconds < 3600
-        else f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    )
-
-
-def _requester(view: dict[str, Any]) -> str:
-    return f"{view['requester']['agent']} for {view['requester']['owner']}"
-
-
-def cmd_pending(args: argparse.Namespace) -> int:
-    async def run(desk: Any, approver: Any) -> Any:
-        return {"requests": await desk.open_requests()}
-
-    requests = _perform(args, _Op("GET", "/requests", None, run))["requests"]
-    if args.json:
-        _print_json(requests)
-        return EXIT_OK
-    if not requests:
-        _say("no open requests")
-        return EXIT_OK
-    for r in requests:
-        if r["state"] == "approved":
-            status = f"approved ({r['quorum']}), runs when the agent calls again"
-        else:
-            status = r["quorum"]
-        _say(f"{r['id']}  {r['tier']:<8}  {r['name']}  {_requester(r)}")
-        _say(f"    {status}; expires in {_in(r['expires_in_seconds'])}; {r['reason']}")
-    return EXIT_OK
-
-
-def cmd_show(args: argparse.Namespace) -> int:
-    async def run(desk: Any, approver: Any) -> Any:
-        return await desk.show(args.id)
-
-    r = _perform(args, _Op("GET", f"/requests/{_path_id(args.id)}", None, run))
-    if args.json:
-        _print_json(r)
-        return EXIT_OK
-    groups = f" from {' or '.join(r['groups'])}" if r["groups"] else ""
-    _say(f"request {r['id']}: {r['state']}, {r['quorum']}")
-    _say(f"  tool:       {r['name']}")
-    _say(f"  requester:  {_requester(r)}")
-    _say(f"  tier:       {r['tier']} ({r['rule']}: {r['reason']})")
-    _say(f"  needs:      {r['required']} approval(s){groups}")
-    _say(f"  expires:    {r['expires_at']} (in {_in(r['expires_in_seconds'])})")
-    _say("  arguments (redacted):")
-    for line in json.dumps(r["args"], indent=2, ensure_ascii=False).splitlines():
-        _say(f"    {line}")
-    _say(f"  args_sha256:   {r['args_sha256']}")
-    _say(f"  pin:           {r['pin']}")
-    _say(f"  policy_sha256: {r['policy_sha256']}")
-    _say(f"  correlation:   {r['correlation_id']}")
-    _say("  votes:" if r["votes"] else "  votes: none yet")
-    for v in r["votes"]:
-        note = f": {v['note']}" if v["note"] else ""
-        _say(f"    {v['at']}  {v['approver']} {v['verdict']}d via {v['channel']}{note}")
-    calls = r.get("recent_calls") or []
-    _say(f"  recent calls by {r['requester']['agent']}:" if calls else "  recent calls: none")
-    for c in calls:
-        _say(f"    {c['ts']}  {c['name']} {json.dumps(c['args'], ensure_ascii=False)[:200]}")
-    return EXIT_OK
-
-
-def _decided(args: argparse.Namespace, result: dict[str, Any]) -> int:
-    from mcp_gate.channels.api import summarize
-
-    if args.json:
-        _print_json(result)
-    else:
-        _say(summarize(result))
-    return EXIT_OK
-
-
-def cmd_approve(args: argparse.Namespace) -> int:
-    from mcp_gate.approvals import parse_duration
-
-    grant_for = None
-    if args.grant_for is not None:
-        try:
-            grant_for = parse_duration(args.grant_for)
-        except ValueError as exc:
-            raise GateError(f"--for: {exc}") from exc
-
-    async def run(desk: Any, approver: Any) -> Any:
-        return await desk.approve(args.id, approver, note=args.note, grant_for=grant_for)
-
-    body: dict[str, Any] = {}
-    if args.note is not None:
-        body["note"] = args.note
-    if args.grant_for is not None:
-        body["for"] = args.grant_for
-    return _decided(args, _perform(args, _Op("POST", f"/requests/{_path_id(args.id)}/approve", body, run)))
-
-
-def cmd_deny(args: argparse.Namespace) -> int:
-    reason = args.reason.strip()
-    if not reason:
-        raise GateError("--reason: say why the call is denied; the agent is told")
-
-    async def run(desk: Any, approver: Any) -> Any:
-        return await desk.deny(args.id, approver, reason=reason)
-
-    body = {"reason": reason}
-    return _decided(args, _perform(args, _Op("POST", f"/requests/{_path_id(args.id)}/deny", body, run)))
-
-
-def _is_grant_id(identifier: str) -> bool:
-    from mcp_gate.approvals import ID_LENGTH
-
-    text = identifier.strip().upper()
-    return text.startswith("G") and len(text) == ID_LENGTH + 1
-
-
-def cmd_revoke(args: argparse.Namespace) -> int:
-    if _is_grant_id(args.id):
-
-        async def run_grant(desk: Any, approver: Any) -> Any:
-            return await desk.revoke_grant(args.id, approver)
-
-        op = _Op("POST", f"/grants/{_path_id(args.id)}/revoke", {}, run_grant)
-    else:
-
-        async def run(desk: Any, approver: Any) -> Any:
-            return await desk.revoke(args.id, approver)
-
-        op = _Op("POST", f"/requests/{_path_id(args.id)}/revoke", {}, run)
-    return _decided(args, _perform(args, op))
-
-
-def cmd_grants(args: argparse.Namespace) -> int:
-    async def run(desk: Any, approver: Any) -> Any:
-        return {"grants": await desk.grants(live_only=not args.all)}
-
-    grants = _perform(args, _Op("GET", "/grants?all=true" if args.all else "/grants", None, run))["grants"]
-    if args.json:
-        _print_json(grants)
-        return EXIT_OK
-    if not grants:
-        _say("no live grants" if not args.all else "no grants")
-        return EXIT_OK
-    for g in grants:
-        if g["revoked_by"] is not None:
-            status = f"revoked by {g['revoked_by']}"
-        elif not g["live"]:
-            status = f"expired {g['expires_at']}"
-        else:
-            status = f"expires in {_in(g['expires_in_seconds'])}"
-        _say(f"{g['id']}  {g['name']}  {_requester(g)}  by {g['created_by']}  {status}")
-    return EXIT_OK
-
-
-_APPROVER_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
-
-
-def cmd_approvers_token(args: argparse.Namespace) -> int:
-    name = args.name
-    if not _APPROVER_NAME.fullmatch(name):
-        raise GateError(f"approvers token: {name!r}: a name is 1-64 letters, digits, '_', '.', '@' or '-'")
-    token = secrets.token_urlsafe(32)
-    header = name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
-    _progress(
-        f"a new API token for approver {name}: give the first line to {name} (as $MCP_GATE_TOKEN or a "
-        f"--token-file); it is shown only this once and stored nowhere. Put the second line under "
-        f"[approvers.{header}] in gate.toml yourself (this command does not edit it) and restart the gate."
-    )
-    _say(token)
-    _say(f'token_sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"')
-    return EXIT_OK
 
 
 # -- demo -----------------------------------------------------------------------------------
@@ -668,100 +361,10 @@ def _add_timeout(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_approver(p: argparse.ArgumentParser, *, json_help: str | None = None) -> None:
-    _add_config(p)
-    p.add_argument(
-        "--token-file",
-        metavar="PATH",
-        help="read your approver token from PATH (default: $MCP_GATE_TOKEN); the token says who you are",
-    )
-    p.add_argument(
-        "--via",
-        choices=("auto", "api", "db"),
-        default="auto",
-        help="reach the gate through its approver API or its database file (default auto: the API if "
-        "[admin] is configured and answering, else the database)",
-    )
-    p.add_argument("--api", metavar="URL", help="the approver API to use, e.g. http://127.0.0.1:8766/v1")
-    p.add_argument("--json", action="store_true", help=json_help or "print the outcome as JSON")
-
-
-def _add_approver_commands(sub: Any) -> None:
-    p = _sub(
-        sub,
-        "pending",
-        "list the approval requests still open",
-        "List open approval requests: id, tier, tool, requester, quorum progress, expiry and reason.",
-    )
-    _add_approver(p, json_help="print the requests as JSON")
-    p.set_defaults(func=cmd_pending)
-
-    p = _sub(
-        sub,
-        "show",
-        "show one approval request in full",
-        "Show one approval request: the redacted arguments, hashes, rule, votes and the requester's "
-        "recent calls.",
-    )
-    p.add_argument("id", metavar="ID", help="the request id, e.g. K7Q2M9XA")
-    _add_approver(p, json_help="print the request as JSON")
-    p.set_defaults(func=cmd_show)
-
-    p = _sub(
-        sub,
-        "approve",
-        "approve a held call (or grant its tool for a while with --for)",
-        "Approve one held call. It runs once, when enough approvers agree. With --for, also grant "
-        "this tool to this requester for that long (never for critical calls).",
-    )
-    p.add_argument("id", metavar="ID", help="the request id, from `mcp-gate pending`")
-    p.add_argument("--note", metavar="TEXT", help="a note recorded with your decision")
-    p.add_argument(
-        "--for", dest="grant_for", metavar="DURATION", help="also grant the tool for 90s, 30m, 2h or 1d"
-    )
-    _add_approver(p)
-    p.set_defaults(func=cmd_approve)
-
-    p = _sub(
-        sub,
-        "deny",
-        "deny a held call; the agent is told your reason",
-        "Deny one held call. Any eligible approver's denial ends the request; the agent gets the reason.",
-    )
-    p.add_argument("id", metavar="ID", help="the request id, from `mcp-gate pending`")
-    p.add_argument("--reason", metavar="TEXT", required=True, help="why (required; the agent is told)")
-    _add_approver(p)
-    p.set_defaults(func=cmd_deny)
-
-    p = _sub(
-        sub,
-        "revoke",
-        "revoke an approval not yet executed, or a grant",
-        "Revoke an approval request that has not run yet (ID), or a grant (GRANT_ID, starts with G).",
-    )
-    p.add_argument("id", metavar="ID", help="a request id, or a grant id from `mcp-gate grants`")
-    _add_approver(p)
-    p.set_defaults(func=cmd_revoke)
-
-    p = _sub(sub, "grants", "list live grants", "List grants: tool, requester, who granted it, expiry.")
-    p.add_argument("--all", action="store_true", help="include expired and revoked grants")
-    _add_approver(p, json_help="print the grants as JSON")
-    p.set_defaults(func=cmd_grants)
-
-    p = _sub(sub, "approvers", "manage approvers")
-    approvers_sub = p.add_subparsers(dest="approvers_command", metavar="SUBCOMMAND", required=True)
-    t = _sub(
-        approvers_sub,
-        "token",
-        "print a new API token for an approver and its token_sha256 line",
-        "Print a new random API token (first line, shown once) and the token_sha256 line to put under "
-        "[approvers.NAME] in gate.toml. It does not edit gate.toml; restart the gate after editing.",
-    )
-    t.add_argument("name", metavar="NAME", help="the approver's name in gate.toml")
-    t.set_defaults(func=cmd_approvers_token)
-
-
 def build_parser() -> argparse.ArgumentParser:
+    # The approver commands live beside the other decision channels; they use this module's helpers.
+    from mcp_gate.channels.cli import add_approver_commands
+
     parser = argparse.ArgumentParser(
         prog="mcp-gate",
         description="An MCP server that guards what AI agents do: agents connect to the gate, the gate "
@@ -863,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the records as JSON")
     s.set_defaults(func=cmd_audit)
 
-    _add_approver_commands(sub)
+    add_approver_commands(sub)
 
     p = _sub(
         sub,
