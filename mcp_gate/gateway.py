@@ -30,6 +30,7 @@ from mcp_gate.errors import (
     InvalidArguments,
     NeedsHuman,
     Quarantined,
+    StoreError,
     UnknownTool,
 )
 from mcp_gate.evidence import EventFactory, canonical_json, digest, redact
@@ -246,6 +247,23 @@ class Gateway:
     ) -> types.CallToolResult:
         """Run one agent call through the gate. Every outcome is a CallToolResult; refusals are errors."""
         correlation_id = uuid.uuid4().hex
+        try:
+            return await self._call(correlation_id, requester, name, arguments, transport, progress)
+        except StoreError as exc:
+            # Only reachable before anything was sent downstream (outcome writes are caught where
+            # they happen): fail closed, and say why.
+            log.error("store failure; refusing %s: %s", name, exc)
+            return _error_result(f"{name} was not run: the gate's store failed ({exc})", correlation_id)
+
+    async def _call(
+        self,
+        correlation_id: str,
+        requester: Requester,
+        name: str,
+        arguments: Any,
+        transport: str,
+        progress: ProgressFn | None,
+    ) -> types.CallToolResult:
         who = {"agent": requester.agent, "owner": requester.owner}
         split = split_name(name)
         base: dict[str, Any] = {
