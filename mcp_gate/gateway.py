@@ -24,6 +24,7 @@ from mcp_gate.config import GateConfig, Requester
 from mcp_gate.downstream import Downstream, Downstreams, ProgressFn
 from mcp_gate.errors import (
     CallRefused,
+    ConfigError,
     DownstreamFailed,
     DownstreamUnavailable,
     EvidenceWriteError,
@@ -135,6 +136,7 @@ class Gateway:
         manifests = load_manifests(
             config.manifests_dir, config.servers.keys(), required=config.manifests_required
         )
+        _check_rule_groups(manifests, config)
         own_store = store is None
         opened: Store = store if store is not None else await SQLiteStore.open(config.data_dir / "gate.db")
         try:
@@ -539,6 +541,20 @@ class Gateway:
 
 def _inflight_fields(base: Mapping[str, Any]) -> dict[str, Any]:
     return {key: base[key] for key in ("requester", "server", "tool", "pin", "args_sha256") if key in base}
+
+
+def _check_rule_groups(manifests: Mapping[str, Manifest], config: GateConfig) -> None:
+    """A rule naming an approver group nobody is in could never be approved: a config error."""
+    known = {group for approver in config.approvers.values() for group in approver.groups}
+    for manifest in manifests.values():
+        for rule in manifest.rules:
+            for group in rule.approvers:
+                if group not in known:
+                    raise ConfigError(
+                        str(manifest.path),
+                        f"rule[{rule.index}].approvers",
+                        f"no approver in {config.path.name} is in group {group!r} (known: {sorted(known)})",
+                    )
 
 
 def _annotations(tool: types.Tool) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ from mcp import Client
 
 from mcp_gate.approvals import ApprovalRequest, Approved, Denied, Pending, Refusal
 from mcp_gate.config import load_config
+from mcp_gate.errors import ConfigError
 from mcp_gate.gateway import Gateway
 from mcp_gate.store import SQLiteStore
 from mcp_gate.testing import (
@@ -411,6 +412,7 @@ async def test_fifty_concurrent_decisions_on_one_request_give_one_decision_each_
 DECIDER = """
 import sys, anyio
 from mcp_gate.config import load_config
+from mcp_gate.errors import ConfigError
 from mcp_gate.holds import engine_for
 
 async def main(config, request_id, names):
@@ -465,3 +467,45 @@ async def test_fifty_decisions_from_ten_separate_processes_give_one_decision_eac
         assert len(executed) == 1 and note.read_text() == "x" and not result.is_error
     else:
         assert stored.state == "denied" and executed == [] and not note.exists() and result.is_error
+
+
+async def test_a_manifest_rule_can_name_its_own_approver_groups(tmp_path: Path) -> None:
+    manifest = NOTES_MANIFEST.read_text().replace(
+        'tier = "high"\nreason = "replaces a note\'s whole text; the old text is lost"',
+        'tier = "high"\nreason = "replaces a note\'s whole text; the old text is lost"\napprovers = ["dba"]',
+    )
+    assert 'approvers = ["dba"]' in manifest
+    config = write_config(
+        tmp_path / "gate",
+        servers={"notes": notes_server_table(tmp_path / "notes")},
+        manifests={"notes": manifest},
+        approvers={**APPROVERS, "erin": approver_table("erin@example.com", ["dba"], "tok-erin")},
+        tiers=TIERS,
+        approvals={"hold_seconds": 0.2},
+    )
+    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+        await agent.call_tool("notes__write_note", {"name": "x", "text": "y"})
+        request = await wait_for_request(front.gateway)
+        assert request.groups == ("dba",)
+        sre = await decide(front.gateway, request.id, "carol")
+        dba = await decide(front.gateway, request.id, "erin")
+    assert isinstance(sre, Refusal) and sre.code == "not-eligible"
+    assert isinstance(dba, Approved)
+
+
+async def test_a_manifest_rule_naming_a_group_nobody_is_in_is_a_config_error(tmp_path: Path) -> None:
+    manifest = NOTES_MANIFEST.read_text().replace(
+        'tier = "blocked"\n', 'tier = "blocked"\napprovers = ["ghosts"]\n'
+    )
+    config = write_config(
+        tmp_path / "gate",
+        servers={"notes": notes_server_table(tmp_path / "notes")},
+        manifests={"notes": manifest},
+        approvers=APPROVERS,
+    )
+    with pytest.raises(ConfigError) as caught:
+        async with running_gate(config):
+            pass
+    assert "notes.toml: rule[8].approvers: no approver" in str(caught.value) and "'ghosts'" in str(
+        caught.value
+    )
