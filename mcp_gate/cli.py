@@ -21,6 +21,7 @@ from mcp_gate.errors import GateError, StoreError
 from mcp_gate.evidence import render_story
 from mcp_gate.gateway import SEPARATOR, Gateway, split_name
 from mcp_gate.manifests import load_manifests
+from mcp_gate.policy import Approvals
 from mcp_gate.store import SQLiteStore, Tx, verify_file
 
 __all__ = ["main"]
@@ -187,9 +188,30 @@ def _print_tools(tools: list[dict[str, Any]]) -> None:
         _say("  * a rule with argument conditions may give a different tier for some arguments")
 
 
+def _approval_problems(config: GateConfig) -> list[str]:
+    """Tiers whose approvals nobody configured could give: their calls would wait and expire."""
+    problems = []
+    for tier, requirement in config.requirements.items():
+        if not isinstance(requirement, Approvals):
+            continue
+        eligible = [
+            a
+            for a in config.approvers.values()
+            if not requirement.groups or a.groups & set(requirement.groups)
+        ]
+        if len(eligible) < requirement.count:
+            where = f" in {', '.join(requirement.groups)}" if requirement.groups else ""
+            problems.append(
+                f"tier {tier} needs {requirement.count} approval(s) but only {len(eligible)} approver(s) are "
+                f"configured{where}: its calls would wait and expire; add [approvers.NAME] tables"
+            )
+    return problems
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     config = _config(args)
     report = _inspect(config, timeout=args.timeout)
+    report["approval_problems"] = _approval_problems(config)
     if args.json:
         _say(json.dumps(report, indent=2))
     else:
@@ -202,6 +224,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                 status += f": {' '.join(str(s['error']).split())}"
             manifest = f"manifest {s['manifest']}" if s["manifest"] else "no manifest: every tool is high"
             _say(f"server {s['name']}: {status}; {manifest}")
+        for problem in report["approval_problems"]:
+            _say(f"approvals: {problem}")
         _say("tools (name, tier, pin, rule: reason):")
         _print_tools(report["tools"])
     failed = [s for s in report["servers"] if s["state"] not in ("up", "disabled")]

@@ -177,6 +177,9 @@ def test_check_lists_every_tool_with_tier_pin_and_rule_and_reports_a_server_that
     assert {"notes__echo", "notes__read_note", "notes__delete_note"} <= {
         line.split()[0] for line in lines if line.startswith("  notes__")
     }
+    # No approvers are configured: high and critical calls could never be approved; check says so.
+    problems = [line for line in lines if line.startswith("approvals: ")]
+    assert len(problems) == 2 and "tier high needs 1 approval(s) but only 0 approver(s)" in problems[0]
 
 
 def test_check_json_describes_servers_and_tools_with_server_tier_rule_and_pin(tmp_path: Path) -> None:
@@ -184,6 +187,7 @@ def test_check_json_describes_servers_and_tools_with_server_tier_rule_and_pin(tm
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert [(s["name"], s["state"]) for s in report["servers"]] == [("notes", "up")]
+    assert len(report["approval_problems"]) == 2
     tools = {t["name"]: t for t in report["tools"]}
     assert tools["notes__echo"]["server"] == "notes"
     assert tools["notes__echo"]["tier"] == "low"
