@@ -62,7 +62,9 @@ def new_id(prefix: str = "") -> str:
     return prefix + "".join(secrets.choice(ID_ALPHABET) for _ in range(ID_LENGTH))
 
 
-_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
+_DURATION = re.compile(r"^\s*(\d{1,6})\s*(s|m|h|d)\s*$")
+MAX_DURATION = timedelta(days=366)
+MAX_GRANT = timedelta(hours=24)  # a grant is a short delegation, never a standing right
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -71,7 +73,10 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text)
     if match is None or int(match.group(1)) == 0:
         raise ValueError(f"{text!r} is not a duration like 90s, 30m, 2h or 1d")
-    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    duration = timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    if duration > MAX_DURATION:
+        raise ValueError(f"{text!r} is longer than {MAX_DURATION.days} days")
+    return duration
 
 
 def format_duration(delta: timedelta) -> str:
@@ -175,14 +180,18 @@ class Grant:
     note: str | None = None
     revoked_at: datetime | None = None
     revoked_by: str | None = None
+    rule: str = ""  # the manifest rule of the approved call: the grant covers calls under that rule only
 
     def live(self, now: datetime) -> bool:
         return self.revoked_at is None and now < self.expires_at
 
 
-def grant_covers(grant: Grant, binding: Binding, tier: str, now: datetime) -> bool:
+def grant_covers(grant: Grant, binding: Binding, tier: str, rule: str, now: datetime) -> bool:
+    """Same requester and tool, under the same manifest rule (so the same tier and approver
+    groups), while live, and never for a critical call."""
     return (
         tier != "critical"
+        and rule == grant.rule
         and grant.live(now)
         and (grant.agent, grant.owner, grant.server, grant.tool)
         == (binding.agent, binding.owner, binding.server, binding.tool)
@@ -196,9 +205,7 @@ def grant_covers(grant: Grant, binding: Binding, tier: str, now: datetime) -> bo
 class Refusal:
     """A decision or release that must not take effect; `why` is written for the person or agent."""
 
-    code: Literal[
-        "self-approval", "not-eligible", "not-pending", "expired", "duplicate", "critical-grant", "void"
-    ]
+    code: Literal["self-approval", "not-eligible", "not-pending", "expired", "duplicate", "no-grant", "void"]
     why: str
 
 

@@ -18,7 +18,18 @@ import jsonschema
 import mcp_types as types
 
 from mcp_gate import __version__
-from mcp_gate.approvals import Binding, Denied, Expired, Released, Revoked, Void, describe_wait, outcome_text
+from mcp_gate.approvals import (
+    Binding,
+    Denied,
+    Expired,
+    Grant,
+    Released,
+    RequestState,
+    Revoked,
+    Void,
+    describe_wait,
+    outcome_text,
+)
 from mcp_gate.clock import Clock, SystemClock, utc_iso
 from mcp_gate.config import GateConfig, Requester
 from mcp_gate.downstream import Downstream, Downstreams, ProgressFn
@@ -349,17 +360,27 @@ class Gateway:
             policy_sha256=self.policy_sha256,
         )
         try:
-            grant = await self.engine.live_grant(binding, decision.tier)
-            if grant is not None:
-                released = self.event(
-                    "call.released", correlation_id, **base, grant_id=grant.id, grant_by=grant.created_by
-                )
 
-                def write(tx: Tx) -> None:
-                    tx.append([released])
+            def use_grant(tx: Tx) -> Grant | None:
+                # Checked and used in one transaction, so a revocation cannot slip in between.
+                grant = self.engine.live_grant(tx, binding, decision.tier, decision.rule)
+                if grant is not None:
+                    tx.append(
+                        [
+                            self.event(
+                                "call.released",
+                                correlation_id,
+                                **base,
+                                grant_id=grant.id,
+                                grant_by=grant.created_by,
+                                grant_request_id=grant.request_id,
+                            )
+                        ]
+                    )
                     tx.begin_inflight(correlation_id, None, utc_iso(self.clock.now()), _inflight_fields(base))
+                return grant
 
-                await self.store.transact(write)
+            if await self.store.transact(use_grant) is not None:
                 return await self._forward(correlation_id, base, offered, args, progress, None)
             outcome = await self.engine.hold(
                 binding,
@@ -404,7 +425,10 @@ class Gateway:
                 )
             case _:
                 assert_never(outcome)
-        return await self._refuse(correlation_id, base, CallRefused(text), None)
+        linked = dict(base)
+        if not isinstance(outcome, TooMany):  # name the request, so `audit show` finds its decisions
+            linked["request_id"] = outcome.request.id
+        return await self._refuse(correlation_id, linked, CallRefused(text), None)
 
     async def _admit(self, name: str, arguments: Any) -> tuple[OfferedTool, dict[str, Any]]:
         """Look the tool up and check the arguments; raise CallRefused with the reason."""
@@ -490,29 +514,41 @@ class Gateway:
         try:
             result = await ds.call(offered.tool, args, progress=progress)
         except CallRefused as refusal:  # not connected: nothing was sent
-            await self._finish(correlation_id, request_id, "call.refused", linked, error=str(refusal))
+            await self._finish(
+                correlation_id, request_id, "call.refused", "failed", linked, error=str(refusal)
+            )
             return _error_result(str(refusal), correlation_id)
         except DownstreamFailed as exc:
+            # Sent, and then the connection broke or timed out: it may or may not have run.
             await self._finish(
-                correlation_id, request_id, "call.failed", linked, error=str(exc), duration_ms=_ms(started)
+                correlation_id,
+                request_id,
+                "call.failed",
+                "outcome_unknown",
+                linked,
+                error=str(exc),
+                outcome="unknown",
+                duration_ms=_ms(started),
             )
             return _error_result(str(exc), correlation_id)
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._finish(
-                    correlation_id,
-                    request_id,
-                    "call.failed",
-                    linked,
-                    error="cancelled by the client",
-                    duration_ms=_ms(started),
-                )
+            await self._finish(
+                correlation_id,
+                request_id,
+                "call.failed",
+                "outcome_unknown",
+                linked,
+                error="cancelled by the client",
+                outcome="unknown",
+                duration_ms=_ms(started),
+            )
             raise
         wire = result.model_dump(mode="json", by_alias=True, exclude_none=True)
         await self._finish(
             correlation_id,
             request_id,
             "call.executed",
+            "executed",
             linked,
             duration_ms=_ms(started),
             is_error=bool(result.is_error),
@@ -526,15 +562,21 @@ class Gateway:
         correlation_id: str,
         request_id: str | None,
         event_type: str,
+        state: RequestState,
         base: Mapping[str, Any],
         **fields: Any,
     ) -> None:
-        # The call has already run: failing to record its outcome cannot undo it. Its in-flight
-        # marker stays, so the next start records it as call.outcome_unknown.
+        # Shielded: once a call was sent, a client's cancellation must not stop its outcome being
+        # recorded. If the write fails anyway, the call has run and cannot be undone; its
+        # in-flight marker stays, so the next start records it as call.outcome_unknown.
         try:
-            await self.engine.finish(
-                correlation_id, request_id, self.event(event_type, correlation_id, **base, **fields)
-            )
+            with anyio.CancelScope(shield=True):
+                await self.engine.finish(
+                    correlation_id,
+                    request_id,
+                    self.event(event_type, correlation_id, **base, **fields),
+                    state,
+                )
         except EvidenceWriteError as exc:
             log.error("could not record %s for %s: %s", event_type, correlation_id, exc)
 

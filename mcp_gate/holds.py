@@ -14,6 +14,7 @@ import anyio
 
 from mcp_gate import __version__
 from mcp_gate.approvals import (
+    MAX_GRANT,
     ApprovalRequest,
     Approved,
     Approver,
@@ -98,6 +99,16 @@ class _Joined:
 
 
 _FINAL = ("denied", "expired", "revoked", "void")
+
+
+def _no_grant_reason(request: ApprovalRequest, duration: timedelta) -> str | None:
+    if request.tier == "critical":
+        return f"request {request.id} is critical; critical calls get no grants"
+    if request.required > 1:
+        return f"request {request.id} needs {request.required} approvals; a grant could stand in for only one"
+    if duration > MAX_GRANT:
+        return f"a grant lasts at most {format_duration(MAX_GRANT)}"
+    return None
 
 
 def _final_outcome(request: ApprovalRequest) -> Denied | Expired | Revoked | Void:
@@ -295,6 +306,9 @@ class ApprovalEngine:
         assert request is not None
         if request.state in ("executing", "executed", "failed", "outcome_unknown"):
             return UsedElsewhere(request)
+        if request.state in _FINAL:  # revoked or expired since the caller looked
+            tx.mark_reported(request_id)
+            return _final_outcome(request)
         outcome = release(request, binding, now=self.clock.now())
         match outcome:
             case Released(request=released):
@@ -320,15 +334,16 @@ class ApprovalEngine:
                 return outcome
             case Expired():
                 self._expire(tx, request)
+                tx.mark_reported(request_id)
                 return outcome
             case Void(request=voided, why=why):
-                tx.save_request(voided)
+                tx.save_request(replace(voided, reported=True))
                 tx.append(
                     [self.events("approval.voided", request.correlation_id, request_id=request_id, why=why)]
                 )
                 return outcome
-            case Refusal(why=why):
-                raise AssertionError(f"release refused for an approved request: {why}")
+            case Refusal(why=why):  # only a pending request gets here, and _release is not called for one
+                raise AssertionError(f"release refused: {why}")
             case _:
                 assert_never(outcome)
 
@@ -353,7 +368,8 @@ class ApprovalEngine:
         if not request.expired_at(self.clock.now()):
             return None
         self._expire(tx, request)
-        return Expired(replace(request, state="expired"))
+        tx.mark_reported(request_id)
+        return Expired(replace(request, state="expired", reported=True))
 
     async def _defer(self, request: ApprovalRequest, correlation_id: str, why: str) -> None:
         await self.store.append(
@@ -364,9 +380,10 @@ class ApprovalEngine:
             ]
         )
 
-    async def finish(self, correlation_id: str, request_id: str | None, event: dict[str, Any]) -> None:
-        """Record a forwarded call's outcome and close its request (executed or failed)."""
-        state: RequestState = "executed" if event["event_type"] == "call.executed" else "failed"
+    async def finish(
+        self, correlation_id: str, request_id: str | None, event: dict[str, Any], state: RequestState
+    ) -> None:
+        """Record a forwarded call's outcome, clear its in-flight marker, and close its request."""
 
         def write(tx: Tx) -> None:
             tx.end_inflight(correlation_id)
@@ -397,12 +414,12 @@ class ApprovalEngine:
                 raise NoSuchRequest(request_id)
             now = self.clock.now()
             outcome: Pending | Approved | Denied | Refusal
-            if grant_for is not None and request.tier == "critical":
-                outcome = Refusal(
-                    "critical-grant", f"request {request_id} is critical; critical calls get no grants"
-                )
-            else:
-                outcome = decide(request, approver, verdict, channel=channel, now=now, note=note)
+            outcome = decide(request, approver, verdict, channel=channel, now=now, note=note)
+            if grant_for is not None and not isinstance(outcome, Refusal):
+                # Checked after who-may-decide, so a self-approval with --for is recorded as one.
+                why = _no_grant_reason(request, grant_for)
+                if why is not None:
+                    outcome = Refusal("no-grant", why)
             match outcome:
                 case Refusal(code=code, why=why):
                     if code == "expired":
@@ -446,7 +463,7 @@ class ApprovalEngine:
                             },
                         )
                     ]
-                    if grant_for is not None and verdict == "approve":
+                    if grant_for is not None and isinstance(outcome, Approved):
                         grant = Grant(
                             id=new_id("G"),
                             agent=request.binding.agent,
@@ -458,6 +475,7 @@ class ApprovalEngine:
                             expires_at=now + grant_for,
                             request_id=request_id,
                             note=note,
+                            rule=request.rule,
                         )
                         tx.insert_grant(grant)
                         events.append(
@@ -536,12 +554,11 @@ class ApprovalEngine:
 
         return await self.store.transact(write)
 
-    async def live_grant(self, binding: Binding, tier: str) -> Grant | None:
+    def live_grant(self, tx: Tx, binding: Binding, tier: str, rule: str) -> Grant | None:
+        """Inside a transaction: a live grant that covers this call, if any."""
         now = self.clock.now()
-        grants = await self.store.read(
-            lambda tx: tx.grants_for(binding.agent, binding.owner, binding.server, binding.tool)
-        )
-        return next((g for g in grants if grant_covers(g, binding, tier, now)), None)
+        grants = tx.grants_for(binding.agent, binding.owner, binding.server, binding.tool)
+        return next((g for g in grants if grant_covers(g, binding, tier, rule, now)), None)
 
     # -- housekeeping --------------------------------------------------------------------------
 

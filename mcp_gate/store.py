@@ -94,7 +94,8 @@ CREATE TABLE IF NOT EXISTS grants (
     request_id TEXT,
     note TEXT,
     revoked_at TEXT,
-    revoked_by TEXT
+    revoked_by TEXT,
+    rule TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS grants_by_tool ON grants(agent, server, tool);
 CREATE TABLE IF NOT EXISTS inflight (
@@ -115,7 +116,7 @@ _APPROVAL_COLUMNS = (
 )
 _GRANT_COLUMNS = (
     "id, agent, owner, server, tool, created_by, created_at, expires_at, request_id, note, "
-    "revoked_at, revoked_by"
+    "revoked_at, revoked_by, rule"
 )
 _RECORD_COLUMNS = "seq, event_id, ts, event_type, correlation_id, body, prev_hash, entry_hash"
 _PIN_COLUMNS = "server, tool, pin, definition, drifted_pin, drifted_definition, updated_at"
@@ -357,7 +358,7 @@ class Tx:
 
     def insert_grant(self, grant: Grant) -> None:
         self.conn.execute(
-            f"INSERT INTO grants ({_GRANT_COLUMNS}) VALUES ({', '.join('?' for _ in range(12))})",
+            f"INSERT INTO grants ({_GRANT_COLUMNS}) VALUES ({', '.join('?' for _ in range(13))})",
             (
                 grant.id,
                 grant.agent,
@@ -371,6 +372,7 @@ class Tx:
                 grant.note,
                 None if grant.revoked_at is None else utc_iso(grant.revoked_at),
                 grant.revoked_by,
+                grant.rule,
             ),
         )
 
@@ -805,7 +807,7 @@ def _parse_time(text: str) -> datetime:
 
 def _grant(row: Sequence[Any]) -> Grant:
     (gid, agent, owner, server, tool, created_by, created_at, expires_at, request_id, note,
-     revoked_at, revoked_by) = row  # fmt: skip
+     revoked_at, revoked_by, rule) = row  # fmt: skip
     return Grant(
         id=gid,
         agent=agent,
@@ -819,6 +821,7 @@ def _grant(row: Sequence[Any]) -> Grant:
         note=note,
         revoked_at=None if revoked_at is None else _parse_time(revoked_at),
         revoked_by=revoked_by,
+        rule=rule,
     )
 
 

@@ -149,7 +149,8 @@ def test_an_unexecuted_approval_can_be_revoked_by_an_eligible_approver_but_not_a
     assert isinstance(revoke(replace(approved, state="executed"), CAROL, now=NOW), Refusal)
 
 
-def test_a_grant_covers_only_its_requester_and_tool_while_live_and_never_a_critical_call() -> None:
+def test_a_grant_covers_only_its_requester_tool_and_rule_while_live_and_never_a_critical_call() -> None:
+    rule = "notes.toml rule 5"
     grant = Grant(
         "GABCDEFGH",
         BINDING.agent,
@@ -159,14 +160,16 @@ def test_a_grant_covers_only_its_requester_and_tool_while_live_and_never_a_criti
         "bob",
         NOW,
         NOW + timedelta(minutes=30),
+        rule=rule,
     )
     other_args = replace(BINDING, args_sha256="different")
-    assert grant_covers(grant, other_args, "high", NOW)
-    assert not grant_covers(grant, other_args, "critical", NOW)
-    assert not grant_covers(grant, replace(BINDING, agent="other"), "high", NOW)
-    assert not grant_covers(grant, replace(BINDING, tool="delete_note"), "high", NOW)
-    assert not grant_covers(grant, BINDING, "high", grant.expires_at)
-    assert not grant_covers(replace(grant, revoked_at=NOW), BINDING, "high", NOW)
+    assert grant_covers(grant, other_args, "high", rule, NOW)
+    assert not grant_covers(grant, other_args, "critical", rule, NOW)
+    assert not grant_covers(grant, other_args, "high", "notes.toml rule 4", NOW)  # e.g. a rule for dba
+    assert not grant_covers(grant, replace(BINDING, agent="other"), "high", rule, NOW)
+    assert not grant_covers(grant, replace(BINDING, tool="delete_note"), "high", rule, NOW)
+    assert not grant_covers(grant, BINDING, "high", rule, grant.expires_at)
+    assert not grant_covers(replace(grant, revoked_at=NOW), BINDING, "high", rule, NOW)
 
 
 def test_request_ids_are_short_typeable_and_unique() -> None:
@@ -185,9 +188,9 @@ def test_durations_read_like_people_write_them(text: str, seconds: int) -> None:
     assert parse_duration(format_duration(parse_duration(text))) == timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize("text", ["", "30", "0m", "-5m", "5 minutes", "1.5h", "m"])
+@pytest.mark.parametrize("text", ["", "30", "0m", "-5m", "5 minutes", "1.5h", "m", "367d", "99999999999999d"])
 def test_a_bad_duration_is_refused_with_a_readable_message(text: str) -> None:
-    with pytest.raises(ValueError, match="is not a duration like"):
+    with pytest.raises(ValueError, match="is not a duration like|is longer than"):
         parse_duration(text)
 
 

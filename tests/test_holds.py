@@ -324,7 +324,7 @@ async def test_no_grant_is_given_for_a_critical_call(tmp_path: Path) -> None:
         request = await wait_for_request(front.gateway)
         refused = await decide(front.gateway, request.id, "carol", grant_for=timedelta(minutes=30))
         grants = await front.gateway.engine.grants()
-    assert isinstance(refused, Refusal) and refused.code == "critical-grant"
+    assert isinstance(refused, Refusal) and refused.code == "no-grant"
     assert grants == []
 
 
@@ -509,3 +509,50 @@ async def test_a_manifest_rule_naming_a_group_nobody_is_in_is_a_config_error(tmp
     assert "notes.toml: rule[8].approvers: no approver" in str(caught.value) and "'ghosts'" in str(
         caught.value
     )
+
+
+async def test_a_grant_is_refused_where_it_would_stand_in_for_more_than_one_approval_or_too_long(
+    tmp_path: Path,
+) -> None:
+    config = write_config(
+        tmp_path / "gate",
+        servers={"notes": notes_server_table(tmp_path / "notes")},
+        manifests={"notes": NOTES_MANIFEST.read_text()},
+        approvers=APPROVERS,
+        tiers={"high": {"approvals": 2, "groups": ["sre"]}},
+        approvals={"hold_seconds": 0.2},
+    )
+    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+        await agent.call_tool("notes__write_note", {"name": "x", "text": "y"})
+        request = await wait_for_request(front.gateway)
+        quorum = await decide(front.gateway, request.id, "bob", grant_for=timedelta(minutes=30))
+        assert isinstance(quorum, Refusal) and quorum.code == "no-grant" and "needs 2 approvals" in quorum.why
+        assert (await front.gateway.engine.get(request.id)).votes == ()  # the refused decision left no vote
+        assert await front.gateway.engine.grants() == []
+
+
+async def test_a_grant_does_not_cover_a_call_that_falls_under_another_rule(tmp_path: Path) -> None:
+    manifest = NOTES_MANIFEST.read_text().replace(
+        '[[rule]]\ntools = ["write_note"]',
+        '[[rule]]\ntools = ["write_note"]\nwhen = { "/name" = { glob = "db/**" } }\ntier = "high"\n'
+        'reason = "writes a database note"\napprovers = ["dba"]\n\n[[rule]]\ntools = ["write_note"]',
+    )
+    config = write_config(
+        tmp_path / "gate",
+        servers={"notes": notes_server_table(tmp_path / "notes")},
+        manifests={"notes": manifest},
+        approvers={**APPROVERS, "erin": approver_table("erin@example.com", ["dba"], "tok-erin")},
+        tiers=TIERS,
+        approvals={"hold_seconds": 0.2},
+    )
+    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+        await agent.call_tool("notes__write_note", {"name": "a", "text": "1"})
+        request = await wait_for_request(front.gateway)
+        long = await decide(front.gateway, request.id, "bob", grant_for=timedelta(hours=25))
+        assert isinstance(long, Refusal) and long.code == "no-grant"
+        await decide(front.gateway, request.id, "bob", grant_for=timedelta(minutes=30))
+        plain = await agent.call_tool("notes__write_note", {"name": "b", "text": "2"})
+        dba = await agent.call_tool("notes__write_note", {"name": "db/users", "text": "3"})
+    assert text_of(plain) == "wrote b"
+    assert dba.is_error and "waiting for 1 approval from dba" in text_of(dba)
+    assert not (tmp_path / "notes" / "db" / "users").exists()
