@@ -483,7 +483,13 @@ class Gateway:
         error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
         if error is not None:
             where = "/" + "/".join(str(p) for p in error.absolute_path)
-            raise InvalidArguments(offered.name, f"at {where}: {error.message[:300]}")
+            message = error.message
+            instance = error.instance
+            if isinstance(instance, str | int | float) and not isinstance(instance, bool):
+                # The message goes to evidence too, where arguments are only stored redacted: never
+                # quote the value itself (it may be a secret).
+                message = message.replace(repr(instance), "the value")
+            raise InvalidArguments(offered.name, f"at {where}: {message[:300]}")
 
     async def _refuse(
         self, correlation_id: str, base: Mapping[str, Any], refusal: CallRefused, raw_arguments: Any

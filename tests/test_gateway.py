@@ -122,7 +122,8 @@ async def test_an_argument_condition_raises_the_tier_for_matching_arguments_only
         ("nope", {}, "unknown tool"),
         ("notes__purge_notes", {}, "blocked by policy"),
         ("notes__echo", {}, "'text' is a required property"),
-        ("notes__echo", {"text": 5}, "is not of type 'string'"),
+        ("notes__echo", {"text": 5}, "at /text: the value is not of type 'string'"),
+        ("notes__read_note", {"name": "sk-LIVE-5ecret/../x!"}, "at /name: the value does not match"),
         ("notes__echo", {"text": "x", "extra": 1}, "Additional properties"),
         ("notes__echo", {"text": "x" * 300_000}, "the limit is"),
     ],
@@ -134,6 +135,7 @@ async def test_bad_input_from_the_agent_gets_a_clear_tool_error_and_the_gate_kee
         bad = await agent.call_tool(name, arguments)
         good = await agent.call_tool("notes__echo", {"text": "still here"})
     assert bad.is_error and expected in text_of(bad)
+    assert "sk-LIVE" not in text_of(bad)
     assert text_of(good) == "still here"
     assert (await story(notes_config))[-1]["event_type"] == "call.executed"
 

@@ -300,6 +300,8 @@ async def _body(request: Request, model: type[B]) -> B:
         data = json.loads(raw) if raw.strip() else {}
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"the body is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise BadRequest("the body is nested too deeply") from exc
     try:
         return model.model_validate(data)
     except ValidationError as exc:
