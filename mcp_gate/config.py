@@ -707,6 +707,7 @@ def _duration(file: str, key: str, value: Any) -> float:
 def _approvers(file: str, model: _GateFile, agents: Mapping[str, Agent]) -> dict[str, Approver]:
     approvers: dict[str, Approver] = {}
     tokens = {a.token_sha256: f"agent {a.name!r}" for a in agents.values()}
+    identities: dict[str, str] = {}
     for name, section in model.approvers.items():
         key = f"approvers.{name}"
         if not _AGENT_NAME.fullmatch(name):
@@ -719,13 +720,25 @@ def _approvers(file: str, model: _GateFile, agents: Mapping[str, Agent]) -> dict
                     f"the same token is already given to {tokens[section.token_sha256]}",
                 )
             tokens[section.token_sha256] = f"approver {name!r}"
-        approvers[name] = Approver(
+        approver = Approver(
             name=name,
             email=section.email,
             groups=frozenset(section.groups),
             token_sha256=section.token_sha256,
             aliases=frozenset(section.aliases),
         )
+        # One person, one approver: two entries sharing an identity would let one person count
+        # twice towards a quorum.
+        for identity in sorted(approver.identities()):
+            if identity in identities and identities[identity] != name:
+                raise ConfigError(
+                    file,
+                    key,
+                    f"identity {identity!r} already belongs to approver {identities[identity]!r}; "
+                    "one person is one approver (use aliases for their other identities)",
+                )
+            identities[identity] = name
+        approvers[name] = approver
     return approvers
 
 

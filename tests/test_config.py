@@ -657,3 +657,22 @@ def test_an_import_still_rejects_vs_code_input_prompts(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         read_client_config(path, ENV, keep_references=True)
     assert "${input:tok}" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        'email = "BOB@example.com"',
+        'email = "robert@example.com"\naliases = ["bob@example.com"]',
+        'email = "robert@example.com"\naliases = ["bob"]',
+    ],
+)
+def test_two_approvers_sharing_an_identity_are_an_error_so_one_person_never_counts_twice(
+    tmp_path: Path, second: str
+) -> None:
+    error = config_error(
+        tmp_path,
+        '[approvers.bob]\nemail = "bob@example.com"\ngroups = ["sre"]\n\n'
+        f'[approvers.robert]\n{second}\ngroups = ["sre"]\n',
+    )
+    assert error.key == "approvers.robert" and "already belongs to approver 'bob'" in error.problem

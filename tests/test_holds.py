@@ -33,9 +33,9 @@ APPROVERS = {
     "bob": approver_table("bob@example.com", ["sre"], "tok-bob"),
     "carol": approver_table("carol@example.com", ["security", "sre"], "tok-carol"),
     "dave": approver_table("dave@example.com", ["security"], "tok-dave"),
-    "alice": approver_table("alice@example.com", ["sre", "security"], "tok-alice"),
-    "mallory": {
-        **approver_table("mallory@example.com", ["sre"], "tok-mallory"),
+    # The requester's owner (alice@example.com) under a second account: an alias of the same person.
+    "alice": {
+        **approver_table("alice@corp.example", ["sre", "security"], "tok-alice"),
         "aliases": ["Alice@Example.com"],
     },
     "frank": approver_table("frank@example.com", ["finance"], "tok-frank"),
@@ -151,25 +151,22 @@ async def test_a_denial_reaches_the_agent_with_the_approvers_reason_and_nothing_
     assert not (tmp_path / "notes" / "x").exists()
 
 
-async def test_nobody_approves_their_own_call_through_their_email_or_an_alias_and_the_attempt_is_recorded(
+async def test_nobody_approves_their_own_call_through_an_alias_and_the_attempt_is_recorded(
     tmp_path: Path,
 ) -> None:
     config = make_config(tmp_path, hold_seconds=0.2)
     async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
         await agent.call_tool("notes__write_note", {"name": "x", "text": "y"})
         request = await wait_for_request(front.gateway)
-        by_email = await decide(front.gateway, request.id, "alice")
-        by_alias = await decide(front.gateway, request.id, "mallory")
+        by_alias = await decide(front.gateway, request.id, "alice")
         wrong_group = await decide(front.gateway, request.id, "frank")
         still = await front.gateway.engine.get(request.id)
-    assert isinstance(by_email, Refusal) and by_email.code == "self-approval"
     assert isinstance(by_alias, Refusal) and by_alias.code == "self-approval"
     assert isinstance(wrong_group, Refusal) and wrong_group.code == "not-eligible"
     assert still.state == "pending" and still.votes == ()
     refused = [r for r in await records(config) if r["event_type"] == "approval.refused"]
     assert [(r["approver"], r["code"]) for r in refused] == [
         ("alice", "self-approval"),
-        ("mallory", "self-approval"),
         ("frank", "not-eligible"),
     ]
 
