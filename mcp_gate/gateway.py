@@ -59,7 +59,7 @@ from mcp_gate.policy import (
     describe_requirement,
     policy_sha256,
 )
-from mcp_gate.store import PinRecord, SQLiteStore, Store, Tx
+from mcp_gate.store import PinRecord, SQLiteStore, Store, Tx, primary_lock
 
 __all__ = ["CORRELATION_META_KEY", "SEPARATOR", "TIER_META_KEY", "Gateway", "OfferedTool", "split_name"]
 
@@ -159,18 +159,26 @@ class Gateway:
                 servers=sorted(config.servers),
                 manifests={name: m.sha256 for name, m in manifests.items()},
             )
-            recovered = await gate.engine.recover()
-            if recovered:
-                log.warning("%d call(s) had no recorded outcome: recorded as call.outcome_unknown", recovered)
-            async with anyio.create_task_group() as tg:
-                await tg.start(gate.engine.run)
-                await tg.start(
-                    functools.partial(downstreams.run, gate._tools_changed, startup_timeout=startup_timeout)
-                )
-                try:
-                    yield gate
-                finally:
-                    tg.cancel_scope.cancel()
+            with primary_lock(config.data_dir) as primary:
+                if primary:
+                    recovered = await gate.engine.recover()
+                    if recovered:
+                        log.warning(
+                            "%d call(s) had no recorded outcome: recorded as outcome_unknown", recovered
+                        )
+                else:
+                    log.info("another gate serves %s; leaving its calls in flight alone", config.data_dir)
+                async with anyio.create_task_group() as tg:
+                    await tg.start(gate.engine.run)
+                    await tg.start(
+                        functools.partial(
+                            downstreams.run, gate._tools_changed, startup_timeout=startup_timeout
+                        )
+                    )
+                    try:
+                        yield gate
+                    finally:
+                        tg.cancel_scope.cancel()
         finally:
             if own_store:
                 await opened.close()

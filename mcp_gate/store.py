@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +21,7 @@ from mcp_gate.clock import Clock, SystemClock, utc_iso
 from mcp_gate.errors import EvidenceWriteError, StoreError
 from mcp_gate.evidence import GENESIS_HASH, ChainVerifier, Record, VerifyReport, canonical_json, chain_hash
 
-__all__ = ["Inflight", "PinRecord", "SQLiteStore", "Store", "Tx", "verify_file"]
+__all__ = ["Inflight", "PinRecord", "SQLiteStore", "Store", "Tx", "primary_lock", "verify_file"]
 
 SCHEMA_VERSION = "1"
 
@@ -775,6 +777,24 @@ def _pin_record(row: Sequence[Any]) -> PinRecord:
         drifted_definition=None if drifted_definition is None else json.loads(drifted_definition),
         updated_at=updated_at,
     )
+
+
+@contextmanager
+def primary_lock(data_dir: Path) -> Iterator[bool]:
+    """Hold `data_dir/gate.lock` while the block runs, if no other gate process holds it; yields
+    whether it did. Only the holder may treat in-flight markers as left over from a crash (a
+    `check` beside a serving gate must not)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with (data_dir / "gate.lock").open("a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 async def verify_file(path: Path) -> VerifyReport:

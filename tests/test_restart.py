@@ -165,3 +165,30 @@ async def test_a_call_killed_mid_execution_is_recorded_as_outcome_unknown_and_ne
     loaded = load_config(config, {})
     async with engine_for(loaded) as engine:
         assert (await engine.get(request.id)).state == "outcome_unknown"
+
+
+async def test_a_second_gate_on_the_same_data_leaves_the_first_ones_calls_in_flight_alone(
+    config: Path, tmp_path: Path
+) -> None:
+    from mcp_gate.testing import running_gate
+
+    low_sleep = config.parent / "tool_manifests" / "notes.toml"
+    low_sleep.write_text(NOTES_MANIFEST.read_text())  # sleep is low again: it runs at once
+    async with running_gate(config) as first, Client(first.server, mode="legacy") as agent:
+        async with anyio.create_task_group() as tg:
+            box: list[types.CallToolResult] = []
+
+            async def slow() -> None:
+                box.append(await agent.call_tool("notes__sleep", {"seconds": 1.5}))
+
+            tg.start_soon(slow)
+
+            async def in_flight(engine: Any) -> bool:
+                return bool(await engine.store.read(lambda tx: tx.inflight()))
+
+            await wait_for(config, in_flight, "the call to start")
+            async with running_gate(config):  # e.g. `mcp-gate check` beside a serving gate
+                pass
+        assert text_of(box[0]) == "slept"
+    kinds = [e["event_type"] for e in await events(config)]
+    assert "call.outcome_unknown" not in kinds and kinds.count("call.executed") == 1
