@@ -553,3 +553,26 @@ async def test_a_grant_does_not_cover_a_call_that_falls_under_another_rule(tmp_p
     assert text_of(plain) == "wrote b"
     assert dba.is_error and "waiting for 1 approval from dba" in text_of(dba)
     assert not (tmp_path / "notes" / "db" / "users").exists()
+
+
+async def test_a_release_that_finds_the_approval_revoked_meanwhile_reports_the_revocation(
+    tmp_path: Path,
+) -> None:
+    # The interleaving a held call can meet: it read "approved", then a revocation committed
+    # before its release transaction. The release must say "revoked", not fail.
+    from mcp_gate.approvals import Revoked
+
+    config = make_config(tmp_path, hold_seconds=0.2)
+    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+        await agent.call_tool("notes__write_note", {"name": "x", "text": "y"})
+        request = await wait_for_request(front.gateway)
+        engine = front.gateway.engine
+        await decide(front.gateway, request.id, "bob")
+        await engine.revoke(request.id, front.gateway.config.approvers["carol"])
+        outcome = await engine.store.transact(
+            lambda tx: engine._release(tx, request.id, request.binding, "late-call")
+        )
+        stored = await engine.get(request.id)
+    assert isinstance(outcome, Revoked) and outcome.by == "carol"
+    assert stored.state == "revoked" and stored.reported
+    assert not (tmp_path / "notes" / "x").exists()
