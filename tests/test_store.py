@@ -61,7 +61,15 @@ async def verify(path: Path) -> Any:
 def test_the_store_module_exports_its_names() -> None:
     import mcp_gate.store as store
 
-    assert set(store.__all__) == {"Inflight", "PinRecord", "SQLiteStore", "Store", "Tx", "primary_lock", "verify_file"}
+    assert set(store.__all__) == {
+        "Inflight",
+        "PinRecord",
+        "SQLiteStore",
+        "Store",
+        "Tx",
+        "primary_lock",
+        "verify_file",
+    }
 
 
 async def test_sqlite_store_satisfies_the_store_protocol(tmp_path: Path) -> None:
