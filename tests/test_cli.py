@@ -494,3 +494,20 @@ def test_every_command_has_help(command: list[str]) -> None:
     assert done.returncode == 0
     assert done.stdout.startswith(f"usage: {' '.join(['mcp-gate', *command])}")
     assert done.stderr == ""
+
+
+def test_the_example_gate_toml_checks_out_with_its_server_up_and_its_approvers_enough(tmp_path: Path) -> None:
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    copy = tmp_path / "examples"
+    shutil.copytree(examples, copy, ignore=shutil.ignore_patterns(".mcp-gate", "notes", "__pycache__"))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "mcp_gate", "check", "--config", str(copy / "gate.toml")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "server notes: up" in done.stdout and "approvals:" not in done.stdout
