@@ -180,18 +180,24 @@ class Grant:
     note: str | None = None
     revoked_at: datetime | None = None
     revoked_by: str | None = None
-    rule: str = ""  # the manifest rule of the approved call: the grant covers calls under that rule only
+    # What the approved call was bound to besides requester and tool: the grant covers calls under
+    # the same manifest rule of the same policy version and the same tool definition only.
+    rule: str = ""
+    policy_sha256: str = ""
+    pin: str = ""
 
     def live(self, now: datetime) -> bool:
         return self.revoked_at is None and now < self.expires_at
 
 
 def grant_covers(grant: Grant, binding: Binding, tier: str, rule: str, now: datetime) -> bool:
-    """Same requester and tool, under the same manifest rule (so the same tier and approver
-    groups), while live, and never for a critical call."""
+    """Same requester and tool, under the same manifest rule of the same policy version and the
+    same tool definition (so the same tier and approver groups), while live, never for critical."""
     return (
         tier != "critical"
         and rule == grant.rule
+        and binding.policy_sha256 == grant.policy_sha256
+        and binding.pin == grant.pin
         and grant.live(now)
         and (grant.agent, grant.owner, grant.server, grant.tool)
         == (binding.agent, binding.owner, binding.server, binding.tool)

@@ -189,22 +189,26 @@ def _print_tools(tools: list[dict[str, Any]]) -> None:
 
 
 def _approval_problems(config: GateConfig) -> list[str]:
-    """Tiers whose approvals nobody configured could give: their calls would wait and expire."""
+    """Tiers whose approvals could never all be given for some requester (nobody approves their
+    own calls): their calls would wait and expire."""
+    owners = sorted({config.requester.owner, *(a.owner for a in config.agents.values())})
     problems = []
     for tier, requirement in config.requirements.items():
         if not isinstance(requirement, Approvals):
             continue
-        eligible = [
-            a
-            for a in config.approvers.values()
-            if not requirement.groups or a.groups & set(requirement.groups)
-        ]
-        if len(eligible) < requirement.count:
-            where = f" in {', '.join(requirement.groups)}" if requirement.groups else ""
-            problems.append(
-                f"tier {tier} needs {requirement.count} approval(s) but only {len(eligible)} approver(s) are "
-                f"configured{where}: its calls would wait and expire; add [approvers.NAME] tables"
-            )
+        groups = set(requirement.groups)
+        for owner in owners:
+            eligible = [
+                a
+                for a in config.approvers.values()
+                if (not groups or a.groups & groups) and owner.strip().lower() not in a.identities()
+            ]
+            if len(eligible) < requirement.count:
+                where = f" in {', '.join(requirement.groups)}" if requirement.groups else ""
+                problems.append(
+                    f"tier {tier} needs {requirement.count} approval(s) but only {len(eligible)} approver(s)"
+                    f"{where} may decide for {owner}: those calls would wait and expire; add [approvers.NAME]"
+                )
     return problems
 
 

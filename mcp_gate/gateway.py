@@ -59,7 +59,7 @@ from mcp_gate.policy import (
     describe_requirement,
     policy_sha256,
 )
-from mcp_gate.store import PinRecord, SQLiteStore, Store, Tx, primary_lock
+from mcp_gate.store import DataDirLock, PinRecord, SQLiteStore, Store, Tx
 
 __all__ = ["CORRELATION_META_KEY", "SEPARATOR", "TIER_META_KEY", "Gateway", "OfferedTool", "split_name"]
 
@@ -159,15 +159,16 @@ class Gateway:
                 servers=sorted(config.servers),
                 manifests={name: m.sha256 for name, m in manifests.items()},
             )
-            with primary_lock(config.data_dir) as primary:
-                if primary:
+            with DataDirLock(config.data_dir) as lock:
+                if lock.exclusive:
                     recovered = await gate.engine.recover()
                     if recovered:
                         log.warning(
                             "%d call(s) had no recorded outcome: recorded as outcome_unknown", recovered
                         )
+                    lock.share()
                 else:
-                    log.info("another gate serves %s; leaving its calls in flight alone", config.data_dir)
+                    log.info("another gate serves %s; leaving calls in flight alone", config.data_dir)
                 async with anyio.create_task_group() as tg:
                     await tg.start(gate.engine.run)
                     await tg.start(
@@ -491,12 +492,9 @@ class Gateway:
         error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
         if error is not None:
             where = "/" + "/".join(str(p) for p in error.absolute_path)
-            message = error.message
-            instance = error.instance
-            if isinstance(instance, str | int | float) and not isinstance(instance, bool):
-                # The message goes to evidence too, where arguments are only stored redacted: never
-                # quote the value itself (it may be a secret).
-                message = message.replace(repr(instance), "the value")
+            # The message goes to evidence too, where arguments are only stored redacted: never
+            # quote the value itself (it may be or hold a secret).
+            message = error.message.replace(repr(error.instance), "the value")
             raise InvalidArguments(offered.name, f"at {where}: {message[:300]}")
 
     async def _refuse(

@@ -101,7 +101,9 @@ class _Joined:
 _FINAL = ("denied", "expired", "revoked", "void")
 
 
-def _no_grant_reason(request: ApprovalRequest, duration: timedelta) -> str | None:
+def _no_grant_reason(request: ApprovalRequest, duration: timedelta, policy: str) -> str | None:
+    if request.binding.policy_sha256 != policy:
+        return f"request {request.id} was made under an earlier policy; a grant must follow the current one"
     if request.tier == "critical":
         return f"request {request.id} is critical; critical calls get no grants"
     if request.required > 1:
@@ -417,7 +419,7 @@ class ApprovalEngine:
             outcome = decide(request, approver, verdict, channel=channel, now=now, note=note)
             if grant_for is not None and not isinstance(outcome, Refusal):
                 # Checked after who-may-decide, so a self-approval with --for is recorded as one.
-                why = _no_grant_reason(request, grant_for)
+                why = _no_grant_reason(request, grant_for, self.events.policy_sha256)
                 if why is not None:
                     outcome = Refusal("no-grant", why)
             match outcome:
@@ -476,6 +478,8 @@ class ApprovalEngine:
                             request_id=request_id,
                             note=note,
                             rule=request.rule,
+                            policy_sha256=request.binding.policy_sha256,
+                            pin=request.binding.pin,
                         )
                         tx.insert_grant(grant)
                         events.append(

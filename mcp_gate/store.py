@@ -5,13 +5,13 @@ from __future__ import annotations
 import fcntl
 import json
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import IO, Any, Protocol, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -21,7 +21,7 @@ from mcp_gate.clock import Clock, SystemClock, utc_iso
 from mcp_gate.errors import EvidenceWriteError, StoreError
 from mcp_gate.evidence import GENESIS_HASH, ChainVerifier, Record, VerifyReport, canonical_json, chain_hash
 
-__all__ = ["Inflight", "PinRecord", "SQLiteStore", "Store", "Tx", "primary_lock", "verify_file"]
+__all__ = ["DataDirLock", "Inflight", "PinRecord", "SQLiteStore", "Store", "Tx", "verify_file"]
 
 SCHEMA_VERSION = "1"
 
@@ -97,7 +97,9 @@ CREATE TABLE IF NOT EXISTS grants (
     note TEXT,
     revoked_at TEXT,
     revoked_by TEXT,
-    rule TEXT NOT NULL DEFAULT ''
+    rule TEXT NOT NULL DEFAULT '',
+    policy_sha256 TEXT NOT NULL DEFAULT '',
+    pin TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS grants_by_tool ON grants(agent, server, tool);
 CREATE TABLE IF NOT EXISTS inflight (
@@ -112,13 +114,20 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 
+# Columns added after a table was first shipped: added in place to files that lack them.
+_ADDED_COLUMNS = (
+    ("grants", "rule", "TEXT NOT NULL DEFAULT ''"),
+    ("grants", "policy_sha256", "TEXT NOT NULL DEFAULT ''"),
+    ("grants", "pin", "TEXT NOT NULL DEFAULT ''"),
+)
+
 _APPROVAL_COLUMNS = (
     "id, correlation_id, agent, owner, server, tool, pin, args_sha256, policy_sha256, tier, required, "
     "groups, rule, reason, args, created_at, expires_at, state, closed_by, reported"
 )
 _GRANT_COLUMNS = (
     "id, agent, owner, server, tool, created_by, created_at, expires_at, request_id, note, "
-    "revoked_at, revoked_by, rule"
+    "revoked_at, revoked_by, rule, policy_sha256, pin"
 )
 _RECORD_COLUMNS = "seq, event_id, ts, event_type, correlation_id, body, prev_hash, entry_hash"
 _PIN_COLUMNS = "server, tool, pin, definition, drifted_pin, drifted_definition, updated_at"
@@ -360,7 +369,7 @@ class Tx:
 
     def insert_grant(self, grant: Grant) -> None:
         self.conn.execute(
-            f"INSERT INTO grants ({_GRANT_COLUMNS}) VALUES ({', '.join('?' for _ in range(13))})",
+            f"INSERT INTO grants ({_GRANT_COLUMNS}) VALUES ({', '.join('?' for _ in range(15))})",
             (
                 grant.id,
                 grant.agent,
@@ -375,6 +384,8 @@ class Tx:
                 None if grant.revoked_at is None else utc_iso(grant.revoked_at),
                 grant.revoked_by,
                 grant.rule,
+                grant.policy_sha256,
+                grant.pin,
             ),
         )
 
@@ -672,6 +683,10 @@ def _create_schema(conn: sqlite3.Connection) -> str:
     for statement in _SCHEMA.split(";\n"):
         if statement.strip():
             conn.execute(statement)
+    for table, column, declaration in _ADDED_COLUMNS:
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
     conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     return str(row[0])
@@ -779,22 +794,49 @@ def _pin_record(row: Sequence[Any]) -> PinRecord:
     )
 
 
-@contextmanager
-def primary_lock(data_dir: Path) -> Iterator[bool]:
-    """Hold `data_dir/gate.lock` while the block runs, if no other gate process holds it; yields
-    whether it did. Only the holder may treat in-flight markers as left over from a crash (a
-    `check` beside a serving gate must not)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with (data_dir / "gate.lock").open("a") as handle:
+class DataDirLock:
+    """`data_dir/gate.lock`, held by every gate process for its whole life.
+
+    Every gate holds it shared. A gate that starts while no other gate runs gets it exclusively
+    first (`exclusive`), and only that gate may treat in-flight markers as left over from a
+    crash; it then shares the lock (`share()`). A `check` beside a serving gate never recovers.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "gate.lock"
+        self.exclusive = False
+        self._handle: IO[str] | None = None
+
+    def __enter__(self) -> DataDirLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = self.path.open("a")
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.exclusive = True
         except OSError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            self._share(wait=True)
+        return self
+
+    def share(self) -> None:
+        if self.exclusive:
+            self._share(wait=False)
+            self.exclusive = False
+
+    def _share(self, *, wait: bool) -> None:
+        assert self._handle is not None
+        # Another gate holds it exclusively only for its brief recovery: wait for that, but
+        # never forever (the lock is advisory; serving matters more than holding it).
+        for _ in range(500 if wait else 1):
+            try:
+                fcntl.flock(self._handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return
+            except OSError:
+                time.sleep(0.01)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing releases the lock
+            self._handle = None
 
 
 async def verify_file(path: Path) -> VerifyReport:
@@ -827,7 +869,7 @@ def _parse_time(text: str) -> datetime:
 
 def _grant(row: Sequence[Any]) -> Grant:
     (gid, agent, owner, server, tool, created_by, created_at, expires_at, request_id, note,
-     revoked_at, revoked_by, rule) = row  # fmt: skip
+     revoked_at, revoked_by, rule, policy_sha256, pin) = row  # fmt: skip
     return Grant(
         id=gid,
         agent=agent,
@@ -842,6 +884,8 @@ def _grant(row: Sequence[Any]) -> Grant:
         revoked_at=None if revoked_at is None else _parse_time(revoked_at),
         revoked_by=revoked_by,
         rule=rule,
+        policy_sha256=policy_sha256,
+        pin=pin,
     )
 
 

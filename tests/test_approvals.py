@@ -161,11 +161,15 @@ def test_a_grant_covers_only_its_requester_tool_and_rule_while_live_and_never_a_
         NOW,
         NOW + timedelta(minutes=30),
         rule=rule,
+        policy_sha256=BINDING.policy_sha256,
+        pin=BINDING.pin,
     )
     other_args = replace(BINDING, args_sha256="different")
     assert grant_covers(grant, other_args, "high", rule, NOW)
     assert not grant_covers(grant, other_args, "critical", rule, NOW)
     assert not grant_covers(grant, other_args, "high", "notes.toml rule 4", NOW)  # e.g. a rule for dba
+    assert not grant_covers(grant, replace(other_args, policy_sha256="edited"), "high", rule, NOW)
+    assert not grant_covers(grant, replace(other_args, pin="changed tool"), "high", rule, NOW)
     assert not grant_covers(grant, replace(BINDING, agent="other"), "high", rule, NOW)
     assert not grant_covers(grant, replace(BINDING, tool="delete_note"), "high", rule, NOW)
     assert not grant_covers(grant, BINDING, "high", rule, grant.expires_at)

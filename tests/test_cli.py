@@ -179,7 +179,11 @@ def test_check_lists_every_tool_with_tier_pin_and_rule_and_reports_a_server_that
     }
     # No approvers are configured: high and critical calls could never be approved; check says so.
     problems = [line for line in lines if line.startswith("approvals: ")]
-    assert len(problems) == 2 and "tier high needs 1 approval(s) but only 0 approver(s)" in problems[0]
+    assert (
+        len(problems) == 2
+        and "tier high needs 1 approval(s) but only 0 approver(s) may decide for alice@example.com"
+        in problems[0]
+    )
 
 
 def test_check_json_describes_servers_and_tools_with_server_tier_rule_and_pin(tmp_path: Path) -> None:
@@ -511,3 +515,17 @@ def test_the_example_gate_toml_checks_out_with_its_server_up_and_its_approvers_e
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "server notes: up" in done.stdout and "approvals:" not in done.stdout
+
+
+def test_check_says_when_the_only_approver_is_the_requesters_own_owner(tmp_path: Path) -> None:
+    from mcp_gate.testing import approver_table
+
+    config = write_config(
+        tmp_path / "gate",
+        servers={},
+        approvers={"alice": approver_table("alice@example.com", ["sre"], "tok-alice")},
+        tiers={"critical": "block"},
+    )
+    done = mcp_gate("check", "--config", str(config))
+    problems = [line for line in done.stdout.splitlines() if line.startswith("approvals: ")]
+    assert len(problems) == 1 and "tier high" in problems[0] and "only 0 approver(s)" in problems[0]

@@ -124,6 +124,7 @@ async def test_an_argument_condition_raises_the_tier_for_matching_arguments_only
         ("notes__echo", {}, "'text' is a required property"),
         ("notes__echo", {"text": 5}, "at /text: the value is not of type 'string'"),
         ("notes__read_note", {"name": "sk-LIVE-5ecret/../x!"}, "at /name: the value does not match"),
+        ("notes__read_note", {"name": {"api_key": "sk-LIVE-5ecret"}}, "at /name: the value is not of type"),
         ("notes__echo", {"text": "x", "extra": 1}, "Additional properties"),
         ("notes__echo", {"text": "x" * 300_000}, "the limit is"),
     ],

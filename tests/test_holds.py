@@ -576,3 +576,18 @@ async def test_a_release_that_finds_the_approval_revoked_meanwhile_reports_the_r
     assert isinstance(outcome, Revoked) and outcome.by == "carol"
     assert stored.state == "revoked" and stored.reported
     assert not (tmp_path / "notes" / "x").exists()
+
+
+async def test_a_grant_ends_when_the_policy_changes(tmp_path: Path) -> None:
+    config = make_config(tmp_path, hold_seconds=0.2)
+    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+        await agent.call_tool("notes__write_note", {"name": "a", "text": "1"})
+        request = await wait_for_request(front.gateway)
+        await decide(front.gateway, request.id, "bob", grant_for=timedelta(minutes=30))
+        assert text_of(await agent.call_tool("notes__write_note", {"name": "b", "text": "2"})) == "wrote b"
+    manifest = config.parent / "tool_manifests" / "notes.toml"
+    manifest.write_text(manifest.read_text().replace("the old text is lost", "the old text is gone"))
+    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+        after = await agent.call_tool("notes__write_note", {"name": "c", "text": "3"})
+    assert after.is_error and "waiting for 1 approval" in text_of(after)
+    assert not (tmp_path / "notes" / "c").exists()

@@ -192,3 +192,40 @@ async def test_a_second_gate_on_the_same_data_leaves_the_first_ones_calls_in_fli
         assert text_of(box[0]) == "slept"
     kinds = [e["event_type"] for e in await events(config)]
     assert "call.outcome_unknown" not in kinds and kinds.count("call.executed") == 1
+
+
+async def test_a_gate_started_while_another_still_serves_never_recovers_its_calls(
+    config: Path, tmp_path: Path
+) -> None:
+    from mcp_gate.testing import running_gate
+
+    (config.parent / "tool_manifests" / "notes.toml").write_text(NOTES_MANIFEST.read_text())
+    first_may_exit = anyio.Event()
+
+    async def first_gate(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        async with running_gate(config):
+            task_status.started()
+            await first_may_exit.wait()
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(first_gate)  # the first gate, holding the lock from the start
+        async with running_gate(config) as second, Client(second.server, mode="legacy") as agent:
+            box: list[types.CallToolResult] = []
+
+            async def slow() -> None:
+                box.append(await agent.call_tool("notes__sleep", {"seconds": 1.5}))
+
+            async with anyio.create_task_group() as calls:
+                calls.start_soon(slow)
+
+                async def in_flight(engine: Any) -> bool:
+                    return bool(await engine.store.read(lambda tx: tx.inflight()))
+
+                await wait_for(config, in_flight, "the call to start")
+                first_may_exit.set()  # the first gate leaves while the second still serves
+                await anyio.sleep(0.1)
+                async with running_gate(config):  # a third: it must not take the call for a crash
+                    pass
+        assert text_of(box[0]) == "slept"
+    kinds = [e["event_type"] for e in await events(config)]
+    assert "call.outcome_unknown" not in kinds and kinds.count("call.executed") == 1

@@ -67,7 +67,7 @@ def test_the_store_module_exports_its_names() -> None:
         "SQLiteStore",
         "Store",
         "Tx",
-        "primary_lock",
+        "DataDirLock",
         "verify_file",
     }
 
@@ -481,3 +481,21 @@ async def test_verifying_a_file_never_writes_to_it_so_dropped_triggers_stay_drop
     triggers = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
     raw.close()
     assert "evidence_no_update" not in triggers
+
+
+@pytest.mark.anyio
+async def test_a_file_from_before_a_column_was_added_gets_the_column(tmp_path: Path) -> None:
+    db = tmp_path / "gate.db"
+    async with await SQLiteStore.open(db):
+        pass
+    raw = sqlite3.connect(db)
+    raw.execute("ALTER TABLE grants DROP COLUMN pin")
+    raw.execute("ALTER TABLE grants DROP COLUMN policy_sha256")
+    raw.commit()
+    raw.close()
+    async with await SQLiteStore.open(db) as store:
+        assert await store.read(lambda tx: tx.grants()) == []
+    raw = sqlite3.connect(db)
+    columns = {row[1] for row in raw.execute("PRAGMA table_info(grants)")}
+    raw.close()
+    assert {"rule", "policy_sha256", "pin"} <= columns
