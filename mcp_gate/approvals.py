@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, assert_never
@@ -53,7 +53,6 @@ RequestState = Literal[
     "failed",
     "outcome_unknown",
 ]
-OPEN_STATES: tuple[RequestState, ...] = ("pending", "approved")
 Verdict = Literal["approve", "deny"]
 
 
@@ -372,10 +371,6 @@ def outcome_text(outcome: Denied | Expired | Revoked | Void, tool: str) -> str:
             )
         case _:
             assert_never(outcome)
-
-
-def pending_for(requests: Iterable[ApprovalRequest], agent: str) -> int:
-    return sum(1 for r in requests if r.state == "pending" and r.binding.agent == agent)
 
 
 def quorum_progress(request: ApprovalRequest) -> str:

@@ -7,7 +7,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, assert_never
 
 import anyio
@@ -664,8 +664,3 @@ async def engine_for(config: GateConfig, *, clock: Clock | None = None) -> Async
     events = EventFactory(config.name, __version__, policy_sha256(config.config_sha256, manifests), clock)
     async with await SQLiteStore.open(db, clock=clock) as store:
         yield ApprovalEngine(store, clock, config.approval_settings, events)
-
-
-def expires_in(request: ApprovalRequest, now: datetime) -> str:
-    seconds = max(0, int((request.expires_at - now).total_seconds()))
-    return f"{seconds // 60}m{seconds % 60:02d}s"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, assert_never
+from typing import Any
 
 import mcp_types as types
 
@@ -67,13 +67,3 @@ def observe(current: str, accepted: str | None, drifted: str | None) -> Observat
     if current == drifted:
         return StillDrifted()
     return Drifted()
-
-
-def is_quarantined(observation: Observation) -> bool:
-    match observation:
-        case New() | Accepted():
-            return False
-        case Drifted() | StillDrifted():
-            return True
-        case _:
-            assert_never(observation)

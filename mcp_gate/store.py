@@ -522,10 +522,7 @@ class SQLiteStore:
         Uses its own short-lived connection so a long verification does not hold up appends.
         """
         self._require_open()
-        try:
-            return await anyio.to_thread.run_sync(_verify_file, self._path, abandon_on_cancel=True)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot verify the evidence in {self._path}: {_one_line(exc)}") from exc
+        return await verify_file(self._path)
 
     # pins
 
