@@ -150,6 +150,7 @@ class ApprovalRequest:
     votes: tuple[Vote, ...] = field(default=())
     closed_by: str | None = None  # who revoked it, or why it was voided
     reported: bool = False  # its final outcome has been told to a call of the agent
+    justification: str | None = None  # the requester's own words, asked by elicitation: untrusted
 
     @property
     def approvals(self) -> tuple[Vote, ...]:

@@ -25,6 +25,7 @@ __all__ = [
     "AdminSettings",
     "Agent",
     "ApprovalSettings",
+    "ElicitationSettings",
     "GateConfig",
     "Protocol",
     "Requester",
@@ -106,6 +107,15 @@ class AdminSettings:
 
 
 @dataclass(frozen=True)
+class ElicitationSettings:
+    """Asking the person at the agent: what a confirm tier does when their client cannot be asked
+    (`approve`: hold for one approver; `deny`: refuse), and which tiers ask why before approvers see it."""
+
+    medium_fallback: Literal["approve", "deny"] = "approve"
+    ask_justification: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class GateConfig:
     """The validated gate.toml with every server it registers."""
 
@@ -122,6 +132,7 @@ class GateConfig:
     approvers: Mapping[str, Approver] = field(default_factory=lambda: MappingProxyType({}))
     approval_settings: ApprovalSettings = field(default_factory=ApprovalSettings)
     admin: AdminSettings | None = None
+    elicitation: ElicitationSettings = field(default_factory=ElicitationSettings)
 
     def approver_by_token(self, token: str) -> Approver | None:
         """The approver whose token this is, compared by SHA-256 in constant time."""
@@ -695,6 +706,31 @@ def _requirements(file: str, tiers: Mapping[str, Any]) -> dict[Tier, Requirement
     return requirements
 
 
+def _elicitation_settings(
+    file: str, tiers: Mapping[str, Any]
+) -> tuple[dict[str, Any], ElicitationSettings]:
+    """Take the elicitation keys out of [tiers]: `medium_fallback` beside the tiers, and
+    `ask_justification` inside a tier's table; the rest are requirements."""
+    rest: dict[str, Any] = {}
+    fallback: Literal["approve", "deny"] = "approve"
+    justify: set[str] = set()
+    for tier, value in tiers.items():
+        if tier == "medium_fallback":
+            if value not in ("approve", "deny"):
+                raise ConfigError(file, "tiers.medium_fallback", f'expected "approve" or "deny", got {value!r}')
+            fallback = value
+            continue
+        if isinstance(value, dict) and "ask_justification" in value:
+            flag = value["ask_justification"]
+            if not isinstance(flag, bool):
+                raise ConfigError(file, f"tiers.{tier}.ask_justification", f"expected true or false, got {flag!r}")
+            if flag:
+                justify.add(tier)
+            value = {k: v for k, v in value.items() if k != "ask_justification"}
+        rest[tier] = value
+    return rest, ElicitationSettings(medium_fallback=fallback, ask_justification=frozenset(justify))
+
+
 def _duration(file: str, key: str, value: Any) -> float:
     if not isinstance(value, str):
         raise ConfigError(file, key, f'expected a duration like "15m", got {value!r}')
@@ -820,7 +856,8 @@ def load_config(path: Path, environ: Mapping[str, str]) -> GateConfig:
         agents[name] = Agent(name=name, token_sha256=agent.token_sha256, owner=agent.owner)
 
     approvers = _approvers(file, model, agents)
-    requirements = _requirements(file, model.tiers)
+    tiers, elicitation = _elicitation_settings(file, model.tiers)
+    requirements = _requirements(file, tiers)
     _check_groups(file, requirements, approvers)
     settings = ApprovalSettings(
         hold_seconds=model.approvals.hold_seconds,
@@ -842,6 +879,7 @@ def load_config(path: Path, environ: Mapping[str, str]) -> GateConfig:
         "approvers": MappingProxyType(approvers),
         "approval_settings": settings,
         "admin": _admin(file, model.admin),
+        "elicitation": elicitation,
     }
     return GateConfig(**fields, config_sha256=_config_sha256(fields))
 
@@ -903,6 +941,10 @@ def _config_sha256(fields: Mapping[str, Any]) -> str:
             "progress_seconds": fields["approval_settings"].progress_seconds,
             "expires_after": fields["approval_settings"].expires_after,
             "max_pending": fields["approval_settings"].max_pending,
+        },
+        "elicitation": {
+            "medium_fallback": fields["elicitation"].medium_fallback,
+            "ask_justification": sorted(fields["elicitation"].ask_justification),
         },
     }
     return hashlib.sha256(rfc8785.dumps(document)).hexdigest()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextvars
+import itertools
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -14,6 +16,7 @@ import anyio
 import httpx2
 import mcp_types as types
 from mcp import Client, MCPError, StdioServerParameters
+from mcp.client.session import ClientRequestContext
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.dispatcher import ProgressFnT
@@ -21,12 +24,19 @@ from mcp.shared.dispatcher import ProgressFnT
 from mcp_gate.config import ServerSpec
 from mcp_gate.errors import DownstreamFailed, DownstreamUnavailable
 
-__all__ = ["Downstream", "Downstreams", "ProgressFn", "describe_failure"]
+__all__ = ["Downstream", "Downstreams", "ElicitFn", "ProgressFn", "describe_failure"]
 
 log = logging.getLogger("mcp_gate.downstream")
 
 ProgressFn = ProgressFnT
 ToolsChanged = Callable[["Downstream"], Awaitable[None]]
+# Answers a downstream's own elicitation for the call that caused it (relayed to the agent, or refused).
+ElicitFn = Callable[[types.ElicitRequestParams], Awaitable[types.ElicitResult | types.ErrorData]]
+
+# Set around each call: a 2026-07-28 downstream's questions are answered inside the calling task
+# (the SDK's retry loop), so this names the call exactly. A 2025-era downstream asks through the
+# connection's own task, where it is unset.
+_CALL_RELAY: contextvars.ContextVar[ElicitFn | None] = contextvars.ContextVar("mcp_gate_call_relay")
 
 State = Literal["starting", "up", "down", "disabled"]
 
@@ -74,18 +84,30 @@ class Downstream:
     _dead: anyio.Event = field(default_factory=anyio.Event)
     _refresh: anyio.Event = field(default_factory=anyio.Event)
     _settled: anyio.Event = field(default_factory=anyio.Event)
+    _relays: dict[int, ElicitFn | None] = field(default_factory=dict)
+    _relay_ids: itertools.count[int] = field(default_factory=itertools.count)
 
     @property
     def name(self) -> str:
         return self.spec.name
 
     async def call(
-        self, tool: str, arguments: Mapping[str, Any], *, progress: ProgressFn | None = None
+        self,
+        tool: str,
+        arguments: Mapping[str, Any],
+        *,
+        progress: ProgressFn | None = None,
+        elicit: ElicitFn | None = None,
     ) -> types.CallToolResult:
-        """Call a tool once. Never retried: a failure after sending may have taken effect."""
+        """Call a tool once. Never retried: a failure after sending may have taken effect.
+
+        `elicit` answers the server's own elicitation requests made during this call."""
         client = self._client
         if client is None or self.state != "up":
             raise DownstreamUnavailable(self.name, self.last_failure or self.state)
+        relay_id = next(self._relay_ids)
+        self._relays[relay_id] = elicit
+        token = _CALL_RELAY.set(elicit)
         try:
             result = await client.call_tool(
                 tool, dict(arguments), read_timeout_seconds=self.spec.timeout, progress_callback=progress
@@ -97,9 +119,37 @@ class Downstream:
         except (OSError, httpx2.HTTPError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             self._mark_dead(describe_failure(exc))
             raise DownstreamFailed(self.name, tool, describe_failure(exc)) from exc
+        finally:
+            _CALL_RELAY.reset(token)
+            del self._relays[relay_id]
         if not isinstance(result, types.CallToolResult):
             raise DownstreamFailed(self.name, tool, f"unexpected result type {type(result).__name__}")
         return result
+
+    async def _elicit(
+        self, context: ClientRequestContext, params: types.ElicitRequestParams
+    ) -> types.ElicitResult | types.ErrorData:
+        """The server asks its client (the gate) something: hand it to the call it belongs to."""
+        try:
+            relay = _CALL_RELAY.get()
+        except LookupError:
+            # Asked over a 2025-era connection: nothing on the wire names the call. Only with a
+            # single call in flight is it certain whose question this is.
+            live = list(self._relays.values())
+            if len(live) != 1:
+                return types.ErrorData(
+                    code=types.INVALID_REQUEST,
+                    message=(
+                        f"mcp-gate declined to relay this elicitation: {len(live)} calls to this server are "
+                        "in flight, so it cannot tell which one asks"
+                    ),
+                )
+            relay = live[0]
+        if relay is None:
+            return types.ErrorData(
+                code=types.INVALID_REQUEST, message="mcp-gate declined to relay this elicitation: no agent asks"
+            )
+        return await relay(params)
 
     def _mark_dead(self, why: str) -> None:
         if self.state == "up":
@@ -157,6 +207,7 @@ class Downstream:
                     self._transport(),
                     mode=self.spec.protocol,
                     message_handler=self._message,
+                    elicitation_callback=self._elicit,
                     cache=None,
                 ) as client:
                     with anyio.fail_after(LIST_TIMEOUT):

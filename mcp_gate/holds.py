@@ -154,6 +154,7 @@ class ApprovalEngine:
         reason: str,
         args: Any,
         progress: ProgressFn | None,
+        justification: str | None = None,
     ) -> HoldOutcome:
         """Create or join the request for this exact call and wait for it to be decided."""
         now = self.clock.now()
@@ -214,6 +215,7 @@ class ApprovalEngine:
                 args=args,
                 created_at=now,
                 expires_at=now + lifetime,
+                justification=justification,
             )
             tx.insert_request(request)
             tx.append(
@@ -230,6 +232,7 @@ class ApprovalEngine:
                         pin=binding.pin,
                         args_sha256=binding.args_sha256,
                         requester={"agent": binding.agent, "owner": binding.owner},
+                        justification=justification,
                     )
                 ]
             )

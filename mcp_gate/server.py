@@ -17,6 +17,7 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, Too
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_gate import __version__
+from mcp_gate.channels.elicitation import ContextAsker
 from mcp_gate.config import Agent, Requester
 from mcp_gate.downstream import ProgressFn
 from mcp_gate.gateway import Gateway
@@ -88,10 +89,15 @@ class FrontServer:
 
     async def _call_tool(
         self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
-    ) -> types.CallToolResult:
+    ) -> types.CallToolResult | types.InputRequiredResult:
         requester, transport = self._requester(ctx)
         return await self.gateway.call(
-            requester, params.name, params.arguments, transport=transport, progress=_progress_relay(ctx)
+            requester,
+            params.name,
+            params.arguments,
+            transport=transport,
+            progress=_progress_relay(ctx),
+            asker=ContextAsker(ctx, params),
         )
 
     async def serve_stdio(self) -> None:

@@ -108,6 +108,11 @@ CREATE TABLE IF NOT EXISTS inflight (
     started_at TEXT NOT NULL,
     fields TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS elicitation_nonces (
+    nonce TEXT PRIMARY KEY,
+    correlation_id TEXT NOT NULL,
+    used_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -119,11 +124,12 @@ _ADDED_COLUMNS = (
     ("grants", "rule", "TEXT NOT NULL DEFAULT ''"),
     ("grants", "policy_sha256", "TEXT NOT NULL DEFAULT ''"),
     ("grants", "pin", "TEXT NOT NULL DEFAULT ''"),
+    ("approvals", "justification", "TEXT"),
 )
 
 _APPROVAL_COLUMNS = (
     "id, correlation_id, agent, owner, server, tool, pin, args_sha256, policy_sha256, tier, required, "
-    "groups, rule, reason, args, created_at, expires_at, state, closed_by, reported"
+    "groups, rule, reason, args, created_at, expires_at, state, closed_by, reported, justification"
 )
 _GRANT_COLUMNS = (
     "id, agent, owner, server, tool, created_by, created_at, expires_at, request_id, note, "
@@ -299,7 +305,7 @@ class Tx:
     def insert_request(self, request: ApprovalRequest) -> None:
         b = request.binding
         self.conn.execute(
-            f"INSERT INTO approvals ({_APPROVAL_COLUMNS}) VALUES ({', '.join('?' for _ in range(20))})",
+            f"INSERT INTO approvals ({_APPROVAL_COLUMNS}) VALUES ({', '.join('?' for _ in range(21))})",
             (
                 request.id,
                 request.correlation_id,
@@ -321,6 +327,7 @@ class Tx:
                 request.state,
                 request.closed_by,
                 int(request.reported),
+                request.justification,
             ),
         )
 
@@ -338,7 +345,8 @@ class Tx:
 
     def _request(self, row: Sequence[Any]) -> ApprovalRequest:
         (rid, correlation_id, agent, owner, server, tool, pin, args_sha256, policy_sha256, tier, required,
-         groups, rule, reason, args, created_at, expires_at, state, closed_by, reported) = row  # fmt: skip
+         groups, rule, reason, args, created_at, expires_at, state, closed_by, reported,
+         justification) = row  # fmt: skip
         votes = tuple(
             Vote(approver=a, verdict=v, channel=c, at=_parse_time(at), note=n)
             for a, v, c, at, n in self.conn.execute(
@@ -363,6 +371,7 @@ class Tx:
             votes=votes,
             closed_by=closed_by,
             reported=bool(reported),
+            justification=justification,
         )
 
     # grants
@@ -442,6 +451,16 @@ class Tx:
 
     def set_request_state(self, request_id: str, state: RequestState) -> None:
         self.conn.execute("UPDATE approvals SET state = ? WHERE id = ?", (state, request_id))
+
+    # elicitation request_state nonces
+
+    def use_nonce(self, nonce: str, correlation_id: str, used_at: str) -> bool:
+        """Mark a sealed request_state's nonce used; False if it already was (a replay)."""
+        cursor = self.conn.execute(
+            "INSERT OR IGNORE INTO elicitation_nonces (nonce, correlation_id, used_at) VALUES (?, ?, ?)",
+            (nonce, correlation_id, used_at),
+        )
+        return cursor.rowcount == 1
 
 
 class SQLiteStore:

@@ -82,6 +82,7 @@ def request_view(request: ApprovalRequest, now: datetime) -> dict[str, Any]:
         "expires_in_seconds": max(0, int((request.expires_at - now).total_seconds())),
         "correlation_id": request.correlation_id,
         "closed_by": request.closed_by,
+        "justification": request.justification,
     }
 
 

@@ -196,6 +196,8 @@ def cmd_pending(args: argparse.Namespace) -> int:
             status = r["quorum"]
         _say(f"{r['id']}  {r['tier']:<8}  {r['name']}  {_requester(r)}")
         _say(f"    {status}; expires in {_in(r['expires_in_seconds'])}; {r['reason']}")
+        if r.get("justification"):
+            _say(f"    requester says: {r['justification']}")
     return EXIT_OK
 
 
@@ -213,6 +215,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     _say(f"  requester:  {_requester(r)}")
     _say(f"  tier:       {r['tier']} ({r['rule']}: {r['reason']})")
     _say(f"  needs:      {r['required']} approval(s){groups}")
+    if r.get("justification"):
+        _say(f"  requester's justification (their own words): {r['justification']}")
     _say(f"  expires:    {r['expires_at']} (in {_in(r['expires_in_seconds'])})")
     _say("  arguments (redacted):")
     for line in json.dumps(r["args"], indent=2, ensure_ascii=False).splitlines():
