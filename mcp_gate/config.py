@@ -706,9 +706,7 @@ def _requirements(file: str, tiers: Mapping[str, Any]) -> dict[Tier, Requirement
     return requirements
 
 
-def _elicitation_settings(
-    file: str, tiers: Mapping[str, Any]
-) -> tuple[dict[str, Any], ElicitationSettings]:
+def _elicitation_settings(file: str, tiers: Mapping[str, Any]) -> tuple[dict[str, Any], ElicitationSettings]:
     """Take the elicitation keys out of [tiers]: `medium_fallback` beside the tiers, and
     `ask_justification` inside a tier's table; the rest are requirements."""
     rest: dict[str, Any] = {}
@@ -717,13 +715,17 @@ def _elicitation_settings(
     for tier, value in tiers.items():
         if tier == "medium_fallback":
             if value not in ("approve", "deny"):
-                raise ConfigError(file, "tiers.medium_fallback", f'expected "approve" or "deny", got {value!r}')
+                raise ConfigError(
+                    file, "tiers.medium_fallback", f'expected "approve" or "deny", got {value!r}'
+                )
             fallback = value
             continue
         if isinstance(value, dict) and "ask_justification" in value:
             flag = value["ask_justification"]
             if not isinstance(flag, bool):
-                raise ConfigError(file, f"tiers.{tier}.ask_justification", f"expected true or false, got {flag!r}")
+                raise ConfigError(
+                    file, f"tiers.{tier}.ask_justification", f"expected true or false, got {flag!r}"
+                )
             if flag:
                 justify.add(tier)
             value = {k: v for k, v in value.items() if k != "ask_justification"}

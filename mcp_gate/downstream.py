@@ -147,7 +147,8 @@ class Downstream:
             relay = live[0]
         if relay is None:
             return types.ErrorData(
-                code=types.INVALID_REQUEST, message="mcp-gate declined to relay this elicitation: no agent asks"
+                code=types.INVALID_REQUEST,
+                message="mcp-gate declined to relay this elicitation: no agent asks",
             )
         return await relay(params)
 

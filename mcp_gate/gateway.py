@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, assert_never
+from typing import Any, assert_never
 
 import anyio
 import jsonschema
@@ -30,36 +30,11 @@ from mcp_gate.approvals import (
     describe_wait,
     outcome_text,
 )
-from mcp_gate.channels.elicitation import (
-    ASK_TIMEOUT,
-    CONFIRM_KEY,
-    CONFIRM_SCHEMA,
-    JUSTIFY_KEY,
-    JUSTIFY_SCHEMA,
-    KEY_FILE,
-    Answer,
-    Asker,
-    BadState,
-    Cancelled,
-    Claims,
-    Confirmed,
-    Declined,
-    Justified,
-    Unsupported,
-    check_flat_schema,
-    confirm_answer,
-    describe_answer,
-    input_required,
-    justification_answer,
-    load_key,
-    mismatch,
-    new_claims,
-    seal,
-    unseal,
-)
+from mcp_gate.asking import Asking, Proceed, Question, Step, Stop
+from mcp_gate.channels.elicitation import Asker, BadState, Claims
 from mcp_gate.clock import Clock, SystemClock, utc_iso
 from mcp_gate.config import GateConfig, Requester
-from mcp_gate.downstream import Downstream, Downstreams, ElicitFn, ProgressFn
+from mcp_gate.downstream import Downstream, Downstreams, ProgressFn
 from mcp_gate.errors import (
     CallRefused,
     ConfigError,
@@ -80,7 +55,6 @@ from mcp_gate.policy import (
     Block,
     Confirm,
     Decision,
-    Requirement,
     Run,
     classify,
     describe_requirement,
@@ -159,7 +133,7 @@ class Gateway:
         self.tool_listeners: list[Callable[[], Awaitable[None]]] = []
         self._pin_lock = anyio.Lock()
         self._validators: dict[str, Any] = {}
-        self._elicitation_key: bytes | None = None
+        self.asking = Asking(config, store, clock, self.engine, self.event, self.policy_sha256)
 
     @classmethod
     @asynccontextmanager
@@ -342,14 +316,18 @@ class Gateway:
             "reason": decision.reason,
             "requirement": describe_requirement(requirement),
         }
-        binding = self._binding(requester, offered, base)
+        binding = _binding(requester, offered, base, self.policy_sha256)
         resumed: Claims | None = None
-        kind = self._asks(requirement, decision.tier, asker)
-        if kind is not None and asker is not None and asker.era == "modern" and asker.request_state is not None:
+        kind = self.asking.kind(requirement, decision.tier, asker)
+        state = (
+            asker.request_state if kind is not None and asker is not None and asker.era == "modern" else None
+        )
+        if kind is not None and state is not None:
             # A retry carrying the answer to a question this gate asked: it continues that call.
-            opened = self._open_state(asker.request_state, binding, kind)
+            opened = self.asking.open_state(state, binding, kind)
             if isinstance(opened, BadState):
-                return await self._refuse_state(correlation_id, base, args, opened)
+                text = await self.asking.refuse_state(correlation_id, base, args, opened)
+                return _error_result(text, correlation_id)
             resumed = opened
             correlation_id = opened.correlation_id
         first = [
@@ -380,18 +358,37 @@ class Gateway:
                     f"{name} is blocked by policy ({decision.reason}; {decision.rule}) and never runs"
                 )
             case Confirm():
-                return await self._confirm(
-                    correlation_id, base, offered, args, decision, requester, progress, asker, resumed
+                if kind is None or asker is None:
+                    return await self._unconfirmable(
+                        correlation_id, base, offered, args, decision, requester, progress
+                    )
+                question = self.asking.question(name, args, decision, requester)
+                step: Step = await self.asking.confirm(
+                    correlation_id, base, binding, question, requester, asker, resumed, _inflight_fields(base)
                 )
+                if isinstance(step, Proceed):
+                    return await self._forward(
+                        correlation_id, base, offered, args, progress, None, asker=asker
+                    )
+                return _stopped(step, correlation_id)
             case Approvals():
                 justification: str | None = None
                 if kind is not None and asker is not None:
-                    step = await self._justify(
-                        correlation_id, base, offered, args, decision, requirement, requester, asker, resumed
+                    question = self.asking.question(name, args, decision, requester)
+                    step = await self.asking.justify(
+                        correlation_id,
+                        base,
+                        binding,
+                        question,
+                        decision,
+                        requirement,
+                        requester,
+                        asker,
+                        resumed,
                     )
-                    if isinstance(step, types.CallToolResult | types.InputRequiredResult):
-                        return step
-                    justification = step
+                    if not isinstance(step, Proceed):
+                        return _stopped(step, correlation_id)
+                    justification = step.justification
                 return await self._hold(
                     correlation_id,
                     base,
@@ -407,6 +404,35 @@ class Gateway:
             case _:
                 assert_never(requirement)
         return await self._refuse(correlation_id, base, refusal, None)
+
+    async def _unconfirmable(
+        self,
+        correlation_id: str,
+        base: Mapping[str, Any],
+        offered: OfferedTool,
+        args: dict[str, Any],
+        decision: Decision,
+        requester: Requester,
+        progress: ProgressFn | None,
+    ) -> types.CallToolResult:
+        """A confirm tier whose client cannot be asked: `[tiers] medium_fallback` says what then."""
+        name = offered.name
+        if self.config.elicitation.medium_fallback == "deny":
+            refusal = CallRefused(
+                f"{name} was not run: its tier is {decision.tier} ({decision.reason}; {decision.rule}), "
+                "which requires a confirmation by the person at the agent, and this client cannot be asked "
+                "(it declared no MCP elicitation support); this gate refuses such calls "
+                '(medium_fallback = "deny"). '
+                "Do not retry; ask the user"
+            )
+            return await self._refuse(correlation_id, base, refusal, None)
+        note = (
+            f"This client cannot be asked to confirm {name} (it declared no MCP elicitation support), "
+            "so the call waits for an approver instead"
+        )
+        return await self._hold(
+            correlation_id, base, offered, args, decision, Approvals(1), requester, progress, note=note
+        )
 
     async def _hold(
         self,
@@ -511,317 +537,6 @@ class Gateway:
             linked["request_id"] = outcome.request.id
         return await self._refuse(correlation_id, linked, CallRefused(text), None)
 
-    # -- asking the person at the agent (elicitation) -------------------------------------------------
-
-    def _binding(self, requester: Requester, offered: OfferedTool, base: Mapping[str, Any]) -> Binding:
-        return Binding(
-            agent=requester.agent,
-            owner=requester.owner,
-            server=offered.server,
-            tool=offered.tool,
-            pin=offered.pin,
-            args_sha256=base["args_sha256"],
-            policy_sha256=self.policy_sha256,
-        )
-
-    def _asks(
-        self, requirement: Requirement, tier: str, asker: Asker | None
-    ) -> Literal["confirm", "justification"] | None:
-        """What this call asks the person at the agent, if their client can be asked at all."""
-        if asker is None or not asker.can_elicit:
-            return None
-        if isinstance(requirement, Confirm):
-            return "confirm"
-        if isinstance(requirement, Approvals) and tier in self.config.elicitation.ask_justification:
-            return "justification"
-        return None
-
-    def _key(self) -> bytes:
-        if self._elicitation_key is None:
-            self._elicitation_key = load_key(self.config.data_dir / KEY_FILE)
-        return self._elicitation_key
-
-    def _open_state(self, token: str, binding: Binding, kind: str) -> Claims | BadState:
-        opened = unseal(self._key(), token, now=self.clock.now())
-        if isinstance(opened, BadState):
-            return opened
-        why = mismatch(opened, binding, kind)
-        if why is not None:
-            return BadState("mismatched", f"the request_state sent back does not fit this call: {why}")
-        return opened
-
-    async def _refuse_state(
-        self, correlation_id: str, base: Mapping[str, Any], args: Any, bad: BadState
-    ) -> types.CallToolResult:
-        text = f"{base['server']}__{base['tool']} was not run: {bad.why}"
-        events = [
-            self.event("call.requested", correlation_id, **base, args=redact(args)),
-            self.event("confirm.refused", correlation_id, **base, code=bad.code, why=bad.why),
-            self.event("call.refused", correlation_id, **base, error=text),
-        ]
-        try:
-            await self.store.append(events)
-        except EvidenceWriteError as exc:
-            log.error("evidence write failed for a refused request_state: %s", exc)
-        return _error_result(text, correlation_id)
-
-    def _question(self, offered: OfferedTool, args: Any, decision: Decision, requester: Requester) -> str:
-        shown = json.dumps(redact(args, max_string=120), ensure_ascii=False, sort_keys=True)
-        if len(shown) > 600:
-            shown = shown[:599] + "…"
-        return (
-            f"{self.config.name}: the agent {requester.agent} wants to run {offered.name}.\n"
-            f"Tier {decision.tier}: {decision.reason}.\n"
-            f"Arguments (secrets hidden): {shown}"
-        )
-
-    async def _confirm(
-        self,
-        correlation_id: str,
-        base: Mapping[str, Any],
-        offered: OfferedTool,
-        args: dict[str, Any],
-        decision: Decision,
-        requester: Requester,
-        progress: ProgressFn | None,
-        asker: Asker | None,
-        resumed: Claims | None,
-    ) -> types.CallToolResult | types.InputRequiredResult:
-        """The confirm requirement: the person at the agent says yes or no in their client."""
-        name = offered.name
-        if asker is None or not asker.can_elicit:
-            if self.config.elicitation.medium_fallback == "deny":
-                refusal = CallRefused(
-                    f"{name} was not run: its tier is {decision.tier} ({decision.reason}; {decision.rule}), "
-                    "which requires a confirmation by the person at the agent, and this client cannot be "
-                    "asked (it declared no MCP elicitation support); this gate refuses such calls then "
-                    '(medium_fallback = "deny"). Do not retry; ask the user'
-                )
-                return await self._refuse(correlation_id, base, refusal, None)
-            note = (
-                f"This client cannot be asked to confirm {name} (it declared no MCP elicitation support), "
-                "so the call waits for an approver instead"
-            )
-            return await self._hold(
-                correlation_id, base, offered, args, decision, Approvals(1), requester, progress,
-                asker=asker, note=note,
-            )  # fmt: skip
-        question = self._question(offered, args, decision, requester) + "\nRun it once, exactly as shown?"
-        binding = self._binding(requester, offered, base)
-        if asker.era == "modern" and resumed is None:
-            return await self._ask_later("confirm", correlation_id, base, binding, question)
-        if resumed is None:
-            answer: Answer = confirm_answer(await self._ask_now(asker, question, CONFIRM_SCHEMA, correlation_id, base))
-        else:
-            answer = confirm_answer(asker.answer(CONFIRM_KEY))
-        confirmed = isinstance(answer, Confirmed)
-        text = None if confirmed else _unconfirmed_text(name, requester.owner, answer, "run")
-        recorded = await self._record_answer(
-            "confirm", correlation_id, base, requester, asker, resumed, answer, text, begin=confirmed
-        )
-        if recorded is not None:
-            return recorded
-        if text is not None:
-            return _error_result(text, correlation_id)
-        return await self._forward(correlation_id, base, offered, args, progress, None, asker=asker)
-
-    async def _justify(
-        self,
-        correlation_id: str,
-        base: Mapping[str, Any],
-        offered: OfferedTool,
-        args: dict[str, Any],
-        decision: Decision,
-        requirement: Approvals,
-        requester: Requester,
-        asker: Asker,
-        resumed: Claims | None,
-    ) -> str | None | types.CallToolResult | types.InputRequiredResult:
-        """Ask why a high or critical call is needed before approvers see it. Never approves it:
-        that takes somebody else. None: nothing to ask (a request or grant already covers it)."""
-        binding = self._binding(requester, offered, base)
-        if resumed is None:
-
-            def covered(tx: Tx) -> bool:
-                if self.engine.live_grant(tx, binding, decision.tier, decision.rule) is not None:
-                    return True
-                if tx.find_open_request(binding) is not None:
-                    return True
-                latest = tx.find_latest_request(binding)
-                return latest is not None and latest.state in _FINAL_STATES and not latest.reported
-
-            if await self.store.read(covered):
-                return None
-        question = (
-            self._question(offered, args, decision, requester)
-            + f"\nIt needs {describe_requirement(requirement)} by someone other than you. Why is it needed? "
-            "Your answer is shown to the approvers; declining cancels the request."
-        )
-        if asker.era == "modern" and resumed is None:
-            return await self._ask_later("justification", correlation_id, base, binding, question)
-        if resumed is None:
-            answer: Answer = justification_answer(
-                await self._ask_now(asker, question, JUSTIFY_SCHEMA, correlation_id, base)
-            )
-        else:
-            answer = justification_answer(asker.answer(JUSTIFY_KEY))
-        given = answer.text if isinstance(answer, Justified) else None
-        text = None if given else _unconfirmed_text(offered.name, requester.owner, answer, "justify")
-        recorded = await self._record_answer(
-            "justification", correlation_id, base, requester, asker, resumed, answer, text, begin=False
-        )
-        if recorded is not None:
-            return recorded
-        if text is not None:
-            return _error_result(text, correlation_id)
-        return given
-
-    async def _ask_later(
-        self,
-        kind: Literal["confirm", "justification"],
-        correlation_id: str,
-        base: Mapping[str, Any],
-        binding: Binding,
-        question: str,
-    ) -> types.CallToolResult | types.InputRequiredResult:
-        """2026-07-28: hand the client the question and a sealed state; its retry continues the call."""
-        claims = new_claims(kind, correlation_id, binding, self.clock.now())
-        try:
-            state = seal(self._key(), claims)
-            await self.record(
-                "confirm.asked", correlation_id, **base, kind=kind, channel="elicitation", era="2026-07-28",
-                expires_at=claims.expires_at,
-            )  # fmt: skip
-        except StoreError as exc:
-            log.error("could not ask about %s: %s", correlation_id, exc)
-            return _error_result(
-                f"{base['server']}__{base['tool']} was not run: the gate could not record its question ({exc})",
-                correlation_id,
-            )
-        if kind == "confirm":
-            return input_required(CONFIRM_KEY, question, CONFIRM_SCHEMA, state)
-        return input_required(JUSTIFY_KEY, question, JUSTIFY_SCHEMA, state)
-
-    async def _ask_now(
-        self,
-        asker: Asker,
-        question: str,
-        schema: Mapping[str, Any],
-        correlation_id: str,
-        base: Mapping[str, Any],
-    ) -> types.ElicitResult | Unsupported | None:
-        """2025-11-25: ask in the middle of the call; None if nobody answered in time."""
-        result: types.ElicitResult | Unsupported | None = None
-        try:
-            with anyio.move_on_after(ASK_TIMEOUT):
-                result = await asker.ask(question, schema)
-        except BaseException:
-            # The client cancelled or went away while the person was asked: say so, then let go.
-            with anyio.CancelScope(shield=True):
-                try:
-                    await self.record(
-                        "call.refused", correlation_id, **base, error="the client cancelled while asked"
-                    )
-                except EvidenceWriteError as exc:
-                    log.error("could not record a cancelled question: %s", exc)
-            raise
-        return result
-
-    async def _record_answer(
-        self,
-        kind: str,
-        correlation_id: str,
-        base: Mapping[str, Any],
-        requester: Requester,
-        asker: Asker,
-        resumed: Claims | None,
-        answer: Answer,
-        refusal: str | None,
-        *,
-        begin: bool,
-    ) -> types.CallToolResult | None:
-        """Record the person's answer as a decision (channel `elicitation`, decided by the owner). A
-        2026-07-28 answer spends its state's nonce in the same transaction: a replay changes nothing.
-        Returns an error result if the call must stop here for another reason than the answer."""
-        now = utc_iso(self.clock.now())
-        decided = self.event(
-            "confirm.decided", correlation_id, **base, kind=kind, channel="elicitation",
-            decider=requester.owner, era="2026-07-28" if asker.era == "modern" else "2025-11-25",
-            **describe_answer(answer),
-        )  # fmt: skip
-        replayed = (
-            f"{base['server']}__{base['tool']} was not run: the request_state sent back was already used "
-            "once; call the tool again without it"
-        )
-
-        def write(tx: Tx) -> bool:
-            if resumed is not None and not tx.use_nonce(resumed.nonce, correlation_id, now):
-                tx.append(
-                    [
-                        self.event("confirm.refused", correlation_id, **base, code="replayed", why=replayed),
-                        self.event("call.refused", correlation_id, **base, error=replayed),
-                    ]
-                )
-                return False
-            events = [decided]
-            if refusal is not None:
-                events.append(self.event("call.refused", correlation_id, **base, error=refusal))
-            tx.append(events)
-            if begin:
-                tx.begin_inflight(correlation_id, None, now, _inflight_fields(base))
-            return True
-
-        try:
-            fresh = await self.store.transact(write)
-        except EvidenceWriteError as exc:
-            log.error("evidence write failed for an answer: %s", exc)
-            return _error_result(
-                f"{base['server']}__{base['tool']} was not run: the gate could not write its evidence "
-                f"record ({exc})",
-                correlation_id,
-            )
-        return None if fresh else _error_result(replayed, correlation_id)
-
-    def _relay(self, correlation_id: str, base: Mapping[str, Any], asker: Asker | None) -> ElicitFn:
-        """Relay a downstream server's own elicitation to the person at the agent, when their client
-        can carry it mid-call; otherwise the downstream gets a clear refusal. Both are recorded."""
-        server = base["server"]
-
-        async def relay(params: types.ElicitRequestParams) -> types.ElicitResult | types.ErrorData:
-            message = " ".join(str(params.message).split())[:1000]
-            why: str | None = None
-            if not isinstance(params, types.ElicitRequestFormParams):
-                why = "URL-mode elicitations are not relayed"
-            elif (problem := check_flat_schema(params.requested_schema)) is not None:
-                why = f"its form is not a flat form ({problem})"
-            elif asker is None or not asker.can_elicit:
-                why = "the agent's client does not accept elicitations"
-            elif asker.era == "modern":
-                why = "the agent's client speaks 2026-07-28, which cannot carry a question in the middle of a call"
-            result: types.ElicitResult | Unsupported | None = None
-            if why is None and asker is not None and isinstance(params, types.ElicitRequestFormParams):
-                shown = f"[{server} asks; relayed by mcp-gate, this is not the gate's own confirmation]\n{message}"
-                result = await asker.ask(shown, params.requested_schema)
-                if isinstance(result, Unsupported):
-                    why = result.why
-            fields: dict[str, Any] = {"message": message}
-            if why is not None or not isinstance(result, types.ElicitResult):
-                fields["declined"] = why
-            else:
-                fields |= {"action": result.action, "content": redact(result.content)}
-            try:
-                await self.record("elicitation.relayed", correlation_id, **base, **fields)
-            except EvidenceWriteError as exc:
-                log.error("could not record a relayed elicitation: %s", exc)
-                why = "mcp-gate could not record it"
-            if why is not None or not isinstance(result, types.ElicitResult):
-                return types.ErrorData(
-                    code=types.INVALID_REQUEST, message=f"mcp-gate declined to relay this elicitation: {why}"
-                )
-            return result
-
-        return relay
-
     async def _admit(self, name: str, arguments: Any) -> tuple[OfferedTool, dict[str, Any]]:
         """Look the tool up and check the arguments; raise CallRefused with the reason."""
         offered = self.offered.get(name)
@@ -910,7 +625,7 @@ class Gateway:
         linked = {**base, "request_id": request_id} if request_id else dict(base)
         try:
             result = await ds.call(
-                offered.tool, args, progress=progress, elicit=self._relay(correlation_id, base, asker)
+                offered.tool, args, progress=progress, elicit=self.asking.relay(correlation_id, base, asker)
             )
         except CallRefused as refusal:  # not connected: nothing was sent
             await self._finish(
@@ -980,7 +695,26 @@ class Gateway:
             log.error("could not record %s for %s: %s", event_type, correlation_id, exc)
 
 
-_FINAL_STATES = ("denied", "expired", "revoked", "void")
+def _binding(requester: Requester, offered: OfferedTool, base: Mapping[str, Any], policy: str) -> Binding:
+    return Binding(
+        agent=requester.agent,
+        owner=requester.owner,
+        server=offered.server,
+        tool=offered.tool,
+        pin=offered.pin,
+        args_sha256=base["args_sha256"],
+        policy_sha256=policy,
+    )
+
+
+def _stopped(step: Stop | Question, correlation_id: str) -> types.CallToolResult | types.InputRequiredResult:
+    match step:
+        case Stop(text=text):
+            return _error_result(text, correlation_id)
+        case Question(result=result):
+            return result
+        case _:
+            assert_never(step)
 
 
 def _inflight_fields(base: Mapping[str, Any]) -> dict[str, Any]:
@@ -1028,24 +762,3 @@ def _error_result(text: str, correlation_id: str) -> types.CallToolResult:
         is_error=True,
         _meta={CORRELATION_META_KEY: correlation_id},
     )
-
-
-def _unconfirmed_text(name: str, owner: str, answer: Answer, asked: Literal["run", "justify"]) -> str:
-    """What the agent is told when the person at the agent did not say yes."""
-    what = "was not run" if asked == "run" else "was not sent to approvers"
-    match answer:
-        case Declined(reason=reason):
-            because = f": {reason}" if reason else " (no reason given)"
-            verb = "declined to confirm it" if asked == "run" else "declined to justify it"
-            return f"{name} {what}: {owner} {verb} when asked in their client{because}. Do not retry unless the user asks"
-        case Cancelled():
-            return (
-                f"{name} {what}: the question was dismissed or not answered in time (cancelled); "
-                "ask the user before trying again"
-            )
-        case Unsupported(why=why):
-            return f"{name} {what}: the gate could not ask the person at the agent ({why})"
-        case Confirmed() | Justified():
-            raise AssertionError("a yes is not a refusal")
-        case _:
-            assert_never(answer)

@@ -77,7 +77,10 @@ async def test_a_confirmed_medium_call_runs_once_and_the_owner_is_recorded_as_th
     config = make_config(tmp_path)
     seen: list[types.ElicitRequestParams] = []
     callback = person("accept", {"confirm": True, "reason": "on my list"}, seen)
-    async with running_gate(config) as front, Client(front.server, mode=mode, elicitation_callback=callback) as agent:
+    async with (
+        running_gate(config) as front,
+        Client(front.server, mode=mode, elicitation_callback=callback) as agent,
+    ):
         result = await agent.call_tool("notes__append_note", APPEND)
     assert not result.is_error and text_of(result) == "appended to todo"
     assert (tmp_path / "notes" / "todo").read_text() == "buy milk\n"
@@ -104,7 +107,7 @@ async def test_a_confirmed_medium_call_runs_once_and_the_owner_is_recorded_as_th
     ("action", "content", "says"),
     [
         ("decline", None, "alice@example.com declined to confirm it when asked in their client (no reason"),
-        ("accept", {"confirm": False, "reason": "not today"}, "declined to confirm it when asked in their client: not today"),
+        ("accept", {"confirm": False, "reason": "no"}, "when asked in their client: no."),
         ("cancel", None, "dismissed or not answered in time (cancelled)"),
         ("accept", {"confirm": "yes"}, "declined to confirm it"),  # only a real true is a yes
     ],
@@ -114,7 +117,10 @@ async def test_anything_but_a_yes_refuses_the_call_and_is_recorded_as_a_decision
 ) -> None:
     config = make_config(tmp_path)
     callback = person(action, content)
-    async with running_gate(config) as front, Client(front.server, mode=mode, elicitation_callback=callback) as agent:
+    async with (
+        running_gate(config) as front,
+        Client(front.server, mode=mode, elicitation_callback=callback) as agent,
+    ):
         result = await agent.call_tool("notes__append_note", APPEND)
     assert result.is_error and says in text_of(result)
     assert not (tmp_path / "notes" / "todo").exists()
@@ -155,7 +161,9 @@ async def test_a_client_without_elicitation_has_its_medium_call_wait_for_an_appr
         assert "waits for an approver" in text_of(waiting) and "1 approval" in text_of(waiting)
         request = await wait_for_request(front.gateway)
         assert request.tier == "medium" and request.required == 1
-        await front.gateway.engine.decide(request.id, front.gateway.config.approvers["bob"], "approve", channel="test")
+        await front.gateway.engine.decide(
+            request.id, front.gateway.config.approvers["bob"], "approve", channel="test"
+        )
         result = await agent.call_tool("notes__append_note", APPEND)
     assert not result.is_error and (tmp_path / "notes" / "todo").read_text() == "buy milk\n"
 
@@ -182,7 +190,10 @@ async def test_a_justification_is_asked_first_and_shown_to_approvers_but_never_a
     seen: list[types.ElicitRequestParams] = []
     # The person at the agent says yes to everything; a high call still needs somebody else.
     callback = person("accept", {"justification": "the plan\x1b[31m is outdated", "confirm": True}, seen)
-    async with running_gate(config) as front, Client(front.server, mode=mode, elicitation_callback=callback) as agent:
+    async with (
+        running_gate(config) as front,
+        Client(front.server, mode=mode, elicitation_callback=callback) as agent,
+    ):
         async with anyio.create_task_group() as tg:
             box = await in_background(tg, lambda: agent.call_tool("notes__write_note", WRITE))
             request = await wait_for_request(front.gateway)
@@ -190,7 +201,9 @@ async def test_a_justification_is_asked_first_and_shown_to_approvers_but_never_a
             assert request.justification == "the plan[31m is outdated"  # control characters dropped
             view = request_view(request, front.gateway.clock.now())
             assert view["justification"] == "the plan[31m is outdated"
-            await front.gateway.engine.decide(request.id, front.gateway.config.approvers["bob"], "approve", channel="test")
+            await front.gateway.engine.decide(
+                request.id, front.gateway.config.approvers["bob"], "approve", channel="test"
+            )
         [result] = box
     assert not result.is_error and (tmp_path / "notes" / "plan").read_text() == "ship it"
     [question] = seen
@@ -209,15 +222,24 @@ async def test_a_justification_is_asked_first_and_shown_to_approvers_but_never_a
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_an_identical_call_joining_a_justified_request_is_not_asked_again(tmp_path: Path, mode: str) -> None:
-    config = make_config(tmp_path, tiers={"high": {"approvals": 1, "ask_justification": True}}, hold_seconds=0.3)
+async def test_an_identical_call_joining_a_justified_request_is_not_asked_again(
+    tmp_path: Path, mode: str
+) -> None:
+    config = make_config(
+        tmp_path, tiers={"high": {"approvals": 1, "ask_justification": True}}, hold_seconds=0.3
+    )
     seen: list[types.ElicitRequestParams] = []
     callback = person("accept", {"justification": "needed for the release"}, seen)
-    async with running_gate(config) as front, Client(front.server, mode=mode, elicitation_callback=callback) as agent:
+    async with (
+        running_gate(config) as front,
+        Client(front.server, mode=mode, elicitation_callback=callback) as agent,
+    ):
         first = await agent.call_tool("notes__write_note", WRITE)
         assert first.is_error and "was not run yet" in text_of(first)
         request = await wait_for_request(front.gateway)
-        await front.gateway.engine.decide(request.id, front.gateway.config.approvers["bob"], "approve", channel="test")
+        await front.gateway.engine.decide(
+            request.id, front.gateway.config.approvers["bob"], "approve", channel="test"
+        )
         second = await agent.call_tool("notes__write_note", WRITE)
     assert not second.is_error and text_of(second) == "wrote plan"
     assert len(seen) == 1
@@ -246,7 +268,10 @@ async def test_without_ask_justification_a_high_call_goes_straight_to_approvers(
     config = make_config(tmp_path, hold_seconds=0.2)
     seen: list[types.ElicitRequestParams] = []
     callback = person("accept", {"justification": "x"}, seen)
-    async with running_gate(config) as front, Client(front.server, mode="legacy", elicitation_callback=callback) as agent:
+    async with (
+        running_gate(config) as front,
+        Client(front.server, mode="legacy", elicitation_callback=callback) as agent,
+    ):
         result = await agent.call_tool("notes__write_note", WRITE)
         [request] = await front.gateway.engine.pending()
     assert result.is_error and seen == [] and request.justification is None

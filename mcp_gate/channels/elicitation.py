@@ -105,14 +105,14 @@ JUSTIFY_SCHEMA: Mapping[str, Any] = {
 
 # -- flat forms ------------------------------------------------------------------------------------
 
+_COMMON = frozenset({"type", "title", "description", "default"})
 _PRIMITIVE_KEYS: Mapping[str, frozenset[str]] = {
-    "string": frozenset({"type", "title", "description", "minLength", "maxLength", "format", "default", "enum",
-                         "enumNames", "oneOf"}),
-    "number": frozenset({"type", "title", "description", "minimum", "maximum", "default"}),
-    "integer": frozenset({"type", "title", "description", "minimum", "maximum", "default"}),
-    "boolean": frozenset({"type", "title", "description", "default"}),
-    "array": frozenset({"type", "title", "description", "items", "minItems", "maxItems", "default"}),
-}  # fmt: skip
+    "string": _COMMON | {"minLength", "maxLength", "format", "enum", "enumNames", "oneOf"},
+    "number": _COMMON | {"minimum", "maximum"},
+    "integer": _COMMON | {"minimum", "maximum"},
+    "boolean": _COMMON,
+    "array": _COMMON | {"items", "minItems", "maxItems"},
+}
 
 
 def check_flat_schema(schema: Any) -> str | None:
@@ -195,7 +195,9 @@ def _text(value: Any, limit: int) -> str | None:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def confirm_answer(result: types.ElicitResult | Unsupported | None) -> Confirmed | Declined | Cancelled | Unsupported:
+def confirm_answer(
+    result: types.ElicitResult | Unsupported | None,
+) -> Confirmed | Declined | Cancelled | Unsupported:
     """Read a confirm form's answer. It comes from the client: anything but confirm = true is a no."""
     match result:
         case None:
@@ -214,7 +216,9 @@ def confirm_answer(result: types.ElicitResult | Unsupported | None) -> Confirmed
             return Cancelled()
 
 
-def justification_answer(result: types.ElicitResult | Unsupported | None) -> Justified | Declined | Cancelled | Unsupported:
+def justification_answer(
+    result: types.ElicitResult | Unsupported | None,
+) -> Justified | Declined | Cancelled | Unsupported:
     """Read a justification form's answer; an empty justification is no justification."""
     match result:
         case None:
@@ -340,7 +344,8 @@ def unseal(key: bytes, token: str, *, now: datetime) -> Claims | BadState:
     if now >= expires_at:
         return BadState(
             "expired",
-            f"the question this answers expired at {expires_at:%H:%M:%S} UTC; call the tool again to be asked anew",
+            f"the question this answers expired at {expires_at:%H:%M:%S} UTC; "
+            "call the tool again to be asked anew",
         )
     return claims
 
@@ -382,17 +387,23 @@ def load_key(path: Path) -> bytes:
     if mode & 0o077:
         raise StoreError(f"{path}: the elicitation key is readable by others (mode {mode:o}); chmod 600 it")
     if len(key) != 32:
-        raise StoreError(f"{path}: the elicitation key is {len(key)} bytes, not 32; delete it to make a new one")
+        raise StoreError(
+            f"{path}: the elicitation key is {len(key)} bytes, not 32; delete it to make a new one"
+        )
     return key
 
 
-def input_required(key: str, message: str, schema: Mapping[str, Any], state: str) -> types.InputRequiredResult:
+def input_required(
+    key: str, message: str, schema: Mapping[str, Any], state: str
+) -> types.InputRequiredResult:
     """The 2026-07-28 way to ask: the client answers the form and retries the call with `state`."""
     problem = check_flat_schema(schema)
     if problem is not None:  # our own forms: a bug, not input
         raise ValueError(f"the gate's {key} form is not flat: {problem}")
     form = types.ElicitRequestFormParams(message=message, requested_schema=dict(schema))
-    return types.InputRequiredResult(input_requests={key: types.ElicitRequest(params=form)}, request_state=state)
+    return types.InputRequiredResult(
+        input_requests={key: types.ElicitRequest(params=form)}, request_state=state
+    )
 
 
 # -- the person at the agent, per era -------------------------------------------------------------------

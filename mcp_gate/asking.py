@@ -1,0 +1,419 @@
+"""The pipeline's asking step: put a call's question to the person at the agent and record the answer."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, assert_never
+
+import anyio
+import mcp_types as types
+
+from mcp_gate.approvals import Binding
+from mcp_gate.channels.elicitation import (
+    ASK_TIMEOUT,
+    CONFIRM_KEY,
+    CONFIRM_SCHEMA,
+    JUSTIFY_KEY,
+    JUSTIFY_SCHEMA,
+    KEY_FILE,
+    Answer,
+    Asker,
+    BadState,
+    Cancelled,
+    Claims,
+    Confirmed,
+    Declined,
+    Justified,
+    Unsupported,
+    check_flat_schema,
+    confirm_answer,
+    describe_answer,
+    input_required,
+    justification_answer,
+    load_key,
+    mismatch,
+    new_claims,
+    seal,
+    unseal,
+)
+from mcp_gate.clock import Clock, utc_iso
+from mcp_gate.config import GateConfig, Requester
+from mcp_gate.downstream import ElicitFn
+from mcp_gate.errors import EvidenceWriteError, StoreError
+from mcp_gate.evidence import redact
+from mcp_gate.holds import ApprovalEngine
+from mcp_gate.policy import Approvals, Confirm, Decision, Requirement, describe_requirement
+from mcp_gate.store import Store, Tx
+
+__all__ = ["Asking", "AskKind", "Proceed", "Question", "Step", "Stop"]
+
+log = logging.getLogger("mcp_gate.asking")
+
+AskKind = Literal["confirm", "justification"]
+Event = Callable[..., dict[str, Any]]
+
+_FINAL_STATES = ("denied", "expired", "revoked", "void")
+
+
+@dataclass(frozen=True)
+class Proceed:
+    """Go on with the call: a confirmed call runs (its execution is already marked begun); a
+    justified one goes to approvers with `justification` (None: nothing needed asking)."""
+
+    justification: str | None = None
+
+
+@dataclass(frozen=True)
+class Stop:
+    """The call stops here; the refusal is recorded and `text` is for the agent."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Question:
+    """A 2026-07-28 client is handed the question; its retry carries the answer."""
+
+    result: types.InputRequiredResult
+
+
+Step = Proceed | Stop | Question
+
+
+class Asking:
+    """Confirmations and justifications through the elicitation channel, recorded as decisions
+    (channel `elicitation`, decided by the requester's owner)."""
+
+    def __init__(
+        self,
+        config: GateConfig,
+        store: Store,
+        clock: Clock,
+        engine: ApprovalEngine,
+        event: Event,
+        policy_sha256: str,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.engine = engine
+        self.event = event
+        self.policy_sha256 = policy_sha256
+        self._key: bytes | None = None
+
+    def key(self) -> bytes:
+        if self._key is None:
+            self._key = load_key(self.config.data_dir / KEY_FILE)
+        return self._key
+
+    def kind(self, requirement: Requirement, tier: str, asker: Asker | None) -> AskKind | None:
+        """What this call asks the person at the agent, if their client can be asked at all."""
+        if asker is None or not asker.can_elicit:
+            return None
+        if isinstance(requirement, Confirm):
+            return "confirm"
+        if isinstance(requirement, Approvals) and tier in self.config.elicitation.ask_justification:
+            return "justification"
+        return None
+
+    # -- the 2026-07-28 retry ----------------------------------------------------------------------
+
+    def open_state(self, token: str, binding: Binding, kind: str) -> Claims | BadState:
+        opened = unseal(self.key(), token, now=self.clock.now())
+        if isinstance(opened, BadState):
+            return opened
+        why = mismatch(opened, binding, kind)
+        if why is not None:
+            return BadState("mismatched", f"the request_state sent back does not fit this call: {why}")
+        return opened
+
+    async def refuse_state(
+        self, correlation_id: str, base: Mapping[str, Any], args: Any, bad: BadState
+    ) -> str:
+        """Record a refused request_state under the retry's own correlation id; the agent's text."""
+        text = f"{_name(base)} was not run: {bad.why}"
+        events = [
+            self.event("call.requested", correlation_id, **base, args=redact(args)),
+            self.event("confirm.refused", correlation_id, **base, code=bad.code, why=bad.why),
+            self.event("call.refused", correlation_id, **base, error=text),
+        ]
+        try:
+            await self.store.append(events)
+        except EvidenceWriteError as exc:
+            log.error("evidence write failed for a refused request_state: %s", exc)
+        return text
+
+    # -- the two questions -------------------------------------------------------------------------
+
+    def question(self, name: str, args: Any, decision: Decision, requester: Requester) -> str:
+        shown = json.dumps(redact(args, max_string=120), ensure_ascii=False, sort_keys=True)
+        if len(shown) > 600:
+            shown = shown[:599] + "…"
+        return (
+            f"{self.config.name}: the agent {requester.agent} wants to run {name}.\n"
+            f"Tier {decision.tier}: {decision.reason}.\n"
+            f"Arguments (secrets hidden): {shown}"
+        )
+
+    async def confirm(
+        self,
+        correlation_id: str,
+        base: Mapping[str, Any],
+        binding: Binding,
+        question: str,
+        requester: Requester,
+        asker: Asker,
+        resumed: Claims | None,
+        inflight: Mapping[str, Any],
+    ) -> Step:
+        """Ask yes or no. A yes is recorded with the call's execution marked begun, in one transaction."""
+        question += "\nRun it once, exactly as shown?"
+        if asker.era == "modern" and resumed is None:
+            return await self._ask_later("confirm", correlation_id, base, binding, question)
+        if resumed is None:
+            asked = await self._ask_now(asker, question, CONFIRM_SCHEMA, correlation_id, base)
+            answer: Answer = confirm_answer(asked)
+        else:
+            answer = confirm_answer(asker.answer(CONFIRM_KEY))
+        confirmed = isinstance(answer, Confirmed)
+        text = None if confirmed else _unconfirmed_text(_name(base), requester.owner, answer, "run")
+        stopped = await self._record(
+            "confirm",
+            correlation_id,
+            base,
+            requester,
+            asker,
+            resumed,
+            answer,
+            text,
+            inflight if confirmed else None,
+        )
+        if stopped is not None:
+            return stopped
+        return Stop(text) if text is not None else Proceed()
+
+    async def justify(
+        self,
+        correlation_id: str,
+        base: Mapping[str, Any],
+        binding: Binding,
+        question: str,
+        decision: Decision,
+        requirement: Approvals,
+        requester: Requester,
+        asker: Asker,
+        resumed: Claims | None,
+    ) -> Step:
+        """Ask why a high or critical call is needed before approvers see it. Never approves it:
+        that takes somebody else. Nothing is asked if a request or grant already covers the call."""
+        if resumed is None:
+
+            def covered(tx: Tx) -> bool:
+                if self.engine.live_grant(tx, binding, decision.tier, decision.rule) is not None:
+                    return True
+                if tx.find_open_request(binding) is not None:
+                    return True
+                latest = tx.find_latest_request(binding)
+                return latest is not None and latest.state in _FINAL_STATES and not latest.reported
+
+            if await self.store.read(covered):
+                return Proceed()
+        question += (
+            f"\nIt needs {describe_requirement(requirement)} by someone other than you. Why is it needed? "
+            "Your answer is shown to the approvers; declining cancels the request."
+        )
+        if asker.era == "modern" and resumed is None:
+            return await self._ask_later("justification", correlation_id, base, binding, question)
+        if resumed is None:
+            asked = await self._ask_now(asker, question, JUSTIFY_SCHEMA, correlation_id, base)
+            answer: Answer = justification_answer(asked)
+        else:
+            answer = justification_answer(asker.answer(JUSTIFY_KEY))
+        given = answer.text if isinstance(answer, Justified) else None
+        text = None if given else _unconfirmed_text(_name(base), requester.owner, answer, "justify")
+        stopped = await self._record(
+            "justification", correlation_id, base, requester, asker, resumed, answer, text, None
+        )
+        if stopped is not None:
+            return stopped
+        return Stop(text) if text is not None else Proceed(given)
+
+    async def _ask_later(
+        self, kind: AskKind, correlation_id: str, base: Mapping[str, Any], binding: Binding, question: str
+    ) -> Step:
+        """2026-07-28: hand the client the question and a sealed state; its retry continues the call."""
+        claims = new_claims(kind, correlation_id, binding, self.clock.now())
+        try:
+            state = seal(self.key(), claims)
+            event = self.event(
+                "confirm.asked",
+                correlation_id,
+                **base,
+                kind=kind,
+                channel="elicitation",
+                era="2026-07-28",
+                expires_at=claims.expires_at,
+            )
+            await self.store.append([event])
+        except StoreError as exc:
+            log.error("could not ask about %s: %s", correlation_id, exc)
+            return Stop(f"{_name(base)} was not run: the gate could not record its question ({exc})")
+        if kind == "confirm":
+            return Question(input_required(CONFIRM_KEY, question, CONFIRM_SCHEMA, state))
+        return Question(input_required(JUSTIFY_KEY, question, JUSTIFY_SCHEMA, state))
+
+    async def _ask_now(
+        self,
+        asker: Asker,
+        question: str,
+        schema: Mapping[str, Any],
+        correlation_id: str,
+        base: Mapping[str, Any],
+    ) -> types.ElicitResult | Unsupported | None:
+        """2025-11-25: ask in the middle of the call; None if nobody answered in time."""
+        result: types.ElicitResult | Unsupported | None = None
+        try:
+            with anyio.move_on_after(ASK_TIMEOUT):
+                result = await asker.ask(question, schema)
+        except BaseException:
+            # The client cancelled or went away while the person was asked: say so, then let go.
+            with anyio.CancelScope(shield=True):
+                try:
+                    event = self.event(
+                        "call.refused", correlation_id, **base, error="the client cancelled while asked"
+                    )
+                    await self.store.append([event])
+                except EvidenceWriteError as exc:
+                    log.error("could not record a cancelled question: %s", exc)
+            raise
+        return result
+
+    async def _record(
+        self,
+        kind: AskKind,
+        correlation_id: str,
+        base: Mapping[str, Any],
+        requester: Requester,
+        asker: Asker,
+        resumed: Claims | None,
+        answer: Answer,
+        refusal: str | None,
+        inflight: Mapping[str, Any] | None,
+    ) -> Stop | None:
+        """Record the answer as a decision, with the refusal if it is one and the begun execution
+        if the call now runs. A 2026-07-28 answer spends its state's nonce in the same transaction,
+        so a replay changes nothing. A Stop if the call must end for another reason."""
+        now = utc_iso(self.clock.now())
+        decided = self.event(
+            "confirm.decided",
+            correlation_id,
+            **base,
+            kind=kind,
+            channel="elicitation",
+            decider=requester.owner,
+            era="2026-07-28" if asker.era == "modern" else "2025-11-25",
+            **describe_answer(answer),
+        )
+        replayed = (
+            f"{_name(base)} was not run: the request_state sent back was already used once; "
+            "call the tool again without it"
+        )
+
+        def write(tx: Tx) -> bool:
+            if resumed is not None and not tx.use_nonce(resumed.nonce, correlation_id, now):
+                tx.append(
+                    [
+                        self.event("confirm.refused", correlation_id, **base, code="replayed", why=replayed),
+                        self.event("call.refused", correlation_id, **base, error=replayed),
+                    ]
+                )
+                return False
+            events = [decided]
+            if refusal is not None:
+                events.append(self.event("call.refused", correlation_id, **base, error=refusal))
+            tx.append(events)
+            if inflight is not None:
+                tx.begin_inflight(correlation_id, None, now, inflight)
+            return True
+
+        try:
+            fresh = await self.store.transact(write)
+        except EvidenceWriteError as exc:
+            log.error("evidence write failed for an answer: %s", exc)
+            return Stop(f"{_name(base)} was not run: the gate could not write its evidence record ({exc})")
+        return None if fresh else Stop(replayed)
+
+    # -- a downstream's own questions --------------------------------------------------------------
+
+    def relay(self, correlation_id: str, base: Mapping[str, Any], asker: Asker | None) -> ElicitFn:
+        """Relay a downstream server's own elicitation to the person at the agent when their client
+        can carry it mid-call; otherwise the downstream gets a clear refusal. Both are recorded."""
+        server = base["server"]
+
+        async def relay(params: types.ElicitRequestParams) -> types.ElicitResult | types.ErrorData:
+            message = " ".join(str(params.message).split())[:1000]
+            why: str | None = None
+            result: types.ElicitResult | Unsupported | None = None
+            if not isinstance(params, types.ElicitRequestFormParams):
+                why = "URL-mode elicitations are not relayed"
+            elif (problem := check_flat_schema(params.requested_schema)) is not None:
+                why = f"its form is not a flat form ({problem})"
+            elif asker is None or not asker.can_elicit:
+                why = "the agent's client does not accept elicitations"
+            elif asker.era == "modern":
+                why = "the agent's client speaks 2026-07-28, which cannot carry a question mid-call"
+            else:
+                # Marked, so a downstream cannot pass its question off as the gate's confirmation.
+                shown = f"[{server} asks; relayed by mcp-gate, this is not the gate's own confirmation]\n"
+                shown += message
+                result = await asker.ask(shown, params.requested_schema)
+                if isinstance(result, Unsupported):
+                    why = result.why
+            fields: dict[str, Any] = {"message": message}
+            if isinstance(result, types.ElicitResult):
+                fields |= {"action": result.action, "content": redact(result.content)}
+            else:
+                fields["declined"] = why
+            try:
+                await self.store.append([self.event("elicitation.relayed", correlation_id, **base, **fields)])
+            except EvidenceWriteError as exc:
+                log.error("could not record a relayed elicitation: %s", exc)
+                result, why = None, "mcp-gate could not record it"
+            if isinstance(result, types.ElicitResult):
+                return result
+            return types.ErrorData(
+                code=types.INVALID_REQUEST, message=f"mcp-gate declined to relay this elicitation: {why}"
+            )
+
+        return relay
+
+
+def _name(base: Mapping[str, Any]) -> str:
+    return f"{base['server']}__{base['tool']}"
+
+
+def _unconfirmed_text(name: str, owner: str, answer: Answer, asked: Literal["run", "justify"]) -> str:
+    """What the agent is told when the person at the agent did not say yes."""
+    what = "was not run" if asked == "run" else "was not sent to approvers"
+    match answer:
+        case Declined(reason=reason):
+            because = f": {reason}" if reason else " (no reason given)"
+            verb = "declined to confirm it" if asked == "run" else "declined to justify it"
+            return (
+                f"{name} {what}: {owner} {verb} when asked in their client{because}. "
+                "Do not retry unless the user asks"
+            )
+        case Cancelled():
+            return (
+                f"{name} {what}: the question was dismissed or not answered in time (cancelled); "
+                "ask the user before trying again"
+            )
+        case Unsupported(why=why):
+            return f"{name} {what}: the gate could not ask the person at the agent ({why})"
+        case Confirmed() | Justified():
+            raise AssertionError("a yes is not a refusal")
+        case _:
+            assert_never(answer)
