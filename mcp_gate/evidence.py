@@ -391,6 +391,7 @@ def _details(event_type: str, body: Mapping[str, Any]) -> str:
             add("needs", "required")
             add("from", "groups")
             add("expires", "expires_at")
+            add("justification", "justification")
         case "approval.decided":
             add("request", "request_id")
             add("by", "approver")
@@ -422,6 +423,21 @@ def _details(event_type: str, body: Mapping[str, Any]) -> str:
         case "call.outcome_unknown":
             add("request", "request_id")
             add("why", "why")
+        case "confirm.asked" | "confirm.decided" | "call.resumed":
+            add("kind", "kind")
+            add("by", "decider")
+            add("outcome", "outcome")
+            add("via", "channel")
+            add("reason", "reason")
+            add("justification", "justification")
+            add("expires", "expires_at")
+        case "confirm.refused":
+            add("code", "code")
+            add("why", "why")
+        case "elicitation.relayed":
+            add("message", "message")
+            add("action", "action")
+            add("declined", "declined")
         case _:
             add("error", "error")
             add("reason", "reason")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -275,3 +278,30 @@ async def test_without_ask_justification_a_high_call_goes_straight_to_approvers(
         result = await agent.call_tool("notes__write_note", WRITE)
         [request] = await front.gateway.engine.pending()
     assert result.is_error and seen == [] and request.justification is None
+
+
+async def test_approvers_read_the_justification_in_the_cli_pending_and_show_output(tmp_path: Path) -> None:
+    config = make_config(
+        tmp_path, tiers={"high": {"approvals": 1, "ask_justification": True}}, hold_seconds=0.2
+    )
+    callback = person("accept", {"justification": "release notes are due today"})
+    env = {k: v for k, v in os.environ.items() if k not in ("MCP_GATE_CONFIG", "MCP_GATE_TOKEN")}
+    env["MCP_GATE_TOKEN"] = "tok-bob"
+
+    async def cli(*args: str) -> str:
+        done = await anyio.run_process(
+            [sys.executable, "-m", "mcp_gate", *args, "--config", str(config)], env=env, check=False
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        return done.stdout.decode()
+
+    async with running_gate(config) as front, Client(front.server, elicitation_callback=callback) as agent:
+        held = await agent.call_tool("notes__write_note", WRITE)
+        [request] = await front.gateway.engine.pending()
+        pending = await cli("pending")
+        shown = await cli("show", request.id)
+        as_json = json.loads(await cli("show", request.id, "--json"))
+    assert held.is_error and "was not run yet" in text_of(held)
+    assert "requester says: release notes are due today" in pending
+    assert "requester's justification (their own words): release notes are due today" in shown
+    assert as_json["justification"] == "release notes are due today"

@@ -180,8 +180,28 @@ async def test_over_real_stdio_the_person_confirms_a_medium_call_in_either_era(
     assert "notes__append_note" in seen[0].message
     if relayed is not None:
         assert text_of(relayed) == "the user answered: None"  # the callback answered a confirm form
-    kinds = [r["event_type"] for r in await records(config)]
+    rows = await records(config)
+    kinds = [r["event_type"] for r in rows]
     assert kinds.count("confirm.decided") == 1 and kinds.count("call.executed") == 1 + (mode == "legacy")
+    [decided] = [r for r in rows if r["event_type"] == "confirm.decided"]
+    shown = await anyio.run_process(
+        [
+            sys.executable,
+            "-m",
+            "mcp_gate",
+            "audit",
+            "show",
+            decided["correlation_id"],
+            "--config",
+            str(config),
+        ]
+    )
+    story = shown.stdout.decode()
+    # One story, even when the answer came back on a second tools/call (2026-07-28).
+    for event in ("call.requested", "policy.decided", "confirm.decided", "call.executed"):
+        assert event in story
+    assert "by=alice@example.com" in story and "outcome=confirmed" in story
+    assert ("call.resumed" in story) == (mode == "auto")
 
 
 def test_elicitation_settings_are_read_from_the_tiers_table_and_bad_ones_are_one_line_errors(
