@@ -19,6 +19,7 @@ from mcp_gate.channels.elicitation import (
     JUSTIFY_KEY,
     JUSTIFY_SCHEMA,
     KEY_FILE,
+    MAX_STATE_CHARS,
     Answer,
     Asker,
     BadState,
@@ -121,11 +122,18 @@ class Asking:
 
     # -- the 2026-07-28 retry ----------------------------------------------------------------------
 
-    def open_state(self, token: str, binding: Binding, kind: str) -> Claims | BadState:
+    def open_state(self, token: str, binding: Binding, kind: AskKind | None) -> Claims | BadState:
+        """Unseal a state echoed on a retry and check it fits this call: the answer to this call's
+        question (`kind`), or a relayed downstream question of any call."""
         opened = unseal(self.key(), token, now=self.clock.now())
         if isinstance(opened, BadState):
             return opened
-        why = mismatch(opened, binding, kind)
+        expected = "relay" if opened.kind == "relay" else kind
+        if expected is None:
+            return BadState(
+                "mismatched", "the request_state sent back does not fit this call: it asks nothing"
+            )
+        why = mismatch(opened, binding, expected)
         if why is not None:
             return BadState("mismatched", f"the request_state sent back does not fit this call: {why}")
         return opened
@@ -347,6 +355,49 @@ class Asking:
         return None if fresh else Stop(replayed)
 
     # -- a downstream's own questions --------------------------------------------------------------
+
+    async def pass_question(
+        self, correlation_id: str, base: Mapping[str, Any], binding: Binding, asked: types.InputRequiredResult
+    ) -> types.InputRequiredResult | str:
+        """Both sides speak 2026-07-28: hand a downstream's question on to the agent, the downstream's
+        own state sealed inside the gate's; the retry continues this call. A str says why not."""
+        requests: dict[str, types.InputRequest] = {}
+        messages: list[str] = []
+        why: str | None = None
+        for key, request in (asked.input_requests or {}).items():
+            params = request.params if isinstance(request, types.ElicitRequest) else None
+            if not isinstance(params, types.ElicitRequestFormParams):
+                why = "it asked for something other than a form (sampling, roots or a URL)"
+                break
+            problem = check_flat_schema(params.requested_schema)
+            if problem is not None:
+                why = f"its form is not a flat form ({problem})"
+                break
+            message = " ".join(str(params.message).split())[:1000]
+            messages.append(message)
+            marked = (
+                f"[{base['server']} asks; relayed by mcp-gate, this is not the gate's own confirmation]\n"
+            )
+            form = types.ElicitRequestFormParams(
+                message=marked + message, requested_schema=params.requested_schema
+            )
+            requests[key] = types.ElicitRequest(params=form)
+        state = seal(
+            self.key(), new_claims("relay", correlation_id, binding, self.clock.now(), asked.request_state)
+        )
+        if why is None and len(state) > MAX_STATE_CHARS:
+            why = "its request_state is too large to carry"
+        fields: dict[str, Any] = {"messages": messages, "keys": sorted(requests), "era": "2026-07-28"}
+        if why is not None:
+            fields["declined"] = why
+        try:
+            await self.store.append([self.event("elicitation.relayed", correlation_id, **base, **fields)])
+        except EvidenceWriteError as exc:
+            log.error("could not record a relayed elicitation: %s", exc)
+            why = "mcp-gate could not record it"
+        if why is not None:
+            return f"{_name(base)} asked a question mcp-gate cannot relay to this client: {why}"
+        return types.InputRequiredResult(input_requests=requests or None, request_state=state)
 
     def relay(self, correlation_id: str, base: Mapping[str, Any], asker: Asker | None) -> ElicitFn:
         """Relay a downstream server's own elicitation to the person at the agent when their client

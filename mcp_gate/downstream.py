@@ -20,6 +20,7 @@ from mcp.client.session import ClientRequestContext
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.dispatcher import ProgressFnT
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcp_gate.config import ServerSpec
 from mcp_gate.errors import DownstreamFailed, DownstreamUnavailable
@@ -98,20 +99,41 @@ class Downstream:
         *,
         progress: ProgressFn | None = None,
         elicit: ElicitFn | None = None,
-    ) -> types.CallToolResult:
+        pass_input: bool = False,
+        resume: tuple[types.InputResponses | None, str | None] | None = None,
+    ) -> types.CallToolResult | types.InputRequiredResult:
         """Call a tool once. Never retried: a failure after sending may have taken effect.
 
-        `elicit` answers the server's own elicitation requests made during this call."""
+        `elicit` answers the server's own elicitation requests made during this call. With
+        `pass_input`, a 2026-07-28 server's InputRequiredResult is returned instead; `resume`
+        carries the answers and the server's state back to it."""
         client = self._client
         if client is None or self.state != "up":
             raise DownstreamUnavailable(self.name, self.last_failure or self.state)
         relay_id = next(self._relay_ids)
         self._relays[relay_id] = elicit
         token = _CALL_RELAY.set(elicit)
-        try:
-            result = await client.call_tool(
-                tool, dict(arguments), read_timeout_seconds=self.spec.timeout, progress_callback=progress
+        modern = self.protocol_version in MODERN_PROTOCOL_VERSIONS
+        if resume is not None and not modern:
+            raise DownstreamUnavailable(
+                self.name, "it no longer speaks 2026-07-28, so answers cannot reach it"
             )
+        try:
+            if modern and (pass_input or resume is not None):
+                responses, state = resume or (None, None)
+                result = await client.session.call_tool(
+                    tool,
+                    dict(arguments),
+                    read_timeout_seconds=self.spec.timeout,
+                    progress_callback=progress,
+                    input_responses=responses,
+                    request_state=state,
+                    allow_input_required=True,
+                )
+            else:
+                result = await client.call_tool(
+                    tool, dict(arguments), read_timeout_seconds=self.spec.timeout, progress_callback=progress
+                )
         except MCPError as exc:
             if exc.code == types.CONNECTION_CLOSED:
                 self._mark_dead("connection closed during a call")
@@ -122,7 +144,7 @@ class Downstream:
         finally:
             _CALL_RELAY.reset(token)
             del self._relays[relay_id]
-        if not isinstance(result, types.CallToolResult):
+        if not isinstance(result, types.CallToolResult | types.InputRequiredResult):
             raise DownstreamFailed(self.name, tool, f"unexpected result type {type(result).__name__}")
         return result
 

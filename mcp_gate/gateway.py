@@ -318,17 +318,19 @@ class Gateway:
         }
         binding = _binding(requester, offered, base, self.policy_sha256)
         resumed: Claims | None = None
+        relayed: Claims | None = None  # the retry answers a downstream's question: it runs on
         kind = self.asking.kind(requirement, decision.tier, asker)
-        state = (
-            asker.request_state if kind is not None and asker is not None and asker.era == "modern" else None
-        )
-        if kind is not None and state is not None:
+        state = asker.request_state if asker is not None and asker.era == "modern" else None
+        if state is not None:
             # A retry carrying the answer to a question this gate asked: it continues that call.
             opened = self.asking.open_state(state, binding, kind)
             if isinstance(opened, BadState):
                 text = await self.asking.refuse_state(correlation_id, base, args, opened)
                 return _error_result(text, correlation_id)
-            resumed = opened
+            if opened.kind == "relay":
+                relayed = opened
+            else:
+                resumed = opened
             correlation_id = opened.correlation_id
         first = [
             self.event("call.requested", correlation_id, **base, args=redact(args)),
@@ -336,19 +338,53 @@ class Gateway:
         ]
         if resumed is not None:
             first = [self.event("call.resumed", correlation_id, **base, kind=resumed.kind)]
-        runs_now = isinstance(requirement, Run)
+        answers = asker.responses() if relayed is not None and asker is not None else None
+        if relayed is not None:
+            shown = {
+                k: v.model_dump(mode="json", by_alias=True, exclude_none=True)
+                for k, v in (answers or {}).items()
+            }
+            first = [self.event("call.resumed", correlation_id, **base, kind="relay", answers=redact(shown))]
+        runs_now = isinstance(requirement, Run) or relayed is not None
+        replayed = (
+            f"{name} was not run: the request_state sent back was already used once; call again without it"
+        )
 
-        def write(tx: Tx) -> None:
+        def write(tx: Tx) -> bool:
+            now = utc_iso(self.clock.now())
+            if relayed is not None and not tx.use_nonce(relayed.nonce, correlation_id, now):
+                tx.append(
+                    [
+                        self.event("confirm.refused", correlation_id, **base, code="replayed", why=replayed),
+                        self.event("call.refused", correlation_id, **base, error=replayed),
+                    ]
+                )
+                return False
             tx.append(first)
             if runs_now:  # execution begins right after this commits
-                tx.begin_inflight(correlation_id, None, utc_iso(self.clock.now()), _inflight_fields(base))
+                tx.begin_inflight(correlation_id, None, now, _inflight_fields(base))
+            return True
 
         try:
-            await self.store.transact(write)
+            fresh = await self.store.transact(write)
         except EvidenceWriteError as exc:
             log.error("evidence write failed; refusing %s: %s", name, exc)
             return _error_result(
                 f"{name} was not run: the gate could not write its evidence record ({exc})", correlation_id
+            )
+        if not fresh:
+            return _error_result(replayed, correlation_id)
+        if relayed is not None:
+            # The call was allowed when it first ran; this carries the person's answers back to it.
+            return await self._forward(
+                correlation_id,
+                base,
+                offered,
+                args,
+                progress,
+                None,
+                asker=asker,
+                resume=(answers, relayed.inner),
             )
         match requirement:
             case Run():
@@ -414,7 +450,7 @@ class Gateway:
         decision: Decision,
         requester: Requester,
         progress: ProgressFn | None,
-    ) -> types.CallToolResult:
+    ) -> types.CallToolResult | types.InputRequiredResult:
         """A confirm tier whose client cannot be asked: `[tiers] medium_fallback` says what then."""
         name = offered.name
         if self.config.elicitation.medium_fallback == "deny":
@@ -448,7 +484,7 @@ class Gateway:
         asker: Asker | None = None,
         justification: str | None = None,
         note: str | None = None,
-    ) -> types.CallToolResult:
+    ) -> types.CallToolResult | types.InputRequiredResult:
         """Hold a call until its approval request is decided, then run it once or say why not.
 
         `note` prefixes what the agent is told (why it waits for an approver at all)."""
@@ -618,14 +654,20 @@ class Gateway:
         request_id: str | None,
         *,
         asker: Asker | None = None,
-    ) -> types.CallToolResult:
+        resume: tuple[types.InputResponses | None, str | None] | None = None,
+    ) -> types.CallToolResult | types.InputRequiredResult:
         """Send the call downstream exactly once and record its outcome."""
         ds = self.downstreams[offered.server]
         started = time.perf_counter()
         linked = {**base, "request_id": request_id} if request_id else dict(base)
         try:
             result = await ds.call(
-                offered.tool, args, progress=progress, elicit=self.asking.relay(correlation_id, base, asker)
+                offered.tool,
+                args,
+                progress=progress,
+                elicit=self.asking.relay(correlation_id, base, asker),
+                pass_input=asker is not None and asker.era == "modern" and asker.can_elicit,
+                resume=resume,
             )
         except CallRefused as refusal:  # not connected: nothing was sent
             await self._finish(
@@ -657,6 +699,10 @@ class Gateway:
                 duration_ms=_ms(started),
             )
             raise
+        if isinstance(result, types.InputRequiredResult):
+            return await self._pass_question(
+                correlation_id, request_id, base, linked, offered, result, started
+            )
         wire = result.model_dump(mode="json", by_alias=True, exclude_none=True)
         await self._finish(
             correlation_id,
@@ -670,6 +716,37 @@ class Gateway:
             result=redact(wire),
         )
         return result
+
+    async def _pass_question(
+        self,
+        correlation_id: str,
+        request_id: str | None,
+        base: Mapping[str, Any],
+        linked: Mapping[str, Any],
+        offered: OfferedTool,
+        asked: types.InputRequiredResult,
+        started: float,
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        """The downstream asks before it finishes: this run of the call ends here, and the agent's
+        retry (carrying the sealed state) continues it without asking for a decision again."""
+        requester = base["requester"]
+        binding = Binding(
+            requester["agent"], requester["owner"], offered.server, offered.tool, offered.pin,
+            base["args_sha256"], self.policy_sha256,
+        )  # fmt: skip
+        passed = await self.asking.pass_question(correlation_id, base, binding, asked)
+        await self._finish(
+            correlation_id,
+            request_id,
+            "call.input_required",
+            "executed",
+            linked,
+            duration_ms=_ms(started),
+            relayed=not isinstance(passed, str),
+        )
+        if isinstance(passed, str):
+            return _error_result(passed, correlation_id)
+        return passed
 
     async def _finish(
         self,

@@ -80,6 +80,63 @@ async def test_a_downstream_elicitation_is_relayed_to_a_2025_era_agent_and_the_a
     assert relayed["content"] == {"answer": "blue", "password": "[redacted]"}
 
 
+@pytest.mark.parametrize("tier", ["low", "medium"])
+async def test_a_2026_era_downstream_question_passes_through_to_a_2026_era_agent_and_the_retry_runs_on(
+    tmp_path: Path, tier: str
+) -> None:
+    config = relay_config(tmp_path, "auto")
+    if tier == "medium":  # confirmed first, then the downstream's own question: asked once each
+        manifest = config.parent / "tool_manifests" / "notes.toml"
+        manifest.write_text(manifest.read_text().replace(ASK_RULE, ASK_RULE.replace("low", "medium")))
+    seen: list[types.ElicitRequestParams] = []
+    answers = answering(seen, {"answer": "blue", "confirm": True, "password": "hunter2"})
+    async with (
+        running_gate(config) as front,
+        Client(front.server, mode="auto", elicitation_callback=answers) as agent,
+    ):
+        result = await agent.call_tool("notes__ask_user", QUESTION)
+    assert not result.is_error and text_of(result) == "the user answered: blue"
+    relayed_question = seen[-1]
+    assert isinstance(relayed_question, types.ElicitRequestFormParams)
+    assert relayed_question.message.startswith("[notes asks; relayed by mcp-gate")
+    assert len(seen) == (2 if tier == "medium" else 1)
+    rows = await records(config)
+    kinds = [r["event_type"] for r in rows]
+    assert kinds.count("call.input_required") == 1 and kinds.count("call.executed") == 1
+    [resumed] = [r for r in rows if r["event_type"] == "call.resumed" and r["kind"] == "relay"]
+    assert resumed["answers"]["answer"]["content"]["password"] == "[redacted]"
+    executed = next(r for r in rows if r["event_type"] == "call.executed")
+    assert executed["correlation_id"] == resumed["correlation_id"]  # one story across the rounds
+
+
+async def test_a_relayed_downstream_state_is_sealed_and_single_use(tmp_path: Path) -> None:
+    config = relay_config(tmp_path, "auto")
+    async with (
+        running_gate(config) as front,
+        Client(front.server, elicitation_callback=answering([])) as agent,
+    ):
+        first = await agent.session.call_tool("notes__ask_user", QUESTION, allow_input_required=True)
+        assert isinstance(first, types.InputRequiredResult) and first.request_state is not None
+        assert first.request_state != "asked"  # the downstream's own state never reaches the agent bare
+        answer = {"answer": types.ElicitResult(action="accept", content={"answer": "red"})}
+
+        async def retry(state: str) -> Any:
+            return await agent.session.call_tool(
+                "notes__ask_user",
+                QUESTION,
+                input_responses=answer,
+                request_state=state,
+                allow_input_required=True,
+            )
+
+        bare = await retry("asked")
+        done = await retry(first.request_state)
+        again = await retry(first.request_state)
+    assert bare.is_error and "not one this gate issued" in text_of(bare)
+    assert text_of(done) == "the user answered: red"
+    assert again.is_error and "already used once" in text_of(again)
+
+
 @pytest.mark.parametrize(
     ("mode", "callback", "why"),
     [
@@ -123,6 +180,9 @@ async def test_a_relayed_question_with_a_nested_form_is_refused_before_the_agent
             return types.ElicitResult(action="accept", content={})
 
         def answer(self, key: str) -> None:
+            return None
+
+        def responses(self) -> None:
             return None
 
     async with running_gate(config) as front:

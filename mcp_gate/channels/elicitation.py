@@ -64,7 +64,7 @@ CONFIRM_KEY = "confirm"
 JUSTIFY_KEY = "justification"
 MAX_REASON = 500
 MAX_JUSTIFICATION = 1000
-MAX_STATE_CHARS = 4096
+MAX_STATE_CHARS = 64 * 1024  # a relayed downstream state rides inside
 STATE_LIFETIME = timedelta(minutes=10)
 ASK_TIMEOUT = STATE_LIFETIME.total_seconds()  # how long a 2025-era ask may stay open
 KEY_FILE = "elicitation.key"
@@ -258,7 +258,7 @@ def describe_answer(answer: Answer) -> dict[str, Any]:
 class Claims:
     """What a request_state vouches for: one ask, for one exact call, until `expires_at`, once."""
 
-    kind: Literal["confirm", "justification"]
+    kind: Literal["confirm", "justification", "relay"]
     correlation_id: str
     agent: str
     owner: str
@@ -269,6 +269,7 @@ class Claims:
     policy_sha256: str
     expires_at: str  # ISO 8601 UTC
     nonce: str
+    inner: str | None = None  # relay: the downstream's own request_state, passed back to it
 
 
 @dataclass(frozen=True)
@@ -280,7 +281,11 @@ class BadState:
 
 
 def new_claims(
-    kind: Literal["confirm", "justification"], correlation_id: str, binding: Binding, now: datetime
+    kind: Literal["confirm", "justification", "relay"],
+    correlation_id: str,
+    binding: Binding,
+    now: datetime,
+    inner: str | None = None,
 ) -> Claims:
     return Claims(
         kind=kind,
@@ -294,6 +299,7 @@ def new_claims(
         policy_sha256=binding.policy_sha256,
         expires_at=(now + STATE_LIFETIME).isoformat(),
         nonce=secrets.token_urlsafe(18),
+        inner=inner,
     )
 
 
@@ -433,6 +439,10 @@ class Asker(Protocol):
         """2026-07-28: the answer the retry carries for input request `key`, if any."""
         ...
 
+    def responses(self) -> types.InputResponses | None:
+        """2026-07-28: every answer the retry carries (for a relayed downstream question)."""
+        ...
+
 
 class ContextAsker:
     """An `Asker` over one low-level SDK request context (the front server's tools/call)."""
@@ -472,3 +482,6 @@ class ContextAsker:
     def answer(self, key: str) -> types.ElicitResult | None:
         found = (self._params.input_responses or {}).get(key)
         return found if isinstance(found, types.ElicitResult) else None
+
+    def responses(self) -> types.InputResponses | None:
+        return self._params.input_responses
