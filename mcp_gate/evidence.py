@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ __all__ = [
     "chain_hash",
     "digest",
     "new_event",
+    "parse_canonical",
     "redact",
     "render_story",
     "sha256_hex",
@@ -212,12 +214,23 @@ class VerifyReport:
 class ChainVerifier:
     """Checks stored rows fed in stored order, in constant memory; the first problem wins."""
 
-    def __init__(self) -> None:
-        self._last_seq = 0
-        self._head_hash = GENESIS_HASH
+    def __init__(self, *, after_seq: int = 0, after_hash: str = GENESIS_HASH) -> None:
+        # A log pruned under a signed retention checkpoint starts after `after_seq`, linked to
+        # `after_hash`, the removed records' chain head.
+        self._last_seq = after_seq
+        self._head_hash = after_hash
         self._records = 0
         self._first_bad_seq: int | None = None
         self._problem: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self._problem is None
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last record that verified."""
+        return self._last_seq
 
     def feed(
         self,
@@ -263,8 +276,7 @@ class ChainVerifier:
         if not isinstance(body_text, str):
             return f"seq {seq}: body is not text (edited?)"
         try:
-            body = json.loads(body_text)
-            canonical = canonical_json(body)
+            body, canonical = parse_canonical(body_text)
         except ValueError:
             return f"seq {seq}: body is not valid canonical JSON (edited?)"
         if not isinstance(body, dict):
@@ -292,6 +304,40 @@ class ChainVerifier:
             first_bad_seq=self._first_bad_seq,
             problem=self._problem,
         )
+
+
+# 16 digits in a row may be an integer beyond I-JSON's range: leave that text to rfc8785.
+_LONG_DIGITS = re.compile(r"[0-9]{16}")
+
+
+def _no_float(text: str) -> Any:
+    raise _HasFloat
+
+
+class _HasFloat(Exception):
+    pass
+
+
+def parse_canonical(body_text: str) -> tuple[Any, bytes]:
+    """The parsed body and its RFC 8785 bytes, computed fast where that is exact.
+
+    For ASCII text with no number literal that is a float and no integer that could exceed
+    2**53, `json.dumps` with sorted keys and no whitespace yields exactly the JCS bytes (key
+    order by code point equals UTF-16 order for ASCII; both escape the same characters). If the
+    text already is those bytes it is canonical; otherwise rfc8785 decides, as before.
+    """
+    if body_text.isascii() and _LONG_DIGITS.search(body_text) is None:
+        try:
+            body = json.loads(body_text, parse_float=_no_float, parse_constant=_no_float)
+        except _HasFloat:
+            pass
+        else:
+            fast = json.dumps(body, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+            if fast == body_text:
+                return body, body_text.encode("ascii")
+            return body, canonical_json(body)
+    body = json.loads(body_text)
+    return body, canonical_json(body)
 
 
 _ARGS_WIDTH = 200
