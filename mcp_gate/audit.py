@@ -13,11 +13,13 @@ __all__ = ["AuditReport", "LogVerifier", "NoteCheck"]
 
 @dataclass(frozen=True)
 class NoteCheck:
-    """One signed note as read: its checkpoint if a trusted key signed it, else why not."""
+    """One signed note as read: its checkpoint if a trusted key signed it, else why not (and the
+    size it claims, if its body reads as a checkpoint)."""
 
     checkpoint: Checkpoint | None
     problem: str | None
     source: str
+    claimed_size: int | None = None
 
 
 def check_notes(notes: Iterable[tuple[str, str]], verifiers: Sequence[VerifierKey]) -> list[NoteCheck]:
@@ -28,8 +30,15 @@ def check_notes(notes: Iterable[tuple[str, str]], verifiers: Sequence[VerifierKe
             body, _ = open_note(text, verifiers)
             checks.append(NoteCheck(parse_checkpoint(body), None, source))
         except CheckpointError as exc:
-            checks.append(NoteCheck(None, str(exc), source))
+            checks.append(NoteCheck(None, str(exc), source, _claimed_size(text)))
     return checks
+
+
+def _claimed_size(text: str) -> int | None:
+    try:
+        return parse_checkpoint(text.partition("\n\n")[0] + "\n").size
+    except CheckpointError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -115,7 +124,12 @@ class LogVerifier:
                 )
             )
         for bad in self._bad_notes:
-            candidates.append((proven + 1, f"a checkpoint from {bad.source} is not valid: {bad.problem}"))
+            # A checkpoint no trusted key signed proves nothing about the records it claims.
+            at = bad.claimed_size if bad.claimed_size else proven + 1
+            claim = f" (it claims seq 1..{bad.claimed_size})" if bad.claimed_size else ""
+            candidates.append(
+                (at, f"seq {at}: a checkpoint from {bad.source} is not valid{claim}: {bad.problem}")
+            )
         covered = max((c.size for c in self._valid), default=0)
         first_bad, problem = min(candidates, key=lambda c: c[0]) if candidates else (None, None)
         head = chain.head_hash
