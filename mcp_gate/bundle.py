@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import shutil
 import sys
@@ -305,7 +304,8 @@ def _verify_records(
     records = 0
     bar = progress or Progress("verifying", count)
     with bundle.open(RECORDS) as handle:
-        for raw in io.TextIOWrapper(handle, encoding="utf-8", newline="\n"):
+        for line in handle:
+            raw = line.decode("utf-8")  # a bad byte is UnicodeDecodeError: "cannot be read"
             records += 1
             problem = _feed_line(chain, raw, first + records - 1)
             if problem is not None:

@@ -133,6 +133,9 @@ def _inspect(config: GateConfig, *, timeout: float) -> dict[str, Any]:
 
     # Manifest errors are bad input: report them alone, before any progress about servers.
     load_manifests(config.manifests_dir, config.servers.keys(), required=config.manifests_required)
+    from mcp_gate.notary import notary_for
+
+    notary_for(config)  # so is a signing key others can read
 
     async def run() -> dict[str, Any]:
         names = ", ".join(config.servers) or "none"

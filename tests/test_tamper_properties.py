@@ -105,7 +105,9 @@ def test_the_untouched_log_verifies_with_every_checkpoint(log: Log) -> None:
 
 @PROPS
 @given(seq=st.integers(1, N), column=st.sampled_from(COLUMNS), data=st.data())
-def test_a_byte_flipped_in_any_column_is_caught_at_its_seq(log: Log, seq: int, column: str, data: Any) -> None:
+def test_a_byte_flipped_in_any_column_is_caught_at_its_seq(
+    log: Log, seq: int, column: str, data: Any
+) -> None:
     with copy_of(log) as (path, conn):
         (value,) = conn.execute(f"SELECT {column} FROM evidence WHERE seq = ?", (seq,)).fetchone()
         at = data.draw(st.integers(0, len(value) - 1))
