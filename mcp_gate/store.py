@@ -33,17 +33,7 @@ from mcp_gate.evidence import (
 )
 from mcp_gate.notary import Notary
 
-__all__ = [
-    "DataDirLock",
-    "Inflight",
-    "LogReader",
-    "PinRecord",
-    "SQLiteStore",
-    "Store",
-    "Tx",
-    "read_only",
-    "verify_file",
-]
+__all__ = ["DataDirLock", "Inflight", "PinRecord", "SQLiteStore", "Store", "Tx", "verify_file"]
 
 SCHEMA_VERSION = "1"
 
@@ -497,6 +487,7 @@ class SQLiteStore:
         self._watch: sqlite3.Connection | None = None
         self._notary = notary
         self._queue: list[_Job] = []
+        self._leading = False
 
     @classmethod
     async def open(
@@ -695,19 +686,32 @@ class SQLiteStore:
         self._queue.append(job)
         note: str | None = None
         try:
-            async with self._lock:
-                if not job.taken:
-                    batch, self._queue = self._queue, []
-                    for queued in batch:
-                        queued.taken = True
-                    note = await self._run_batch(batch)
+            while not job.taken:
+                if self._leading:
+                    # A batch is being committed: wait to be taken by the next one, or to lead it.
+                    job.wake = anyio.Event()
+                    await job.wake.wait()
+                    continue
+                self._leading = True
+                try:
+                    async with self._lock:
+                        batch, self._queue = self._queue, []
+                        for queued in batch:
+                            queued.taken = True
+                        note = await self._run_batch(batch)
+                finally:
+                    self._leading = False
+                    if self._queue:  # writers that came during the commit: the first one leads next
+                        self._queue[0].wake.set()
         except anyio.get_cancelled_exc_class():
             if not job.taken:
                 self._queue.remove(job)
+                if self._queue and not self._leading:
+                    self._queue[0].wake.set()
                 raise
-            # Another writer is committing this fn: its outcome stands, so wait for it.
-            with anyio.CancelScope(shield=True):
-                await job.finished.wait()
+        # Taken by another writer's batch: its outcome stands, so wait for it even if cancelled.
+        with anyio.CancelScope(shield=True):
+            await job.finished.wait()
         if note is not None:
             await self._copy_note(note)
         if job.error is not None:
@@ -732,6 +736,7 @@ class SQLiteStore:
         finally:
             for job in batch:
                 job.finished.set()
+                job.wake.set()
 
     async def _copy_note(self, note: str) -> None:
         notary = self._notary
@@ -845,6 +850,7 @@ class _Job:
     result: Any = None
     error: BaseException | None = None
     finished: anyio.Event = field(default_factory=anyio.Event)
+    wake: anyio.Event = field(default_factory=anyio.Event)
 
 
 def _commit_batch(

@@ -332,3 +332,25 @@ async def test_a_store_error_raised_by_one_writer_reaches_only_that_writer(tmp_p
             with pytest.raises(StoreError, match="no such pin"):
                 await store.transact(refuse)
         assert len(await store.records()) == 5
+
+
+async def test_a_writer_cancelled_while_queued_writes_nothing_and_the_queue_moves_on(tmp_path: Path) -> None:
+    started, release = threading.Event(), threading.Event()
+    async with await SQLiteStore.open(tmp_path / "gate.db") as store:
+
+        def slow(tx: Tx) -> None:
+            tx.append([event(writer="slow")])
+            started.set()
+            release.wait(10)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store.transact, slow)
+            await anyio.to_thread.run_sync(started.wait, 10)
+            with anyio.CancelScope() as scope:
+                scope.cancel()  # cancelled while queued behind the batch in progress
+                await store.append([event(writer="cancelled")])
+            tg.start_soon(store.append, [event(writer="after")])
+            await anyio.sleep(0)
+            release.set()
+        writers = [r.body["writer"] for r in await store.records()]
+    assert writers == ["slow", "after"]
