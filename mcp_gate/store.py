@@ -689,8 +689,8 @@ class SQLiteStore:
             while not job.taken:
                 if self._leading:
                     # A batch is being committed: wait to be taken by the next one, or to lead it.
-                    job.wake = anyio.Event()
-                    await job.wake.wait()
+                    job.wake = wake = anyio.Event()
+                    await wake.wait()
                     continue
                 self._leading = True
                 try:
@@ -702,12 +702,12 @@ class SQLiteStore:
                 finally:
                     self._leading = False
                     if self._queue:  # writers that came during the commit: the first one leads next
-                        self._queue[0].wake.set()
+                        _wake(self._queue[0])
         except anyio.get_cancelled_exc_class():
             if not job.taken:
                 self._queue.remove(job)
                 if self._queue and not self._leading:
-                    self._queue[0].wake.set()
+                    _wake(self._queue[0])
                 raise
         # Taken by another writer's batch: its outcome stands, so wait for it even if cancelled.
         with anyio.CancelScope(shield=True):
@@ -736,7 +736,8 @@ class SQLiteStore:
         finally:
             for job in batch:
                 job.finished.set()
-                job.wake.set()
+                if job.wake is not None:
+                    job.wake.set()
 
     async def _copy_note(self, note: str) -> None:
         notary = self._notary
@@ -850,7 +851,13 @@ class _Job:
     result: Any = None
     error: BaseException | None = None
     finished: anyio.Event = field(default_factory=anyio.Event)
-    wake: anyio.Event = field(default_factory=anyio.Event)
+    wake: anyio.Event | None = None
+
+
+def _wake(job: _Job) -> None:
+    # A queued job always waits on its `wake` (it has none only before it first looks).
+    if job.wake is not None:
+        job.wake.set()
 
 
 def _commit_batch(
@@ -1027,7 +1034,11 @@ def _append(conn: sqlite3.Connection, events: Sequence[Mapping[str, Any]]) -> li
             )
         )
         prev_hash = entry_hash
-    conn.executemany(f"INSERT INTO evidence ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    insert = f"INSERT INTO evidence ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    if len(rows) == 1:
+        conn.execute(insert, rows[0])
+    else:
+        conn.executemany(insert, rows)
     return records
 
 
