@@ -354,3 +354,16 @@ async def test_a_writer_cancelled_while_queued_writes_nothing_and_the_queue_move
             release.set()
         writers = [r.body["writer"] for r in await store.records()]
     assert writers == ["slow", "after"]
+
+
+async def test_a_checkpoint_is_signed_once_the_interval_passed_and_new_records_came(tmp_path: Path) -> None:
+    clock = FakeClock()
+    policy = notary(every_records=1000, every_seconds=60)
+    async with await SQLiteStore.open(tmp_path / "gate.db", clock=clock, notary=policy) as store:
+        await store.append([event()])  # the first record is always covered
+        await store.append([event()])
+        clock.advance(seconds=59)
+        await store.append([event()])
+        clock.advance(seconds=1)
+        await store.append([event()])
+        assert await checkpoints_of(store) == [1, 4]
