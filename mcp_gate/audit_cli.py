@@ -15,6 +15,7 @@ import anyio
 import anyio.to_thread
 
 from mcp_gate import __version__
+from mcp_gate.bundle import Progress
 from mcp_gate.checkpoints import CheckpointError, VerifierKey, split_notes
 from mcp_gate.cli import EXIT_FAILED, EXIT_OK, _add_config, _config, _progress, _say, _sub
 from mcp_gate.clock import SystemClock, utc_iso
@@ -147,7 +148,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         _progress(f"verifying {db}...")
-        report = await verify_file(db, verifiers=verifiers, extra_notes=extra)
+        bar: list[Progress] = []
+
+        def advance(done: int, total: int) -> None:
+            if not bar:
+                bar.append(Progress("verifying", total))
+            bar[0].advance(done - bar[0].done)
+
+        report = await verify_file(db, verifiers=verifiers, extra_notes=extra, progress=advance)
+        if bar:
+            bar[0].close()
         if args.json:
             _say(json.dumps(asdict(report)))
         elif report.ok:

@@ -55,6 +55,10 @@ class Progress:
         self._last = 0.0
         self._done = 0
 
+    @property
+    def done(self) -> int:
+        return self._done
+
     def advance(self, count: int = 1) -> None:
         self._done += count
         if self._on and (now := time.monotonic()) - self._last >= 0.5:

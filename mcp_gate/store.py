@@ -1130,25 +1130,30 @@ async def verify_file(
     *,
     verifiers: Sequence[VerifierKey] | None = None,
     extra_notes: Sequence[tuple[str, str]] = (),
+    progress: Callable[[int, int], None] | None = None,
 ) -> AuditReport:
     """Verify the evidence chain in the file at `path` without writing to it or creating anything
     (an auditor's copy may be read-only).
 
     With `verifiers` (trusted public keys), every signed checkpoint stored in the file and every
     one in `extra_notes` ((source, note) pairs, e.g. from a sink file) is checked too: its
-    signature, and that the log still holds what it covered."""
+    signature, and that the log still holds what it covered. `progress(done, total)` is called
+    every 50,000 records (from a worker thread)."""
     if not path.is_file():
         raise StoreError(f"{path}: no such evidence file")
     try:
         return await anyio.to_thread.run_sync(
-            _verify_file, path, verifiers, tuple(extra_notes), abandon_on_cancel=True
+            _verify_file, path, verifiers, tuple(extra_notes), progress, abandon_on_cancel=True
         )
     except sqlite3.Error as exc:
         raise StoreError(f"cannot verify the evidence in {path}: {_one_line(exc)}") from exc
 
 
 def _verify_file(
-    path: Path, verifiers: Sequence[VerifierKey] | None, extra_notes: Sequence[tuple[str, str]]
+    path: Path,
+    verifiers: Sequence[VerifierKey] | None,
+    extra_notes: Sequence[tuple[str, str]],
+    progress: Callable[[int, int], None] | None = None,
 ) -> AuditReport:
     # Read-only, and never creates a file: verifying must not change what it verifies.
     connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
@@ -1165,8 +1170,17 @@ def _verify_file(
             notes.extend(extra_notes)
         checks = check_notes(notes, verifiers or ())
         verifier = LogVerifier(checks, keys_checked=verifiers is not None)
-        for row in connection.execute(f"SELECT {_RECORD_COLUMNS} FROM evidence ORDER BY rowid"):
-            verifier.feed(*row)
+        rows = connection.execute(f"SELECT {_RECORD_COLUMNS} FROM evidence ORDER BY rowid")
+        if progress is None:
+            for row in rows:
+                verifier.feed(*row)
+        else:
+            (total,) = connection.execute("SELECT COUNT(*) FROM evidence").fetchone()
+            for done, row in enumerate(rows, start=1):
+                verifier.feed(*row)
+                if done % 50_000 == 0:
+                    progress(done, int(total))
+            progress(int(total), int(total))
         connection.execute("COMMIT")
         return verifier.report()
     finally:

@@ -525,3 +525,29 @@ async def _append(db: Path, body: dict[str, Any]) -> None:
 def test_tarball_members_are_only_the_bundle_files(bundles: tuple[Path, Path]) -> None:
     with tarfile.open(bundles[1]) as tar:
         assert sorted(tar.getnames()) == sorted(p.name for p in bundles[0].iterdir())
+
+
+def test_long_jobs_draw_one_progress_line_on_stderr_and_short_ones_none() -> None:
+    import io
+
+    from mcp_gate.bundle import Progress
+
+    out = io.StringIO()
+    bar = Progress("verifying", 100_000, stream=out)
+    for _ in range(4):
+        bar.advance(25_000)
+    bar.close()
+    assert out.getvalue().endswith("100000/100000\n") and "\r" in out.getvalue()
+    quiet = io.StringIO()
+    small = Progress("verifying", 10, stream=quiet)
+    small.advance(10)
+    small.close()
+    assert quiet.getvalue() == ""
+
+
+def test_verification_reports_progress_as_it_streams(gate: Gate) -> None:
+    from mcp_gate.store import verify_file
+
+    seen: list[tuple[int, int]] = []
+    report = anyio.run(lambda: verify_file(gate.db, progress=lambda done, total: seen.append((done, total))))
+    assert report.ok and seen[-1] == (report.records, report.records)
