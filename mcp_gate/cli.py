@@ -484,14 +484,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_import)
 
-    p = _sub(sub, "audit", "verify the evidence log or show one call's story")
+    p = _sub(sub, "audit", "verify, export, report on and prune the evidence log; show one call's story")
     audit_sub = p.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
     v = _sub(
         audit_sub,
         "verify",
-        "check the hash chain and gapless sequence (exit 1 if tampered)",
-        "Check the evidence log's hash chain and gapless sequence. Exits 1 and names the first bad "
-        "record if anything was edited, deleted, inserted or reordered.",
+        "check the hash chain, gapless sequence and signed checkpoints (exit 1 if tampered)",
+        "Check the evidence log's hash chain and gapless sequence, and every signed checkpoint (with "
+        "the gate's key or --pubkey). Exits 1 and names the first bad record if anything was edited, "
+        "deleted, inserted, reordered, truncated or rewritten. With --bundle, verify an export bundle.",
     )
     _add_config(v)
     v.add_argument("--json", action="store_true", help="print the result as JSON")
