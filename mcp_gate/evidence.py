@@ -47,15 +47,30 @@ def canonical_json(value: Any) -> bytes:
     Raises ValueError for anything outside I-JSON: integers beyond +-(2**53 - 1), NaN and
     infinities, non-string keys, lone surrogates, non-JSON types.
     """
-    # Fast and exact for the common case: ASCII text, no floats, integers in range, plain JSON
-    # types. The round trip must give back an equal value, else rfc8785 decides (and refuses).
+    # Fast and exact for the common case: only dicts with text keys, lists, text, booleans, null
+    # and integers in range, and all of it ASCII. There the standard library's encoder with sorted
+    # keys writes exactly the JCS bytes; anything else goes to rfc8785 (which may refuse it).
     try:
-        text = _FAST_ENCODER.encode(value)
-        if text.isascii() and _FAST_DECODER.decode(text) == value:
-            return text.encode("ascii")
-    except (_NotFast, TypeError, ValueError, RecursionError):
+        if _plain(value):
+            text = _FAST_ENCODER.encode(value)
+            if text.isascii():
+                return text.encode("ascii")
+    except RecursionError:
         pass
     return rfc8785.dumps(value)
+
+
+def _plain(value: Any) -> bool:
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT
+    if kind is dict:
+        return all(type(k) is str and _plain(v) for k, v in value.items())
+    if kind is list:
+        return all(_plain(v) for v in value)
+    return False
 
 
 def sha256_hex(data: bytes) -> str:
