@@ -258,3 +258,47 @@ def test_a_forged_checkpoint_is_caught_and_names_the_seq_it_claims(log: Log, ind
         )
         conn.commit()
         assert_caught(path, log, claimed)
+
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text()
+    | st.text(alphabet=st.characters(max_codepoint=127)),
+    lambda inner: st.lists(inner) | st.tuples(inner) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=25,
+)
+
+
+def _outcome(fn: Callable[[], bytes]) -> bytes | str:
+    try:
+        return fn()
+    except Exception as exc:  # which error does not matter, only that both refuse
+        return f"refused ({type(exc).__name__})"[:9]
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=JSON)
+def test_the_fast_canonical_json_writes_exactly_what_rfc8785_writes_or_refuses_alike(value: Any) -> None:
+    import rfc8785
+
+    assert _outcome(lambda: canonical_json(value)) == _outcome(lambda: rfc8785.dumps(value))
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.dictionaries(st.text(max_size=5), JSON))
+def test_verification_accepts_exactly_the_bodies_rfc8785_calls_canonical(value: dict[str, Any]) -> None:
+    import rfc8785
+
+    from mcp_gate.evidence import ChainVerifier
+
+    body = {**value, "seq": 1, "event_id": "e", "ts": "t", "event_type": "x", "correlation_id": None}
+    try:
+        text = rfc8785.dumps(body)
+    except Exception:
+        return
+    verifier = ChainVerifier()
+    verifier.feed(1, "e", "t", "x", None, text.decode(), GENESIS_HASH, chain_hash(GENESIS_HASH, text))
+    assert verifier.ok
