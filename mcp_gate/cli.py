@@ -133,6 +133,9 @@ def _inspect(config: GateConfig, *, timeout: float) -> dict[str, Any]:
 
     # Manifest errors are bad input: report them alone, before any progress about servers.
     load_manifests(config.manifests_dir, config.servers.keys(), required=config.manifests_required)
+    from mcp_gate.notary import notary_for
+
+    notary_for(config)  # so is a signing key others can read
 
     async def run() -> dict[str, Any]:
         names = ", ".join(config.servers) or "none"
@@ -216,6 +219,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _config(args)
     report = _inspect(config, timeout=args.timeout)
     report["approval_problems"] = _approval_problems(config)
+    report["missed_checkpoint_copies"] = _missed_copies(config)
     if args.json:
         _say(json.dumps(report, indent=2))
     else:
@@ -230,10 +234,18 @@ def cmd_check(args: argparse.Namespace) -> int:
             _say(f"server {s['name']}: {status}; {manifest}")
         for problem in report["approval_problems"]:
             _say(f"approvals: {problem}")
+        for missed in report["missed_checkpoint_copies"]:
+            _say(f"checkpoints: a copy was missed: {missed}")
         _say("tools (name, tier, pin, rule: reason):")
         _print_tools(report["tools"])
     failed = [s for s in report["servers"] if s["state"] not in ("up", "disabled")]
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _missed_copies(config: GateConfig) -> list[str]:
+    from mcp_gate.audit_cli import missed_copies
+
+    return missed_copies(config)
 
 
 def cmd_tools(args: argparse.Namespace) -> int:
@@ -368,6 +380,10 @@ examples:
   MCP_GATE_TOKEN=... mcp-gate pending
   MCP_GATE_TOKEN=... mcp-gate approve K7Q2M9XA --note "checked the diff"
   mcp-gate audit verify
+  mcp-gate keys init
+  mcp-gate audit export --since 2026-11-01 --until 2026-12-01 --out evidence.tar.gz
+  mcp-gate audit verify --bundle evidence.tar.gz --pubkey KEY
+  mcp-gate audit report --since 2026-11-01 --out report.html
   mcp-gate demo
 
 exit status: 0 ok, 1 a check failed (server down, evidence tampered, decision refused), 2 bad input
@@ -391,6 +407,7 @@ def _add_timeout(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     # The approver commands live beside the other decision channels; they use this module's helpers.
+    from mcp_gate.audit_cli import add_audit_commands, add_key_commands, add_verify_options
     from mcp_gate.channels.cli import add_approver_commands
 
     parser = argparse.ArgumentParser(
@@ -467,18 +484,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_import)
 
-    p = _sub(sub, "audit", "verify the evidence log or show one call's story")
+    p = _sub(sub, "audit", "verify, export, report on and prune the evidence log; show one call's story")
     audit_sub = p.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
     v = _sub(
         audit_sub,
         "verify",
-        "check the hash chain and gapless sequence (exit 1 if tampered)",
-        "Check the evidence log's hash chain and gapless sequence. Exits 1 and names the first bad "
-        "record if anything was edited, deleted, inserted or reordered.",
+        "check the hash chain, gapless sequence and signed checkpoints (exit 1 if tampered)",
+        "Check the evidence log's hash chain and gapless sequence, and every signed checkpoint (with "
+        "the gate's key or --pubkey). Exits 1 and names the first bad record if anything was edited, "
+        "deleted, inserted, reordered, truncated or rewritten. With --bundle, verify an export bundle.",
     )
     _add_config(v)
     v.add_argument("--json", action="store_true", help="print the result as JSON")
     v.set_defaults(func=cmd_audit)
+    add_verify_options(v)
     s = _sub(
         audit_sub,
         "show",
@@ -493,8 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--json", action="store_true", help="print the records as JSON")
     s.set_defaults(func=cmd_audit)
+    add_audit_commands(audit_sub)
 
     add_approver_commands(sub)
+    add_key_commands(sub)
 
     p = _sub(
         sub,

@@ -26,6 +26,7 @@ __all__ = [
     "Agent",
     "ApprovalSettings",
     "ElicitationSettings",
+    "EvidenceSettings",
     "GateConfig",
     "Protocol",
     "Requester",
@@ -133,6 +134,7 @@ class GateConfig:
     approval_settings: ApprovalSettings = field(default_factory=ApprovalSettings)
     admin: AdminSettings | None = None
     elicitation: ElicitationSettings = field(default_factory=ElicitationSettings)
+    evidence: EvidenceSettings | None = None
 
     def approver_by_token(self, token: str) -> Approver | None:
         """The approver whose token this is, compared by SHA-256 in constant time."""
@@ -331,6 +333,7 @@ class _GateFile(_Strict):
     approvers: dict[str, _ApproverSection] = Field(default_factory=dict)
     approvals: _ApprovalsSection = Field(default_factory=_ApprovalsSection)
     admin: _AdminSection | None = None
+    evidence: _EvidenceSection = Field(default_factory=lambda: _EvidenceSection())
 
 
 class _ClientEntry(_Strict):
@@ -883,7 +886,99 @@ def load_config(path: Path, environ: Mapping[str, str]) -> GateConfig:
         "admin": _admin(file, model.admin),
         "elicitation": elicitation,
     }
-    return GateConfig(**fields, config_sha256=_config_sha256(fields))
+    evidence = _evidence(file, model.evidence, base / model.gate.data_dir, model.gate.name, environ)
+    return GateConfig(**fields, evidence=evidence, config_sha256=_config_sha256(fields))
+
+
+# --- [evidence]: signed checkpoints, their copies, retention -------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvidenceSettings:
+    """How the gate signs checkpoints of its evidence log, where copies go, how long records stay.
+
+    Checkpoints are on when the key file exists (`mcp-gate keys init`) or `key` is set."""
+
+    key_path: Path
+    key_configured: bool
+    key_name: str
+    origin: str
+    every_records: int = 1000
+    every_seconds: float = 300.0
+    copy_to_file: Path | None = None
+    webhook_url: str | None = field(default=None, repr=False)
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_timeout: float = 5.0
+    retention_seconds: float | None = None
+
+
+class _EvidenceSection(_Strict):
+    key: NonEmpty | None = None
+    key_name: NonEmpty | None = None
+    origin: NonEmpty | None = None
+    checkpoint_every_records: int = Field(default=1000, ge=1, le=10_000_000)
+    checkpoint_every: NonEmpty = "5m"
+    copy_to_file: NonEmpty | None = None
+    webhook_url_env: NonEmpty | None = None
+    webhook_secret_env: NonEmpty | None = None
+    webhook_timeout: float = Field(default=5.0, gt=0, le=60)
+    retention: NonEmpty | None = None
+
+
+def _evidence(
+    file: str, section: _EvidenceSection, data_dir: Path, gate_name: str, environ: Mapping[str, str]
+) -> EvidenceSettings:
+    def from_env(key: str, name: str | None) -> str | None:
+        if name is None:
+            return None
+        value = environ.get(name)
+        if not value:
+            raise ConfigError(file, key, f"environment variable {name} is not set")
+        return value
+
+    url = from_env("evidence.webhook_url_env", section.webhook_url_env)
+    if url is not None and not url.startswith(("https://", "http://")):
+        raise ConfigError(
+            file, "evidence.webhook_url_env", f"{section.webhook_url_env} is not an http(s) URL"
+        )
+    secret = from_env("evidence.webhook_secret_env", section.webhook_secret_env)
+    if secret is not None and url is None:
+        raise ConfigError(file, "evidence.webhook_secret_env", "needs evidence.webhook_url_env")
+    every = _duration(file, "evidence.checkpoint_every", section.checkpoint_every)
+    if every <= 0:
+        raise ConfigError(file, "evidence.checkpoint_every", "must be longer than zero")
+    retention = (
+        None if section.retention is None else _duration(file, "evidence.retention", section.retention)
+    )
+    if retention is not None and retention < 86400:
+        raise ConfigError(file, "evidence.retention", "must be at least 1d")
+    name = section.key_name or _note_name(gate_name)
+    if not re.fullmatch(r"[^\s+]{1,128}", name):
+        raise ConfigError(file, "evidence.key_name", "1-128 characters, no spaces and no '+'")
+    origin = section.origin or f"mcp-gate/{gate_name}"
+    if "\n" in origin:
+        raise ConfigError(file, "evidence.origin", "must be one line")
+    base = data_dir.parent if section.key is None else Path(file).absolute().parent
+    return EvidenceSettings(
+        key_path=data_dir / "signing.key" if section.key is None else base / section.key,
+        key_configured=section.key is not None,
+        key_name=name,
+        origin=origin,
+        every_records=section.checkpoint_every_records,
+        every_seconds=every,
+        copy_to_file=None
+        if section.copy_to_file is None
+        else Path(file).absolute().parent / section.copy_to_file,
+        webhook_url=url,
+        webhook_secret=secret,
+        webhook_timeout=section.webhook_timeout,
+        retention_seconds=retention,
+    )
+
+
+def _note_name(gate_name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in gate_name).strip("-") or "gate"
+    return f"mcp-gate-{cleaned}"[:128]
 
 
 def _secret(value: str) -> str:

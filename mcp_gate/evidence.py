@@ -24,6 +24,7 @@ __all__ = [
     "chain_hash",
     "digest",
     "new_event",
+    "parse_canonical",
     "redact",
     "render_story",
     "sha256_hex",
@@ -46,7 +47,30 @@ def canonical_json(value: Any) -> bytes:
     Raises ValueError for anything outside I-JSON: integers beyond +-(2**53 - 1), NaN and
     infinities, non-string keys, lone surrogates, non-JSON types.
     """
+    # Fast and exact for the common case: only dicts with text keys, lists, text, booleans, null
+    # and integers in range, and all of it ASCII. There the standard library's encoder with sorted
+    # keys writes exactly the JCS bytes; anything else goes to rfc8785 (which may refuse it).
+    try:
+        if _plain(value):
+            text = _FAST_ENCODER.encode(value)
+            if text.isascii():
+                return text.encode("ascii")
+    except RecursionError:
+        pass
     return rfc8785.dumps(value)
+
+
+def _plain(value: Any) -> bool:
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return bool(-_MAX_SAFE_INT <= value <= _MAX_SAFE_INT)
+    if kind is dict:
+        return all(type(k) is str and _plain(v) for k, v in value.items())
+    if kind is list:
+        return all(_plain(v) for v in value)
+    return False
 
 
 def sha256_hex(data: bytes) -> str:
@@ -212,12 +236,23 @@ class VerifyReport:
 class ChainVerifier:
     """Checks stored rows fed in stored order, in constant memory; the first problem wins."""
 
-    def __init__(self) -> None:
-        self._last_seq = 0
-        self._head_hash = GENESIS_HASH
+    def __init__(self, *, after_seq: int = 0, after_hash: str = GENESIS_HASH) -> None:
+        # A log pruned under a signed retention checkpoint starts after `after_seq`, linked to
+        # `after_hash`, the removed records' chain head.
+        self._last_seq = after_seq
+        self._head_hash = after_hash
         self._records = 0
         self._first_bad_seq: int | None = None
         self._problem: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self._problem is None
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last record that verified."""
+        return self._last_seq
 
     def feed(
         self,
@@ -234,6 +269,33 @@ class ChainVerifier:
         if self._problem is not None:
             return
         expected = self._last_seq + 1
+        # The common case in as few steps as possible; anything unusual goes to `_check`, which
+        # names the problem (and is the authority if this path is ever stricter than it).
+        if (
+            type(seq) is int
+            and seq == expected
+            and type(body_text) is str
+            and prev_hash == self._head_hash
+            and type(entry_hash) is str
+        ):
+            try:
+                body = _loads(body_text)
+                data = body_text.encode("utf-8")
+            except ValueError:
+                body = None
+            if (
+                type(body) is dict
+                and type(body.get("seq")) is int
+                and body["seq"] == seq
+                and _same(body, "event_id", event_id)
+                and _same(body, "ts", ts)
+                and _same(body, "event_type", event_type)
+                and _same(body, "correlation_id", correlation_id)
+                and _sha256(prev_hash.encode("ascii") + data).hexdigest() == entry_hash
+            ):
+                self._last_seq = expected
+                self._head_hash = entry_hash
+                return
         problem = self._check(
             expected, seq, (event_id, ts, event_type, correlation_id), body_text, prev_hash, entry_hash
         )
@@ -253,6 +315,13 @@ class ChainVerifier:
         prev_hash: Any,
         entry_hash: Any,
     ) -> str | None:
+        """The first problem with one row, in a fixed order.
+
+        The entry hash is checked over the stored bytes. Canonical form is checked only where that
+        hash does not match, to say whether the body was re-formatted or edited: where it matches,
+        the bytes are those the gate hashed (it writes canonical JSON), or a rewrite with
+        recomputed hashes, which only signed checkpoints can catch.
+        """
         if type(seq) is not int:
             return f"seq {expected}: the seq column holds {seq!r}, not a number (edited?)"
         if seq > expected:
@@ -264,13 +333,11 @@ class ChainVerifier:
             return f"seq {seq}: body is not text (edited?)"
         try:
             body = json.loads(body_text)
-            canonical = canonical_json(body)
+            data = body_text.encode("utf-8")
         except ValueError:
             return f"seq {seq}: body is not valid canonical JSON (edited?)"
         if not isinstance(body, dict):
             return f"seq {seq}: body is not a JSON object (edited?)"
-        if canonical != body_text.encode("utf-8"):
-            return f"seq {seq}: body is not in canonical form (re-formatted or edited?)"
         body_seq = body.get("seq")
         if type(body_seq) is not int or body_seq != seq:
             return f"seq {seq}: the body says seq {body_seq!r} (moved or reordered?)"
@@ -280,7 +347,13 @@ class ChainVerifier:
         if prev_hash != self._head_hash:
             link = f"seq {seq - 1}" if seq > 1 else "the genesis hash"
             return f"seq {seq}: prev_hash does not link to {link} (inserted or reordered?)"
-        if not isinstance(entry_hash, str) or entry_hash != chain_hash(prev_hash, canonical):
+        if not isinstance(entry_hash, str) or entry_hash != chain_hash(prev_hash, data):
+            try:
+                canonical = canonical_json(body)
+            except ValueError:
+                return f"seq {seq}: body is not valid canonical JSON (edited?)"
+            if canonical != data:
+                return f"seq {seq}: body is not in canonical form (re-formatted or edited?)"
             return f"seq {seq}: entry_hash does not match its contents (edited?)"
         return None
 
@@ -292,6 +365,59 @@ class ChainVerifier:
             first_bad_seq=self._first_bad_seq,
             problem=self._problem,
         )
+
+
+_loads = json.JSONDecoder().decode
+_sha256 = hashlib.sha256
+
+
+def _same(body: dict[str, Any], name: str, column: Any) -> bool:
+    value = body.get(name, _MISSING)
+    return value == column and type(value) is type(column)
+
+
+_MISSING = object()
+
+
+def _no_float(text: str) -> Any:
+    raise _NotFast
+
+
+def _safe_int(text: str) -> int:
+    number = int(text)
+    if not -_MAX_SAFE_INT <= number <= _MAX_SAFE_INT:
+        raise _NotFast
+    return number
+
+
+class _NotFast(Exception):
+    """The text holds a float or an integer beyond I-JSON: only rfc8785 can say what is canonical."""
+
+
+_FAST_DECODER = json.JSONDecoder(parse_float=_no_float, parse_int=_safe_int, parse_constant=_no_float)
+_FAST_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def parse_canonical(body_text: str) -> tuple[Any, bytes]:
+    """The parsed body and its RFC 8785 bytes, computed fast where that is exact.
+
+    For ASCII text with no float literal and no integer beyond +-(2**53 - 1), `json.dumps` with
+    sorted keys and no whitespace yields exactly the JCS bytes (key order by code point equals
+    UTF-16 order for ASCII; both escape the same characters). If the text already is those
+    bytes it is canonical; otherwise rfc8785 decides, as before.
+    """
+    if body_text.isascii():
+        try:
+            body = _FAST_DECODER.decode(body_text)
+        except _NotFast:
+            pass
+        else:
+            fast = _FAST_ENCODER.encode(body)
+            if fast == body_text:
+                return body, body_text.encode("ascii")
+            return body, canonical_json(body)
+    body = json.loads(body_text)
+    return body, canonical_json(body)
 
 
 _ARGS_WIDTH = 200

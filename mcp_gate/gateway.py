@@ -49,6 +49,7 @@ from mcp_gate.errors import (
 from mcp_gate.evidence import EventFactory, canonical_json, digest, redact
 from mcp_gate.holds import ApprovalEngine, StillPending, TooMany, UsedElsewhere
 from mcp_gate.manifests import Manifest, load_manifests
+from mcp_gate.notary import notary_for
 from mcp_gate.pins import Accepted, Drifted, New, StillDrifted, canonical_definition, observe, pin_of
 from mcp_gate.policy import (
     Approvals,
@@ -151,7 +152,11 @@ class Gateway:
         )
         _check_rule_groups(manifests, config)
         own_store = store is None
-        opened: Store = store if store is not None else await SQLiteStore.open(config.data_dir / "gate.db")
+        opened: Store = (
+            store
+            if store is not None
+            else await SQLiteStore.open(config.data_dir / "gate.db", notary=notary_for(config))
+        )
         try:
             downstreams = Downstreams(config.servers, log_dir=config.data_dir / "logs")
             gate = cls(config, manifests, opened, downstreams, clock or SystemClock())
@@ -184,7 +189,11 @@ class Gateway:
                         tg.cancel_scope.cancel()
         finally:
             if own_store:
-                await opened.close()
+                # A signed checkpoint at shutdown covers the last records written.
+                with anyio.CancelScope(shield=True):
+                    if isinstance(opened, SQLiteStore):
+                        await _final_checkpoint(opened)
+                    await opened.close()
 
     # -- evidence -------------------------------------------------------------------------
 
@@ -839,3 +848,10 @@ def _error_result(text: str, correlation_id: str) -> types.CallToolResult:
         is_error=True,
         _meta={CORRELATION_META_KEY: correlation_id},
     )
+
+
+async def _final_checkpoint(store: SQLiteStore) -> None:
+    try:
+        await store.checkpoint()
+    except StoreError as exc:
+        log.error("no checkpoint at shutdown: %s", exc)

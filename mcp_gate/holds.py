@@ -44,6 +44,7 @@ from mcp_gate.config import ApprovalSettings, GateConfig
 from mcp_gate.errors import GateError
 from mcp_gate.evidence import EventFactory
 from mcp_gate.manifests import load_manifests
+from mcp_gate.notary import notary_for
 from mcp_gate.policy import policy_sha256
 from mcp_gate.store import SQLiteStore, Store, Tx
 
@@ -665,5 +666,5 @@ async def engine_for(config: GateConfig, *, clock: Clock | None = None) -> Async
     )
     clock = clock or SystemClock()
     events = EventFactory(config.name, __version__, policy_sha256(config.config_sha256, manifests), clock)
-    async with await SQLiteStore.open(db, clock=clock) as store:
+    async with await SQLiteStore.open(db, clock=clock, notary=notary_for(config)) as store:
         yield ApprovalEngine(store, clock, config.approval_settings, events)

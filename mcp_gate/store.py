@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -17,9 +19,19 @@ import anyio
 import anyio.to_thread
 
 from mcp_gate.approvals import ApprovalRequest, Binding, Grant, RequestState, Vote
+from mcp_gate.audit import AuditReport, LogVerifier, check_notes
+from mcp_gate.checkpoints import Pruned, VerifierKey, parse_checkpoint
 from mcp_gate.clock import Clock, SystemClock, utc_iso
-from mcp_gate.errors import EvidenceWriteError, StoreError
-from mcp_gate.evidence import GENESIS_HASH, ChainVerifier, Record, VerifyReport, canonical_json, chain_hash
+from mcp_gate.errors import EvidenceWriteError, GateError, StoreError
+from mcp_gate.evidence import (
+    GENESIS_HASH,
+    Record,
+    VerifyReport,
+    canonical_json,
+    chain_hash,
+    new_event,
+)
+from mcp_gate.notary import Notary
 
 __all__ = ["DataDirLock", "Inflight", "PinRecord", "SQLiteStore", "Store", "Tx", "verify_file"]
 
@@ -117,6 +129,17 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS checkpoints (
+    id INTEGER PRIMARY KEY,
+    size INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    note TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS checkpoints_no_update BEFORE UPDATE ON checkpoints
+BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS checkpoints_no_delete BEFORE DELETE ON checkpoints
+BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
 """
 
 # Columns added after a table was first shipped: added in place to files that lack them.
@@ -140,6 +163,8 @@ _PIN_COLUMNS = "server, tool, pin, definition, drifted_pin, drifted_definition, 
 _REQUIRED_TEXT = ("event_id", "ts", "event_type")
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -471,20 +496,33 @@ class SQLiteStore:
     is cancelled meanwhile (the hop is not abandoned).
     """
 
-    def __init__(self, path: Path, connection: sqlite3.Connection, clock: Clock) -> None:
+    def __init__(
+        self, path: Path, connection: sqlite3.Connection, clock: Clock, notary: Notary | None = None
+    ) -> None:
         self._path = path
         self._connection: sqlite3.Connection | None = connection
         self._clock = clock
         self._lock = anyio.Lock()
         self._watch: sqlite3.Connection | None = None
+        self._notary = notary
+        self._queue: list[_Job] = []
+        self._leading = False
 
     @classmethod
-    async def open(cls, path: Path, *, clock: Clock | None = None, busy_timeout: float = 10.0) -> SQLiteStore:
+    async def open(
+        cls,
+        path: Path,
+        *,
+        clock: Clock | None = None,
+        busy_timeout: float = 10.0,
+        notary: Notary | None = None,
+    ) -> SQLiteStore:
         """Open (creating if needed) the store at `path`; StoreError naming the path if it cannot.
 
-        `busy_timeout` is how long a write waits for another process holding the file's lock."""
+        `busy_timeout` is how long a write waits for another process holding the file's lock.
+        With a `notary`, commits are followed by signed checkpoints when one is due."""
         connection = await anyio.to_thread.run_sync(_connect, path, busy_timeout)
-        return cls(path, connection, clock or SystemClock())
+        return cls(path, connection, clock or SystemClock(), notary)
 
     async def __aenter__(self) -> SQLiteStore:
         return self
@@ -541,7 +579,8 @@ class SQLiteStore:
         Uses its own short-lived connection so a long verification does not hold up appends.
         """
         self._require_open()
-        return await verify_file(self._path)
+        verifiers = None if self._notary is None else [self._notary.key.verifier]
+        return await verify_file(self._path, verifiers=verifiers)
 
     # pins
 
@@ -653,16 +692,129 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot read the store at {self._path}: {_one_line(exc)}") from exc
 
-    async def _write_evidence(self, count: int, fn: Callable[[sqlite3.Connection], T]) -> T:
-        async with self._lock:
-            if self._connection is None:
-                raise EvidenceWriteError(f"cannot write to {self._path}: the store is closed")
-            try:
-                return await anyio.to_thread.run_sync(_in_transaction, self._connection, fn)
-            except StoreError:
+    async def _write_evidence(
+        self, count: int, fn: Callable[[sqlite3.Connection], T], *, quiet: bool = False
+    ) -> T:
+        """Group commit: writers queue their `fn`; whoever holds the lock runs every queued fn in one
+        transaction, each under its own SAVEPOINT, so one commit (one fsync) serves them all.
+
+        Each fn still commits whole or not at all, its exception reaches only its own caller, and
+        no caller returns before its writes are durable. `quiet` writes never trigger a checkpoint.
+        """
+        job = _Job(fn, quiet)
+        self._queue.append(job)
+        note: str | None = None
+        try:
+            while not job.taken:
+                if self._leading:
+                    # A batch is being committed: wait to be taken by the next one, or to lead it.
+                    job.wake = wake = anyio.Event()
+                    await wake.wait()
+                    continue
+                self._leading = True
+                try:
+                    async with self._lock:
+                        batch, self._queue = self._queue, []
+                        for queued in batch:
+                            queued.taken = True
+                        note = await self._run_batch(batch)
+                finally:
+                    self._leading = False
+                    if self._queue:  # writers that came during the commit: the first one leads next
+                        _wake(self._queue[0])
+        except anyio.get_cancelled_exc_class():
+            if not job.taken:
+                self._queue.remove(job)
+                if self._queue and not self._leading:
+                    _wake(self._queue[0])
                 raise
-            except (sqlite3.Error, ValueError, TypeError) as exc:
+        # Taken by another writer's batch: its outcome stands, so wait for it even if cancelled.
+        with anyio.CancelScope(shield=True):
+            await job.finished.wait()
+        if note is not None:
+            await self._copy_note(note)
+        if job.error is not None:
+            exc = job.error
+            if isinstance(exc, StoreError):
+                raise exc
+            if isinstance(exc, sqlite3.Error | ValueError | TypeError):
                 raise EvidenceWriteError(f"cannot write to {self._path}: {_one_line(exc)}") from exc
+            raise exc
+        result: T = job.result
+        return result
+
+    async def _run_batch(self, batch: list[_Job]) -> str | None:
+        try:
+            if self._connection is None:
+                closed = EvidenceWriteError(f"cannot write to {self._path}: the store is closed")
+                for job in batch:
+                    job.error = closed
+                return None
+            notary = None if all(job.quiet for job in batch) else self._notary
+            return await anyio.to_thread.run_sync(_commit_batch, self._connection, batch, notary, self._clock)
+        finally:
+            for job in batch:
+                job.finished.set()
+                if job.wake is not None:
+                    job.wake.set()
+
+    async def _copy_note(self, note: str) -> None:
+        notary = self._notary
+        if notary is None or not notary.sinks:
+            return
+        failures = await anyio.to_thread.run_sync(notary.copy, note)
+        if failures:
+            event = new_event(
+                "checkpoint.copy_failed",
+                ts=utc_iso(self._clock.now()),
+                correlation_id=None,
+                size=parse_checkpoint(note.partition("\n\n")[0] + "\n").size,
+                failed=failures,
+            )
+            try:
+                await self._write_evidence(1, lambda conn: _append(conn, [event]), quiet=True)
+            except StoreError as exc:
+                log.error("cannot record a missed checkpoint copy: %s", exc)
+
+    # checkpoints and retention
+
+    async def checkpoint(self) -> str | None:
+        """Sign a checkpoint of the log now if it grew since the last one (shutdown, before an
+        export); the note, or None without a notary or when nothing is new."""
+        notary = self._notary
+        if notary is None:
+            return None
+        note = await self._write_evidence(
+            0, lambda conn: _sign_checkpoint(conn, notary, self._clock, force=True)
+        )
+        if note is not None:
+            await self._copy_note(note)
+        return note
+
+    async def checkpoint_notes(self) -> list[str]:
+        """Every signed note stored beside the log, oldest first."""
+        return await self._read(_checkpoint_notes)
+
+    async def prune(
+        self, before: str, *, events: Callable[[Pruned], Sequence[Mapping[str, Any]]]
+    ) -> Pruned | None:
+        """Remove the oldest records with `ts` < `before`, only under a signed retention checkpoint
+        that names their range, count and chain head (stored in the same transaction), and append
+        `events(pruned)`. None if nothing is old enough. StoreError without a notary."""
+        notary = self._notary
+        if notary is None:
+            raise StoreError(
+                "pruning needs a signing key: records may only go under a signed retention checkpoint"
+            )
+        now = self._clock.now()
+
+        def write(conn: sqlite3.Connection) -> Pruned | None:
+            pruned = _prune(conn, notary, before, now)
+            if pruned is not None:
+                _append(conn, events(pruned))
+            return pruned
+
+        return await self._write_evidence(0, write)
 
 
 def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
@@ -706,6 +858,139 @@ def _create_schema(conn: sqlite3.Connection) -> str:
     conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     return str(row[0])
+
+
+@dataclass(eq=False)
+class _Job:
+    """One writer's fn waiting in the group-commit queue, and its outcome."""
+
+    fn: Callable[[sqlite3.Connection], Any]
+    quiet: bool
+    taken: bool = False
+    result: Any = None
+    error: BaseException | None = None
+    finished: anyio.Event = field(default_factory=anyio.Event)
+    wake: anyio.Event | None = None
+
+
+def _wake(job: _Job) -> None:
+    # A queued job always waits on its `wake` (it has none only before it first looks).
+    if job.wake is not None:
+        job.wake.set()
+
+
+def _commit_batch(
+    conn: sqlite3.Connection, batch: Sequence[_Job], notary: Notary | None, clock: Clock
+) -> str | None:
+    """Run the batch's fns in one transaction (a SAVEPOINT each), commit, then sign a checkpoint if due."""
+    if len(batch) == 1:
+        job = batch[0]
+        try:
+            job.result = _in_transaction(conn, job.fn)
+        except Exception as exc:
+            job.error = exc
+            return None
+    else:
+        done: list[_Job] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    job.result = job.fn(conn)
+                except Exception as exc:
+                    job.error, job.result = exc, None
+                    if not conn.in_transaction:
+                        raise  # SQLite gave up the whole transaction: the earlier fns' writes are gone
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    continue
+                conn.execute("RELEASE job")
+                done.append(job)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for job in batch:
+                if job in done or job.error is None:
+                    job.error, job.result = exc, None
+            if not isinstance(exc, Exception):
+                raise
+            return None
+    if notary is None:
+        return None
+    try:
+        return _in_transaction(conn, lambda c: _sign_checkpoint(c, notary, clock, force=False))
+    except (sqlite3.Error, GateError) as exc:
+        # The writes above are committed; a missed checkpoint is retried on the next commit.
+        log.error("cannot write a checkpoint: %s", _one_line(exc))
+        return None
+
+
+def _last_checkpoint(conn: sqlite3.Connection) -> tuple[int, str | None]:
+    row = conn.execute("SELECT size, created_at FROM checkpoints ORDER BY id DESC LIMIT 1").fetchone()
+    return (0, None) if row is None else (int(row[0]), str(row[1]))
+
+
+def _sign_checkpoint(conn: sqlite3.Connection, notary: Notary, clock: Clock, *, force: bool) -> str | None:
+    size, root = _head(conn)
+    last_size, last_at = _last_checkpoint(conn)
+    now = clock.now()
+    if force:
+        due = size > last_size or last_at is None
+    else:
+        decided = (
+            conn.execute(
+                "SELECT 1 FROM evidence WHERE seq > ? AND event_type = 'approval.decided' LIMIT 1",
+                (last_size,),
+            ).fetchone()
+            is not None
+        )
+        last_time = None if last_at is None else _parse_time(last_at)
+        due = notary.due(last_size=last_size, last_time=last_time, size=size, decided=decided, now=now)
+    if not due:
+        return None
+    note = notary.sign(size, root, now)
+    conn.execute(
+        "INSERT INTO checkpoints (size, kind, created_at, note) VALUES (?, 'checkpoint', ?, ?)",
+        (size, utc_iso(now), note),
+    )
+    return note
+
+
+def _checkpoint_notes(conn: sqlite3.Connection) -> list[str]:
+    return [str(row[0]) for row in conn.execute("SELECT note FROM checkpoints ORDER BY id")]
+
+
+def _prune(conn: sqlite3.Connection, notary: Notary, before: str, now: datetime) -> Pruned | None:
+    low, high = conn.execute("SELECT MIN(seq), MAX(seq) FROM evidence").fetchone()
+    if low is None:
+        return None
+    (young,) = conn.execute("SELECT MIN(seq) FROM evidence WHERE ts >= ?", (before,)).fetchone()
+    # Only a prefix of old records goes, and the newest record always stays (it holds the head).
+    last = (high if young is None else int(young)) - 1
+    if last < low:
+        return None
+    row = conn.execute("SELECT entry_hash FROM evidence WHERE seq = ?", (last,)).fetchone()
+    if row is None:
+        raise StoreError(f"pruning found no record {last}; run `mcp-gate audit verify`")
+    first, root = int(low), str(row[0])
+    pruned = Pruned(first, last, last - first + 1, root)
+    note = notary.sign(last, root, now, pruned=pruned)
+    conn.execute(
+        "INSERT INTO checkpoints (size, kind, created_at, note) VALUES (?, 'retention', ?, ?)",
+        (last, utc_iso(now), note),
+    )
+    # The only path by which evidence rows leave: the guard comes back in the same transaction.
+    conn.execute("DROP TRIGGER evidence_no_delete")
+    deleted = conn.execute("DELETE FROM evidence WHERE seq <= ?", (last,)).rowcount
+    conn.execute(
+        "CREATE TRIGGER evidence_no_delete BEFORE DELETE ON evidence "
+        "BEGIN SELECT RAISE(ABORT, 'evidence is append-only'); END"
+    )
+    if deleted != pruned.count:
+        raise StoreError(f"pruning found a gap in seq {first}..{last}; run `mcp-gate audit verify`")
+    return pruned
 
 
 def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -768,7 +1053,11 @@ def _append(conn: sqlite3.Connection, events: Sequence[Mapping[str, Any]]) -> li
             )
         )
         prev_hash = entry_hash
-    conn.executemany(f"INSERT INTO evidence ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    insert = f"INSERT INTO evidence ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    if len(rows) == 1:
+        conn.execute(insert, rows[0])
+    else:
+        conn.executemany(insert, rows)
     return records
 
 
@@ -855,28 +1144,156 @@ class DataDirLock:
             self._handle = None
 
 
-async def verify_file(path: Path) -> VerifyReport:
+async def verify_file(
+    path: Path,
+    *,
+    verifiers: Sequence[VerifierKey] | None = None,
+    extra_notes: Sequence[tuple[str, str]] = (),
+    progress: Callable[[int, int], None] | None = None,
+) -> AuditReport:
     """Verify the evidence chain in the file at `path` without writing to it or creating anything
-    (an auditor's copy may be read-only)."""
+    (an auditor's copy may be read-only).
+
+    With `verifiers` (trusted public keys), every signed checkpoint stored in the file and every
+    one in `extra_notes` ((source, note) pairs, e.g. from a sink file) is checked too: its
+    signature, and that the log still holds what it covered. `progress(done, total)` is called
+    every 50,000 records (from a worker thread)."""
     if not path.is_file():
         raise StoreError(f"{path}: no such evidence file")
     try:
-        return await anyio.to_thread.run_sync(_verify_file, path, abandon_on_cancel=True)
+        return await anyio.to_thread.run_sync(
+            _verify_file, path, verifiers, tuple(extra_notes), progress, abandon_on_cancel=True
+        )
     except sqlite3.Error as exc:
         raise StoreError(f"cannot verify the evidence in {path}: {_one_line(exc)}") from exc
 
 
-def _verify_file(path: Path) -> VerifyReport:
+def _verify_file(
+    path: Path,
+    verifiers: Sequence[VerifierKey] | None,
+    extra_notes: Sequence[tuple[str, str]],
+    progress: Callable[[int, int], None] | None = None,
+) -> AuditReport:
     # Read-only, and never creates a file: verifying must not change what it verifies.
     connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
     try:
-        verifier = ChainVerifier()
-        # One SELECT is one consistent snapshot under WAL; iterating it streams rows.
-        for row in connection.execute(f"SELECT {_RECORD_COLUMNS} FROM evidence ORDER BY rowid"):
-            verifier.feed(*row)
+        # One transaction is one consistent snapshot under WAL, for the notes and the rows.
+        connection.execute("BEGIN")
+        notes: list[tuple[str, str]] = []
+        if verifiers is not None:
+            has_table = connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'checkpoints'"
+            ).fetchone()
+            if has_table is not None:
+                notes = [(f"{path.name} checkpoint {i}", n) for i, n in _numbered_notes(connection)]
+            notes.extend(extra_notes)
+        checks = check_notes(notes, verifiers or ())
+        verifier = LogVerifier(checks, keys_checked=verifiers is not None)
+        rows = connection.execute(f"SELECT {_RECORD_COLUMNS} FROM evidence ORDER BY rowid")
+        if progress is None:
+            for row in rows:
+                verifier.feed(*row)
+        else:
+            (total,) = connection.execute("SELECT COUNT(*) FROM evidence").fetchone()
+            for done, row in enumerate(rows, start=1):
+                verifier.feed(*row)
+                if done % 50_000 == 0:
+                    progress(done, int(total))
+            progress(int(total), int(total))
+        connection.execute("COMMIT")
         return verifier.report()
     finally:
         connection.close()
+
+
+def _numbered_notes(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+    return [(int(i), str(n)) for i, n in conn.execute("SELECT id, note FROM checkpoints ORDER BY id")]
+
+
+@contextmanager
+def read_only(path: Path) -> Iterator[LogReader]:
+    """A consistent read-only snapshot of the evidence file at `path` (for exports and reports, in a
+    worker thread); it never writes to the file or creates one."""
+    if not path.is_file():
+        raise StoreError(f"{path}: no such evidence file")
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the evidence in {path}: {_one_line(exc)}") from exc
+    try:
+        connection.execute("BEGIN")
+        yield LogReader(connection, path)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the evidence in {path}: {_one_line(exc)}") from exc
+    finally:
+        connection.close()
+
+
+class LogReader:
+    """Streaming reads of evidence rows and checkpoint notes over one read-only snapshot."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    def seq_range(self, since: str | None, until: str | None) -> tuple[int, int] | None:
+        """The first seq with ts >= since and the last with ts < until (None when none falls in)."""
+        low = self._conn.execute("SELECT MIN(seq) FROM evidence WHERE ts >= ?", (since or "",)).fetchone()[0]
+        high = self._conn.execute(
+            "SELECT MAX(seq) FROM evidence WHERE ts < ?", (until or "\uffff",)
+        ).fetchone()[0]
+        if low is None or high is None or low > high:
+            return None
+        return int(low), int(high)
+
+    def rows(self, first: int = 0, last: int | None = None) -> Iterator[tuple[Any, ...]]:
+        """Raw rows (the `ChainVerifier.feed` arguments) with first <= seq <= last, in seq order."""
+        yield from (
+            self._conn.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM evidence WHERE seq >= ? AND seq <= ? ORDER BY seq",
+                (first, -1 if last is None else last),
+            )
+            if last is not None
+            else self._conn.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM evidence WHERE seq >= ? ORDER BY seq", (first,)
+            )
+        )
+
+    def notes(self) -> list[tuple[int, str, str]]:
+        """(size, kind, note) of every stored checkpoint, oldest first."""
+        has_table = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'checkpoints'"
+        ).fetchone()
+        if has_table is None:
+            return []
+        return [
+            (int(size), str(kind), str(note))
+            for size, kind, note in self._conn.execute("SELECT size, kind, note FROM checkpoints ORDER BY id")
+        ]
+
+    def head(self) -> tuple[int, str]:
+        return _head(self._conn)
+
+    def bodies_of(self, *event_types: str, after_seq: int = 0) -> Iterator[dict[str, Any]]:
+        """The parsed bodies of the records of these types, in seq order (all types if none given)."""
+        if event_types:
+            marks = ", ".join("?" for _ in event_types)
+            cursor = self._conn.execute(
+                f"SELECT body FROM evidence WHERE seq > ? AND event_type IN ({marks}) ORDER BY seq",
+                (after_seq, *event_types),
+            )
+        else:
+            cursor = self._conn.execute("SELECT body FROM evidence WHERE seq > ? ORDER BY seq", (after_seq,))
+        for (text,) in cursor:
+            try:
+                body = json.loads(text)
+            except (TypeError, ValueError):
+                continue  # unreadable rows are for `audit verify` to name
+            if isinstance(body, dict):
+                yield body
+
+    def count(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM evidence").fetchone()[0])
 
 
 def _parse_time(text: str) -> datetime:

@@ -32,6 +32,7 @@ from mcp_gate.cli import (
 from mcp_gate.config import GateConfig
 from mcp_gate.errors import GateError
 from mcp_gate.manifests import load_manifests
+from mcp_gate.notary import notary_for
 from mcp_gate.store import SQLiteStore
 
 __all__ = ["add_approver_commands"]
@@ -147,7 +148,7 @@ async def _over_db(config: GateConfig, token: str, op: _Op) -> Any:
     clock = SystemClock()
     # The same policy hash the gate computes, so the decisions recorded here match its records.
     events = EventFactory(config.name, __version__, policy_sha256(config.config_sha256, manifests), clock)
-    async with await SQLiteStore.open(db) as store:
+    async with await SQLiteStore.open(db, notary=notary_for(config)) as store:
         desk = Desk(ApprovalEngine(store, clock, config.approval_settings, events), channel="cli")
         try:
             result = await op.run(desk, approver)

@@ -1,0 +1,189 @@
+"""Evidence log throughput and verification speed.
+
+Append throughput (records/s) with 1 and 50 concurrent writers on one `SQLiteStore`
+(synchronous=FULL, WAL), with the store's group commit, against a baseline that commits each
+write alone (one BEGIN IMMEDIATE ... COMMIT and fsync per write, as the store did before group
+commit). Then `audit verify` speed over files of 100,000 and 1,000,000 records, each built with
+bulk inserts of precomputed rows and verified in a fresh child process so its peak RSS is its own.
+
+    python benchmarks/evidence.py                # full run (a few minutes on 2 cores)
+    python benchmarks/evidence.py --quick        # smoke run: 2,000 appends, 20,000-record verify
+    python benchmarks/evidence.py --sizes 100000 # choose the verify sizes
+
+Tables go to stdout as markdown; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from mcp_gate.evidence import GENESIS_HASH, new_event
+from mcp_gate.store import SQLiteStore, _append, _in_transaction, verify_file
+
+
+def progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def event(i: int) -> dict[str, Any]:
+    return new_event(
+        "call.requested",
+        ts="2026-11-24T12:00:00.000000Z",
+        correlation_id=uuid.uuid4().hex,
+        requester={"agent": "bench", "owner": "alice@example.com"},
+        server="notes",
+        tool="echo",
+        args={"text": f"hello {i}"},
+    )
+
+
+async def group_commit(path: Path, writers: int, per_writer: int) -> float:
+    async with await SQLiteStore.open(path) as store:
+
+        async def writer(w: int) -> None:
+            for i in range(per_writer):
+                await store.append([event(w * per_writer + i)])
+
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for w in range(writers):
+                tg.start_soon(writer, w)
+        elapsed = time.perf_counter() - started
+        assert (await store.verify()).ok
+    return writers * per_writer / elapsed
+
+
+async def one_commit_each(path: Path, writers: int, per_writer: int) -> float:
+    """The baseline: every write its own transaction under one lock, one fsync each."""
+    async with await SQLiteStore.open(path) as store:
+        conn = store._require_open()
+        lock = anyio.Lock()
+
+        async def writer(w: int) -> None:
+            for i in range(per_writer):
+                events = [event(w * per_writer + i)]
+                async with lock:
+                    await anyio.to_thread.run_sync(_in_transaction, conn, lambda c, e=events: _append(c, e))
+
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for w in range(writers):
+                tg.start_soon(writer, w)
+        elapsed = time.perf_counter() - started
+    return writers * per_writer / elapsed
+
+
+def build_log(path: Path, count: int) -> float:
+    """A valid evidence file of `count` records, written with bulk inserts (not the slow path)."""
+    started = time.perf_counter()
+    async_open = anyio.run(SQLiteStore.open, path)  # creates the schema
+    anyio.run(async_open.close)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA synchronous = OFF")
+    conn.execute("PRAGMA journal_mode = WAL")
+    prev = GENESIS_HASH
+    batch: list[tuple[Any, ...]] = []
+    conn.execute("BEGIN")
+    for seq in range(1, count + 1):
+        cid = f"{seq:032x}"
+        body = {
+            "args": {"text": f"hello {seq}"},
+            "correlation_id": cid,
+            "event_id": f"e{seq:031x}",
+            "event_type": "call.requested",
+            "gate": {"name": "bench", "version": "0.1.0"},
+            "policy_sha256": "0" * 64,
+            "requester": {"agent": "bench", "owner": "alice@example.com"},
+            "seq": seq,
+            "server": "notes",
+            "tool": "echo",
+            "ts": "2026-11-24T12:00:00.000000Z",
+        }
+        # ASCII, integers only: json.dumps with sorted keys is exactly RFC 8785 here.
+        text = json.dumps(body, separators=(",", ":"), sort_keys=True)
+        entry = hashlib.sha256(prev.encode() + text.encode()).hexdigest()
+        batch.append((seq, body["event_id"], body["ts"], "call.requested", cid, text, prev, entry))
+        prev = entry
+        if len(batch) == 50_000:
+            conn.executemany("INSERT INTO evidence VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batch)
+            batch.clear()
+    conn.executemany("INSERT INTO evidence VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batch)
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return time.perf_counter() - started
+
+
+def verify_child(path: str) -> None:
+    started = time.perf_counter()
+    report = anyio.run(verify_file, Path(path))
+    elapsed = time.perf_counter() - started
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"ok": report.ok, "records": report.records, "seconds": elapsed, "rss_mb": rss_mb}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run")
+    parser.add_argument("--sizes", type=int, nargs="+", help="verify sizes (default 100000 1000000)")
+    parser.add_argument("--appends", type=int, default=10_000, help="records per append run (default 10000)")
+    parser.add_argument("--verify-child", metavar="PATH", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.verify_child:
+        verify_child(args.verify_child)
+        return
+    appends = 2_000 if args.quick else args.appends
+    sizes = args.sizes or ([20_000] if args.quick else [100_000, 1_000_000])
+    print(f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, {platform.machine()}\n")
+    print("| writers | commits | records | records/s |")
+    print("|---:|---|---:|---:|")
+    with tempfile.TemporaryDirectory(dir=Path.cwd()) as directory:
+        for writers in (1, 50):
+            per = max(1, appends // writers) if writers > 1 else max(1, appends // 10)
+            for name, run in (("one per write", one_commit_each), ("group commit", group_commit)):
+                path = Path(directory) / f"{name.replace(' ', '-')}-{writers}.db"
+                progress(f"appending {writers * per} records with {writers} writer(s), {name}...")
+                rate = anyio.run(run, path, writers, per)
+                print(f"| {writers} | {name} | {writers * per} | {rate:,.0f} |", flush=True)
+        print("\n| records | build s | verify s | records/s | peak RSS MB | ok |")
+        print("|---:|---:|---:|---:|---:|---|")
+        for size in sizes:
+            path = Path(directory) / f"verify-{size}.db"
+            progress(f"building a {size}-record file...")
+            built = build_log(path, size)
+            progress(f"verifying {size} records in a child process...")
+            done = subprocess.run(
+                [sys.executable, __file__, "--verify-child", str(path)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            result = json.loads(done.stdout)
+            rate = result["records"] / result["seconds"]
+            print(
+                f"| {size:,} | {built:.1f} | {result['seconds']:.2f} | {rate:,.0f} | "
+                f"{result['rss_mb']:.0f} | {result['ok']} |",
+                flush=True,
+            )
+            path.unlink()
+
+
+if __name__ == "__main__":
+    main()

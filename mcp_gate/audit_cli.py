@@ -1,0 +1,422 @@
+"""The evidence commands: keys init, audit verify (checkpoints, bundles), audit export, report, prune."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from mcp_gate import __version__
+from mcp_gate.bundle import Progress
+from mcp_gate.checkpoints import CheckpointError, VerifierKey, split_notes
+from mcp_gate.cli import EXIT_FAILED, EXIT_OK, _add_config, _config, _progress, _say, _sub
+from mcp_gate.clock import SystemClock, utc_iso
+from mcp_gate.config import GateConfig
+from mcp_gate.errors import GateError, StoreError
+from mcp_gate.evidence import new_event
+from mcp_gate.notary import Notary, create_key_file, load_key_file, notary_for
+from mcp_gate.store import SQLiteStore, read_only, verify_file
+
+__all__ = [
+    "add_audit_commands",
+    "add_key_commands",
+    "add_verify_options",
+    "cmd_verify",
+    "missed_copies",
+    "parse_moment",
+]
+
+
+def _db(config: GateConfig) -> Path:
+    db = config.data_dir / "gate.db"
+    if not db.exists():
+        raise GateError(f"{db}: no evidence log here yet (has the gate run with this config?)")
+    return db
+
+
+def _event(config: GateConfig, event_type: str, **fields: Any) -> dict[str, Any]:
+    return new_event(
+        event_type,
+        ts=utc_iso(SystemClock().now()),
+        correlation_id=None,
+        gate={"name": config.name, "version": __version__},
+        by=os.environ.get("USER", "unknown"),
+        **fields,
+    )
+
+
+async def _record(config: GateConfig, notary: Notary | None, event: dict[str, Any]) -> None:
+    """Record an audit action in the log, in its own short write after the read-only work.
+
+    Only a gate with a signing key records them (then a checkpoint covers them too); a read-only
+    copy of the file is left as it is."""
+    db = config.data_dir / "gate.db"
+    if notary is None or not os.access(db, os.W_OK):
+        return
+    try:
+        async with await SQLiteStore.open(db, notary=notary) as store:
+            await store.append([event])
+    except StoreError as exc:
+        _progress(f"mcp-gate: could not record {event['event_type']}: {exc}")
+
+
+def parse_moment(text: str, option: str) -> str:
+    """A --since / --until value (a date, or a date and time; UTC unless it says otherwise) as the
+    log's timestamp text."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise GateError(
+            f"{option}: expected a date like 2026-11-01 or 2026-11-01T12:00:00Z, got {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return utc_iso(moment)
+
+
+def _pubkey(text: str) -> VerifierKey:
+    path = Path(text)
+    value = text
+    if "+" not in text or path.is_file():
+        try:
+            value = path.read_text("utf-8").strip()
+        except OSError as exc:
+            raise GateError(
+                f"--pubkey {text}: not a public key and not a readable file ({exc.strerror})"
+            ) from None
+    try:
+        return VerifierKey.from_text(value)
+    except CheckpointError as exc:
+        raise GateError(f"--pubkey: {exc}") from None
+
+
+# -- keys -----------------------------------------------------------------------------------
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    config = _config(args)
+    settings = config.evidence
+    assert settings is not None
+    key = create_key_file(settings.key_path, settings.key_name)
+    _progress(f"signing key written to {settings.key_path} (mode 0600); checkpoints are now on")
+    _say(key.verifier.to_text())
+    return EXIT_OK
+
+
+def cmd_keys_show(args: argparse.Namespace) -> int:
+    config = _config(args)
+    assert config.evidence is not None
+    _say(load_key_file(config.evidence.key_path).verifier.to_text())
+    return EXIT_OK
+
+
+# -- audit verify ---------------------------------------------------------------------------
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    if args.bundle is not None:
+        return _verify_bundle(args)
+    config = _config(args)
+    db = _db(config)
+    notary = notary_for(config)
+    verifiers = None
+    if args.pubkey is not None:
+        verifiers = [_pubkey(args.pubkey)]
+    elif notary is not None:
+        verifiers = [notary.key.verifier]
+    extra: list[tuple[str, str]] = []
+    sources = [Path(p) for p in args.checkpoints or ()]
+    sink = None if config.evidence is None else config.evidence.copy_to_file
+    if sink is not None and sink.exists() and sink not in sources:
+        sources.append(sink)
+    for source in sources:
+        try:
+            text = source.read_text("utf-8")
+        except OSError as exc:
+            raise GateError(f"--checkpoints {source}: cannot be read ({exc.strerror})") from None
+        extra.extend((f"{source} note {i}", note) for i, note in enumerate(split_notes(text), start=1))
+    if extra and verifiers is None:
+        raise GateError("--checkpoints: checking signed checkpoints needs --pubkey (or the gate's key)")
+
+    async def run() -> int:
+        _progress(f"verifying {db}...")
+        bar: list[Progress] = []
+
+        def advance(done: int, total: int) -> None:
+            if not bar:
+                bar.append(Progress("verifying", total))
+            bar[0].advance(done - bar[0].done)
+
+        report = await verify_file(db, verifiers=verifiers, extra_notes=extra, progress=advance)
+        if bar:
+            bar[0].close()
+        if args.json:
+            _say(json.dumps(asdict(report)))
+        elif report.ok:
+            line = f"ok: {report.records} records, chain intact, head {report.head_hash[:16]}"
+            if report.keys_checked:
+                line += (
+                    f"; {report.checkpoints} signed checkpoint(s) verified, covering seq 1..{report.covered}"
+                )
+            else:
+                line += "; signed checkpoints not checked (no key: run `mcp-gate keys init` or pass --pubkey)"
+            if report.pruned_through:
+                line += f"; seq 1..{report.pruned_through} pruned under a signed retention checkpoint"
+            _say(line)
+        else:
+            _say(f"TAMPERED: {report.problem}")
+        await _record(
+            config,
+            notary,
+            _event(
+                config,
+                "audit.verified",
+                ok=report.ok,
+                records=report.records,
+                first_bad_seq=report.first_bad_seq,
+                checkpoints=report.checkpoints,
+            ),
+        )
+        return EXIT_OK if report.ok else EXIT_FAILED
+
+    return anyio.run(run)
+
+
+def _verify_bundle(args: argparse.Namespace) -> int:
+    from mcp_gate.bundle import verify_bundle
+
+    if args.pubkey is None:
+        raise GateError("--bundle: verifying a bundle needs the gate's public key: --pubkey KEY")
+    key = _pubkey(args.pubkey)
+    report = verify_bundle(Path(args.bundle), key)
+    if args.json:
+        _say(json.dumps(asdict(report)))
+    elif report.ok:
+        _say(
+            f"ok: bundle {args.bundle}: {report.records} records "
+            f"(seq {report.first_seq}..{report.last_seq}), "
+            f"signature and every file hash verified, {report.checkpoints} signed checkpoint(s)"
+        )
+    else:
+        _say(f"TAMPERED: bundle {args.bundle}: {report.problem}")
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+# -- audit export / report / prune ----------------------------------------------------------
+
+
+def _needs_notary(config: GateConfig, what: str) -> Notary:
+    notary = notary_for(config)
+    if notary is None:
+        raise GateError(f"{what} needs a signing key; create one with `mcp-gate keys init`")
+    return notary
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mcp_gate.bundle import export_bundle
+
+    config = _config(args)
+    db = _db(config)
+    notary = _needs_notary(config, "audit export")
+    since = None if args.since is None else parse_moment(args.since, "--since")
+    until = None if args.until is None else parse_moment(args.until, "--until")
+    out = Path(args.out)
+    if out.exists():
+        raise GateError(f"--out {out}: already exists; choose a new path")
+
+    async def run() -> int:
+        async with await SQLiteStore.open(db, notary=notary) as store:
+            await store.checkpoint()  # a checkpoint before every export covers its tail
+
+        def write() -> Any:
+            with read_only(db) as reader:
+                gate = {"name": config.name, "version": __version__, "config_sha256": config.config_sha256}
+                return export_bundle(reader, notary.key, out, since=since, until=until, gate=gate)
+
+        result = await anyio.to_thread.run_sync(write)
+        await _record(
+            config,
+            notary,
+            _event(
+                config,
+                "audit.exported",
+                since=since,
+                until=until,
+                first_seq=result.first_seq,
+                last_seq=result.last_seq,
+                count=result.count,
+                sums_sha256=result.sums_sha256,
+            ),
+        )
+        _say(f"exported {result.count} records (seq {result.first_seq}..{result.last_seq}) to {out}")
+        _say(f"verify with: mcp-gate audit verify --bundle {out} --pubkey '{notary.key.verifier.to_text()}'")
+        return EXIT_OK
+
+    return anyio.run(run)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mcp_gate.report import build_report, render_html
+
+    config = _config(args)
+    db = _db(config)
+    notary = notary_for(config)
+    since = None if args.since is None else parse_moment(args.since, "--since")
+    until = None if args.until is None else parse_moment(args.until, "--until")
+
+    async def run() -> int:
+        verifiers = None if notary is None else [notary.key.verifier]
+        verified = await verify_file(db, verifiers=verifiers)
+
+        def build() -> dict[str, Any]:
+            with read_only(db) as reader:
+                return build_report(reader, since=since, until=until, gate=config.name, verified=verified)
+
+        report = await anyio.to_thread.run_sync(build)
+        text = json.dumps(report, indent=2) if args.format == "json" else render_html(report)
+        if args.out is None or args.out == "-":
+            sys.stdout.write(text + ("\n" if not text.endswith("\n") else ""))
+        else:
+            Path(args.out).write_text(text, "utf-8")
+            _progress(f"report written to {args.out}")
+        violations = report["unapproved_calls"]["count"]
+        await _record(
+            config,
+            notary,
+            _event(config, "audit.reported", since=since, until=until, violations=violations),
+        )
+        return EXIT_OK if violations == 0 and verified.ok else EXIT_FAILED
+
+    return anyio.run(run)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    config = _config(args)
+    db = _db(config)
+    notary = _needs_notary(config, "audit prune")
+    retention = None if config.evidence is None else config.evidence.retention_seconds
+    if retention is None:
+        raise GateError(f"{config.path}: evidence.retention: not set; pruning keeps everything")
+    before = utc_iso(SystemClock().now() - timedelta(seconds=retention))
+
+    def events(pruned: Any) -> list[dict[str, Any]]:
+        return [
+            _event(
+                config,
+                "evidence.pruned",
+                first_seq=pruned.first,
+                last_seq=pruned.last,
+                count=pruned.count,
+                root=pruned.root,
+                before=before,
+            )
+        ]
+
+    async def run() -> int:
+        async with await SQLiteStore.open(db, notary=notary) as store:
+            pruned = await store.prune(before, events=events)
+        if pruned is None:
+            _say(f"nothing to prune: no record is older than {before}")
+        else:
+            _say(
+                f"pruned seq {pruned.first}..{pruned.last} ({pruned.count} records older than {before}) "
+                "under a signed retention checkpoint"
+            )
+        return EXIT_OK
+
+    return anyio.run(run)
+
+
+def missed_copies(config: GateConfig) -> list[str]:
+    """One line per checkpoint copy that failed (for `mcp-gate check`)."""
+    db = config.data_dir / "gate.db"
+    if not db.exists():
+        return []
+    lines: list[str] = []
+    with read_only(db) as reader:
+        for body in reader.bodies_of("checkpoint.copy_failed"):
+            for failure in body.get("failed", []):
+                lines.append(f"checkpoint of size {body.get('size')} at {body.get('ts')}: {failure}")
+    return lines
+
+
+# -- parser ---------------------------------------------------------------------------------
+
+
+def add_key_commands(sub: Any) -> None:
+    p = _sub(sub, "keys", "manage the key that signs evidence checkpoints")
+    keys_sub = p.add_subparsers(dest="keys_command", metavar="SUBCOMMAND", required=True)
+    k = _sub(
+        keys_sub,
+        "init",
+        "create the Ed25519 signing key and print its public key",
+        "Create the Ed25519 key that signs checkpoints of the evidence log (a file in the data dir, mode "
+        "0600, or [evidence] key) and print its public key for auditors. Never overwrites a key.",
+    )
+    _add_config(k)
+    k.set_defaults(func=cmd_keys_init)
+    k = _sub(keys_sub, "show", "print the public key of the signing key")
+    _add_config(k)
+    k.set_defaults(func=cmd_keys_show)
+
+
+def add_audit_commands(audit_sub: Any) -> None:
+    e = _sub(
+        audit_sub,
+        "export",
+        "write an evidence bundle an auditor verifies offline",
+        "Write the records of a period, the signed checkpoints covering them, the public key, a manifest "
+        "and signed SHA256SUMS to a directory or a .tar.gz. A checkpoint is signed first.",
+    )
+    _add_config(e)
+    e.add_argument("--since", metavar="DATE", help="first moment (inclusive), e.g. 2026-11-01")
+    e.add_argument("--until", metavar="DATE", help="last moment (exclusive), e.g. 2026-12-01")
+    e.add_argument("--out", metavar="PATH", required=True, help="a new directory, or a file ending .tar.gz")
+    e.set_defaults(func=cmd_export)
+    r = _sub(
+        audit_sub,
+        "report",
+        "write the evidence report (self-contained HTML, or JSON)",
+        "Write one self-contained HTML page (or JSON) about a period: calls by server and tier, every "
+        "approval, denials, expiries, grants, refused self-approvals, tool drift, calls that ran without "
+        "a required approval, and the verification result. Exits 1 if any such call or tampering is found.",
+    )
+    _add_config(r)
+    r.add_argument("--since", metavar="DATE", help="first moment (inclusive)")
+    r.add_argument("--until", metavar="DATE", help="last moment (exclusive)")
+    r.add_argument("--out", metavar="PATH", help="where to write it (default: stdout)")
+    r.add_argument("--format", choices=("html", "json"), default="html", help="html (default) or json")
+    r.set_defaults(func=cmd_report)
+    p = _sub(
+        audit_sub,
+        "prune",
+        "remove records older than [evidence] retention, under a signed retention checkpoint",
+        "Remove records older than [evidence] retention. A signed retention checkpoint records the "
+        "range, count and chain head of what was removed, so `audit verify` still passes.",
+    )
+    _add_config(p)
+    p.set_defaults(func=cmd_prune)
+
+
+def add_verify_options(v: argparse.ArgumentParser) -> None:
+    v.add_argument(
+        "--pubkey",
+        metavar="KEY",
+        help="trust this public key (NAME+HASH+BASE64, or a file holding it); no private key is needed",
+    )
+    v.add_argument(
+        "--checkpoints",
+        metavar="FILE",
+        action="append",
+        help="also check the signed checkpoints in FILE (a copy kept elsewhere); repeatable",
+    )
+    v.add_argument("--bundle", metavar="PATH", help="verify an export bundle (directory or .tar.gz) instead")
+    v.set_defaults(func=cmd_verify)

@@ -1,0 +1,327 @@
+"""The evidence report: what happened in a period, computed from the records, as JSON or one HTML page."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from mcp_gate import __version__
+from mcp_gate.evidence import VerifyReport
+from mcp_gate.store import LogReader
+
+__all__ = ["UNAPPROVED_METHOD", "build_report", "render_html", "summarize"]
+
+UNAPPROVED_METHOD = (
+    "Every call.executed, call.failed and call.outcome_unknown record (a call that reached its server) "
+    "was matched to the policy.decided record of the same correlation id. Where that decision required "
+    "approvals, the same correlation id must carry a call.released record before the execution: "
+    "either from a grant, or naming at least as many distinct approvers as were required. "
+    "A call with no such release is listed here."
+)
+_REACHED = ("call.executed", "call.failed", "call.outcome_unknown")
+_NEEDS = re.compile(r"^(\d+) approvals?$")
+
+
+def _who(body: Mapping[str, Any]) -> tuple[Any, Any]:
+    requester = body.get("requester")
+    if isinstance(requester, Mapping):
+        return requester.get("agent"), requester.get("owner")
+    return None, None
+
+
+def _seconds_between(start: Any, end: Any) -> float | None:
+    try:
+        a = datetime.fromisoformat(str(start).replace("Z", "+00:00"))
+        b = datetime.fromisoformat(str(end).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return round((b - a).total_seconds(), 3)
+
+
+def summarize(bodies: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The report's sections from record bodies in seq order (pure; one pass)."""
+    records = 0
+    policies: dict[str, dict[str, Any]] = {}
+    calls: dict[str, dict[str, Any]] = {}  # correlation id -> server, tool, tier, requirement
+    by_server_tier: dict[tuple[str, str], dict[str, int]] = {}
+    approvals: dict[str, dict[str, Any]] = {}
+    released: dict[str, list[Mapping[str, Any]]] = {}
+    lists: dict[str, list[dict[str, Any]]] = {
+        "denials": [], "expiries": [], "revocations": [], "grants": [], "self_approval_refusals": [],
+        "refused_decisions": [], "drift": [], "unapproved": [],
+    }  # fmt: skip
+    for body in bodies:
+        records += 1
+        kind, ts, cid = body.get("event_type"), body.get("ts"), body.get("correlation_id")
+        policy = body.get("policy_sha256")
+        if isinstance(policy, str):
+            seen = policies.setdefault(
+                policy, {"policy_sha256": policy, "first": ts, "last": ts, "records": 0}
+            )
+            seen["last"] = ts
+            seen["records"] += 1
+        if kind == "policy.decided" and isinstance(cid, str):
+            call: dict[str, Any] = {"server": body.get("server"), "tool": body.get("tool")}
+            call["tier"] = body.get("tier")
+            call["requirement"] = body.get("requirement")
+            call["agent"], call["owner"] = _who(body)
+            calls[cid] = call
+            row = by_server_tier.setdefault(
+                (str(call["server"]), str(call["tier"])), {"requested": 0, "ran": 0, "refused": 0}
+            )
+            row["requested"] += 1
+        elif kind in _REACHED and isinstance(cid, str) and cid in calls:
+            reached = calls[cid]
+            by_server_tier[(str(reached["server"]), str(reached["tier"]))]["ran"] += 1
+            _check_release(cid, reached, released.get(cid, []), ts, lists["unapproved"])
+        elif kind == "call.refused" and isinstance(cid, str) and cid in calls:
+            call = calls[cid]
+            by_server_tier[(str(call["server"]), str(call["tier"]))]["refused"] += 1
+        elif kind == "call.released" and isinstance(cid, str):
+            released.setdefault(cid, []).append(body)
+        elif kind == "approval.requested":
+            rid = str(body.get("request_id"))
+            agent, owner = _who(body)
+            approvals[rid] = {
+                "request_id": rid, "correlation_id": cid, "server": body.get("server"),
+                "tool": body.get("tool"), "tier": calls.get(str(cid), {}).get("tier"), "requester": agent,
+                "owner": owner, "required": body.get("required"), "requested_at": ts, "approvers": [],
+                "deniers": [], "outcome": "pending", "decided_at": None, "latency_seconds": None,
+            }  # fmt: skip
+        elif kind == "approval.decided":
+            entry = approvals.get(str(body.get("request_id")))
+            if entry is not None:
+                who = body.get("approver")
+                entry["approvers" if body.get("verdict") == "approve" else "deniers"].append(who)
+                state = body.get("state")
+                if state in ("approved", "denied"):
+                    entry["outcome"], entry["decided_at"] = state, ts
+                    entry["latency_seconds"] = _seconds_between(entry["requested_at"], ts)
+                if state == "denied":
+                    lists["denials"].append({"request_id": entry["request_id"], "by": who, "at": ts,
+                                             "note": body.get("note")})  # fmt: skip
+        elif kind == "approval.refused":
+            which = "self_approval_refusals" if body.get("code") == "self-approval" else "refused_decisions"
+            lists[which].append(_pick(body, request_id="request_id", by="approver", code="code", why="why"))
+        elif kind == "approval.expired":
+            lists["expiries"].append(_pick(body, request_id="request_id", why="why"))
+            if (entry := approvals.get(str(body.get("request_id")))) is not None:
+                entry["outcome"] = "expired"
+        elif kind == "approval.revoked":
+            lists["revocations"].append(_pick(body, request_id="request_id", by="approver"))
+            if (entry := approvals.get(str(body.get("request_id")))) is not None:
+                entry["outcome"] = "revoked"
+        elif kind in ("grant.created", "grant.revoked"):
+            lists["grants"].append(
+                {
+                    "event": kind,
+                    **_pick(body, grant_id="grant_id", by="approver", server="server", tool="tool"),
+                }
+                | {"for": body.get("duration")}
+            )
+        elif kind in ("tool.drifted", "tool.accepted"):
+            lists["drift"].append({"event": kind, **_pick(body, server="server", tool="tool", pin="pin")})
+    return {
+        "records": records,
+        "policy_versions": list(policies.values()),
+        "calls_by_server_tier": [
+            {"server": s, "tier": t, **counts} for (s, t), counts in sorted(by_server_tier.items())
+        ],
+        "approvals": list(approvals.values()),
+        **{k: v for k, v in lists.items() if k != "unapproved"},
+        "unapproved_calls": {
+            "count": len(lists["unapproved"]),
+            "calls": lists["unapproved"],
+            "method": UNAPPROVED_METHOD,
+        },
+    }
+
+
+def _pick(body: Mapping[str, Any], **fields: str) -> dict[str, Any]:
+    """A report row: the chosen body fields under their report names, and the record's time."""
+    return {name: body.get(key) for name, key in fields.items()} | {"at": body.get("ts")}
+
+
+def _check_release(
+    cid: str, call: Mapping[str, Any], releases: list[Mapping[str, Any]], ts: Any, out: list[dict[str, Any]]
+) -> None:
+    needed = _NEEDS.match(str(call.get("requirement")))
+    if needed is None:
+        return
+    count = int(needed.group(1))
+    for release in releases:
+        if isinstance(release.get("grant_id"), str):
+            return
+        approvers = release.get("approvers")
+        if isinstance(approvers, list) and len({str(a) for a in approvers}) >= count:
+            return
+    out.append({"correlation_id": cid, "server": call.get("server"), "tool": call.get("tool"),
+                "tier": call.get("tier"), "requirement": call.get("requirement"),
+                "requester": call.get("agent"), "at": ts})  # fmt: skip
+
+
+def build_report(
+    reader: LogReader, *, since: str | None, until: str | None, gate: str, verified: VerifyReport
+) -> dict[str, Any]:
+    """The report over the records with since <= ts < until (streamed from `reader`)."""
+    span = reader.seq_range(since, until)
+    if span is None:
+        sections = summarize(())
+    else:
+        first, last = span
+        bodies = (b for b in reader.bodies_of(after_seq=first - 1) if b.get("seq", 0) <= last)
+        sections = summarize(bodies)
+    verification = asdict(verified)
+    return {
+        "gate": gate,
+        "gate_version": __version__,
+        "period": {"since": since, "until": until},
+        "seq_range": None if span is None else {"first": span[0], "last": span[1]},
+        **sections,
+        "verification": verification,
+    }
+
+
+# -- HTML -----------------------------------------------------------------------------------
+
+_CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:2rem;color:#1b1b1b;max-width:80rem}
+h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;width:100%;margin:.5rem 0}th,td{border:1px solid #ddd;padding:.25rem .5rem;
+text-align:left;vertical-align:top;word-break:break-word}th{background:#f3f3f3;cursor:pointer;user-select:none}
+.ok{color:#075e07;font-weight:600}.bad{color:#a40000;font-weight:600}input.filter{margin:.25rem 0;width:20rem}
+.muted{color:#666}code{font-size:12px}
+"""
+
+_JS = """
+document.querySelectorAll('table.data').forEach(function(t){
+  var f=t.previousElementSibling;
+  if(f&&f.classList.contains('filter')){f.addEventListener('input',function(){
+    var q=f.value.toLowerCase();t.querySelectorAll('tbody tr').forEach(function(r){
+      r.style.display=r.textContent.toLowerCase().indexOf(q)>=0?'':'none';});});}
+  t.querySelectorAll('th').forEach(function(h,i){h.addEventListener('click',function(){
+    var b=t.tBodies[0],rows=Array.prototype.slice.call(b.rows),asc=h.dataset.asc!=='1';
+    t.querySelectorAll('th').forEach(function(o){delete o.dataset.asc;});h.dataset.asc=asc?'1':'0';
+    rows.sort(function(x,y){var a=x.cells[i].textContent,c=y.cells[i].textContent,
+      na=parseFloat(a),nc=parseFloat(c),r=(!isNaN(na)&&!isNaN(nc))?na-nc:a.localeCompare(c);
+      return asc?r:-r;});rows.forEach(function(r){b.appendChild(r);});});});
+});
+"""
+
+
+def _e(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return html.escape(", ".join(str(v) for v in value), quote=True)
+    return html.escape(str(value), quote=True)
+
+
+def _table(title: str, rows: list[Mapping[str, Any]], columns: list[str], empty: str) -> str:
+    head = f"<h2>{_e(title)} ({len(rows)})</h2>"
+    if not rows:
+        return f"{head}<p class='muted'>{_e(empty)}</p>"
+    cells = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_e(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return (
+        f"{head}<input class='filter' type='search' placeholder='filter {_e(title.lower())}'>"
+        f"<table class='data'><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
+    )
+
+
+def render_html(report: Mapping[str, Any]) -> str:
+    """One self-contained page (inline CSS and JS, no external assets); every value is escaped."""
+    verification = report["verification"]
+    unapproved = report["unapproved_calls"]
+    period = report["period"]
+    if verification["ok"]:
+        verdict = (
+            f"<p class='ok'>Verified: {verification['records']} records, chain intact"
+            + (
+                f", {verification.get('checkpoints', 0)} signed checkpoint(s) verified"
+                if verification.get("keys_checked")
+                else ", signed checkpoints not checked (no key)"
+            )
+            + ".</p>"
+        )
+    else:
+        verdict = f"<p class='bad'>Verification FAILED: {_e(verification['problem'])}</p>"
+    if unapproved["count"] == 0:
+        zero = "<p class='ok'>0 calls ran without a required approval.</p>"
+    else:
+        zero = f"<p class='bad'>{unapproved['count']} call(s) ran without a required approval.</p>"
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>Evidence report: {_e(report['gate'])}</title><style>{_CSS}</style></head><body>",
+        f"<h1>Evidence report: gate {_e(report['gate'])}</h1>",
+        f"<p>Period: {_e(period['since'] or 'start of the log')} to {_e(period['until'] or 'now')} "
+        f"(records: {report['records']}; mcp-gate {_e(report['gate_version'])})</p>",
+        "<h2>Verification</h2>",
+        verdict,
+        "<h2>Calls that ran without a required approval</h2>",
+        zero,
+        f"<p class='muted'>How this was checked: {_e(unapproved['method'])}</p>",
+        _table(
+            "Unapproved calls",
+            unapproved["calls"],
+            ["correlation_id", "server", "tool", "tier", "requirement", "requester", "at"],
+            "None.",
+        ),
+        _table(
+            "Policy versions",
+            report["policy_versions"],
+            ["policy_sha256", "first", "last", "records"],
+            "No records.",
+        ),
+        _table(
+            "Calls by server and tier",
+            report["calls_by_server_tier"],
+            ["server", "tier", "requested", "ran", "refused"],
+            "No calls.",
+        ),
+        _table(
+            "Approvals",
+            report["approvals"],
+            [
+                "request_id",
+                "server",
+                "tool",
+                "tier",
+                "requester",
+                "owner",
+                "required",
+                "approvers",
+                "deniers",
+                "outcome",
+                "requested_at",
+                "decided_at",
+                "latency_seconds",
+            ],
+            "No approval requests.",
+        ),  # fmt: skip
+        _table("Denials", report["denials"], ["request_id", "by", "at", "note"], "None."),
+        _table("Expiries", report["expiries"], ["request_id", "at", "why"], "None."),
+        _table("Revocations", report["revocations"], ["request_id", "by", "at"], "None."),
+        _table(
+            "Grants", report["grants"], ["event", "grant_id", "by", "server", "tool", "for", "at"], "None."
+        ),
+        _table(
+            "Self-approval attempts refused",
+            report["self_approval_refusals"],
+            ["request_id", "by", "at", "why"],
+            "None.",
+        ),
+        _table(
+            "Other refused decisions",
+            report["refused_decisions"],
+            ["request_id", "by", "code", "at", "why"],
+            "None.",
+        ),
+        _table("Tool drift", report["drift"], ["event", "server", "tool", "pin", "at"], "None."),
+        f"<script>{_JS}</script></body></html>",
+    ]
+    return "\n".join(parts)

@@ -1,0 +1,556 @@
+"""Evidence an auditor accepts, through the real `mcp-gate` command: keys, checkpoints, bundles, report."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client
+
+from mcp_gate.approvals import Approved, Denied, Refusal
+from mcp_gate.checkpoints import SigningKey, open_note, parse_checkpoint, split_notes
+from mcp_gate.config import load_config
+from mcp_gate.errors import ConfigError
+from mcp_gate.evidence import new_event
+from mcp_gate.gateway import Gateway
+from mcp_gate.notary import Notary, notary_for
+from mcp_gate.report import render_html, summarize
+from mcp_gate.store import SQLiteStore
+from mcp_gate.testing import NOTES_MANIFEST, approver_table, notes_server_table, running_gate, write_config
+
+APPROVERS = {
+    "bob": approver_table("bob@example.com", ["sre"], "tok-bob"),
+    "dave": approver_table("dave@example.com", ["security"], "tok-dave"),
+    "alice": {**approver_table("alice@corp.example", ["sre"], "tok-alice"), "aliases": ["Alice@Example.com"]},
+}
+TIERS = {"high": {"approvals": 1, "groups": ["sre", "security"]}}
+HOSTILE = "<script>alert(1)</script>"
+EVIDENCE = '\n[evidence]\ncheckpoint_every_records = 50\ncopy_to_file = "copies/checkpoints.log"\n'
+
+
+def mcp_gate(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "MCP_GATE_CONFIG"} | (env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "mcp_gate", *args], capture_output=True, text=True, env=environ, timeout=120
+    )
+
+
+def make_config(directory: Path, extra: str = EVIDENCE) -> Path:
+    config = write_config(
+        directory / "gate",
+        servers={"notes": notes_server_table(directory / "notes")},
+        manifests={"notes": NOTES_MANIFEST.read_text()},
+        approvers=APPROVERS,
+        tiers=TIERS,
+        approvals={"hold_seconds": 30, "progress_seconds": 0.05},
+        extra=extra,
+    )
+    (config.parent / "copies").mkdir(exist_ok=True)
+    return config
+
+
+async def wait_for_request(gate: Gateway, count: int) -> Any:
+    with anyio.fail_after(20):
+        while len(pending := await gate.engine.pending()) < count:
+            await anyio.sleep(0.01)
+    return pending[-1]
+
+
+async def drive(config: Path) -> None:
+    """An echo, an approved write, a write whose owner tries to approve it and that is then denied."""
+    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+        gate = front.gateway
+        assert not (await agent.call_tool("notes__echo", {"text": "hi"})).is_error
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(agent.call_tool, "notes__write_note", {"name": "a", "text": "one"})
+            request = await wait_for_request(gate, 1)
+            assert isinstance(
+                await gate.engine.decide(request.id, APPROVER(gate, "bob"), "approve", channel="t"), Approved
+            )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(agent.call_tool, "notes__write_note", {"name": "b", "text": "two"})
+            request = await wait_for_request(gate, 1)
+            refused = await gate.engine.decide(request.id, APPROVER(gate, "alice"), "approve", channel="t")
+            assert isinstance(refused, Refusal) and refused.code == "self-approval"
+            denied = await gate.engine.decide(
+                request.id, APPROVER(gate, "dave"), "deny", channel="t", note=HOSTILE
+            )
+            assert isinstance(denied, Denied)
+
+
+def APPROVER(gate: Gateway, name: str) -> Any:  # noqa: N802 (reads as a lookup)
+    return gate.config.approvers[name]
+
+
+@dataclass(frozen=True)
+class Gate:
+    config: Path
+    pubkey: str
+    at_shutdown: tuple[int, int] = (0, 0)  # (last seq, largest checkpoint size) when the gate stopped
+
+    @property
+    def db(self) -> Path:
+        return self.config.parent / "data" / "gate.db"
+
+
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory: pytest.TempPathFactory) -> Gate:
+    config = make_config(tmp_path_factory.mktemp("audit"))
+    done = mcp_gate("keys", "init", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    anyio.run(drive, config)
+    db = config.parent / "data" / "gate.db"
+    last = bodies(db)[-1]["seq"]
+    return Gate(config, done.stdout.strip(), (last, max(checkpoint_sizes(db, done.stdout.strip()))))
+
+
+def copy_gate(gate: Gate, tmp_path: Path) -> Gate:
+    shutil.copytree(gate.config.parent, tmp_path / "gate")
+    return Gate(tmp_path / "gate" / "gate.toml", gate.pubkey)
+
+
+def bodies(db: Path) -> list[dict[str, Any]]:
+    with closing(sqlite3.connect(db)) as conn:
+        return [json.loads(b) for (b,) in conn.execute("SELECT body FROM evidence ORDER BY seq")]
+
+
+def checkpoint_sizes(db: Path, pubkey: str) -> list[int]:
+    from mcp_gate.checkpoints import VerifierKey
+
+    key = VerifierKey.from_text(pubkey)
+    with closing(sqlite3.connect(db)) as conn:
+        notes = [n for (n,) in conn.execute("SELECT note FROM checkpoints ORDER BY id")]
+    return [parse_checkpoint(open_note(n, [key])[0]).size for n in notes]
+
+
+# -- keys and checkpoints ------------------------------------------------------------------
+
+
+def test_keys_init_writes_a_0600_key_prints_its_public_key_and_never_overwrites_it(gate: Gate) -> None:
+    key_file = gate.config.parent / "data" / "signing.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert SigningKey.from_text(key_file.read_text()).verifier.to_text() == gate.pubkey
+    assert re.fullmatch(r"mcp-gate-test-gate\+[0-9a-f]{8}\+[A-Za-z0-9+/=]+", gate.pubkey)
+    again = mcp_gate("keys", "init", "--config", str(gate.config))
+    assert again.returncode == 2 and "never overwritten" in again.stderr and "Traceback" not in again.stderr
+    assert SigningKey.from_text(key_file.read_text()).verifier.to_text() == gate.pubkey
+
+
+def test_every_approval_decision_is_checkpointed_at_once_and_shutdown_covers_the_tail(gate: Gate) -> None:
+    records = bodies(gate.db)
+    sizes = checkpoint_sizes(gate.db, gate.pubkey)
+    decided = [b["seq"] for b in records if b["event_type"] == "approval.decided"]
+    assert len(decided) == 2
+    for seq in decided:  # the checkpoint of the commit that wrote it (with its call.released)
+        assert any(seq <= size <= seq + 1 for size in sizes), (seq, sizes)
+    last, covered = gate.at_shutdown
+    assert covered == last  # the checkpoint signed at shutdown covers the last record
+    copies = (gate.config.parent / "copies" / "checkpoints.log").read_text()
+    assert len(list(split_notes(copies))) == len(sizes)
+
+
+def test_a_gate_key_readable_by_others_is_refused_with_one_line(gate: Gate, tmp_path: Path) -> None:
+    copy = copy_gate(gate, tmp_path)
+    os.chmod(copy.config.parent / "data" / "signing.key", 0o644)
+    with pytest.raises(ConfigError, match=r"evidence\.key: .*readable by others \(mode 0644\)"):
+        notary_for(load_config(copy.config, os.environ))
+    done = mcp_gate("check", "--config", str(copy.config))
+    assert done.returncode == 2 and "readable by others" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_audit_verify_checks_every_checkpoint_and_records_that_it_ran(gate: Gate, tmp_path: Path) -> None:
+    copy = copy_gate(gate, tmp_path)
+    done = mcp_gate("audit", "verify", "--config", str(copy.config))
+    assert done.returncode == 0, done.stderr
+    assert re.search(
+        r"chain intact, head \w+; \d+ signed checkpoint\(s\) verified, covering seq 1\.\.\d+", done.stdout
+    )
+    assert bodies(copy.db)[-1]["event_type"] == "audit.verified" and bodies(copy.db)[-1]["ok"] is True
+
+
+def test_an_auditor_verifies_a_copy_of_the_file_with_only_the_public_key(gate: Gate, tmp_path: Path) -> None:
+    auditor = tmp_path / "auditor"
+    auditor.mkdir()
+    shutil.copy(gate.db, auditor / "gate.db")
+    (auditor / "gate.toml").write_text('[gate]\nname = "copy"\ndata_dir = "."\n')
+    os.chmod(auditor / "gate.db", 0o444)
+    done = mcp_gate(
+        "audit", "verify", "--config", str(auditor / "gate.toml"), "--pubkey", gate.pubkey, "--json"
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] and report["keys_checked"] and report["checkpoints"] >= 3
+    assert not list(auditor.glob("*.key"))
+
+
+def test_a_full_rewrite_of_the_file_is_caught_by_the_checkpoint_copies(gate: Gate, tmp_path: Path) -> None:
+    copy = copy_gate(gate, tmp_path)
+    from mcp_gate.evidence import GENESIS_HASH, canonical_json, chain_hash
+
+    with closing(sqlite3.connect(copy.db)) as conn, conn:
+        for trigger in ("evidence_no_update", "checkpoints_no_delete"):
+            conn.execute(f"DROP TRIGGER {trigger}")
+        conn.execute("DELETE FROM checkpoints")
+        prev = GENESIS_HASH
+        for seq, text in list(conn.execute("SELECT seq, body FROM evidence ORDER BY seq")):
+            body = json.loads(text)
+            body["ts"] = body["ts"].replace("20", "19", 1) if seq >= 3 else body["ts"]
+            new = canonical_json(body)
+            entry = chain_hash(prev, new)
+            conn.execute(
+                "UPDATE evidence SET body = ?, ts = ?, prev_hash = ?, entry_hash = ? WHERE seq = ?",
+                (new.decode(), body["ts"], prev, entry, seq),
+            )
+            prev = entry
+    done = mcp_gate("audit", "verify", "--config", str(copy.config))
+    assert done.returncode == 1 and done.stdout.startswith("TAMPERED")
+    assert "differ from the signed checkpoint" in done.stdout
+
+
+# -- bundles ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bundles(gate: Gate, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    out = tmp_path_factory.mktemp("bundles")
+    directory, tarball = out / "bundle", out / "bundle.tar.gz"
+    for path in (directory, tarball):
+        done = mcp_gate(
+            "audit", "export", "--config", str(gate.config), "--since", "2020-01-01", "--out", str(path)
+        )
+        assert done.returncode == 0, done.stderr
+        assert "exported" in done.stdout
+    return directory, tarball
+
+
+def test_a_bundle_verifies_offline_with_only_the_public_key(gate: Gate, bundles: tuple[Path, Path]) -> None:
+    for bundle in bundles:
+        done = mcp_gate("audit", "verify", "--bundle", str(bundle), "--pubkey", gate.pubkey)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "signature and every file hash verified" in done.stdout
+    names = sorted(p.name for p in bundles[0].iterdir())
+    assert names == [
+        "SHA256SUMS",
+        "SHA256SUMS.sig",
+        "checkpoints.txt",
+        "manifest.json",
+        "pubkey.txt",
+        "records.jsonl",
+    ]
+    manifest = json.loads((bundles[0] / "manifest.json").read_text())
+    assert (
+        manifest["gate"]["name"] == "test-gate"
+        and manifest["count"] == manifest["last_seq"] - manifest["first_seq"] + 1
+    )
+    assert manifest["event_types"]["approval.decided"] == 2 and manifest["policy_sha256"]
+
+
+def test_export_and_bundle_verification_leave_evidence_of_the_export(gate: Gate) -> None:
+    exported = [b for b in bodies(gate.db) if b["event_type"] == "audit.exported"]
+    assert len(exported) == 2 and all(e["count"] > 0 and len(e["sums_sha256"]) == 64 for e in exported)
+
+
+def tampered(bundle: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    return copy
+
+
+def flip_a_byte(copy: Path) -> str:
+    data = bytearray((copy / "records.jsonl").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (copy / "records.jsonl").write_bytes(bytes(data))
+    return "records.jsonl was changed"
+
+
+def drop_a_record(copy: Path) -> str:
+    lines = (copy / "records.jsonl").read_text().splitlines(keepends=True)
+    (copy / "records.jsonl").write_text("".join(lines[:3] + lines[4:]))
+    return "records.jsonl was changed"
+
+
+def add_a_file(copy: Path) -> str:
+    (copy / "extra.jsonl").write_text("{}\n")
+    return "unexpected file extra.jsonl"
+
+
+def remove_the_signature(copy: Path) -> str:
+    (copy / "SHA256SUMS.sig").unlink()
+    return "missing file SHA256SUMS.sig"
+
+
+def rewrite_the_sums(copy: Path) -> str:
+    import hashlib
+
+    drop_a_record(copy)
+    sums = (copy / "SHA256SUMS").read_text()
+    digest = hashlib.sha256((copy / "records.jsonl").read_bytes()).hexdigest()
+    (copy / "SHA256SUMS").write_text(re.sub(r"^\w+(  records\.jsonl)$", digest + r"\1", sums, flags=re.M))
+    return "SHA256SUMS differs from the signed copy"
+
+
+@pytest.mark.parametrize(
+    "tamper", [flip_a_byte, drop_a_record, add_a_file, remove_the_signature, rewrite_the_sums]
+)
+def test_any_change_to_a_bundle_fails_verification_and_names_what(
+    gate: Gate, bundles: tuple[Path, Path], tmp_path: Path, tamper: Any
+) -> None:
+    copy = tampered(bundles[0], tmp_path)
+    expected = tamper(copy)
+    done = mcp_gate("audit", "verify", "--bundle", str(copy), "--pubkey", gate.pubkey)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stdout.startswith("TAMPERED") and expected in done.stdout, done.stdout
+
+
+def test_a_bundle_fails_against_another_key(bundles: tuple[Path, Path]) -> None:
+    other = SigningKey.generate("mcp-gate-test-gate").verifier.to_text()
+    done = mcp_gate("audit", "verify", "--bundle", str(bundles[1]), "--pubkey", other)
+    assert done.returncode == 1 and "no signature by a trusted key" in done.stdout
+
+
+def test_a_bundle_whose_records_were_changed_and_resigned_by_someone_else_fails_at_the_seq(
+    gate: Gate, bundles: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Even with a valid-looking signature (a stolen key), the records must match the checkpoints."""
+    from mcp_gate.bundle import verify_bundle
+    from mcp_gate.checkpoints import VerifierKey, sign_note
+
+    key = SigningKey.from_text((gate.config.parent / "data" / "signing.key").read_text())
+    copy = tampered(bundles[0], tmp_path)
+    lines = (copy / "records.jsonl").read_text().splitlines(keepends=True)
+    first = json.loads(lines[0])["seq"]
+    del lines[5]
+    (copy / "records.jsonl").write_text("".join(lines))
+    import hashlib
+
+    sums = "".join(
+        f"{hashlib.sha256((copy / n).read_bytes()).hexdigest()}  {n}\n"
+        for n in ("manifest.json", "records.jsonl", "checkpoints.txt", "pubkey.txt")
+    )
+    (copy / "SHA256SUMS").write_text(sums)
+    (copy / "SHA256SUMS.sig").write_text(sign_note(sums, key))
+    report = verify_bundle(copy, VerifierKey.from_text(gate.pubkey))
+    assert not report.ok and report.first_bad_seq == first + 5 and "missing" in (report.problem or "")
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+def test_the_json_report_lists_approvals_refusals_and_zero_unapproved_calls(
+    gate: Gate, tmp_path: Path
+) -> None:
+    copy = copy_gate(gate, tmp_path)
+    done = mcp_gate("audit", "report", "--config", str(copy.config), "--format", "json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["gate"] == "test-gate" and report["verification"]["ok"] is True
+    assert (
+        report["unapproved_calls"]["count"] == 0 and "call.released" in report["unapproved_calls"]["method"]
+    )
+    approved, denied = report["approvals"]
+    assert approved["requester"] == "test-agent" and approved["owner"] == "alice@example.com"
+    assert approved["approvers"] == ["bob"] and approved["outcome"] == "approved"
+    assert approved["latency_seconds"] is not None and approved["latency_seconds"] >= 0
+    assert denied["outcome"] == "denied" and denied["deniers"] == ["dave"]
+    assert [r["by"] for r in report["self_approval_refusals"]] == ["alice"]
+    assert report["denials"][0]["note"] == HOSTILE
+    tiers = {(r["server"], r["tier"]): r for r in report["calls_by_server_tier"]}
+    assert tiers[("notes", "high")]["requested"] == 2 and tiers[("notes", "high")]["ran"] == 1
+    assert tiers[("notes", "low")]["ran"] == 1
+    assert bodies(copy.db)[-1]["event_type"] == "audit.reported"
+
+
+def test_the_html_report_is_one_self_contained_page_with_every_value_escaped(
+    gate: Gate, tmp_path: Path
+) -> None:
+    copy = copy_gate(gate, tmp_path)
+    out = tmp_path / "report.html"
+    done = mcp_gate("audit", "report", "--config", str(copy.config), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    page = out.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "0 calls ran without a required approval" in page
+    assert HOSTILE not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert not re.search(r"""(src|href)\s*=|<link|@import|url\(""", page)
+    assert page.count("<script>") == 1 and "localeCompare" in page  # the inline sorter and filter
+
+
+def seeded_log() -> list[dict[str, Any]]:
+    def ev(kind: str, cid: str, **fields: Any) -> dict[str, Any]:
+        return {"event_type": kind, "ts": "2026-11-24T12:00:00.000000Z", "correlation_id": cid, **fields}
+
+    who = {"requester": {"agent": "agent-1", "owner": "alice@example.com"}, "server": "db", "tool": "drop"}
+    return [
+        ev("policy.decided", "ok", **who, tier="high", requirement="1 approval"),
+        ev("call.released", "ok", request_id="R1", approvers=["bob"]),
+        ev("call.executed", "ok"),
+        ev("policy.decided", "bad", **who, tier="critical", requirement="2 approvals"),
+        ev("call.released", "bad", request_id="R2", approvers=["bob", "bob"]),
+        ev("call.executed", "bad"),
+        ev("policy.decided", "granted", **who, tier="high", requirement="1 approval"),
+        ev("call.released", "granted", grant_id="G1"),
+        ev("call.executed", "granted"),
+        ev("policy.decided", "sneaky", **who, tier="high", requirement="1 approval"),
+        ev("call.failed", "sneaky"),
+        ev("policy.decided", "low", **who, tier="low", requirement="run"),
+        ev("call.executed", "low"),
+    ]
+
+
+def test_a_seeded_unapproved_call_appears_in_the_report_and_zero_says_zero() -> None:
+    report = summarize(seeded_log())
+    assert [c["correlation_id"] for c in report["unapproved_calls"]["calls"]] == ["bad", "sneaky"]
+    page = render_html({**report, "gate": "g", "gate_version": "x", "period": {"since": None, "until": None},
+                        "verification": {"ok": True, "records": 13, "keys_checked": False}})  # fmt: skip
+    assert "2 call(s) ran without a required approval" in page
+    clean = summarize(seeded_log()[:3])
+    assert clean["unapproved_calls"]["count"] == 0
+
+
+@pytest.mark.anyio
+async def test_the_report_command_exits_1_when_a_call_ran_unapproved(tmp_path: Path) -> None:
+    config = make_config(tmp_path, extra="")
+    events = []
+    for e in seeded_log():
+        kind, ts, cid = e.pop("event_type"), e.pop("ts"), e.pop("correlation_id")
+        events.append(new_event(kind, ts=ts, correlation_id=cid, **e))
+    key = SigningKey.generate("k")
+    async with await SQLiteStore.open(config.parent / "data" / "gate.db", notary=Notary(key, "o")) as store:
+        await store.append(events)
+    report = ("audit", "report", "--config", str(config), "--format", "json")
+    done = await anyio.to_thread.run_sync(lambda: mcp_gate(*report))
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["unapproved_calls"]["count"] == 2
+
+
+# -- retention -------------------------------------------------------------------------------
+
+
+@contextmanager
+def old_log(tmp_path: Path) -> Iterator[Path]:
+    config = make_config(tmp_path, extra='\n[evidence]\nretention = "30d"\n')
+    db = config.parent / "data" / "gate.db"
+    assert mcp_gate("keys", "init", "--config", str(config)).returncode == 0
+
+    async def fill() -> None:
+        from mcp_gate.notary import notary_for
+
+        async with await SQLiteStore.open(db, notary=notary_for(load_config(config, os.environ))) as store:
+            old = [f"2020-01-{d:02d}T00:00:00.000000Z" for d in range(1, 11)]
+            await store.append([new_event("call.requested", ts=ts, correlation_id=None) for ts in old])
+            await store.append(
+                [new_event("call.requested", ts="2099-01-01T00:00:00.000000Z", correlation_id=None)]
+            )
+
+    anyio.run(fill)
+    yield config
+
+
+def test_pruning_keeps_verification_passing_with_the_gap_explained(tmp_path: Path) -> None:
+    with old_log(tmp_path) as config:
+        done = mcp_gate("audit", "prune", "--config", str(config))
+        assert done.returncode == 0, done.stderr
+        assert "pruned seq 1..10 (10 records" in done.stdout
+        db = config.parent / "data" / "gate.db"
+        remaining = bodies(db)
+        assert remaining[0]["seq"] == 11 and remaining[-1]["event_type"] == "evidence.pruned"
+        assert remaining[-1]["count"] == 10
+        verified = mcp_gate("audit", "verify", "--config", str(config))
+        assert verified.returncode == 0, verified.stdout
+        assert "seq 1..10 pruned under a signed retention checkpoint" in verified.stdout
+
+
+def test_records_removed_without_a_retention_checkpoint_fail_verification(tmp_path: Path) -> None:
+    with old_log(tmp_path) as config:
+        db = config.parent / "data" / "gate.db"
+        with closing(sqlite3.connect(db)) as conn, conn:
+            conn.execute("DROP TRIGGER evidence_no_delete")
+            conn.execute("DELETE FROM evidence WHERE seq <= 4")
+        done = mcp_gate("audit", "verify", "--config", str(config))
+        assert done.returncode == 1 and "seq 1 missing" in done.stdout
+
+
+def test_prune_without_a_retention_setting_is_a_one_line_error(gate: Gate) -> None:
+    done = mcp_gate("audit", "prune", "--config", str(gate.config))
+    assert done.returncode == 2 and "evidence.retention: not set" in done.stderr
+
+
+# -- config ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ('[evidence]\ncheckpoint_every = "soon"\n', "evidence.checkpoint_every"),
+        ("[evidence]\ncheckpoint_every_records = 0\n", "evidence.checkpoint_every_records"),
+        ('[evidence]\nwebhook_url_env = "NO_SUCH_VAR_X"\n', "evidence.webhook_url_env: environment variable"),
+        ('[evidence]\nretention = "1h"\n', "evidence.retention: must be at least 1d"),
+        ('[evidence]\nkey = "missing.key"\n', "evidence.key"),
+        ("[evidence]\nsigner = 1\n", "evidence.signer"),
+    ],
+)
+def test_a_bad_evidence_section_is_one_clear_line(tmp_path: Path, extra: str, fragment: str) -> None:
+    config = make_config(tmp_path, extra="\n" + extra)
+    done = mcp_gate("check", "--config", str(config))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and fragment in done.stderr, done.stderr
+
+
+def test_check_reports_a_missed_checkpoint_copy_in_one_line(gate: Gate, tmp_path: Path) -> None:
+    copy = copy_gate(gate, tmp_path)
+    body = new_event("checkpoint.copy_failed", ts="2026-11-24T12:00:00.000000Z", correlation_id=None,
+                     size=7, failed=["webhook hooks.example: answered HTTP 500"])  # fmt: skip
+    anyio.run(_append, copy.db, body)
+    done = mcp_gate("check", "--config", str(copy.config))
+    assert done.returncode == 0, done.stderr
+    [line] = [line for line in done.stdout.splitlines() if line.startswith("checkpoints:")]
+    assert "size 7" in line and "webhook hooks.example: answered HTTP 500" in line
+
+
+async def _append(db: Path, body: dict[str, Any]) -> None:
+    async with await SQLiteStore.open(db) as store:
+        await store.append([body])
+
+
+def test_tarball_members_are_only_the_bundle_files(bundles: tuple[Path, Path]) -> None:
+    with tarfile.open(bundles[1]) as tar:
+        assert sorted(tar.getnames()) == sorted(p.name for p in bundles[0].iterdir())
+
+
+def test_long_jobs_draw_one_progress_line_on_stderr_and_short_ones_none() -> None:
+    import io
+
+    from mcp_gate.bundle import Progress
+
+    out = io.StringIO()
+    bar = Progress("verifying", 100_000, stream=out)
+    for _ in range(4):
+        bar.advance(25_000)
+    bar.close()
+    assert out.getvalue().endswith("100000/100000\n") and "\r" in out.getvalue()
+    quiet = io.StringIO()
+    small = Progress("verifying", 10, stream=quiet)
+    small.advance(10)
+    small.close()
+    assert quiet.getvalue() == ""
+
+
+def test_verification_reports_progress_as_it_streams(gate: Gate) -> None:
+    from mcp_gate.store import verify_file
+
+    seen: list[tuple[int, int]] = []
+    report = anyio.run(lambda: verify_file(gate.db, progress=lambda done, total: seen.append((done, total))))
+    assert report.ok and seen[-1] == (report.records, report.records)
