@@ -74,6 +74,7 @@ class FakeSlack:
         self._ws: Any = None
         self._sockets: list[Any] = []
         self._threads: list[threading.Thread] = []
+        self._gates: dict[str, threading.Event] = {}
 
     # -- running -------------------------------------------------------------------------------
 
@@ -160,6 +161,13 @@ class FakeSlack:
         with self._lock:
             self._failures.append(_Failure(status, times, retry_after, error))
 
+    def block(self, method: str) -> threading.Event:
+        """Hold every call of `method` until the returned event is set (a slow Slack)."""
+        gate = threading.Event()
+        with self._lock:
+            self._gates[method] = gate
+        return gate
+
     def restore(self) -> None:
         with self._lock:
             self._failures.clear()
@@ -197,6 +205,10 @@ class FakeSlack:
             params |= {k: v[-1] for k, v in parse_qs(raw.decode()).items()}
         auth = handler.headers.get("Authorization") or ""
         token = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else params.get("token")
+        with self._lock:
+            gate = self._gates.get(method)
+        if gate is not None:
+            gate.wait(timeout=30)
         status, headers, body = self._answer(method, params, token)
         with self._lock:
             self.calls.append(ApiCall(method, params, token, status))

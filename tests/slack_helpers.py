@@ -73,7 +73,9 @@ def slack_table(fake: FakeSlack, *, mode: str = "socket", **extra: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def make_config(tmp_path: Path, fake: FakeSlack, *, mode: str = "socket", tail: str = "", **approvals: Any) -> Path:
+def make_config(
+    tmp_path: Path, fake: FakeSlack, *, mode: str = "socket", tail: str = "", **approvals: Any
+) -> Path:
     return write_config(
         tmp_path / "gate",
         servers={"notes": notes_server_table(tmp_path / "notes")},
@@ -116,7 +118,9 @@ class SlackGate:
         return pending[-1]
 
     async def posted(self, request_id: str) -> tuple[str, str, dict[str, Any]]:
-        found: tuple[str, str, dict[str, Any]] = await self.fake.wait_for(lambda: self.fake.message_for(request_id))
+        found: tuple[str, str, dict[str, Any]] = await self.fake.wait_for(
+            lambda: self.fake.message_for(request_id)
+        )
         return found
 
     async def showing(self, request_id: str, text: str) -> dict[str, Any]:
@@ -157,9 +161,7 @@ def status_line(message: dict[str, Any]) -> str:
 
 
 def buttons(message: dict[str, Any]) -> list[str]:
-    return [
-        e["action_id"] for b in message["blocks"] if b["type"] == "actions" for e in b["elements"]
-    ]
+    return [e["action_id"] for b in message["blocks"] if b["type"] == "actions" for e in b["elements"]]
 
 
 @asynccontextmanager
@@ -178,16 +180,19 @@ async def slack_gate(
     with fake.running():
         path = make_config(tmp_path, fake, mode=mode, tail=tail, **approvals)
         config = load_config(path, env())
-        async with running_gate(config, clock=clock) as front, Client(front.server, mode=mcp_mode) as agent:
-            async with anyio.create_task_group() as tg:
-                channel = SlackChannel(
-                    front.gateway, SlackSecrets.read(config, env()), backoff=0.05, max_backoff=0.5, poll=0.02
-                )
-                port = await tg.start(channel.run)
-                if mode == "socket":
-                    await fake.wait_for(lambda: fake.connected)
-                yield SlackGate(fake, config, front.gateway, channel, agent, tg, port)
-                tg.cancel_scope.cancel()
+        async with (
+            running_gate(config, clock=clock) as front,
+            Client(front.server, mode=mcp_mode) as agent,
+            anyio.create_task_group() as tg,
+        ):
+            channel = SlackChannel(
+                front.gateway, SlackSecrets.read(config, env()), backoff=0.05, max_backoff=0.5, poll=0.02
+            )
+            port = await tg.start(channel.run)
+            if mode == "socket":
+                await fake.wait_for(lambda: fake.connected)
+            yield SlackGate(fake, config, front.gateway, channel, agent, tg, port)
+            tg.cancel_scope.cancel()
 
 
 async def stored_records(config: GateConfig) -> list[dict[str, Any]]:

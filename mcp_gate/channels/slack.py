@@ -576,7 +576,7 @@ class SlackChannel:
         delay = min(self.backoff * 2 ** (attempts - 1), self.max_backoff)
         if exc.retry_after is not None:
             delay = max(delay, exc.retry_after)
-        log.warning("Slack: %s for request %s; retrying in %.0fs", exc, request.id, delay)
+        log.warning("Slack: %s for request %s; retrying in %.1fs", exc, request.id, delay)
         failed = replace(
             message,
             attempts=attempts,
@@ -613,7 +613,7 @@ class SlackChannel:
                         "slack.not_posted",
                         request.correlation_id,
                         request_id=request.id,
-                        state=request.state,
+                        state="expired" if request.state in OPEN else request.state,
                         attempts=message.attempts,
                         last_error=message.last_error,
                     )
