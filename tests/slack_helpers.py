@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,7 +173,6 @@ async def slack_gate(
     clock: Clock | None = None,
     mcp_mode: str = "legacy",
     tail: str = "",
-    before: Callable[[FakeSlack], Awaitable[None]] | None = None,
     **approvals: Any,
 ) -> AsyncIterator[SlackGate]:
     fake = fake or fake_slack()

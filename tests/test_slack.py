@@ -326,3 +326,25 @@ async def test_no_token_reaches_the_evidence_log_or_slack_messages(tmp_path: Pat
     assert s.fake.bot_token not in everything and s.fake.app_token not in everything
     with anyio.fail_after(1):
         assert "xoxb-" not in everything
+
+
+async def test_a_malformed_envelope_is_acknowledged_and_ignored_and_the_gate_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    async with slack_gate(tmp_path) as s:
+        box = s.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await s.held()
+        await s.posted(request.id)
+        for payload in [
+            {"type": "block_actions"},
+            {"type": "block_actions", "user": "U0BOB", "actions": "approve"},
+            {"type": "view_submission", "user": {"id": "U0BOB"}, "view": {"callback_id": 7}},
+            {"type": "shortcut", "user": {"id": "U0BOB"}},
+        ]:
+            envelope = s.fake.send_envelope(payload)
+            await s.fake.wait_for(lambda envelope=envelope: s.fake.acked(envelope))
+        await s.click("U0BOB", ACTION_APPROVE, request.id)
+        await s.fake.wait_for(lambda: box)
+        records = await s.records()
+    assert not box[0].is_error
+    assert len(of_type(records, "approval.decided")) == 1 and of_type(records, "slack.refused") == []

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcp_gate.channels.slack_blocks import ACTION_APPROVE, ACTION_DENY
+from mcp_gate.channels.slack_clicks import parse_interaction
 from mcp_gate.channels.slack_http import verify_signature
 from mcp_gate.fake_slack import FakeSlack, sign
 from tests.slack_helpers import SIGNING_SECRET, SlackGate, slack_gate
@@ -216,3 +217,23 @@ def test_the_fake_signs_exactly_as_slack_documents() -> None:
         == "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"
     )
     assert json.dumps({"ok": True})  # the fake answers JSON, like Slack
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    payload=st.dictionaries(
+        st.sampled_from(["type", "user", "team", "actions", "view", "container", "trigger_id"]),
+        json_values | st.just("block_actions") | st.just("view_submission"),
+        max_size=7,
+    )
+)
+def test_parsing_any_interaction_payload_never_raises(payload: dict[str, Any]) -> None:
+    click = parse_interaction(payload)
+    assert click is None or click.request_id == click.request_id.strip().upper()
