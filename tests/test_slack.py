@@ -348,3 +348,21 @@ async def test_a_malformed_envelope_is_acknowledged_and_ignored_and_the_gate_kee
         records = await s.records()
     assert not box[0].is_error
     assert len(of_type(records, "approval.decided")) == 1 and of_type(records, "slack.refused") == []
+
+
+async def test_someone_who_may_not_decide_is_refused_at_the_deny_click_before_any_reason_is_asked(
+    tmp_path: Path,
+) -> None:
+    async with slack_gate(tmp_path) as s:
+        s.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await s.held()
+        await s.posted(request.id)
+        await s.click(
+            "U0FRANK", ACTION_DENY, request.id
+        )  # frank is in finance; the tier needs sre or security
+        [ephemeral] = await s.fake.wait_for(lambda: s.fake.ephemerals)
+        records = await s.records()
+        assert (await s.gate.engine.get(request.id)).state == "pending"
+    assert s.fake.views == [] and "it needs a member of sre, security" in ephemeral["text"]
+    [refused] = of_type(records, "slack.refused", request.id)
+    assert refused["approver"] == "frank" and refused["code"] == "not-eligible"

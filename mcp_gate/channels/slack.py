@@ -15,7 +15,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from mcp_gate.approvals import ApprovalRequest, Approver, Refusal, RequestState
+from mcp_gate.approvals import ApprovalRequest, Approver, Refusal, RequestState, decide
 from mcp_gate.channels.api import Desk
 from mcp_gate.channels.slack_api import SlackApi, SlackFailure, SocketModeLink, connect_socket_mode
 from mcp_gate.channels.slack_blocks import GRANT_FOR, deny_modal, refusal_text, render_request
@@ -273,6 +273,22 @@ class SlackChannel:
                 case "deny":
                     # The reason is asked for first; the modal's submission is the decision.
                     request = await self.gate.engine.get(click.request_id)
+                    dry_run = decide(request, who, "deny", channel="slack", now=self.gate.clock.now())
+                    if isinstance(dry_run, Refusal):
+                        # Someone who may not decide is told so now, not after typing a reason.
+                        await self.gate.record(
+                            "slack.refused",
+                            request.correlation_id,
+                            request_id=request.id,
+                            approver=who.name,
+                            slack_user=click.user_id,
+                            slack_team=click.team_id,
+                            action=click.kind,
+                            code=dry_run.code,
+                            why=dry_run.why,
+                        )
+                        await self._tell(click, dry_run.why)
+                        return
                     if click.trigger_id is None:
                         await self._tell(click, "Slack sent no trigger to ask for a reason; try again")
                         return
