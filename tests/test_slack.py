@@ -161,7 +161,8 @@ async def test_unmapped_foreign_bot_and_ineligible_slack_users_are_told_why_and_
     attempts = of_type(records, "slack.refused", request.id) + of_type(
         records, "approval.refused", request.id
     )
-    assert len(attempts) == 1  # the attempt is recorded
+    assert len(attempts) == 1  # the attempt is recorded, in the request's story
+    assert attempts[0]["correlation_id"] == request.correlation_id
 
 
 async def test_a_redelivered_socket_mode_envelope_makes_no_second_decision(tmp_path: Path) -> None:

@@ -257,9 +257,11 @@ class SlackChannel:
     async def handle(self, click: Click) -> None:
         who = await self.identify(click.user_id, click.team_id)
         if isinstance(who, str):
+            # Linked to the request's story when the id names one (`audit show` lists the attempt).
+            known = await self.gate.store.read(lambda tx: tx.get_request(click.request_id))
             await self.gate.record(
                 "slack.refused",
-                None,
+                known.correlation_id if known is not None else None,
                 request_id=click.request_id,
                 slack_user=click.user_id,
                 slack_team=click.team_id,
