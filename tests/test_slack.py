@@ -10,10 +10,11 @@ import mcp_types as types
 import pytest
 
 from mcp_gate.channels.api import Desk
+from mcp_gate.channels.slack import SlackChannel, SlackSecrets
 from mcp_gate.channels.slack_blocks import ACTION_APPROVE, ACTION_APPROVE_FOR, ACTION_DENY
 from mcp_gate.holds import engine_for
 from mcp_gate.testing import FakeClock
-from tests.slack_helpers import buttons, slack_gate, status_line
+from tests.slack_helpers import buttons, env, slack_gate, status_line
 
 pytestmark = pytest.mark.anyio
 
@@ -367,3 +368,21 @@ async def test_someone_who_may_not_decide_is_refused_at_the_deny_click_before_an
     assert s.fake.views == [] and "it needs a member of sre, security" in ephemeral["text"]
     [refused] = of_type(records, "slack.refused", request.id)
     assert refused["approver"] == "frank" and refused["code"] == "not-eligible"
+
+
+async def test_two_slack_channels_sharing_one_store_post_each_request_once(tmp_path: Path) -> None:
+    async with slack_gate(tmp_path) as s:
+        second = SlackChannel(s.gate, SlackSecrets.read(s.config, env()), backoff=0.05, poll=0.02)
+        await s.tg.start(second.run)  # a second gate process on the same file does the same
+        s.call("notes__write_note", {"name": "plan", "text": "ship"})
+        s.call("notes__write_note", {"name": "other", "text": "ship"})
+        await s.held(2)
+        first, later = await s.gate.engine.pending()
+        await s.posted(first.id)
+        await s.posted(later.id)
+        await s.click("U0BOB", ACTION_APPROVE, first.id)
+        await s.showing(first.id, "Approved")
+        posts = s.fake.calls_to("chat.postMessage")
+        records = await s.records()
+    assert len(posts) == 2
+    assert sorted(r["request_id"] for r in of_type(records, "slack.posted")) == sorted([first.id, later.id])
