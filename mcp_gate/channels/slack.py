@@ -270,6 +270,9 @@ class SlackChannel:
             )
             await self._tell(click, who)
             return
+        if click.kind != "deny":
+            # Before deciding: the render that follows the decision already mentions its decider.
+            await self._remember_voter(click.request_id, who.name, click.user_id)
         try:
             match click.kind:
                 case "deny":
@@ -311,7 +314,6 @@ class SlackChannel:
         if isinstance(outcome, Refusal):
             await self._tell(click, outcome.why)
             return
-        await self._remember_voter(click.request_id, who.name, click.user_id)
         self.poke()
 
     async def _tell(self, click: Click, why: str) -> None:
@@ -389,14 +391,24 @@ class SlackChannel:
         except SlackFailure as exc:
             await self._failed(message, request, exc, now, event="slack.update_failed")
             return False
-        done = final
-        await self.gate.store.transact(
-            lambda tx: tx.save_slack_message(
+
+        def write(tx: Tx) -> None:
+            # Re-read: a decider may have been remembered since; keep them, and if this render
+            # missed them, leave the message open so the next pass shows them.
+            current = tx.slack_message(message.request_id) or message
+            rendered_all = dict(current.voters) == dict(voters)
+            tx.save_slack_message(
                 replace(
-                    message, rendered_sha256=key, attempts=0, next_attempt_at=None, last_error=None, done=done
+                    current,
+                    rendered_sha256=key,
+                    attempts=0,
+                    next_attempt_at=None,
+                    last_error=None,
+                    done=final and rendered_all,
                 )
             )
-        )
+
+        await self.gate.store.transact(write)
         return True
 
     async def _post(self, request: ApprovalRequest, message: SlackMessage | None, now: datetime) -> bool:
@@ -437,8 +449,9 @@ class SlackChannel:
                 last_error=None,
             )
 
-            def write(tx: Tx, posted: SlackMessage = posted, target: str = target) -> None:
-                tx.save_slack_message(posted)
+            def write(tx: Tx, posted: SlackMessage = posted) -> None:
+                current = tx.slack_message(request.id)
+                tx.save_slack_message(posted if current is None else replace(posted, voters=current.voters))
                 tx.append(
                     [
                         self.gate.event(
@@ -467,16 +480,19 @@ class SlackChannel:
         if exc.retry_after is not None:
             delay = max(delay, exc.retry_after)
         log.warning("Slack: %s for request %s; retrying in %.1fs", exc, request.id, delay)
-        failed = replace(
-            message,
-            attempts=attempts,
-            next_attempt_at=_utc(now + timedelta(seconds=delay)),
-            lease_until=None,
-            last_error=exc.error,
-        )
+        next_at = _utc(now + timedelta(seconds=delay))
 
         def write(tx: Tx) -> None:
-            tx.save_slack_message(failed)
+            current = tx.slack_message(message.request_id) or message
+            tx.save_slack_message(
+                replace(
+                    current,
+                    attempts=attempts,
+                    next_attempt_at=next_at,
+                    lease_until=None,
+                    last_error=exc.error,
+                )
+            )
             tx.append(
                 [
                     self.gate.event(
@@ -496,7 +512,8 @@ class SlackChannel:
 
     async def _give_up(self, message: SlackMessage, request: ApprovalRequest) -> None:
         def write(tx: Tx) -> None:
-            tx.save_slack_message(replace(message, done=True, lease_until=None))
+            current = tx.slack_message(message.request_id) or message
+            tx.save_slack_message(replace(current, done=True, lease_until=None))
             tx.append(
                 [
                     self.gate.event(
