@@ -66,10 +66,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"{config.path}: agents: serving HTTP needs at least one [agents.NAME] with a token_sha256"
         )
     admin = _admin_address(args.admin, config)
+    slack_secrets = None
+    if config.slack is not None:  # read the tokens now: a missing one is a one-line error, not a crash
+        from mcp_gate.channels.slack import SlackChannel, SlackSecrets
+
+        slack_secrets = SlackSecrets.read(config, os.environ)
 
     async def run() -> None:
         async with Gateway.open(config) as gate, anyio.create_task_group() as tg:
             front = FrontServer(gate)
+            if slack_secrets is not None:
+                slack_port = await tg.start(SlackChannel(gate, slack_secrets).run)
+                where = f"interactions on port {slack_port}" if slack_port is not None else "Socket Mode"
+                _progress(f"mcp-gate {config.name}: Slack approvals ({where})")
             if admin is not None:
                 host, port = admin
                 bound = await tg.start(functools.partial(serve_api, gate, host, port))
@@ -220,6 +229,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     report = _inspect(config, timeout=args.timeout)
     report["approval_problems"] = _approval_problems(config)
     report["missed_checkpoint_copies"] = _missed_copies(config)
+    if config.slack is not None:
+        from dataclasses import asdict
+
+        from mcp_gate.channels.slack_cli import slack_check
+
+        report["slack"] = asdict(slack_check(config, os.environ))
     if args.json:
         _say(json.dumps(report, indent=2))
     else:
@@ -236,9 +251,13 @@ def cmd_check(args: argparse.Namespace) -> int:
             _say(f"approvals: {problem}")
         for missed in report["missed_checkpoint_copies"]:
             _say(f"checkpoints: a copy was missed: {missed}")
+        if "slack" in report:
+            _say(f"slack: {'ok' if report['slack']['ok'] else 'PROBLEM'}: {report['slack']['detail']}")
         _say("tools (name, tier, pin, rule: reason):")
         _print_tools(report["tools"])
     failed = [s for s in report["servers"] if s["state"] not in ("up", "disabled")]
+    if "slack" in report and not report["slack"]["ok"]:
+        return EXIT_FAILED
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -384,6 +403,7 @@ examples:
   mcp-gate audit export --since 2026-11-01 --until 2026-12-01 --out evidence.tar.gz
   mcp-gate audit verify --bundle evidence.tar.gz --pubkey KEY
   mcp-gate audit report --since 2026-11-01 --out report.html
+  mcp-gate slack test
   mcp-gate demo
 
 exit status: 0 ok, 1 a check failed (server down, evidence tampered, decision refused), 2 bad input
@@ -516,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_approver_commands(sub)
     add_key_commands(sub)
+    from mcp_gate.channels.slack_cli import add_slack_commands
+
+    add_slack_commands(sub)
 
     p = _sub(
         sub,

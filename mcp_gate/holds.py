@@ -56,6 +56,7 @@ __all__ = [
     "TooMany",
     "UsedElsewhere",
     "engine_for",
+    "grant_refusal",
 ]
 
 log = logging.getLogger("mcp_gate.holds")
@@ -668,3 +669,9 @@ async def engine_for(config: GateConfig, *, clock: Clock | None = None) -> Async
     events = EventFactory(config.name, __version__, policy_sha256(config.config_sha256, manifests), clock)
     async with await SQLiteStore.open(db, clock=clock, notary=notary_for(config)) as store:
         yield ApprovalEngine(store, clock, config.approval_settings, events)
+
+
+def grant_refusal(request: ApprovalRequest, duration: timedelta, policy: str) -> str | None:
+    """Why a grant of `duration` may not come with an approval of `request`, or None if it may
+    (channels use this to offer a grant only where the engine would accept one)."""
+    return _no_grant_reason(request, duration, policy)

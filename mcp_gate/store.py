@@ -33,7 +33,16 @@ from mcp_gate.evidence import (
 )
 from mcp_gate.notary import Notary
 
-__all__ = ["DataDirLock", "Inflight", "PinRecord", "SQLiteStore", "Store", "Tx", "verify_file"]
+__all__ = [
+    "DataDirLock",
+    "Inflight",
+    "PinRecord",
+    "SQLiteStore",
+    "SlackMessage",
+    "Store",
+    "Tx",
+    "verify_file",
+]
 
 SCHEMA_VERSION = "1"
 
@@ -140,6 +149,23 @@ CREATE TRIGGER IF NOT EXISTS checkpoints_no_update BEFORE UPDATE ON checkpoints
 BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS checkpoints_no_delete BEFORE DELETE ON checkpoints
 BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
+CREATE TABLE IF NOT EXISTS slack_messages (
+    request_id TEXT PRIMARY KEY,
+    channel TEXT NOT NULL,
+    ts TEXT,
+    rendered_sha256 TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT,
+    lease_until TEXT,
+    last_error TEXT,
+    voters TEXT NOT NULL DEFAULT '{}',
+    done INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS slack_seen (
+    key TEXT PRIMARY KEY,
+    seen_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS slack_seen_by_time ON slack_seen(seen_at);
 """
 
 # Columns added after a table was first shipped: added in place to files that lack them.
@@ -258,6 +284,44 @@ class Inflight:
     request_id: str | None
     started_at: str
     fields: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class SlackMessage:
+    """The Slack message of one approval request: where it is, what it last showed, retries."""
+
+    request_id: str
+    channel: str
+    ts: str | None = None  # None until posted
+    rendered_sha256: str | None = None
+    attempts: int = 0
+    next_attempt_at: str | None = None
+    lease_until: str | None = None  # a gate is posting it until then
+    last_error: str | None = None
+    voters: Mapping[str, str] = field(default_factory=dict)  # approver -> Slack user id
+    done: bool = False  # shows a final outcome: never updated again
+
+
+_SLACK_COLUMNS = (
+    "request_id, channel, ts, rendered_sha256, attempts, next_attempt_at, lease_until, last_error, "
+    "voters, done"
+)
+
+
+def _slack_message(row: Sequence[Any]) -> SlackMessage:
+    request_id, channel, ts, rendered, attempts, next_at, lease, error, voters, done = row
+    return SlackMessage(
+        request_id,
+        channel,
+        ts,
+        rendered,
+        int(attempts),
+        next_at,
+        lease,
+        error,
+        json.loads(voters),
+        bool(done),
+    )
 
 
 class Tx:
@@ -484,6 +548,45 @@ class Tx:
         cursor = self.conn.execute(
             "INSERT OR IGNORE INTO elicitation_nonces (nonce, correlation_id, used_at) VALUES (?, ?, ?)",
             (nonce, correlation_id, used_at),
+        )
+        return cursor.rowcount == 1
+
+    # Slack messages of approval requests, and the Slack deliveries already seen
+
+    def slack_message(self, request_id: str) -> SlackMessage | None:
+        row = self.conn.execute(
+            f"SELECT {_SLACK_COLUMNS} FROM slack_messages WHERE request_id = ?", (request_id,)
+        ).fetchone()
+        return None if row is None else _slack_message(row)
+
+    def slack_messages(self, *, done: bool = False) -> list[SlackMessage]:
+        rows = self.conn.execute(
+            f"SELECT {_SLACK_COLUMNS} FROM slack_messages WHERE done = ? ORDER BY rowid", (int(done),)
+        ).fetchall()
+        return [_slack_message(row) for row in rows]
+
+    def save_slack_message(self, message: SlackMessage) -> None:
+        self.conn.execute(
+            f"INSERT OR REPLACE INTO slack_messages ({_SLACK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                message.request_id,
+                message.channel,
+                message.ts,
+                message.rendered_sha256,
+                message.attempts,
+                message.next_attempt_at,
+                message.lease_until,
+                message.last_error,
+                json.dumps(dict(message.voters), sort_keys=True),
+                int(message.done),
+            ),
+        )
+
+    def slack_first_sight(self, key: str, now: str, forget_before: str) -> bool:
+        """Remember `key` (a delivery's signature or envelope id); False if it was seen already."""
+        self.conn.execute("DELETE FROM slack_seen WHERE seen_at < ?", (forget_before,))
+        cursor = self.conn.execute(
+            "INSERT OR IGNORE INTO slack_seen (key, seen_at) VALUES (?, ?)", (key, now)
         )
         return cursor.rowcount == 1
 

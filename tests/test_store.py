@@ -69,6 +69,7 @@ def test_the_store_module_exports_its_names() -> None:
         "Tx",
         "DataDirLock",
         "verify_file",
+        "SlackMessage",
     }
 
 

@@ -1,0 +1,184 @@
+"""The Slack Web API and Socket Mode behind small async methods: the only importer of slack_sdk."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from mcp_gate.errors import GateError
+
+__all__ = ["SlackApi", "SlackFailure", "SocketModeLink", "connect_socket_mode"]
+
+# slack_sdk logs through this logger; it never sees a token (it redacts Authorization itself).
+sdk_log = logging.getLogger("mcp_gate.slack.sdk")
+
+TIMEOUT = 10
+
+
+class SlackFailure(GateError):
+    """A Slack call failed: `error` is Slack's code (or what went wrong on the way), never a token."""
+
+    def __init__(
+        self, method: str, error: str, *, status: int | None = None, retry_after: float | None = None
+    ):
+        self.method = method
+        self.error = error
+        self.status = status
+        self.retry_after = retry_after
+        where = f" (HTTP {status})" if status not in (None, 200) else ""
+        super().__init__(f"Slack {method} failed: {error}{where}")
+
+
+def _header(headers: Any, name: str) -> str | None:
+    if not headers:
+        return None
+    for key, value in dict(headers).items():
+        if str(key).lower() == name.lower():
+            return str(value[0] if isinstance(value, list) else value)
+    return None
+
+
+@dataclass(frozen=True)
+class AuthInfo:
+    team_id: str
+    user: str
+    bot_id: str | None
+    scopes: frozenset[str]
+
+
+class SlackApi:
+    """Async calls of the sync WebClient (run in worker threads); failures become SlackFailure."""
+
+    def __init__(self, token: str, base_url: str, *, timeout: int = TIMEOUT) -> None:
+        from slack_sdk import WebClient
+
+        # No retry handlers: the gate's outbox retries with its own backoff and honours Retry-After.
+        self._client = WebClient(
+            token=token, base_url=base_url, timeout=timeout, logger=sdk_log, retry_handlers=[]
+        )
+        self.base_url = base_url
+
+    def __repr__(self) -> str:
+        return f"SlackApi({self.base_url!r})"
+
+    async def call(self, method: str, **params: Any) -> tuple[dict[str, Any], Mapping[str, Any]]:
+        """(response data, response headers) of one Web API method."""
+        return await anyio.to_thread.run_sync(self._call, method, params)
+
+    def _call(self, method: str, params: dict[str, Any]) -> tuple[dict[str, Any], Mapping[str, Any]]:
+        from slack_sdk.errors import SlackApiError, SlackClientError
+
+        as_json = method.startswith(("chat.", "views."))
+        try:
+            if as_json:
+                response = self._client.api_call(method, json=params)
+            else:
+                response = self._client.api_call(method, params=params)
+        except SlackApiError as exc:
+            resp = exc.response
+            data = resp.data if isinstance(resp.data, dict) else {}
+            retry = _header(resp.headers, "Retry-After")
+            raise SlackFailure(
+                method,
+                str(data.get("error") or "unexpected response"),
+                status=resp.status_code,
+                retry_after=float(retry) if retry and retry.isdigit() else None,
+            ) from exc
+        except SlackClientError as exc:
+            raise SlackFailure(method, type(exc).__name__) from exc
+        except (OSError, ValueError) as exc:  # unreachable, refused, timed out, not JSON
+            raise SlackFailure(method, f"unreachable ({type(exc).__name__}: {_reason(exc)})") from exc
+        data = response.data if isinstance(response.data, dict) else {}
+        return data, dict(response.headers or {})
+
+    async def auth_test(self) -> AuthInfo:
+        data, headers = await self.call("auth.test")
+        scopes = _header(headers, "x-oauth-scopes") or ""
+        return AuthInfo(
+            team_id=str(data.get("team_id") or ""),
+            user=str(data.get("user") or ""),
+            bot_id=data.get("bot_id"),
+            scopes=frozenset(s.strip() for s in scopes.split(",") if s.strip()),
+        )
+
+    async def post_message(self, channel: str, message: Mapping[str, Any]) -> tuple[str, str]:
+        data, _ = await self.call("chat.postMessage", channel=channel, **message)
+        return str(data.get("channel") or channel), str(data["ts"])
+
+    async def update(self, channel: str, ts: str, message: Mapping[str, Any]) -> None:
+        await self.call("chat.update", channel=channel, ts=ts, **message)
+
+    async def post_ephemeral(self, channel: str, user: str, text: str) -> None:
+        await self.call("chat.postEphemeral", channel=channel, user=user, text=text)
+
+    async def user_info(self, user: str) -> dict[str, Any]:
+        data, _ = await self.call("users.info", user=user)
+        found = data.get("user")
+        if not isinstance(found, dict):
+            raise SlackFailure("users.info", "no user in the answer")
+        return found
+
+    async def open_view(self, trigger_id: str, view: Mapping[str, Any]) -> None:
+        await self.call("views.open", trigger_id=trigger_id, view=dict(view))
+
+
+def _reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    return " ".join(str(reason or exc).split())[:200]
+
+
+Deliver = Callable[[str, dict[str, Any]], None]
+
+
+class SocketModeLink:
+    """A Socket Mode connection (slack_sdk's threaded builtin client): every envelope is acknowledged
+    first, in the client's thread, then handed to `deliver(envelope_id, payload)`."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._closed = threading.Event()
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._client.is_connected())
+
+    def close(self) -> None:
+        if not self._closed.is_set():
+            self._closed.set()
+            self._client.close()
+
+
+def connect_socket_mode(app_token: str, bot_token: str, base_url: str, deliver: Deliver) -> SocketModeLink:
+    """Blocking: open a Socket Mode connection (call it in a worker thread). SlackFailure if it fails."""
+    from slack_sdk import WebClient
+    from slack_sdk.errors import SlackApiError, SlackClientError
+    from slack_sdk.socket_mode import SocketModeClient
+    from slack_sdk.socket_mode.request import SocketModeRequest
+    from slack_sdk.socket_mode.response import SocketModeResponse
+
+    web = WebClient(token=bot_token, base_url=base_url, timeout=TIMEOUT, logger=sdk_log, retry_handlers=[])
+    client = SocketModeClient(app_token=app_token, web_client=web, logger=sdk_log, concurrency=4)
+
+    def on_request(sm: Any, request: SocketModeRequest) -> None:
+        # Ack first: Slack wants it within 3 seconds, and recording the decision may take longer.
+        sm.send_socket_mode_response(SocketModeResponse(envelope_id=request.envelope_id))
+        if request.type == "interactive" and isinstance(request.payload, dict):
+            deliver(request.envelope_id, request.payload)
+
+    client.socket_mode_request_listeners.append(on_request)
+    try:
+        client.connect()
+    except SlackApiError as exc:
+        client.close()
+        data = exc.response.data if isinstance(exc.response.data, dict) else {}
+        raise SlackFailure("apps.connections.open", str(data.get("error") or "failed")) from exc
+    except (SlackClientError, OSError, ValueError) as exc:
+        client.close()
+        raise SlackFailure("apps.connections.open", f"cannot connect ({type(exc).__name__})") from exc
+    return SocketModeLink(client)

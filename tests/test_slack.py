@@ -1,0 +1,388 @@
+"""Slack as an approval channel: a held call is posted, a verified teammate decides, the message follows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp_types as types
+import pytest
+
+from mcp_gate.channels.api import Desk
+from mcp_gate.channels.slack import SlackChannel, SlackSecrets
+from mcp_gate.channels.slack_blocks import ACTION_APPROVE, ACTION_APPROVE_FOR, ACTION_DENY
+from mcp_gate.holds import engine_for
+from mcp_gate.testing import FakeClock
+from tests.slack_helpers import buttons, env, slack_gate, status_line
+
+pytestmark = pytest.mark.anyio
+
+
+def text_of(result: types.CallToolResult) -> str:
+    return " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+def of_type(records: list[dict[str, Any]], kind: str, request_id: str | None = None) -> list[dict[str, Any]]:
+    return [
+        r
+        for r in records
+        if r["event_type"] == kind and (request_id is None or r.get("request_id") == request_id)
+    ]
+
+
+@pytest.mark.parametrize("mcp_mode", ["legacy", "auto"])
+async def test_an_approve_click_in_slack_runs_the_held_call_and_the_message_shows_who_approved(
+    tmp_path: Path, mcp_mode: str
+) -> None:
+    async with slack_gate(tmp_path, mcp_mode=mcp_mode) as s:
+        box = s.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await s.held()
+        channel, _, message = await s.posted(request.id)
+        assert channel == "C0APPROVE"
+        assert buttons(message) == [ACTION_APPROVE, ACTION_DENY, ACTION_APPROVE_FOR]
+        assert all(
+            e["value"] == request.id
+            for b in message["blocks"]
+            if b["type"] == "actions"
+            for e in b["elements"]
+        )
+        assert not (tmp_path / "notes" / "plan").exists()
+        await s.click("U0BOB", ACTION_APPROVE, request.id)
+        done = await s.showing(request.id, "the call ran")
+        await s.fake.wait_for(lambda: box)
+        records = await s.records()
+    assert not box[0].is_error and text_of(box[0]) == "wrote plan"
+    assert (tmp_path / "notes" / "plan").read_text() == "ship"
+    assert buttons(done) == []
+    assert "*Approved* (1 of 1 approvals: <@U0BOB> (bob))" in status_line(
+        done
+    ) and "via slack" in status_line(done)
+    [decided] = of_type(records, "approval.decided", request.id)
+    assert decided["approver"] == "bob" and decided["channel"] == "slack"
+    [posted] = of_type(records, "slack.posted", request.id)
+    assert posted["channel"] == "C0APPROVE" and posted["correlation_id"] == request.correlation_id
+
+
+async def test_a_deny_click_asks_for_a_reason_and_the_agent_and_the_message_get_it(tmp_path: Path) -> None:
+    async with slack_gate(tmp_path) as s:
+        box = s.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await s.held()
+        await s.posted(request.id)
+        await s.click("U0BOB", ACTION_DENY, request.id)
+        [view] = await s.fake.wait_for(lambda: s.fake.views)
+        assert view["view"]["private_metadata"] == request.id
+        assert (await s.gate.engine.get(request.id)).state == "pending"  # nothing decided by the click alone
+        envelope = s.fake.send_envelope(
+            s.fake.view_submission("U0BOB", request.id, "  not <@U0EVE> during the freeze ")
+        )
+        await s.fake.wait_for(lambda: s.fake.acked(envelope))
+        done = await s.showing(request.id, "Denied")
+        await s.fake.wait_for(lambda: box)
+    assert box[0].is_error and "denied by bob: not <@U0EVE> during the freeze" in text_of(box[0])
+    assert not (tmp_path / "notes" / "plan").exists()
+    assert buttons(done) == []
+    assert "not &lt;@U0EVE&gt; during the freeze" in status_line(
+        done
+    )  # the note is shown, never as a mention
+
+
+async def test_a_critical_call_needs_two_slack_approvals_and_the_message_shows_the_progress(
+    tmp_path: Path,
+) -> None:
+    async with slack_gate(tmp_path) as s:
+        (tmp_path / "notes" / "archive").mkdir(parents=True)
+        (tmp_path / "notes" / "archive" / "2025").write_text("kept")
+        box = s.call("notes__delete_note", {"name": "archive/2025"})
+        request = await s.held()
+        _, _, message = await s.posted(request.id)
+        assert ACTION_APPROVE_FOR not in buttons(message)  # critical: no grants
+        await s.click("U0CAROL", ACTION_APPROVE, request.id)
+        halfway = await s.showing(request.id, "1 of 2 approvals")
+        assert "1 of 2 approvals: <@U0CAROL> (carol)" in status_line(halfway)
+        assert buttons(halfway)[:2] == [ACTION_APPROVE, ACTION_DENY]
+        assert (tmp_path / "notes" / "archive" / "2025").exists()
+        await s.click("U0DAVE", ACTION_APPROVE, request.id)
+        done = await s.showing(request.id, "the call ran")
+        await s.fake.wait_for(lambda: box)
+    assert not box[0].is_error and not (tmp_path / "notes" / "archive" / "2025").exists()
+    assert "2 of 2 approvals: <@U0CAROL> (carol), <@U0DAVE> (dave)" in status_line(done)
+
+
+@pytest.mark.parametrize("user", ["U0ALICE", "U0ALICE2"])
+async def test_the_requesters_owner_cannot_approve_in_slack_through_either_of_her_accounts(
+    tmp_path: Path, user: str
+) -> None:
+    async with slack_gate(tmp_path) as s:
+        s.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await s.held()
+        await s.posted(request.id)
+        await s.click(user, ACTION_APPROVE, request.id)
+        [ephemeral] = await s.fake.wait_for(lambda: s.fake.ephemerals)
+        records = await s.records()
+        assert (await s.gate.engine.get(request.id)).state == "pending"
+    assert ephemeral["user"] == user and ephemeral["channel"] == "C0APPROVE"
+    assert ephemeral["text"].startswith("You cannot decide this:")
+    assert of_type(records, "approval.decided") == []
+    # U0ALICE is mapped by slack_user; U0ALICE2's email is an alias of the same approver: both are
+    # alice, who acts for the owner, and the engine refuses her as it does in every channel.
+    [refused] = of_type(records, "approval.refused", request.id)
+    assert (
+        refused["code"] == "self-approval"
+        and refused["channel"] == "slack"
+        and refused["approver"] == "alice"
+    )
+    assert "nobody approves their own calls" in ephemeral["text"]
+
+
+@pytest.mark.parametrize(
+    ("user", "team", "why"),
+    [
+        ("U0EVE", None, "(eve@example.com) is not an approver of this gate"),
+        ("U0NOBODY", None, "could not look up your Slack account (user_not_found)"),
+        ("U0BOT", None, "bots and apps cannot decide"),
+        ("U0GUEST", None, "your Slack workspace (T0OTHER) is not the one this gate trusts (T0TEAM)"),
+        ("U0CAROL", "T0OTHER", "your Slack workspace (T0OTHER) is not the one this gate trusts"),
+        ("U0FRANK", None, "it needs a member of sre, security"),
+    ],
+)
+async def test_unmapped_foreign_bot_and_ineligible_slack_users_are_told_why_and_nothing_is_decided(
+    tmp_path: Path, user: str, team: str | None, why: str
+) -> None:
+    async with slack_gate(tmp_path) as s:
+        s.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await s.held()
+        await s.posted(request.id)
+        await s.click(user, ACTION_APPROVE, request.id, team_id=team)
+        [ephemeral] = await s.fake.wait_for(lambda: s.fake.ephemerals)
+        records = await s.records()
+        assert (await s.gate.engine.get(request.id)).state == "pending"
+    assert why in ephemeral["text"] and ephemeral["user"] == user
+    assert of_type(records, "approval.decided") == []
+    attempts = of_type(records, "slack.refused", request.id) + of_type(
+        records, "approval.refused", request.id
+    )
+    assert len(attempts) == 1  # the attempt is recorded, in the request's story
+    assert attempts[0]["correlation_id"] == request.correlation_id
+
+
+async def test_a_redelivered_socket_mode_envelope_makes_no_second_decision(tmp_path: Path) -> None:
+    async with slack_gate(tmp_path) as s:
+        s.call("notes__delete_note", {"name": "archive/old"})  # critical: one approval leaves it open
+        request = await s.held()
+        await s.posted(request.id)
+        payload = s.fake.block_actions("U0CAROL", ACTION_APPROVE, request.id)
+        first = s.fake.send_envelope(payload, envelope_id="env-same")
+        await s.fake.wait_for(lambda: s.fake.acked(first))
+        await s.showing(request.id, "1 of 2 approvals")
+        s.fake.send_envelope(payload, envelope_id="env-same", retry=1)
+        await s.fake.wait_for(lambda: len([a for a in s.fake.acks if a["envelope_id"] == "env-same"]) == 2)
+        # A later, different click proves the worker went past the re-delivery.
+        await s.click("U0EVE", ACTION_APPROVE, request.id)
+        await s.fake.wait_for(lambda: s.fake.ephemerals)
+        records = await s.records()
+    assert len(of_type(records, "approval.decided", request.id)) == 1
+    assert of_type(records, "approval.refused", request.id) == []  # not even a "duplicate" refusal
+
+
+async def test_approve_for_30_minutes_creates_a_grant_that_runs_the_next_identical_call_at_once(
+    tmp_path: Path,
+) -> None:
+    async with slack_gate(tmp_path) as s:
+        box = s.call("notes__write_note", {"name": "plan", "text": "one"})
+        request = await s.held()
+        await s.posted(request.id)
+        await s.click("U0BOB", ACTION_APPROVE_FOR, request.id)
+        await s.fake.wait_for(lambda: box)
+        second = await s.agent.call_tool("notes__write_note", {"name": "plan", "text": "two"})
+        records = await s.records()
+    assert not box[0].is_error and not second.is_error
+    [grant] = of_type(records, "grant.created", request.id)
+    assert grant["duration"] == "30m" and grant["approver"] == "bob"
+
+
+async def test_slack_down_then_back_keeps_the_call_held_and_posts_it_when_slack_returns(
+    tmp_path: Path,
+) -> None:
+    async with slack_gate(tmp_path) as s:
+        s.fake.fail(503)
+        box = s.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await s.held()
+        failed = await s.wait_record(lambda r: r["event_type"] == "slack.post_failed")
+        assert failed["request_id"] == request.id and failed["status"] == 503
+        await s.wait_record(lambda r: r["event_type"] == "slack.post_failed" and r["attempt"] == 2)
+        assert box == [] and not (tmp_path / "notes" / "plan").exists()
+        s.fake.restore()
+        await s.posted(request.id)
+        await s.click("U0BOB", ACTION_APPROVE, request.id)
+        await s.fake.wait_for(lambda: box)
+        records = await s.records()
+    assert not box[0].is_error
+    [posted] = of_type(records, "slack.posted", request.id)
+    assert posted["attempts"] >= 3
+    assert all(f["retry_in_seconds"] > 0 for f in of_type(records, "slack.post_failed", request.id))
+
+
+async def test_a_rate_limited_post_waits_for_retry_after_before_it_is_tried_again(tmp_path: Path) -> None:
+    async with slack_gate(tmp_path) as s:
+        s.fake.fail(429, times=1, retry_after=1)
+        s.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await s.held()
+        await s.posted(request.id)
+        records = await s.records()
+        posts = s.fake.calls_to("chat.postMessage", ok_only=False)
+    [failed] = of_type(records, "slack.post_failed", request.id)
+    assert failed["status"] == 429 and failed["error"] == "ratelimited" and failed["retry_in_seconds"] >= 1
+    assert [c.status for c in posts] == [429, 200]  # honoured: one retry, not a burst
+
+
+async def test_a_decision_made_with_the_cli_in_another_process_updates_the_slack_message(
+    tmp_path: Path,
+) -> None:
+    async with slack_gate(tmp_path) as s:
+        box = s.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await s.held()
+        await s.posted(request.id)
+        async with engine_for(s.config) as engine:  # its own SQLite connection, as the CLI has
+            await Desk(engine, channel="cli").approve(
+                request.id, s.config.approvers["carol"], note="via terminal"
+            )
+        done = await s.showing(request.id, "the call ran")
+        await s.fake.wait_for(lambda: box)
+    assert (
+        buttons(done) == [] and "carol via cli" in status_line(done) and "via terminal" in status_line(done)
+    )
+
+
+async def test_a_revoked_approval_updates_the_slack_message(tmp_path: Path) -> None:
+    async with slack_gate(tmp_path) as s:
+        s.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await s.held()
+        await s.posted(request.id)
+        async with engine_for(s.config) as engine:
+            await engine.revoke(request.id, s.config.approvers["dave"])
+        done = await s.showing(request.id, "Revoked")
+    assert buttons(done) == [] and "*Revoked* by dave" in status_line(done)
+
+
+async def test_an_expired_request_updates_the_slack_message_and_a_late_click_is_refused(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    async with slack_gate(tmp_path, clock=clock, expires="5m") as s:
+        box = s.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await s.held()
+        await s.posted(request.id)
+        clock.advance(minutes=6)
+        done = await s.showing(request.id, "Expired")
+        await s.fake.wait_for(lambda: box)
+        await s.click("U0BOB", ACTION_APPROVE, request.id)
+        [ephemeral] = await s.fake.wait_for(lambda: s.fake.ephemerals)
+    assert box[0].is_error and "expired" in text_of(box[0])
+    assert buttons(done) == [] and "the call did not run" in status_line(done)
+    assert "is expired, not pending" in ephemeral["text"]
+    assert not (tmp_path / "notes" / "plan").exists()
+
+
+async def test_a_request_that_cannot_be_posted_before_it_expires_expires_and_says_so(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with slack_gate(tmp_path, clock=clock, expires="5m") as s:
+        s.fake.revoked = True  # the bot token was revoked: every post fails
+        box = s.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await s.held()
+        failed = await s.wait_record(lambda r: r["event_type"] == "slack.post_failed")
+        clock.advance(minutes=6)
+        await s.fake.wait_for(lambda: box)
+        given_up = await s.wait_record(lambda r: r["event_type"] == "slack.not_posted")
+    assert failed["error"] == "token_revoked"
+    assert box[0].is_error and "expired" in text_of(box[0]) and not (tmp_path / "notes" / "plan").exists()
+    assert given_up["request_id"] == request.id and given_up["state"] == "expired"
+    assert given_up["last_error"] == "token_revoked"
+
+
+async def test_a_tier_channel_override_is_used_and_a_wrong_one_falls_back_to_the_default(
+    tmp_path: Path,
+) -> None:
+    tail = '[slack.tiers]\ncritical = "C0CRIT"\nhigh = "C0GONE"\n'
+    async with slack_gate(tmp_path, tail=tail) as s:
+        s.call("notes__delete_note", {"name": "archive/old"})
+        critical = await s.held()
+        s.call("notes__write_note", {"name": "plan", "text": "ship"})
+        high = await s.held(2)
+        critical_channel, _, _ = await s.posted(critical.id)
+        high_channel, _, _ = await s.posted(high.id)
+    assert critical_channel == "C0CRIT" and high_channel == "C0APPROVE"
+
+
+async def test_no_token_reaches_the_evidence_log_or_slack_messages(tmp_path: Path) -> None:
+    async with slack_gate(tmp_path) as s:
+        s.fake.fail(429, times=1, retry_after=1)
+        s.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await s.held()
+        await s.posted(request.id)
+        await s.click("U0EVE", ACTION_APPROVE, request.id)
+        await s.fake.wait_for(lambda: s.fake.ephemerals)
+        records = await s.records()
+        sent = repr(s.fake.messages) + repr(s.fake.ephemerals)
+    everything = repr(records) + sent
+    assert s.fake.bot_token not in everything and s.fake.app_token not in everything
+    with anyio.fail_after(1):
+        assert "xoxb-" not in everything
+
+
+async def test_a_malformed_envelope_is_acknowledged_and_ignored_and_the_gate_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    async with slack_gate(tmp_path) as s:
+        box = s.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await s.held()
+        await s.posted(request.id)
+        for payload in [
+            {"type": "block_actions"},
+            {"type": "block_actions", "user": "U0BOB", "actions": "approve"},
+            {"type": "view_submission", "user": {"id": "U0BOB"}, "view": {"callback_id": 7}},
+            {"type": "shortcut", "user": {"id": "U0BOB"}},
+        ]:
+            envelope = s.fake.send_envelope(payload)
+            await s.fake.wait_for(lambda envelope=envelope: s.fake.acked(envelope))
+        await s.click("U0BOB", ACTION_APPROVE, request.id)
+        await s.fake.wait_for(lambda: box)
+        records = await s.records()
+    assert not box[0].is_error
+    assert len(of_type(records, "approval.decided")) == 1 and of_type(records, "slack.refused") == []
+
+
+async def test_someone_who_may_not_decide_is_refused_at_the_deny_click_before_any_reason_is_asked(
+    tmp_path: Path,
+) -> None:
+    async with slack_gate(tmp_path) as s:
+        s.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await s.held()
+        await s.posted(request.id)
+        await s.click(
+            "U0FRANK", ACTION_DENY, request.id
+        )  # frank is in finance; the tier needs sre or security
+        [ephemeral] = await s.fake.wait_for(lambda: s.fake.ephemerals)
+        records = await s.records()
+        assert (await s.gate.engine.get(request.id)).state == "pending"
+    assert s.fake.views == [] and "it needs a member of sre, security" in ephemeral["text"]
+    [refused] = of_type(records, "slack.refused", request.id)
+    assert refused["approver"] == "frank" and refused["code"] == "not-eligible"
+
+
+async def test_two_slack_channels_sharing_one_store_post_each_request_once(tmp_path: Path) -> None:
+    async with slack_gate(tmp_path) as s:
+        second = SlackChannel(s.gate, SlackSecrets.read(s.config, env()), backoff=0.05, poll=0.02)
+        await s.tg.start(second.run)  # a second gate process on the same file does the same
+        s.call("notes__write_note", {"name": "plan", "text": "ship"})
+        s.call("notes__write_note", {"name": "other", "text": "ship"})
+        await s.held(2)
+        first, later = await s.gate.engine.pending()
+        await s.posted(first.id)
+        await s.posted(later.id)
+        await s.click("U0BOB", ACTION_APPROVE, first.id)
+        await s.showing(first.id, "Approved")
+        posts = s.fake.calls_to("chat.postMessage")
+        records = await s.records()
+    assert len(posts) == 2
+    assert sorted(r["request_id"] for r in of_type(records, "slack.posted")) == sorted([first.id, later.id])

@@ -1,0 +1,56 @@
+"""The Slack Web API adapter: Slack's failures become one SlackFailure, tokens never in messages."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from mcp_gate.channels.slack_api import SlackApi, SlackFailure
+from mcp_gate.fake_slack import FakeSlack
+
+pytestmark = pytest.mark.anyio
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port  # nothing listens there any more
+
+
+async def test_an_unreachable_slack_is_a_slack_failure_not_a_crash() -> None:
+    api = SlackApi("xoxb-secret-value", f"http://127.0.0.1:{closed_port()}/api/", timeout=2)
+    with pytest.raises(SlackFailure) as caught:
+        await api.post_message("C1", {"text": "hi"})
+    assert caught.value.error.startswith("unreachable") and "xoxb-secret-value" not in str(caught.value)
+
+
+async def test_a_429_carries_its_retry_after_and_a_revoked_token_its_code() -> None:
+    fake = FakeSlack()
+    with fake.running():
+        api = SlackApi(fake.bot_token, fake.api_url)
+        fake.fail(429, times=1, retry_after=7)
+        with pytest.raises(SlackFailure) as limited:
+            await api.post_message("C0APPROVE", {"text": "hi"})
+        fake.revoked = True
+        with pytest.raises(SlackFailure) as revoked:
+            await api.user_info("U1")
+        wrong = SlackApi("xoxb-wrong", fake.api_url)
+        with pytest.raises(SlackFailure) as invalid:
+            await wrong.auth_test()
+    assert (limited.value.status, limited.value.retry_after, limited.value.error) == (429, 7.0, "ratelimited")
+    assert revoked.value.error == "token_revoked" and invalid.value.error == "invalid_auth"
+
+
+async def test_users_info_and_auth_test_read_what_slack_returns() -> None:
+    fake = FakeSlack()
+    fake.add_user("U0BOB", "bob@example.com")
+    with fake.running():
+        api = SlackApi(fake.bot_token, fake.api_url)
+        user = await api.user_info("U0BOB")
+        auth = await api.auth_test()
+        [call] = fake.calls_to("users.info")
+    assert user["profile"]["email"] == "bob@example.com" and call.params["user"] == "U0BOB"
+    assert auth.team_id == "T0TEAM" and auth.scopes == {"chat:write", "users:read", "users:read.email"}
+    assert "xoxb" not in repr(api)
