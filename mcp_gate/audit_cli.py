@@ -105,6 +105,11 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
     config = _config(args)
     settings = config.evidence
     assert settings is not None
+    if settings.signer is not None:
+        raise GateError(
+            f"{config.path}: evidence.signer: this gate signs with a separate signer and holds no key; "
+            "keys init is not needed"
+        )
     key = create_key_file(settings.key_path, settings.key_name)
     _progress(f"signing key written to {settings.key_path} (mode 0600); checkpoints are now on")
     _say(key.verifier.to_text())
@@ -114,6 +119,9 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
 def cmd_keys_show(args: argparse.Namespace) -> int:
     config = _config(args)
     assert config.evidence is not None
+    if config.evidence.signer_pubkey is not None:
+        _say(config.evidence.signer_pubkey)
+        return EXIT_OK
     _say(load_key_file(config.evidence.key_path).verifier.to_text())
     return EXIT_OK
 

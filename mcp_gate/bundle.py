@@ -18,7 +18,7 @@ from typing import IO, Any
 from mcp_gate.audit import check_notes
 from mcp_gate.checkpoints import (
     CheckpointError,
-    SigningKey,
+    Signer,
     VerifierKey,
     open_note,
     sign_note,
@@ -89,7 +89,7 @@ class ExportResult:
 
 def export_bundle(
     reader: LogReader,
-    key: SigningKey,
+    key: Signer,
     out: Path,
     *,
     since: str | None,

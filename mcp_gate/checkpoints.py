@@ -8,6 +8,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -19,6 +20,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "Pruned",
+    "Signer",
     "SigningKey",
     "VerifierKey",
     "checkpoint_body",
@@ -142,7 +144,19 @@ class SigningKey:
         return f"SigningKey(name={self.name!r}, key_id={self.verifier.key_id})"
 
 
-def sign_note(body: str, key: SigningKey) -> str:
+class Signer(Protocol):
+    """What signs checkpoints: a key file's `SigningKey`, or a separate signer the gate only asks."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def verifier(self) -> VerifierKey: ...
+
+    def sign(self, message: bytes) -> bytes: ...
+
+
+def sign_note(body: str, key: Signer) -> str:
     """A C2SP signed note: the body (ending in a newline), a blank line, one signature line."""
     if not body.endswith("\n") or "\n\n" in body:
         raise CheckpointError("a note body is non-empty lines, each ending in a newline")

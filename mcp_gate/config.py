@@ -916,6 +916,8 @@ class EvidenceSettings:
     webhook_secret: str | None = field(default=None, repr=False)
     webhook_timeout: float = 5.0
     retention_seconds: float | None = None
+    signer: tuple[str, ...] | None = None
+    signer_pubkey: str | None = None
 
 
 class _EvidenceSection(_Strict):
@@ -929,6 +931,8 @@ class _EvidenceSection(_Strict):
     webhook_secret_env: NonEmpty | None = None
     webhook_timeout: float = Field(default=5.0, gt=0, le=60)
     retention: NonEmpty | None = None
+    signer: list[NonEmpty] | None = Field(default=None, min_length=1)
+    signer_pubkey: NonEmpty | None = None
 
 
 def _evidence(
@@ -958,6 +962,11 @@ def _evidence(
     )
     if retention is not None and retention < 86400:
         raise ConfigError(file, "evidence.retention", "must be at least 1d")
+    if (section.signer is None) != (section.signer_pubkey is None):
+        missing = "evidence.signer_pubkey" if section.signer is not None else "evidence.signer"
+        raise ConfigError(file, missing, "a separate signer needs both signer and signer_pubkey")
+    if section.signer is not None and section.key is not None:
+        raise ConfigError(file, "evidence.signer", "give either key or signer, not both")
     name = section.key_name or _note_name(gate_name)
     if not re.fullmatch(r"[^\s+]{1,128}", name):
         raise ConfigError(file, "evidence.key_name", "1-128 characters, no spaces and no '+'")
@@ -979,7 +988,17 @@ def _evidence(
         webhook_secret=secret,
         webhook_timeout=section.webhook_timeout,
         retention_seconds=retention,
+        signer=None if section.signer is None else _signer_command(file, section.signer),
+        signer_pubkey=section.signer_pubkey,
     )
+
+
+def _signer_command(file: str, command: list[str]) -> tuple[str, ...]:
+    """A relative path to the signer program is taken from gate.toml's folder, like other paths."""
+    program = command[0]
+    if "/" in program and not Path(program).is_absolute():
+        program = str(Path(file).absolute().parent / program)
+    return (program, *command[1:])
 
 
 def _note_name(gate_name: str) -> str:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
 import logging
 import os
 import stat
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -17,12 +20,21 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from mcp_gate.checkpoints import Checkpoint, CheckpointError, Pruned, SigningKey, sign_note
+from mcp_gate.checkpoints import (
+    Checkpoint,
+    CheckpointError,
+    Pruned,
+    Signer,
+    SigningKey,
+    VerifierKey,
+    sign_note,
+)
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import GateConfig
 from mcp_gate.errors import ConfigError, GateError
 
 __all__ = [
+    "CommandSigner",
     "FileSink",
     "Notary",
     "Sink",
@@ -70,6 +82,41 @@ def load_key_file(path: Path) -> SigningKey:
         return SigningKey.from_text(text)
     except CheckpointError as exc:
         raise GateError(f"{path}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class CommandSigner:
+    """A separate signer (an HSM or KMS wrapper, a signing service's client): the gate holds no
+    private key. The command reads the exact bytes to sign on stdin and prints the base64 Ed25519
+    signature on stdout; the gate checks it against the configured public key before using it."""
+
+    command: tuple[str, ...]
+    verifier: VerifierKey
+    timeout: float = 10.0
+
+    @property
+    def name(self) -> str:
+        return self.verifier.name
+
+    def sign(self, message: bytes) -> bytes:
+        what = f"the signer {self.command[0]!r}"
+        try:
+            done = subprocess.run(
+                self.command, input=message, capture_output=True, timeout=self.timeout, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise CheckpointError(f"{what} did not answer within {self.timeout:g} s") from exc
+        except OSError as exc:
+            raise CheckpointError(f"{what} could not be started: {exc.strerror or exc}") from exc
+        if done.returncode != 0:
+            raise CheckpointError(f"{what} failed with exit status {done.returncode}")
+        try:
+            signature = base64.b64decode(done.stdout.strip(), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise CheckpointError(f"{what} printed something other than a base64 signature") from exc
+        if not self.verifier.verify(signature, message):
+            raise CheckpointError(f"{what} returned a signature that the configured signer_pubkey rejects")
+        return signature
 
 
 class Sink(Protocol):
@@ -143,7 +190,7 @@ class Notary:
     passed and new records came, or a record since the last one is an approval decision.
     """
 
-    key: SigningKey = field(repr=False)
+    key: Signer = field(repr=False)
     origin: str
     every_records: int = 1000
     every_seconds: float = 300.0
@@ -176,14 +223,24 @@ class Notary:
 
 
 def notary_for(config: GateConfig) -> Notary | None:
-    """The gate's notary: on when its key file exists or `[evidence] key` names one."""
+    """The gate's notary: on when a separate signer is configured, its key file exists, or
+    `[evidence] key` names one."""
     settings = config.evidence
-    if settings is None or (not settings.key_configured and not settings.key_path.exists()):
+    if settings is None:
         return None
-    try:
-        key = load_key_file(settings.key_path)
-    except GateError as exc:
-        raise ConfigError(str(config.path), "evidence.key", str(exc)) from exc
+    key: Signer
+    if settings.signer is not None and settings.signer_pubkey is not None:
+        try:
+            key = CommandSigner(settings.signer, VerifierKey.from_text(settings.signer_pubkey))
+        except CheckpointError as exc:
+            raise ConfigError(str(config.path), "evidence.signer_pubkey", str(exc)) from exc
+    elif not settings.key_configured and not settings.key_path.exists():
+        return None
+    else:
+        try:
+            key = load_key_file(settings.key_path)
+        except GateError as exc:
+            raise ConfigError(str(config.path), "evidence.key", str(exc)) from exc
     sinks: list[Sink] = []
     if settings.copy_to_file is not None:
         sinks.append(FileSink(settings.copy_to_file))
