@@ -386,3 +386,23 @@ async def test_two_slack_channels_sharing_one_store_post_each_request_once(tmp_p
         records = await s.records()
     assert len(posts) == 2
     assert sorted(r["request_id"] for r in of_type(records, "slack.posted")) == sorted([first.id, later.id])
+
+
+async def test_the_requesters_justification_is_shown_in_the_slack_message(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    async with slack_gate(tmp_path) as s:
+        s.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await s.held()
+        justified = replace(request, justification="the release needs it <!channel>")
+        message = await s.channel.render(justified, {})
+        plain = await s.channel.render(request, {})
+    literal = [
+        e.get("text", "")
+        for b in message["blocks"]
+        if b["type"] == "rich_text"
+        for part in b["elements"]
+        for e in part.get("elements", [])
+    ]
+    assert any("the release needs it <!channel>" in t for t in literal)  # quoted literally, no mention
+    assert not any(str(b.get("block_id", "")).startswith("why:") for b in plain["blocks"])

@@ -543,6 +543,7 @@ class SlackChannel:
             gate=self.gate.config.name,
             recent_calls=recent,
             tool_description=description,
+            justification=request.justification,
             grant_allowed=grant_allowed,
             voters=voters,
         )

@@ -188,7 +188,7 @@ def render_request(
     if justification:
         blocks += _literal_block(
             f"why:{rid}",
-            "*The requester's reason* (written by the agent, unverified)",
+            "*The requester's reason* (given at the agent's client, unverified)",
             untrusted(justification),
             style="rich_text_quote",
         )
