@@ -21,6 +21,7 @@ import json
 import platform
 import resource
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -144,6 +145,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run")
     parser.add_argument("--sizes", type=int, nargs="+", help="verify sizes (default 100000 1000000)")
     parser.add_argument("--appends", type=int, default=10_000, help="records per append run (default 10000)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each append case (default 3)")
     parser.add_argument("--verify-child", metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.verify_child:
@@ -152,16 +154,26 @@ def main() -> None:
     appends = 2_000 if args.quick else args.appends
     sizes = args.sizes or ([20_000] if args.quick else [100_000, 1_000_000])
     print(f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, {platform.machine()}\n")
-    print("| writers | commits | records | records/s |")
-    print("|---:|---|---:|---:|")
+    repeats = 1 if args.quick else max(1, args.repeats)
+    print(f"Append runs: {repeats} of each case, median and range of records/s\n")
+    print("| writers | commits | records | records/s (median) | min | max |")
+    print("|---:|---|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory(dir=Path.cwd()) as directory:
         for writers in (1, 50):
             per = max(1, appends // writers) if writers > 1 else max(1, appends // 10)
             for name, run in (("one per write", one_commit_each), ("group commit", group_commit)):
-                path = Path(directory) / f"{name.replace(' ', '-')}-{writers}.db"
-                progress(f"appending {writers * per} records with {writers} writer(s), {name}...")
-                rate = anyio.run(run, path, writers, per)
-                print(f"| {writers} | {name} | {writers * per} | {rate:,.0f} |", flush=True)
+                rates = []
+                for attempt in range(repeats):
+                    path = Path(directory) / f"{name.replace(' ', '-')}-{writers}-{attempt}.db"
+                    progress(
+                        f"appending {writers * per} records, {writers} writer(s), {name}, run {attempt + 1}"
+                    )
+                    rates.append(anyio.run(run, path, writers, per))
+                print(
+                    f"| {writers} | {name} | {writers * per} | {statistics.median(rates):,.0f} | "
+                    f"{min(rates):,.0f} | {max(rates):,.0f} |",
+                    flush=True,
+                )
         print("\n| records | build s | verify s | records/s | peak RSS MB | ok |")
         print("|---:|---:|---:|---:|---:|---|")
         for size in sizes:
