@@ -170,10 +170,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
             _say(json.dumps(asdict(report)))
         elif report.ok:
             line = f"ok: {report.records} records, chain intact, head {report.head_hash[:16]}"
-            if report.keys_checked:
+            if report.keys_checked and report.checkpoints:
                 line += (
                     f"; {report.checkpoints} signed checkpoint(s) verified, covering seq 1..{report.covered}"
                 )
+            elif report.keys_checked:
+                line += "; no signed checkpoint yet (the gate writes one when it next runs or exports)"
             else:
                 line += "; signed checkpoints not checked (no key: run `mcp-gate keys init` or pass --pubkey)"
             if report.pruned_through:

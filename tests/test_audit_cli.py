@@ -554,3 +554,20 @@ def test_verification_reports_progress_as_it_streams(gate: Gate) -> None:
     seen: list[tuple[int, int]] = []
     report = anyio.run(lambda: verify_file(gate.db, progress=lambda done, total: seen.append((done, total))))
     assert report.ok and seen[-1] == (report.records, report.records)
+
+
+def test_a_new_key_over_an_unsigned_log_says_no_checkpoint_yet_not_an_empty_range(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+
+    async def one_unsigned_record() -> None:
+        (config.parent / "data").mkdir(exist_ok=True)
+        async with await SQLiteStore.open(config.parent / "data" / "gate.db") as store:
+            await store.append(
+                [new_event("gate.started", ts="2026-12-01T00:00:00.000000Z", correlation_id="c" * 32)]
+            )
+
+    anyio.run(one_unsigned_record)
+    assert mcp_gate("keys", "init", "--config", str(config)).returncode == 0
+    done = mcp_gate("audit", "verify", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert "no signed checkpoint yet" in done.stdout and "1..0" not in done.stdout
