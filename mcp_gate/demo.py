@@ -112,6 +112,14 @@ def _cli(*args: str, token: tuple[str, str] | None = None) -> None:
         _say(textwrap.fill(line.strip(), _WIDTH, initial_indent="   " + indent, subsequent_indent=" " * 10))
 
 
+def _output(*args: str) -> str:
+    """What `mcp-gate ARGS` prints, for the demo's own use."""
+    done = subprocess.run(
+        [sys.executable, "-m", "mcp_gate", *args], capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
 class _Agent:
     """The MCP SDK's client, talking to `mcp-gate serve` over stdio; the gate's stderr goes to a log."""
 
@@ -193,6 +201,10 @@ def _run(workdir: Path, log: TextIO) -> int:
     _say("The agent is the MCP SDK's client, talking to `mcp-gate serve` over stdio, on behalf of")
     _say("alice@example.com. Approvers bob, carol and dave decide from another process with the CLI.")
 
+    _say("The gate signs checkpoints of its evidence log with a key made for the demo:")
+    _cli("keys", "init", "--config", str(config))
+    pubkey = _output("keys", "show", "--config", str(config))
+
     _step(1, "The agent lists tools: each is namespaced and tiered; purge_notes is blocked, so not listed")
     _print_tools(agent.list_tools())
 
@@ -219,8 +231,11 @@ def _run(workdir: Path, log: TextIO) -> int:
     _cli("tools", "accept", "notes__read_note", "--config", str(config))
     agent.call(("notes__read_note", {"name": "welcome"}))
 
-    _step(10, "An auditor verifies the hash chain over every record")
+    _step(10, "An auditor checks the log and a signed export of it, with only the public key")
     _cli("audit", "verify", "--config", str(config))
+    bundle = workdir / "evidence.tar.gz"
+    _cli("audit", "export", "--config", str(config), "--out", str(bundle))
+    _cli("audit", "verify", "--bundle", str(bundle), "--pubkey", pubkey)
     _say(
         "\nDone. Next: `mcp-gate import` your client's mcpServers JSON, then `mcp-gate check`; see README.md."
     )

@@ -44,6 +44,11 @@ def test_the_demo_runs_and_shows_each_thing_the_gate_does() -> None:
     assert "the agent still sees the reviewed description: 'Read one note.'" in step(8)
     assert "notes__read_note is quarantined" in step(8) and "id_rsa" in step(8)
     assert "accepted notes__read_note" in step(9) and "result: Notes live here" in step(9)
-    assert re.search(r"ok: \d+ records, chain intact", step(10))
+    assert re.search(
+        r"ok: \d+ records, chain intact, head \w+; \d+ signed checkpoint\(s\) verified", step(10)
+    )
+    assert re.search(
+        r"ok: bundle \S+evidence\.tar\.gz: \d+ records .* signature and every file hash verified", step(10)
+    )
     # The gate's own log lines stay out of the demo's output.
     assert "mcp-gate WARNING" not in out + done.stderr
