@@ -19,7 +19,7 @@ from mcp_gate.bundle import Progress
 from mcp_gate.checkpoints import CheckpointError, VerifierKey, split_notes
 from mcp_gate.cli import EXIT_FAILED, EXIT_OK, _add_config, _config, _progress, _say, _sub
 from mcp_gate.clock import SystemClock, utc_iso
-from mcp_gate.config import GateConfig
+from mcp_gate.config import GateConfig, load_config, resolve_config_path
 from mcp_gate.errors import GateError, StoreError
 from mcp_gate.evidence import new_event
 from mcp_gate.notary import Notary, create_key_file, load_key_file, notary_for
@@ -129,19 +129,26 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
 # -- audit verify ---------------------------------------------------------------------------
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
-    if args.bundle is not None:
-        return _verify_bundle(args)
-    config = _config(args)
-    db = _db(config)
-    notary = notary_for(config)
-    verifiers = None
-    if args.pubkey is not None:
-        verifiers = [_pubkey(args.pubkey)]
-    elif notary is not None:
-        verifiers = [notary.key.verifier]
+def _verification_inputs(
+    config: GateConfig, pubkey: str | None, checkpoint_files: list[str] | None
+) -> tuple[Notary | None, list[VerifierKey] | None, list[tuple[str, str]]]:
+    """The gate's notary (to record the check), the keys to trust, and the checkpoint copies to check.
+
+    With --pubkey nothing private is needed: a missing or unusable signing key only means the
+    check cannot be recorded in the log."""
+    notary: Notary | None
+    if pubkey is not None:
+        verifiers: list[VerifierKey] | None = [_pubkey(pubkey)]
+        try:
+            notary = notary_for(config)
+        except GateError as exc:
+            _progress(f"mcp-gate: not recording this check in the log ({exc})")
+            notary = None
+    else:
+        notary = notary_for(config)
+        verifiers = None if notary is None else [notary.key.verifier]
     extra: list[tuple[str, str]] = []
-    sources = [Path(p) for p in args.checkpoints or ()]
+    sources = [Path(p) for p in checkpoint_files or ()]
     sink = None if config.evidence is None else config.evidence.copy_to_file
     if sink is not None and sink.exists() and sink not in sources:
         sources.append(sink)
@@ -153,6 +160,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
         extra.extend((f"{source} note {i}", note) for i, note in enumerate(split_notes(text), start=1))
     if extra and verifiers is None:
         raise GateError("--checkpoints: checking signed checkpoints needs --pubkey (or the gate's key)")
+    return notary, verifiers, extra
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    if args.bundle is not None:
+        return _verify_bundle(args)
+    config = _config(args)
+    db = _db(config)
+    notary, verifiers, extra = _verification_inputs(config, args.pubkey, args.checkpoints)
 
     async def run() -> int:
         _progress(f"verifying {db}...")
@@ -189,6 +205,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             _event(
                 config,
                 "audit.verified",
+                kind="log",
                 ok=report.ok,
                 records=report.records,
                 first_bad_seq=report.first_bad_seq,
@@ -217,6 +234,23 @@ def _verify_bundle(args: argparse.Namespace) -> int:
         )
     else:
         _say(f"TAMPERED: bundle {args.bundle}: {report.problem}")
+    config_path = resolve_config_path(args.config, os.environ, Path.cwd())
+    if config_path.exists():  # on the gate's own host the check is recorded; an auditor needs no gate
+        config = load_config(config_path, os.environ)
+        notary, _, _ = _verification_inputs(config, args.pubkey, None)
+        event = _event(
+            config,
+            "audit.verified",
+            kind="bundle",
+            bundle=str(Path(args.bundle).absolute()),
+            ok=report.ok,
+            records=report.records,
+            first_seq=report.first_seq,
+            last_seq=report.last_seq,
+            problem=report.problem,
+            checkpoints=report.checkpoints,
+        )
+        anyio.run(_record, config, notary, event)
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
@@ -278,13 +312,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     config = _config(args)
     db = _db(config)
-    notary = notary_for(config)
+    notary, verifiers, extra = _verification_inputs(config, args.pubkey, args.checkpoints)
     since = None if args.since is None else parse_moment(args.since, "--since")
     until = None if args.until is None else parse_moment(args.until, "--until")
 
     async def run() -> int:
-        verifiers = None if notary is None else [notary.key.verifier]
-        verified = await verify_file(db, verifiers=verifiers)
+        verified = await verify_file(db, verifiers=verifiers, extra_notes=extra)
 
         def build() -> dict[str, Any]:
             with read_only(db) as reader:
@@ -404,6 +437,7 @@ def add_audit_commands(audit_sub: Any) -> None:
     r.add_argument("--until", metavar="DATE", help="last moment (exclusive)")
     r.add_argument("--out", metavar="PATH", help="where to write it (default: stdout)")
     r.add_argument("--format", choices=("html", "json"), default="html", help="html (default) or json")
+    _add_trust_options(r)
     r.set_defaults(func=cmd_report)
     p = _sub(
         audit_sub,
@@ -416,7 +450,7 @@ def add_audit_commands(audit_sub: Any) -> None:
     p.set_defaults(func=cmd_prune)
 
 
-def add_verify_options(v: argparse.ArgumentParser) -> None:
+def _add_trust_options(v: argparse.ArgumentParser) -> None:
     v.add_argument(
         "--pubkey",
         metavar="KEY",
@@ -428,5 +462,9 @@ def add_verify_options(v: argparse.ArgumentParser) -> None:
         action="append",
         help="also check the signed checkpoints in FILE (a copy kept elsewhere); repeatable",
     )
+
+
+def add_verify_options(v: argparse.ArgumentParser) -> None:
+    _add_trust_options(v)
     v.add_argument("--bundle", metavar="PATH", help="verify an export bundle (directory or .tar.gz) instead")
     v.set_defaults(func=cmd_verify)

@@ -182,6 +182,16 @@ def test_audit_verify_checks_every_checkpoint_and_records_that_it_ran(gate: Gate
     assert bodies(copy.db)[-1]["event_type"] == "audit.verified" and bodies(copy.db)[-1]["ok"] is True
 
 
+def test_verify_with_a_public_key_needs_no_usable_private_key(gate: Gate, tmp_path: Path) -> None:
+    copy = copy_gate(gate, tmp_path)
+    os.chmod(copy.config.parent / "data" / "signing.key", 0o644)  # the gate itself would refuse it
+    done = mcp_gate("audit", "verify", "--config", str(copy.config), "--pubkey", gate.pubkey)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"\d+ signed checkpoint\(s\) verified", done.stdout)
+    assert "not recording this check" in done.stderr and "Traceback" not in done.stderr
+    assert bodies(copy.db)[-1]["event_type"] != "audit.verified"
+
+
 def test_an_auditor_verifies_a_copy_of_the_file_with_only_the_public_key(gate: Gate, tmp_path: Path) -> None:
     auditor = tmp_path / "auditor"
     auditor.mkdir()
@@ -259,9 +269,45 @@ def test_a_bundle_verifies_offline_with_only_the_public_key(gate: Gate, bundles:
     assert manifest["event_types"]["approval.decided"] == 2 and manifest["policy_sha256"]
 
 
-def test_export_and_bundle_verification_leave_evidence_of_the_export(gate: Gate) -> None:
+def test_export_and_bundle_verification_leave_evidence_of_the_export(
+    gate: Gate, bundles: tuple[Path, Path], tmp_path: Path
+) -> None:
     exported = [b for b in bodies(gate.db) if b["event_type"] == "audit.exported"]
     assert len(exported) == 2 and all(e["count"] > 0 and len(e["sums_sha256"]) == 64 for e in exported)
+    copy = copy_gate(gate, tmp_path)
+    done = mcp_gate(
+        "audit", "verify", "--bundle", str(bundles[1]), "--pubkey", gate.pubkey, "--config", str(copy.config)
+    )
+    assert done.returncode == 0, done.stderr
+    verified = bodies(copy.db)[-1]
+    assert verified["event_type"] == "audit.verified" and verified["kind"] == "bundle"
+    assert verified["ok"] is True and verified["bundle"] == str(bundles[1])
+    assert verified["records"] == exported[-1]["count"]
+
+
+def test_a_bundle_verified_away_from_any_gate_records_nothing_and_needs_no_config(
+    gate: Gate, bundles: tuple[Path, Path], tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mcp_gate",
+            "audit",
+            "verify",
+            "--bundle",
+            str(bundles[0]),
+            "--pubkey",
+            gate.pubkey,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "MCP_GATE_CONFIG"},
+        timeout=120,
+    )
+    assert done.returncode == 0 and "signature and every file hash verified" in done.stdout, done.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def tampered(bundle: Path, tmp_path: Path) -> Path:
@@ -348,6 +394,24 @@ def test_a_bundle_whose_records_were_changed_and_resigned_by_someone_else_fails_
 
 
 # -- the report ------------------------------------------------------------------------------
+
+
+def test_the_report_checks_the_checkpoint_copies_as_audit_verify_does(gate: Gate, tmp_path: Path) -> None:
+    """Truncate the log and delete its checkpoints: the copies on other storage still catch it."""
+    copy = copy_gate(gate, tmp_path)
+    last = bodies(copy.db)[-1]["seq"]
+    with closing(sqlite3.connect(copy.db)) as conn, conn:
+        for trigger in ("evidence_no_delete", "checkpoints_no_delete"):
+            conn.execute(f"DROP TRIGGER {trigger}")
+        conn.execute("DELETE FROM evidence WHERE seq > ?", (last - 5,))
+        conn.execute("DELETE FROM checkpoints")
+    done = mcp_gate("audit", "report", "--config", str(copy.config), "--format", "json")
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    assert report["verification"]["ok"] is False
+    assert report["verification"]["first_bad_seq"] == last - 4
+    verified = mcp_gate("audit", "verify", "--config", str(copy.config))
+    assert verified.returncode == 1 and verified.stdout.startswith("TAMPERED")
 
 
 def test_the_json_report_lists_approvals_refusals_and_zero_unapproved_calls(
