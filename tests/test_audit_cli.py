@@ -29,7 +29,14 @@ from mcp_gate.gateway import Gateway
 from mcp_gate.notary import Notary, notary_for
 from mcp_gate.report import render_html, summarize
 from mcp_gate.store import SQLiteStore
-from mcp_gate.testing import NOTES_MANIFEST, approver_table, notes_server_table, running_gate, write_config
+from mcp_gate.testing import (
+    NOTES_MANIFEST,
+    FakeClock,
+    approver_table,
+    notes_server_table,
+    running_gate,
+    write_config,
+)
 
 APPROVERS = {
     "bob": approver_table("bob@example.com", ["sre"], "tok-bob"),
@@ -160,6 +167,23 @@ def test_every_approval_decision_is_checkpointed_at_once_and_shutdown_covers_the
     assert covered == last  # the checkpoint signed at shutdown covers the last record
     copies = (gate.config.parent / "copies" / "checkpoints.log").read_text()
     assert len(list(split_notes(copies))) == len(sizes)
+
+
+@pytest.mark.anyio
+async def test_a_quiet_gate_signs_its_unsigned_tail_every_checkpoint_interval(tmp_path: Path) -> None:
+    """No write comes after the call, and the gate's clock stands still: only the timer can sign."""
+    config = make_config(tmp_path, extra='\n[evidence]\ncheckpoint_every = "1s"\n')
+    created = mcp_gate("keys", "init", "--config", str(config))
+    assert created.returncode == 0, created.stderr
+    db = config.parent / "data" / "gate.db"
+    async with running_gate(config, clock=FakeClock()) as front, Client(front.server, mode="legacy") as agent:
+        assert not (await agent.call_tool("notes__echo", {"text": "hi"})).is_error
+        head = bodies(db)[-1]["seq"]
+        assert max(checkpoint_sizes(db, created.stdout.strip())) < head  # the call's records: unsigned
+        with anyio.fail_after(20):
+            while max(checkpoint_sizes(db, created.stdout.strip())) < head:
+                await anyio.sleep(0.05)
+        assert bodies(db)[-1]["seq"] == head  # signed by the timer, not by a later write
 
 
 def test_a_gate_key_readable_by_others_is_refused_with_one_line(gate: Gate, tmp_path: Path) -> None:
