@@ -556,6 +556,8 @@ class ApprovalEngine:
                         grant_id=grant_id,
                         approver=approver.name,
                         request_id=grant.request_id,
+                        server=grant.server,
+                        tool=grant.tool,
                     )
                 ]
             )

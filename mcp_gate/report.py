@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
@@ -42,14 +42,29 @@ def _seconds_between(start: Any, end: Any) -> float | None:
     return round((b - a).total_seconds(), 3)
 
 
-def summarize(bodies: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """The report's sections from record bodies in seq order (pure; one pass)."""
+def _call_of(body: Mapping[str, Any]) -> dict[str, Any]:
+    call: dict[str, Any] = {"server": body.get("server"), "tool": body.get("tool")}
+    call["tier"] = body.get("tier")
+    call["requirement"] = body.get("requirement")
+    call["agent"], call["owner"] = _who(body)
+    return call
+
+
+def summarize(
+    bodies: Iterable[Mapping[str, Any]],
+    earlier: Callable[[str], Iterable[Mapping[str, Any]]] = lambda cid: (),
+) -> dict[str, Any]:
+    """The report's sections from record bodies in seq order (pure; one pass).
+
+    `earlier(cid)` gives the records of a call from before the period, for a call decided before
+    it began and run inside it; a call that ran with no policy decision at all is a violation."""
     records = 0
     policies: dict[str, dict[str, Any]] = {}
     calls: dict[str, dict[str, Any]] = {}  # correlation id -> server, tool, tier, requirement
     by_server_tier: dict[tuple[str, str], dict[str, int]] = {}
     approvals: dict[str, dict[str, Any]] = {}
     released: dict[str, list[Mapping[str, Any]]] = {}
+    grants: dict[str, dict[str, Any]] = {}
     lists: dict[str, list[dict[str, Any]]] = {
         "denials": [], "expiries": [], "revocations": [], "grants": [], "self_approval_refusals": [],
         "refused_decisions": [], "drift": [], "unapproved": [],
@@ -64,23 +79,26 @@ def summarize(bodies: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             )
             seen["last"] = ts
             seen["records"] += 1
+        if kind in (*_REACHED, "call.refused") and isinstance(cid, str) and cid not in calls:
+            for prior in earlier(cid):  # decided before the period began
+                if prior.get("event_type") == "policy.decided":
+                    calls[cid] = _call_of(prior)
+                elif prior.get("event_type") == "call.released":
+                    released.setdefault(cid, []).append(prior)
         if kind == "policy.decided" and isinstance(cid, str):
-            call: dict[str, Any] = {"server": body.get("server"), "tool": body.get("tool")}
-            call["tier"] = body.get("tier")
-            call["requirement"] = body.get("requirement")
-            call["agent"], call["owner"] = _who(body)
-            calls[cid] = call
-            row = by_server_tier.setdefault(
-                (str(call["server"]), str(call["tier"])), {"requested": 0, "ran": 0, "refused": 0}
-            )
-            row["requested"] += 1
+            call = calls[cid] = _call_of(body)
+            _row(by_server_tier, call)["requested"] += 1
         elif kind in _REACHED and isinstance(cid, str) and cid in calls:
             reached = calls[cid]
-            by_server_tier[(str(reached["server"]), str(reached["tier"]))]["ran"] += 1
+            _row(by_server_tier, reached)["ran"] += 1
             _check_release(cid, reached, released.get(cid, []), ts, lists["unapproved"])
+        elif kind in _REACHED:
+            lists["unapproved"].append(
+                {"correlation_id": cid, "server": body.get("server"), "tool": body.get("tool"), "tier": None,
+                 "requirement": "no policy.decided record for this call", "requester": None, "at": ts}
+            )  # fmt: skip
         elif kind == "call.refused" and isinstance(cid, str) and cid in calls:
-            call = calls[cid]
-            by_server_tier[(str(call["server"]), str(call["tier"]))]["refused"] += 1
+            _row(by_server_tier, calls[cid])["refused"] += 1
         elif kind == "call.released" and isinstance(cid, str):
             released.setdefault(cid, []).append(body)
         elif kind == "approval.requested":
@@ -108,23 +126,42 @@ def summarize(bodies: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             which = "self_approval_refusals" if body.get("code") == "self-approval" else "refused_decisions"
             lists[which].append(_pick(body, request_id="request_id", by="approver", code="code", why="why"))
         elif kind == "approval.expired":
-            lists["expiries"].append(_pick(body, request_id="request_id", why="why"))
-            if (entry := approvals.get(str(body.get("request_id")))) is not None:
+            entry = approvals.get(str(body.get("request_id")))
+            lists["expiries"].append(
+                _pick(body, request_id="request_id", expires_at="expires_at", approvals="approvals")
+                | {k: (entry or {}).get(k) for k in ("server", "tool", "requester")}
+            )
+            if entry is not None:
                 entry["outcome"] = "expired"
         elif kind == "approval.revoked":
-            lists["revocations"].append(_pick(body, request_id="request_id", by="approver"))
-            if (entry := approvals.get(str(body.get("request_id")))) is not None:
+            entry = approvals.get(str(body.get("request_id")))
+            lists["revocations"].append(
+                _pick(body, request_id="request_id", by="approver")
+                | {k: (entry or {}).get(k) for k in ("server", "tool")}
+            )
+            if entry is not None:
                 entry["outcome"] = "revoked"
         elif kind in ("grant.created", "grant.revoked"):
-            lists["grants"].append(
-                {
-                    "event": kind,
-                    **_pick(body, grant_id="grant_id", by="approver", server="server", tool="tool"),
-                }
-                | {"for": body.get("duration")}
+            row = {
+                "event": kind,
+                **_pick(body, grant_id="grant_id", by="approver", server="server", tool="tool"),
+            } | {"for": body.get("duration")}
+            if kind == "grant.created":
+                grants[str(body.get("grant_id"))] = row
+            elif (created := grants.get(str(body.get("grant_id")))) is not None:
+                row["server"] = row["server"] or created["server"]
+                row["tool"] = row["tool"] or created["tool"]
+            lists["grants"].append(row)
+        elif kind == "tool.drifted":
+            lists["drift"].append(
+                {"event": kind, **_pick(body, server="server", tool="tool", pin="pin", previous_pin="pinned")}
+                | {"by": None}
             )
-        elif kind in ("tool.drifted", "tool.accepted"):
-            lists["drift"].append({"event": kind, **_pick(body, server="server", tool="tool", pin="pin")})
+        elif kind == "tool.accepted":
+            lists["drift"].append(
+                {"event": kind, **_pick(body, server="server", tool="tool", pin="pin",
+                                        previous_pin="previous_pin", by="accepted_by")}
+            )  # fmt: skip
     return {
         "records": records,
         "policy_versions": list(policies.values()),
@@ -139,6 +176,12 @@ def summarize(bodies: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             "method": UNAPPROVED_METHOD,
         },
     }
+
+
+def _row(table: dict[tuple[str, str], dict[str, int]], call: Mapping[str, Any]) -> dict[str, int]:
+    return table.setdefault(
+        (str(call["server"]), str(call["tier"])), {"requested": 0, "ran": 0, "refused": 0}
+    )
 
 
 def _pick(body: Mapping[str, Any], **fields: str) -> dict[str, Any]:
@@ -174,7 +217,7 @@ def build_report(
     else:
         first, last = span
         bodies = (b for b in reader.bodies_of(after_seq=first - 1) if b.get("seq", 0) <= last)
-        sections = summarize(bodies)
+        sections = summarize(bodies, lambda cid: reader.bodies_for(cid, before_seq=first))
     verification = asdict(verified)
     return {
         "gate": gate,
@@ -304,8 +347,13 @@ def render_html(report: Mapping[str, Any]) -> str:
             "No approval requests.",
         ),  # fmt: skip
         _table("Denials", report["denials"], ["request_id", "by", "at", "note"], "None."),
-        _table("Expiries", report["expiries"], ["request_id", "at", "why"], "None."),
-        _table("Revocations", report["revocations"], ["request_id", "by", "at"], "None."),
+        _table(
+            "Expiries",
+            report["expiries"],
+            ["request_id", "server", "tool", "requester", "approvals", "expires_at", "at"],
+            "None.",
+        ),
+        _table("Revocations", report["revocations"], ["request_id", "server", "tool", "by", "at"], "None."),
         _table(
             "Grants", report["grants"], ["event", "grant_id", "by", "server", "tool", "for", "at"], "None."
         ),
@@ -321,7 +369,12 @@ def render_html(report: Mapping[str, Any]) -> str:
             ["request_id", "by", "code", "at", "why"],
             "None.",
         ),
-        _table("Tool drift", report["drift"], ["event", "server", "tool", "pin", "at"], "None."),
+        _table(
+            "Tool drift",
+            report["drift"],
+            ["event", "server", "tool", "previous_pin", "pin", "by", "at"],
+            "None.",
+        ),
         f"<script>{_JS}</script></body></html>",
     ]
     return "\n".join(parts)

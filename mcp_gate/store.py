@@ -1395,6 +1395,20 @@ class LogReader:
             if isinstance(body, dict):
                 yield body
 
+    def bodies_for(self, correlation_id: str, *, before_seq: int) -> Iterator[dict[str, Any]]:
+        """The parsed bodies of one call's records before `before_seq`, in seq order."""
+        cursor = self._conn.execute(
+            "SELECT body FROM evidence WHERE correlation_id = ? AND seq < ? ORDER BY seq",
+            (correlation_id, before_seq),
+        )
+        for (text,) in cursor:
+            try:
+                body = json.loads(text)
+            except (TypeError, ValueError):
+                continue
+            if isinstance(body, dict):
+                yield body
+
     def count(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM evidence").fetchone()[0])
 

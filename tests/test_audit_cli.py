@@ -13,6 +13,7 @@ import tarfile
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -506,6 +507,108 @@ def test_a_seeded_unapproved_call_appears_in_the_report_and_zero_says_zero() -> 
     assert "2 call(s) ran without a required approval" in page
     clean = summarize(seeded_log()[:3])
     assert clean["unapproved_calls"]["count"] == 0
+
+
+def test_a_call_decided_before_the_period_and_run_inside_it_is_still_checked() -> None:
+    log = seeded_log()
+    before = {cid: [b for b in log[:5] if b["correlation_id"] == cid] for cid in ("ok", "bad")}
+    inside = log[5:] + [log[2]]  # "bad" and "ok" ran in the period; their decisions came before it
+    report = summarize(inside, lambda cid: before.get(cid, []))
+    assert [c["correlation_id"] for c in report["unapproved_calls"]["calls"]] == ["bad", "sneaky"]
+    ran = {(r["server"], r["tier"]): r["ran"] for r in report["calls_by_server_tier"]}
+    assert ran == {("db", "critical"): 1, ("db", "high"): 3, ("db", "low"): 1}
+
+
+def test_a_call_that_ran_with_no_policy_decision_at_all_is_a_violation() -> None:
+    orphan = {"event_type": "call.executed", "ts": "2026-11-24T12:00:00.000000Z", "correlation_id": "x",
+              "server": "db", "tool": "drop"}  # fmt: skip
+    report = summarize([*seeded_log()[:3], orphan])
+    [violation] = report["unapproved_calls"]["calls"]
+    assert violation["correlation_id"] == "x" and "no policy.decided" in violation["requirement"]
+
+
+@pytest.mark.anyio
+async def test_the_report_names_every_expiry_revocation_grant_and_drift_with_who_and_what(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    start = clock.moment
+
+    def config_for(variant: str) -> Path:
+        return write_config(
+            tmp_path / "gate",
+            servers={"notes": notes_server_table(tmp_path / "notes", variant=variant)},
+            manifests={"notes": NOTES_MANIFEST.read_text()},
+            approvers=APPROVERS,
+            tiers=TIERS,
+            approvals={"hold_seconds": 0.2, "progress_seconds": 0.05, "expires": "1d"},
+        )
+
+    config = config_for("1")
+    async with running_gate(config, clock=clock) as front, Client(front.server, mode="legacy") as agent:
+        gate = front.gateway
+        people = gate.config.approvers
+        early = {"name": "early", "text": "asked before the period"}
+        await agent.call_tool("notes__write_note", early)
+        early_request = await wait_for_request(gate, 1)
+        clock.advance(hours=1)  # the period starts here
+        await gate.engine.decide(early_request.id, people["bob"], "approve", channel="t")
+        assert not (await agent.call_tool("notes__write_note", early)).is_error
+
+        await agent.call_tool("notes__write_note", {"name": "a", "text": "1"})
+        expiring = await wait_for_request(gate, 1)
+        clock.moment = expiring.expires_at + timedelta(milliseconds=1)
+        late = await gate.engine.decide(expiring.id, people["bob"], "approve", channel="t")
+        assert isinstance(late, Refusal) and late.code == "expired"
+
+        await agent.call_tool("notes__write_note", {"name": "b", "text": "2"})
+        revoking = await wait_for_request(gate, 1)
+        await gate.engine.decide(revoking.id, people["bob"], "approve", channel="t")
+        assert not isinstance(await gate.engine.revoke(revoking.id, people["dave"]), Refusal)
+
+        await agent.call_tool("notes__write_note", {"name": "c", "text": "3"})
+        granting = await wait_for_request(gate, 1)
+        await gate.engine.decide(
+            granting.id, people["bob"], "approve", channel="t", grant_for=timedelta(minutes=30)
+        )
+        [grant] = await gate.engine.grants()
+        await gate.engine.revoke_grant(grant.id, people["dave"])
+    config = config_for("2")  # read_note's description changes: drift
+    async with running_gate(config, clock=clock):
+        pass
+    accepted = mcp_gate("tools", "accept", "notes__read_note", "--config", str(config), env={"USER": "olga"})
+    assert accepted.returncode == 0, accepted.stderr
+
+    since = (start + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    done = await anyio.to_thread.run_sync(
+        lambda: mcp_gate("audit", "report", "--config", str(config), "--since", since, "--format", "json")
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["period"] == {"since": since.replace("Z", ".000000Z"), "until": None}
+    assert len(report["policy_versions"]) >= 1 and all(
+        len(v["policy_sha256"]) == 64 for v in report["policy_versions"]
+    )
+    assert report["unapproved_calls"]["count"] == 0
+    high = next(r for r in report["calls_by_server_tier"] if r["tier"] == "high")
+    assert high["ran"] == 1 and high["requested"] == 4  # early's retry, a, b and c
+    [expiry] = report["expiries"]
+    assert expiry["request_id"] == expiring.id and expiry["tool"] == "write_note" and expiry["expires_at"]
+    assert expiry["requester"] == "test-agent", expiry
+    [revocation] = report["revocations"]
+    assert revocation == revocation | {"request_id": revoking.id, "by": "dave", "tool": "write_note"}
+    created, revoked = report["grants"]
+    assert created["event"] == "grant.created" and created["by"] == "bob" and created["for"] == "30m"
+    assert revoked["event"] == "grant.revoked" and revoked["by"] == "dave"
+    assert (revoked["server"], revoked["tool"]) == ("notes", "write_note")
+    drifted, accepted_row = report["drift"]
+    assert drifted["event"] == "tool.drifted" and drifted["tool"] == "read_note"
+    assert drifted["previous_pin"] and drifted["pin"] != drifted["previous_pin"]
+    assert accepted_row["event"] == "tool.accepted" and accepted_row["by"] == "olga"
+    assert accepted_row["pin"] == drifted["pin"]
+    page = render_html(report)
+    for shown in (expiring.id, revoking.id, grant.id, "olga", drifted["pin"]):
+        assert shown in page
 
 
 @pytest.mark.anyio
