@@ -21,6 +21,7 @@ import anyio
 import pytest
 from mcp import Client
 
+from mcp_gate import __version__
 from mcp_gate.approvals import Approved, Denied, Refusal
 from mcp_gate.checkpoints import SigningKey, open_note, parse_checkpoint, split_notes
 from mcp_gate.config import load_config
@@ -232,6 +233,43 @@ def test_an_auditor_verifies_a_copy_of_the_file_with_only_the_public_key(gate: G
     assert not list(auditor.glob("*.key"))
 
 
+def test_an_auditor_with_their_own_copy_of_the_checkpoints_catches_a_truncated_log(
+    gate: Gate, tmp_path: Path
+) -> None:
+    held = tmp_path / "held-by-the-auditor.txt"
+    shutil.copy(gate.config.parent / "copies" / "checkpoints.log", held)
+    auditor = tmp_path / "auditor"
+    auditor.mkdir()
+    shutil.copy(gate.db, auditor / "gate.db")
+    (auditor / "gate.toml").write_text('[gate]\nname = "copy"\ndata_dir = "."\n')
+    last = bodies(auditor / "gate.db")[-1]["seq"]
+    with closing(sqlite3.connect(auditor / "gate.db")) as conn, conn:
+        for trigger in ("evidence_no_delete", "checkpoints_no_delete"):
+            conn.execute(f"DROP TRIGGER {trigger}")
+        conn.execute("DELETE FROM evidence WHERE seq > ?", (last - 3,))
+        conn.execute("DELETE FROM checkpoints")
+    args = ("audit", "verify", "--config", str(auditor / "gate.toml"), "--pubkey", gate.pubkey)
+    assert mcp_gate(*args).returncode == 0  # nothing left in the file says it was longer
+    done = mcp_gate(*args, "--checkpoints", str(held))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.startswith(f"TAMPERED: seq {last - 2} missing") and "truncated" in done.stdout
+
+
+def test_the_evidence_settings_reach_the_notary(tmp_path: Path) -> None:
+    config = make_config(
+        tmp_path,
+        extra='\n[evidence]\ncheckpoint_every_records = 7\ncheckpoint_every = "2m"\n'
+        'copy_to_file = "copies/c.log"\nwebhook_url_env = "HOOK"\nwebhook_secret_env = "HOOK_SECRET"\n',
+    )
+    hook = {"HOOK": "https://hooks.example/x", "HOOK_SECRET": "s3"}
+    assert mcp_gate("keys", "init", "--config", str(config), env=hook).returncode == 0
+    notary = notary_for(load_config(config, hook))
+    assert notary is not None and (notary.every_records, notary.every_seconds) == (7, 120.0)
+    file_sink, webhook = notary.sinks
+    assert file_sink.name.endswith("copies/c.log") and webhook.name == "webhook hooks.example"
+    assert "s3" not in repr(notary) and "hooks.example/x" not in repr(notary)
+
+
 def test_a_full_rewrite_of_the_file_is_caught_by_the_checkpoint_copies(gate: Gate, tmp_path: Path) -> None:
     copy = copy_gate(gate, tmp_path)
     from mcp_gate.evidence import GENESIS_HASH, canonical_json, chain_hash
@@ -335,6 +373,79 @@ def test_a_bundle_verified_away_from_any_gate_records_nothing_and_needs_no_confi
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.fixture(scope="module")
+def big_log(tmp_path_factory: pytest.TempPathFactory) -> Gate:
+    """25,000 records, 1,000 a day from 2026-11-01, past the progress bars' threshold; checkpoints at
+    1,000 (the first commit) and every 5,000 after it."""
+    config = make_config(
+        tmp_path_factory.mktemp("big"), extra="\n[evidence]\ncheckpoint_every_records = 5000\n"
+    )
+    created = mcp_gate("keys", "init", "--config", str(config))
+    assert created.returncode == 0, created.stderr
+
+    async def fill() -> None:
+        notary = notary_for(load_config(config, os.environ))
+        async with await SQLiteStore.open(config.parent / "data" / "gate.db", notary=notary) as store:
+            for day in range(1, 26):
+                ts = f"2026-11-{day:02d}T00:00:00.000000Z"
+                await store.append(
+                    [new_event("call.requested", ts=ts, correlation_id=None) for _ in range(1000)]
+                )
+
+    anyio.run(fill)
+    return Gate(config, created.stdout.strip())
+
+
+def test_long_exports_and_verifications_draw_a_progress_bar_on_stderr(big_log: Gate, tmp_path: Path) -> None:
+    bar = r"(?m)^{} \[#{{30}}\] (250\d\d)/\1$"  # full at the end (text mode reads \r as a line end)
+    done = mcp_gate("audit", "verify", "--config", str(big_log.config))
+    assert done.returncode == 0 and re.search(bar.format("verifying"), done.stderr), done.stderr
+    out = tmp_path / "all.tar.gz"
+    done = mcp_gate(
+        "audit", "export", "--config", str(big_log.config), "--until", "2026-11-26", "--out", str(out)
+    )
+    assert done.returncode == 0 and re.search(bar.format("exporting"), done.stderr), done.stderr
+    assert "exporting" not in done.stdout  # stdout stays clean for scripts
+    done = mcp_gate("audit", "verify", "--bundle", str(out), "--pubkey", big_log.pubkey)
+    assert done.returncode == 0 and re.search(bar.format("verifying"), done.stderr), done.stderr
+
+
+def test_a_bounded_export_holds_its_period_up_to_the_next_checkpoint_and_says_so(
+    big_log: Gate, tmp_path: Path
+) -> None:
+    out = tmp_path / "nov3"
+    done = mcp_gate(
+        "audit", "export", "--config", str(big_log.config), "--since", "2026-11-03", "--until", "2026-11-04",
+        "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "exported 4000 records (seq 2001..6000)" in done.stdout  # widened to the checkpoint at 6000
+    manifest = json.loads((out / "manifest.json").read_text())
+    config = load_config(big_log.config, os.environ)
+    assert manifest["period"] == {
+        "since": "2026-11-03T00:00:00.000000Z",
+        "until": "2026-11-04T00:00:00.000000Z",
+    }
+    assert (manifest["first_seq"], manifest["last_seq"], manifest["count"]) == (2001, 6000, 4000)
+    assert manifest["gate"] == {
+        "name": "test-gate",
+        "version": __version__,
+        "config_sha256": config.config_sha256,
+    }
+    seqs = [json.loads(line)["seq"] for line in (out / "records.jsonl").read_text().splitlines()]
+    assert seqs == list(range(2001, 6001))
+
+
+def test_an_export_signs_a_checkpoint_of_the_head_first(big_log: Gate, tmp_path: Path) -> None:
+    copy = copy_gate(big_log, tmp_path)
+    head = bodies(copy.db)[-1]["seq"]
+    assert max(checkpoint_sizes(copy.db, big_log.pubkey)) < head
+    done = mcp_gate("audit", "export", "--config", str(copy.config), "--out", str(tmp_path / "b"))
+    assert done.returncode == 0, done.stderr
+    assert f"(seq 1..{head})" in done.stdout
+    assert head in checkpoint_sizes(copy.db, big_log.pubkey)
+
+
 def tampered(bundle: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
@@ -351,6 +462,19 @@ def flip_a_byte(copy: Path) -> str:
 def drop_a_record(copy: Path) -> str:
     lines = (copy / "records.jsonl").read_text().splitlines(keepends=True)
     (copy / "records.jsonl").write_text("".join(lines[:3] + lines[4:]))
+    return "records.jsonl was changed"
+
+
+def duplicate_a_record(copy: Path) -> str:
+    lines = (copy / "records.jsonl").read_text().splitlines(keepends=True)
+    (copy / "records.jsonl").write_text("".join(lines[:4] + lines[3:]))
+    return "records.jsonl was changed"
+
+
+def insert_a_record(copy: Path) -> str:
+    lines = (copy / "records.jsonl").read_text().splitlines(keepends=True)
+    forged = json.loads(lines[2]) | {"body": {"event_type": "approval.decided", "approver": "mallory"}}
+    (copy / "records.jsonl").write_text("".join([*lines[:3], json.dumps(forged) + "\n", *lines[3:]]))
     return "records.jsonl was changed"
 
 
@@ -375,7 +499,16 @@ def rewrite_the_sums(copy: Path) -> str:
 
 
 @pytest.mark.parametrize(
-    "tamper", [flip_a_byte, drop_a_record, add_a_file, remove_the_signature, rewrite_the_sums]
+    "tamper",
+    [
+        flip_a_byte,
+        drop_a_record,
+        duplicate_a_record,
+        insert_a_record,
+        add_a_file,
+        remove_the_signature,
+        rewrite_the_sums,
+    ],  # fmt: skip
 )
 def test_any_change_to_a_bundle_fails_verification_and_names_what(
     gate: Gate, bundles: tuple[Path, Path], tmp_path: Path, tamper: Any
@@ -385,6 +518,18 @@ def test_any_change_to_a_bundle_fails_verification_and_names_what(
     done = mcp_gate("audit", "verify", "--bundle", str(copy), "--pubkey", gate.pubkey)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stdout.startswith("TAMPERED") and expected in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("where", [0.3, 0.5, 0.9])
+def test_a_changed_byte_in_a_tarball_fails_verification_in_one_line(
+    gate: Gate, bundles: tuple[Path, Path], tmp_path: Path, where: float
+) -> None:
+    data = bytearray(bundles[1].read_bytes())
+    data[int(len(data) * where)] ^= 0x20
+    (tmp_path / "b.tar.gz").write_bytes(bytes(data))
+    done = mcp_gate("audit", "verify", "--bundle", str(tmp_path / "b.tar.gz"), "--pubkey", gate.pubkey)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout.startswith("TAMPERED: bundle") and len(done.stdout.strip().splitlines()) == 1
 
 
 def test_a_bundle_fails_against_another_key(bundles: tuple[Path, Path]) -> None:

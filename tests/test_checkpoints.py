@@ -367,3 +367,23 @@ async def test_a_checkpoint_is_signed_once_the_interval_passed_and_new_records_c
         clock.advance(seconds=1)
         await store.append([event()])
         assert await checkpoints_of(store) == [1, 4]
+
+
+# The example key and note of the reference implementation (golang.org/x/mod/sumdb/note).
+GO_SKEY = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz"
+GO_VKEY = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
+GO_TEXT = (
+    "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n"
+)
+GO_SIGNATURE = (
+    "\u2014 PeterNeumann "
+    "x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n"
+)
+
+
+def test_notes_match_the_reference_implementations_example_byte_for_byte() -> None:
+    key = SigningKey.from_text(GO_SKEY)
+    assert key.verifier.to_text() == GO_VKEY and key.to_text() == GO_SKEY
+    assert sign_note(GO_TEXT, key) == GO_TEXT + "\n" + GO_SIGNATURE
+    body, signers = open_note(GO_TEXT + "\n" + GO_SIGNATURE, [VerifierKey.from_text(GO_VKEY)])
+    assert body == GO_TEXT and [s.to_text() for s in signers] == [GO_VKEY]
