@@ -1,4 +1,5 @@
-"""Property tests: one mutation of a checkpointed log of 2,000 records is always caught, at the right seq."""
+"""Property tests: one mutation of a checkpointed log (2,000 records, and logs of varied size and
+checkpoint spacing) is always caught, at the right seq."""
 
 from __future__ import annotations
 
@@ -302,3 +303,59 @@ def test_verification_accepts_exactly_the_bodies_rfc8785_calls_canonical(value: 
     verifier = ChainVerifier()
     verifier.feed(1, "e", "t", "x", None, text.decode(), GENESIS_HASH, chain_hash(GENESIS_HASH, text))
     assert verifier.ok
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    size=st.integers(1, 300),
+    every=st.integers(1, 60),
+    chunk=st.integers(1, 25),
+    mutation=st.sampled_from(("flip", "delete", "truncate")),
+    data=st.data(),
+)
+def test_any_log_size_and_checkpoint_spacing_catch_a_mutation_the_checkpoints_cover(
+    size: int, every: int, chunk: int, mutation: str, data: Any
+) -> None:
+    """Logs of varied size, written in varied commits, checkpointed at varied spacing."""
+    with tempfile.TemporaryDirectory() as directory:
+        path, sink = Path(directory) / "gate.db", Path(directory) / "copies.log"
+
+        async def build() -> None:
+            notary = Notary(KEY, "mcp-gate/props", every_records=every, sinks=(FileSink(sink),))
+            async with await SQLiteStore.open(path, notary=notary) as store:
+                for start in range(0, size, chunk):
+                    await store.append(
+                        [
+                            new_event(
+                                "call.requested",
+                                ts="2026-11-24T12:00:00.000000Z",
+                                correlation_id=f"c{i}",
+                                n=i,
+                            )
+                            for i in range(start, min(size, start + chunk))
+                        ]
+                    )
+
+        anyio.run(build)
+        copies = list(split_notes(sink.read_text()))
+        covered = max(parse_checkpoint(n.partition("\n\n")[0] + "\n").size for n in copies)
+        seq = data.draw(st.integers(1, size))
+        with closing(sqlite3.connect(path)) as conn, conn:
+            for trigger in ("evidence_no_update", "evidence_no_delete", "checkpoints_no_delete"):
+                conn.execute(f"DROP TRIGGER {trigger}")
+            if mutation == "flip":
+                conn.execute(
+                    "UPDATE evidence SET body = replace(body, '\"n\":', '\"m\":') WHERE seq = ?", (seq,)
+                )
+            elif mutation == "delete":
+                conn.execute("DELETE FROM evidence WHERE seq = ?", (seq,))
+            else:
+                conn.execute("DELETE FROM evidence WHERE seq >= ?", (seq,))
+                conn.execute("DELETE FROM checkpoints")  # the copies elsewhere remain
+        report = anyio.run(
+            lambda: verify_file(path, verifiers=[KEY.verifier], extra_notes=[("copy", n) for n in copies])
+        )
+        if mutation == "truncate" and seq > covered:
+            assert report.ok  # a tail no checkpoint covered: nothing can tell it was there
+        else:
+            assert not report.ok and report.first_bad_seq == seq, (report.problem, covered)
