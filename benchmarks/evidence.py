@@ -4,7 +4,8 @@ Append throughput (records/s) with 1 and 50 concurrent writers on one `SQLiteSto
 (synchronous=FULL, WAL), with the store's group commit, against a baseline that commits each
 write alone (one BEGIN IMMEDIATE ... COMMIT and fsync per write, as the store did before group
 commit). Then `audit verify` speed over files of 100,000 and 1,000,000 records, each built with
-bulk inserts of precomputed rows and verified in a fresh child process so its peak RSS is its own.
+bulk inserts of precomputed rows and verified in a fresh child process so its peak RSS is its own,
+and the same files exported to a .tar.gz bundle and the bundle verified offline (each in a child).
 
     python benchmarks/evidence.py                # full run (a few minutes on 2 cores)
     python benchmarks/evidence.py --quick        # smoke run: 2,000 appends, 20,000-record verify
@@ -20,6 +21,7 @@ import hashlib
 import json
 import platform
 import resource
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -33,6 +35,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from mcp_gate.bundle import Progress
 from mcp_gate.evidence import GENESIS_HASH, new_event
 from mcp_gate.store import SQLiteStore, _append, _in_transaction, verify_file
 
@@ -138,6 +141,50 @@ def verify_child(path: str) -> None:
     print(json.dumps({"ok": report.ok, "records": report.records, "seconds": elapsed, "rss_mb": rss_mb}))
 
 
+def export_child(path: str, out: str) -> None:
+    """Sign a checkpoint of the head, export the whole log as a .tar.gz, and report time and peak RSS."""
+    from mcp_gate.bundle import export_bundle
+    from mcp_gate.checkpoints import SigningKey
+    from mcp_gate.notary import Notary
+    from mcp_gate.store import read_only
+
+    key = SigningKey.generate("mcp-gate-bench")
+
+    async def sign() -> None:
+        async with await SQLiteStore.open(Path(path), notary=Notary(key, "mcp-gate/bench")) as store:
+            await store.checkpoint()
+
+    anyio.run(sign)
+    started = time.perf_counter()
+    with read_only(Path(path)) as reader:
+        result = export_bundle(
+            reader, key, Path(out), since=None, until=None, gate={"name": "bench"},
+            progress=lambda label, total: Progress(label, total, threshold=sys.maxsize),
+        )  # fmt: skip
+    elapsed = time.perf_counter() - started
+    (Path(out).parent / "pubkey.txt").write_text(key.verifier.to_text())
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"records": result.count, "seconds": elapsed, "rss_mb": rss_mb}))
+
+
+def bundle_child(out: str) -> None:
+    from mcp_gate.bundle import verify_bundle
+    from mcp_gate.checkpoints import VerifierKey
+
+    key = VerifierKey.from_text((Path(out).parent / "pubkey.txt").read_text())
+    started = time.perf_counter()
+    report = verify_bundle(Path(out), key, progress=Progress("verifying", 0, threshold=sys.maxsize))
+    elapsed = time.perf_counter() - started
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"ok": report.ok, "records": report.records, "seconds": elapsed, "rss_mb": rss_mb}))
+
+
+def child(*args: str) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -147,9 +194,17 @@ def main() -> None:
     parser.add_argument("--appends", type=int, default=10_000, help="records per append run (default 10000)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each append case (default 3)")
     parser.add_argument("--verify-child", metavar="PATH", help=argparse.SUPPRESS)
+    parser.add_argument("--export-child", nargs=2, metavar=("PATH", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--bundle-child", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.verify_child:
         verify_child(args.verify_child)
+        return
+    if args.export_child:
+        export_child(*args.export_child)
+        return
+    if args.bundle_child:
+        bundle_child(args.bundle_child)
         return
     appends = 2_000 if args.quick else args.appends
     sizes = args.sizes or ([20_000] if args.quick else [100_000, 1_000_000])
@@ -176,6 +231,7 @@ def main() -> None:
                 )
         print("\n| records | build s | verify s | records/s | peak RSS MB | ok |")
         print("|---:|---:|---:|---:|---:|---|")
+        exports: list[str] = []
         for size in sizes:
             path = Path(directory) / f"verify-{size}.db"
             progress(f"building a {size}-record file...")
@@ -194,7 +250,23 @@ def main() -> None:
                 f"{result['rss_mb']:.0f} | {result['ok']} |",
                 flush=True,
             )
+            out = Path(directory) / f"bundle-{size}" / "evidence.tar.gz"
+            out.parent.mkdir()
+            progress(f"exporting {size} records to a .tar.gz in a child process...")
+            exported = child("--export-child", str(path), str(out))
+            progress(f"verifying the {size}-record bundle in a child process...")
+            checked = child("--bundle-child", str(out))
+            exports.append(
+                f"| {size:,} | {exported['seconds']:.1f} | {exported['rss_mb']:.0f} | "
+                f"{out.stat().st_size / 2**20:.1f} | {checked['seconds']:.1f} | {checked['rss_mb']:.0f} | "
+                f"{checked['ok']} |"
+            )
             path.unlink()
+            shutil.rmtree(out.parent)
+        print("\n| records | export s | export RSS MB | bundle MB | bundle verify s | verify RSS MB | ok |")
+        print("|---:|---:|---:|---:|---:|---:|---|")
+        for line in exports:
+            print(line, flush=True)
 
 
 if __name__ == "__main__":
