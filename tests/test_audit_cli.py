@@ -13,7 +13,7 @@ import tarfile
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -817,6 +817,60 @@ def test_records_removed_without_a_retention_checkpoint_fail_verification(tmp_pa
             conn.execute("DELETE FROM evidence WHERE seq <= 4")
         done = mcp_gate("audit", "verify", "--config", str(config))
         assert done.returncode == 1 and "seq 1 missing" in done.stdout
+
+
+def test_a_retention_checkpoint_signed_by_another_key_does_not_explain_a_gap(tmp_path: Path) -> None:
+    from mcp_gate.checkpoints import Pruned
+
+    with old_log(tmp_path) as config:
+        db = config.parent / "data" / "gate.db"
+        with closing(sqlite3.connect(db)) as conn, conn:
+            root = conn.execute("SELECT entry_hash FROM evidence WHERE seq = 4").fetchone()[0]
+            forged = Notary(SigningKey.generate("mcp-gate-test-gate"), "mcp-gate/test-gate").sign(
+                4, root, datetime.now(UTC), pruned=Pruned(1, 4, 4, root)
+            )
+            conn.execute("DROP TRIGGER evidence_no_delete")
+            conn.execute("DELETE FROM evidence WHERE seq <= 4")
+            conn.execute(
+                "INSERT INTO checkpoints (size, kind, created_at, note) VALUES (4, 'retention', ?, ?)",
+                ("2026-12-01T00:00:00.000000Z", forged),
+            )
+        done = mcp_gate("audit", "verify", "--config", str(config))
+        assert done.returncode == 1 and done.stdout.startswith("TAMPERED"), done.stdout
+        assert "seq 1 missing" in done.stdout
+
+
+def test_prune_without_a_signing_key_is_a_one_line_error_and_removes_nothing(tmp_path: Path) -> None:
+    config = make_config(tmp_path, extra='\n[evidence]\nretention = "30d"\n')
+    db = config.parent / "data" / "gate.db"
+
+    async def fill() -> None:
+        db.parent.mkdir(exist_ok=True)
+        async with await SQLiteStore.open(db) as store:
+            await store.append(
+                [new_event("call.requested", ts="2020-01-01T00:00:00.000000Z", correlation_id=None)]
+            )
+            await store.append(
+                [new_event("call.requested", ts="2099-01-01T00:00:00.000000Z", correlation_id=None)]
+            )
+
+    anyio.run(fill)
+    done = mcp_gate("audit", "prune", "--config", str(config))
+    assert done.returncode == 2 and "needs a signing key" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and len(bodies(db)) == 2
+
+
+def test_a_configured_key_path_is_taken_from_gate_toml_and_signs(tmp_path: Path) -> None:
+    config = make_config(tmp_path, extra='\n[evidence]\nkey = "keys/gate.key"\n')
+    (config.parent / "keys").mkdir()
+    created = mcp_gate("keys", "init", "--config", str(config))
+    assert created.returncode == 0, created.stderr
+    key_file = config.parent / "keys" / "gate.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600 and not (config.parent / "data" / "signing.key").exists()
+    assert mcp_gate("keys", "show", "--config", str(config)).stdout.strip() == created.stdout.strip()
+    anyio.run(drive, config)
+    sizes = checkpoint_sizes(config.parent / "data" / "gate.db", created.stdout.strip())
+    assert sizes and max(sizes) == bodies(config.parent / "data" / "gate.db")[-1]["seq"]
 
 
 def test_prune_without_a_retention_setting_is_a_one_line_error(gate: Gate) -> None:
