@@ -8,7 +8,6 @@
     │   ├── UnknownTool            no such tool, or a blocked one
     │   ├── InvalidArguments       arguments are not an object, too large, or fail the tool's schema
     │   ├── Quarantined            the tool's definition changed since it was pinned
-    │   ├── NeedsHuman             the tier needs a confirmation or approval this gate cannot give yet
     │   └── DownstreamUnavailable  the server behind the tool is not connected
     └── DownstreamFailed           the downstream failed during the call (connection closed, timeout)
 
@@ -26,7 +25,6 @@ __all__ = [
     "EvidenceWriteError",
     "GateError",
     "InvalidArguments",
-    "NeedsHuman",
     "Quarantined",
     "StoreError",
     "UnknownTool",
@@ -82,19 +80,6 @@ class Quarantined(CallRefused):
             f"{tool} is quarantined: its definition changed since it was pinned "
             f"(pin {pinned[:12]} -> {current[:12]}); an operator must review it and run "
             f"`mcp-gate tools accept {tool}` before it can be called"
-        )
-
-
-class NeedsHuman(CallRefused):
-    def __init__(self, tool: str, tier: str, requirement: str, rule: str, reason: str) -> None:
-        self.tool = tool
-        self.tier = tier
-        self.requirement = requirement
-        self.rule = rule
-        self.reason = reason
-        super().__init__(
-            f"{tool} was not run: its tier is {tier} ({reason}; {rule}), which requires {requirement}, "
-            f"and this gate does not hold calls for human decisions; do not retry, ask the user"
         )
 
 
