@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import shutil
@@ -9,6 +10,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -201,6 +203,10 @@ class BundleReport:
     problem: str | None
 
 
+# What a damaged bundle raises while it is read (a changed byte in a .tar.gz can surface as any).
+_UNREADABLE = (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError, KeyError, tarfile.TarError)
+
+
 class _Bundle:
     """Read access to the files of a bundle directory or .tar.gz, streaming."""
 
@@ -209,8 +215,28 @@ class _Bundle:
             raise GateError(f"--bundle {path}: no such file or directory")
         self.path = path
         self.tarred = path.is_file()
-        if self.tarred and not tarfile.is_tarfile(path):
+        try:
+            is_tar = not self.tarred or tarfile.is_tarfile(path)
+        except _UNREADABLE:
+            is_tar = False
+        if not is_tar:
             raise GateError(f"--bundle {path}: not a directory or a .tar.gz bundle")
+
+    def container_problem(self) -> str | None:
+        """For a .tar.gz, what is wrong with the bytes around the files: the gzip stream must end
+        with a matching CRC-32 and length, and nothing but zero padding may follow the last
+        member. (The gzip header's own time and OS fields are not covered by anything.)"""
+        if not self.tarred:
+            return None
+        with tarfile.open(self.path, "r:gz") as tar:
+            tar.getmembers()
+            end = tar.offset  # where the end-of-archive blocks begin
+        with gzip.open(self.path, "rb") as stream:
+            stream.seek(end)
+            while chunk := stream.read(_CHUNK):  # to EOF: gzip checks its CRC-32 and length here
+                if chunk.strip(b"\0"):
+                    return "the .tar.gz holds bytes after its last file"
+        return None
 
     def names(self) -> list[str]:
         if not self.tarred:
@@ -256,6 +282,8 @@ def verify_bundle(path: Path, pubkey: VerifierKey, *, progress: Progress | None 
         return BundleReport(False, records, None, None, 0, seq, problem)
 
     try:
+        if (problem := bundle.container_problem()) is not None:
+            return fail(problem)
         names = bundle.names()
         expected = sorted((*_SIGNED_FILES, SUMS, SUMS_NOTE))
         if names != expected:
@@ -285,7 +313,7 @@ def verify_bundle(path: Path, pubkey: VerifierKey, *, progress: Progress | None 
         notes_text = bundle.read(CHECKPOINTS).decode("utf-8")
         checks = check_notes(((CHECKPOINTS, n) for n in split_notes(notes_text)), [pubkey])
         return _verify_records(bundle, manifest, checks, progress)
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, tarfile.TarError) as exc:
+    except _UNREADABLE as exc:
         return fail(f"the bundle cannot be read: {type(exc).__name__}: {exc}")
 
 

@@ -549,8 +549,34 @@ def test_a_changed_byte_in_a_tarball_fails_verification_in_one_line(
     data[int(len(data) * where)] ^= 0x20
     (tmp_path / "b.tar.gz").write_bytes(bytes(data))
     done = mcp_gate("audit", "verify", "--bundle", str(tmp_path / "b.tar.gz"), "--pubkey", gate.pubkey)
-    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
-    assert done.stdout.startswith("TAMPERED: bundle") and len(done.stdout.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr, done.stderr
+    if done.returncode == 2:  # the damage reached the gzip or tar headers: not a bundle at all
+        assert "not a directory or a .tar.gz bundle" in done.stderr and not done.stdout
+    else:
+        assert done.returncode == 1, done.stderr
+        assert done.stdout.startswith("TAMPERED: bundle") and len(done.stdout.strip().splitlines()) == 1
+
+
+def test_no_changed_byte_anywhere_in_a_tarball_verifies_or_escapes_as_a_crash(
+    gate: Gate, bundles: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from mcp_gate.bundle import verify_bundle
+    from mcp_gate.checkpoints import VerifierKey
+    from mcp_gate.errors import GateError
+
+    key = VerifierKey.from_text(gate.pubkey)
+    original = bundles[1].read_bytes()
+    damaged = tmp_path / "b.tar.gz"
+    for at in range(0, len(original), max(1, len(original) // 97)):
+        data = bytearray(original)
+        data[at] ^= 0x20
+        damaged.write_bytes(bytes(data))
+        try:
+            report = verify_bundle(damaged, key)
+        except GateError as exc:
+            assert "not a directory or a .tar.gz bundle" in str(exc), (at, exc)
+        else:
+            assert not report.ok and report.problem, at
 
 
 def test_a_bundle_fails_against_another_key(bundles: tuple[Path, Path]) -> None:
