@@ -351,45 +351,32 @@ def test_export_and_bundle_verification_leave_evidence_of_the_export(
 def test_a_bundle_verified_away_from_any_gate_records_nothing_and_needs_no_config(
     gate: Gate, bundles: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mcp_gate",
-            "audit",
-            "verify",
-            "--bundle",
-            str(bundles[0]),
-            "--pubkey",
-            gate.pubkey,
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={k: v for k, v in os.environ.items() if k != "MCP_GATE_CONFIG"},
-        timeout=120,
-    )
+    def verify_in(folder: Path) -> subprocess.CompletedProcess[str]:
+        """`audit verify --bundle` run from `folder`, with no $MCP_GATE_CONFIG."""
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mcp_gate",
+                "audit",
+                "verify",
+                "--bundle",
+                str(bundles[0]),
+                "--pubkey",
+                gate.pubkey,
+            ],
+            capture_output=True,
+            text=True,
+            cwd=folder,
+            env={k: v for k, v in os.environ.items() if k != "MCP_GATE_CONFIG"},
+            timeout=120,
+        )
+
+    done = verify_in(tmp_path)
     assert done.returncode == 0 and "signature and every file hash verified" in done.stdout, done.stderr
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "gate.toml").write_text("[gate\n")  # someone else's broken file where the auditor works
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mcp_gate",
-            "audit",
-            "verify",
-            "--bundle",
-            str(bundles[0]),
-            "--pubkey",
-            gate.pubkey,
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={k: v for k, v in os.environ.items() if k != "MCP_GATE_CONFIG"},
-        timeout=120,
-    )
+    done = verify_in(tmp_path)
     assert done.returncode == 0 and "signature and every file hash verified" in done.stdout, done.stderr
     assert "not recording this check" in done.stderr and "Traceback" not in done.stderr
 
