@@ -7,7 +7,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -1387,30 +1387,29 @@ class LogReader:
             )
         else:
             cursor = self._conn.execute("SELECT body FROM evidence WHERE seq > ? ORDER BY seq", (after_seq,))
-        for (text,) in cursor:
-            try:
-                body = json.loads(text)
-            except (TypeError, ValueError):
-                continue  # unreadable rows are for `audit verify` to name
-            if isinstance(body, dict):
-                yield body
+        yield from _parsed_bodies(cursor)
 
     def bodies_for(self, correlation_id: str, *, before_seq: int) -> Iterator[dict[str, Any]]:
         """The parsed bodies of one call's records before `before_seq`, in seq order."""
-        cursor = self._conn.execute(
-            "SELECT body FROM evidence WHERE correlation_id = ? AND seq < ? ORDER BY seq",
-            (correlation_id, before_seq),
+        yield from _parsed_bodies(
+            self._conn.execute(
+                "SELECT body FROM evidence WHERE correlation_id = ? AND seq < ? ORDER BY seq",
+                (correlation_id, before_seq),
+            )
         )
-        for (text,) in cursor:
-            try:
-                body = json.loads(text)
-            except (TypeError, ValueError):
-                continue
-            if isinstance(body, dict):
-                yield body
 
     def count(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM evidence").fetchone()[0])
+
+
+def _parsed_bodies(cursor: Iterable[Sequence[Any]]) -> Iterator[dict[str, Any]]:
+    for (text,) in cursor:
+        try:
+            body = json.loads(text)
+        except (TypeError, ValueError):
+            continue  # unreadable rows are for `audit verify` to name
+        if isinstance(body, dict):
+            yield body
 
 
 def _parse_time(text: str) -> datetime:
