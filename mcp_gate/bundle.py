@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -228,9 +229,7 @@ class _Bundle:
         member. (The gzip header's own time and OS fields are not covered by anything.)"""
         if not self.tarred:
             return None
-        with tarfile.open(self.path, "r:gz") as tar:
-            tar.getmembers()
-            end = tar.offset  # where the end-of-archive blocks begin
+        end = self._members()[1]
         with gzip.open(self.path, "rb") as stream:
             stream.seek(end)
             while chunk := stream.read(_CHUNK):  # to EOF: gzip checks its CRC-32 and length here
@@ -241,8 +240,14 @@ class _Bundle:
     def names(self) -> list[str]:
         if not self.tarred:
             return sorted(p.name for p in self.path.iterdir())
+        return self._members()[0]
+
+    @functools.cache  # noqa: B019 (one _Bundle per verification; the tarball is read once for this)
+    def _members(self) -> tuple[list[str], int]:
+        """The member names of the .tar.gz, and the offset where its end-of-archive blocks begin."""
         with tarfile.open(self.path, "r:gz") as tar:
-            return sorted(m.name for m in tar.getmembers())
+            names = sorted(m.name for m in tar.getmembers())
+            return names, tar.offset
 
     @contextmanager
     def open(self, name: str) -> Iterator[IO[bytes]]:
