@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import socket
+import threading
 
+import anyio
 import pytest
 
-from mcp_gate.channels.slack_api import SlackApi, SlackFailure
+from mcp_gate.channels.slack_api import SlackApi, SlackFailure, connect_socket_mode
 from mcp_gate.fake_slack import FakeSlack
 
 pytestmark = pytest.mark.anyio
@@ -54,3 +57,49 @@ async def test_users_info_and_auth_test_read_what_slack_returns() -> None:
     assert user["profile"]["email"] == "bob@example.com" and call.params["user"] == "U0BOB"
     assert auth.team_id == "T0TEAM" and auth.scopes == {"chat:write", "users:read", "users:read.email"}
     assert "xoxb" not in repr(api)
+
+
+class _HoldAtSessionStart(logging.Handler):
+    """Holds slack_sdk's session-runner thread at the moment it starts a session, until the link's
+    close has begun: the window in which slack_sdk un-terminates a session that close() ended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.let_go = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Starting to receive messages"):
+            self.entered.set()
+            self.let_go.wait(timeout=10)
+
+
+async def test_closing_a_socket_mode_link_ends_even_when_it_races_the_session_runner() -> None:
+    # The suite once hung for minutes in a Slack test's teardown: slack_sdk's runner sets
+    # `terminated = False` just after checking the session is active, so a close() landing in
+    # between left the runner looping forever and close() joining it forever.
+    fake = FakeSlack()
+    hold = _HoldAtSessionStart()
+    sdk_log = logging.getLogger("mcp_gate.slack.sdk")
+    sdk_log.addHandler(hold)
+    previous = sdk_log.level
+    sdk_log.setLevel(logging.INFO)
+    try:
+        with fake.running():
+            link = await anyio.to_thread.run_sync(
+                connect_socket_mode, fake.app_token, fake.bot_token, fake.api_url, lambda _e, _p: None
+            )
+            with anyio.fail_after(10, shield=True):
+                await anyio.to_thread.run_sync(hold.entered.wait)
+
+            def close_then_release() -> None:
+                threading.Timer(0.3, hold.let_go.set).start()  # let close() end the session first
+                link.close()
+
+            with anyio.fail_after(20):
+                await anyio.to_thread.run_sync(close_then_release, abandon_on_cancel=True)
+            assert not link.connected
+    finally:
+        hold.let_go.set()
+        sdk_log.removeHandler(hold)
+        sdk_log.setLevel(previous)

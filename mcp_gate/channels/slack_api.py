@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ __all__ = ["SlackApi", "SlackFailure", "SocketModeLink", "connect_socket_mode"]
 sdk_log = logging.getLogger("mcp_gate.slack.sdk")
 
 TIMEOUT = 10
+CLOSE_TIMEOUT = 5.0  # seconds a Socket Mode link may take to stop its threads
 
 
 class SlackFailure(GateError):
@@ -149,9 +151,32 @@ class SocketModeLink:
         return bool(self._client.is_connected())
 
     def close(self) -> None:
-        if not self._closed.is_set():
-            self._closed.set()
-            self._client.close()
+        """End the connection and every thread of the client, within CLOSE_TIMEOUT seconds.
+
+        Not slack_sdk's own close(): its session runner sets `terminated = False` just after
+        checking that the session is active, so a close landing in between leaves the runner
+        looping forever and close() joining it forever. Here termination is asserted until the
+        runner has stopped, and no join waits without a bound."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        client = self._client
+        client.closed = True
+        client.auto_reconnect_enabled = False
+        client.current_session_state.terminated = True
+        client.disconnect()
+        runners = [client.current_session_runner, client.current_app_monitor, client.message_processor]
+        for runner in runners:
+            runner.event.set()
+        deadline = time.monotonic() + CLOSE_TIMEOUT
+        for runner in runners:
+            thread = runner.thread
+            while thread is not None and thread.is_alive() and time.monotonic() < deadline:
+                client.current_session_state.terminated = True  # again: the runner may have reset it
+                thread.join(timeout=0.05)
+            if thread is not None and thread.is_alive():
+                sdk_log.warning("a Slack Socket Mode thread did not stop within %ss", CLOSE_TIMEOUT)
+        client.message_workers.shutdown(wait=False, cancel_futures=True)
 
 
 def connect_socket_mode(app_token: str, bot_token: str, base_url: str, deliver: Deliver) -> SocketModeLink:
@@ -175,10 +200,10 @@ def connect_socket_mode(app_token: str, bot_token: str, base_url: str, deliver: 
     try:
         client.connect()
     except SlackApiError as exc:
-        client.close()
+        SocketModeLink(client).close()
         data = exc.response.data if isinstance(exc.response.data, dict) else {}
         raise SlackFailure("apps.connections.open", str(data.get("error") or "failed")) from exc
     except (SlackClientError, OSError, ValueError) as exc:
-        client.close()
+        SocketModeLink(client).close()
         raise SlackFailure("apps.connections.open", f"cannot connect ({type(exc).__name__})") from exc
     return SocketModeLink(client)
