@@ -430,12 +430,14 @@ def _expand(
 
 
 def _check_server_name(name: str, file: str, key: str) -> None:
-    if not _SERVER_NAME.fullmatch(name) or "__" in name:
+    # Tools are named <server>__<tool> and split at the first "__": a server name holding "__" or
+    # ending in "_" could be read as another server's ("n_" + "x" and "n" + "_x" are both n___x).
+    if not _SERVER_NAME.fullmatch(name) or "__" in name or name.endswith("_"):
         raise ConfigError(
             file,
             key,
-            f"server name {name!r} must be 1-64 letters, digits, '_' or '-' and must not contain '__' "
-            "(the gate names tools <server>__<tool>)",
+            f"server name {name!r} must be 1-64 letters, digits, '_' or '-', must not contain '__' "
+            "and must not end in '_' (the gate names tools <server>__<tool>, which must split one way)",
         )
 
 

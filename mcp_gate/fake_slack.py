@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import inspect
 import itertools
 import json
 import threading
@@ -30,6 +31,14 @@ class ApiCall:
     params: Mapping[str, Any]
     token: str | None
     status: int
+
+
+def _describe(predicate: Callable[[], Any]) -> str:
+    """The source line of a lambda, to say in a timeout what a test was waiting for."""
+    try:
+        return " ".join(inspect.getsource(predicate).split())[:200]
+    except (OSError, TypeError):
+        return repr(predicate)
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -184,11 +193,18 @@ class FakeSlack:
                     return channel, ts, message
         return None
 
-    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
-        """Poll `predicate` until it returns something truthy (the fake lives in other threads)."""
-        with anyio.fail_after(timeout):
-            while not (result := predicate()):
-                await anyio.sleep(0.01)
+    async def wait_for(
+        self, predicate: Callable[[], Any], timeout: float = 20.0, *, what: str | None = None
+    ) -> Any:
+        """Poll `predicate` until it returns something truthy (the fake lives in other threads);
+        AssertionError naming what was awaited (`what`, or the predicate's source) after `timeout`."""
+        label = what or _describe(predicate)
+        try:
+            with anyio.fail_after(timeout):
+                while not (result := predicate()):
+                    await anyio.sleep(0.01)
+        except TimeoutError:
+            raise AssertionError(f"gave up after {timeout:g}s waiting for {label}") from None
         return result
 
     # -- the Web API -----------------------------------------------------------------------------

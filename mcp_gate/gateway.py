@@ -261,8 +261,7 @@ class Gateway:
             fresh[f"{ds.name}{SEPARATOR}{tool.name}"] = OfferedTool(
                 ds.name, tool.name, tool, pin, stored, decision
             )
-        prefix = f"{ds.name}{SEPARATOR}"
-        self.offered = {k: v for k, v in self.offered.items() if not k.startswith(prefix)} | fresh
+        self.offered = {k: v for k, v in self.offered.items() if v.server != ds.name} | fresh
 
     def list_tools(self) -> list[types.Tool]:
         return [t.listed() for t in self.offered.values() if t.decision.tier != "blocked"]

@@ -6,11 +6,14 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import replace
 from typing import Any
 
 import anyio
 import mcp_types as types
 from mcp.server import Server, ServerRequestContext
+from mcp.server.context import CallNext, HandlerResult
 from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
@@ -28,6 +31,25 @@ __all__ = ["BearerAuth", "FrontServer", "REQUESTER_SCOPE_KEY"]
 log = logging.getLogger("mcp_gate.server")
 
 REQUESTER_SCOPE_KEY = "mcp_gate.requester"
+
+# Arguments of a tools/call that are not an object, as the agent sent them (see `_keep_bad_arguments`).
+_BAD_ARGUMENTS: ContextVar[tuple[Any, ...]] = ContextVar("mcp_gate_bad_arguments", default=())
+
+
+async def _keep_bad_arguments(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+    """Let a tools/call whose `arguments` are not an object reach the gate, which refuses it as a
+    tool error with the reason and records it. The SDK would answer -32602 with no reason before
+    the gate ever saw the call, leaving no evidence of it."""
+    params = ctx.params
+    if ctx.method == "tools/call" and isinstance(params, Mapping):
+        given = params.get("arguments")
+        if given is not None and not isinstance(given, dict):
+            token = _BAD_ARGUMENTS.set((given,))
+            try:
+                return await call_next(replace(ctx, params={**params, "arguments": {}}))
+            finally:
+                _BAD_ARGUMENTS.reset(token)
+    return await call_next(ctx)
 
 
 class FrontServer:
@@ -50,6 +72,7 @@ class FrontServer:
             on_subscriptions_listen=ListenHandler(self.bus),
             get_tool_input_schema=gateway.input_schema,
         )
+        self.server.middleware.append(_keep_bad_arguments)
         self.server.add_notification_handler(
             "notifications/initialized", types.NotificationParams, self._initialized
         )
@@ -91,10 +114,11 @@ class FrontServer:
         self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult | types.InputRequiredResult:
         requester, transport = self._requester(ctx)
+        bad = _BAD_ARGUMENTS.get()
         return await self.gateway.call(
             requester,
             params.name,
-            params.arguments,
+            bad[0] if bad else params.arguments,
             transport=transport,
             progress=_progress_relay(ctx),
             asker=ContextAsker(ctx, params),

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import anyio
 
 from mcp_gate.clock import Clock
 from mcp_gate.config import GateConfig, load_config
@@ -23,11 +26,50 @@ __all__ = [
     "NOTES_MANIFEST",
     "NOTES_SERVER",
     "FakeClock",
+    "WaitTimeout",
     "approver_table",
+    "eventually",
     "notes_server_table",
     "running_gate",
+    "within",
     "write_config",
 ]
+
+
+T = TypeVar("T")
+
+
+class WaitTimeout(AssertionError):
+    """A test waited past its deadline: the message says what for, and what it saw last."""
+
+
+async def eventually(
+    probe: Callable[[], T | Awaitable[T]], *, what: str, timeout: float = 20.0, interval: float = 0.01
+) -> T:
+    """Poll `probe` (plain or async) until it returns something truthy, and return that.
+
+    After `timeout` seconds, WaitTimeout names `what` was awaited and the last value seen, so a
+    stuck test says why instead of hanging."""
+    last: Any = None
+    try:
+        with anyio.fail_after(timeout):
+            while True:
+                found = probe()
+                last = await found if inspect.isawaitable(found) else found
+                if last:
+                    return last  # type: ignore[no-any-return]
+                await anyio.sleep(interval)
+    except TimeoutError:
+        raise WaitTimeout(f"gave up after {timeout:g}s waiting for {what}; last saw {last!r:.300}") from None
+
+
+async def within(awaitable: Awaitable[T], *, what: str, timeout: float = 20.0) -> T:
+    """Await `awaitable` for at most `timeout` seconds; WaitTimeout naming `what` after that."""
+    try:
+        with anyio.fail_after(timeout):
+            return await awaitable
+    except TimeoutError:
+        raise WaitTimeout(f"gave up after {timeout:g}s waiting for {what}") from None
 
 
 class FakeClock:

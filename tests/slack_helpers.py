@@ -19,7 +19,14 @@ from mcp_gate.config import GateConfig, load_config
 from mcp_gate.fake_slack import FakeSlack
 from mcp_gate.gateway import Gateway
 from mcp_gate.store import SQLiteStore
-from mcp_gate.testing import NOTES_MANIFEST, approver_table, notes_server_table, running_gate, write_config
+from mcp_gate.testing import (
+    NOTES_MANIFEST,
+    approver_table,
+    eventually,
+    notes_server_table,
+    running_gate,
+    write_config,
+)
 
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 ENV = {"TEST_SLACK_BOT": "xoxb-fake-bot-token", "TEST_SLACK_APP": "xapp-fake-app-token"}
@@ -112,9 +119,11 @@ class SlackGate:
         return box
 
     async def held(self, count: int = 1) -> ApprovalRequest:
-        with anyio.fail_after(20):
-            while len(pending := await self.gate.engine.pending()) < count:
-                await anyio.sleep(0.01)
+        async def enough() -> list[ApprovalRequest] | None:
+            pending = await self.gate.engine.pending()
+            return pending if len(pending) >= count else None
+
+        pending = await eventually(enough, what=f"{count} pending approval request(s)")
         return pending[-1]
 
     async def posted(self, request_id: str) -> tuple[str, str, dict[str, Any]]:
@@ -144,13 +153,13 @@ class SlackGate:
     async def records(self) -> list[dict[str, Any]]:
         return [dict(r.body) for r in await self.gate.store.records()]
 
-    async def wait_record(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        with anyio.fail_after(20):
-            while True:
-                for record in await self.records():
-                    if predicate(record):
-                        return record
-                await anyio.sleep(0.02)
+    async def wait_record(
+        self, predicate: Callable[[dict[str, Any]], bool], what: str = "a matching evidence record"
+    ) -> dict[str, Any]:
+        async def found() -> dict[str, Any] | None:
+            return next((r for r in await self.records() if predicate(r)), None)
+
+        return await eventually(found, what=what, interval=0.02)
 
 
 def status_line(message: dict[str, Any]) -> str:

@@ -19,7 +19,15 @@ from mcp_gate.approvals import ApprovalRequest
 from mcp_gate.channels.api import serve_api
 from mcp_gate.server import FrontServer
 from mcp_gate.store import SQLiteStore
-from mcp_gate.testing import NOTES_MANIFEST, approver_table, notes_server_table, running_gate, write_config
+from mcp_gate.testing import (
+    NOTES_MANIFEST,
+    approver_table,
+    eventually,
+    notes_server_table,
+    running_gate,
+    within,
+    write_config,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -84,19 +92,16 @@ class HeldCall:
     result: types.CallToolResult | None = None
 
     async def outcome(self) -> types.CallToolResult:
-        with anyio.fail_after(15):
-            await self.done.wait()
+        await within(self.done.wait(), what=f"the held call of request {self.request.id} to return")
         assert self.result is not None
         return self.result
 
 
 async def new_pending(front: FrontServer, known: set[str]) -> ApprovalRequest:
-    with anyio.fail_after(15):
-        while True:
-            fresh = [r for r in await front.gateway.engine.pending() if r.id not in known]
-            if fresh:
-                return fresh[0]
-            await anyio.sleep(0.01)
+    async def fresh() -> list[ApprovalRequest]:
+        return [r for r in await front.gateway.engine.pending() if r.id not in known]
+
+    return (await eventually(fresh, what="a new pending approval request"))[0]
 
 
 async def hold(
@@ -110,7 +115,7 @@ async def hold(
     async def call() -> None:
         started.set()
         result = await agent.call_tool(name, args)
-        await wait_for(lambda: bool(box))
+        await eventually(lambda: bool(box), what="the test to note the held call")
         box[0].result = result
         box[0].done.set()
 
@@ -119,12 +124,6 @@ async def hold(
     held = HeldCall(await new_pending(front, known))
     box.append(held)
     return held
-
-
-async def wait_for(condition: Any) -> None:
-    with anyio.fail_after(15):
-        while not condition():
-            await anyio.sleep(0.01)
 
 
 async def evidence(config: Path) -> list[dict[str, Any]]:

@@ -35,6 +35,7 @@ from mcp_gate.testing import (
     NOTES_MANIFEST,
     FakeClock,
     approver_table,
+    eventually,
     notes_server_table,
     running_gate,
     write_config,
@@ -72,10 +73,11 @@ def make_config(directory: Path, extra: str = EVIDENCE) -> Path:
 
 
 async def wait_for_request(gate: Gateway, count: int) -> Any:
-    with anyio.fail_after(20):
-        while len(pending := await gate.engine.pending()) < count:
-            await anyio.sleep(0.01)
-    return pending[-1]
+    async def enough() -> list[Any] | None:
+        pending = await gate.engine.pending()
+        return pending if len(pending) >= count else None
+
+    return (await eventually(enough, what=f"{count} pending approval request(s)"))[-1]
 
 
 async def drive(config: Path) -> None:
@@ -182,9 +184,11 @@ async def test_a_quiet_gate_signs_its_unsigned_tail_every_checkpoint_interval(tm
         assert not (await agent.call_tool("notes__echo", {"text": "hi"})).is_error
         head = bodies(db)[-1]["seq"]
         assert max(checkpoint_sizes(db, created.stdout.strip())) < head  # the call's records: unsigned
-        with anyio.fail_after(20):
-            while max(checkpoint_sizes(db, created.stdout.strip())) < head:
-                await anyio.sleep(0.05)
+        await eventually(
+            lambda: max(checkpoint_sizes(db, created.stdout.strip())) >= head,
+            what=f"the checkpoint timer to sign up to seq {head}",
+            interval=0.05,
+        )
         assert bodies(db)[-1]["seq"] == head  # signed by the timer, not by a later write
 
 

@@ -25,7 +25,15 @@ from mcp_gate.approvals import ApprovalRequest
 from mcp_gate.channels.api import serve_api
 from mcp_gate.server import FrontServer
 from mcp_gate.store import SQLiteStore
-from mcp_gate.testing import NOTES_MANIFEST, approver_table, notes_server_table, running_gate, write_config
+from mcp_gate.testing import (
+    NOTES_MANIFEST,
+    approver_table,
+    eventually,
+    notes_server_table,
+    running_gate,
+    within,
+    write_config,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -108,12 +116,11 @@ class Agent:
             done.set()
 
         self.tg.start_soon(call)
-        with anyio.fail_after(15):
-            while True:
-                fresh = [r for r in await self.front.gateway.engine.pending() if r.id not in known]
-                if fresh:
-                    return fresh[0], done, box
-                await anyio.sleep(0.01)
+
+        async def fresh() -> list[ApprovalRequest]:
+            return [r for r in await self.front.gateway.engine.pending() if r.id not in known]
+
+        return (await eventually(fresh, what=f"the approval request of {name}"))[0], done, box
 
 
 @asynccontextmanager
@@ -128,8 +135,7 @@ async def gate(config: Path) -> AsyncIterator[Agent]:
 
 
 async def outcome(done: anyio.Event, box: list[Any]) -> types.CallToolResult:
-    with anyio.fail_after(15):
-        await done.wait()
+    await within(done.wait(), what="the held call to return")
     result: types.CallToolResult = box[0]
     return result
 

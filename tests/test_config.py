@@ -238,6 +238,8 @@ def test_the_config_hash_is_stable_and_changes_with_any_setting(tmp_path: Path) 
             "not an environment",
         ),
         ('[servers.a__b]\ncommand = "p"\n', "servers.a__b", "must not contain '__'"),
+        # "n_" + "__" + "x" reads as server "n", tool "_x": refused, so every name splits one way.
+        ('[servers.n_]\ncommand = "p"\n', "servers.n_", "must not end in '_'"),
         ('[servers."a b"]\ncommand = "p"\n', "servers.a b", "server name 'a b' must be 1-64 letters"),
         (f'[servers.{"x" * 65}]\ncommand = "p"\n', f"servers.{'x' * 65}", "1-64"),
         ('[servers.notes]\ncommand = "p"\nargs = ["${NOPE}"]\n', "servers.notes.args[1]", "NOPE is not set"),

@@ -19,7 +19,14 @@ from mcp.client.session import ClientRequestContext
 from mcp_gate.channels.api import request_view
 from mcp_gate.gateway import Gateway
 from mcp_gate.store import SQLiteStore
-from mcp_gate.testing import NOTES_MANIFEST, approver_table, notes_server_table, running_gate, write_config
+from mcp_gate.testing import (
+    NOTES_MANIFEST,
+    approver_table,
+    eventually,
+    notes_server_table,
+    running_gate,
+    write_config,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -147,10 +154,7 @@ async def in_background(
 
 
 async def wait_for_request(gate: Gateway) -> Any:
-    with anyio.fail_after(20):
-        while not (pending := await gate.engine.pending()):
-            await anyio.sleep(0.01)
-    return pending[-1]
+    return (await eventually(gate.engine.pending, what="a pending approval request"))[-1]
 
 
 @pytest.mark.parametrize("mode", MODES)

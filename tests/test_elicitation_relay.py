@@ -16,7 +16,13 @@ from mcp.client.session import ClientRequestContext
 from mcp_gate.config import load_config
 from mcp_gate.errors import ConfigError
 from mcp_gate.store import SQLiteStore
-from mcp_gate.testing import NOTES_MANIFEST, notes_server_table, running_gate, write_config
+from mcp_gate.testing import (
+    NOTES_MANIFEST,
+    eventually,
+    notes_server_table,
+    running_gate,
+    write_config,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -211,9 +217,9 @@ async def test_with_two_calls_in_flight_a_2025_era_downstream_question_is_refuse
         anyio.create_task_group() as tg,
     ):
         tg.start_soon(agent.call_tool, "notes__sleep", {"seconds": 3})
-        with anyio.fail_after(20):
-            while not front.gateway.downstreams["notes"]._relays:
-                await anyio.sleep(0.01)
+        await eventually(
+            lambda: front.gateway.downstreams["notes"]._relays, what="the sleep call's relay to open"
+        )
         result = await agent.call_tool("notes__ask_user", QUESTION)
         tg.cancel_scope.cancel()
     assert result.is_error and "2 calls to this server are in flight" in text_of(result) and seen == []

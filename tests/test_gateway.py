@@ -16,7 +16,15 @@ from mcp import Client
 
 from mcp_gate.gateway import CORRELATION_META_KEY
 from mcp_gate.store import SQLiteStore
-from mcp_gate.testing import NOTES_MANIFEST, NOTES_SERVER, notes_server_table, running_gate, write_config
+from mcp_gate.testing import (
+    NOTES_MANIFEST,
+    NOTES_SERVER,
+    eventually,
+    notes_server_table,
+    running_gate,
+    within,
+    write_config,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -158,10 +166,13 @@ async def test_a_downstream_that_dies_mid_call_fails_that_call_is_restarted_and_
         crashed = await agent.call_tool("notes__crash", {})
         assert crashed.is_error
         assert "connection closed" in text_of(crashed) and "not retried" in text_of(crashed)
-        with anyio.fail_after(30):
-            await changed.wait()
-            while front.gateway.downstreams["notes"].state != "up" or not front.gateway.offered:
-                await anyio.sleep(0.05)
+        await within(changed.wait(), what="a tools/list_changed after the crash", timeout=30)
+        await eventually(
+            lambda: front.gateway.downstreams["notes"].state == "up" and front.gateway.offered,
+            what="the respawned notes server to be up with its tools",
+            timeout=30,
+            interval=0.05,
+        )
         assert front.gateway.downstreams["notes"].connects == first_pid_connects + 1
         again = await agent.call_tool("notes__echo", {"text": "back"})
         assert text_of(again) == "back"

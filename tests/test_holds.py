@@ -22,6 +22,7 @@ from mcp_gate.testing import (
     NOTES_MANIFEST,
     FakeClock,
     approver_table,
+    eventually,
     notes_server_table,
     running_gate,
     write_config,
@@ -67,10 +68,11 @@ async def records(config: Path) -> list[dict[str, Any]]:
 
 
 async def wait_for_request(gate: Gateway, count: int = 1) -> ApprovalRequest:
-    with anyio.fail_after(20):
-        while len(pending := await gate.engine.pending()) < count:
-            await anyio.sleep(0.01)
-    return pending[-1]
+    async def enough() -> list[ApprovalRequest] | None:
+        pending = await gate.engine.pending()
+        return pending if len(pending) >= count else None
+
+    return (await eventually(enough, what=f"{count} pending approval request(s)"))[-1]
 
 
 async def decide(gate: Gateway, request_id: str, who: str, verdict: str = "approve", **kw: Any) -> Any:
@@ -107,9 +109,7 @@ async def test_a_held_call_runs_once_when_an_eligible_approver_approves_it(tmp_p
             )
             request = await wait_for_request(front.gateway)
             assert not (tmp_path / "notes" / "plan").exists()
-            with anyio.fail_after(10):
-                while not messages:
-                    await anyio.sleep(0.01)
+            await eventually(lambda: messages, what="a progress notification while the call is held")
             outcome = await decide(front.gateway, request.id, "bob", note="looks fine")
             assert isinstance(outcome, Approved)
         [result] = box
@@ -342,9 +342,11 @@ async def test_a_client_that_cancels_a_held_call_leaves_the_request_pending_and_
         with anyio.move_on_after(1.0):
             await agent.call_tool("notes__write_note", {"name": "x", "text": "y"})
         request = await wait_for_request(front.gateway)
-        with anyio.fail_after(10):
-            while not [r for r in await records(config) if r["event_type"] == "call.deferred"]:
-                await anyio.sleep(0.02)
+
+        async def deferred_records() -> list[dict[str, Any]]:
+            return [r for r in await records(config) if r["event_type"] == "call.deferred"]
+
+        await eventually(deferred_records, what="a call.deferred record", interval=0.02)
         assert (await front.gateway.engine.get(request.id)).state == "pending"
     deferred = [r for r in await records(config) if r["event_type"] == "call.deferred"]
     assert deferred[0]["request_id"] == request.id and "cancelled" in deferred[0]["why"]

@@ -19,7 +19,13 @@ from mcp_gate.approvals import ApprovalRequest, Approved
 from mcp_gate.config import load_config
 from mcp_gate.holds import engine_for
 from mcp_gate.store import SQLiteStore
-from mcp_gate.testing import NOTES_MANIFEST, approver_table, notes_server_table, write_config
+from mcp_gate.testing import (
+    NOTES_MANIFEST,
+    approver_table,
+    eventually,
+    notes_server_table,
+    write_config,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -65,14 +71,14 @@ def kill(pid_file: Path) -> None:
 
 async def wait_for(config: Path, predicate: Any, what: str) -> Any:
     loaded = load_config(config, {})
-    with anyio.fail_after(30):
-        while True:
-            if (loaded.data_dir / "gate.db").exists():
-                async with engine_for(loaded) as engine:
-                    found = await predicate(engine)
-                if found:
-                    return found
-            await anyio.sleep(0.05)
+
+    async def probe() -> Any:
+        if not (loaded.data_dir / "gate.db").exists():
+            return None
+        async with engine_for(loaded) as engine:
+            return await predicate(engine)
+
+    return await eventually(probe, what=what, timeout=30, interval=0.05)
 
 
 async def pending_request(config: Path) -> ApprovalRequest:

@@ -20,7 +20,14 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from mcp_gate.store import SQLiteStore
-from mcp_gate.testing import NOTES_MANIFEST, NOTES_SERVER, notes_server_table, running_gate, write_config
+from mcp_gate.testing import (
+    NOTES_MANIFEST,
+    NOTES_SERVER,
+    eventually,
+    notes_server_table,
+    running_gate,
+    write_config,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -112,6 +119,55 @@ async def test_malformed_json_rpc_on_stdin_gets_errors_and_the_gate_keeps_servin
     assert answers[3]["result"]["content"][0]["text"] == "alive"
 
 
+async def test_arguments_that_are_not_an_object_are_refused_with_a_reason_and_recorded(
+    notes_config: Path,
+) -> None:
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"},
+        },
+    }
+    calls = {2: [1, 2], 3: "text=hi", 4: 7}
+    lines = [json.dumps(initialize), '{"jsonrpc":"2.0","method":"notifications/initialized"}']
+    lines += [
+        json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": i,
+                "method": "tools/call",
+                "params": {"name": "notes__echo", "arguments": a},
+            }
+        )
+        for i, a in calls.items()
+    ]
+    cmd = [sys.executable, "-m", "mcp_gate", "serve", "--config", str(notes_config)]
+    answers: dict[Any, dict[str, Any]] = {}
+    async with await anyio.open_process(cmd) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        await proc.stdin.send("".join(line + "\n" for line in lines).encode())
+        buffer = b""
+        with anyio.fail_after(50):
+            while not set(calls) <= set(answers):
+                buffer += await proc.stdout.receive()
+                *complete, buffer = buffer.split(b"\n")
+                for raw in complete:
+                    message = json.loads(raw)
+                    answers[message.get("id")] = message
+        await proc.stdin.aclose()
+    for i, kind in [(2, "list"), (3, "str"), (4, "int")]:
+        result = answers[i]["result"]
+        assert result["isError"] is True
+        assert f"arguments must be a JSON object, not {kind}" in result["content"][0]["text"]
+    refused = [r for r in await records(notes_config) if r["event_type"] == "call.refused"]
+    assert len(refused) == 3 and all(r["tool"] == "echo" for r in refused)
+    assert all("must be a JSON object" in r["error"] for r in refused)
+
+
 @pytest.mark.parametrize("mode", MODES)
 async def test_progress_from_the_downstream_reaches_the_agent_through_the_gate(
     notes_config: Path, mode: str
@@ -134,9 +190,11 @@ async def test_a_client_that_cancels_a_call_cancels_the_downstream_work_and_it_i
     async with running_gate(notes_config) as front, Client(front.server, mode="legacy") as agent:
         with anyio.move_on_after(0.5):
             await agent.call_tool("notes__sleep", {"seconds": 20})
-        with anyio.fail_after(10):
-            while not any(r["event_type"] == "call.failed" for r in await records(notes_config)):
-                await anyio.sleep(0.05)
+
+        async def failed_recorded() -> bool:
+            return any(r["event_type"] == "call.failed" for r in await records(notes_config))
+
+        await eventually(failed_recorded, what="the cancelled call's call.failed record", interval=0.05)
         assert text_of(await agent.call_tool("notes__echo", {"text": "next"})) == "next"
     failed = [r for r in await records(notes_config) if r["event_type"] == "call.failed"]
     assert failed[0]["tool"] == "sleep" and "cancelled" in failed[0]["error"]
@@ -152,9 +210,12 @@ async def test_modern_clients_hear_about_tool_changes_through_a_listen_subscript
             with anyio.fail_after(30):
                 async for _event in subscription:
                     break
-        with anyio.fail_after(30):  # the respawned server's tools are reconciled just after it is up
-            while "notes__echo" not in {t.name for t in front.gateway.list_tools()}:
-                await anyio.sleep(0.05)
+        await eventually(  # the respawned server's tools are reconciled just after it is up
+            lambda: "notes__echo" in {t.name for t in front.gateway.list_tools()},
+            what="the respawned server's tools",
+            timeout=30,
+            interval=0.05,
+        )
         assert "notes__echo" in {t.name for t in (await agent.list_tools()).tools}
 
 
