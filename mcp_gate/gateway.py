@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -28,6 +29,7 @@ from mcp_gate.approvals import (
     Revoked,
     Void,
     describe_wait,
+    new_id,
     outcome_text,
 )
 from mcp_gate.asking import Asking, Proceed, Question, Step, Stop
@@ -41,6 +43,7 @@ from mcp_gate.errors import (
     DownstreamFailed,
     DownstreamUnavailable,
     EvidenceWriteError,
+    GateError,
     InvalidArguments,
     Quarantined,
     StoreError,
@@ -61,7 +64,7 @@ from mcp_gate.policy import (
     describe_requirement,
     policy_sha256,
 )
-from mcp_gate.store import DataDirLock, PinRecord, SQLiteStore, Store, Tx
+from mcp_gate.store import DataDirLock, PinRecord, RunMarker, SQLiteStore, Store, Tx
 
 __all__ = ["CORRELATION_META_KEY", "SEPARATOR", "TIER_META_KEY", "Gateway", "OfferedTool", "split_name"]
 
@@ -162,14 +165,20 @@ class Gateway:
         try:
             downstreams = Downstreams(config.servers, log_dir=config.data_dir / "logs")
             gate = cls(config, manifests, opened, downstreams, clock)
+            run = new_id()
             await gate.record(
                 "gate.started",
                 None,
+                run=run,
+                pid=os.getpid(),
                 servers=sorted(config.servers),
                 manifests={name: m.sha256 for name, m in manifests.items()},
             )
-            with DataDirLock(config.data_dir) as lock:
+            with DataDirLock(config.data_dir) as lock, RunMarker(config.data_dir, run) as marker:
                 if lock.exclusive:
+                    unclean = marker.left_over()
+                    await gate._record_unclean_ends(unclean)
+                    marker.forget(unclean)
                     recovered = await gate.engine.recover()
                     if recovered:
                         log.warning(
@@ -178,19 +187,33 @@ class Gateway:
                     lock.share()
                 else:
                     log.info("another gate serves %s; leaving calls in flight alone", config.data_dir)
-                async with anyio.create_task_group() as tg:
-                    await tg.start(gate.engine.run)
-                    if notary is not None and isinstance(opened, SQLiteStore):
-                        tg.start_soon(_checkpoint_timer, opened, notary.every_seconds)
-                    await tg.start(
-                        functools.partial(
-                            downstreams.run, gate._tools_changed, startup_timeout=startup_timeout
+                marker.create()
+                stopped = "error"
+                try:
+                    async with anyio.create_task_group() as tg:
+                        await tg.start(gate.engine.run)
+                        if notary is not None and isinstance(opened, SQLiteStore):
+                            tg.start_soon(_checkpoint_timer, opened, notary.every_seconds)
+                        await tg.start(
+                            functools.partial(
+                                downstreams.run, gate._tools_changed, startup_timeout=startup_timeout
+                            )
                         )
-                    )
-                    try:
-                        yield gate
-                    finally:
-                        tg.cancel_scope.cancel()
+                        try:
+                            yield gate
+                        finally:
+                            tg.cancel_scope.cancel()
+                    stopped = "clean"
+                finally:
+                    # Recorded before the marker goes: a gate that cannot record its stop leaves
+                    # the marker, and the next start says the run ended unclean.
+                    with anyio.CancelScope(shield=True):
+                        try:
+                            await gate.record("gate.stopped", None, run=run, how=stopped)
+                        except GateError as exc:
+                            log.error("cannot record the gate's stop: %s", exc)
+                        else:
+                            marker.remove()
         finally:
             if own_store:
                 # A signed checkpoint at shutdown covers the last records written.
@@ -200,6 +223,41 @@ class Gateway:
                     await opened.close()
 
     # -- evidence -------------------------------------------------------------------------
+
+    async def _record_unclean_ends(self, runs: list[str]) -> None:
+        """Earlier runs that left their marker ended without recording a stop (killed, crashed,
+        power lost): record that, naming the held calls whose agents were cut off with them."""
+        if not runs:
+            return
+        cut_off = await self._held_at_crash()
+        for run in runs:
+            await self.record("gate.unclean_stop", None, run=run, held_calls_cut_off=cut_off)
+        log.warning(
+            "the last run of this gate ended without a clean stop; %d held call(s) were cut off", len(cut_off)
+        )
+
+    async def _held_at_crash(self) -> list[dict[str, Any]]:
+        """Open requests whose latest call was still being held: neither answered nor deferred."""
+        open_requests = await self.store.read(lambda tx: tx.requests(states=("pending", "approved")))
+        if not open_requests:
+            return []
+        latest: dict[str, tuple[int, str]] = {}
+        for kind in ("approval.requested", "approval.joined", "call.deferred"):
+            for record in await self.store.records(event_type=kind):
+                request_id = str(record.body.get("request_id"))
+                if request_id not in latest or latest[request_id][0] < record.seq:
+                    latest[request_id] = (record.seq, kind)
+        return [
+            {
+                "request_id": r.id,
+                "correlation_id": r.correlation_id,
+                "server": r.binding.server,
+                "tool": r.binding.tool,
+                "state": r.state,
+            }
+            for r in open_requests
+            if latest.get(r.id, (0, "call.deferred"))[1] != "call.deferred"
+        ]
 
     def event(self, event_type: str, correlation_id: str | None, **fields: Any) -> dict[str, Any]:
         return self.events(event_type, correlation_id, **fields)

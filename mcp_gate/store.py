@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -35,6 +36,7 @@ from mcp_gate.notary import Notary
 
 __all__ = [
     "DataDirLock",
+    "RunMarker",
     "Inflight",
     "PinRecord",
     "SQLiteStore",
@@ -1245,6 +1247,47 @@ class DataDirLock:
         if self._handle is not None:
             self._handle.close()  # closing releases the lock
             self._handle = None
+
+
+class RunMarker:
+    """`data_dir/runs/<run>`: present while a gate runs, removed once its stop is recorded.
+
+    A marker left by an earlier run means that run ended without a clean stop (killed, crashed,
+    power lost). Only a gate holding the data-dir lock exclusively reads the left-over markers,
+    so no live gate's marker is taken for a crash."""
+
+    def __init__(self, data_dir: Path, run: str) -> None:
+        self.folder = data_dir / "runs"
+        self.path = self.folder / run
+
+    def __enter__(self) -> RunMarker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass  # the marker stays unless remove() was called: that is the point
+
+    def left_over(self) -> list[str]:
+        """The earlier runs that left a marker."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(p.name for p in self.folder.iterdir() if p.is_file() and p != self.path)
+
+    def forget(self, runs: list[str]) -> None:
+        """Remove the markers of `runs` once their unclean end is recorded, so it is recorded once."""
+        for run in runs:
+            (self.folder / run).unlink(missing_ok=True)
+
+    def create(self) -> None:
+        try:
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.path.write_text(f"{os.getpid()}\n", encoding="utf-8")
+        except OSError as exc:
+            log.warning(
+                "cannot write the run marker %s (%s): a crash of this run will go unnoticed", self.path, exc
+            )
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 async def verify_file(

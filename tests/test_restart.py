@@ -235,3 +235,38 @@ async def test_a_gate_started_while_another_still_serves_never_recovers_its_call
         assert text_of(box[0]) == "slept"
     kinds = [e["event_type"] for e in await events(config)]
     assert "call.outcome_unknown" not in kinds and kinds.count("call.executed") == 1
+
+
+async def test_a_killed_gate_is_told_apart_from_a_clean_stop_and_its_cut_off_held_calls_are_named(
+    config: Path, tmp_path: Path
+) -> None:
+    pid = tmp_path / "pid"
+    async with gate_process(config, pid) as agent:  # a clean run: started, then stopped
+        assert text_of(await agent.call_tool("notes__echo", {"text": "hi"})) == "hi"
+    async with gate_process(config, pid) as agent, anyio.create_task_group() as tg:
+        tg.start_soon(call_until_killed, agent, "notes__write_note", {"name": "cut", "text": "off"})
+        request = await pending_request(config)
+        kill(pid)
+    async with gate_process(config, pid) as agent:  # the restart notices the kill
+        assert text_of(await agent.call_tool("notes__echo", {"text": "again"})) == "again"
+    async with gate_process(config, pid):  # and a start after a clean stop notices nothing
+        pass
+    records = await events(config)
+    life = [
+        (r["event_type"], r.get("run"), r.get("how")) for r in records if r["event_type"].startswith("gate.")
+    ]
+    runs = [run for kind, run, _ in life if kind == "gate.started"]
+    assert len(runs) == 4 and len(set(runs)) == 4
+    assert life == [
+        ("gate.started", runs[0], None),
+        ("gate.stopped", runs[0], "clean"),
+        ("gate.started", runs[1], None),  # killed: no stop of its own
+        ("gate.started", runs[2], None),
+        ("gate.unclean_stop", runs[1], None),
+        ("gate.stopped", runs[2], "clean"),
+        ("gate.started", runs[3], None),
+        ("gate.stopped", runs[3], "clean"),
+    ]
+    [unclean] = [r for r in records if r["event_type"] == "gate.unclean_stop"]
+    [cut_off] = unclean["held_calls_cut_off"]
+    assert (cut_off["request_id"], cut_off["tool"], cut_off["state"]) == (request.id, "write_note", "pending")

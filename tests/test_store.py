@@ -68,6 +68,7 @@ def test_the_store_module_exports_its_names() -> None:
         "Store",
         "Tx",
         "DataDirLock",
+        "RunMarker",
         "verify_file",
         "SlackMessage",
     }

@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-HANGING = '''
+HANGING = """
 import subprocess, sys, threading
 from pathlib import Path
 
@@ -33,7 +33,7 @@ async def test_a_shielded_wait_that_never_ends(tmp_path: Path) -> None:
 
 def test_the_next_test_still_runs() -> None:
     assert True
-'''
+"""
 
 
 def alive(pid: int) -> bool:
