@@ -35,6 +35,18 @@ MODES = ["legacy", "auto"]
 TOKEN = "agent-token-Zq8v1c0ffee"
 
 
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"},
+    },
+}
+
+
 def text_of(result: types.CallToolResult) -> str:
     return " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
 
@@ -79,20 +91,10 @@ async def test_the_gate_serves_a_real_stdio_client_in_both_protocol_eras(
 
 
 async def test_malformed_json_rpc_on_stdin_gets_errors_and_the_gate_keeps_serving(notes_config: Path) -> None:
-    initialize = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "raw", "version": "0"},
-        },
-    }
     lines = [
         b"this is not json\n",
         b'{"jsonrpc": "2.0", "id": 99, "method": 12}\n',
-        json.dumps(initialize).encode() + b"\n",
+        json.dumps(INITIALIZE).encode() + b"\n",
         b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n',
         b'{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "notes__echo"}}\n',
         b'{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"notes__echo","arguments":{"text":"alive"}}}\n',
@@ -122,18 +124,8 @@ async def test_malformed_json_rpc_on_stdin_gets_errors_and_the_gate_keeps_servin
 async def test_arguments_that_are_not_an_object_are_refused_with_a_reason_and_recorded(
     notes_config: Path,
 ) -> None:
-    initialize = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "raw", "version": "0"},
-        },
-    }
     calls = {2: [1, 2], 3: "text=hi", 4: 7}
-    lines = [json.dumps(initialize), '{"jsonrpc":"2.0","method":"notifications/initialized"}']
+    lines = [json.dumps(INITIALIZE), '{"jsonrpc":"2.0","method":"notifications/initialized"}']
     lines += [
         json.dumps(
             {
