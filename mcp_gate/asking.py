@@ -44,9 +44,9 @@ from mcp_gate.clock import Clock, utc_iso
 from mcp_gate.config import GateConfig, Requester
 from mcp_gate.downstream import ElicitFn
 from mcp_gate.errors import EvidenceWriteError, StoreError
-from mcp_gate.evidence import redact
 from mcp_gate.holds import ApprovalEngine
 from mcp_gate.policy import Approvals, Confirm, Decision, Requirement, describe_requirement
+from mcp_gate.redaction import redact
 from mcp_gate.store import Store, Tx
 
 __all__ = ["Asking", "AskKind", "Proceed", "Question", "Step", "Stop"]
@@ -144,7 +144,9 @@ class Asking:
         """Record a refused request_state under the retry's own correlation id; the agent's text."""
         text = f"{_name(base)} was not run: {bad.why}"
         events = [
-            self.event("call.requested", correlation_id, **base, args=redact(args)),
+            self.event(
+                "call.requested", correlation_id, **base, args=redact(args, rules=self.config.redaction)
+            ),
             self.event("confirm.refused", correlation_id, **base, code=bad.code, why=bad.why),
             self.event("call.refused", correlation_id, **base, error=text),
         ]
@@ -157,7 +159,9 @@ class Asking:
     # -- the two questions -------------------------------------------------------------------------
 
     def question(self, name: str, args: Any, decision: Decision, requester: Requester) -> str:
-        shown = json.dumps(redact(args, max_string=120), ensure_ascii=False, sort_keys=True)
+        shown = json.dumps(
+            redact(args, max_string=120, rules=self.config.redaction), ensure_ascii=False, sort_keys=True
+        )
         if len(shown) > 600:
             shown = shown[:599] + "…"
         return (
@@ -425,7 +429,10 @@ class Asking:
                     why = result.why
             fields: dict[str, Any] = {"message": message}
             if isinstance(result, types.ElicitResult):
-                fields |= {"action": result.action, "content": redact(result.content)}
+                fields |= {
+                    "action": result.action,
+                    "content": redact(result.content, rules=self.config.redaction),
+                }
             else:
                 fields["declined"] = why
             try:

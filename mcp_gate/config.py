@@ -20,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from mcp_gate.approvals import Approver, parse_duration
 from mcp_gate.errors import ConfigError
 from mcp_gate.policy import DEFAULT_REQUIREMENTS, Approvals, Block, Confirm, Requirement, Run, Tier
+from mcp_gate.redaction import RedactionRules
 
 __all__ = [
     "AdminSettings",
@@ -138,6 +139,7 @@ class GateConfig:
     elicitation: ElicitationSettings = field(default_factory=ElicitationSettings)
     evidence: EvidenceSettings | None = None
     slack: SlackSettings | None = None
+    redaction: RedactionRules = field(default_factory=RedactionRules)
 
     def approver_by_token(self, token: str) -> Approver | None:
         """The approver whose token this is, compared by SHA-256 in constant time."""
@@ -339,6 +341,7 @@ class _GateFile(_Strict):
     admin: _AdminSection | None = None
     evidence: _EvidenceSection = Field(default_factory=lambda: _EvidenceSection())
     slack: dict[str, Any] | None = None
+    redaction: _RedactionSection = Field(default_factory=lambda: _RedactionSection())
 
 
 class _ClientEntry(_Strict):
@@ -895,7 +898,35 @@ def load_config(path: Path, environ: Mapping[str, str]) -> GateConfig:
         "slack": _slack(file, model.slack, base, model.approvers, approvers, servers),
     }
     evidence = _evidence(file, model.evidence, base / model.gate.data_dir, model.gate.name, environ)
-    return GateConfig(**fields, evidence=evidence, config_sha256=_config_sha256(fields))
+    redaction = _redaction(file, model.redaction)
+    return GateConfig(**fields, evidence=evidence, redaction=redaction, config_sha256=_config_sha256(fields))
+
+
+# --- [redaction]: what counts as a secret beyond the built-in detectors ------------------------------
+
+
+class _RedactionSection(_Strict):
+    secret_keys: list[NonEmpty] = Field(default_factory=list)
+    patterns: list[NonEmpty] = Field(default_factory=list)
+    entropy: bool = True
+    entropy_limit: float = Field(default=4.5, ge=3.0, le=8.0)
+    hex_entropy_limit: float | None = Field(default=None, ge=2.0, le=8.0)
+
+
+def _redaction(file: str, section: _RedactionSection) -> RedactionRules:
+    for index, pattern in enumerate(section.patterns):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(
+                file, f"redaction.patterns[{index}]", f"not a regular expression: {exc}"
+            ) from exc
+    return RedactionRules(
+        secret_keys=tuple(section.secret_keys),
+        patterns=tuple(section.patterns),
+        entropy_limit=section.entropy_limit if section.entropy else None,
+        hex_entropy_limit=section.hex_entropy_limit,
+    )
 
 
 # --- [evidence]: signed checkpoints, their copies, retention -------------------------------------------

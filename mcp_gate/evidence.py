@@ -1,10 +1,9 @@
-"""Evidence records: canonical JSON, redaction, the SHA-256 hash chain, its verification and rendering."""
+"""Evidence records: canonical JSON, the SHA-256 hash chain, its verification and rendering."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -13,6 +12,8 @@ from typing import Any
 import rfc8785
 
 from mcp_gate.clock import Clock, utc_iso
+from mcp_gate.redaction import redact  # re-exported: evidence is stored redacted
+from mcp_gate.redaction import safe_repr as _safe_repr
 
 __all__ = [
     "GENESIS_HASH",
@@ -32,10 +33,6 @@ __all__ = [
 
 GENESIS_HASH = "0" * 64
 
-REDACTED = "[redacted]"
-TOO_DEEP = "[cut: too deep]"
-CUT_KEY = "[cut]"
-_SECRET_WORDS = ("token", "password", "passwd", "secret", "key", "authorization", "cookie", "credential")
 _MAX_SAFE_INT = 2**53 - 1
 # The columns a stored row repeats from its body; a mismatch means one of them was edited.
 _COLUMNS = ("event_id", "ts", "event_type", "correlation_id")
@@ -106,90 +103,6 @@ class EventFactory:
 def chain_hash(prev_hash: str, body_canonical: bytes) -> str:
     """The entry hash of a record: SHA-256 over the previous entry hash and the canonical body."""
     return sha256_hex(prev_hash.encode("ascii") + body_canonical)
-
-
-def redact(value: Any, *, max_string: int = 256, max_items: int = 50, max_depth: int = 8) -> Any:
-    """A copy of a value that is safe and small enough to store as evidence.
-
-    Values under keys that look secret become "[redacted]"; long strings, lists and objects are
-    cut with a marker saying how much was cut; containers nested deeper than `max_depth` become
-    "[cut: too deep]". Never raises, and the result is always accepted by `canonical_json`.
-    """
-    return _redact(value, 0, max_string, max_items, max_depth)
-
-
-def _redact(value: Any, depth: int, max_string: int, max_items: int, max_depth: int) -> Any:
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return (
-            value if -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT else _cut_string(_int_text(value), max_string)
-        )
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
-    if isinstance(value, str):
-        return _cut_string(value, max_string)
-    if isinstance(value, Mapping | list | tuple) and depth >= max_depth:
-        return TOO_DEEP
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        items = list(value.items())
-        for key, item in items[:max_items]:
-            name = _key_text(key, max_string)
-            if _is_secret(name):
-                out[name] = REDACTED
-            else:
-                out[name] = _redact(item, depth + 1, max_string, max_items, max_depth)
-        if len(items) > max_items:
-            out[CUT_KEY] = f"{len(items) - max_items} more keys"
-        return out
-    if isinstance(value, list | tuple):
-        kept = [_redact(item, depth + 1, max_string, max_items, max_depth) for item in value[:max_items]]
-        if len(value) > max_items:
-            kept.append(f"[cut {len(value) - max_items} items]")
-        return kept
-    if isinstance(value, bytes | bytearray | memoryview):
-        return f"<{len(value)} bytes>"
-    return _cut_string(_safe_repr(value), max_string)
-
-
-def _cut_string(text: str, max_string: int) -> str:
-    if len(text) > max_string:
-        text = f"{text[:max_string]}…[cut {len(text) - max_string} chars]"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates, e.g. from a JSON "\ud800" escape
-        text = text.encode("utf-8", "replace").decode("utf-8")
-    return text
-
-
-def _key_text(key: Any, max_string: int) -> str:
-    if isinstance(key, str):
-        return _cut_string(key, max_string)
-    if key is None or isinstance(key, bool | float):
-        return _cut_string(json.dumps(key), max_string)
-    if isinstance(key, int):
-        return _cut_string(_int_text(key), max_string)
-    return _cut_string(_safe_repr(key), max_string)
-
-
-def _int_text(number: int) -> str:
-    try:
-        return str(number)
-    except ValueError:  # beyond Python's int -> str digit limit
-        return f"<int of {number.bit_length()} bits>"
-
-
-def _safe_repr(value: Any) -> str:
-    try:
-        return repr(value)
-    except Exception:  # a foreign __repr__ may raise anything; redaction must not
-        return f"<{type(value).__name__}>"
-
-
-def _is_secret(key: str) -> bool:
-    lowered = key.lower()
-    return any(word in lowered for word in _SECRET_WORDS)
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ from mcp_gate.errors import (
     StoreError,
     UnknownTool,
 )
-from mcp_gate.evidence import EventFactory, canonical_json, digest, redact
+from mcp_gate.evidence import EventFactory, canonical_json, digest
 from mcp_gate.holds import ApprovalEngine, StillPending, TooMany, UsedElsewhere
 from mcp_gate.manifests import Manifest, load_manifests
 from mcp_gate.notary import notary_for
@@ -64,6 +64,7 @@ from mcp_gate.policy import (
     describe_requirement,
     policy_sha256,
 )
+from mcp_gate.redaction import redact
 from mcp_gate.store import DataDirLock, PinRecord, RunMarker, SQLiteStore, Store, Tx
 
 __all__ = ["CORRELATION_META_KEY", "SEPARATOR", "TIER_META_KEY", "Gateway", "OfferedTool", "split_name"]
@@ -290,7 +291,14 @@ class Gateway:
                         tool.name,
                         pin=pin,
                         definition=definition,
-                        events=[self.event("tool.pinned", None, **fields, definition=redact(definition))],
+                        events=[
+                            self.event(
+                                "tool.pinned",
+                                None,
+                                **fields,
+                                definition=redact(definition, rules=self.config.redaction),
+                            )
+                        ],
                     )
                     stored = await self.store.get_pin(ds.name, tool.name)
                 case Drifted():
@@ -307,7 +315,7 @@ class Gateway:
                                 None,
                                 **fields,
                                 pinned=stored.pin,
-                                definition=redact(definition),
+                                definition=redact(definition, rules=self.config.redaction),
                             )
                         ],
                     )
@@ -403,7 +411,9 @@ class Gateway:
                 resumed = opened
             correlation_id = opened.correlation_id
         first = [
-            self.event("call.requested", correlation_id, **base, args=redact(args)),
+            self.event(
+                "call.requested", correlation_id, **base, args=redact(args, rules=self.config.redaction)
+            ),
             self.event("policy.decided", correlation_id, **base, **decided),
         ]
         if resumed is not None:
@@ -414,7 +424,15 @@ class Gateway:
                 k: v.model_dump(mode="json", by_alias=True, exclude_none=True)
                 for k, v in (answers or {}).items()
             }
-            first = [self.event("call.resumed", correlation_id, **base, kind="relay", answers=redact(shown))]
+            first = [
+                self.event(
+                    "call.resumed",
+                    correlation_id,
+                    **base,
+                    kind="relay",
+                    answers=redact(shown, rules=self.config.redaction),
+                )
+            ]
         runs_now = isinstance(requirement, Run) or relayed is not None
         replayed = (
             f"{name} was not run: the request_state sent back was already used once; call again without it"
@@ -601,7 +619,7 @@ class Gateway:
                 expires_after=requirement.expires_after,
                 rule=decision.rule,
                 reason=decision.reason,
-                args=redact(args),
+                args=redact(args, rules=self.config.redaction),
                 progress=progress,
                 justification=justification,
             )
@@ -706,7 +724,14 @@ class Gateway:
     ) -> types.CallToolResult:
         events = []
         if raw_arguments is not None:
-            events.append(self.event("call.requested", correlation_id, **base, args=redact(raw_arguments)))
+            events.append(
+                self.event(
+                    "call.requested",
+                    correlation_id,
+                    **base,
+                    args=redact(raw_arguments, rules=self.config.redaction),
+                )
+            )
         events.append(self.event("call.refused", correlation_id, **base, error=str(refusal)))
         try:
             await self.store.append(events)
@@ -783,7 +808,7 @@ class Gateway:
             duration_ms=_ms(started),
             is_error=bool(result.is_error),
             result_sha256=_result_digest(wire),
-            result=redact(wire),
+            result=redact(wire, rules=self.config.redaction),
         )
         return result
 

@@ -363,3 +363,22 @@ async def test_showing_a_request_gives_its_redacted_arguments_hashes_and_the_req
     assert recent[-1]["name"] == "notes__write_note" and recent[-1]["args"] == shown["args"]
     assert [c["args"]["text"] for c in recent[:-1]] == [f"hello {n}" for n in range(3, 12)]
     assert all(c["ts"] for c in recent)
+
+
+async def test_secrets_in_ordinary_arguments_are_kept_out_of_evidence_and_the_api(tmp_path: Path) -> None:
+    stripe = "sk_live_51HcY3bKj2XGq8Zz0aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789abcdefABCDEFgh"
+    google = "AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY"
+    basic = "Authorization: Basic ZGVwbG95OlRyMHViNGRvcjM="
+    text = f"stripe {stripe} google {google} password=Tr0ub4dor3 {basic}"
+    config = make_config(tmp_path, hold_seconds=0.2)
+    async with gate_with_api(config) as (front, api, agent):
+        await agent.call_tool("notes__echo", {"text": text})
+        await agent.call_tool("notes__write_note", {"name": "todo", "text": text})
+        [request] = await front.gateway.engine.pending()
+        shown = (await api.get(f"/requests/{request.id}")).text
+        listed = (await api.get("/requests")).text
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "gate" / "data").glob("gate.db*"))
+    for secret in (stripe, google, "Tr0ub4dor3", "ZGVwbG95OlRyMHViNGRvcjM"):
+        assert secret not in shown and secret not in listed
+        assert secret.encode() not in stored
+    assert "stripe [redacted] google [redacted] password=[redacted]" in shown

@@ -21,6 +21,7 @@ from mcp_gate.evidence import (
     render_story,
     sha256_hex,
 )
+from mcp_gate.redaction import is_secret_key
 
 Row = tuple[Any, str, str, str, str | None, str, str, str]
 
@@ -102,11 +103,11 @@ def test_redact_hides_values_under_secret_looking_keys(key: str) -> None:
 
 def test_redact_hides_secrets_nested_in_lists_and_objects_even_when_the_value_is_a_container() -> None:
     value = {
-        "servers": [{"name": "db", "auth": {"password": {"v": 1}, "user": "u"}}],
+        "servers": [{"name": "db", "login": {"password": {"v": 1}, "user": "u"}}],
         "headers": {"Cookie": [1]},
     }
     assert redact(value) == {
-        "servers": [{"name": "db", "auth": {"password": "[redacted]", "user": "u"}}],
+        "servers": [{"name": "db", "login": {"password": "[redacted]", "user": "u"}}],
         "headers": {"Cookie": "[redacted]"},
     }
 
@@ -158,8 +159,6 @@ def test_redact_does_not_change_its_input() -> None:
     assert value == {"token": "t", "items": ["x" * 300]}
 
 
-_SECRET_WORDS = ("token", "password", "passwd", "secret", "key", "authorization", "cookie", "credential")
-
 _text = st.text(max_size=20) | st.sampled_from(["\ud800", "a\udfffb", "x" * 300])
 _keys = _text | st.sampled_from(["Token", "api_key", "PASSWORD", "Set-Cookie", "credentials"])
 _json = st.recursive(
@@ -179,7 +178,7 @@ def _secret_values(value: Any) -> list[Any]:
     found: list[Any] = []
     if isinstance(value, dict):
         for key, item in value.items():
-            if any(word in key.lower() for word in _SECRET_WORDS):
+            if is_secret_key(key):
                 found.append(item)
             else:
                 found.extend(_secret_values(item))

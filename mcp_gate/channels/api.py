@@ -35,6 +35,7 @@ from mcp_gate.evidence import Record
 from mcp_gate.gateway import SEPARATOR, Gateway
 from mcp_gate.holds import ApprovalEngine, NoSuchRequest
 from mcp_gate.http import bearer_token, serve_asgi
+from mcp_gate.redaction import scrub
 
 __all__ = ["APPROVER_SCOPE_KEY", "Desk", "build_api", "serve_api", "summarize"]
 
@@ -59,7 +60,7 @@ def request_view(request: ApprovalRequest, now: datetime) -> dict[str, Any]:
         "tier": request.tier,
         "rule": request.rule,
         "reason": request.reason,
-        "args": request.args,
+        "args": scrub(request.args),
         "args_sha256": b.args_sha256,
         "pin": b.pin,
         "policy_sha256": b.policy_sha256,
@@ -110,7 +111,7 @@ def _call_view(record: Record) -> dict[str, Any]:
     server, tool = body.get("server"), body.get("tool")
     return {
         "name": f"{server}{SEPARATOR}{tool}" if server else tool,
-        "args": body.get("args"),
+        "args": scrub(body.get("args")),
         "ts": record.ts,
         "correlation_id": record.correlation_id,
     }

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
+from mcp_gate.redaction import scrub
+
 __all__ = [
     "ACTION_APPROVE",
     "ACTION_APPROVE_FOR",
@@ -32,16 +34,9 @@ MAX_ARGS_CHARS = 2500  # a rich text block stays well under Slack's 4000-charact
 MAX_QUOTE_CHARS = 1000
 MAX_LINE_CHARS = 160
 MAX_HEADER_CHARS = 140
-REDACTED = "[redacted]"
 
 # Characters that reorder or hide text on screen: an argument could otherwise look like another.
 _INVISIBLE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff\u0000-\u0008\u000b-\u001f\u007f]")
-# Values that are secrets whatever key they sit under (the evidence redaction goes by key names).
-_SECRET_VALUE = re.compile(
-    r"xox[abposr]-[A-Za-z0-9-]{6,}|xapp-[A-Za-z0-9-]{6,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_\w{20,}"
-    r"|sk-[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]+"
-    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(-----END [A-Z ]*PRIVATE KEY-----|$)"
-)
 
 
 def escape_mrkdwn(text: str) -> str:
@@ -59,14 +54,8 @@ def untrusted(text: str, limit: int = MAX_QUOTE_CHARS) -> str:
 
 
 def scrub_secrets(value: Any) -> Any:
-    """A copy with every string that looks like a credential replaced by "[redacted]"."""
-    if isinstance(value, str):
-        return _SECRET_VALUE.sub(REDACTED, value)
-    if isinstance(value, Mapping):
-        return {str(k): scrub_secrets(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [scrub_secrets(v) for v in value]
-    return value
+    """A copy with every secret hidden, by the gate's one redaction (`mcp_gate.redaction`)."""
+    return scrub(value)
 
 
 def _pretty(value: Any, limit: int) -> str:
