@@ -362,3 +362,22 @@ def test_serve_refuses_a_non_loopback_admin_address_unless_the_config_allows_it(
         check=False,
     )
     one_line(Done(done.returncode, done.stdout, done.stderr), 2, "--admin", "0.0.0.0 is not a loopback")
+
+
+async def test_pending_shows_the_redacted_arguments_capped_and_json_gives_them_whole(tmp_path: Path) -> None:
+    config = make_config(tmp_path, hold_seconds=0.2)
+    c = ("--config", str(config))
+    secret = "sk_live_51HcY3bKj2XGq8Zz0aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789abcdef"
+    long_text = f"use {secret} then " + "word " * 200
+    async with gate(config) as agent:
+        await agent.client.call_tool("notes__write_note", {"name": "todo", "text": long_text})
+        pending_text = await cli("pending", *c)
+        pending_json = await cli("pending", "--json", *c)
+    [request] = json.loads(pending_json.stdout)
+    [line] = [x for x in pending_text.stdout.splitlines() if x.strip().startswith("args: ")]
+    assert line.startswith('    args: {"name": "todo", "text": "use [redacted] then word word')
+    assert re.search(r" \[cut \d+ characters\]$", line) and len(line) < 220
+    whole = request["args"]
+    assert whole["name"] == "todo" and whole["text"].startswith("use [redacted] then word")
+    assert len(json.dumps(whole)) > 250  # whole, as stored (itself cut at 256 per string)
+    assert secret not in pending_text.stdout and secret not in pending_json.stdout

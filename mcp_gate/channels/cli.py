@@ -37,6 +37,10 @@ from mcp_gate.store import SQLiteStore
 
 __all__ = ["add_approver_commands"]
 
+# `pending` shows each request's (redacted) arguments on one line, capped like Slack's recent calls;
+# `show` and `--json` give them whole.
+PENDING_ARGS_CHARS = 160
+
 
 # -- approvers: pending, show, approve, deny, revoke, grants --------------------------------
 
@@ -175,6 +179,10 @@ def _in(seconds: int) -> str:
     )
 
 
+def _capped(text: str, limit: int = PENDING_ARGS_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]} [cut {len(text) - limit} characters]"
+
+
 def _requester(view: dict[str, Any]) -> str:
     return f"{view['requester']['agent']} for {view['requester']['owner']}"
 
@@ -197,6 +205,7 @@ def cmd_pending(args: argparse.Namespace) -> int:
             status = r["quorum"]
         _say(f"{r['id']}  {r['tier']:<8}  {r['name']}  {_requester(r)}")
         _say(f"    {status}; expires in {_in(r['expires_in_seconds'])}; {r['reason']}")
+        _say(f"    args: {_capped(json.dumps(r['args'], ensure_ascii=False, sort_keys=True))}")
         if r.get("justification"):
             _say(f"    requester says: {r['justification']}")
     return EXIT_OK
