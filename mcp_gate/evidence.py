@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -16,6 +17,7 @@ from mcp_gate.redaction import redact  # re-exported: evidence is stored redacte
 from mcp_gate.redaction import safe_repr as _safe_repr
 
 __all__ = [
+    "ARGS_DIGEST",
     "GENESIS_HASH",
     "ChainVerifier",
     "EventFactory",
@@ -24,6 +26,8 @@ __all__ = [
     "canonical_json",
     "chain_hash",
     "digest",
+    "args_digest",
+    "args_key_id",
     "new_event",
     "parse_canonical",
     "redact",
@@ -32,6 +36,9 @@ __all__ = [
 ]
 
 GENESIS_HASH = "0" * 64
+# How `args_sha256` is computed since the per-deployment key (older records: plain SHA-256).
+ARGS_DIGEST = "hmac-sha256"
+_ARGS_CONTEXT = b"mcp-gate/args/v1\x00"
 
 _MAX_SAFE_INT = 2**53 - 1
 # The columns a stored row repeats from its body; a mismatch means one of them was edited.
@@ -77,6 +84,21 @@ def sha256_hex(data: bytes) -> str:
 def digest(value: Any) -> str:
     """SHA-256 of the canonical JSON of a value (for `args_sha256`, `result_sha256`)."""
     return sha256_hex(canonical_json(value))
+
+
+def args_digest(key: bytes, args: Any) -> str:
+    """`args_sha256`: HMAC-SHA256 under the deployment's argument key of the canonical arguments.
+
+    It binds an approval to one exact call (same arguments, same key: same digest, across
+    restarts), but unlike a plain SHA-256 it cannot be brute-forced from the log to recover a
+    redacted value (a 4-digit PIN, a short password) by anyone without the key."""
+    return hmac.new(key, _ARGS_CONTEXT + canonical_json(args), hashlib.sha256).hexdigest()
+
+
+def args_key_id(key: bytes) -> str:
+    """A short public name for an argument key, recorded in `gate.started`: it tells which key
+    made a record's `args_sha256` without revealing the key."""
+    return hmac.new(key, b"mcp-gate/args-key-id/v1", hashlib.sha256).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

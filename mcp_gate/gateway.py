@@ -33,7 +33,7 @@ from mcp_gate.approvals import (
     outcome_text,
 )
 from mcp_gate.asking import Asking, Proceed, Question, Step, Stop
-from mcp_gate.channels.elicitation import Asker, BadState, Claims
+from mcp_gate.channels.elicitation import Asker, BadState, Claims, load_key
 from mcp_gate.clock import Clock, SystemClock, utc_iso
 from mcp_gate.config import GateConfig, Requester
 from mcp_gate.downstream import Downstream, Downstreams, ProgressFn
@@ -49,7 +49,7 @@ from mcp_gate.errors import (
     StoreError,
     UnknownTool,
 )
-from mcp_gate.evidence import EventFactory, canonical_json, digest
+from mcp_gate.evidence import ARGS_DIGEST, EventFactory, args_digest, args_key_id, canonical_json, digest
 from mcp_gate.holds import ApprovalEngine, StillPending, TooMany, UsedElsewhere
 from mcp_gate.manifests import Manifest, load_manifests
 from mcp_gate.notary import notary_for
@@ -72,6 +72,7 @@ __all__ = ["CORRELATION_META_KEY", "SEPARATOR", "TIER_META_KEY", "Gateway", "Off
 log = logging.getLogger("mcp_gate.gateway")
 
 SEPARATOR = "__"
+ARGS_KEY_FILE = "args.key"
 MAX_ARGUMENT_BYTES = 256 * 1024
 TIER_META_KEY = "io.github.mcp-gate/tier"
 CORRELATION_META_KEY = "io.github.mcp-gate/correlation-id"
@@ -139,6 +140,13 @@ class Gateway:
         self._pin_lock = anyio.Lock()
         self._validators: dict[str, Any] = {}
         self.asking = Asking(config, store, clock, self.engine, self.event, self.policy_sha256)
+        self._args_key: bytes | None = None
+
+    def args_key(self) -> bytes:
+        """The deployment's key for `args_sha256` (`data_dir/args.key`, 0600, made on first use)."""
+        if self._args_key is None:
+            self._args_key = load_key(self.config.data_dir / ARGS_KEY_FILE, "argument digest key")
+        return self._args_key
 
     @classmethod
     @asynccontextmanager
@@ -174,6 +182,7 @@ class Gateway:
                 pid=os.getpid(),
                 servers=sorted(config.servers),
                 manifests={name: m.sha256 for name, m in manifests.items()},
+                args_digest={"alg": ARGS_DIGEST, "key_id": args_key_id(gate.args_key())},
             )
             with DataDirLock(config.data_dir) as lock, RunMarker(config.data_dir, run) as marker:
                 if lock.exclusive:
@@ -383,7 +392,7 @@ class Gateway:
             offered, args = await self._admit(name, arguments)
         except CallRefused as refused:
             return await self._refuse(correlation_id, base, refused, arguments)
-        base |= {"pin": offered.pin, "args_sha256": digest(args)}
+        base |= {"pin": offered.pin, "args_sha256": args_digest(self.args_key(), args)}
         decision = classify(
             offered.tool, _annotations(offered.served), args, self.manifests.get(offered.server)
         )

@@ -373,8 +373,9 @@ def mismatch(claims: Claims, binding: Binding, kind: str) -> str | None:
     return None
 
 
-def load_key(path: Path) -> bytes:
-    """The gate's request_state key: 32 random bytes in a 0600 file, created on first use."""
+def load_key(path: Path, what: str = "elicitation key") -> bytes:
+    """A gate key (the request_state key by default): 32 random bytes in a 0600 file, created on
+    first use."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -389,13 +390,11 @@ def load_key(path: Path) -> bytes:
         mode = stat.S_IMODE(path.stat().st_mode)
         key = path.read_bytes()
     except OSError as exc:
-        raise StoreError(f"cannot read or create the elicitation key {path}: {exc.strerror or exc}") from exc
+        raise StoreError(f"cannot read or create the {what} {path}: {exc.strerror or exc}") from exc
     if mode & 0o077:
-        raise StoreError(f"{path}: the elicitation key is readable by others (mode {mode:o}); chmod 600 it")
+        raise StoreError(f"{path}: the {what} is readable by others (mode {mode:o}); chmod 600 it")
     if len(key) != 32:
-        raise StoreError(
-            f"{path}: the elicitation key is {len(key)} bytes, not 32; delete it to make a new one"
-        )
+        raise StoreError(f"{path}: the {what} is {len(key)} bytes, not 32; delete it to make a new one")
     return key
 
 
