@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mcp_gate.approvals import ApprovalRequest, Binding
+from mcp_gate.channels.api import request_view
 from mcp_gate.channels.slack_blocks import render_request
 from mcp_gate.config import load_config
 from mcp_gate.errors import ConfigError
@@ -172,3 +175,25 @@ def test_the_redaction_section_of_gate_toml_is_read_and_checked(tmp_path: Path) 
     bad = write_config(tmp_path / "bad", servers={}, extra='[redaction]\npatterns = ["(unclosed"]\n')
     with pytest.raises(ConfigError, match=r"redaction\.patterns\[0\]"):
         load_config(bad, {})
+
+
+def test_the_approvers_view_scrubs_arguments_an_older_gate_stored_with_the_configured_rules() -> None:
+    now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    stored = {"note": f"badge ACME-123456 key {CORPUS['google api key']}", "pwd": "4821"}
+    request = ApprovalRequest(
+        id="K7Q2M9XA",
+        binding=Binding("a", "alice@example.com", "notes", "write_note", "p", "d", "pol"),
+        correlation_id="c1",
+        tier="high",
+        required=1,
+        groups=(),
+        rule="r",
+        reason="r",
+        args=stored,
+        created_at=now,
+        expires_at=now + timedelta(minutes=15),
+    )
+    rules = RedactionRules(patterns=(r"ACME-[0-9]{6}",))
+    shown = request_view(request, now, rules)["args"]
+    assert shown == {"note": "badge [redacted] key [redacted]", "pwd": "[redacted]"}
+    assert request_view(request, now)["args"]["note"] == "badge ACME-123456 key [redacted]"

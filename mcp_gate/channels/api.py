@@ -35,7 +35,7 @@ from mcp_gate.evidence import Record
 from mcp_gate.gateway import SEPARATOR, Gateway
 from mcp_gate.holds import ApprovalEngine, NoSuchRequest
 from mcp_gate.http import bearer_token, serve_asgi
-from mcp_gate.redaction import scrub
+from mcp_gate.redaction import DEFAULT_RULES, RedactionRules, scrub
 
 __all__ = ["APPROVER_SCOPE_KEY", "Desk", "build_api", "serve_api", "summarize"]
 
@@ -48,7 +48,9 @@ RECENT_CALLS = 10
 # -- views: what an approver is shown, as JSON values ------------------------------------------
 
 
-def request_view(request: ApprovalRequest, now: datetime) -> dict[str, Any]:
+def request_view(
+    request: ApprovalRequest, now: datetime, rules: RedactionRules = DEFAULT_RULES
+) -> dict[str, Any]:
     b = request.binding
     return {
         "id": request.id,
@@ -60,7 +62,7 @@ def request_view(request: ApprovalRequest, now: datetime) -> dict[str, Any]:
         "tier": request.tier,
         "rule": request.rule,
         "reason": request.reason,
-        "args": scrub(request.args),
+        "args": scrub(request.args, rules),
         "args_sha256": b.args_sha256,
         "pin": b.pin,
         "policy_sha256": b.policy_sha256,
@@ -106,12 +108,12 @@ def grant_view(grant: Grant, now: datetime) -> dict[str, Any]:
     }
 
 
-def _call_view(record: Record) -> dict[str, Any]:
+def _call_view(record: Record, rules: RedactionRules) -> dict[str, Any]:
     body = record.body
     server, tool = body.get("server"), body.get("tool")
     return {
         "name": f"{server}{SEPARATOR}{tool}" if server else tool,
-        "args": scrub(body.get("args")),
+        "args": scrub(body.get("args"), rules),
         "ts": record.ts,
         "correlation_id": record.correlation_id,
     }
@@ -163,21 +165,22 @@ class Desk:
 
     engine: ApprovalEngine
     channel: str
+    rules: RedactionRules = DEFAULT_RULES  # shown arguments are scrubbed once more with these
 
     def _now(self) -> datetime:
         return self.engine.clock.now()
 
     async def open_requests(self) -> list[dict[str, Any]]:
         now = self._now()
-        return [request_view(r, now) for r in await self.engine.pending()]
+        return [request_view(r, now, self.rules) for r in await self.engine.pending()]
 
     async def show(self, request_id: str) -> dict[str, Any]:
         request = await self.engine.get(_normal(request_id))
-        view = request_view(request, self._now())
+        view = request_view(request, self._now(), self.rules)
         records = await self.engine.store.records(event_type="call.requested")
         agent = request.binding.agent
         mine = [r for r in records if (r.body.get("requester") or {}).get("agent") == agent]
-        view["recent_calls"] = [_call_view(r) for r in mine[-RECENT_CALLS:]]
+        view["recent_calls"] = [_call_view(r, self.rules) for r in mine[-RECENT_CALLS:]]
         return view
 
     async def approve(
@@ -219,7 +222,7 @@ class Desk:
         outcome = await self.engine.revoke(_normal(request_id), approver)
         if isinstance(outcome, Refusal):
             return outcome
-        return {"outcome": "revoked", "request": request_view(outcome.request, self._now())}
+        return {"outcome": "revoked", "request": request_view(outcome.request, self._now(), self.rules)}
 
     async def grants(self, *, live_only: bool = True) -> list[dict[str, Any]]:
         now = self._now()
@@ -237,11 +240,11 @@ class Desk:
             case Refusal():
                 return outcome
             case Pending(request=request):
-                return {"outcome": "pending", "request": request_view(request, now)}
+                return {"outcome": "pending", "request": request_view(request, now, self.rules)}
             case Approved(request=request):
-                return {"outcome": "approved", "request": request_view(request, now)}
+                return {"outcome": "approved", "request": request_view(request, now, self.rules)}
             case Denied(request=request):
-                return {"outcome": "denied", "request": request_view(request, now)}
+                return {"outcome": "denied", "request": request_view(request, now, self.rules)}
             case _:
                 assert_never(outcome)
 
@@ -345,7 +348,7 @@ def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 
 def build_api(gate: Gateway) -> ASGIApp:
     """The approvers' API over a running gate, under /v1, behind approver bearer tokens."""
-    desk = Desk(gate.engine, channel="api")
+    desk = Desk(gate.engine, channel="api", rules=gate.config.redaction)
 
     async def list_requests(request: Request, approver: Approver) -> Any:
         return {"requests": await desk.open_requests()}

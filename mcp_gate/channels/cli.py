@@ -153,7 +153,8 @@ async def _over_db(config: GateConfig, token: str, op: _Op) -> Any:
     # The same policy hash the gate computes, so the decisions recorded here match its records.
     events = EventFactory(config.name, __version__, policy_sha256(config.config_sha256, manifests), clock)
     async with await SQLiteStore.open(db, notary=notary_for(config)) as store:
-        desk = Desk(ApprovalEngine(store, clock, config.approval_settings, events), channel="cli")
+        engine = ApprovalEngine(store, clock, config.approval_settings, events)
+        desk = Desk(engine, channel="cli", rules=config.redaction)
         try:
             result = await op.run(desk, approver)
         except NoSuchRequest as exc:

@@ -98,7 +98,7 @@ class SlackChannel:
         self.settings: SlackSettings = settings
         self.secrets = secrets
         self.api = SlackApi(secrets.bot_token, settings.api_url)
-        self.desk = Desk(gate.engine, channel="slack")
+        self.desk = Desk(gate.engine, channel="slack", rules=gate.config.redaction)
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.poll = poll
