@@ -66,6 +66,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"{config.path}: agents: serving HTTP needs at least one [agents.NAME] with a token_sha256"
         )
     admin = _admin_address(args.admin, config)
+    for option, address in (("--http", http), ("--admin", admin)):
+        if address is not None and not _is_loopback(address[0]):
+            allowed = ", ".join(config.http.allowed_hosts) or "none yet"
+            _progress(
+                f"warning: {option} {address[0]} is not a loopback address: other machines can reach it; "
+                f"requests must name a loopback host or one of [http] allowed_hosts ({allowed})"
+            )
     slack_secrets = None
     if config.slack is not None:  # read the tokens now: a missing one is a one-line error, not a crash
         from mcp_gate.channels.slack import SlackChannel, SlackSecrets

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import rfc8785
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from mcp_gate.approvals import Approver, parse_duration
-from mcp_gate.errors import ConfigError
+from mcp_gate.errors import ConfigError, GateError
 from mcp_gate.policy import DEFAULT_REQUIREMENTS, Approvals, Block, Confirm, Requirement, Run, Tier
 from mcp_gate.redaction import RedactionRules
 
@@ -29,6 +30,7 @@ __all__ = [
     "ElicitationSettings",
     "EvidenceSettings",
     "GateConfig",
+    "HttpSettings",
     "Protocol",
     "Requester",
     "ServerSpec",
@@ -37,6 +39,7 @@ __all__ = [
     "config_error_from",
     "load_config",
     "read_client_config",
+    "read_private_text",
     "read_toml",
     "resolve_config_path",
     "servers_to_toml",
@@ -111,6 +114,20 @@ class AdminSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    """Limits of every HTTP listener (the agent front and the approvers' API): how long a client
+    may take to send its headers and its body, how many connections are served at once, how big
+    a body may be, and which Host names (besides loopback ones) requests may address."""
+
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int = 256
+    max_body_bytes: int = 1024 * 1024
+    admin_max_body_bytes: int = 64 * 1024
+    allowed_hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ElicitationSettings:
     """Asking the person at the agent: what a confirm tier does when their client cannot be asked
     (`approve`: hold for one approver; `deny`: refuse), and which tiers ask why before approvers see it."""
@@ -136,6 +153,7 @@ class GateConfig:
     approvers: Mapping[str, Approver] = field(default_factory=lambda: MappingProxyType({}))
     approval_settings: ApprovalSettings = field(default_factory=ApprovalSettings)
     admin: AdminSettings | None = None
+    http: HttpSettings = field(default_factory=HttpSettings)
     elicitation: ElicitationSettings = field(default_factory=ElicitationSettings)
     evidence: EvidenceSettings | None = None
     slack: SlackSettings | None = None
@@ -152,6 +170,18 @@ class GateConfig:
 
 
 # --- reading files ------------------------------------------------------------------------------
+
+
+def read_private_text(path: Path, what: str) -> str:
+    """Read a secret file (a signing key, a bearer token); refuse one that other users could read.
+    OSError and UnicodeDecodeError are left to the caller, who knows what the file is for."""
+    info = path.stat()
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise GateError(
+            f"{path}: the {what} is readable by others (mode {stat.S_IMODE(info.st_mode):04o}); "
+            f"run chmod 600 {path}"
+        )
+    return path.read_text("utf-8")
 
 
 def _read_bytes(path: Path, missing: str) -> bytes:
@@ -329,6 +359,15 @@ class _AdminSection(_Strict):
     allow_remote: bool = False
 
 
+class _HttpSection(_Strict):
+    header_timeout: float = Field(default=10.0, gt=0, le=3600)
+    body_timeout: float = Field(default=30.0, gt=0, le=3600)
+    max_connections: int = Field(default=256, ge=1, le=100_000)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024**3)
+    admin_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=1024**3)
+    allowed_hosts: list[NonEmpty] = Field(default_factory=list)
+
+
 class _GateFile(_Strict):
     servers_from: list[NonEmpty] = Field(default_factory=list)
     gate: _GateSection = Field(default_factory=_GateSection)
@@ -339,6 +378,7 @@ class _GateFile(_Strict):
     approvers: dict[str, _ApproverSection] = Field(default_factory=dict)
     approvals: _ApprovalsSection = Field(default_factory=_ApprovalsSection)
     admin: _AdminSection | None = None
+    http: _HttpSection = Field(default_factory=_HttpSection)
     evidence: _EvidenceSection = Field(default_factory=lambda: _EvidenceSection())
     slack: dict[str, Any] | None = None
     redaction: _RedactionSection = Field(default_factory=lambda: _RedactionSection())
@@ -894,6 +934,7 @@ def load_config(path: Path, environ: Mapping[str, str]) -> GateConfig:
         "approvers": MappingProxyType(approvers),
         "approval_settings": settings,
         "admin": _admin(file, model.admin),
+        "http": HttpSettings(**{**model.http.model_dump(), "allowed_hosts": tuple(model.http.allowed_hosts)}),
         "elicitation": elicitation,
         "slack": _slack(file, model.slack, base, model.approvers, approvers, servers),
     }

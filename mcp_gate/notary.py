@@ -9,7 +9,6 @@ import hmac
 import json
 import logging
 import os
-import stat
 import subprocess
 import urllib.error
 import urllib.request
@@ -30,7 +29,7 @@ from mcp_gate.checkpoints import (
     sign_note,
 )
 from mcp_gate.clock import utc_iso
-from mcp_gate.config import GateConfig
+from mcp_gate.config import GateConfig, read_private_text
 from mcp_gate.errors import ConfigError, GateError
 
 __all__ = [
@@ -67,17 +66,11 @@ def create_key_file(path: Path, name: str) -> SigningKey:
 def load_key_file(path: Path) -> SigningKey:
     """Read a signing key; refuse one that other users could read."""
     try:
-        info = path.stat()
-        text = path.read_text("utf-8")
+        text = read_private_text(path, "signing key")
     except FileNotFoundError as exc:
         raise GateError(f"{path}: no signing key here; create one with `mcp-gate keys init`") from exc
     except OSError as exc:
         raise GateError(f"{path}: cannot read the signing key: {exc.strerror or exc}") from exc
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise GateError(
-            f"{path}: the signing key is readable by others (mode {stat.S_IMODE(info.st_mode):04o}); "
-            f"run chmod 600 {path}"
-        )
     try:
         return SigningKey.from_text(text)
     except CheckpointError as exc:

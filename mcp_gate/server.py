@@ -17,6 +17,7 @@ from mcp.server.context import CallNext, HandlerResult
 from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
+from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_gate import __version__
@@ -24,7 +25,7 @@ from mcp_gate.channels.elicitation import ContextAsker
 from mcp_gate.config import Agent, Requester
 from mcp_gate.downstream import ProgressFn
 from mcp_gate.gateway import Gateway
-from mcp_gate.http import bearer_token, serve_asgi
+from mcp_gate.http import bearer_token, json_error, serve_asgi
 
 __all__ = ["BearerAuth", "FrontServer", "REQUESTER_SCOPE_KEY"]
 
@@ -52,6 +53,24 @@ async def _keep_bad_arguments(ctx: ServerRequestContext[Any, Any], call_next: Ca
     return await call_next(ctx)
 
 
+class _GateServer(Server[Any]):
+    """The SDK's server, announcing `tools.listChanged` on every transport: the gate tells agents
+    when a downstream's tools change. The streamable HTTP session manager builds each session's
+    initialize answer from these defaults, with no way to pass NotificationOptions in."""
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> Any:
+        return super().create_initialization_options(
+            notification_options or NotificationOptions(tools_changed=True),
+            experimental_capabilities,
+            extensions,
+        )
+
+
 class FrontServer:
     """The MCP server agents talk to, built over a running Gateway."""
 
@@ -59,7 +78,7 @@ class FrontServer:
         self.gateway = gateway
         self.bus = InMemorySubscriptionBus()
         self._legacy_sessions: list[ServerSession] = []
-        self.server: Server[Any] = Server(
+        self.server: Server[Any] = _GateServer(
             "mcp-gate",
             version=__version__,
             title=f"mcp-gate ({gateway.config.name})",
@@ -130,14 +149,28 @@ class FrontServer:
         async with stdio_server() as (read, write):
             await self.server.run(read, write, self.initialization_options())
 
-    def http_app(self, host: str) -> ASGIApp:
-        app = self.server.streamable_http_app(host=host)
+    def http_app(self) -> ASGIApp:
+        limits = self.gateway.config.http
+        app = self.server.streamable_http_app(
+            max_request_body_size=limits.max_body_bytes,
+            # serve_asgi's HostGuard checks Host and Origin for every path, with the configured
+            # allowed hosts, before authentication; the SDK's own check knows only loopback names.
+            transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+        )
         return BearerAuth(app, self.gateway.config.agents)
 
     async def serve_http(self, host: str, port: int, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve streamable HTTP on host:port (port 0 picks a free one; the bound port is reported)."""
+        limits = self.gateway.config.http
         await serve_asgi(
-            self.http_app(host), host, port, what="mcp-gate", lifespan="on", task_status=task_status
+            self.http_app(),
+            host,
+            port,
+            what="mcp-gate",
+            limits=limits,
+            max_body_bytes=limits.max_body_bytes,
+            lifespan="on",
+            task_status=task_status,
         )
 
 
@@ -163,6 +196,14 @@ class BearerAuth:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope.get("path", "").startswith("/.well-known/oauth"):
+            # OAuth clients probe for metadata after a 401; say plainly there is none to find.
+            why = (
+                "this gate uses bearer tokens, not OAuth: send Authorization: Bearer <token> of a "
+                "configured [agents.NAME]"
+            )
+            await json_error(send, 404, {"error": "not_found", "error_description": why})
+            return
         agent = self._authenticate(scope)
         if agent is None:
             await _unauthorized(send)
@@ -185,7 +226,8 @@ class BearerAuth:
 async def _unauthorized(send: Send) -> None:
     body = (
         b'{"error":"unauthorized",'
-        b'"error_description":"a valid bearer token of a configured agent is required"}'
+        b'"error_description":"a valid bearer token of a configured agent is required; '
+        b'this gate uses bearer tokens, not OAuth"}'
     )
     await send(
         {

@@ -187,6 +187,7 @@ async def test_pending_show_and_grants_print_json_a_script_can_read_and_text_a_p
     config = make_config(tmp_path, hold_seconds=0.2)
     token_file = tmp_path / "bob.token"
     token_file.write_text("tok-bob\n")
+    token_file.chmod(0o600)
     c = ("--config", str(config))
     async with gate(config) as agent:
         await agent.client.call_tool("notes__echo", {"text": "warming up"})
@@ -252,6 +253,10 @@ async def test_without_a_valid_approver_token_every_approver_command_exits_2_wit
     config = str(make_config(tmp_path))
     empty = tmp_path / "empty.token"
     empty.write_text("\n")
+    empty.chmod(0o600)
+    loose = tmp_path / "loose.token"
+    loose.write_text("tok-bob\n")
+    loose.chmod(0o644)
     for command in (["pending"], ["approve", "K7Q2M9XA"], ["grants"], ["revoke", "K7Q2M9XA"]):
         one_line(
             await cli(*command, "--config", config, token=None), 2, "no approver token", "MCP_GATE_TOKEN"
@@ -260,6 +265,12 @@ async def test_without_a_valid_approver_token_every_approver_command_exits_2_wit
         await cli("approve", "K7Q2M9XA", "--config", config, token="tok-nobody"), 2, "no approver's token"
     )
     one_line(await cli("pending", "--token-file", str(empty), "--config", config), 2, "the file is empty")
+    one_line(
+        await cli("pending", "--token-file", str(loose), "--config", config, token=None),
+        2,
+        "readable by others (mode 0644)",
+        "chmod 600",
+    )
     one_line(await cli("approve", "K7Q2M9XA", "--for", "ever", "--config", config), 2, "--for")
 
 

@@ -10,6 +10,7 @@ import pytest
 from mcp_gate import config as config_module
 from mcp_gate.config import (
     GateConfig,
+    HttpSettings,
     Requester,
     ServerSpec,
     load_config,
@@ -272,6 +273,11 @@ def test_the_config_hash_is_stable_and_changes_with_any_setting(tmp_path: Path) 
         ("[tiers]\nhigh = { approvals = 1, by = 'x' }\n", "tiers.high.by", "unknown key"),
         ("[tiers]\nhigh = {}\n", "tiers.high.approvals", "required key is missing"),
         ("servers_from = ['missing.json']\n", "servers_from[1]", "no such file"),
+        ("[http]\nheader_timeout = 0\n", "http.header_timeout", "greater than 0"),
+        ("[http]\nmax_body_bytes = 10\n", "http.max_body_bytes", "1024"),
+        ("[http]\nmax_connections = '9'\n", "http.max_connections", ""),
+        ("[http]\nallowed_hosts = 'x'\n", "http.allowed_hosts", ""),
+        ("[http]\nread_timeout = 5\n", "http.read_timeout", "unknown key"),
     ],
 )
 def test_a_bad_config_is_one_line_naming_the_file_the_key_and_the_problem(
@@ -281,6 +287,16 @@ def test_a_bad_config_is_one_line_naming_the_file_the_key_and_the_problem(
     assert (error.file, error.key) == (str(tmp_path / "gate.toml"), key)
     assert problem in error.problem
     assert str(error).startswith(f"{tmp_path / 'gate.toml'}: {key}: ")
+
+
+def test_http_limits_have_defaults_and_can_be_set(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, ""), ENV).http == HttpSettings()
+    text = '[http]\nheader_timeout = 2\nmax_connections = 8\nallowed_hosts = ["gate.internal"]\n'
+    http = load_config(write(tmp_path, text), ENV).http
+    assert (http.header_timeout, http.max_connections, http.allowed_hosts) == (2.0, 8, ("gate.internal",))
+    assert (
+        http.body_timeout == 30 and http.max_body_bytes == 1024 * 1024 and http.admin_max_body_bytes == 65536
+    )
 
 
 def test_a_missing_config_says_how_to_name_one(tmp_path: Path) -> None:

@@ -81,6 +81,8 @@ async def test_the_gate_serves_a_real_stdio_client_in_both_protocol_eras(
     async with Client(gate_process(notes_config), mode=mode) as agent:
         expected_era = "2025-11-25" if mode == "legacy" else "2026-07-28"
         assert agent.protocol_version == expected_era
+        tools = agent.server_capabilities.tools
+        assert tools is not None and tools.list_changed is True
         names = {t.name for t in (await agent.list_tools()).tools}
         assert {"notes__echo", "notes__write_note"} <= names
         assert text_of(await agent.call_tool("notes__echo", {"text": "over stdio"})) == "over stdio"
@@ -237,6 +239,8 @@ async def test_over_http_the_requester_is_the_agent_whose_bearer_token_was_prese
     async with http_gate(notes_config) as url:
         http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=httpx2.Timeout(30.0))
         async with http, Client(streamable_http_client(url, http_client=http), mode=mode) as agent:
+            tools = agent.server_capabilities.tools
+            assert tools is not None and tools.list_changed is True
             assert text_of(await agent.call_tool("notes__echo", {"text": "via http"})) == "via http"
     executed = [r for r in await records(notes_config) if r["event_type"] == "call.requested"]
     assert executed[-1]["requester"] == {"agent": "ci-bot", "owner": "carol@example.com"}

@@ -40,7 +40,6 @@ from mcp_gate.redaction import DEFAULT_RULES, RedactionRules, scrub
 __all__ = ["APPROVER_SCOPE_KEY", "Desk", "build_api", "serve_api", "summarize"]
 
 APPROVER_SCOPE_KEY = "mcp_gate.approver"
-MAX_BODY_BYTES = 64 * 1024
 MAX_TEXT = 2000
 RECENT_CALLS = 10
 
@@ -298,9 +297,9 @@ B = TypeVar("B", bound=_Body)
 
 
 async def _body(request: Request, model: type[B]) -> B:
+    # serve_asgi's BodyLimit has already refused a body over [http] admin_max_body_bytes while
+    # it was arriving; what is here is at most that.
     raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise BadRequest(f"the body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES}")
     try:
         data = json.loads(raw) if raw.strip() else {}
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -431,4 +430,13 @@ async def serve_api(
     gate: Gateway, host: str, port: int, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
 ) -> None:
     """Serve the approvers' API on host:port (port 0 picks a free one; the bound port is reported)."""
-    await serve_asgi(build_api(gate), host, port, what="approver API", task_status=task_status)
+    limits = gate.config.http
+    await serve_asgi(
+        build_api(gate),
+        host,
+        port,
+        what="approver API",
+        limits=limits,
+        max_body_bytes=limits.admin_max_body_bytes,
+        task_status=task_status,
+    )

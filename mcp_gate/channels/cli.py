@@ -29,7 +29,7 @@ from mcp_gate.cli import (
     _sub,
     _url,
 )
-from mcp_gate.config import GateConfig
+from mcp_gate.config import GateConfig, read_private_text
 from mcp_gate.errors import GateError
 from mcp_gate.manifests import load_manifests
 from mcp_gate.notary import notary_for
@@ -50,7 +50,7 @@ def _token(args: argparse.Namespace) -> str:
     if args.token_file is not None:
         path = Path(args.token_file)
         try:
-            token = path.read_text(encoding="utf-8").strip()
+            token = read_private_text(path, "token file").strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise GateError(
                 f"--token-file {path}: cannot read it ({getattr(exc, 'strerror', None) or exc})"

@@ -20,7 +20,7 @@ from mcp_gate.channels.api import Desk
 from mcp_gate.channels.slack_api import SlackApi, SlackFailure, SocketModeLink, connect_socket_mode
 from mcp_gate.channels.slack_blocks import GRANT_FOR, deny_modal, refusal_text, render_request
 from mcp_gate.channels.slack_clicks import Click, modal_errors, parse_interaction
-from mcp_gate.channels.slack_http import MAX_AGE, build_interactions_app
+from mcp_gate.channels.slack_http import MAX_AGE, MAX_BODY_BYTES, build_interactions_app
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import GateConfig, SlackSettings
 from mcp_gate.errors import ConfigError, GateError
@@ -132,7 +132,15 @@ class SlackChannel:
                 host, port = self.settings.listen
                 bound = await tg.start(
                     lambda task_status: serve_asgi(
-                        app, host, port, what="Slack interactions endpoint", task_status=task_status
+                        app,
+                        host,
+                        port,
+                        what="Slack interactions endpoint",
+                        limits=self.gate.config.http,
+                        max_body_bytes=MAX_BODY_BYTES,
+                        # Slack addresses its public name; its requests are signed instead.
+                        check_host=False,
+                        task_status=task_status,
                     )
                 )
                 task_status.started(bound)
