@@ -113,7 +113,7 @@ def read_head(path: Path, verifier: VerifierKey) -> Checkpoint | None:
 
 def write_head(path: Path, note: str) -> None:
     """Replace the signed-head file with `note` (mode 0600), atomically and durably."""
-    temporary = path.with_name(path.name + ".tmp")
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -1052,7 +1052,7 @@ def _check_head_at_open(conn: sqlite3.Connection, path: Path, notary: Notary, cl
     empty log, started at size 0; a log with records but no checkpoint and no head is refused."""
     head_file = notary.head
     assert head_file is not None
-    conn.execute("BEGIN")
+    conn.execute("BEGIN IMMEDIATE")  # the write lock: no other process signs (and moves the head) meanwhile
     try:
         head = _read_head(notary)
         (table_max,) = conn.execute("SELECT MAX(size) FROM checkpoints").fetchone()
