@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,20 +15,30 @@ import anyio
 import anyio.to_thread
 
 from mcp_gate import __version__
+from mcp_gate.audit import AuditReport
 from mcp_gate.bundle import Progress
-from mcp_gate.checkpoints import CheckpointError, VerifierKey, split_notes
+from mcp_gate.checkpoints import (
+    CheckpointError,
+    VerifierKey,
+    checkpoint_body,
+    open_note,
+    parse_checkpoint,
+    sign_note,
+    split_notes,
+)
 from mcp_gate.cli import EXIT_FAILED, EXIT_OK, _add_config, _config, _progress, _say, _sub
 from mcp_gate.clock import SystemClock, utc_iso
 from mcp_gate.config import GateConfig, load_config, resolve_config_path
 from mcp_gate.errors import GateError, StoreError
-from mcp_gate.evidence import new_event
-from mcp_gate.notary import Notary, create_key_file, load_key_file, notary_for
+from mcp_gate.evidence import GENESIS_HASH, new_event
+from mcp_gate.notary import Notary, create_key_file, head_path, load_key_file, notary_for, write_head
 from mcp_gate.store import SQLiteStore, read_only, verify_file
 
 __all__ = [
     "add_audit_commands",
     "add_key_commands",
     "add_verify_options",
+    "checkpoint_warnings",
     "cmd_verify",
     "missed_copies",
     "parse_moment",
@@ -111,6 +121,9 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
             "keys init is not needed"
         )
     key = create_key_file(settings.key_path, settings.key_name)
+    # The signed head starts at size 0: from now on a missing head file is itself a finding.
+    body = checkpoint_body(settings.origin, 0, GENESIS_HASH, time=utc_iso(SystemClock().now()))
+    write_head(head_path(settings.key_path), sign_note(body, key))
     _progress(f"signing key written to {settings.key_path} (mode 0600); checkpoints are now on")
     _say(key.verifier.to_text())
     return EXIT_OK
@@ -169,6 +182,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
     config = _config(args)
     db = _db(config)
     notary, verifiers, extra = _verification_inputs(config, args.pubkey, args.checkpoints)
+    if args.pubkey is None and verifiers is not None:
+        assert config.evidence is not None
+        where = (
+            "the separate signer's configured public key"
+            if config.evidence.signer
+            else (f"the public key of the local signing key {config.evidence.key_path}")
+        )
+        _progress(
+            f"note: trusting {where}; whoever can change this host can change it too: pass --pubkey "
+            "with a copy kept elsewhere"
+        )
+    head_text = _head_text(config, verifiers)
+    if head_text is not None:
+        extra = [*extra, head_text]
 
     async def run() -> int:
         _progress(f"verifying {db}...")
@@ -182,6 +209,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         report = await verify_file(db, verifiers=verifiers, extra_notes=extra, progress=advance)
         if bar:
             bar[0].close()
+        report = _check_history(config, db, verifiers, report)
         if args.json:
             _say(json.dumps(asdict(report)))
         elif report.ok:
@@ -215,6 +243,77 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return EXIT_OK if report.ok else EXIT_FAILED
 
     return anyio.run(run)
+
+
+def _head_text(config: GateConfig, verifiers: list[VerifierKey] | None) -> tuple[str, str] | None:
+    """The signed-head file as a (source, note) pair, so verify checks the log against it too."""
+    if verifiers is None or config.evidence is None:
+        return None
+    path = head_path(config.evidence.key_path)
+    try:
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise GateError(f"{path}: cannot read the signed head: {exc.strerror or exc}") from None
+    try:
+        if _note_size(text, verifiers) == 0:
+            return None  # the head `keys init` starts with covers nothing
+    except CheckpointError:
+        pass  # checked with the others, and reported as not valid
+    return (str(path), text)
+
+
+def _check_history(
+    config: GateConfig, db: Path, verifiers: list[VerifierKey] | None, report: AuditReport
+) -> AuditReport:
+    """With a key, the checkpoint table must reach the signed head, and the key must be the one the
+    log pinned; otherwise the report fails with the reason."""
+    if verifiers is None or config.evidence is None or not report.ok:
+        return report
+    settings = config.evidence
+    path = head_path(settings.key_path)
+    key_here = settings.signer is not None or settings.key_path.exists()
+    with read_only(db) as reader:
+        stored = reader.notes()
+        pinned = next(
+            (b["signing_key"] for b in reader.bodies_of("gate.started") if b.get("signing_key")), None
+        )
+    table_max = 0
+    for _size, _kind, note in stored:
+        try:
+            table_max = max(table_max, _note_size(note, verifiers))
+        except CheckpointError:
+            continue  # already a finding of verify_file
+    problem: str | None = None
+    if pinned is not None and all(pinned != v.to_text() for v in verifiers):
+        problem = (
+            f"the key checked ({verifiers[0].key_id}) is not the key the log pinned at its first start "
+            f"({str(pinned).split('+')[1] if '+' in str(pinned) else '?'}): was the key swapped?"
+        )
+    elif path.exists():
+        try:
+            head_size = _note_size(path.read_text("utf-8"), verifiers)
+        except (CheckpointError, OSError) as exc:
+            head_size, problem = 0, f"{path}: the signed head cannot be checked: {exc}"
+        if table_max < head_size:
+            problem = (
+                f"the stored checkpoints end at size {table_max} but {path} holds a signed checkpoint "
+                f"of {head_size} records: checkpoint history deleted"
+            )
+    elif key_here:
+        problem = (
+            f"a signing key exists but its signed-head file {path} is missing "
+            "(checkpoint history deleted?); see docs/controls.md"
+        )
+    if problem is None:
+        return report
+    return replace(report, ok=False, problem=problem, first_bad_seq=report.first_bad_seq or 1)
+
+
+def _note_size(note: str, verifiers: list[VerifierKey]) -> int:
+    body, _ = open_note(note, verifiers)
+    return parse_checkpoint(body).size
 
 
 def _verify_bundle(args: argparse.Namespace) -> int:
@@ -393,6 +492,20 @@ def missed_copies(config: GateConfig) -> list[str]:
             for failure in body.get("failed", []):
                 lines.append(f"checkpoint of size {body.get('size')} at {body.get('ts')}: {failure}")
     return lines
+
+
+def checkpoint_warnings(config: GateConfig) -> list[str]:
+    """Warnings for `mcp-gate check`: checkpoints are signed but no copy of them leaves this host."""
+    settings = config.evidence
+    if settings is None or (settings.signer is None and not settings.key_path.exists()):
+        return []
+    if settings.copy_to_file is not None or settings.webhook_url is not None:
+        return []
+    return [
+        "WARNING: signed checkpoints are kept on this machine only, so whoever controls it can rewrite "
+        "the log and its checkpoints alike; send a copy elsewhere with [evidence] webhook_url_env (or "
+        "copy_to_file on storage the operator cannot rewrite), see docs/controls.md"
+    ]
 
 
 # -- parser ---------------------------------------------------------------------------------

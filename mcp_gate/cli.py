@@ -236,6 +236,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     report = _inspect(config, timeout=args.timeout)
     report["approval_problems"] = _approval_problems(config)
     report["missed_checkpoint_copies"] = _missed_copies(config)
+    report["checkpoint_warnings"] = _checkpoint_warnings(config)
     if config.slack is not None:
         from dataclasses import asdict
 
@@ -258,6 +259,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             _say(f"approvals: {problem}")
         for missed in report["missed_checkpoint_copies"]:
             _say(f"checkpoints: a copy was missed: {missed}")
+        for warning in report["checkpoint_warnings"]:
+            _say(f"checkpoints: {warning}")
         if "slack" in report:
             _say(f"slack: {'ok' if report['slack']['ok'] else 'PROBLEM'}: {report['slack']['detail']}")
         _say("tools (name, tier, pin, rule: reason):")
@@ -272,6 +275,12 @@ def _missed_copies(config: GateConfig) -> list[str]:
     from mcp_gate.audit_cli import missed_copies
 
     return missed_copies(config)
+
+
+def _checkpoint_warnings(config: GateConfig) -> list[str]:
+    from mcp_gate.audit_cli import checkpoint_warnings
+
+    return checkpoint_warnings(config)
 
 
 def cmd_tools(args: argparse.Namespace) -> int:

@@ -183,6 +183,8 @@ class Gateway:
                 servers=sorted(config.servers),
                 manifests={name: m.sha256 for name, m in manifests.items()},
                 args_digest={"alg": ARGS_DIGEST, "key_id": args_key_id(gate.args_key())},
+                # The first start that names a key pins it: `audit verify` notices a swapped key.
+                signing_key=None if notary is None else notary.key.verifier.to_text(),
             )
             with DataDirLock(config.data_dir) as lock, RunMarker(config.data_dir, run) as marker:
                 if lock.exclusive:

@@ -26,6 +26,8 @@ from mcp_gate.checkpoints import (
     Signer,
     SigningKey,
     VerifierKey,
+    open_note,
+    parse_checkpoint,
     sign_note,
 )
 from mcp_gate.clock import utc_iso
@@ -39,8 +41,11 @@ __all__ = [
     "Sink",
     "WebhookSink",
     "create_key_file",
+    "head_path",
     "notary_for",
     "load_key_file",
+    "read_head",
+    "write_head",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,6 +80,42 @@ def load_key_file(path: Path) -> SigningKey:
         return SigningKey.from_text(text)
     except CheckpointError as exc:
         raise GateError(f"{path}: {exc}") from exc
+
+
+def head_path(key_path: Path) -> Path:
+    """The signed-head file: the last checkpoint this key signed, kept beside the key (outside the
+    database, so deleting checkpoint rows cannot take it back)."""
+    return key_path.with_name(key_path.name + ".head")
+
+
+def read_head(path: Path, verifier: VerifierKey) -> Checkpoint | None:
+    """The checkpoint in the signed-head file, None if there is no file; GateError if it is not a
+    note `verifier` signed."""
+    try:
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise GateError(f"{path}: cannot read the signed head: {exc.strerror or exc}") from exc
+    try:
+        body, _ = open_note(text, [verifier])
+        return parse_checkpoint(body)
+    except CheckpointError as exc:
+        raise GateError(f"{path}: the signed head is not valid: {exc}") from exc
+
+
+def write_head(path: Path, note: str) -> None:
+    """Replace the signed-head file with `note` (mode 0600), atomically and durably."""
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(note)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise GateError(f"{path}: cannot write the signed head: {exc.strerror or exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -188,6 +229,7 @@ class Notary:
     every_records: int = 1000
     every_seconds: float = 300.0
     sinks: Sequence[Sink] = ()
+    head: Path | None = None  # the signed-head file; None only for notaries in tests
 
     def due(
         self, *, last_size: int, last_time: datetime | None, size: int, decided: bool, now: datetime
@@ -239,4 +281,11 @@ def notary_for(config: GateConfig) -> Notary | None:
         sinks.append(FileSink(settings.copy_to_file))
     if settings.webhook_url is not None:
         sinks.append(WebhookSink(settings.webhook_url, settings.webhook_secret, settings.webhook_timeout))
-    return Notary(key, settings.origin, settings.every_records, settings.every_seconds, tuple(sinks))
+    return Notary(
+        key,
+        settings.origin,
+        settings.every_records,
+        settings.every_seconds,
+        tuple(sinks),
+        head=head_path(settings.key_path),
+    )

@@ -21,18 +21,19 @@ import anyio.to_thread
 
 from mcp_gate.approvals import ApprovalRequest, Binding, Grant, RequestState, Vote
 from mcp_gate.audit import AuditReport, LogVerifier, check_notes
-from mcp_gate.checkpoints import Pruned, VerifierKey, parse_checkpoint
+from mcp_gate.checkpoints import Checkpoint, CheckpointError, Pruned, VerifierKey, open_note, parse_checkpoint
 from mcp_gate.clock import Clock, SystemClock, utc_iso
 from mcp_gate.errors import EvidenceWriteError, GateError, StoreError
 from mcp_gate.evidence import (
     GENESIS_HASH,
+    ChainVerifier,
     Record,
     VerifyReport,
     canonical_json,
     chain_hash,
     new_event,
 )
-from mcp_gate.notary import Notary
+from mcp_gate.notary import Notary, read_head, write_head
 
 __all__ = [
     "DataDirLock",
@@ -627,6 +628,14 @@ class SQLiteStore:
         `busy_timeout` is how long a write waits for another process holding the file's lock.
         With a `notary`, commits are followed by signed checkpoints when one is due."""
         connection = await anyio.to_thread.run_sync(_connect, path, busy_timeout)
+        if notary is not None and notary.head is not None:
+            try:
+                await anyio.to_thread.run_sync(
+                    _check_head_at_open, connection, path, notary, clock or SystemClock()
+                )
+            except BaseException:
+                connection.close()
+                raise
         return cls(path, connection, clock or SystemClock(), notary)
 
     async def __aenter__(self) -> SQLiteStore:
@@ -1037,7 +1046,94 @@ def _last_checkpoint(conn: sqlite3.Connection) -> tuple[int, str | None]:
     return (0, None) if row is None else (int(row[0]), str(row[1]))
 
 
+def _check_head_at_open(conn: sqlite3.Connection, path: Path, notary: Notary, clock: Clock) -> None:
+    """At start-up: the signed-head file must be backed by the checkpoint table and extended by the
+    log. Without one, it is taken from the table (a log from before the file existed) or, for an
+    empty log, started at size 0; a log with records but no checkpoint and no head is refused."""
+    head_file = notary.head
+    assert head_file is not None
+    conn.execute("BEGIN IMMEDIATE")  # the write lock: no other process signs (and moves the head) meanwhile
+    try:
+        head = _read_head(notary)
+        (table_max,) = conn.execute("SELECT MAX(size) FROM checkpoints").fetchone()
+        if head is None:
+            size, _ = _head(conn)
+            last = conn.execute("SELECT note FROM checkpoints ORDER BY size DESC, id DESC LIMIT 1").fetchone()
+            pinned = conn.execute(
+                "SELECT seq FROM evidence WHERE event_type = 'gate.started' "
+                'AND body LIKE \'%"signing_key":"%\' LIMIT 1'
+            ).fetchone()
+            if pinned is not None:
+                raise StoreError(
+                    f"the signed-head file {head_file} is missing, but the key was pinned at seq "
+                    f"{pinned[0]} (deleted?); run `mcp-gate audit verify`"
+                )
+            if last is not None:
+                note = str(last[0])
+                _check_extends(conn, notary, _opened(note, notary, head_file))
+                write_head(head_file, note)
+                log.warning("%s: signed-head file created from the last stored checkpoint", head_file)
+            elif size == 0:
+                write_head(head_file, notary.sign(0, GENESIS_HASH, clock.now()))
+            else:
+                raise StoreError(
+                    f"a signing key is configured but the log has {size} records, no signed "
+                    f"checkpoint and no signed-head file {head_file} (checkpoint history deleted?); "
+                    "run `mcp-gate audit verify`"
+                )
+            return
+        if head.size > 0 and (table_max is None or int(table_max) < head.size):
+            raise StoreError(
+                f"the checkpoint table ends at size {table_max or 0} but this key signed a "
+                f"checkpoint of {head.size} records ({head_file}): checkpoints were deleted; "
+                "run `mcp-gate audit verify`"
+            )
+        _check_extends(conn, notary, head)
+    except GateError as exc:
+        raise StoreError(f"{path}: {exc}") from exc
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+
+
+def _read_head(notary: Notary) -> Checkpoint | None:
+    if notary.head is None:
+        return None
+    return read_head(notary.head, notary.key.verifier)
+
+
+def _opened(note: str, notary: Notary, source: Path) -> Checkpoint:
+    try:
+        body, _ = open_note(note, [notary.key.verifier])
+        return parse_checkpoint(body)
+    except CheckpointError as exc:
+        raise StoreError(f"{source}: the last stored checkpoint is not valid: {exc}") from exc
+
+
+def _check_extends(conn: sqlite3.Connection, notary: Notary, head: Checkpoint | None) -> None:
+    """StoreError unless the log is a consistent extension of `head` (the last checkpoint this key
+    signed): the record at its size still has its root, and the chain runs on unbroken from it."""
+    if head is None:
+        return
+    where = f"the last checkpoint this key signed ({head.size} records, {notary.head})"
+    size, _ = _head(conn)
+    if size < head.size:
+        raise StoreError(f"refusing to sign: the log ends at seq {size}, before {where} (truncated?)")
+    row = conn.execute("SELECT entry_hash FROM evidence WHERE seq = ?", (head.size,)).fetchone()
+    if row is not None and str(row[0]) != head.root:
+        raise StoreError(f"refusing to sign: record {head.size} differs from {where} (rewritten?)")
+    chain = ChainVerifier(after_seq=head.size, after_hash=head.root)
+    for record in conn.execute(
+        f"SELECT {_RECORD_COLUMNS} FROM evidence WHERE seq > ? ORDER BY seq", (head.size,)
+    ):
+        chain.feed(*record)
+        if not chain.ok:
+            raise StoreError(f"refusing to sign: the log does not extend {where}: {chain.report().problem}")
+
+
 def _sign_checkpoint(conn: sqlite3.Connection, notary: Notary, clock: Clock, *, force: bool) -> str | None:
+    head = _read_head(notary)
+    _check_extends(conn, notary, head)
     size, root = _head(conn)
     last_size, last_at = _last_checkpoint(conn)
     now = clock.now()
@@ -1060,6 +1156,8 @@ def _sign_checkpoint(conn: sqlite3.Connection, notary: Notary, clock: Clock, *, 
         "INSERT INTO checkpoints (size, kind, created_at, note) VALUES (?, 'checkpoint', ?, ?)",
         (size, utc_iso(now), note),
     )
+    if notary.head is not None:
+        write_head(notary.head, note)  # before COMMIT: a head ahead of the table fails loudly, never silently
     return note
 
 
@@ -1080,12 +1178,16 @@ def _prune(conn: sqlite3.Connection, notary: Notary, before: str, now: datetime)
     if row is None:
         raise StoreError(f"pruning found no record {last}; run `mcp-gate audit verify`")
     first, root = int(low), str(row[0])
+    head = _read_head(notary)
+    _check_extends(conn, notary, head)
     pruned = Pruned(first, last, last - first + 1, root)
     note = notary.sign(last, root, now, pruned=pruned)
     conn.execute(
         "INSERT INTO checkpoints (size, kind, created_at, note) VALUES (?, 'retention', ?, ?)",
         (last, utc_iso(now), note),
     )
+    if notary.head is not None and (head is None or last >= head.size):
+        write_head(notary.head, note)
     # The only path by which evidence rows leave: the guard comes back in the same transaction.
     conn.execute("DROP TRIGGER evidence_no_delete")
     deleted = conn.execute("DELETE FROM evidence WHERE seq <= ?", (last,)).rowcount
