@@ -31,7 +31,15 @@ from mcp_gate.clock import SystemClock, utc_iso
 from mcp_gate.config import GateConfig, load_config, resolve_config_path
 from mcp_gate.errors import GateError, StoreError
 from mcp_gate.evidence import GENESIS_HASH, new_event
-from mcp_gate.notary import Notary, create_key_file, head_path, load_key_file, notary_for, write_head
+from mcp_gate.notary import (
+    Notary,
+    create_key_file,
+    head_path,
+    load_key_file,
+    notary_for,
+    read_head_text,
+    write_head,
+)
 from mcp_gate.store import SQLiteStore, read_only, verify_file
 
 __all__ = [
@@ -250,12 +258,9 @@ def _head_text(config: GateConfig, verifiers: list[VerifierKey] | None) -> tuple
     if verifiers is None or config.evidence is None:
         return None
     path = head_path(config.evidence.key_path)
-    try:
-        text = path.read_text("utf-8")
-    except FileNotFoundError:
+    text = read_head_text(path)
+    if text is None:
         return None
-    except OSError as exc:
-        raise GateError(f"{path}: cannot read the signed head: {exc.strerror or exc}") from None
     try:
         if _note_size(text, verifiers) == 0:
             return None  # the head `keys init` starts with covers nothing

@@ -39,6 +39,7 @@ __all__ = [
     "config_error_from",
     "load_config",
     "read_client_config",
+    "check_private",
     "read_private_text",
     "read_toml",
     "resolve_config_path",
@@ -172,15 +173,21 @@ class GateConfig:
 # --- reading files ------------------------------------------------------------------------------
 
 
-def read_private_text(path: Path, what: str) -> str:
-    """Read a secret file (a signing key, a bearer token); refuse one that other users could read.
-    OSError and UnicodeDecodeError are left to the caller, who knows what the file is for."""
+def check_private(path: Path, what: str) -> None:
+    """Refuse a secret file (a key, a bearer token) that other users could read, in one line.
+    OSError is left to the caller, who knows what the file is for."""
     info = path.stat()
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise GateError(
             f"{path}: the {what} is readable by others (mode {stat.S_IMODE(info.st_mode):04o}); "
             f"run chmod 600 {path}"
         )
+
+
+def read_private_text(path: Path, what: str) -> str:
+    """Read a secret file that only its owner may read (see `check_private`). OSError and
+    UnicodeDecodeError are left to the caller."""
+    check_private(path, what)
     return path.read_text("utf-8")
 
 

@@ -42,9 +42,10 @@ __all__ = [
     "WebhookSink",
     "create_key_file",
     "head_path",
-    "notary_for",
     "load_key_file",
+    "notary_for",
     "read_head",
+    "read_head_text",
     "write_head",
 ]
 
@@ -88,15 +89,22 @@ def head_path(key_path: Path) -> Path:
     return key_path.with_name(key_path.name + ".head")
 
 
-def read_head(path: Path, verifier: VerifierKey) -> Checkpoint | None:
-    """The checkpoint in the signed-head file, None if there is no file; GateError if it is not a
-    note `verifier` signed."""
+def read_head_text(path: Path) -> str | None:
+    """The signed-head file's note as text, None if there is no file; GateError if unreadable."""
     try:
-        text = path.read_text("utf-8")
+        return path.read_text("utf-8")
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise GateError(f"{path}: cannot read the signed head: {exc.strerror or exc}") from exc
+
+
+def read_head(path: Path, verifier: VerifierKey) -> Checkpoint | None:
+    """The checkpoint in the signed-head file, None if there is no file; GateError if it is not a
+    note `verifier` signed."""
+    text = read_head_text(path)
+    if text is None:
+        return None
     try:
         body, _ = open_note(text, [verifier])
         return parse_checkpoint(body)

@@ -9,7 +9,6 @@ import hmac
 import json
 import os
 import secrets
-import stat
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -23,7 +22,8 @@ from mcp.server import ServerRequestContext
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcp_gate.approvals import Binding
-from mcp_gate.errors import StoreError
+from mcp_gate.config import check_private
+from mcp_gate.errors import GateError, StoreError
 
 __all__ = [
     "ASK_TIMEOUT",
@@ -387,12 +387,12 @@ def load_key(path: Path, what: str = "elicitation key") -> bytes:
                 f.write(secrets.token_bytes(32))
                 f.flush()
                 os.fsync(f.fileno())
-        mode = stat.S_IMODE(path.stat().st_mode)
+        check_private(path, what)
         key = path.read_bytes()
     except OSError as exc:
         raise StoreError(f"cannot read or create the {what} {path}: {exc.strerror or exc}") from exc
-    if mode & 0o077:
-        raise StoreError(f"{path}: the {what} is readable by others (mode {mode:o}); chmod 600 it")
+    except GateError as exc:  # readable by others: a store problem to the callers of this key
+        raise StoreError(str(exc)) from None
     if len(key) != 32:
         raise StoreError(f"{path}: the {what} is {len(key)} bytes, not 32; delete it to make a new one")
     return key
