@@ -50,7 +50,7 @@ from mcp_gate.errors import (
     UnknownTool,
 )
 from mcp_gate.evidence import ARGS_DIGEST, EventFactory, args_digest, args_key_id, canonical_json, digest
-from mcp_gate.holds import ApprovalEngine, StillPending, TooMany, UsedElsewhere
+from mcp_gate.holds import ApprovalEngine, StillPending, TooMany, UsedElsewhere, decision_key
 from mcp_gate.manifests import Manifest, load_manifests
 from mcp_gate.notary import notary_for
 from mcp_gate.pins import Accepted, Drifted, New, StillDrifted, canonical_definition, observe, pin_of
@@ -134,7 +134,9 @@ class Gateway:
         self.clock = clock
         self.policy_sha256 = policy_sha256(config.config_sha256, manifests)
         self.events = EventFactory(config.name, __version__, self.policy_sha256, clock)
-        self.engine = ApprovalEngine(store, clock, config.approval_settings, self.events)
+        self.engine = ApprovalEngine(
+            store, clock, config.approval_settings, self.events, decision_key(config)
+        )
         self.offered: dict[str, OfferedTool] = {}
         self.tool_listeners: list[Callable[[], Awaitable[None]]] = []
         self._pin_lock = anyio.Lock()

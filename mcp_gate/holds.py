@@ -46,6 +46,7 @@ from mcp_gate.evidence import EventFactory
 from mcp_gate.manifests import load_manifests
 from mcp_gate.notary import notary_for
 from mcp_gate.policy import policy_sha256
+from mcp_gate.seals import DECISION_KEY_FILE, SEALED_EVENTS, derive, grant_forgery, load_key, seal
 from mcp_gate.store import SQLiteStore, Store, Tx
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "StillPending",
     "TooMany",
     "UsedElsewhere",
+    "decision_key",
     "engine_for",
     "grant_refusal",
 ]
@@ -132,14 +134,21 @@ def _final_outcome(request: ApprovalRequest) -> Denied | Expired | Revoked | Voi
 class ApprovalEngine:
     """Approval requests over a `Store`: used by the running gate and by CLI processes alike."""
 
-    def __init__(self, store: Store, clock: Clock, settings: ApprovalSettings, events: EventFactory) -> None:
+    def __init__(
+        self, store: Store, clock: Clock, settings: ApprovalSettings, events: EventFactory, key: bytes
+    ) -> None:
         self.store = store
+        self.key = key  # the decision key: seals what the engine decides (mcp_gate/seals.py)
         self.clock = clock
         self.settings = settings
         self.events = events
         self._wake = anyio.Event()
         self._holding = 0
         self._someone_holds = anyio.Event()
+
+    def _ev(self, event_type: str, correlation_id: str | None, **fields: Any) -> dict[str, Any]:
+        body = self.events(event_type, correlation_id, **fields)
+        return seal(self.key, body) if event_type in SEALED_EVENTS else body
 
     # -- held calls ----------------------------------------------------------------------------
 
@@ -161,7 +170,7 @@ class ApprovalEngine:
         """Create or join the request for this exact call and wait for it to be decided."""
         now = self.clock.now()
         lifetime = timedelta(seconds=expires_after or self.settings.expires_after)
-        ev = self.events
+        ev = self._ev
         limit = self.settings.max_pending
 
         def admit(tx: Tx) -> HoldOutcome | _Joined:
@@ -235,6 +244,8 @@ class ApprovalEngine:
                         args_sha256=binding.args_sha256,
                         requester={"agent": binding.agent, "owner": binding.owner},
                         justification=justification,
+                        tier=tier,
+                        rule=rule,
                     )
                 ]
             )
@@ -317,6 +328,8 @@ class ApprovalEngine:
             tx.mark_reported(request_id)
             return _final_outcome(request)
         outcome = release(request, binding, now=self.clock.now())
+        if isinstance(outcome, Released):
+            outcome = self._verified(tx, request, outcome)
         match outcome:
             case Released(request=released):
                 tx.save_request(released)
@@ -328,7 +341,7 @@ class ApprovalEngine:
                 )
                 tx.append(
                     [
-                        self.events(
+                        self._ev(
                             "call.released",
                             correlation_id,
                             request_id=request_id,
@@ -354,11 +367,38 @@ class ApprovalEngine:
             case _:
                 assert_never(outcome)
 
+    def _verified(self, tx: Tx, request: ApprovalRequest, released: Released) -> Released | Void:
+        """Inside a transaction: release only what the sealed evidence of the request backs. A row
+        approved by anything else (a vote or state written without the decision key) voids it."""
+        derived = derive(self.key, request, tx.decision_bodies(request.correlation_id))
+        if derived.releases(request.required):
+            return released
+        if derived.forged:
+            why = "its approval could not be verified: " + "; ".join(derived.forged)
+        elif derived.denied_by or derived.revoked_by:
+            why = f"its sealed records show it {'denied' if derived.denied_by else 'revoked'}"
+        else:
+            why = f"its sealed records show {len(derived.approvers)} of {request.required} approvals"
+        tx.append(
+            [
+                self._ev(
+                    "approval.forged",
+                    request.correlation_id,
+                    request_id=request.id,
+                    why=why,
+                    claimed=[v.approver for v in request.approvals],
+                    sealed=list(derived.approvers),
+                )
+            ]
+        )
+        log.error("request %s: %s; the call was not run", request.id, why)
+        return Void(replace(request, state="void", closed_by=why), why)
+
     def _expire(self, tx: Tx, request: ApprovalRequest) -> None:
         tx.save_request(replace(request, state="expired"))
         tx.append(
             [
-                self.events(
+                self._ev(
                     "approval.expired",
                     request.correlation_id,
                     request_id=request.id,
@@ -380,11 +420,7 @@ class ApprovalEngine:
 
     async def _defer(self, request: ApprovalRequest, correlation_id: str, why: str) -> None:
         await self.store.append(
-            [
-                self.events(
-                    "call.deferred", correlation_id, request_id=request.id, why=why, state=request.state
-                )
-            ]
+            [self._ev("call.deferred", correlation_id, request_id=request.id, why=why, state=request.state)]
         )
 
     async def finish(
@@ -413,7 +449,7 @@ class ApprovalEngine:
         grant_for: timedelta | None = None,
     ) -> Pending | Approved | Denied | Refusal:
         """One approver's decision, checked and recorded in one transaction; wakes held calls."""
-        ev = self.events
+        ev = self._ev
 
         def write(tx: Tx) -> Pending | Approved | Denied | Refusal:
             request = tx.get_request(request_id)
@@ -499,6 +535,8 @@ class ApprovalEngine:
                                 requester={"agent": grant.agent, "owner": grant.owner},
                                 duration=format_duration(grant_for),
                                 expires_at=utc_iso(grant.expires_at),
+                                rule=grant.rule,
+                                pin=grant.pin,
                             )
                         )
                     tx.append(events)
@@ -523,7 +561,7 @@ class ApprovalEngine:
                 event = "approval.refused"
             tx.append(
                 [
-                    self.events(
+                    self._ev(
                         event,
                         request.correlation_id,
                         request_id=request_id,
@@ -548,11 +586,14 @@ class ApprovalEngine:
                 return Refusal("not-pending", f"grant {grant_id} was already revoked by {grant.revoked_by}")
             revoked = replace(grant, revoked_at=self.clock.now(), revoked_by=approver.name)
             tx.revoke_grant(revoked)
+            # Recorded under the correlation of the request it came from, where the grant's use
+            # looks for its sealed records.
+            origin = tx.get_request(grant.request_id) if grant.request_id else None
             tx.append(
                 [
-                    self.events(
+                    self._ev(
                         "grant.revoked",
-                        None,
+                        origin.correlation_id if origin else None,
                         grant_id=grant_id,
                         approver=approver.name,
                         request_id=grant.request_id,
@@ -569,7 +610,17 @@ class ApprovalEngine:
         """Inside a transaction: a live grant that covers this call, if any."""
         now = self.clock.now()
         grants = tx.grants_for(binding.agent, binding.owner, binding.server, binding.tool)
-        return next((g for g in grants if grant_covers(g, binding, tier, rule, now)), None)
+        for grant in grants:
+            if not grant_covers(grant, binding, tier, rule, now):
+                continue
+            origin = tx.get_request(grant.request_id) if grant.request_id else None
+            bodies = tx.decision_bodies(origin.correlation_id) if origin else []
+            why = grant_forgery(self.key, grant, bodies)
+            if why is None:
+                return grant
+            tx.append([self._ev("grant.forged", None, grant_id=grant.id, why=why)])
+            log.error("%s; it was not used", why)
+        return None
 
     # -- housekeeping --------------------------------------------------------------------------
 
@@ -599,7 +650,7 @@ class ApprovalEngine:
                     tx.set_request_state(call.request_id, "outcome_unknown")
                 tx.append(
                     [
-                        self.events(
+                        self._ev(
                             "call.outcome_unknown",
                             call.correlation_id,
                             started_at=call.started_at,
@@ -670,7 +721,12 @@ async def engine_for(config: GateConfig, *, clock: Clock | None = None) -> Async
     clock = clock or SystemClock()
     events = EventFactory(config.name, __version__, policy_sha256(config.config_sha256, manifests), clock)
     async with await SQLiteStore.open(db, clock=clock, notary=notary_for(config)) as store:
-        yield ApprovalEngine(store, clock, config.approval_settings, events)
+        yield ApprovalEngine(store, clock, config.approval_settings, events, decision_key(config))
+
+
+def decision_key(config: GateConfig) -> bytes:
+    """The deployment's decision key (`data_dir/decisions.key`, 0600, made on first use)."""
+    return load_key(config.data_dir / DECISION_KEY_FILE, "decision key")
 
 
 def grant_refusal(request: ApprovalRequest, duration: timedelta, policy: str) -> str | None:

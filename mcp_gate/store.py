@@ -363,6 +363,16 @@ class Tx:
         ).fetchone()
         return None if row is None else self._request(row)
 
+    def decision_bodies(self, correlation_id: str) -> list[dict[str, Any]]:
+        """The evidence bodies of the decision records under one correlation id, in order."""
+        rows = self.conn.execute(
+            "SELECT body FROM evidence WHERE correlation_id = ? AND event_type IN "
+            "('approval.requested', 'approval.decided', 'approval.revoked', 'grant.created', "
+            "'grant.revoked') ORDER BY seq",
+            (correlation_id,),
+        )
+        return list(_parsed_bodies(rows))
+
     def mark_reported(self, request_id: str) -> None:
         self.conn.execute("UPDATE approvals SET reported = 1 WHERE id = ?", (request_id,))
 

@@ -380,7 +380,11 @@ async def test_fifty_concurrent_decisions_on_one_request_give_one_decision_each_
 
                 async with await SQLiteStore.open(db) as store:
                     engine = ApprovalEngine(
-                        store, front.gateway.clock, loaded.approval_settings, front.gateway.events
+                        store,
+                        front.gateway.clock,
+                        loaded.approval_settings,
+                        front.gateway.events,
+                        front.gateway.engine.key,
                     )
                     verdict = "deny" if name in ("ap7", "ap33") else "approve"
                     outcomes.append(

@@ -137,7 +137,7 @@ async def _over_db(config: GateConfig, token: str, op: _Op) -> Any:
     from mcp_gate.channels.api import Desk
     from mcp_gate.clock import SystemClock
     from mcp_gate.evidence import EventFactory
-    from mcp_gate.holds import ApprovalEngine, NoSuchRequest
+    from mcp_gate.holds import ApprovalEngine, NoSuchRequest, decision_key
     from mcp_gate.policy import policy_sha256
 
     approver = config.approver_by_token(token)
@@ -153,7 +153,7 @@ async def _over_db(config: GateConfig, token: str, op: _Op) -> Any:
     # The same policy hash the gate computes, so the decisions recorded here match its records.
     events = EventFactory(config.name, __version__, policy_sha256(config.config_sha256, manifests), clock)
     async with await SQLiteStore.open(db, notary=notary_for(config)) as store:
-        engine = ApprovalEngine(store, clock, config.approval_settings, events)
+        engine = ApprovalEngine(store, clock, config.approval_settings, events, decision_key(config))
         desk = Desk(engine, channel="cli", rules=config.redaction)
         try:
             result = await op.run(desk, approver)

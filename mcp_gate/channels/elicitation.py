@@ -7,12 +7,10 @@ import binascii
 import hashlib
 import hmac
 import json
-import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, Literal, Protocol, assert_never
 
 import anyio
@@ -22,8 +20,7 @@ from mcp.server import ServerRequestContext
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcp_gate.approvals import Binding
-from mcp_gate.config import check_private
-from mcp_gate.errors import GateError, StoreError
+from mcp_gate.seals import load_key
 
 __all__ = [
     "ASK_TIMEOUT",
@@ -371,31 +368,6 @@ def mismatch(claims: Claims, binding: Binding, kind: str) -> str | None:
     if claims.policy_sha256 != binding.policy_sha256:
         return "the gate's policy changed since it was issued"
     return None
-
-
-def load_key(path: Path, what: str = "elicitation key") -> bytes:
-    """A gate key (the request_state key by default): 32 random bytes in a 0600 file, created on
-    first use."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "wb") as f:
-                f.write(secrets.token_bytes(32))
-                f.flush()
-                os.fsync(f.fileno())
-        check_private(path, what)
-        key = path.read_bytes()
-    except OSError as exc:
-        raise StoreError(f"cannot read or create the {what} {path}: {exc.strerror or exc}") from exc
-    except GateError as exc:  # readable by others: a store problem to the callers of this key
-        raise StoreError(str(exc)) from None
-    if len(key) != 32:
-        raise StoreError(f"{path}: the {what} is {len(key)} bytes, not 32; delete it to make a new one")
-    return key
 
 
 def input_required(
