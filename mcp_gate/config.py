@@ -159,6 +159,9 @@ class GateConfig:
     evidence: EvidenceSettings | None = None
     slack: SlackSettings | None = None
     redaction: RedactionRules = field(default_factory=RedactionRules)
+    # The gate's own files (data dir, config, manifests, signing key): a downstream call whose
+    # arguments name a path inside them is blocked. Empty when [gate] protect_own_files = false.
+    protected_paths: tuple[Path, ...] = ()
 
     def approver_by_token(self, token: str) -> Approver | None:
         """The approver whose token this is, compared by SHA-256 in constant time."""
@@ -321,6 +324,7 @@ class _GateSection(_Strict):
     name: NonEmpty = "mcp-gate"
     data_dir: NonEmpty = ".mcp-gate"
     manifests: NonEmpty | None = None
+    protect_own_files: bool = True
 
 
 class _RequesterSection(_Strict):
@@ -947,6 +951,13 @@ def load_config(path: Path, environ: Mapping[str, str]) -> GateConfig:
     }
     evidence = _evidence(file, model.evidence, base / model.gate.data_dir, model.gate.name, environ)
     redaction = _redaction(file, model.redaction)
+    protected: tuple[Path, ...] = ()
+    if model.gate.protect_own_files:
+        own = [fields["path"], fields["data_dir"], fields["manifests_dir"]]
+        if evidence is not None:
+            own.append(evidence.key_path)
+        protected = tuple(dict.fromkeys(p.resolve() for p in own))
+    fields["protected_paths"] = protected
     return GateConfig(**fields, evidence=evidence, redaction=redaction, config_sha256=_config_sha256(fields))
 
 
@@ -1289,6 +1300,7 @@ def _config_sha256(fields: Mapping[str, Any]) -> str:
         "data_dir": str(fields["data_dir"]),
         "manifests_dir": str(fields["manifests_dir"]),
         "manifests_required": fields["manifests_required"],
+        "protected_paths": [str(p) for p in fields.get("protected_paths", ())],
         "requester": {"agent": requester.agent, "owner": requester.owner},
         "agents": {n: {"token_sha256": a.token_sha256, "owner": a.owner} for n, a in agents.items()},
         "servers": {

@@ -11,7 +11,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, assert_never
 
 import anyio
@@ -63,6 +64,7 @@ from mcp_gate.policy import (
     classify,
     describe_requirement,
     policy_sha256,
+    protected_path,
 )
 from mcp_gate.redaction import redact
 from mcp_gate.store import DataDirLock, PinRecord, RunMarker, SQLiteStore, Store, Tx
@@ -400,6 +402,17 @@ class Gateway:
         decision = classify(
             offered.tool, _annotations(offered.served), args, self.manifests.get(offered.server)
         )
+        spec = self.config.servers.get(offered.server)
+        guarded = protected_path(
+            args, self.config.protected_paths, (spec.cwd if spec else None) or Path.cwd()
+        )
+        if guarded is not None:
+            decision = replace(
+                decision,
+                tier="blocked",
+                rule="the gate's own files",
+                reason=f"its arguments name {guarded}, which only the gate may touch",
+            )
         requirement = self.config.requirements[decision.tier]
         decided = {
             "tier": decision.tier,

@@ -8,6 +8,7 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, assert_never
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_REQUIREMENTS",
+    "protected_path",
     "TIERS",
     "Approvals",
     "Block",
@@ -307,3 +309,63 @@ def policy_sha256(config_sha256: str, manifests: Mapping[str, Manifest]) -> str:
         "manifests": {server: manifest.sha256 for server, manifest in manifests.items()},
     }
     return hashlib.sha256(rfc8785.dumps(document)).hexdigest()
+
+
+# -- the gate's own files -------------------------------------------------------------------------
+
+_PATH_TOKEN = re.compile(r"[^\s'\"`;|&<>(),=]+")
+_PATH_SCAN_LIMIT = 10_000  # string values looked at per call; past it the call is refused
+_PATH_DEPTH_LIMIT = 64
+
+
+def protected_path(arguments: Any, roots: Sequence[Path], cwd: Path) -> str | None:
+    """The first protected file or folder that a string in `arguments` names, or None.
+
+    Every string value (and every key), whole and split into path-like words, is read as a path
+    (`~` expanded, `file://` stripped, relative ones taken from `cwd`, `..` and symlinks resolved)
+    and compared with the gate's own files. Arguments too big to read through are refused too."""
+    if not roots:
+        return None
+    seen = 0
+    stack: list[tuple[Any, int]] = [(arguments, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > _PATH_DEPTH_LIMIT:
+            return "arguments nested too deep to check for the gate's own files"
+        if isinstance(value, Mapping):
+            stack.extend((k, depth + 1) for k in value)
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, str):
+            seen += 1
+            if seen > _PATH_SCAN_LIMIT:
+                return "arguments with too many strings to check for the gate's own files"
+            hit = _names_protected(value, roots, cwd)
+            if hit is not None:
+                return hit
+    return None
+
+
+def _names_protected(text: str, roots: Sequence[Path], cwd: Path) -> str | None:
+    if (
+        "/" not in text
+        and "\\" not in text
+        and not text.startswith(("~", "."))
+        and not any(r.name and r.name in text for r in roots)
+    ):
+        return None
+    for word in {text.strip(), *_PATH_TOKEN.findall(text)}:
+        if word.startswith("file://"):
+            word = word[len("file://") :]
+        if not word or "\x00" in word or len(word) > 4096:
+            continue
+        try:
+            path = Path(word).expanduser()
+            resolved = (path if path.is_absolute() else cwd / path).resolve()
+        except (OSError, RuntimeError, ValueError):
+            continue
+        for root in roots:
+            if resolved == root or root in resolved.parents:
+                return str(root)
+    return None

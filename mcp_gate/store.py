@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -943,7 +944,8 @@ class SQLiteStore:
 
 def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _make_private(path)
     except OSError as exc:
         raise StoreError(f"cannot open the store at {path}: {_one_line(exc)}") from exc
     connection: sqlite3.Connection | None = None
@@ -969,6 +971,26 @@ def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
             f"cannot open the store at {path}: schema version {version}, expected {SCHEMA_VERSION}"
         )
     return connection
+
+
+def _make_private(path: Path) -> None:
+    """The data dir 0700, the store file and its WAL 0600: nobody but the gate's own user reads or
+    writes them. Created so; tightened when found looser and owned by this user."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    for each, mode in (
+        (path.parent, 0o700),
+        (path, 0o600),
+        (path.with_name(path.name + "-wal"), 0o600),
+        (path.with_name(path.name + "-shm"), 0o600),
+    ):
+        try:
+            st = each.stat()
+        except FileNotFoundError:
+            continue
+        if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077:
+            os.chmod(each, mode)
+            log.warning("%s was open to other users; made it %o", each, mode)
 
 
 def _create_schema(conn: sqlite3.Connection) -> str:

@@ -9,6 +9,7 @@ records each one.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
@@ -265,3 +266,66 @@ async def test_decision_records_carry_a_seal_that_a_changed_field_breaks(tmp_pat
     assert not sealed_by(b"x" * 32, body)
     assert not sealed_by(key, {k: v for k, v in body.items() if k != "seal"})
     assert json.loads(json.dumps(body)) == body
+
+
+# -- the gate's own files ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["absolute", "relative", "symlink", "file-uri", "in-a-command"])
+async def test_a_call_naming_the_gates_own_files_is_blocked_and_recorded(tmp_path: Path, how: str) -> None:
+    config = make_config(tmp_path)
+    db = config.parent / "data" / "gate.db"
+    (tmp_path / "link").symlink_to(config.parent / "data")
+    name = {
+        "absolute": str(db),
+        # Relative to the downstream's working directory (the config's folder unless set).
+        "relative": "",
+        "symlink": str(tmp_path / "link" / "gate.db"),
+        "file-uri": f"file://{config}",
+        "in-a-command": f"cp /dev/null {config.parent / 'tool_manifests' / 'notes.toml'}",
+    }[how]
+    async with running_gate(config) as front, Client(front.server) as agent:
+        if how == "relative":
+            cwd = front.gateway.config.servers["notes"].cwd or Path.cwd()
+            name = os.path.relpath(db, cwd)
+            assert name.startswith("..") or not name.startswith("/")
+        # Any string of the arguments counts, not only those the tool reads as a path.
+        result = await agent.call_tool("notes__write_note", {"name": "n", "text": name})
+        assert result.is_error and "only the gate may touch" in text_of(result)
+        assert not await front.gateway.engine.pending(), (
+            "a call on the gate's own files was held, not blocked"
+        )
+    decided = [r for r in await bodies(config) if r["event_type"] == "policy.decided"]
+    assert decided[-1]["tier"] == "blocked" and decided[-1]["rule"] == "the gate's own files"
+
+
+async def test_protecting_the_gates_own_files_can_be_turned_off(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    config.write_text(
+        config.read_text().replace('data_dir = "data"', 'data_dir = "data"\nprotect_own_files = false')
+    )
+    async with running_gate(config) as front, Client(front.server) as agent:
+        async with anyio.create_task_group() as tg:
+            box = await in_background(
+                tg, lambda: agent.call_tool("notes__write_note", {"name": str(config), "text": "x"})
+            )
+            request = await wait_for_request(front.gateway)  # held as any write is, not blocked
+            await decide(front.gateway, request.id, "bob", "deny")
+        [result] = box
+    assert result.is_error and "denied by bob" in text_of(result)
+
+
+async def test_the_data_dir_is_private_to_the_gates_user(tmp_path: Path) -> None:
+    import stat
+
+    config = make_config(tmp_path)
+    data = config.parent / "data"
+    data.mkdir(mode=0o755)
+    data.chmod(0o755)
+    async with running_gate(config):
+        pass
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    for name in ("gate.db", "decisions.key", "args.key"):
+        if (data / name).exists():
+            assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
+    assert (data / "gate.db").exists() and os.access(data / "gate.db", os.R_OK)
