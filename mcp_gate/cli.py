@@ -223,12 +223,27 @@ def _approval_problems(config: GateConfig) -> list[str]:
                 if (not groups or a.groups & groups) and owner.strip().lower() not in a.identities()
             ]
             if len(eligible) < requirement.count:
-                where = f" in {', '.join(requirement.groups)}" if requirement.groups else ""
-                problems.append(
-                    f"tier {tier} needs {requirement.count} approval(s) but only {len(eligible)} approver(s)"
-                    f"{where} may decide for {owner}: those calls would wait and expire; add [approvers.NAME]"
-                )
+                problems.append(_approval_problem(tier, requirement, owner, len(eligible)))
     return problems
+
+
+def _approval_problem(tier: str, requirement: Approvals, owner: str, eligible: int) -> str:
+    """Who is missing, in plain words, and what to add."""
+    groups = ", ".join(f'"{g}"' for g in requirement.groups)
+    add = "an [approvers.NAME] with a token_sha256 (or a Slack user)"
+    if requirement.groups:
+        add += f" and groups = [{groups}]"
+    owner_note = f"; approvers never decide calls made for their own owner ({owner})"
+    if eligible == 0:
+        return (
+            f"no approver may decide {tier} calls made for {owner}, of any server{owner_note}: "
+            f"add {add}, or those calls wait and expire"
+        )
+    missing = requirement.count - eligible
+    return (
+        f"{tier} calls need {requirement.count} distinct approvers but only {eligible} may decide calls "
+        f"made for {owner}{owner_note}: add {missing} more, each {add}, or those calls wait and expire"
+    )
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -528,4 +528,30 @@ def test_check_says_when_the_only_approver_is_the_requesters_own_owner(tmp_path:
     )
     done = mcp_gate("check", "--config", str(config))
     problems = [line for line in done.stdout.splitlines() if line.startswith("approvals: ")]
-    assert len(problems) == 1 and "tier high" in problems[0] and "only 0 approver(s)" in problems[0]
+    assert len(problems) == 1, done.stdout
+    assert "no approver may decide high calls made for alice@example.com" in problems[0]
+    assert "own owner (alice@example.com)" in problems[0]
+    assert "add an [approvers.NAME] with a token_sha256" in problems[0]
+    assert "only 0" not in problems[0]
+
+
+def test_check_says_how_many_approvers_of_which_groups_a_tier_still_lacks(tmp_path: Path) -> None:
+    from mcp_gate.testing import approver_table
+
+    config = write_config(
+        tmp_path / "gate",
+        servers={},
+        approvers={
+            "bob": approver_table("bob@example.com", ["sre"], "tok-bob"),
+            "carol": approver_table("carol@example.com", ["dev"], "tok-carol"),
+        },
+        tiers={"high": {"approvals": 1}, "critical": {"approvals": 2, "groups": ["sre"]}},
+    )
+    done = mcp_gate("check", "--config", str(config))
+    problems = [line for line in done.stdout.splitlines() if line.startswith("approvals: ")]
+    assert len(problems) == 1, done.stdout
+    assert "critical calls need 2 distinct approvers but only 1 may decide" in problems[0]
+    assert (
+        'add 1 more, each an [approvers.NAME] with a token_sha256 (or a Slack user) and groups = ["sre"]'
+        in (problems[0])
+    )
