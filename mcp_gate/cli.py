@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import ipaddress
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -66,6 +68,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"{config.path}: agents: serving HTTP needs at least one [agents.NAME] with a token_sha256"
         )
     admin = _admin_address(args.admin, config)
+    # Fail closed before any server starts: a gate whose approvers' API cannot listen would hold
+    # calls nobody can decide, and a second gate on a taken --http port serves nothing.
+    if admin is not None:
+        where = "--admin" if args.admin is not None else f"[admin] listen in {config.path}"
+        _ensure_free(
+            admin,
+            f"the approver API address {_hp(admin)} ({where}) is already in use "
+            f"(another gate?): stop it, or set [admin] listen (or --admin) to a free port",
+        )
+    if http is not None:
+        _ensure_free(
+            http, f"--http {_hp(http)} is already in use (another gate?): stop it, or choose a free port"
+        )
     for option, address in (("--http", http), ("--admin", admin)):
         if address is not None and not _is_loopback(address[0]):
             allowed = ", ".join(config.http.allowed_hosts) or "none yet"
@@ -102,8 +117,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
             bound = await tg.start(announce)
             _progress(f"mcp-gate {config.name}: serving streamable HTTP on http://{host}:{bound}/mcp")
 
-    anyio.run(run)
+    try:
+        anyio.run(run)
+    except BaseExceptionGroup as group:  # a listener that failed after all: its one line, not a traceback
+        errors = _leaves(group)
+        if len(errors) == 1 and isinstance(errors[0], GateError):
+            raise errors[0] from None
+        raise
     return EXIT_OK
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves
+
+
+def _hp(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _ensure_free(address: tuple[str, int], taken: str) -> None:
+    """Raise GateError(`taken`) when something already listens on `address` (port 0 is always free)."""
+    host, port = address
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the real listener does
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise GateError(taken) from exc
+            raise GateError(f"cannot listen on {_hp(address)}: {exc.strerror or exc}") from exc
 
 
 def _host_port(text: str, option: str) -> tuple[str, int]:

@@ -555,3 +555,67 @@ def test_check_says_how_many_approvers_of_which_groups_a_tier_still_lacks(tmp_pa
         'add 1 more, each an [approvers.NAME] with a token_sha256 (or a Slack user) and groups = ["sre"]'
         in (problems[0])
     )
+
+
+# -- serve: a second gate on a taken port -------------------------------------------------------
+
+
+def _first_gate_admin_port(first: subprocess.Popen[str]) -> int:
+    assert first.stderr is not None
+    for line in first.stderr:  # the first gate announces its approver API once it listens
+        if found := re.search(r"approver API on http://127\.0\.0\.1:(\d+)/v1", line):
+            return int(found.group(1))
+    raise AssertionError(f"the first gate stopped before its approver API listened (exit {first.wait()})")
+
+
+def test_a_second_gate_on_a_taken_admin_port_says_so_in_one_line_and_serves_nothing(tmp_path: Path) -> None:
+    first_config = notes_gate(tmp_path / "first")
+    environ = {k: v for k, v in os.environ.items() if k != "MCP_GATE_CONFIG"}
+    command = [
+        sys.executable,
+        "-m",
+        "mcp_gate",
+        "serve",
+        "--config",
+        str(first_config),
+        "--admin",
+        "127.0.0.1:0",
+    ]
+    with subprocess.Popen(
+        command, stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ
+    ) as first:
+        try:
+            port = _first_gate_admin_port(first)
+            second = notes_gate(tmp_path / "second")
+            second.write_text(second.read_text() + f'\n[admin]\nlisten = "127.0.0.1:{port}"\n')
+            done = subprocess.run(
+                [sys.executable, "-m", "mcp_gate", "serve", "--config", str(second)],
+                input="",
+                capture_output=True,
+                text=True,
+                env=environ,
+                timeout=60,
+                check=False,
+            )
+        finally:
+            assert first.stdin is not None
+            first.stdin.close()  # the first gate's agent hangs up: it stops
+            first.wait(timeout=30)
+    assert_one_line_error(done, f"127.0.0.1:{port}", "already in use", "[admin] listen", "free port")
+    assert not (tmp_path / "second" / "gate" / "data" / "gate.db").exists()  # no gate opened, nothing held
+
+
+def test_a_gate_on_a_taken_http_port_says_so_in_one_line(tmp_path: Path) -> None:
+    import hashlib
+    import socket
+
+    config = notes_gate(tmp_path)
+    config.write_text(
+        config.read_text()
+        + '\n[agents.bot]\nowner = "bot@example.com"\n'
+        + f'token_sha256 = "{hashlib.sha256(b"tok").hexdigest()}"\n'
+    )
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = mcp_gate("serve", "--config", str(config), "--http", f"127.0.0.1:{port}")
+    assert_one_line_error(done, f"--http 127.0.0.1:{port} is already in use", "free port")
