@@ -214,6 +214,9 @@ def _inspect(config: GateConfig, *, timeout: float) -> dict[str, Any]:
                     "protocol": ds.protocol_version,
                     "error": ds.last_error,
                     "manifest": str(gate.manifests[ds.name].path) if ds.name in gate.manifests else None,
+                    "copy_command": None
+                    if ds.name in gate.manifests
+                    else _copy_command(ds.name, ds.spec.command, ds.spec.args, config.manifests_dir),
                 }
                 for ds in gate.downstreams
             ]
@@ -318,6 +321,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             elif s["error"] and s["state"] != "up":
                 status += f": {' '.join(str(s['error']).split())}"
             manifest = f"manifest {s['manifest']}" if s["manifest"] else "no manifest: every tool is high"
+            if s["copy_command"]:
+                manifest += f"; a shipped manifest fits, copy it with: {s['copy_command']}"
             _say(f"server {s['name']}: {status}; {manifest}")
         for problem in report["approval_problems"]:
             _say(f"approvals: {problem}")
@@ -393,6 +398,54 @@ def cmd_tools_accept(args: argparse.Namespace) -> int:
 
     pin = anyio.run(run)
     _say(f"accepted {args.name}: pin {pin[:12]} is now trusted")
+    return EXIT_OK
+
+
+# -- manifests ----------------------------------------------------------------------------
+
+
+def _copy_command(server: str, command: str | None, args: Sequence[str], directory: Path) -> str | None:
+    """The `mcp-gate manifests copy ...` line for the shipped manifest that fits this server, if one does."""
+    import shlex
+
+    from mcp_gate.manifests import shipped_for
+
+    shipped = shipped_for(command, args)
+    if shipped is None:
+        return None
+    line = f"mcp-gate manifests copy {shipped.name} --to {shlex.quote(str(directory))}"
+    if server != shipped.manifest.server:
+        line += f" --server {shlex.quote(server)}"
+    return line
+
+
+def cmd_manifests(args: argparse.Namespace) -> int:
+    from mcp_gate.manifests import copy_shipped, shipped_manifests
+
+    if args.manifests_command == "copy":
+        target = copy_shipped(args.name, Path(args.to), server=args.server, force=args.force)
+        _say(f"wrote {target}")
+        return EXIT_OK
+    shipped = shipped_manifests()
+    rows = [
+        {
+            "name": s.name,
+            "server": s.manifest.server,
+            "packages": list(s.manifest.packages),
+            "tools": sorted({t for rule in s.manifest.rules for t in rule.tools}),
+            "default": s.manifest.default,
+        }
+        for s in shipped.values()
+    ]
+    if args.json:
+        _say(json.dumps(rows, indent=2))
+        return EXIT_OK
+    width = max((len(r["name"]) for r in rows), default=0)
+    for r in rows:
+        _say(
+            f"{r['name']:<{width}}  for {', '.join(r['packages']) or '(any)'}; {len(r['tools'])} tool name(s)"
+        )
+    _say("copy one into your manifests folder: mcp-gate manifests copy NAME [--to DIR] [--server NAME]")
     return EXIT_OK
 
 
@@ -474,6 +527,7 @@ _EXAMPLES = """\
 examples:
   mcp-gate import ~/.config/Claude/claude_desktop_config.json >> gate.toml
   mcp-gate check --config gate.toml
+  mcp-gate manifests copy time --to tool_manifests
   mcp-gate serve --config gate.toml
   mcp-gate tools accept notes__read_note
   MCP_GATE_TOKEN=... mcp-gate pending
@@ -583,6 +637,33 @@ def build_parser() -> argparse.ArgumentParser:
         "path", metavar="PATH", help="claude_desktop_config.json, .mcp.json, .vscode/mcp.json, ..."
     )
     p.set_defaults(func=cmd_import)
+
+    p = _sub(
+        sub,
+        "manifests",
+        "list the tool manifests that ship with mcp-gate, or copy one",
+        "List the tool manifests that ship with mcp-gate (`manifests list`) or copy one into a "
+        "manifests folder (`manifests copy NAME`).",
+    )
+    manifests_sub = p.add_subparsers(dest="manifests_command", metavar="SUBCOMMAND", required=True)
+    m = _sub(manifests_sub, "list", "name each shipped manifest and the packages it is written for")
+    m.add_argument("--json", action="store_true", help="print the list as JSON")
+    m.set_defaults(func=cmd_manifests)
+    m = _sub(
+        manifests_sub,
+        "copy",
+        "copy a shipped manifest into a manifests folder",
+        "Copy shipped manifest NAME to DIR/SERVER.toml (refuses to overwrite without --force).",
+    )
+    m.add_argument("name", metavar="NAME", help="a name from `mcp-gate manifests list`, e.g. time")
+    m.add_argument(
+        "--to", default="tool_manifests", metavar="DIR", help="folder to write to (default ./tool_manifests)"
+    )
+    m.add_argument(
+        "--server", metavar="NAME", help="the server name in your gate.toml (default: the manifest's)"
+    )
+    m.add_argument("--force", action="store_true", help="overwrite an existing file")
+    m.set_defaults(func=cmd_manifests)
 
     p = _sub(sub, "audit", "verify, export, report on and prune the evidence log; show one call's story")
     audit_sub = p.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)

@@ -619,3 +619,36 @@ def test_a_gate_on_a_taken_http_port_says_so_in_one_line(tmp_path: Path) -> None
         port = taken.getsockname()[1]
         done = mcp_gate("serve", "--config", str(config), "--http", f"127.0.0.1:{port}")
     assert_one_line_error(done, f"--http 127.0.0.1:{port} is already in use", "free port")
+
+
+# -- manifests: what ships, and copying it ------------------------------------------------------
+
+
+def test_manifests_list_names_what_ships_and_copy_refuses_to_overwrite(tmp_path: Path) -> None:
+    listed = mcp_gate("manifests", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    by_name = {row["name"]: row for row in json.loads(listed.stdout)}
+    assert by_name["time"]["packages"] == ["mcp-server-time"]
+    assert "get_current_time" in by_name["time"]["tools"]
+    copied = mcp_gate("manifests", "copy", "time", "--to", str(tmp_path), "--server", "clock")
+    assert copied.returncode == 0 and copied.stdout.strip() == f"wrote {tmp_path / 'clock.toml'}"
+    again = mcp_gate("manifests", "copy", "time", "--to", str(tmp_path), "--server", "clock")
+    assert_one_line_error(again, "clock.toml", "already exists", "--force")
+    assert_one_line_error(mcp_gate("manifests", "copy", "nope"), "no shipped manifest named 'nope'")
+
+
+def test_check_names_the_shipped_manifest_that_fits_a_server_without_one_and_the_copy_command(
+    tmp_path: Path,
+) -> None:
+    clock = {"command": sys.executable, "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]}
+    config = write_config(tmp_path / "gate", servers={"clock": clock})
+    done = mcp_gate("check", "--config", str(config))
+    [line] = [line for line in done.stdout.splitlines() if line.startswith("server clock:")]
+    folder = tmp_path / "gate" / "tool_manifests"
+    command = f"mcp-gate manifests copy time --to {folder} --server clock"
+    assert line.endswith(f"no manifest: every tool is high; a shipped manifest fits, copy it with: {command}")
+    copied = mcp_gate(*command.split()[1:])
+    assert copied.returncode == 0, copied.stderr
+    after = json.loads(mcp_gate("check", "--config", str(config), "--json").stdout)
+    assert after["servers"][0]["manifest"] == str(folder / "clock.toml")
+    assert {t["tier"] for t in after["tools"]} == {"low"}

@@ -17,7 +17,7 @@ from mcp_gate.manifests import UNSET, Condition, Manifest, load_manifest, load_m
 from mcp_gate.policy import classify
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "tool_manifests"
+SHIPPED = ROOT / "mcp_gate" / "tool_manifests"
 NOTES = ROOT / "examples" / "tool_manifests" / "notes.toml"
 
 
@@ -413,3 +413,62 @@ async def test_the_shipped_tool_lists_match_what_the_python_servers_really_list(
     repo = tmp_path / "repo"
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     assert sorted(await _listed_tools("-m", "mcp_server_git", "--repository", str(repo))) == sorted(GIT_TOOLS)
+
+
+# --- shipped manifests: package data, matched to servers by package ----------------------------------
+
+
+def test_the_shipped_manifests_are_package_data_and_each_names_the_packages_it_fits() -> None:
+    import importlib.resources
+
+    from mcp_gate.manifests import shipped_manifests
+
+    folder = importlib.resources.files("mcp_gate") / "tool_manifests"
+    files = sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".toml"))
+    assert {"filesystem.toml", "git.toml", "time.toml"} <= set(files)
+    shipped = shipped_manifests()
+    assert sorted(shipped) == [name.removesuffix(".toml") for name in files]
+    assert all(s.manifest.packages for s in shipped.values())
+    # setuptools installs exactly what package-data names: the pattern must cover these files
+    assert 'mcp_gate = ["py.typed", "tool_manifests/*.toml"]' in (ROOT / "pyproject.toml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "expected"),
+    [
+        ("uvx", ["mcp-server-time", "--local-timezone", "UTC"], "time"),
+        ("uvx", ["mcp-server-time@latest"], "time"),
+        ("npx", ["-y", "@modelcontextprotocol/server-filesystem", "/home/a/project"], "filesystem"),
+        ("npx", ["-y", "@modelcontextprotocol/server-filesystem@2025.8.21", "/tmp"], "filesystem"),
+        ("python", ["-m", "mcp_server_git", "--repository", "."], "git"),
+        ("/usr/local/bin/mcp-server-git", [], "git"),
+        ("npx", ["-y", "some-other-server"], None),
+        (None, [], None),
+    ],
+)
+def test_a_server_is_matched_to_the_shipped_manifest_for_the_package_it_runs(
+    command: str | None, args: list[str], expected: str | None
+) -> None:
+    from mcp_gate.manifests import shipped_for
+
+    found = shipped_for(command, args)
+    assert (found.name if found else None) == expected
+
+
+def test_copying_a_shipped_manifest_renames_its_server_and_never_overwrites_without_force(
+    tmp_path: Path,
+) -> None:
+    from mcp_gate.errors import GateError
+    from mcp_gate.manifests import copy_shipped
+
+    target = copy_shipped("time", tmp_path / "m", server="clock")
+    assert target == tmp_path / "m" / "clock.toml"
+    assert load_manifest(target).server == "clock"
+    target.write_text("mine")
+    with pytest.raises(ConfigError, match="already exists; pass --force"):
+        copy_shipped("time", tmp_path / "m", server="clock")
+    assert target.read_text() == "mine"
+    copy_shipped("time", tmp_path / "m", server="clock", force=True)
+    assert load_manifest(target).server == "clock"
+    with pytest.raises(GateError, match="no shipped manifest named 'nope'"):
+        copy_shipped("nope", tmp_path)
