@@ -458,7 +458,62 @@ def cmd_import(args: argparse.Namespace) -> int:
     servers = read_client_config(Path(args.path), os.environ, keep_references=True)
     _say(f"# servers from {args.path}; paste into gate.toml")
     _say(servers_to_toml(servers, references=True))
+    for hint in _import_hints(servers, _existing_config(args)):
+        _progress(f"hint: {hint}")
     return EXIT_OK
+
+
+def _existing_config(args: argparse.Namespace) -> GateConfig | None:
+    """The gate.toml the imported servers go into, when there is one that loads."""
+    path = resolve_config_path(args.config, os.environ, Path.cwd())
+    if not path.exists():
+        return None
+    try:
+        return load_config(path, os.environ)
+    except GateError:
+        return None  # import works without a gate.toml; `check` reports what is wrong with it
+
+
+def _import_hints(servers: dict[str, Any], config: GateConfig | None) -> list[str]:
+    """What a new user has still to do after pasting the tables: one line each, on stderr."""
+    import shutil
+
+    hints = []
+    manifests_dir = config.manifests_dir if config is not None else Path.cwd() / "tool_manifests"
+    try:
+        known = {*servers, *(config.servers if config is not None else ())}
+        have = set(load_manifests(manifests_dir, known, required=False))
+    except GateError:
+        have = set()  # `check` reports a bad manifest; here it only means "no usable manifest"
+    for name, spec in servers.items():
+        if spec.command is not None and "${" not in spec.command and shutil.which(spec.command) is None:
+            hints.append(
+                f"server {name}: {spec.command!r} is not on PATH; install it, "
+                "or the gate cannot start this server"
+            )
+        if name in have:
+            continue
+        copy = _copy_command(name, spec.command, spec.args, manifests_dir)
+        if copy is not None:
+            hints.append(
+                f"server {name} has no manifest, so every tool will be high; a shipped manifest fits: {copy}"
+            )
+        else:
+            hints.append(
+                f"server {name} has no manifest, so every tool will be high; write "
+                f"{manifests_dir / (name + '.toml')} (see `mcp-gate manifests list` for examples)"
+            )
+    if config is None or config.requester.owner == "unknown":
+        hints.append(
+            "set [requester] agent and owner in gate.toml (owner: the person the agent acts for, "
+            "who may not approve its calls)"
+        )
+    if config is None or not config.approvers:
+        hints.append(
+            "add an [approvers.NAME] with a token_sha256 (and groups = [...] if a tier names groups), "
+            "or high calls wait for nobody and expire"
+        )
+    return hints
 
 
 # -- audit ----------------------------------------------------------------------------------
@@ -631,11 +686,13 @@ def build_parser() -> argparse.ArgumentParser:
         "import",
         "print [servers.*] tables for an mcpServers / VS Code servers JSON file",
         "Print gate.toml [servers.*] tables for the servers of a client config (Claude Desktop, "
-        "Claude Code, Cursor, VS Code; comments allowed).",
+        "Claude Code, Cursor, VS Code; comments allowed). Hints about what is left to do (a command "
+        "not on PATH, a server without a manifest, [requester] and [approvers]) go to stderr.",
     )
     p.add_argument(
         "path", metavar="PATH", help="claude_desktop_config.json, .mcp.json, .vscode/mcp.json, ..."
     )
+    _add_config(p)
     p.set_defaults(func=cmd_import)
 
     p = _sub(

@@ -652,3 +652,53 @@ def test_check_names_the_shipped_manifest_that_fits_a_server_without_one_and_the
     after = json.loads(mcp_gate("check", "--config", str(config), "--json").stdout)
     assert after["servers"][0]["manifest"] == str(folder / "clock.toml")
     assert {t["tier"] for t in after["tools"]} == {"low"}
+
+
+# -- import: hints about what comes next --------------------------------------------------------
+
+
+def test_import_hints_on_stderr_at_missing_commands_manifests_requester_and_approvers(tmp_path: Path) -> None:
+    source = tmp_path / "claude.json"
+    source.write_text(
+        json.dumps(
+            {
+                "mcpServers": {
+                    "clock": {"command": sys.executable, "args": ["-m", "mcp_server_time"]},
+                    "files": {"command": "no-such-launcher-xyz", "args": ["-y", "@acme/files-mcp"]},
+                }
+            }
+        )
+    )
+    done = mcp_gate("import", str(source), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "hint:" not in done.stdout  # stdout stays pasteable TOML
+    hints = done.stderr.splitlines()
+    assert all(line.startswith("hint: ") for line in hints), hints
+    folder = tmp_path / "tool_manifests"
+    assert (
+        f"hint: server clock has no manifest, so every tool will be high; a shipped manifest fits: "
+        f"mcp-gate manifests copy time --to {folder} --server clock"
+    ) in hints
+    assert any("'no-such-launcher-xyz' is not on PATH" in line for line in hints)
+    assert not any(sys.executable in line and "PATH" in line for line in hints)
+    assert any(
+        line.startswith("hint: server files has no manifest") and "files.toml" in line for line in hints
+    )
+    assert any("[requester] agent and owner" in line for line in hints)
+    assert any("[approvers.NAME] with a token_sha256" in line for line in hints)
+
+
+def test_import_into_a_configured_gate_hints_only_at_what_is_still_missing(tmp_path: Path) -> None:
+    from mcp_gate.testing import approver_table
+
+    config = write_config(
+        tmp_path / "gate",
+        servers={},
+        approvers={"bob": approver_table("bob@example.com", ["sre"], "tok-bob")},
+        manifests={},
+    )
+    (config.parent / "tool_manifests" / "clock.toml").write_text('server = "clock"\n')
+    source = tmp_path / "claude.json"
+    source.write_text(json.dumps({"mcpServers": {"clock": {"command": sys.executable, "args": ["x.py"]}}}))
+    done = mcp_gate("import", str(source), "--config", str(config))
+    assert done.returncode == 0 and done.stderr == "", done.stderr
