@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import ipaddress
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -66,6 +68,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"{config.path}: agents: serving HTTP needs at least one [agents.NAME] with a token_sha256"
         )
     admin = _admin_address(args.admin, config)
+    # Fail closed before any server starts: a gate whose approvers' API cannot listen would hold
+    # calls nobody can decide, and a second gate on a taken --http port serves nothing.
+    if admin is not None:
+        where = "--admin" if args.admin is not None else f"[admin] listen in {config.path}"
+        _ensure_free(
+            admin,
+            f"the approver API address {_hp(admin)} ({where}) is already in use "
+            f"(another gate?): stop it, or set [admin] listen (or --admin) to a free port",
+        )
+    if http is not None:
+        _ensure_free(
+            http, f"--http {_hp(http)} is already in use (another gate?): stop it, or choose a free port"
+        )
     for option, address in (("--http", http), ("--admin", admin)):
         if address is not None and not _is_loopback(address[0]):
             allowed = ", ".join(config.http.allowed_hosts) or "none yet"
@@ -102,8 +117,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
             bound = await tg.start(announce)
             _progress(f"mcp-gate {config.name}: serving streamable HTTP on http://{host}:{bound}/mcp")
 
-    anyio.run(run)
+    try:
+        anyio.run(run)
+    except BaseExceptionGroup as group:  # a listener that failed after all: its one line, not a traceback
+        errors = _leaves(group)
+        if len(errors) == 1 and isinstance(errors[0], GateError):
+            raise errors[0] from None
+        raise
     return EXIT_OK
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves
+
+
+def _hp(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _ensure_free(address: tuple[str, int], taken: str) -> None:
+    """Raise GateError(`taken`) when something already listens on `address` (port 0 is always free)."""
+    host, port = address
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the real listener does
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise GateError(taken) from exc
+            raise GateError(f"cannot listen on {_hp(address)}: {exc.strerror or exc}") from exc
 
 
 def _host_port(text: str, option: str) -> tuple[str, int]:
@@ -165,6 +214,9 @@ def _inspect(config: GateConfig, *, timeout: float) -> dict[str, Any]:
                     "protocol": ds.protocol_version,
                     "error": ds.last_error,
                     "manifest": str(gate.manifests[ds.name].path) if ds.name in gate.manifests else None,
+                    "copy_command": None
+                    if ds.name in gate.manifests
+                    else _copy_command(ds.name, ds.spec.command, ds.spec.args, config.manifests_dir),
                 }
                 for ds in gate.downstreams
             ]
@@ -223,12 +275,27 @@ def _approval_problems(config: GateConfig) -> list[str]:
                 if (not groups or a.groups & groups) and owner.strip().lower() not in a.identities()
             ]
             if len(eligible) < requirement.count:
-                where = f" in {', '.join(requirement.groups)}" if requirement.groups else ""
-                problems.append(
-                    f"tier {tier} needs {requirement.count} approval(s) but only {len(eligible)} approver(s)"
-                    f"{where} may decide for {owner}: those calls would wait and expire; add [approvers.NAME]"
-                )
+                problems.append(_approval_problem(tier, requirement, owner, len(eligible)))
     return problems
+
+
+def _approval_problem(tier: str, requirement: Approvals, owner: str, eligible: int) -> str:
+    """Who is missing, in plain words, and what to add."""
+    groups = ", ".join(f'"{g}"' for g in requirement.groups)
+    add = "an [approvers.NAME] with a token_sha256 (or a Slack user)"
+    if requirement.groups:
+        add += f" and groups = [{groups}]"
+    owner_note = f"; approvers never decide calls made for their own owner ({owner})"
+    if eligible == 0:
+        return (
+            f"no approver may decide {tier} calls made for {owner}, of any server{owner_note}: "
+            f"add {add}, or those calls wait and expire"
+        )
+    missing = requirement.count - eligible
+    return (
+        f"{tier} calls need {requirement.count} distinct approvers but only {eligible} may decide calls "
+        f"made for {owner}{owner_note}: add {missing} more, each {add}, or those calls wait and expire"
+    )
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -254,6 +321,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             elif s["error"] and s["state"] != "up":
                 status += f": {' '.join(str(s['error']).split())}"
             manifest = f"manifest {s['manifest']}" if s["manifest"] else "no manifest: every tool is high"
+            if s["copy_command"]:
+                manifest += f"; a shipped manifest fits, copy it with: {s['copy_command']}"
             _say(f"server {s['name']}: {status}; {manifest}")
         for problem in report["approval_problems"]:
             _say(f"approvals: {problem}")
@@ -332,6 +401,54 @@ def cmd_tools_accept(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- manifests ----------------------------------------------------------------------------
+
+
+def _copy_command(server: str, command: str | None, args: Sequence[str], directory: Path) -> str | None:
+    """The `mcp-gate manifests copy ...` line for the shipped manifest that fits this server, if one does."""
+    import shlex
+
+    from mcp_gate.manifests import shipped_for
+
+    shipped = shipped_for(command, args)
+    if shipped is None:
+        return None
+    line = f"mcp-gate manifests copy {shipped.name} --to {shlex.quote(str(directory))}"
+    if server != shipped.manifest.server:
+        line += f" --server {shlex.quote(server)}"
+    return line
+
+
+def cmd_manifests(args: argparse.Namespace) -> int:
+    from mcp_gate.manifests import copy_shipped, shipped_manifests
+
+    if args.manifests_command == "copy":
+        target = copy_shipped(args.name, Path(args.to), server=args.server, force=args.force)
+        _say(f"wrote {target}")
+        return EXIT_OK
+    shipped = shipped_manifests()
+    rows = [
+        {
+            "name": s.name,
+            "server": s.manifest.server,
+            "packages": list(s.manifest.packages),
+            "tools": sorted({t for rule in s.manifest.rules for t in rule.tools}),
+            "default": s.manifest.default,
+        }
+        for s in shipped.values()
+    ]
+    if args.json:
+        _say(json.dumps(rows, indent=2))
+        return EXIT_OK
+    width = max((len(r["name"]) for r in rows), default=0)
+    for r in rows:
+        _say(
+            f"{r['name']:<{width}}  for {', '.join(r['packages']) or '(any)'}; {len(r['tools'])} tool name(s)"
+        )
+    _say("copy one into your manifests folder: mcp-gate manifests copy NAME [--to DIR] [--server NAME]")
+    return EXIT_OK
+
+
 # -- import ---------------------------------------------------------------------------------
 
 
@@ -341,7 +458,62 @@ def cmd_import(args: argparse.Namespace) -> int:
     servers = read_client_config(Path(args.path), os.environ, keep_references=True)
     _say(f"# servers from {args.path}; paste into gate.toml")
     _say(servers_to_toml(servers, references=True))
+    for hint in _import_hints(servers, _existing_config(args)):
+        _progress(f"hint: {hint}")
     return EXIT_OK
+
+
+def _existing_config(args: argparse.Namespace) -> GateConfig | None:
+    """The gate.toml the imported servers go into, when there is one that loads."""
+    path = resolve_config_path(args.config, os.environ, Path.cwd())
+    if not path.exists():
+        return None
+    try:
+        return load_config(path, os.environ)
+    except GateError:
+        return None  # import works without a gate.toml; `check` reports what is wrong with it
+
+
+def _import_hints(servers: dict[str, Any], config: GateConfig | None) -> list[str]:
+    """What a new user has still to do after pasting the tables: one line each, on stderr."""
+    import shutil
+
+    hints = []
+    manifests_dir = config.manifests_dir if config is not None else Path.cwd() / "tool_manifests"
+    try:
+        known = {*servers, *(config.servers if config is not None else ())}
+        have = set(load_manifests(manifests_dir, known, required=False))
+    except GateError:
+        have = set()  # `check` reports a bad manifest; here it only means "no usable manifest"
+    for name, spec in servers.items():
+        if spec.command is not None and "${" not in spec.command and shutil.which(spec.command) is None:
+            hints.append(
+                f"server {name}: {spec.command!r} is not on PATH; install it, "
+                "or the gate cannot start this server"
+            )
+        if name in have:
+            continue
+        copy = _copy_command(name, spec.command, spec.args, manifests_dir)
+        if copy is not None:
+            hints.append(
+                f"server {name} has no manifest, so every tool will be high; a shipped manifest fits: {copy}"
+            )
+        else:
+            hints.append(
+                f"server {name} has no manifest, so every tool will be high; write "
+                f"{manifests_dir / (name + '.toml')} (see `mcp-gate manifests list` for examples)"
+            )
+    if config is None or config.requester.owner == "unknown":
+        hints.append(
+            "set [requester] agent and owner in gate.toml (owner: the person the agent acts for, "
+            "who may not approve its calls)"
+        )
+    if config is None or not config.approvers:
+        hints.append(
+            "add an [approvers.NAME] with a token_sha256 (and groups = [...] if a tier names groups), "
+            "or high calls wait for nobody and expire"
+        )
+    return hints
 
 
 # -- audit ----------------------------------------------------------------------------------
@@ -410,6 +582,7 @@ _EXAMPLES = """\
 examples:
   mcp-gate import ~/.config/Claude/claude_desktop_config.json >> gate.toml
   mcp-gate check --config gate.toml
+  mcp-gate manifests copy time --to tool_manifests
   mcp-gate serve --config gate.toml
   mcp-gate tools accept notes__read_note
   MCP_GATE_TOKEN=... mcp-gate pending
@@ -513,12 +686,41 @@ def build_parser() -> argparse.ArgumentParser:
         "import",
         "print [servers.*] tables for an mcpServers / VS Code servers JSON file",
         "Print gate.toml [servers.*] tables for the servers of a client config (Claude Desktop, "
-        "Claude Code, Cursor, VS Code; comments allowed).",
+        "Claude Code, Cursor, VS Code; comments allowed). Hints about what is left to do (a command "
+        "not on PATH, a server without a manifest, [requester] and [approvers]) go to stderr.",
     )
     p.add_argument(
         "path", metavar="PATH", help="claude_desktop_config.json, .mcp.json, .vscode/mcp.json, ..."
     )
+    _add_config(p)
     p.set_defaults(func=cmd_import)
+
+    p = _sub(
+        sub,
+        "manifests",
+        "list the tool manifests that ship with mcp-gate, or copy one",
+        "List the tool manifests that ship with mcp-gate (`manifests list`) or copy one into a "
+        "manifests folder (`manifests copy NAME`).",
+    )
+    manifests_sub = p.add_subparsers(dest="manifests_command", metavar="SUBCOMMAND", required=True)
+    m = _sub(manifests_sub, "list", "name each shipped manifest and the packages it is written for")
+    m.add_argument("--json", action="store_true", help="print the list as JSON")
+    m.set_defaults(func=cmd_manifests)
+    m = _sub(
+        manifests_sub,
+        "copy",
+        "copy a shipped manifest into a manifests folder",
+        "Copy shipped manifest NAME to DIR/SERVER.toml (refuses to overwrite without --force).",
+    )
+    m.add_argument("name", metavar="NAME", help="a name from `mcp-gate manifests list`, e.g. time")
+    m.add_argument(
+        "--to", default="tool_manifests", metavar="DIR", help="folder to write to (default ./tool_manifests)"
+    )
+    m.add_argument(
+        "--server", metavar="NAME", help="the server name in your gate.toml (default: the manifest's)"
+    )
+    m.add_argument("--force", action="store_true", help="overwrite an existing file")
+    m.set_defaults(func=cmd_manifests)
 
     p = _sub(sub, "audit", "verify, export, report on and prune the evidence log; show one call's story")
     audit_sub = p.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)

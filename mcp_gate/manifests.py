@@ -1,11 +1,14 @@
-"""Read tool manifests (tool_manifests/*.toml): per server, ordered rules from tool and arguments to tier."""
+"""Read tool manifests (tool_manifests/*.toml): per server, ordered rules from tool and arguments to tier;
+and the manifests that ship with the package, matched to servers by the package they run."""
 
 from __future__ import annotations
 
 import enum
 import hashlib
+import importlib.resources
+import json
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,7 +16,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from mcp_gate.config import config_error_from, read_toml
-from mcp_gate.errors import ConfigError
+from mcp_gate.errors import ConfigError, GateError
 from mcp_gate.policy import Tier, compile_glob
 
 __all__ = [
@@ -21,8 +24,12 @@ __all__ = [
     "Condition",
     "Manifest",
     "Rule",
+    "Shipped",
+    "copy_shipped",
     "load_manifest",
     "load_manifests",
+    "shipped_for",
+    "shipped_manifests",
 ]
 
 
@@ -71,6 +78,7 @@ class Manifest:
     rules: tuple[Rule, ...]
     path: Path
     sha256: str
+    packages: tuple[str, ...] = ()  # npm / PyPI packages this manifest is written for
 
 
 # --- the file format --------------------------------------------------------------------------------
@@ -137,6 +145,7 @@ class _ManifestModel(_Strict):
     server: str
     default: Tier = "high"
     trust_annotations: bool = False
+    packages: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     rule: list[_RuleModel] = Field(default_factory=list)
 
 
@@ -194,6 +203,7 @@ def load_manifest(path: Path) -> Manifest:
         rules=tuple(rules),
         path=path,
         sha256=hashlib.sha256(raw).hexdigest(),
+        packages=tuple(model.packages),
     )
 
 
@@ -224,3 +234,77 @@ def load_manifests(directory: Path, servers: Collection[str], *, required: bool)
             )
         manifests[manifest.server] = manifest
     return manifests
+
+
+# --- the manifests that ship with mcp-gate -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """A manifest shipped in the package (mcp_gate/tool_manifests/NAME.toml)."""
+
+    name: str
+    manifest: Manifest
+    text: str
+
+
+def shipped_manifests() -> dict[str, Shipped]:
+    """Every shipped manifest, by name (the file's stem)."""
+    shipped: dict[str, Shipped] = {}
+    folder = importlib.resources.files("mcp_gate") / "tool_manifests"
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".toml"):
+            continue
+        with importlib.resources.as_file(entry) as path:
+            shipped[entry.name.removesuffix(".toml")] = Shipped(
+                name=entry.name.removesuffix(".toml"),
+                manifest=load_manifest(path),
+                text=entry.read_text("utf-8"),
+            )
+    return shipped
+
+
+def _package_name(token: str) -> str:
+    """`@scope/pkg@1.2`, `pkg@latest`, `pkg==0.6`, `/usr/bin/pkg`, `pkg_name` -> the bare package name."""
+    if not token.startswith("@"):
+        token = token.rsplit("/", 1)[-1]
+    at = token.find("@", 1)
+    if at > 0:
+        token = token[:at]
+    token = re.split(r"[=<>!~\[]", token, maxsplit=1)[0]
+    return token.lower().replace("_", "-")
+
+
+def shipped_for(command: str | None, args: Sequence[str]) -> Shipped | None:
+    """The shipped manifest written for the package a server runs (`uvx mcp-server-time`,
+    `npx -y @modelcontextprotocol/server-filesystem DIR`, `python -m mcp_server_git`), if any."""
+    if command is None:
+        return None
+    tokens = {_package_name(t) for t in (command, *args) if t and not t.startswith("-")}
+    for shipped in shipped_manifests().values():
+        if tokens & {p.lower().replace("_", "-") for p in shipped.manifest.packages}:
+            return shipped
+    return None
+
+
+def copy_shipped(name: str, directory: Path, *, server: str | None = None, force: bool = False) -> Path:
+    """Write shipped manifest `name` as DIRECTORY/SERVER.toml for server `server` (default: its own)."""
+    shipped = shipped_manifests()
+    if name not in shipped:
+        known = ", ".join(shipped) or "none"
+        raise GateError(
+            f"no shipped manifest named {name!r} (shipped: {known}; see `mcp-gate manifests list`)"
+        )
+    chosen = shipped[name]
+    server = server or chosen.manifest.server
+    target = directory / f"{server}.toml"
+    if target.exists() and not force:
+        raise ConfigError(str(target), None, "already exists; pass --force to overwrite it")
+    text = re.sub(r'(?m)^server = "[^"]*"', f"server = {_toml_string(server)}", chosen.text, count=1)
+    directory.mkdir(parents=True, exist_ok=True)
+    target.write_text(text, encoding="utf-8")
+    return target
+
+
+def _toml_string(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string

@@ -135,7 +135,7 @@ def classify(
         return Decision(
             tier="high",
             rule=f"no manifest for server {server!r}" if server is not None else "no manifest",
-            reason="no manifest: every tool of an unknown server is high",
+            reason="every tool of a server without a manifest is high (fail closed)",
             source="no-manifest",
         )
     file = manifest.path.name

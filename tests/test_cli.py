@@ -179,11 +179,9 @@ def test_check_lists_every_tool_with_tier_pin_and_rule_and_reports_a_server_that
     }
     # No approvers are configured: high and critical calls could never be approved; check says so.
     problems = [line for line in lines if line.startswith("approvals: ")]
-    assert (
-        len(problems) == 2
-        and "tier high needs 1 approval(s) but only 0 approver(s) may decide for alice@example.com"
-        in problems[0]
-    )
+    assert len(problems) == 2, problems
+    assert "no approver may decide high calls made for alice@example.com" in problems[0]
+    assert "no approver may decide critical calls made for alice@example.com" in problems[1]
 
 
 def test_check_json_describes_servers_and_tools_with_server_tier_rule_and_pin(tmp_path: Path) -> None:
@@ -528,4 +526,177 @@ def test_check_says_when_the_only_approver_is_the_requesters_own_owner(tmp_path:
     )
     done = mcp_gate("check", "--config", str(config))
     problems = [line for line in done.stdout.splitlines() if line.startswith("approvals: ")]
-    assert len(problems) == 1 and "tier high" in problems[0] and "only 0 approver(s)" in problems[0]
+    assert len(problems) == 1, done.stdout
+    assert "no approver may decide high calls made for alice@example.com" in problems[0]
+    assert "own owner (alice@example.com)" in problems[0]
+    assert "add an [approvers.NAME] with a token_sha256" in problems[0]
+    assert "only 0" not in problems[0]
+
+
+def test_check_says_how_many_approvers_of_which_groups_a_tier_still_lacks(tmp_path: Path) -> None:
+    from mcp_gate.testing import approver_table
+
+    config = write_config(
+        tmp_path / "gate",
+        servers={},
+        approvers={
+            "bob": approver_table("bob@example.com", ["sre"], "tok-bob"),
+            "carol": approver_table("carol@example.com", ["dev"], "tok-carol"),
+        },
+        tiers={"high": {"approvals": 1}, "critical": {"approvals": 2, "groups": ["sre"]}},
+    )
+    done = mcp_gate("check", "--config", str(config))
+    problems = [line for line in done.stdout.splitlines() if line.startswith("approvals: ")]
+    assert len(problems) == 1, done.stdout
+    assert "critical calls need 2 distinct approvers but only 1 may decide" in problems[0]
+    assert (
+        'add 1 more, each an [approvers.NAME] with a token_sha256 (or a Slack user) and groups = ["sre"]'
+        in (problems[0])
+    )
+
+
+# -- serve: a second gate on a taken port -------------------------------------------------------
+
+
+def _first_gate_admin_port(first: subprocess.Popen[str]) -> int:
+    assert first.stderr is not None
+    for line in first.stderr:  # the first gate announces its approver API once it listens
+        if found := re.search(r"approver API on http://127\.0\.0\.1:(\d+)/v1", line):
+            return int(found.group(1))
+    raise AssertionError(f"the first gate stopped before its approver API listened (exit {first.wait()})")
+
+
+def test_a_second_gate_on_a_taken_admin_port_says_so_in_one_line_and_serves_nothing(tmp_path: Path) -> None:
+    first_config = notes_gate(tmp_path / "first")
+    environ = {k: v for k, v in os.environ.items() if k != "MCP_GATE_CONFIG"}
+    command = [
+        sys.executable,
+        "-m",
+        "mcp_gate",
+        "serve",
+        "--config",
+        str(first_config),
+        "--admin",
+        "127.0.0.1:0",
+    ]
+    with subprocess.Popen(
+        command, stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ
+    ) as first:
+        try:
+            port = _first_gate_admin_port(first)
+            second = notes_gate(tmp_path / "second")
+            second.write_text(second.read_text() + f'\n[admin]\nlisten = "127.0.0.1:{port}"\n')
+            done = subprocess.run(
+                [sys.executable, "-m", "mcp_gate", "serve", "--config", str(second)],
+                input="",
+                capture_output=True,
+                text=True,
+                env=environ,
+                timeout=60,
+                check=False,
+            )
+        finally:
+            assert first.stdin is not None
+            first.stdin.close()  # the first gate's agent hangs up: it stops
+            first.wait(timeout=30)
+    assert_one_line_error(done, f"127.0.0.1:{port}", "already in use", "[admin] listen", "free port")
+    assert not (tmp_path / "second" / "gate" / "data" / "gate.db").exists()  # no gate opened, nothing held
+
+
+def test_a_gate_on_a_taken_http_port_says_so_in_one_line(tmp_path: Path) -> None:
+    import hashlib
+    import socket
+
+    config = notes_gate(tmp_path)
+    config.write_text(
+        config.read_text()
+        + '\n[agents.bot]\nowner = "bot@example.com"\n'
+        + f'token_sha256 = "{hashlib.sha256(b"tok").hexdigest()}"\n'
+    )
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = mcp_gate("serve", "--config", str(config), "--http", f"127.0.0.1:{port}")
+    assert_one_line_error(done, f"--http 127.0.0.1:{port} is already in use", "free port")
+
+
+# -- manifests: what ships, and copying it ------------------------------------------------------
+
+
+def test_manifests_list_names_what_ships_and_copy_refuses_to_overwrite(tmp_path: Path) -> None:
+    listed = mcp_gate("manifests", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    by_name = {row["name"]: row for row in json.loads(listed.stdout)}
+    assert by_name["time"]["packages"] == ["mcp-server-time"]
+    assert "get_current_time" in by_name["time"]["tools"]
+    copied = mcp_gate("manifests", "copy", "time", "--to", str(tmp_path), "--server", "clock")
+    assert copied.returncode == 0 and copied.stdout.strip() == f"wrote {tmp_path / 'clock.toml'}"
+    again = mcp_gate("manifests", "copy", "time", "--to", str(tmp_path), "--server", "clock")
+    assert_one_line_error(again, "clock.toml", "already exists", "--force")
+    assert_one_line_error(mcp_gate("manifests", "copy", "nope"), "no shipped manifest named 'nope'")
+
+
+def test_check_names_the_shipped_manifest_that_fits_a_server_without_one_and_the_copy_command(
+    tmp_path: Path,
+) -> None:
+    clock = {"command": sys.executable, "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]}
+    config = write_config(tmp_path / "gate", servers={"clock": clock})
+    done = mcp_gate("check", "--config", str(config))
+    [line] = [line for line in done.stdout.splitlines() if line.startswith("server clock:")]
+    folder = tmp_path / "gate" / "tool_manifests"
+    command = f"mcp-gate manifests copy time --to {folder} --server clock"
+    assert line.endswith(f"no manifest: every tool is high; a shipped manifest fits, copy it with: {command}")
+    copied = mcp_gate(*command.split()[1:])
+    assert copied.returncode == 0, copied.stderr
+    after = json.loads(mcp_gate("check", "--config", str(config), "--json").stdout)
+    assert after["servers"][0]["manifest"] == str(folder / "clock.toml")
+    assert {t["tier"] for t in after["tools"]} == {"low"}
+
+
+# -- import: hints about what comes next --------------------------------------------------------
+
+
+def test_import_hints_on_stderr_at_missing_commands_manifests_requester_and_approvers(tmp_path: Path) -> None:
+    source = tmp_path / "claude.json"
+    source.write_text(
+        json.dumps(
+            {
+                "mcpServers": {
+                    "clock": {"command": sys.executable, "args": ["-m", "mcp_server_time"]},
+                    "files": {"command": "no-such-launcher-xyz", "args": ["-y", "@acme/files-mcp"]},
+                }
+            }
+        )
+    )
+    done = mcp_gate("import", str(source), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "hint:" not in done.stdout  # stdout stays pasteable TOML
+    hints = done.stderr.splitlines()
+    assert all(line.startswith("hint: ") for line in hints), hints
+    folder = tmp_path / "tool_manifests"
+    assert (
+        f"hint: server clock has no manifest, so every tool will be high; a shipped manifest fits: "
+        f"mcp-gate manifests copy time --to {folder} --server clock"
+    ) in hints
+    assert any("'no-such-launcher-xyz' is not on PATH" in line for line in hints)
+    assert not any(sys.executable in line and "PATH" in line for line in hints)
+    assert any(
+        line.startswith("hint: server files has no manifest") and "files.toml" in line for line in hints
+    )
+    assert any("[requester] agent and owner" in line for line in hints)
+    assert any("[approvers.NAME] with a token_sha256" in line for line in hints)
+
+
+def test_import_into_a_configured_gate_hints_only_at_what_is_still_missing(tmp_path: Path) -> None:
+    from mcp_gate.testing import approver_table
+
+    config = write_config(
+        tmp_path / "gate",
+        servers={},
+        approvers={"bob": approver_table("bob@example.com", ["sre"], "tok-bob")},
+        manifests={},
+    )
+    (config.parent / "tool_manifests" / "clock.toml").write_text('server = "clock"\n')
+    source = tmp_path / "claude.json"
+    source.write_text(json.dumps({"mcpServers": {"clock": {"command": sys.executable, "args": ["x.py"]}}}))
+    done = mcp_gate("import", str(source), "--config", str(config))
+    assert done.returncode == 0 and done.stderr == "", done.stderr

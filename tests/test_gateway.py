@@ -259,7 +259,9 @@ async def test_an_evidence_write_failure_means_the_call_does_not_run(
 
 
 async def test_a_real_third_party_server_from_pypi_works_behind_the_gate(tmp_path: Path) -> None:
-    manifest = (Path(__file__).resolve().parent.parent / "tool_manifests" / "time.toml").read_text()
+    manifest = (
+        Path(__file__).resolve().parent.parent / "mcp_gate" / "tool_manifests" / "time.toml"
+    ).read_text()
     config = write_config(
         tmp_path / "gate",
         servers={

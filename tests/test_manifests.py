@@ -17,7 +17,7 @@ from mcp_gate.manifests import UNSET, Condition, Manifest, load_manifest, load_m
 from mcp_gate.policy import classify
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "tool_manifests"
+SHIPPED = ROOT / "mcp_gate" / "tool_manifests"
 NOTES = ROOT / "examples" / "tool_manifests" / "notes.toml"
 
 
@@ -301,12 +301,34 @@ FILESYSTEM_TOOLS = [
     "create_directory", "list_directory", "list_directory_with_sizes", "directory_tree", "move_file",
     "search_files", "get_file_info", "list_allowed_directories",
 ]  # fmt: skip
+MEMORY_TOOLS = [
+    "create_entities", "create_relations", "add_observations", "delete_entities", "delete_observations",
+    "delete_relations", "read_graph", "search_nodes", "open_nodes",
+]  # fmt: skip
+FETCH_TOOLS = ["fetch"]
+GITHUB_TOOLS = [  # npm @modelcontextprotocol/server-github 2025.4.8
+    "add_issue_comment", "create_branch", "create_issue", "create_or_update_file", "create_pull_request",
+    "create_pull_request_review", "create_repository", "fork_repository", "get_file_contents", "get_issue",
+    "get_pull_request", "get_pull_request_comments", "get_pull_request_files", "get_pull_request_reviews",
+    "get_pull_request_status", "list_commits", "list_issues", "list_pull_requests", "merge_pull_request",
+    "push_files", "search_code", "search_issues", "search_repositories", "search_users", "update_issue",
+    "update_pull_request_branch",
+]  # fmt: skip
+EVERYTHING_TOOLS = [  # npm @modelcontextprotocol/server-everything 2026.8.31, all capabilities
+    "echo", "get-annotated-message", "get-env", "get-resource-links", "get-resource-reference",
+    "get-structured-content", "get-sum", "get-tiny-image", "gzip-file-as-resource",
+    "toggle-simulated-logging", "toggle-subscriber-updates", "trigger-long-running-operation",
+    "get-roots-list",
+    "trigger-elicitation-request", "trigger-url-elicitation", "trigger-sampling-request",
+    "simulate-research-query", "trigger-sampling-request-async", "trigger-elicitation-request-async",
+]  # fmt: skip
 NOTES_TOOLS = ["echo", "list_notes", "read_note", "append_note", "write_note", "delete_note", "purge_notes"]
 
 
 @pytest.fixture(scope="module")
 def shipped() -> dict[str, Manifest]:
-    loaded = load_manifests(SHIPPED, ["time", "git", "filesystem", "other"], required=True)
+    servers = ["time", "git", "filesystem", "memory", "fetch", "github", "everything", "other"]
+    loaded = load_manifests(SHIPPED, servers, required=True)
     loaded["notes"] = load_manifest(NOTES)
     return loaded
 
@@ -317,16 +339,91 @@ def tier(manifest: Manifest, tool: str, arguments: dict[str, Any] | None = None)
 
 @pytest.mark.parametrize(
     ("server", "tools"),
-    [("time", TIME_TOOLS), ("git", GIT_TOOLS), ("filesystem", FILESYSTEM_TOOLS), ("notes", NOTES_TOOLS)],
+    [
+        ("time", TIME_TOOLS),
+        ("git", GIT_TOOLS),
+        ("filesystem", FILESYSTEM_TOOLS),
+        ("notes", NOTES_TOOLS),
+        ("memory", MEMORY_TOOLS),
+        ("fetch", FETCH_TOOLS),
+        ("github", GITHUB_TOOLS),
+        ("everything", EVERYTHING_TOOLS),
+    ],
 )
 def test_every_tool_of_a_shipped_server_is_named_by_a_rule_and_unknown_tools_are_high(
     shipped: dict[str, Manifest], server: str, tools: list[str]
 ) -> None:
     manifest = shipped[server]
     for tool in tools:
-        assert classify(tool, None, None, manifest).source == "rule", tool
+        decision = classify(tool, None, None, manifest)
+        # a tool whose every rule has argument conditions (fetch) is named by them all the same
+        assert decision.source == "rule" or decision.conditional, tool
     assert classify("tool_from_a_future_version", {"readOnlyHint": True}, None, manifest).tier == "high"
     assert all(len(rule.reason) > 20 for rule in manifest.rules)
+
+
+def test_the_memory_manifest_reads_freely_confirms_additions_and_holds_deletions(
+    shipped: dict[str, Manifest],
+) -> None:
+    memory = shipped["memory"]
+    assert {t: tier(memory, t) for t in MEMORY_TOOLS} == {
+        "read_graph": "low", "search_nodes": "low", "open_nodes": "low",
+        "create_entities": "medium", "create_relations": "medium", "add_observations": "medium",
+        "delete_entities": "high", "delete_observations": "high", "delete_relations": "high",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://example.com/page?q=1", "medium"),
+        ("http://docs.python.org", "medium"),
+        ("https://10.example.com/", "medium"),
+        ("http://localhost:8080/admin", "high"),
+        ("http://127.0.0.1/", "high"),
+        ("http://169.254.169.254/latest/meta-data/", "high"),
+        ("http://10.0.0.5/", "high"),
+        ("http://192.168.1.1/", "high"),
+        ("http://172.20.0.1:9000/", "high"),
+        ("http://[::1]/", "high"),
+        ("http://intranet/", "high"),
+        ("http://2130706433/", "high"),
+        ("http://0x7f000001/", "high"),
+        ("http://printer.local/", "high"),
+        ("http://metadata.google.internal/computeMetadata/v1/", "high"),
+        ("http://user@localhost/", "high"),
+        ("file:///etc/passwd", "high"),
+        ("example.com", "high"),
+    ],
+)
+def test_the_fetch_manifest_confirms_public_urls_and_holds_private_ones(
+    shipped: dict[str, Manifest], url: str, expected: str
+) -> None:
+    assert tier(shipped["fetch"], "fetch", {"url": url}) == expected
+
+
+def test_the_github_manifest_reads_freely_confirms_changes_and_needs_two_approvers_to_merge(
+    shipped: dict[str, Manifest],
+) -> None:
+    github = shipped["github"]
+    for tool in ("get_file_contents", "list_issues", "search_code", "get_pull_request", "issue_read"):
+        assert tier(github, tool) == "low", tool
+    for tool in ("create_issue", "update_issue", "add_issue_comment", "create_pull_request", "create_branch"):
+        assert tier(github, tool) == "medium", tool
+    for tool in ("push_files", "create_or_update_file", "delete_file", "run_workflow"):
+        assert tier(github, tool) == "high", tool
+    assert tier(github, "merge_pull_request") == "critical"
+
+
+def test_the_everything_manifest_holds_the_tools_that_reveal_the_environment(
+    shipped: dict[str, Manifest],
+) -> None:
+    everything = shipped["everything"]
+    assert tier(everything, "get-env") == tier(everything, "printEnv") == "high"
+    for tool in ("echo", "add", "get-sum", "trigger-long-running-operation", "longRunningOperation"):
+        assert tier(everything, tool) == "low", tool
+    assert tier(everything, "gzip-file-as-resource") == "medium"
+    assert tier(everything, "trigger-sampling-request") == "medium"
 
 
 def test_the_time_manifest_lets_its_clock_tools_run(shipped: dict[str, Manifest]) -> None:
@@ -413,3 +510,72 @@ async def test_the_shipped_tool_lists_match_what_the_python_servers_really_list(
     repo = tmp_path / "repo"
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     assert sorted(await _listed_tools("-m", "mcp_server_git", "--repository", str(repo))) == sorted(GIT_TOOLS)
+
+
+# --- shipped manifests: package data, matched to servers by package ----------------------------------
+
+
+def test_the_shipped_manifests_are_package_data_and_each_names_the_packages_it_fits() -> None:
+    import importlib.resources
+
+    from mcp_gate.manifests import shipped_manifests
+
+    folder = importlib.resources.files("mcp_gate") / "tool_manifests"
+    files = sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".toml"))
+    assert {"filesystem.toml", "git.toml", "time.toml", "memory.toml", "fetch.toml", "github.toml"} <= set(
+        files
+    )
+    assert "everything.toml" in files
+    shipped = shipped_manifests()
+    assert sorted(shipped) == [name.removesuffix(".toml") for name in files]
+    assert all(s.manifest.packages for s in shipped.values())
+    # setuptools installs exactly what package-data names: the pattern must cover these files
+    assert 'mcp_gate = ["py.typed", "tool_manifests/*.toml"]' in (ROOT / "pyproject.toml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "expected"),
+    [
+        ("uvx", ["mcp-server-time", "--local-timezone", "UTC"], "time"),
+        ("uvx", ["mcp-server-time@latest"], "time"),
+        ("npx", ["-y", "@modelcontextprotocol/server-filesystem", "/home/a/project"], "filesystem"),
+        ("npx", ["-y", "@modelcontextprotocol/server-filesystem@2025.8.21", "/tmp"], "filesystem"),
+        ("python", ["-m", "mcp_server_git", "--repository", "."], "git"),
+        ("/usr/local/bin/mcp-server-git", [], "git"),
+        ("uvx", ["mcp-server-fetch"], "fetch"),
+        ("npx", ["-y", "@modelcontextprotocol/server-memory"], "memory"),
+        (
+            "docker",
+            ["run", "-i", "--rm", "-e", "GITHUB_PERSONAL_ACCESS_TOKEN", "ghcr.io/github/github-mcp-server"],
+            "github",
+        ),
+        ("npx", ["-y", "some-other-server"], None),
+        (None, [], None),
+    ],
+)
+def test_a_server_is_matched_to_the_shipped_manifest_for_the_package_it_runs(
+    command: str | None, args: list[str], expected: str | None
+) -> None:
+    from mcp_gate.manifests import shipped_for
+
+    found = shipped_for(command, args)
+    assert (found.name if found else None) == expected
+
+
+def test_copying_a_shipped_manifest_renames_its_server_and_never_overwrites_without_force(
+    tmp_path: Path,
+) -> None:
+    from mcp_gate.errors import GateError
+    from mcp_gate.manifests import copy_shipped
+
+    target = copy_shipped("time", tmp_path / "m", server="clock")
+    assert target == tmp_path / "m" / "clock.toml"
+    assert load_manifest(target).server == "clock"
+    target.write_text("mine")
+    with pytest.raises(ConfigError, match="already exists; pass --force"):
+        copy_shipped("time", tmp_path / "m", server="clock")
+    assert target.read_text() == "mine"
+    copy_shipped("time", tmp_path / "m", server="clock", force=True)
+    assert load_manifest(target).server == "clock"
+    with pytest.raises(GateError, match="no shipped manifest named 'nope'"):
+        copy_shipped("nope", tmp_path)

@@ -106,7 +106,7 @@ def test_a_server_without_a_manifest_gets_high_for_every_tool() -> None:
     assert decision.tier == "high"
     assert decision.source == "no-manifest"
     assert decision.rule == "no manifest for server 'weather'"
-    assert decision.reason == "no manifest: every tool of an unknown server is high"
+    assert decision.reason == "every tool of a server without a manifest is high (fail closed)"
     assert classify("anything", None, None, None).rule == "no manifest"
 
 
@@ -351,3 +351,12 @@ def test_the_policy_hash_depends_on_the_config_and_every_manifest_but_not_on_ord
     assert policy_sha256("d" * 64, {"notes": a, "git": b}) != base
     assert policy_sha256("c" * 64, {"notes": b, "git": b}) != base
     assert policy_sha256("c" * 64, {"notes": a}) != base
+
+
+def test_a_server_without_a_manifest_is_explained_once_where_rule_and_reason_are_printed_together() -> None:
+    for server in ("weather", None):
+        decision = classify("anything", None, None, None, server=server)
+        printed = f"{decision.rule}: {decision.reason}"  # how `check` and `tools` print them
+        assert printed.lower().count("manifest") == 2, printed  # "no manifest for ...", "without a manifest"
+        assert "no manifest: no manifest" not in printed
+        assert printed.lower().count("no manifest") == 1, printed
