@@ -633,6 +633,7 @@ class Gateway:
                 args=redact(args, rules=self.config.redaction),
                 progress=progress,
                 justification=justification,
+                hold_seconds=requester.hold_seconds,
             )
         except EvidenceWriteError as exc:
             log.error("evidence write failed while holding %s: %s", name, exc)
