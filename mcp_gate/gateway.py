@@ -76,6 +76,7 @@ ARGS_KEY_FILE = "args.key"
 MAX_ARGUMENT_BYTES = 256 * 1024
 # Calls of these tiers, and every call that waited for a decision, re-list their server first.
 RECHECKED_TIERS = ("high", "critical")
+NO_TASKS = types.ToolExecution(task_support="forbidden")
 TIER_META_KEY = "io.github.mcp-gate/tier"
 CORRELATION_META_KEY = "io.github.mcp-gate/correlation-id"
 
@@ -125,7 +126,10 @@ class OfferedTool:
             base = self.served
         meta = dict(base.meta or {})
         meta[TIER_META_KEY] = self.decision.tier
-        return base.model_copy(update={"name": self.name, "meta": meta})
+        # The gate runs no MCP tasks (2025-11-25 `tasks/*`; an extension since 2026-07-28, whose Tool
+        # has no `execution`): say so, whatever the server declares. The SDK drops the field on
+        # 2026-07-28 connections.
+        return base.model_copy(update={"name": self.name, "meta": meta, "execution": NO_TASKS})
 
 
 class Gateway:

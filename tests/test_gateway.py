@@ -379,3 +379,24 @@ async def test_a_definition_changed_without_list_changed_is_caught_before_an_app
     refusals = [r for r in records if r["event_type"] == "call.refused" and r["tool"] == "read_note"]
     assert len(refusals) == 1 and "quarantined" in refusals[0]["error"]
     assert not [r for r in records if r["event_type"] == "call.executed" and r["tool"] == "read_note"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_tools_say_task_support_is_forbidden_in_2025_and_carry_no_execution_in_2026(
+    tmp_path: Path, mode: str
+) -> None:
+    table = notes_server_table(tmp_path / "notes")
+    table["env"] = {**table["env"], "NOTES_TASKS": "1"}  # echo declares taskSupport "optional"
+    config = write_config(
+        tmp_path / "gate", servers={"notes": table}, manifests={"notes": NOTES_MANIFEST.read_text()}
+    )
+    async with running_gate(config) as front, Client(front.server, mode=mode) as agent:
+        downstream = front.gateway.downstreams["notes"].tools["echo"]
+        assert downstream.execution is not None and downstream.execution.task_support == "optional"
+        echo = {t.name: t for t in (await agent.list_tools()).tools}["notes__echo"]
+        era = agent.protocol_version
+    if era == "2025-11-25":
+        # The gate cannot run a call as a task, so it never promises one.
+        assert echo.execution is not None and echo.execution.task_support == "forbidden"
+    else:
+        assert era == "2026-07-28" and echo.execution is None  # the era's Tool has no such field
