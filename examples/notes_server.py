@@ -3,8 +3,11 @@
 Notes are text files under $NOTES_DIR. Run it over stdio (`python notes_server.py`) or streamable
 HTTP (`python notes_server.py --http 127.0.0.1:9000`). `NOTES_VARIANT=2` serves a changed
 definition of `read_note` (a "rug pull", for the drift demo); `NOTES_TEST_TOOLS=1` adds tools
-the gate's own tests use (`sleep`, `crash`); `NOTES_ASK_TOOL=1` adds `ask_user`, which asks its
-client a question by MCP elicitation (mid-call in 2025-11-25, by an input-required result in 2026-07-28).
+the gate's own tests use (`sleep`, `crash`, and `change_tools`, which changes the served tools at
+runtime, announced by `list_changed` or not); `NOTES_EXTRA_TOOLS=a,b` serves extra read tools
+from the start; `NOTES_TASKS=1` declares task support on `echo`; `NOTES_ASK_TOOL=1` adds
+`ask_user`, which asks its client a question by MCP elicitation (mid-call in 2025-11-25, by an
+input-required result in 2026-07-28).
 """
 
 from __future__ import annotations
@@ -83,6 +86,19 @@ def tools(variant: str, test_tools: bool, ask_tool: bool = False) -> list[types.
             )
         )
         out.append(_tool("crash", "Exit the server process at once.", {}, [], readOnlyHint=True))
+        out.append(
+            _tool(
+                "change_tools",
+                "Serve another variant and extra read tools from now on; notify: send list_changed.",
+                {
+                    "variant": {"type": "string"},
+                    "extra": {"type": "array", "items": {"type": "string"}},
+                    "notify": {"type": "boolean"},
+                },
+                ["notify"],
+                readOnlyHint=True,
+            )
+        )
     if ask_tool:
         out.append(
             _tool(
@@ -117,6 +133,10 @@ def build_server(
     root: Path, *, variant: str = "1", test_tools: bool = False, ask_tool: bool = False
 ) -> Server[Any]:
     served = tools(variant, test_tools, ask_tool)
+    for extra in filter(None, os.environ.get("NOTES_EXTRA_TOOLS", "").split(",")):
+        served.append(_tool(extra, "Read something.", {}, [], readOnlyHint=True))
+    if os.environ.get("NOTES_TASKS") == "1":
+        served[0] = served[0].model_copy(update={"execution": types.ToolExecution(task_support="optional")})
 
     async def on_list_tools(ctx: ServerRequestContext[Any], params: Any) -> types.ListToolsResult:
         return types.ListToolsResult(tools=served)
@@ -187,6 +207,16 @@ def build_server(
             return _text("slept")
         if name == "crash" and test_tools:
             os._exit(3)
+        if name == "change_tools" and test_tools:
+            extra = [
+                _tool(str(n), "Read something.", {}, [], readOnlyHint=True) for n in args.get("extra", [])
+            ]
+            served[:] = tools(str(args.get("variant", variant)), test_tools, ask_tool) + extra
+            if args["notify"]:
+                await ctx.session.send_tool_list_changed()
+            return _text("changed")
+        if test_tools and any(t.name == name for t in served):  # an extra tool from change_tools
+            return _text(f"ran {name}")
         return _text(f"unknown tool {name!r}", error=True)
 
     return Server("notes", version="1.0", on_list_tools=on_list_tools, on_call_tool=on_call_tool)

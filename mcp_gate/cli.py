@@ -230,6 +230,7 @@ def _inspect(config: GateConfig, *, timeout: float) -> dict[str, Any]:
                     "reason": t.decision.reason,
                     "pin": t.pin,
                     "quarantined": t.quarantined,
+                    "new": t.quarantined and t.accepted is not None and t.accepted.new,
                     "listed": t.decision.tier != "blocked",
                 }
                 for t in sorted(gate.offered.values(), key=lambda t: t.name)
@@ -251,7 +252,7 @@ def _print_tools(tools: list[dict[str, Any]]) -> None:
     width = max(len(t["name"]) for t in tools)
     for t in tools:
         tier = t["tier"] + ("*" if t["conditional"] else "")
-        flags = "  QUARANTINED" if t["quarantined"] else ""
+        flags = ("  QUARANTINED (new)" if t.get("new") else "  QUARANTINED") if t["quarantined"] else ""
         if not t["listed"]:
             flags += "  (not listed to agents)"
         _say(f"  {t['name']:<{width}}  {tier:<9} {t['pin'][:12]}  {t['rule']}: {t['reason']}{flags}")
@@ -390,7 +391,7 @@ def cmd_tools_accept(args: argparse.Namespace) -> int:
                 server=server,
                 tool=tool,
                 pin=pin.drifted_pin,
-                previous_pin=pin.pin,
+                previous_pin=None if pin.new else pin.pin,
                 accepted_by=os.environ.get("USER", "unknown"),
             )
             accepted = await store.accept_drift(server, tool, events=[event])

@@ -9,7 +9,7 @@ import re
 import stat
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Literal, cast
@@ -31,6 +31,7 @@ __all__ = [
     "EvidenceSettings",
     "GateConfig",
     "HttpSettings",
+    "PinSettings",
     "Protocol",
     "Requester",
     "ServerSpec",
@@ -59,10 +60,12 @@ _MISSING_CONFIG = "no such file; pass --config or set MCP_GATE_CONFIG"
 
 @dataclass(frozen=True)
 class Requester:
-    """Who calls over stdio: the agent principal and the human it acts for."""
+    """Who calls: the agent principal and the human it acts for. `hold_seconds` is this
+    requester's own hold budget (None: `[approvals] hold_seconds`), set below its client's timeout."""
 
     agent: str
     owner: str
+    hold_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,10 @@ class Agent:
     name: str
     token_sha256: str
     owner: str
+    hold_seconds: float | None = None
+
+    def requester(self) -> Requester:
+        return Requester(agent=self.name, owner=self.owner, hold_seconds=self.hold_seconds)
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,16 @@ class HttpSettings:
 
 
 @dataclass(frozen=True)
+class PinSettings:
+    """Pinned tool definitions: whether a tool a server adds after its tools were first pinned is
+    quarantined until accepted (`quarantine`) or pinned as seen (`trust`), and how long the re-list
+    before a held or high call may take."""
+
+    new_tools: Literal["quarantine", "trust"] = "quarantine"
+    recheck_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
 class ElicitationSettings:
     """Asking the person at the agent: what a confirm tier does when their client cannot be asked
     (`approve`: hold for one approver; `deny`: refuse), and which tiers ask why before approvers see it."""
@@ -159,6 +176,7 @@ class GateConfig:
     evidence: EvidenceSettings | None = None
     slack: SlackSettings | None = None
     redaction: RedactionRules = field(default_factory=RedactionRules)
+    pins: PinSettings = field(default_factory=PinSettings)
     # The gate's own files (data dir, config, manifests, signing key): a downstream call whose
     # arguments name a path inside them is blocked. Empty when [gate] protect_own_files = false.
     protected_paths: tuple[Path, ...] = ()
@@ -327,14 +345,21 @@ class _GateSection(_Strict):
     protect_own_files: bool = True
 
 
+# A hold longer than this is not a hold but an outage; the same bound as [approvals] hold_seconds.
+_MAX_HOLD_SECONDS = 3600
+_HoldSeconds = Annotated[float, Field(gt=0, le=_MAX_HOLD_SECONDS)]
+
+
 class _RequesterSection(_Strict):
     agent: NonEmpty = "local-agent"
     owner: NonEmpty = "unknown"
+    hold_seconds: _HoldSeconds | None = None
 
 
 class _AgentSection(_Strict):
     token_sha256: Annotated[str, AfterValidator(_sha256_hex)]
     owner: NonEmpty
+    hold_seconds: _HoldSeconds | None = None
 
 
 class _ServerSection(_Strict):
@@ -359,10 +384,15 @@ class _ApproverSection(_Strict):
 
 
 class _ApprovalsSection(_Strict):
-    hold_seconds: float = Field(default=45.0, gt=0, le=3600)
+    hold_seconds: _HoldSeconds = 45.0
     progress_seconds: float = Field(default=5.0, gt=0, le=300)
     expires: NonEmpty = "15m"
     max_pending: int = Field(default=10, ge=1, le=10_000)
+
+
+class _PinsSection(_Strict):
+    new_tools: Literal["quarantine", "trust"] = "quarantine"
+    recheck_timeout: float = Field(default=10.0, gt=0, le=120)
 
 
 class _AdminSection(_Strict):
@@ -390,6 +420,7 @@ class _GateFile(_Strict):
     approvals: _ApprovalsSection = Field(default_factory=_ApprovalsSection)
     admin: _AdminSection | None = None
     http: _HttpSection = Field(default_factory=_HttpSection)
+    pins: _PinsSection = Field(default_factory=_PinsSection)
     evidence: _EvidenceSection = Field(default_factory=lambda: _EvidenceSection())
     slack: dict[str, Any] | None = None
     redaction: _RedactionSection = Field(default_factory=lambda: _RedactionSection())
@@ -919,7 +950,9 @@ def load_config(path: Path, environ: Mapping[str, str]) -> GateConfig:
                 f"the same token is already given to agent {seen_tokens[agent.token_sha256]!r}",
             )
         seen_tokens[agent.token_sha256] = name
-        agents[name] = Agent(name=name, token_sha256=agent.token_sha256, owner=agent.owner)
+        agents[name] = Agent(
+            name=name, token_sha256=agent.token_sha256, owner=agent.owner, hold_seconds=agent.hold_seconds
+        )
 
     approvers = _approvers(file, model, agents)
     tiers, elicitation = _elicitation_settings(file, model.tiers)
@@ -938,7 +971,11 @@ def load_config(path: Path, environ: Mapping[str, str]) -> GateConfig:
         "data_dir": base / model.gate.data_dir,
         "manifests_dir": base / (manifests if manifests is not None else "tool_manifests"),
         "manifests_required": manifests is not None,
-        "requester": Requester(agent=model.requester.agent, owner=model.requester.owner),
+        "requester": Requester(
+            agent=model.requester.agent,
+            owner=model.requester.owner,
+            hold_seconds=model.requester.hold_seconds,
+        ),
         "agents": MappingProxyType(agents),
         "servers": MappingProxyType(servers),
         "requirements": MappingProxyType(requirements),
@@ -948,6 +985,7 @@ def load_config(path: Path, environ: Mapping[str, str]) -> GateConfig:
         "http": HttpSettings(**{**model.http.model_dump(), "allowed_hosts": tuple(model.http.allowed_hosts)}),
         "elicitation": elicitation,
         "slack": _slack(file, model.slack, base, model.approvers, approvers, servers),
+        "pins": PinSettings(new_tools=model.pins.new_tools, recheck_timeout=model.pins.recheck_timeout),
     }
     evidence = _evidence(file, model.evidence, base / model.gate.data_dir, model.gate.name, environ)
     redaction = _redaction(file, model.redaction)
@@ -1289,6 +1327,11 @@ def _requirement_json(requirement: Requirement) -> dict[str, Any]:
     return {"kind": type(requirement).__name__.lower()}
 
 
+def _hold(hold_seconds: float | None) -> dict[str, float]:
+    # Only when set, so a config without per-requester holds keeps the digest it had.
+    return {} if hold_seconds is None else {"hold_seconds": hold_seconds}
+
+
 def _config_sha256(fields: Mapping[str, Any]) -> str:
     requester: Requester = fields["requester"]
     agents: Mapping[str, Agent] = fields["agents"]
@@ -1300,9 +1343,11 @@ def _config_sha256(fields: Mapping[str, Any]) -> str:
         "data_dir": str(fields["data_dir"]),
         "manifests_dir": str(fields["manifests_dir"]),
         "manifests_required": fields["manifests_required"],
-        "protected_paths": [str(p) for p in fields.get("protected_paths", ())],
-        "requester": {"agent": requester.agent, "owner": requester.owner},
-        "agents": {n: {"token_sha256": a.token_sha256, "owner": a.owner} for n, a in agents.items()},
+        "requester": {"agent": requester.agent, "owner": requester.owner} | _hold(requester.hold_seconds),
+        "agents": {
+            n: {"token_sha256": a.token_sha256, "owner": a.owner} | _hold(a.hold_seconds)
+            for n, a in agents.items()
+        },
         "servers": {
             n: {
                 "command": s.command,
@@ -1339,6 +1384,10 @@ def _config_sha256(fields: Mapping[str, Any]) -> str:
             "ask_justification": sorted(fields["elicitation"].ask_justification),
         },
     }
+    if fields["pins"] != PinSettings():  # only when set, so older configs keep their digest
+        document["pins"] = asdict(fields["pins"])
+    if not fields["protected_paths"]:  # protection off: a policy of its own; on, the default, adds nothing
+        document["protect_own_files"] = False
     return hashlib.sha256(rfc8785.dumps(document)).hexdigest()
 
 

@@ -148,6 +148,37 @@ class Downstream:
             raise DownstreamFailed(self.name, tool, f"unexpected result type {type(result).__name__}")
         return result
 
+    async def relist(self, timeout: float) -> bool:
+        """List the server's tools again now, within `timeout` seconds; True if they changed.
+
+        For a check just before a call runs: a server may change a definition without sending
+        `list_changed`. DownstreamUnavailable if the listing cannot be had (fail closed)."""
+        client = self._client
+        if client is None or self.state != "up":
+            raise DownstreamUnavailable(self.name, self.last_failure or self.state)
+        try:
+            with anyio.fail_after(timeout):
+                listed = await client.list_tools()
+        except TimeoutError as exc:
+            raise DownstreamUnavailable(
+                self.name, f"it did not list its tools within {timeout:g}s, so they could not be checked"
+            ) from exc
+        except (
+            MCPError,
+            OSError,
+            httpx2.HTTPError,
+            anyio.BrokenResourceError,
+            anyio.ClosedResourceError,
+        ) as exc:
+            raise DownstreamUnavailable(
+                self.name, f"listing its tools to check them failed: {describe_failure(exc)}"
+            ) from exc
+        tools = {t.name: t for t in listed.tools}
+        if tools == self.tools:
+            return False
+        self.tools = tools
+        return True
+
     async def _elicit(
         self, context: ClientRequestContext, params: types.ElicitRequestParams
     ) -> types.ElicitResult | types.ErrorData:

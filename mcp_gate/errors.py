@@ -7,7 +7,7 @@
     ├── CallRefused                a tool call the gate will not forward; the text goes to the agent
     │   ├── UnknownTool            no such tool, or a blocked one
     │   ├── InvalidArguments       arguments are not an object, too large, or fail the tool's schema
-    │   ├── Quarantined            the tool's definition changed since it was pinned
+    │   ├── Quarantined            the tool is new, or its definition changed since it was pinned
     │   └── DownstreamUnavailable  the server behind the tool is not connected
     └── DownstreamFailed           the downstream failed during the call (connection closed, timeout)
 
@@ -72,15 +72,29 @@ class InvalidArguments(CallRefused):
 
 
 class Quarantined(CallRefused):
-    def __init__(self, tool: str, pinned: str, current: str) -> None:
+    """`pinned` is empty for a new tool (one its server added after its tools were pinned);
+    `before_run` says the change was found by the re-list just before a held or high call ran."""
+
+    def __init__(self, tool: str, pinned: str, current: str, *, before_run: bool = False) -> None:
         self.tool = tool
         self.pinned = pinned
         self.current = current
-        super().__init__(
-            f"{tool} is quarantined: its definition changed since it was pinned "
-            f"(pin {pinned[:12]} -> {current[:12]}); an operator must review it and run "
-            f"`mcp-gate tools accept {tool}` before it can be called"
-        )
+        self.before_run = before_run
+        accept = f"an operator must review it and run `mcp-gate tools accept {tool}` before it can be called"
+        if not pinned:
+            why = (
+                f"it is a new tool, added by its server after the server's tools were pinned "
+                f"(pin {current[:12]}), and awaits review"
+            )
+        elif before_run:
+            why = (
+                "its server changed its definition after this call was admitted, found when the gate "
+                f"listed the server's tools again just before running it (pin {pinned[:12]} -> "
+                f"{current[:12]}); the call was not run"
+            )
+        else:
+            why = f"its definition changed since it was pinned (pin {pinned[:12]} -> {current[:12]})"
+        super().__init__(f"{tool} is quarantined: {why}; {accept}")
 
 
 class DownstreamUnavailable(CallRefused):

@@ -76,6 +76,9 @@ log = logging.getLogger("mcp_gate.gateway")
 SEPARATOR = "__"
 ARGS_KEY_FILE = "args.key"
 MAX_ARGUMENT_BYTES = 256 * 1024
+# Calls of these tiers, and every call that waited for a decision, re-list their server first.
+RECHECKED_TIERS = ("high", "critical")
+NO_TASKS = types.ToolExecution(task_support="forbidden")
 TIER_META_KEY = "io.github.mcp-gate/tier"
 CORRELATION_META_KEY = "io.github.mcp-gate/correlation-id"
 
@@ -109,13 +112,26 @@ class OfferedTool:
     def listed(self) -> types.Tool:
         """The definition shown to agents. A quarantined tool shows its accepted definition, so a
         changed description (a possible prompt injection) never reaches the agent unreviewed."""
-        if self.quarantined and self.accepted is not None:
+        if self.quarantined and self.accepted is not None and self.accepted.new:
+            # Nothing of a new tool was reviewed yet: only its name, and what to do about it.
+            base = types.Tool(
+                name=self.tool,
+                description=(
+                    f"New tool of server {self.server}, not reviewed yet: calls are refused until an "
+                    f"operator runs `mcp-gate tools accept {self.name}`."
+                ),
+                input_schema={"type": "object"},
+            )
+        elif self.quarantined and self.accepted is not None:
             base = types.Tool.model_validate(dict(self.accepted.definition))
         else:
             base = self.served
         meta = dict(base.meta or {})
         meta[TIER_META_KEY] = self.decision.tier
-        return base.model_copy(update={"name": self.name, "meta": meta})
+        # The gate runs no MCP tasks (2025-11-25 `tasks/*`; an extension since 2026-07-28, whose Tool
+        # has no `execution`): say so, whatever the server declares. The SDK drops the field on
+        # 2026-07-28 connections.
+        return base.model_copy(update={"name": self.name, "meta": meta, "execution": NO_TASKS})
 
 
 class Gateway:
@@ -142,6 +158,7 @@ class Gateway:
         self.offered: dict[str, OfferedTool] = {}
         self.tool_listeners: list[Callable[[], Awaitable[None]]] = []
         self._pin_lock = anyio.Lock()
+        self._listed: set[str] = set()  # servers whose tools this process has reconciled
         self._validators: dict[str, Any] = {}
         self.asking = Asking(config, store, clock, self.engine, self.event, self.policy_sha256)
         self._args_key: bytes | None = None
@@ -290,16 +307,46 @@ class Gateway:
             await listener()
 
     async def _reconcile(self, ds: Downstream) -> None:
-        """Pin new tools, quarantine drifted ones, and rebuild this server's offered tools."""
+        """Pin new tools, quarantine drifted ones, and rebuild this server's offered tools.
+
+        A tool first seen in the server's first listing is pinned as served: the operator reviews
+        those with `mcp-gate tools`. One that appears later (in this run, or after a restart once
+        the server has pins) is new at runtime: held in quarantine until accepted, unless
+        `[pins] new_tools = "trust"`."""
         manifest = self.manifests.get(ds.name)
         fresh: dict[str, OfferedTool] = {}
+        known: bool | None = True if ds.name in self._listed else None
         for tool in ds.tools.values():
             definition = canonical_definition(tool)
             pin = pin_of(definition)
             stored = await self.store.get_pin(ds.name, tool.name)
             observation = observe(pin, stored.pin if stored else None, stored.drifted_pin if stored else None)
             fields = {"server": ds.name, "tool": tool.name, "pin": pin}
+            if isinstance(observation, New) and known is None:
+                known = any(p.server == ds.name for p in await self.store.list_pins())
             match observation:
+                case New() if known and self.config.pins.new_tools == "quarantine":
+                    log.warning(
+                        "%s__%s: a new tool; quarantined until accepted (mcp-gate tools accept)",
+                        ds.name,
+                        tool.name,
+                    )
+                    await self.store.hold_new(
+                        ds.name,
+                        tool.name,
+                        pin=pin,
+                        definition=definition,
+                        events=[
+                            self.event(
+                                "tool.new",
+                                None,
+                                **fields,
+                                quarantined=True,
+                                definition=redact(definition, rules=self.config.redaction),
+                            )
+                        ],
+                    )
+                    stored = await self.store.get_pin(ds.name, tool.name)
                 case New():
                     await self.store.set_pin(
                         ds.name,
@@ -343,6 +390,7 @@ class Gateway:
                 ds.name, tool.name, tool, pin, stored, decision
             )
         self.offered = {k: v for k, v in self.offered.items() if v.server != ds.name} | fresh
+        self._listed.add(ds.name)
 
     def list_tools(self) -> list[types.Tool]:
         return [t.listed() for t in self.offered.values() if t.decision.tier != "blocked"]
@@ -502,7 +550,16 @@ class Gateway:
             )
         match requirement:
             case Run():
-                return await self._forward(correlation_id, base, offered, args, progress, None, asker=asker)
+                return await self._forward(
+                    correlation_id,
+                    base,
+                    offered,
+                    args,
+                    progress,
+                    None,
+                    asker=asker,
+                    recheck=decision.tier in RECHECKED_TIERS,
+                )
             case Block():
                 refusal: CallRefused = CallRefused(
                     f"{name} is blocked by policy ({decision.reason}; {decision.rule}) and never runs"
@@ -518,7 +575,7 @@ class Gateway:
                 )
                 if isinstance(step, Proceed):
                     return await self._forward(
-                        correlation_id, base, offered, args, progress, None, asker=asker
+                        correlation_id, base, offered, args, progress, None, asker=asker, recheck=True
                     )
                 return _stopped(step, correlation_id)
             case Approvals():
@@ -635,7 +692,9 @@ class Gateway:
                 return grant
 
             if await self.store.transact(use_grant) is not None:
-                return await self._forward(correlation_id, base, offered, args, progress, None, asker=asker)
+                return await self._forward(
+                    correlation_id, base, offered, args, progress, None, asker=asker, recheck=True
+                )
             outcome = await self.engine.hold(
                 binding,
                 correlation_id=correlation_id,
@@ -648,6 +707,7 @@ class Gateway:
                 args=redact(args, rules=self.config.redaction),
                 progress=progress,
                 justification=justification,
+                hold_seconds=requester.hold_seconds,
             )
         except EvidenceWriteError as exc:
             log.error("evidence write failed while holding %s: %s", name, exc)
@@ -657,7 +717,7 @@ class Gateway:
         match outcome:
             case Released(request=request):
                 return await self._forward(
-                    correlation_id, base, offered, args, progress, request.id, asker=asker
+                    correlation_id, base, offered, args, progress, request.id, asker=asker, recheck=True
                 )
             case Denied() | Expired() | Revoked() | Void():
                 text = said + outcome_text(outcome, name)
@@ -776,11 +836,34 @@ class Gateway:
         *,
         asker: Asker | None = None,
         resume: tuple[types.InputResponses | None, str | None] | None = None,
+        recheck: bool = False,
     ) -> types.CallToolResult | types.InputRequiredResult:
-        """Send the call downstream exactly once and record its outcome."""
+        """Send the call downstream exactly once and record its outcome.
+
+        With `recheck` (a call that waited for a decision, or of a high or critical tier), the
+        server's tools are listed again first and the tool's definition compared with the one the
+        call was admitted under: a change, even one no `list_changed` announced, stops the call."""
         ds = self.downstreams[offered.server]
         started = time.perf_counter()
         linked = {**base, "request_id": request_id} if request_id else dict(base)
+        if recheck:
+            try:
+                await self._check_pin_now(offered)
+            except CallRefused as refusal:
+                await self._finish(
+                    correlation_id, request_id, "call.refused", "failed", linked, error=str(refusal)
+                )
+                return _error_result(str(refusal), correlation_id)
+            except BaseException:
+                await self._finish(
+                    correlation_id,
+                    request_id,
+                    "call.refused",
+                    "failed",
+                    linked,
+                    error="cancelled by the client before it was sent",
+                )
+                raise
         try:
             result = await ds.call(
                 offered.tool,
@@ -837,6 +920,29 @@ class Gateway:
             result=redact(wire, rules=self.config.redaction),
         )
         return result
+
+    async def _check_pin_now(self, offered: OfferedTool) -> None:
+        """List the tool's server again (bounded, fail closed) and refuse if the definition it
+        serves now is not the one this call was admitted under; a drift is quarantined and recorded."""
+        ds = self.downstreams[offered.server]
+        try:
+            if await ds.relist(self.config.pins.recheck_timeout):
+                await self._tools_changed(ds)
+        except StoreError as exc:
+            raise CallRefused(
+                f"{offered.name} was not run: the gate could not record its check of the tool's "
+                f"definition ({exc})"
+            ) from exc
+        served = ds.tools.get(offered.tool)
+        if served is None:
+            raise CallRefused(
+                f"{offered.name} was not run: its server no longer offers it (found when the gate listed "
+                "the server's tools again just before running it)"
+            )
+        current = pin_of(canonical_definition(served))
+        if current != offered.pin:
+            log.warning("%s: definition changed before a held or high call ran; refused", offered.name)
+            raise Quarantined(offered.name, offered.pin, current, before_run=True)
 
     async def _pass_question(
         self,

@@ -166,8 +166,10 @@ class ApprovalEngine:
         args: Any,
         progress: ProgressFn | None,
         justification: str | None = None,
+        hold_seconds: float | None = None,
     ) -> HoldOutcome:
-        """Create or join the request for this exact call and wait for it to be decided."""
+        """Create or join the request for this exact call and wait for it to be decided: at most
+        `hold_seconds` (the requester's own budget; default `[approvals] hold_seconds`)."""
         now = self.clock.now()
         lifetime = timedelta(seconds=expires_after or self.settings.expires_after)
         ev = self._ev
@@ -254,12 +256,18 @@ class ApprovalEngine:
         admitted = await self.store.transact(admit)
         if not isinstance(admitted, _Joined):
             return admitted
-        return await self._wait(admitted.request, binding, correlation_id, progress)
+        budget = self.settings.hold_seconds if hold_seconds is None else hold_seconds
+        return await self._wait(admitted.request, binding, correlation_id, progress, budget)
 
     async def _wait(
-        self, request: ApprovalRequest, binding: Binding, correlation_id: str, progress: ProgressFn | None
+        self,
+        request: ApprovalRequest,
+        binding: Binding,
+        correlation_id: str,
+        progress: ProgressFn | None,
+        hold_seconds: float,
     ) -> HoldOutcome:
-        deadline = anyio.current_time() + self.settings.hold_seconds
+        deadline = anyio.current_time() + hold_seconds
         next_progress = anyio.current_time()
         steps = 0
         self._holding += 1

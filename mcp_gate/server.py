@@ -126,7 +126,7 @@ class FrontServer:
             if not isinstance(agent, Agent):
                 # The ASGI guard admits no request without an agent; this is a second lock.
                 raise PermissionError("no authenticated agent on this HTTP request")
-            return Requester(agent=agent.name, owner=agent.owner), "http"
+            return agent.requester(), "http"
         return self.gateway.config.requester, "stdio"
 
     async def _call_tool(

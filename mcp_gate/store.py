@@ -199,7 +199,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PinRecord:
-    """The accepted definition of one downstream tool, and a newer one held in quarantine."""
+    """The accepted definition of one downstream tool, and a newer one held in quarantine.
+
+    A tool its server added after its tools were first pinned has no accepted definition yet
+    (`new`): its first definition waits in quarantine like a changed one."""
 
     server: str
     tool: str
@@ -208,6 +211,10 @@ class PinRecord:
     drifted_pin: str | None
     drifted_definition: Mapping[str, Any] | None
     updated_at: str
+
+    @property
+    def new(self) -> bool:
+        return self.pin == ""
 
 
 class Store(Protocol):
@@ -258,6 +265,19 @@ class Store(Protocol):
         events: Sequence[Mapping[str, Any]],
     ) -> list[Record]:
         """Hold a changed definition of a pinned tool in quarantine; StoreError if the tool has no pin."""
+        ...
+
+    async def hold_new(
+        self,
+        server: str,
+        tool: str,
+        *,
+        pin: str,
+        definition: Mapping[str, Any],
+        events: Sequence[Mapping[str, Any]],
+    ) -> list[Record]:
+        """Hold the first definition of a tool with no pin in quarantine (a `new` PinRecord) and
+        append `events`; nothing at all if the tool has a pin by now."""
         ...
 
     async def accept_drift(self, server: str, tool: str, *, events: Sequence[Mapping[str, Any]]) -> PinRecord:
@@ -762,6 +782,28 @@ class SQLiteStore:
             if changed != 1:
                 raise StoreError(f"cannot record drift for {server}__{tool}: it has no accepted pin")
             return _append(conn, events)
+
+        return await self._write_evidence(len(events), write)
+
+    async def hold_new(
+        self,
+        server: str,
+        tool: str,
+        *,
+        pin: str,
+        definition: Mapping[str, Any],
+        events: Sequence[Mapping[str, Any]],
+    ) -> list[Record]:
+        updated_at = utc_iso(self._clock.now())
+
+        def write(conn: sqlite3.Connection) -> list[Record]:
+            definition_text = canonical_json(dict(definition)).decode("utf-8")
+            added = conn.execute(
+                f"INSERT INTO pins ({_PIN_COLUMNS}) VALUES (?, ?, '', '{{}}', ?, ?, ?) "
+                "ON CONFLICT (server, tool) DO NOTHING",
+                (server, tool, pin, definition_text, updated_at),
+            ).rowcount
+            return _append(conn, events) if added == 1 else []
 
         return await self._write_evidence(len(events), write)
 

@@ -125,6 +125,7 @@ def write_config(
     approvers: Mapping[str, Mapping[str, Any]] | None = None,
     tiers: Mapping[str, Any] | None = None,
     approvals: Mapping[str, Any] | None = None,
+    requester: Mapping[str, Any] | None = None,
     extra: str = "",
 ) -> Path:
     """Write gate.toml (and manifests, given as server -> TOML text) into `directory`."""
@@ -142,6 +143,7 @@ def write_config(
         "[requester]",
         'agent = "test-agent"',
         f"owner = {json.dumps(owner)}",
+        *(f"{key} = {_toml_value(value)}" for key, value in (requester or {}).items()),
         "",
     ]
     tables: dict[str, Mapping[str, Any]] = {}

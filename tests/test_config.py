@@ -278,6 +278,15 @@ def test_the_config_hash_is_stable_and_changes_with_any_setting(tmp_path: Path) 
         ("[http]\nmax_connections = '9'\n", "http.max_connections", ""),
         ("[http]\nallowed_hosts = 'x'\n", "http.allowed_hosts", ""),
         ("[http]\nread_timeout = 5\n", "http.read_timeout", "unknown key"),
+        ("[requester]\nhold_seconds = 0\n", "requester.hold_seconds", "greater than 0"),
+        ("[requester]\nhold_seconds = -5\n", "requester.hold_seconds", "greater than 0"),
+        (
+            f"[agents.ci]\ntoken_sha256 = '{'a' * 64}'\nowner = 'c'\nhold_seconds = 4000\n",
+            "agents.ci.hold_seconds",
+            "less than or equal to 3600",
+        ),
+        ("[pins]\nnew_tools = 'allow'\n", "pins.new_tools", "quarantine"),
+        ("[pins]\nrecheck_timeout = 0\n", "pins.recheck_timeout", "greater than 0"),
     ],
 )
 def test_a_bad_config_is_one_line_naming_the_file_the_key_and_the_problem(

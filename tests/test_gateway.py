@@ -19,6 +19,7 @@ from mcp_gate.store import SQLiteStore
 from mcp_gate.testing import (
     NOTES_MANIFEST,
     NOTES_SERVER,
+    approver_table,
     eventually,
     notes_server_table,
     running_gate,
@@ -275,3 +276,129 @@ async def test_a_real_third_party_server_from_pypi_works_behind_the_gate(tmp_pat
         result = await agent.call_tool("time__get_current_time", {"timezone": "Europe/Paris"})
     assert not result.is_error
     assert json.loads(text_of(result))["timezone"] == "Europe/Paris"
+
+
+RUNTIME_MANIFEST = """
+server = "notes"
+default = "high"
+
+[[rule]]
+tools = ["read_note"]
+tier = "high"
+reason = "held in this test"
+
+[[rule]]
+tools = ["read_*", "echo", "change_tools"]
+tier = "low"
+reason = "reads"
+"""
+
+
+def runtime_config(tmp_path: Path, extra: str = "") -> Path:
+    return write_config(
+        tmp_path / "gate",
+        servers={"notes": notes_server_table(tmp_path / "notes")},
+        manifests={"notes": RUNTIME_MANIFEST},
+        approvers={"bob": approver_table("bob@example.com", ["sre"], "tok-bob")},
+        approvals={"hold_seconds": 30, "progress_seconds": 0.05},
+        extra=extra,
+    )
+
+
+async def test_a_tool_added_at_runtime_is_quarantined_until_accepted_even_where_a_low_glob_matches(
+    tmp_path: Path,
+) -> None:
+    config = runtime_config(tmp_path)
+    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+        changed = await agent.call_tool("notes__change_tools", {"extra": ["read_secrets"], "notify": True})
+        assert text_of(changed) == "changed"
+        await eventually(lambda: "notes__read_secrets" in front.gateway.offered, what="the new tool")
+        listed = {t.name: t for t in (await agent.list_tools()).tools}
+        assert "Read something" not in (listed["notes__read_secrets"].description or "")
+        refused = await agent.call_tool("notes__read_secrets", {})
+        assert refused.is_error and "new tool" in text_of(refused)
+        assert "mcp-gate tools accept notes__read_secrets" in text_of(refused)
+        store = front.gateway.store
+        await store.accept_drift("notes", "read_secrets", events=[front.gateway.event("tool.accepted", None)])
+        assert text_of(await agent.call_tool("notes__read_secrets", {})) == "ran read_secrets"
+    kinds = [r["event_type"] for r in await story(config)]
+    assert "tool.new" in kinds and "call.refused" in kinds
+
+
+async def test_a_tool_first_seen_after_a_restart_of_an_already_pinned_server_is_new(tmp_path: Path) -> None:
+    config = runtime_config(tmp_path)
+    async with running_gate(config) as front:  # the first listing: pinned as served, for review
+        assert not any(t.quarantined for t in front.gateway.offered.values())
+    table = notes_server_table(tmp_path / "notes")
+    table["env"] = {**table["env"], "NOTES_EXTRA_TOOLS": "read_later"}
+    restarted = write_config(
+        tmp_path / "gate",
+        servers={"notes": table},
+        manifests={"notes": RUNTIME_MANIFEST},
+        approvers={"bob": approver_table("bob@example.com", ["sre"], "tok-bob")},
+    )
+    async with running_gate(restarted) as front, Client(front.server, mode="legacy") as agent:
+        assert front.gateway.offered["notes__read_later"].quarantined
+        assert not front.gateway.offered["notes__echo"].quarantined
+        refused = await agent.call_tool("notes__read_later", {})
+    assert refused.is_error and "new tool" in text_of(refused)
+
+
+async def test_with_new_tools_trusted_a_runtime_tool_is_pinned_as_seen(tmp_path: Path) -> None:
+    config = runtime_config(tmp_path, extra='[pins]\nnew_tools = "trust"\n')
+    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+        await agent.call_tool("notes__change_tools", {"extra": ["read_more"], "notify": True})
+        await eventually(lambda: "notes__read_more" in front.gateway.offered, what="the new tool")
+        assert text_of(await agent.call_tool("notes__read_more", {})) == "ran read_more"
+
+
+async def test_a_definition_changed_without_list_changed_is_caught_before_an_approved_call_runs(
+    tmp_path: Path,
+) -> None:
+    config = runtime_config(tmp_path)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "x").write_text("the note")
+    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+        results: list[types.CallToolResult] = []
+
+        async def held_call() -> None:
+            results.append(await agent.call_tool("notes__read_note", {"name": "x"}))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(held_call)
+            pending = await eventually(front.gateway.engine.pending, what="the held read_note")
+            # The server changes read_note and tells nobody.
+            silent = await agent.call_tool("notes__change_tools", {"variant": "2", "notify": False})
+            assert text_of(silent) == "changed"
+            approver = front.gateway.config.approvers["bob"]
+            await front.gateway.engine.decide(pending[0].id, approver, "approve", channel="test")
+        refused = results[0]
+        assert refused.is_error and "the note" not in text_of(refused)
+        assert "quarantined" in text_of(refused) and "just before running it" in text_of(refused)
+        assert front.gateway.offered["notes__read_note"].quarantined
+    records = await story(config)
+    assert any(r["event_type"] == "tool.drifted" and r["tool"] == "read_note" for r in records)
+    refusals = [r for r in records if r["event_type"] == "call.refused" and r["tool"] == "read_note"]
+    assert len(refusals) == 1 and "quarantined" in refusals[0]["error"]
+    assert not [r for r in records if r["event_type"] == "call.executed" and r["tool"] == "read_note"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_tools_say_task_support_is_forbidden_in_2025_and_carry_no_execution_in_2026(
+    tmp_path: Path, mode: str
+) -> None:
+    table = notes_server_table(tmp_path / "notes")
+    table["env"] = {**table["env"], "NOTES_TASKS": "1"}  # echo declares taskSupport "optional"
+    config = write_config(
+        tmp_path / "gate", servers={"notes": table}, manifests={"notes": NOTES_MANIFEST.read_text()}
+    )
+    async with running_gate(config) as front, Client(front.server, mode=mode) as agent:
+        downstream = front.gateway.downstreams["notes"].tools["echo"]
+        assert downstream.execution is not None and downstream.execution.task_support == "optional"
+        echo = {t.name: t for t in (await agent.list_tools()).tools}["notes__echo"]
+        era = agent.protocol_version
+    if era == "2025-11-25":
+        # The gate cannot run a call as a task, so it never promises one.
+        assert echo.execution is not None and echo.execution.task_support == "forbidden"
+    else:
+        assert era == "2026-07-28" and echo.execution is None  # the era's Tool has no such field

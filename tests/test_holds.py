@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
 import mcp_types as types
 import pytest
-from mcp import Client
+from mcp import Client, MCPError
+from mcp.client.streamable_http import streamable_http_client
 
 from mcp_gate.approvals import ApprovalRequest, Approved, Denied, Pending, Refusal
 from mcp_gate.config import load_config
@@ -597,3 +601,63 @@ async def test_a_grant_ends_when_the_policy_changes(tmp_path: Path) -> None:
         after = await agent.call_tool("notes__write_note", {"name": "c", "text": "3"})
     assert after.is_error and "waiting for 1 approval" in text_of(after)
     assert not (tmp_path / "notes" / "c").exists()
+
+
+def _agent_table(token: str, owner: str, **more: Any) -> str:
+    lines = [f'token_sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"', f'owner = "{owner}"']
+    lines += [f"{key} = {value!r}" for key, value in more.items()]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.timeout(60)
+async def test_each_requester_holds_for_its_own_budget_so_a_client_with_a_timeout_gets_call_again_first(
+    tmp_path: Path,
+) -> None:
+    # The Inspector CLIs give up on a call after 60 s and progress does not reset that; neither
+    # does the SDK's read timeout. A requester whose budget is below its client's timeout gets
+    # "call again" with the request id; one left at the gate-wide budget keeps holding for it.
+    config = write_config(
+        tmp_path / "gate",
+        servers={"notes": notes_server_table(tmp_path / "notes")},
+        manifests={"notes": NOTES_MANIFEST.read_text()},
+        approvers=APPROVERS,
+        tiers=TIERS,
+        approvals={"hold_seconds": 30, "progress_seconds": 0.05},
+        requester={"hold_seconds": 0.5},
+        extra="[agents.inspector]\n"
+        + _agent_table("tok-inspector", "erin@example.com", hold_seconds=0.5)
+        + "[agents.sdk]\n"
+        + _agent_table("tok-sdk", "gina@example.com"),
+    )
+    loaded = load_config(config, {})
+    assert loaded.requester.hold_seconds == 0.5
+    assert loaded.agents["inspector"].hold_seconds == 0.5 and loaded.agents["sdk"].hold_seconds is None
+
+    @asynccontextmanager
+    async def over_http(url: str, token: str, timeout: float) -> AsyncIterator[Client]:
+        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30.0))
+        client = Client(
+            streamable_http_client(url, http_client=http), mode="legacy", read_timeout_seconds=timeout
+        )
+        async with http, client:
+            yield client
+
+    async with running_gate(config) as front, anyio.create_task_group() as tg:
+        port = await tg.start(front.serve_http, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{port}/mcp"
+        async with Client(front.server, mode="legacy", read_timeout_seconds=60) as stdio_agent:
+            local = await stdio_agent.call_tool("notes__write_note", {"name": "a", "text": "x"})
+        async with over_http(url, "tok-inspector", 60) as inspector:
+            remote = await inspector.call_tool("notes__write_note", {"name": "b", "text": "x"})
+        async with over_http(url, "tok-sdk", 3) as sdk:
+            with pytest.raises(MCPError) as timed_out:
+                await sdk.call_tool("notes__write_note", {"name": "c", "text": "x"})
+        pending = {r.binding.agent: r for r in await front.gateway.engine.pending()}
+        tg.cancel_scope.cancel()
+    for result, agent in ((local, "test-agent"), (remote, "inspector")):
+        assert result.is_error
+        assert f"request {pending[agent].id}" in text_of(result)
+        assert "Call again with the same arguments" in text_of(result)
+    # The requester at the gate-wide budget (30 s) was still held when its client gave up at 3 s.
+    assert timed_out.value.error.code == types.REQUEST_TIMEOUT
+    assert "sdk" in pending and not (tmp_path / "notes" / "c").exists()
