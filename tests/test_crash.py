@@ -1,0 +1,372 @@
+"""The kill-point crash harness: a real `mcp-gate serve` is killed with SIGKILL at every named point
+of the call path (tests/crash/launch.py arms the point), started again on the same data dir, and
+checked: no call ran twice, no approved call was lost, an interrupted call is outcome_unknown and
+never re-run, the seq has no gaps and `audit verify` passes. docs/crash-points.md lists the points."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import mcp_types as types
+import pytest
+from mcp import Client, StdioServerParameters
+
+from mcp_gate.store import SQLiteStore
+from mcp_gate.testing import approver_table, eventually, notes_server_table, write_config
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+LAUNCHER = ROOT / "tests" / "crash" / "launch.py"
+
+# The tier of append_note follows the note's name, so one manifest serves every scenario; each
+# execution appends one line to the note: the downstream counts its executions in the file.
+MANIFEST = """
+server = "notes"
+default = "high"
+[[rule]]
+tools = ["echo", "list_notes", "read_note", "sleep"]
+tier = "low"
+reason = "reads"
+[[rule]]
+tools = ["append_note"]
+when = { "/name" = { glob = "low*" } }
+tier = "low"
+reason = "a low note"
+[[rule]]
+tools = ["append_note"]
+when = { "/name" = { glob = "two*" } }
+tier = "critical"
+reason = "a note two approvers must agree on"
+[[rule]]
+tools = ["append_note"]
+tier = "high"
+reason = "a note one approver must agree on"
+"""
+
+
+@dataclass
+class World:
+    config: Path
+    notes: Path
+    info: Path
+    extra_env: dict[str, str]
+
+    @property
+    def data(self) -> Path:
+        return self.config.parent / "data"
+
+    def executions(self, name: str) -> int:
+        path = self.notes / name
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
+    def info_lines(self) -> list[tuple[str, str]]:
+        if not self.info.exists():
+            return []
+        return [tuple(line.split(" ", 1)) for line in self.info.read_text().splitlines()]  # type: ignore[misc]
+
+    def info_value(self, key: str) -> str | None:
+        values = [v for k, v in self.info_lines() if k == key]
+        return values[-1] if values else None
+
+
+def make_world(tmp_path: Path, *, extra: str = "", env: dict[str, str] | None = None) -> World:
+    config = write_config(
+        tmp_path / "gate",
+        servers={"notes": notes_server_table(tmp_path / "notes")},
+        manifests={"notes": MANIFEST},
+        approvers={
+            "bob": approver_table("bob@example.com", ["sre"], "tok-bob"),
+            "carol": approver_table("carol@example.com", ["sre"], "tok-carol"),
+        },
+        tiers={"high": {"approvals": 1, "groups": ["sre"]}, "critical": {"approvals": 2, "groups": ["sre"]}},
+        approvals={"hold_seconds": 60, "progress_seconds": 1},
+        extra=extra,
+    )
+    return World(config, tmp_path / "notes", tmp_path / "crash-info", env or {})
+
+
+def mcp_gate(world: World, *args: str, crash: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **world.extra_env, "MCP_GATE_CRASH_INFO": str(world.info)}
+    if crash is not None:
+        env["MCP_GATE_CRASH_AT"] = crash
+    return subprocess.run(
+        [sys.executable, str(LAUNCHER), *args, "--config", str(world.config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+@dataclass
+class Gate:
+    agent: Client
+    api: str
+
+
+@asynccontextmanager
+async def gate(world: World, crash: str | None = None) -> AsyncIterator[Gate]:
+    """A real `mcp-gate serve` over stdio with its approver API on a free port; `crash` arms a point."""
+    world.info.unlink(missing_ok=True)
+    env = {**os.environ, **world.extra_env, "MCP_GATE_CRASH_INFO": str(world.info)}
+    if crash is not None:
+        env["MCP_GATE_CRASH_AT"] = crash
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=[str(LAUNCHER), "serve", "--config", str(world.config), "--admin", "127.0.0.1:0"],
+        env=env,
+    )
+    async with Client(params, mode="legacy") as agent:
+        port = await eventually(lambda: world.info_value("admin_port"), what="the approver API's port")
+        yield Gate(agent, f"http://127.0.0.1:{port}")
+
+
+async def decide(api: str, token: str, request_id: str, verdict: str = "approve") -> httpx2.Response:
+    body = {} if verdict == "approve" else {"reason": "no"}
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=20) as http:
+        return await http.post(f"{api}/v1/requests/{request_id}/{verdict}", json=body)
+
+
+async def pending(api: str) -> list[dict[str, Any]]:
+    async with httpx2.AsyncClient(headers={"Authorization": "Bearer tok-bob"}, timeout=20) as http:
+        answer = (await http.get(f"{api}/v1/requests")).json()
+    return list(answer["requests"])
+
+
+async def first_pending(api: str) -> dict[str, Any]:
+    found: list[dict[str, Any]] = await eventually(lambda: pending(api), what="a pending request", timeout=30)
+    return found[0]
+
+
+def text_of(result: types.CallToolResult) -> str:
+    return " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+async def records(world: World) -> list[dict[str, Any]]:
+    async with await SQLiteStore.open(world.data / "gate.db") as store:
+        return [dict(r.body) for r in await store.records()]
+
+
+async def call_until_killed(agent: Client, name: str, arguments: dict[str, Any]) -> None:
+    try:
+        result = await agent.call_tool(name, arguments)
+    except Exception:  # the gate was killed under this call: the SDK reports the closed connection
+        return
+    raise AssertionError(f"the call finished although the gate was to be killed: {text_of(result)}")
+
+
+async def crashed(world: World, point: str) -> None:
+    await eventually(lambda: world.info_value("crashed") == point, what=f"the gate to die at {point}")
+
+
+async def check_log(world: World) -> list[dict[str, Any]]:
+    """The invariants every point shares: gapless seq, `audit verify` passes."""
+    bodies = await records(world)
+    assert [b["seq"] for b in bodies] == list(range(1, len(bodies) + 1))
+    verified = mcp_gate(world, "audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    return bodies
+
+
+def kinds_for(bodies: list[dict[str, Any]], correlation_id: str) -> list[str]:
+    return [b["event_type"] for b in bodies if b.get("correlation_id") == correlation_id]
+
+
+def unclean(bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [b for b in bodies if b["event_type"] == "gate.unclean_stop"]
+
+
+# -- the scenarios: each drives a gate to its point, then checks the restarted gate ------------------
+
+
+async def held_then_killed(world: World, point: str, note: str, voters: tuple[str, ...]) -> None:
+    """A held append_note; `voters` vote through the gate's API; the gate dies at `point`."""
+    async with gate(world, crash=point) as g, anyio.create_task_group() as tg:
+        tg.start_soon(call_until_killed, g.agent, "notes__append_note", {"name": note, "text": "x"})
+        if voters:
+            request = await first_pending(g.api)
+            for voter in voters:
+                try:
+                    await decide(g.api, f"tok-{voter}", request["id"])
+                except httpx2.HTTPError:
+                    break  # the gate died while answering this vote
+        await crashed(world, point)
+
+
+async def resend_and_finish(world: World, note: str, approvers: tuple[str, ...]) -> str:
+    """After the restart: the agent calls again; open requests are decided; the call runs once."""
+    async with gate(world) as g:
+        async with anyio.create_task_group() as tg:
+            box: list[types.CallToolResult] = []
+
+            async def call() -> None:
+                box.append(await g.agent.call_tool("notes__append_note", {"name": note, "text": "x"}))
+
+            tg.start_soon(call)
+            if approvers:
+                request = await first_pending(g.api)
+                for voter in approvers:
+                    if voter not in {v.get("approver") for v in request.get("votes", [])}:
+                        assert (await decide(g.api, f"tok-{voter}", request["id"])).status_code == 200
+        return text_of(box[0])
+
+
+async def scenario_after_call_requested(world: World) -> None:
+    await held_then_killed(world, "after_call_requested", "high-a", ())
+    bodies = await check_log(world)
+    assert not [b for b in bodies if b["event_type"] == "approval.requested"]  # the hold never began
+    assert world.executions("high-a") == 0
+    assert await resend_and_finish(world, "high-a", ("bob",)) == "appended to high-a"
+    assert world.executions("high-a") == 1
+    assert unclean(await check_log(world))
+
+
+async def scenario_after_hold_persisted(world: World) -> None:
+    await held_then_killed(world, "after_hold_persisted", "high-b", ())
+    async with gate(world) as g:  # the request is still decidable after the restart
+        request = await first_pending(g.api)
+    bodies = await check_log(world)
+    [cut] = unclean(bodies)
+    assert [c["request_id"] for c in cut["held_calls_cut_off"]] == [request["id"]]
+    assert await resend_and_finish(world, "high-b", ("bob",)) == "appended to high-b"
+    assert world.executions("high-b") == 1
+    await check_log(world)
+
+
+async def scenario_after_vote(world: World) -> None:
+    await held_then_killed(world, "after_vote", "two-c", ("bob",))
+    assert world.executions("two-c") == 0
+    async with gate(world) as g:
+        request = await first_pending(g.api)
+        assert [v["approver"] for v in request["votes"]] == ["bob"]  # the first vote survived
+    assert await resend_and_finish(world, "two-c", ("carol",)) == "appended to two-c"
+    assert world.executions("two-c") == 1
+    await check_log(world)
+
+
+async def scenario_after_deciding_vote(world: World) -> None:
+    await held_then_killed(world, "after_deciding_vote", "high-d", ("bob",))
+    assert world.executions("high-d") == 0  # approved, but the held call died with the gate
+    async with gate(world) as g:  # the restart does not run it on its own
+        assert (await first_pending(g.api))["state"] == "approved"
+    assert world.executions("high-d") == 0
+    assert await resend_and_finish(world, "high-d", ()) == "appended to high-d"
+    assert world.executions("high-d") == 1
+    await check_log(world)
+
+
+async def in_flight_is_unknown(world: World, note: str, *, at_most: int) -> None:
+    """After the restart: the interrupted call is call.outcome_unknown once, and is not re-run."""
+    before = world.executions(note)
+    assert before <= at_most
+    async with gate(world) as g:
+        assert text_of(await g.agent.call_tool("notes__echo", {"text": "up"})) == "up"  # recovered
+    bodies = await check_log(world)
+    unknown = [b for b in bodies if b["event_type"] == "call.outcome_unknown"]
+    assert len(unknown) == 1, unknown
+    correlation = unknown[0]["correlation_id"]
+    assert "call.executed" not in kinds_for(bodies, correlation)
+    assert world.executions(note) == before  # never re-run by the restart
+    request_id = unknown[0].get("request_id")
+    if request_id is not None:
+        async with gate(world) as g:  # its approval is used up: a new call asks anew
+            assert request_id not in {r["id"] for r in await pending(g.api)}
+
+
+async def scenario_after_in_flight(world: World) -> None:
+    await held_then_killed(world, "after_in_flight", "high-e", ("bob",))
+    await in_flight_is_unknown(world, "high-e", at_most=0)
+
+
+async def low_then_killed(world: World, point: str, note: str) -> None:
+    async with gate(world, crash=point) as g:
+        await call_until_killed(g.agent, "notes__append_note", {"name": note, "text": "x"})
+        await crashed(world, point)
+
+
+async def scenario_after_in_flight_low(world: World) -> None:
+    await low_then_killed(world, "after_in_flight", "low-f")
+    await in_flight_is_unknown(world, "low-f", at_most=0)
+
+
+async def scenario_after_request_written(world: World) -> None:
+    await low_then_killed(world, "after_request_written", "low-g")
+    await in_flight_is_unknown(world, "low-g", at_most=1)  # the downstream may have run it
+
+
+async def scenario_after_result(world: World) -> None:
+    await low_then_killed(world, "after_result", "low-h")
+    assert world.executions("low-h") == 1
+    await in_flight_is_unknown(world, "low-h", at_most=1)
+
+
+async def scenario_after_outcome(world: World) -> None:
+    await low_then_killed(world, "after_outcome", "low-i")
+    async with gate(world) as g:
+        assert text_of(await g.agent.call_tool("notes__echo", {"text": "up"})) == "up"
+    bodies = await check_log(world)
+    assert world.executions("low-i") == 1
+    assert not [b for b in bodies if b["event_type"] == "call.outcome_unknown"]
+    assert [b["event_type"] for b in bodies].count("call.executed") == 2  # the note and the echo
+
+
+async def scenario_inside_group_commit(world: World) -> None:
+    names = [f"low-j{i}" for i in range(8)]
+    async with gate(world, crash="inside_group_commit") as g:
+        for _ in range(20):  # waves of concurrent calls until two writes share one commit
+            if world.info_value("crashed"):
+                break
+            async with anyio.create_task_group() as tg:
+                for name in names:
+                    tg.start_soon(_call_quietly, g.agent, name)
+        await crashed(world, "inside_group_commit")
+    async with gate(world) as g:
+        assert text_of(await g.agent.call_tool("notes__echo", {"text": "up"})) == "up"
+    bodies = await check_log(world)
+    executed = {b["correlation_id"] for b in bodies if b["event_type"] == "call.executed"}
+    requested = {b["correlation_id"]: b for b in bodies if b["event_type"] == "call.requested"}
+    unknown = {b["correlation_id"] for b in bodies if b["event_type"] == "call.outcome_unknown"}
+    ran = sum(world.executions(name) for name in names)
+    # Every execution has its call.requested (nothing ran unrecorded) and at most one outcome.
+    assert ran <= len([c for c in requested if requested[c].get("args", {}).get("name", "").startswith("low-j")])
+    assert ran >= len(executed - {c for c, b in requested.items() if b.get("tool") == "echo"})
+    assert not executed & unknown
+
+
+async def _call_quietly(agent: Client, name: str) -> None:
+    try:
+        await agent.call_tool("notes__append_note", {"name": name, "text": "x"})
+    except Exception:  # the gate died under it
+        pass
+
+
+SCENARIOS: dict[str, Callable[[World], Awaitable[None]]] = {
+    "after_call_requested": scenario_after_call_requested,
+    "after_hold_persisted": scenario_after_hold_persisted,
+    "after_vote": scenario_after_vote,
+    "after_deciding_vote": scenario_after_deciding_vote,
+    "after_in_flight": scenario_after_in_flight,
+    "after_in_flight_low": scenario_after_in_flight_low,
+    "after_request_written": scenario_after_request_written,
+    "after_result": scenario_after_result,
+    "after_outcome": scenario_after_outcome,
+    "inside_group_commit": scenario_inside_group_commit,
+}
+
+
+@pytest.mark.timeout(90)  # two to four gate starts with a downstream each, plus `audit verify`
+@pytest.mark.parametrize("point", list(SCENARIOS))
+async def test_a_gate_killed_at_this_point_loses_nothing_and_runs_nothing_twice(
+    point: str, tmp_path: Path
+) -> None:
+    await SCENARIOS[point](make_world(tmp_path))
