@@ -370,3 +370,50 @@ async def test_a_gate_killed_at_this_point_loses_nothing_and_runs_nothing_twice(
     point: str, tmp_path: Path
 ) -> None:
     await SCENARIOS[point](make_world(tmp_path))
+
+
+def signing_world(tmp_path: Path) -> World:
+    world = make_world(tmp_path, extra="[evidence]\ncheckpoint_every_records = 3\n")
+    made = mcp_gate(world, "keys", "init")
+    assert made.returncode == 0, made.stderr
+    return world
+
+
+async def scenario_while_signing(world: World) -> None:
+    async with gate(world):  # the first start writes the signed head of the empty log
+        pass
+    async with gate(world, crash="while_signing") as g:
+        for i in range(10):
+            if world.info_value("crashed"):
+                break
+            await _call_quietly(g.agent, f"low-k{i}")
+        await crashed(world, "while_signing")
+    async with gate(world) as g:  # the head was written, its checkpoint row not committed: it starts
+        assert text_of(await g.agent.call_tool("notes__echo", {"text": "up"})) == "up"
+    await check_log(world)
+    assert all(world.executions(f"low-k{i}") <= 1 for i in range(10))
+
+
+async def scenario_during_export(world: World) -> None:
+    async with gate(world) as g:
+        assert text_of(await g.agent.call_tool("notes__append_note", {"name": "low-l", "text": "x"}))
+    partial = world.config.parent / "bundle"
+    died = mcp_gate(world, "audit", "export", "--out", str(partial), crash="during_export")
+    assert died.returncode == -9, died.stderr
+    pubkey = mcp_gate(world, "keys", "show").stdout.strip().splitlines()[-1]
+    refused = mcp_gate(world, "audit", "verify", "--bundle", str(partial), "--pubkey", pubkey)
+    assert refused.returncode == 1, refused.stdout + refused.stderr  # an unsigned, half-written bundle never passes for a whole one
+    await check_log(world)
+    whole = world.config.parent / "bundle-2"
+    assert mcp_gate(world, "audit", "export", "--out", str(whole)).returncode == 0
+    checked = mcp_gate(world, "audit", "verify", "--bundle", str(whole), "--pubkey", pubkey)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.timeout(90)  # gate starts with a downstream each, plus `audit verify`
+@pytest.mark.parametrize("point", ["while_signing", "during_export"])
+async def test_a_gate_with_a_signing_key_killed_at_this_point_restarts_and_verifies(
+    point: str, tmp_path: Path
+) -> None:
+    world = signing_world(tmp_path)
+    await {"while_signing": scenario_while_signing, "during_export": scenario_during_export}[point](world)
