@@ -5,6 +5,7 @@ never re-run, the seq has no gaps and `audit verify` passes. docs/crash-points.m
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -338,16 +339,16 @@ async def scenario_inside_group_commit(world: World) -> None:
     unknown = {b["correlation_id"] for b in bodies if b["event_type"] == "call.outcome_unknown"}
     ran = sum(world.executions(name) for name in names)
     # Every execution has its call.requested (nothing ran unrecorded) and at most one outcome.
-    assert ran <= len([c for c in requested if requested[c].get("args", {}).get("name", "").startswith("low-j")])
+    assert ran <= len(
+        [c for c in requested if requested[c].get("args", {}).get("name", "").startswith("low-j")]
+    )
     assert ran >= len(executed - {c for c, b in requested.items() if b.get("tool") == "echo"})
     assert not executed & unknown
 
 
 async def _call_quietly(agent: Client, name: str) -> None:
-    try:
+    with contextlib.suppress(Exception):  # the gate died under it
         await agent.call_tool("notes__append_note", {"name": name, "text": "x"})
-    except Exception:  # the gate died under it
-        pass
 
 
 SCENARIOS: dict[str, Callable[[World], Awaitable[None]]] = {
@@ -402,7 +403,9 @@ async def scenario_during_export(world: World) -> None:
     assert died.returncode == -9, died.stderr
     pubkey = mcp_gate(world, "keys", "show").stdout.strip().splitlines()[-1]
     refused = mcp_gate(world, "audit", "verify", "--bundle", str(partial), "--pubkey", pubkey)
-    assert refused.returncode == 1, refused.stdout + refused.stderr  # an unsigned, half-written bundle never passes for a whole one
+    assert refused.returncode == 1, (
+        refused.stdout + refused.stderr
+    )  # an unsigned, half-written bundle never passes for a whole one
     await check_log(world)
     whole = world.config.parent / "bundle-2"
     assert mcp_gate(world, "audit", "export", "--out", str(whole)).returncode == 0

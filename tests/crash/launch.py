@@ -167,7 +167,9 @@ def _arm_api() -> None:
 
     original = api.serve_api
 
-    async def serve_api(gate: Any, host: str, port: int, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+    async def serve_api(
+        gate: Any, host: str, port: int, *, task_status: Any = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         class Status:
             def started(self, value: Any = None) -> None:
                 note("admin_port", value)
