@@ -34,7 +34,7 @@ from mcp_gate.evidence import (
     chain_hash,
     new_event,
 )
-from mcp_gate.notary import Notary, read_head, write_head
+from mcp_gate.notary import Notary, read_head, read_head_text, write_head
 
 __all__ = [
     "DataDirLock",
@@ -918,7 +918,13 @@ class SQLiteStore:
                     job.error = closed
                 return None
             notary = None if all(job.quiet for job in batch) else self._notary
-            return await anyio.to_thread.run_sync(_commit_batch, self._connection, batch, notary, self._clock)
+            note = await anyio.to_thread.run_sync(_commit_batch, self._connection, batch, notary, self._clock)
+            if self._notary is not None:
+                try:
+                    await anyio.to_thread.run_sync(_promote_head, self._connection, self._notary)
+                except (sqlite3.Error, GateError) as exc:  # settled at the next commit or start
+                    log.error("cannot move the signed head: %s", _one_line(exc))
+            return note
         finally:
             for job in batch:
                 job.finished.set()
@@ -1128,6 +1134,7 @@ def _check_head_at_open(conn: sqlite3.Connection, path: Path, notary: Notary, cl
     assert head_file is not None
     conn.execute("BEGIN IMMEDIATE")  # the write lock: no other process signs (and moves the head) meanwhile
     try:
+        _settle_head(conn, notary)
         head = _read_head(notary)
         (table_max,) = conn.execute("SELECT MAX(size) FROM checkpoints").fetchone()
         if head is None:
@@ -1168,6 +1175,39 @@ def _check_head_at_open(conn: sqlite3.Connection, path: Path, notary: Notary, cl
     finally:
         if conn.in_transaction:
             conn.execute("COMMIT")
+
+
+def _pending_head(head: Path) -> Path:
+    return head.with_name(head.name + ".next")
+
+
+def _settle_head(conn: sqlite3.Connection, notary: Notary) -> None:
+    """Inside a write transaction: a signed note waiting beside the head becomes the head if its
+    checkpoint row was committed, and is dropped if not (the signer died before its COMMIT)."""
+    if notary.head is None:
+        return
+    pending = _pending_head(notary.head)
+    try:
+        note = read_head_text(pending)
+    except GateError:
+        return
+    if note is None:
+        return
+    committed = conn.execute("SELECT 1 FROM checkpoints WHERE note = ? LIMIT 1", (note,)).fetchone()
+    try:
+        if committed is not None:
+            os.replace(pending, notary.head)
+        else:
+            pending.unlink(missing_ok=True)
+    except OSError as exc:
+        raise GateError(f"{notary.head}: cannot settle the signed head: {exc.strerror or exc}") from exc
+
+
+def _promote_head(conn: sqlite3.Connection, notary: Notary) -> None:
+    """After a commit: make a just-committed checkpoint the signed head."""
+    if notary.head is None or not _pending_head(notary.head).exists():
+        return
+    _in_transaction(conn, lambda c: _settle_head(c, notary))
 
 
 def _read_head(notary: Notary) -> Checkpoint | None:
@@ -1231,7 +1271,9 @@ def _sign_checkpoint(conn: sqlite3.Connection, notary: Notary, clock: Clock, *, 
         (size, utc_iso(now), note),
     )
     if notary.head is not None:
-        write_head(notary.head, note)  # before COMMIT: a head ahead of the table fails loudly, never silently
+        # Before COMMIT, beside the head: it becomes the head once its row is committed (a crash in
+        # between leaves it to `_settle_head`), so the head never runs ahead of the table.
+        write_head(_pending_head(notary.head), note)
     return note
 
 
@@ -1261,7 +1303,7 @@ def _prune(conn: sqlite3.Connection, notary: Notary, before: str, now: datetime)
         (last, utc_iso(now), note),
     )
     if notary.head is not None and (head is None or last >= head.size):
-        write_head(notary.head, note)
+        write_head(_pending_head(notary.head), note)
     # The only path by which evidence rows leave: the guard comes back in the same transaction.
     conn.execute("DROP TRIGGER evidence_no_delete")
     deleted = conn.execute("DELETE FROM evidence WHERE seq <= ?", (last,)).rowcount
