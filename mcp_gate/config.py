@@ -7,6 +7,7 @@ import hmac
 import json
 import re
 import stat
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,9 @@ __all__ = [
     "ElicitationSettings",
     "EvidenceSettings",
     "GateConfig",
+    "MAX_CLIENT_CONFIG_BYTES",
+    "MAX_NESTING",
+    "MAX_TOML_BYTES",
     "HttpSettings",
     "PinSettings",
     "Protocol",
@@ -212,10 +216,22 @@ def read_private_text(path: Path, what: str) -> str:
     return path.read_text("utf-8")
 
 
-def _read_bytes(path: Path, missing: str) -> bytes:
+# The stated limits of the files the gate reads (docs/limits.md lists every parser's limits).
+MAX_TOML_BYTES = 1024 * 1024  # gate.toml and each tool manifest
+MAX_CLIENT_CONFIG_BYTES = 4 * 1024 * 1024  # a client's mcpServers / VS Code JSON
+MAX_NESTING = 64  # tables and lists inside one another, in TOML and client JSON
+
+
+def _read_bytes(path: Path, missing: str, limit: int | None = None) -> bytes:
     file = str(path)
     try:
-        return path.read_bytes()
+        if limit is None:
+            return path.read_bytes()
+        with path.open("rb") as f:
+            raw = f.read(limit + 1)
+        if len(raw) > limit:
+            raise ConfigError(file, None, f"is larger than the limit of {limit} bytes")
+        return raw
     except FileNotFoundError as exc:
         raise ConfigError(file, None, missing) from exc
     except IsADirectoryError as exc:
@@ -235,12 +251,41 @@ def _decode(path: Path, raw: bytes) -> str:
 
 def read_toml(path: Path, *, missing: str = "no such file") -> tuple[dict[str, Any], bytes]:
     """Parse a TOML file; return its table and its bytes. Every failure is a one-line ConfigError."""
-    raw = _read_bytes(path, missing)
+    raw = _read_bytes(path, missing, MAX_TOML_BYTES)
     try:
         data = tomllib.loads(_decode(path, raw))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), None, f"invalid TOML: {_one_line(str(exc))}") from exc
+    except RecursionError as exc:
+        raise ConfigError(str(path), None, f"invalid TOML: nested deeper than {MAX_NESTING} levels") from exc
+    except ValueError as exc:  # Python's limit on digits in an integer
+        raise ConfigError(str(path), None, f"invalid TOML: {_TOO_MANY_DIGITS}") from exc
+    _check_tree(str(path), data)
     return data, raw
+
+
+_TOO_MANY_DIGITS = f"a number has more than {sys.get_int_max_str_digits() or 4300} digits"
+
+
+def _check_tree(file: str, data: Any) -> None:
+    """Refuse nesting deeper than MAX_NESTING and strings that are not Unicode text (lone
+    surrogates from JSON escapes), without recursion."""
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ConfigError(
+                    file, None, "a string holds a lone surrogate (an invalid \\u escape)"
+                ) from exc
+            continue
+        if isinstance(value, dict | list):
+            if depth >= MAX_NESTING:
+                raise ConfigError(file, None, f"nested deeper than {MAX_NESTING} levels")
+            items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+            stack.extend((item, depth + 1) for item in items)
 
 
 def _one_line(text: str) -> str:
@@ -434,7 +479,7 @@ class _ClientEntry(_Strict):
     url: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     type: str | None = None
-    timeout: float | None = Field(default=None, gt=0)  # milliseconds
+    timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)  # milliseconds
     disabled: bool | None = None
     enabled: bool | None = None
     # Written by clients for their own use; nothing the gate can act on.
@@ -673,18 +718,41 @@ def _strip_jsonc(text: str) -> str:
     return "".join(chars)
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key[:100])
+        out[key] = value
+    return out
+
+
 def read_client_config(
     path: Path, environ: Mapping[str, str], *, keep_references: bool = False
 ) -> dict[str, ServerSpec]:
     """The servers of a client config: {"mcpServers": ...} (Claude, Cursor) or {"servers": ...} (VS Code)."""
     file = str(path)
-    text = _decode(path, _read_bytes(path, "no such file"))
+    text = _decode(path, _read_bytes(path, "no such file", MAX_CLIENT_CONFIG_BYTES))
     try:
-        data = json.loads(_strip_jsonc(text))
+        data = json.loads(_strip_jsonc(text), object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as exc:
         raise ConfigError(
             file, None, f"invalid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
         ) from exc
+    except _DuplicateKey as exc:
+        raise ConfigError(
+            file, None, f"invalid JSON: the key {exc.key!r} appears twice in one object"
+        ) from exc
+    except RecursionError as exc:
+        raise ConfigError(file, None, f"invalid JSON: nested deeper than {MAX_NESTING} levels") from exc
+    except ValueError as exc:  # Python's limit on digits in an integer
+        raise ConfigError(file, None, f"invalid JSON: {_TOO_MANY_DIGITS}") from exc
+    _check_tree(file, data)
     if not isinstance(data, dict):
         raise ConfigError(file, None, "expected a JSON object with mcpServers or servers")
     prefix: str

@@ -42,6 +42,8 @@ class ConfigError(GateError):
         self.file = file
         self.key = key
         self.problem = problem
+        if key:  # a key taken from the file may hold a newline; the message stays one line
+            key = "".join(c if c.isprintable() else repr(c)[1:-1] for c in key)
         where = f"{file}: {key}" if key else file
         super().__init__(f"{where}: {problem}")
 
