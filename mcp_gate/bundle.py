@@ -366,8 +366,8 @@ def _verify_records(
         while line := handle.readline(MAX_RECORD_LINE_BYTES + 1):
             if len(line) > MAX_RECORD_LINE_BYTES:
                 seq = first + records
-                problem = f"{RECORDS}: seq {seq}: the line is longer than {MAX_RECORD_LINE_BYTES} bytes"
-                return BundleReport(False, records, first, last, len(valid), seq, problem)
+                too_long = f"{RECORDS}: seq {seq}: the line is longer than {MAX_RECORD_LINE_BYTES} bytes"
+                return BundleReport(False, records, first, last, len(valid), seq, too_long)
             raw = line.decode("utf-8")  # a bad byte is UnicodeDecodeError: "cannot be read"
             records += 1
             problem = _feed_line(chain, raw, first + records - 1)
