@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import shutil
+import stat
 import sys
 import tarfile
 import tempfile
@@ -42,6 +43,12 @@ SUMS_NOTE = "SHA256SUMS.sig"
 _SIGNED_FILES = (MANIFEST, RECORDS, CHECKPOINTS, PUBKEY)
 BUNDLE_FORMAT = "mcp-gate-evidence-bundle/1"
 _CHUNK = 1 << 16
+# Stated limits of `audit verify --bundle` (docs/limits.md): a bundle has six files, so a tarball
+# listing more members is refused before its headers fill memory; each records.jsonl line, and
+# each other file, has a most size.
+MAX_MEMBERS = 64
+MAX_RECORD_LINE_BYTES = 16 * 1024 * 1024
+MAX_FILE_BYTES = 64 * 1024 * 1024
 _LINE_KEYS = {"body", "entry_hash", "prev_hash", "seq"}
 
 
@@ -246,12 +253,18 @@ class _Bundle:
     def _members(self) -> tuple[list[str], int]:
         """The member names of the .tar.gz, and the offset where its end-of-archive blocks begin."""
         with tarfile.open(self.path, "r:gz") as tar:
-            names = sorted(m.name for m in tar.getmembers())
-            return names, tar.offset
+            names = []
+            for member in tar:
+                names.append(member.name)
+                if len(names) > MAX_MEMBERS:
+                    raise GateError(f"--bundle {self.path}: more than {MAX_MEMBERS} files; not a bundle")
+            return sorted(names), tar.offset
 
     @contextmanager
     def open(self, name: str) -> Iterator[IO[bytes]]:
         if not self.tarred:
+            if not stat.S_ISREG((self.path / name).lstat().st_mode):  # a symlink may name /dev/zero
+                raise GateError(f"{name} in the bundle is not a regular file")
             with (self.path / name).open("rb") as handle:
                 yield handle
             return
@@ -263,7 +276,7 @@ class _Bundle:
             assert extracted is not None
             yield extracted
 
-    def read(self, name: str, limit: int = 1 << 26) -> bytes:
+    def read(self, name: str, limit: int = MAX_FILE_BYTES) -> bytes:
         with self.open(name) as handle:
             data = handle.read(limit + 1)
         if len(data) > limit:
@@ -313,13 +326,22 @@ def verify_bundle(path: Path, pubkey: VerifierKey, *, progress: Progress | None 
             if bundle.sha256(name) != listed[name]:
                 return fail(f"{name} was changed: its SHA-256 does not match {SUMS}")
         manifest = json.loads(bundle.read(MANIFEST))
-        if manifest.get("format") != BUNDLE_FORMAT:
+        if not _manifest_shape(manifest):
             return fail(f"{MANIFEST}: not an mcp-gate evidence bundle")
         notes_text = bundle.read(CHECKPOINTS).decode("utf-8")
         checks = check_notes(((CHECKPOINTS, n) for n in split_notes(notes_text)), [pubkey])
         return _verify_records(bundle, manifest, checks, progress)
     except _UNREADABLE as exc:
         return fail(f"the bundle cannot be read: {type(exc).__name__}: {exc}")
+
+
+def _manifest_shape(manifest: Any) -> bool:
+    """A bundle's manifest is an object of this format with whole-number seqs and text hashes."""
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        return False
+    numbers = [manifest.get(k) for k in ("first_seq", "last_seq", "count")]
+    hashes = [manifest.get(k) for k in ("first_prev_hash", "last_entry_hash")]
+    return all(type(n) is int for n in numbers) and all(isinstance(h, str) for h in hashes)
 
 
 def _verify_records(
@@ -341,7 +363,11 @@ def _verify_records(
     records = 0
     bar = progress or Progress("verifying", count)
     with bundle.open(RECORDS) as handle:
-        for line in handle:
+        while line := handle.readline(MAX_RECORD_LINE_BYTES + 1):
+            if len(line) > MAX_RECORD_LINE_BYTES:
+                seq = first + records
+                too_long = f"{RECORDS}: seq {seq}: the line is longer than {MAX_RECORD_LINE_BYTES} bytes"
+                return BundleReport(False, records, first, last, len(valid), seq, too_long)
             raw = line.decode("utf-8")  # a bad byte is UnicodeDecodeError: "cannot be read"
             records += 1
             problem = _feed_line(chain, raw, first + records - 1)
