@@ -53,13 +53,13 @@ def tiny_tmpfs(where: Path, size: str) -> Iterator[Path]:
 def fill(directory: Path) -> Path:
     """Write a ballast file until the file system is full."""
     ballast = directory / "ballast"
-    with ballast.open("wb") as handle:
-        try:
+    try:
+        with ballast.open("ab") as handle:
             while True:
                 handle.write(b"\0" * 65536)
                 handle.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
+    except OSError as exc:  # also when the file system is already full at open
+        assert exc.errno == errno.ENOSPC
     with contextlib.suppress(OSError), ballast.open("ab") as handle:  # a few bytes may still fit
         while True:
             handle.write(b"\0" * 512)
@@ -77,6 +77,7 @@ async def test_a_full_disk_fails_the_call_closed_and_the_gate_recovers_when_spac
     )
     data = config.parent / "data"
     with tiny_tmpfs(data, "4m"):
+        (data / "ballast").touch()  # made while there is room, so it can be filled and freed later
         async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
             assert text_of(await agent.call_tool("notes__echo", {"text": "before"})) == "before"
             ballast = fill(data)

@@ -51,8 +51,8 @@ async def test_a_gate_with_a_separate_signer_signs_checkpoints_without_holding_a
     config = make_config(tmp_path, signer_section(script, key_file, pubkey))
     await drive(config)
     data_dir = load_config(config, {}).data_dir
-    # No signing key in the gate's folder (args.key, the argument-digest key, belongs there).
-    assert not [key for key in data_dir.glob("*.key") if key.name != "args.key"]
+    # No signing key in the gate's folder (the argument-digest and decision keys belong there).
+    assert not [key for key in data_dir.glob("*.key") if key.name not in ("args.key", "decisions.key")]
 
     verified = mcp_gate("audit", "verify", "--config", str(config), "--pubkey", pubkey, "--json")
     assert verified.returncode == 0, verified.stderr
