@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -567,7 +568,11 @@ def test_no_changed_byte_anywhere_in_a_tarball_verifies_or_escapes_as_a_crash(
         except GateError as exc:
             assert "not a directory or a .tar.gz bundle" in str(exc), (at, exc)
         else:
-            assert not report.ok and report.problem, at
+            # Deflate has bits that decode to nothing (block padding, unused code lengths) and the
+            # gzip header's name, time and OS are covered by nothing: a flip there leaves the very
+            # same tarball, which rightly verifies. Any flip that changes the tarball must fail.
+            same = gzip.decompress(bytes(data)) == gzip.decompress(original)
+            assert same or (not report.ok and report.problem), at
 
 
 def test_a_bundle_fails_against_another_key(bundles: tuple[Path, Path]) -> None:
