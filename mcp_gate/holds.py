@@ -378,15 +378,10 @@ class ApprovalEngine:
     def _verified(self, tx: Tx, request: ApprovalRequest, released: Released) -> Released | Void:
         """Inside a transaction: release only what the sealed evidence of the request backs. A row
         approved by anything else (a vote or state written without the decision key) voids it."""
-        derived = derive(self.key, request, tx.decision_bodies(request.correlation_id))
-        if derived.releases(request.required):
+        derived = derive(self.key, request, tx.bodies_for(request.correlation_id, SEALED_EVENTS))
+        why = derived.why_not(request.required)
+        if why is None:
             return released
-        if derived.forged:
-            why = "its approval could not be verified: " + "; ".join(derived.forged)
-        elif derived.denied_by or derived.revoked_by:
-            why = f"its sealed records show it {'denied' if derived.denied_by else 'revoked'}"
-        else:
-            why = f"its sealed records show {len(derived.approvers)} of {request.required} approvals"
         tx.append(
             [
                 self._ev(
@@ -622,7 +617,7 @@ class ApprovalEngine:
             if not grant_covers(grant, binding, tier, rule, now):
                 continue
             origin = tx.get_request(grant.request_id) if grant.request_id else None
-            bodies = tx.decision_bodies(origin.correlation_id) if origin else []
+            bodies = tx.bodies_for(origin.correlation_id, SEALED_EVENTS) if origin else []
             why = grant_forgery(self.key, grant, bodies)
             if why is None:
                 return grant

@@ -100,13 +100,15 @@ class Derived:
     revoked_by: str | None
     forged: tuple[str, ...]
 
-    def releases(self, required: int) -> bool:
-        return (
-            not self.forged
-            and self.denied_by is None
-            and self.revoked_by is None
-            and len(self.approvers) >= required
-        )
+    def why_not(self, required: int) -> str | None:
+        """Why these records do not release a request that needs `required` approvals, or None."""
+        if self.forged:
+            return "its approval could not be verified: " + "; ".join(self.forged)
+        if self.denied_by or self.revoked_by:
+            return f"its sealed records show it {'denied' if self.denied_by else 'revoked'}"
+        if len(self.approvers) < required:
+            return f"its sealed records show {len(self.approvers)} of {required} approvals"
+        return None
 
 
 def derive(key: bytes, request: ApprovalRequest, bodies: Iterable[Mapping[str, Any]]) -> Derived:

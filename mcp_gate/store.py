@@ -384,13 +384,12 @@ class Tx:
         ).fetchone()
         return None if row is None else self._request(row)
 
-    def decision_bodies(self, correlation_id: str) -> list[dict[str, Any]]:
-        """The evidence bodies of the decision records under one correlation id, in order."""
+    def bodies_for(self, correlation_id: str, event_types: Sequence[str]) -> list[dict[str, Any]]:
+        """The evidence bodies of these types under one correlation id, in order."""
+        marks = ", ".join("?" for _ in event_types)
         rows = self.conn.execute(
-            "SELECT body FROM evidence WHERE correlation_id = ? AND event_type IN "
-            "('approval.requested', 'approval.decided', 'approval.revoked', 'grant.created', "
-            "'grant.revoked') ORDER BY seq",
-            (correlation_id,),
+            f"SELECT body FROM evidence WHERE correlation_id = ? AND event_type IN ({marks}) ORDER BY seq",
+            (correlation_id, *event_types),
         )
         return list(_parsed_bodies(rows))
 
