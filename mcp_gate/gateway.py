@@ -76,11 +76,28 @@ log = logging.getLogger("mcp_gate.gateway")
 SEPARATOR = "__"
 ARGS_KEY_FILE = "args.key"
 MAX_ARGUMENT_BYTES = 256 * 1024
+# Nesting of tool arguments: far more than any tool's schema uses, far less than the recursion
+# limit of the canonical JSON, redaction and jsonschema code that walks them.
+MAX_ARGUMENT_DEPTH = 64
 # Calls of these tiers, and every call that waited for a decision, re-list their server first.
 RECHECKED_TIERS = ("high", "critical")
 NO_TASKS = types.ToolExecution(task_support="forbidden")
 TIER_META_KEY = "io.github.mcp-gate/tier"
 CORRELATION_META_KEY = "io.github.mcp-gate/correlation-id"
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and dicts nest more than `limit` levels, found without recursion (a value
+    nested thousands deep must be refused before any recursive code sees it)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def split_name(name: str) -> tuple[str, str] | None:
@@ -763,6 +780,11 @@ class Gateway:
             arguments = {}
         if not isinstance(arguments, dict):
             raise InvalidArguments(name, f"arguments must be a JSON object, not {type(arguments).__name__}")
+        if _deeper_than(arguments, MAX_ARGUMENT_DEPTH):
+            raise InvalidArguments(
+                name,
+                f"arguments are nested deeper than {MAX_ARGUMENT_DEPTH} levels; send a flatter value",
+            )
         try:
             size = len(canonical_json(arguments))
         except Exception as exc:  # rfc8785 rejects NaN, huge ints, bad surrogates: agent input
@@ -809,6 +831,9 @@ class Gateway:
         self, correlation_id: str, base: Mapping[str, Any], refusal: CallRefused, raw_arguments: Any
     ) -> types.CallToolResult:
         events = []
+        if _deeper_than(raw_arguments, MAX_ARGUMENT_DEPTH):
+            # Redaction and canonical JSON recurse: the refusal says why, without the value.
+            raw_arguments = None
         if raw_arguments is not None:
             events.append(
                 self.event(

@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Mapping
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import replace
-from typing import Any
+from typing import IO, Any, BinaryIO, cast
 
 import anyio
 import mcp_types as types
@@ -24,14 +27,19 @@ from mcp_gate import __version__
 from mcp_gate.channels.elicitation import ContextAsker
 from mcp_gate.config import Agent, Requester
 from mcp_gate.downstream import ProgressFn
+from mcp_gate.errors import GateError
 from mcp_gate.gateway import Gateway
 from mcp_gate.http import bearer_token, json_error, serve_asgi
 
-__all__ = ["BearerAuth", "FrontServer", "REQUESTER_SCOPE_KEY"]
+__all__ = ["MAX_STDIO_LINE_BYTES", "BearerAuth", "FrontServer", "REQUESTER_SCOPE_KEY"]
 
 log = logging.getLogger("mcp_gate.server")
 
 REQUESTER_SCOPE_KEY = "mcp_gate.requester"
+# One JSON-RPC message on stdin. The largest call the gate admits (256 KiB of arguments as
+# canonical JSON) takes at most 1.5 MiB even with every character written as a \\uXXXX escape;
+# 4 MiB leaves room for the rest of the message and for whitespace, and bounds what one line costs.
+MAX_STDIO_LINE_BYTES = 4 * 1024 * 1024
 
 # Arguments of a tools/call that are not an object, as the agent sent them (see `_keep_bad_arguments`).
 _BAD_ARGUMENTS: ContextVar[tuple[Any, ...]] = ContextVar("mcp_gate_bad_arguments", default=())
@@ -144,10 +152,14 @@ class FrontServer:
         )
 
     async def serve_stdio(self) -> None:
+        """Serve the agent on stdin/stdout. Raises GateError for a line longer than
+        MAX_STDIO_LINE_BYTES: the connection closes, with that one line on stderr."""
         from mcp.server.stdio import stdio_server
 
-        async with stdio_server() as (read, write):
-            await self.server.run(read, write, self.initialization_options())
+        with _claimed_stdin() as wire:
+            lines = anyio.AsyncFile(cast(IO[str], BoundedLines(wire, MAX_STDIO_LINE_BYTES)))
+            async with stdio_server(stdin=lines) as (read, write):
+                await self.server.run(read, write, self.initialization_options())
 
     def http_app(self) -> ASGIApp:
         limits = self.gateway.config.http
@@ -172,6 +184,49 @@ class FrontServer:
             lifespan="on",
             task_status=task_status,
         )
+
+
+class BoundedLines:
+    """The agent's stdin as text lines of at most `limit` bytes each. The SDK's own stdio reader
+    reads a line whatever its length, so one endless line would take all memory."""
+
+    def __init__(self, raw: BinaryIO, limit: int) -> None:
+        self.raw = raw
+        self.limit = limit
+
+    def readline(self) -> str:
+        line = self.raw.readline(self.limit + 1)
+        if len(line) > self.limit and not line.endswith(b"\n"):
+            raise GateError(
+                f"a JSON-RPC message on stdin is longer than {self.limit} bytes, the limit; "
+                "closing the connection"
+            )
+        # As the SDK reads stdin: bytes that are not UTF-8 become U+FFFD, never an exception.
+        return line.decode("utf-8", errors="replace")
+
+
+@contextmanager
+def _claimed_stdin() -> Iterator[BinaryIO]:
+    """stdin on a private descriptor, with fd 0 pointed at the null device meanwhile (as the
+    SDK does when it owns stdin), so no child process reads the agent's messages."""
+    if not sys.stdin or not _is_fd(sys.stdin, 0):
+        yield sys.stdin.buffer
+        return
+    wire = os.dup(0)  # never closed: a worker thread may still block reading it at exit
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    try:
+        yield os.fdopen(wire, "rb", closefd=False)
+    finally:
+        os.dup2(wire, 0)
+
+
+def _is_fd(stream: IO[str], fd: int) -> bool:
+    try:
+        return stream.fileno() == fd
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _progress_relay(ctx: ServerRequestContext[Any]) -> ProgressFn:
