@@ -4,20 +4,23 @@ stated depth and line limits (docs/limits.md)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import ExitStack
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio.from_thread
+import httpx2
 import mcp_types as types
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 
 from mcp_gate.gateway import MAX_ARGUMENT_DEPTH
 from mcp_gate.server import MAX_STDIO_LINE_BYTES
@@ -29,6 +32,7 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 
+TOKEN = "fuzz-agent-token-7d1e"
 INITIALIZE = {
     "jsonrpc": "2.0",
     "id": 1,
@@ -56,13 +60,17 @@ json_values = st.recursive(
     | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20)
-    | st.sampled_from(["\ud800", "\udfff x", "\x00", "\u202e", "x" * 300_000]),
+    | st.sampled_from(["\ud800", "\udfff x", "\x00", "\u202e"]),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=20,
 )
 # The SDK's client refuses to serialize much past 200 levels, and its stdio server's JSON parser
 # past about 200: deeper values never reach the gate (see the raw stdio test below).
-hostile = json_values | st.integers(min_value=1, max_value=150).map(nested)
+hostile = (
+    json_values
+    | st.integers(min_value=1, max_value=150).map(nested)
+    | st.integers(min_value=1, max_value=300_000).map(lambda n: "x" * n)
+)
 
 
 def text_of(result: types.CallToolResult) -> str:
@@ -99,10 +107,22 @@ def gate_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
         servers={"notes": notes_server_table(root / "notes")},
         manifests={"notes": NOTES_MANIFEST.read_text()},
         approvals={"hold_seconds": 0.2},
+        extra=f'[agents.fuzzer]\ntoken_sha256 = "{hashlib.sha256(TOKEN.encode()).hexdigest()}"\n'
+        'owner = "carol@example.com"\n',
     )
 
 
-@pytest.fixture(scope="module", params=["memory", "stdio-legacy", "stdio-auto"])
+@asynccontextmanager
+async def http_gate(config: Path) -> AsyncIterator[str]:
+    async with running_gate(config) as front, anyio.create_task_group() as tg:
+        port = await tg.start(front.serve_http, "127.0.0.1", 0)
+        try:
+            yield f"http://127.0.0.1:{port}/mcp"
+        finally:
+            tg.cancel_scope.cancel()
+
+
+@pytest.fixture(scope="module", params=["memory", "stdio-legacy", "stdio-auto", "http-legacy", "http-auto"])
 def agent(request: pytest.FixtureRequest, gate_config: Path) -> Iterator[tuple[Any, Client, str]]:
     """One real gate per transport for the whole module, driven from sync Hypothesis tests
     through a blocking portal (one gate per example would take minutes)."""
@@ -111,6 +131,13 @@ def agent(request: pytest.FixtureRequest, gate_config: Path) -> Iterator[tuple[A
             front = stack.enter_context(portal.wrap_async_context_manager(running_gate(gate_config)))
             target: Any = front.server
             mode = "auto"
+        elif request.param.startswith("http-"):
+            url = stack.enter_context(portal.wrap_async_context_manager(http_gate(gate_config)))
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0))
+            stack.enter_context(portal.wrap_async_context_manager(http))
+            target = streamable_http_client(url, http_client=http)
+            mode = request.param.removeprefix("http-")
         else:
             target = StdioServerParameters(
                 command=sys.executable, args=["-m", "mcp_gate", "serve", "--config", str(gate_config)]
