@@ -73,10 +73,12 @@ _PEM = re.compile(
     r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?"
     r"(?:-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|$)"
 )
-# `password=hunter2`, `"pwd": "1234"`, `token: abc` inside a string: the value is hidden.
+# `password=hunter2`, `"pwd": "1234"`, `token: abc` inside a string: the value is hidden. The key's
+# parts around the key word are bounded (64 characters each, the one after it possessive), so a long
+# run of `-`, `_` or `.`, or of repeated key words, costs linear time rather than quadratic.
 _ASSIGNMENT = re.compile(
-    r"(?i)(?<![A-Za-z0-9])([\w.-]*?(?:password|passwd|pwd|passphrase|passcode|secret|token|api[_-]?key"
-    r"|access[_-]?key|private[_-]?key|authorization|auth|otp|jwt|credentials?)(?:[_-][\w-]*)?[\"']?\s*[:=]\s*[\"']?)"
+    r"(?i)(?<![A-Za-z0-9])([\w.-]{0,64}?(?:password|passwd|pwd|passphrase|passcode|secret|token|api[_-]?key"
+    r"|access[_-]?key|private[_-]?key|authorization|auth|otp|jwt|credentials?)(?:[_-][\w-]{0,64}+)?[\"']?\s*[:=]\s*[\"']?)"
     r"([^\s\"'&;,}\]]+)"
 )
 # `Authorization: Basic dXNlcjpwYXNz`, `Bearer abc.def`: the credential after the scheme.
