@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from mcp_gate.errors import ConfigError
 from mcp_gate.manifests import Regex, load_manifest
 from mcp_gate.policy import condition_holds
-from mcp_gate.redaction import _ASSIGNMENT, scrub_text
+from mcp_gate.redaction import _ASSIGNMENT, _detectors, scrub_text
 
 RULE = '[[rule]]\ntools = ["write_note"]\ntier = "critical"\nreason = "r"\n'
 SUBJECT = 256 * 1024  # the largest argument string an agent can send
@@ -94,3 +94,17 @@ def test_the_assignment_pattern_bounds_are_written_in_it() -> None:
     # The bound that makes it linear: no unbounded repetition of the key's characters.
     assert re.search(r"\[\\w\.-\]\*|\[\\w-\]\*", _ASSIGNMENT.pattern) is None
     assert scrub_text("x.db_password = 'hunter22'") == "x.db_password = '[redacted]'"
+
+
+@pytest.mark.parametrize("run", ["/", "sk-"])
+def test_the_detectors_are_linear_on_long_runs_of_what_they_repeat(run: str) -> None:
+    """detect-secrets' npm and OpenAI patterns are quadratic in Python's engine on a run of `/` or
+    `sk-` (a 200 KiB run took minutes); the detectors RE2 can run are compiled by it."""
+    text = run * (200_000 // len(run))
+    assert scrub_text(text).startswith(("/", "[redacted]"))  # a run of `sk-` looks like a key
+    npm = next(p for p in _detectors(()) if "_authToken" in p.pattern)
+    assert type(npm).__module__.startswith("re2")
+
+
+def test_a_lone_surrogate_in_text_is_scanned_by_the_backtracking_detectors_not_raised() -> None:
+    assert scrub_text("key \ud800 AKIAIOSFODNN7EXAMPLE") == "key \ud800 [redacted]"
