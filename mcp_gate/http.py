@@ -176,6 +176,23 @@ class _HeaderDeadline(H11Protocol):
         super().on_response_complete()
         self._arm_header_deadline()
 
+    def send_400_response(self, msg: str) -> None:
+        """A request h11 cannot parse (a control character in a header, headers over 16 KiB, a
+        broken chunk) gets the same one-line JSON error as every other refusal, not plain text."""
+        body = json.dumps({"error": "the request is not valid HTTP/1.1", "code": "bad_request"}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        for event in (
+            h11.Response(status_code=400, headers=headers),
+            h11.Data(data=body),
+            h11.EndOfMessage(),
+        ):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()
+
     def _arm_header_deadline(self) -> None:
         if not self.transport.is_closing():
             self.loop.call_later(self.header_timeout, self._header_deadline, self._responses)

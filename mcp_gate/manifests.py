@@ -9,10 +9,11 @@ import importlib.resources
 import json
 import re
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
+import re2  # type: ignore[import-untyped]  # google-re2 ships no type hints
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from mcp_gate.config import config_error_from, read_toml
@@ -23,6 +24,7 @@ __all__ = [
     "UNSET",
     "Condition",
     "Manifest",
+    "Regex",
     "Rule",
     "Shipped",
     "copy_shipped",
@@ -41,12 +43,49 @@ UNSET = _Unset.UNSET
 """`Condition.equals` when the condition has no `equals` check (TOML has no null to stand for it)."""
 
 
+def _re2_options() -> Any:
+    options = re2.Options()
+    options.log_errors = False  # RE2 would print parse errors to stderr itself; we raise them
+    return options
+
+
+_RE2_OPTIONS = _re2_options()
+
+
+@dataclass(frozen=True)
+class Regex:
+    """A manifest's regex, compiled by RE2: matching is linear in the subject's length whatever
+    the pattern, so an agent's argument cannot make a check run for minutes (ReDoS). RE2 refuses
+    what it cannot do in linear time (backreferences, lookaround) when the manifest is loaded."""
+
+    pattern: str
+    _compiled: Any = field(compare=False, repr=False)
+
+    @classmethod
+    def compile(cls, pattern: str) -> Regex:
+        try:
+            return cls(pattern, re2.compile(pattern, _RE2_OPTIONS))
+        except re2.error as exc:
+            raw = exc.args[0] if exc.args else b"cannot be compiled"
+            why = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+            raise ValueError(f"invalid regex: {why} (RE2 syntax: no backreferences or lookaround)") from exc
+
+    def fullmatch(self, text: str) -> bool:
+        """Whether the whole of `text` matches; a lone surrogate (from a JSON "\\ud800" escape)
+        is matched as U+FFFD, since RE2 reads UTF-8."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
+        return self._compiled.fullmatch(text) is not None
+
+
 @dataclass(frozen=True)
 class Condition:
     """Checks on one argument value; every check that is set must hold."""
 
     glob: str | None = None
-    regex: re.Pattern[str] | None = None
+    regex: Regex | None = None
     equals: Any = UNSET
     min: float | None = None
     max: float | None = None
@@ -93,10 +132,7 @@ def _glob(value: str) -> str:
 
 
 def _regex(value: str) -> str:
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"invalid regex: {exc}") from exc
+    Regex.compile(value)
     return value
 
 
@@ -161,7 +197,7 @@ def _condition(file: str, key: str, model: _ConditionModel) -> Condition:
         raise ConfigError(file, f"{key}.min", f"min ({model.min:g}) is greater than max ({model.max:g})")
     return Condition(
         glob=model.glob,
-        regex=re.compile(model.regex) if model.regex is not None else None,
+        regex=Regex.compile(model.regex) if model.regex is not None else None,
         equals=model.equals if "equals" in model.model_fields_set else UNSET,
         min=model.min,
         max=model.max,

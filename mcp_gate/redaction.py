@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import re2  # type: ignore[import-untyped]  # google-re2 ships no type hints
 from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
 from detect_secrets.plugins.base import RegexBasedDetector
 from detect_secrets.plugins.high_entropy_strings import Base64HighEntropyString, HexHighEntropyString
@@ -73,10 +74,12 @@ _PEM = re.compile(
     r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?"
     r"(?:-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|$)"
 )
-# `password=hunter2`, `"pwd": "1234"`, `token: abc` inside a string: the value is hidden.
+# `password=hunter2`, `"pwd": "1234"`, `token: abc` inside a string: the value is hidden. The key's
+# parts around the key word are bounded (64 characters each, the one after it possessive), so a long
+# run of `-`, `_` or `.`, or of repeated key words, costs linear time rather than quadratic.
 _ASSIGNMENT = re.compile(
-    r"(?i)(?<![A-Za-z0-9])([\w.-]*?(?:password|passwd|pwd|passphrase|passcode|secret|token|api[_-]?key"
-    r"|access[_-]?key|private[_-]?key|authorization|auth|otp|jwt|credentials?)(?:[_-][\w-]*)?[\"']?\s*[:=]\s*[\"']?)"
+    r"(?i)(?<![A-Za-z0-9])([\w.-]{0,64}?(?:password|passwd|pwd|passphrase|passcode|secret|token|api[_-]?key"
+    r"|access[_-]?key|private[_-]?key|authorization|auth|otp|jwt|credentials?)(?:[_-][\w-]{0,64}+)?[\"']?\s*[:=]\s*[\"']?)"
     r"([^\s\"'&;,}\]]+)"
 )
 # `Authorization: Basic dXNlcjpwYXNz`, `Bearer abc.def`: the credential after the scheme.
@@ -129,7 +132,7 @@ def scrub_text(text: str, rules: RedactionRules = DEFAULT_RULES) -> str:
     spans: list[tuple[int, int]] = []
     for match in _PEM.finditer(text):
         spans.append(match.span())
-    for pattern in _detectors(rules.patterns):
+    for pattern in _detectors(rules.patterns) if _utf8(text) else _backtracking(rules.patterns):
         for match in pattern.finditer(text):
             start, end = _secret_span(match)
             spans.append(_widen(text, start, end))
@@ -254,8 +257,38 @@ def _builtin_detectors() -> tuple[re.Pattern[str], ...]:
 
 
 @lru_cache(maxsize=16)
-def _detectors(extra: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
+def _backtracking(extra: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
     return _builtin_detectors() + tuple(re.compile(p) for p in extra)
+
+
+@lru_cache(maxsize=16)
+def _detectors(extra: tuple[str, ...]) -> tuple[Any, ...]:
+    """The detectors, each compiled by RE2 where RE2 can run it: some of detect-secrets' patterns
+    (npm's `//.+/:_authToken=`, OpenAI's `sk-[...]*[...]{20}T3BlbkFJ`) take quadratic time in
+    Python's engine on a long run of `/` or `sk-`, RE2 linear time. Those that need lookaround or
+    are written verbose stay as they are."""
+    return tuple(_linear(p) for p in _backtracking(extra))
+
+
+def _linear(pattern: re.Pattern[str]) -> Any:
+    if pattern.flags & ~(re.UNICODE | re.IGNORECASE):
+        return pattern
+    options = re2.Options()
+    options.log_errors = False
+    options.case_sensitive = not pattern.flags & re.IGNORECASE
+    try:
+        return re2.compile(pattern.pattern, options)
+    except re2.error:
+        return pattern
+
+
+def _utf8(text: str) -> bool:
+    """Whether RE2 can read `text` (it reads UTF-8; a lone surrogate is not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @lru_cache(maxsize=16)
@@ -263,16 +296,18 @@ def _extra_words(words: tuple[str, ...]) -> frozenset[str]:
     return frozenset(w.lower() for w in words)
 
 
-def _secret_span(match: re.Match[str]) -> tuple[int, int]:
-    """The part of a detector's match that is the secret: its last group when that does not
-    start the match (a password inside a URL), else the whole match (a token's prefix group)."""
+def _secret_span(match: Any) -> tuple[int, int]:
+    """The part of a detector's match (of `re` or RE2) that is the secret: its last group when
+    that does not start the match (a password inside a URL), else the whole match (a token's
+    prefix group)."""
     for index in range(len(match.groups()), 0, -1):
         start, end = match.span(index)
         if start >= 0 and end > start:
             if start == match.start():
                 break
             return start, end
-    return match.span()
+    whole: tuple[int, int] = match.span()
+    return whole
 
 
 def _widen(text: str, start: int, end: int) -> tuple[int, int]:

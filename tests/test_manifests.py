@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from mcp import Client, StdioServerParameters
 
 from mcp_gate import manifests as manifests_module
 from mcp_gate.errors import ConfigError
-from mcp_gate.manifests import UNSET, Condition, Manifest, load_manifest, load_manifests
+from mcp_gate.manifests import UNSET, Condition, Manifest, Regex, load_manifest, load_manifests
 from mcp_gate.policy import classify
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,7 +96,7 @@ reason = "deletes archived records"
     assert second.index == 2
     assert [pointer for pointer, _ in second.when] == ["/name", "/id"]
     assert second.when[0][1] == Condition(glob="archive/**")
-    assert second.when[1][1].regex == re.compile("n-[0-9]+")
+    assert second.when[1][1].regex == Regex.compile("n-[0-9]+")
     assert second.when[1][1].equals is UNSET
 
 
@@ -232,7 +231,7 @@ def test_a_bad_manifest_is_one_line_naming_the_file_the_key_and_the_problem(
 
 def test_a_bad_regex_says_what_is_wrong_and_where(tmp_path: Path) -> None:
     error = error_of(write(tmp_path, 'server = "notes"\n' + RULE + "when = { \"/p\" = { regex = 'ab[' } }\n"))
-    assert error.problem == "invalid regex: unterminated character set at position 2"
+    assert error.problem == "invalid regex: missing ]: [ (RE2 syntax: no backreferences or lookaround)"
 
 
 def test_a_toml_syntax_error_gives_the_line_and_column(tmp_path: Path) -> None:

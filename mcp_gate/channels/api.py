@@ -296,16 +296,34 @@ class BadRequest(Exception):
 B = TypeVar("B", bound=_Body)
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are distinct: with `"note"` twice, which one was meant is unclear."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"the key {key[:80]!r} appears twice")
+        seen[key] = value
+    return seen
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
 async def _body(request: Request, model: type[B]) -> B:
     # serve_asgi's BodyLimit has already refused a body over [http] admin_max_body_bytes while
     # it was arriving; what is here is at most that.
     raw = await request.body()
     try:
-        data = json.loads(raw) if raw.strip() else {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"the body is not JSON: {exc}") from exc
+        data = (
+            json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+            if raw.strip()
+            else {}
+        )
     except RecursionError as exc:
         raise BadRequest("the body is nested too deeply") from exc
+    except ValueError as exc:  # also UnicodeDecodeError, JSONDecodeError and a 5000-digit number
+        raise BadRequest(f"the body is not JSON: {exc}") from exc
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -332,15 +332,15 @@ def unseal(key: bytes, token: str, *, now: datetime) -> Claims | BadState:
     payload, _, mac = rest.partition(".")
     if version != _STATE_VERSION or not payload or not mac or not payload.isascii() or not mac.isascii():
         return BadState("tampered", _TAMPERED)
+    # The MAC first: an unauthenticated payload is never parsed (deep nesting in it would raise).
     try:
         presented = _unb64(mac)
-        fields = json.loads(_unb64(payload))
     except (binascii.Error, ValueError):
         return BadState("tampered", _TAMPERED)
     if not hmac.compare_digest(presented, _mac(key, payload)):
         return BadState("tampered", _TAMPERED)
     try:
-        claims = Claims(**fields)
+        claims = Claims(**json.loads(_unb64(payload)))
         expires_at = datetime.fromisoformat(claims.expires_at)
     except (TypeError, ValueError):  # authentic but of another shape: treat as foreign
         return BadState("tampered", _TAMPERED)
