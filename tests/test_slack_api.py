@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from mcp_gate.channels.slack_api import SlackApi, SlackFailure, connect_socket_mode
-from mcp_gate.fake_slack import FakeSlack
+from mcp_gate.fake_slack import SCOPES, FakeSlack
 
 pytestmark = pytest.mark.anyio
 
@@ -55,7 +55,7 @@ async def test_users_info_and_auth_test_read_what_slack_returns() -> None:
         auth = await api.auth_test()
         [call] = fake.calls_to("users.info")
     assert user["profile"]["email"] == "bob@example.com" and call.params["user"] == "U0BOB"
-    assert auth.team_id == "T0TEAM" and auth.scopes == {"chat:write", "users:read", "users:read.email"}
+    assert auth.team_id == "T0TEAM" and auth.scopes == set(SCOPES)
     assert "xoxb" not in repr(api)
 
 
