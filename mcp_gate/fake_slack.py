@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import inspect
@@ -20,7 +21,8 @@ import anyio
 
 __all__ = ["ApiCall", "FakeSlack", "sign"]
 
-SCOPES = ("chat:write", "users:read", "users:read.email")
+SCOPES = ("chat:write", "users:read", "users:read.email", "channels:history", "groups:history")
+MAX_HISTORY_LIMIT = 999
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class FakeSlack:
         self._lock = threading.Lock()
         self._failures: list[_Failure] = []
         self._ts = itertools.count(1)
+        self._last_ts = 0.0
         self._http: ThreadingHTTPServer | None = None
         self._ws: Any = None
         self._sockets: list[Any] = []
@@ -287,11 +290,97 @@ class FakeSlack:
         error = self._channel_error(channel)
         if error is not None:
             return error
-        ts = f"1795530000.{next(self._ts):06d}"
-        message = {"text": params.get("text"), "blocks": _blocks(params.get("blocks"))}
+        message: dict[str, Any] = {"text": params.get("text"), "blocks": _blocks(params.get("blocks"))}
+        if params.get("metadata") is not None:
+            metadata = _metadata(params.get("metadata"))
+            if metadata is None:
+                return 200, {}, {"ok": False, "error": "invalid_metadata_format"}
+            message["metadata"] = metadata
         with self._lock:
+            ts = self._new_ts()
             self.messages[(str(channel), ts)] = message
         return 200, {}, {"ok": True, "channel": channel, "ts": ts, "message": message}
+
+    def _new_ts(self) -> str:
+        """A message ts as Slack makes them: the epoch time in microseconds, unique in the channel."""
+        self._last_ts = max(time.time(), self._last_ts + 0.000001)
+        return f"{self._last_ts:.6f}"
+
+    def _new_ts_locked(self) -> str:
+        with self._lock:
+            return self._new_ts()
+
+    def add_message(
+        self, channel: str, text: str, *, metadata: Mapping[str, Any] | None = None, bot_id: str | None = None
+    ) -> str:
+        """A message someone else posted (a person, or another app with `bot_id`); its ts."""
+        message: dict[str, Any] = {"text": text, "blocks": [], "bot_id": bot_id}
+        if metadata is not None:
+            message["metadata"] = dict(metadata)
+        with self._lock:
+            ts = self._new_ts()
+            self.messages[(channel, ts)] = message
+        return ts
+
+    def _conversations_history(self, params: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+        """Newest first, between `oldest` and `latest`, `limit` a page, paged by an opaque cursor."""
+        channel = str(params.get("channel"))
+        if channel not in self.channels:
+            return 200, {}, {"ok": False, "error": "channel_not_found"}
+        needed = "groups:history" if channel.startswith("G") else "channels:history"
+        if needed not in self.scopes:
+            return 200, {}, {"ok": False, "error": "missing_scope", "needed": needed}
+        try:
+            limit = min(int(params.get("limit") or 100), MAX_HISTORY_LIMIT)
+            oldest = float(params.get("oldest") or 0)
+            latest = float(params.get("latest") or time.time() + 1)
+            start = (
+                float(base64.b64decode(params["cursor"]).decode().removeprefix("next_ts:"))
+                if params.get("cursor")
+                else None
+            )
+        except (ValueError, TypeError):
+            return 200, {}, {"ok": False, "error": "invalid_arguments"}
+        inclusive = _truthy(params.get("inclusive"))
+        with self._lock:
+            found = sorted(
+                (
+                    (float(ts), ts, message)
+                    for (where, ts), message in self.messages.items()
+                    if where == channel
+                    and (oldest <= float(ts) if inclusive else oldest < float(ts))
+                    and (float(ts) <= latest if inclusive else float(ts) < latest)
+                    and (start is None or float(ts) <= start)
+                ),
+                reverse=True,
+            )
+        page = [
+            self._history_entry(ts, m, _truthy(params.get("include_all_metadata")))
+            for _, ts, m in found[:limit]
+        ]
+        body: dict[str, Any] = {"ok": True, "messages": page, "has_more": len(found) > limit, "pin_count": 0}
+        if len(found) > limit:
+            cursor = base64.b64encode(f"next_ts:{found[limit][1]}".encode()).decode()
+            body["response_metadata"] = {"next_cursor": cursor}
+        return 200, {}, body
+
+    def _history_entry(self, ts: str, message: Mapping[str, Any], with_metadata: bool) -> dict[str, Any]:
+        bot_id = message.get("bot_id", "B0GATEBOT")
+        entry: dict[str, Any] = {
+            "type": "message",
+            "ts": ts,
+            "text": message.get("text"),
+            "team": self.team_id,
+        }
+        if bot_id is not None:
+            entry |= {"bot_id": bot_id, "app_id": "A0FAKE" if bot_id == "B0GATEBOT" else "A0OTHER"}
+        if bot_id == "B0GATEBOT":
+            entry["user"] = "U0GATEBOT"
+        if message.get("blocks"):
+            entry["blocks"] = message["blocks"]
+        if with_metadata and "metadata" in message:
+            entry["metadata"] = message["metadata"]
+        return entry
 
     def _chat_update(self, params: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
         channel, ts = str(params.get("channel")), str(params.get("ts"))
@@ -299,6 +388,9 @@ class FakeSlack:
             if (channel, ts) not in self.messages:
                 return 200, {}, {"ok": False, "error": "message_not_found"}
             message = {"text": params.get("text"), "blocks": _blocks(params.get("blocks"))}
+            kept = self.messages[(channel, ts)].get("metadata")  # Slack keeps it unless it is replaced
+            if kept is not None:
+                message["metadata"] = kept
             self.messages[(channel, ts)] = message
             self.updates.append({"channel": channel, "ts": ts, **message})
         return 200, {}, {"ok": True, "channel": channel, "ts": ts}
@@ -309,7 +401,7 @@ class FakeSlack:
             return error
         with self._lock:
             self.ephemerals.append(dict(params))
-        return 200, {}, {"ok": True, "message_ts": f"1795530001.{next(self._ts):06d}"}
+        return 200, {}, {"ok": True, "message_ts": self._new_ts_locked()}
 
     def _users_info(self, params: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
         user = self.users.get(str(params.get("user")))
@@ -450,6 +542,26 @@ class FakeSlack:
             "X-Slack-Signature": sign(secret, ts, body),
         }
         return body, headers
+
+
+def _metadata(value: Any) -> dict[str, Any] | None:
+    """Message metadata as Slack takes it (an object, or its JSON in a form post); None if malformed."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("event_type"), str)
+        or not isinstance(value.get("event_payload"), dict)
+    ):
+        return None
+    return value
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or str(value).lower() in ("1", "true")
 
 
 def _blocks(value: Any) -> list[dict[str, Any]]:

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
 import mcp_types as types
 import pytest
+from mcp import Client
 
 from mcp_gate.channels.api import Desk
-from mcp_gate.channels.slack import SlackChannel, SlackSecrets
-from mcp_gate.channels.slack_blocks import ACTION_APPROVE, ACTION_APPROVE_FOR, ACTION_DENY
+from mcp_gate.channels.slack import LEASE, SlackChannel, SlackSecrets
+from mcp_gate.channels.slack_api import SlackApi
+from mcp_gate.channels.slack_blocks import ACTION_APPROVE, ACTION_APPROVE_FOR, ACTION_DENY, request_metadata
+from mcp_gate.clock import utc_iso
+from mcp_gate.config import load_config
+from mcp_gate.fake_slack import FakeSlack
 from mcp_gate.holds import engine_for
-from mcp_gate.testing import FakeClock
-from tests.slack_helpers import buttons, env, slack_gate, status_line
+from mcp_gate.store import SlackMessage
+from mcp_gate.testing import FakeClock, eventually, running_gate
+from tests.slack_helpers import buttons, env, fake_slack, make_config, slack_gate, status_line
 
 pytestmark = pytest.mark.anyio
 
@@ -406,3 +415,61 @@ async def test_the_requesters_justification_is_shown_in_the_slack_message(tmp_pa
     ]
     assert any("the release needs it <!channel>" in t for t in literal)  # quoted literally, no mention
     assert not any(str(b.get("block_id", "")).startswith("why:") for b in plain["blocks"])
+
+
+@asynccontextmanager
+async def died_while_posting(tmp_path: Path, fake: FakeSlack) -> AsyncIterator[tuple[SlackChannel, str]]:
+    """A held request whose message a gate posted (with its metadata) and died before recording:
+    the store holds only the claim. Yields a channel whose wall clock is past that claim's lease."""
+    with fake.running():
+        config = load_config(make_config(tmp_path, fake), env())
+        async with (
+            running_gate(config) as front,
+            Client(front.server, mode="legacy") as agent,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(agent.call_tool, "notes__write_note", {"name": "plan", "text": "ship"})
+            [request] = await eventually(front.gateway.engine.pending, what="the held request")
+            secrets = SlackSecrets.read(config, env())
+            dead = SlackChannel(front.gateway, secrets)
+            message = {**await dead.render(request, {}), "metadata": request_metadata(request.id)}
+            await SlackApi(secrets.bot_token, fake.api_url).post_message("C0APPROVE", message)
+            claim = SlackMessage(request.id, "C0APPROVE", lease_until=utc_iso(datetime.now(UTC) + LEASE))
+            await front.gateway.store.transact(lambda tx: tx.save_slack_message(claim))
+            later = datetime.now(UTC) + LEASE + timedelta(seconds=1)
+            yield SlackChannel(front.gateway, secrets, wall=lambda: later), request.id
+            tg.cancel_scope.cancel()
+
+
+async def test_a_message_posted_before_a_crash_is_found_after_the_lease_and_not_posted_twice(
+    tmp_path: Path,
+) -> None:
+    fake = fake_slack()
+    async with died_while_posting(tmp_path, fake) as (channel, request_id):
+        [orphan] = fake.calls_to("chat.postMessage")
+        assert await channel.sync() == 1  # the adoption
+        assert await channel.sync() == 1  # the update of what it shows
+        assert await channel.sync() == 0
+        records = [dict(r.body) for r in await channel.gate.store.records()]
+    assert fake.calls_to("chat.postMessage") == [orphan]
+    [posted] = of_type(records, "slack.posted", request_id)
+    found = fake.message_for(request_id)
+    assert found is not None and posted["recovered"] is True
+    assert (posted["channel"], posted["message_ts"]) == found[:2]
+    assert [u["ts"] for u in fake.updates] == [found[1]]
+    [history] = fake.calls_to("conversations.history")
+    assert history.params["include_all_metadata"] in ("true", "1")
+
+
+async def test_without_a_history_scope_a_message_that_may_be_posted_is_posted_again_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = fake_slack()
+    fake.scopes = ("chat:write", "users:read", "users:read.email")
+    async with died_while_posting(tmp_path, fake) as (channel, request_id):
+        assert await channel.sync() == 1
+        records = [dict(r.body) for r in await channel.gate.store.records()]
+    assert len(fake.calls_to("chat.postMessage")) == 2  # fail safe: shown twice rather than never
+    [posted] = of_type(records, "slack.posted", request_id)
+    assert posted["unchecked_history"] == "missing_scope" and "recovered" not in posted
+    assert "cannot look for the message" in caplog.text

@@ -10,7 +10,8 @@ import anyio
 import pytest
 
 from mcp_gate.channels.slack_api import SlackApi, SlackFailure, connect_socket_mode
-from mcp_gate.fake_slack import FakeSlack
+from mcp_gate.channels.slack_blocks import metadata_request_id, request_metadata
+from mcp_gate.fake_slack import SCOPES, FakeSlack
 
 pytestmark = pytest.mark.anyio
 
@@ -55,7 +56,7 @@ async def test_users_info_and_auth_test_read_what_slack_returns() -> None:
         auth = await api.auth_test()
         [call] = fake.calls_to("users.info")
     assert user["profile"]["email"] == "bob@example.com" and call.params["user"] == "U0BOB"
-    assert auth.team_id == "T0TEAM" and auth.scopes == {"chat:write", "users:read", "users:read.email"}
+    assert auth.team_id == "T0TEAM" and auth.scopes == set(SCOPES)
     assert "xoxb" not in repr(api)
 
 
@@ -103,3 +104,25 @@ async def test_closing_a_socket_mode_link_ends_even_when_it_races_the_session_ru
         hold.let_go.set()
         sdk_log.removeHandler(hold)
         sdk_log.setLevel(previous)
+
+
+async def test_history_pages_newest_first_with_the_metadata_messages_were_posted_with() -> None:
+    fake = FakeSlack()
+    with fake.running():
+        api = SlackApi(fake.bot_token, fake.api_url)
+        posted = [
+            (await api.post_message("C0APPROVE", {"text": f"m{i}", "metadata": request_metadata(f"r{i}")}))[1]
+            for i in range(3)
+        ]
+        first, cursor = await api.history("C0APPROVE", oldest="0", limit=2)
+        rest, end = await api.history("C0APPROVE", oldest="0", limit=2, cursor=cursor)
+        bare, _ = await api.call("conversations.history", channel="C0APPROVE")
+        since, _ = await api.history("C0APPROVE", oldest=posted[1], limit=10)
+        fake.scopes = ("chat:write",)
+        with pytest.raises(SlackFailure) as unscoped:
+            await api.history("C0APPROVE", oldest="0", limit=2)
+    assert [m["ts"] for m in first + rest] == posted[::-1] and cursor is not None and end is None
+    assert [metadata_request_id(m) for m in first + rest] == ["r2", "r1", "r0"]
+    assert all("metadata" not in m for m in bare["messages"])  # only with include_all_metadata
+    assert [m["ts"] for m in since] == posted[:0:-1]  # `oldest` is inclusive as the gate asks
+    assert unscoped.value.error == "missing_scope"

@@ -71,6 +71,17 @@ def test_slack_test_names_what_is_missing_and_exits_1(tmp_path: Path) -> None:
     assert found["auth"]["ok"]
 
 
+def test_slack_test_recommends_a_history_scope_without_failing_for_it(tmp_path: Path) -> None:
+    fake = fake_slack()
+    fake.scopes = ("chat:write", "users:read", "users:read.email")
+    with fake.running():
+        config = make_config(tmp_path, fake)
+        done = mcp_gate("slack", "test", "--config", str(config), "--json", env=ENV)
+    found = {f["what"]: f for f in json.loads(done.stdout)}
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert found["scopes"]["ok"] and "add channels:history / groups:history" in found["scopes"]["detail"]
+
+
 def test_slack_test_without_the_token_in_the_environment_is_one_clear_failure(tmp_path: Path) -> None:
     fake = fake_slack()
     with fake.running():

@@ -18,7 +18,14 @@ import anyio.lowlevel
 from mcp_gate.approvals import ApprovalRequest, Approver, Refusal, RequestState, decide
 from mcp_gate.channels.api import Desk
 from mcp_gate.channels.slack_api import SlackApi, SlackFailure, SocketModeLink, connect_socket_mode
-from mcp_gate.channels.slack_blocks import GRANT_FOR, deny_modal, refusal_text, render_request
+from mcp_gate.channels.slack_blocks import (
+    GRANT_FOR,
+    deny_modal,
+    metadata_request_id,
+    refusal_text,
+    render_request,
+    request_metadata,
+)
 from mcp_gate.channels.slack_clicks import Click, modal_errors, parse_interaction
 from mcp_gate.channels.slack_http import MAX_AGE, MAX_BODY_BYTES, build_interactions_app
 from mcp_gate.clock import utc_iso
@@ -38,6 +45,12 @@ FINAL = ("denied", "expired", "revoked", "void", "executed", "failed", "outcome_
 USER_CACHE_SECONDS = 300.0
 LEASE = timedelta(seconds=30)
 SEEN_FOR = timedelta(seconds=2 * MAX_AGE)
+# Looking for a message a gate may have posted without recording it (conversations.history):
+HISTORY_PAGE = 200  # messages a page
+HISTORY_PAGES = 5  # pages at most; a busier channel cannot be searched, and the request is posted again
+CLOCK_SKEW = timedelta(minutes=5)  # the gate's clock against Slack's, when it says where to start
+LOOK_EVERY = timedelta(seconds=5)  # how often a request another gate is posting is looked up
+SKIP_CHANNEL = ("channel_not_found", "not_in_channel", "is_archived")  # no message of ours there
 
 
 @dataclass(frozen=True)
@@ -107,6 +120,7 @@ class SlackChannel:
         self._users: dict[str, tuple[float, dict[str, Any]]] = {}
         self._poke = anyio.Event()
         self.link: SocketModeLink | None = None
+        self._looked: dict[str, datetime] = {}  # request id -> when it may be looked up again
 
     # -- running ------------------------------------------------------------------------------
 
@@ -384,11 +398,22 @@ class SlackChannel:
     async def _sync_one(self, request: ApprovalRequest, message: SlackMessage | None, now: datetime) -> bool:
         final = request.state in FINAL
         if message is None or message.ts is None:
+            unread: SlackFailure | None = None
+            if message is not None and _attempted(message) and self._may_look(message, now):
+                found = await self._look_up(request)
+                if isinstance(found, tuple):
+                    return await self._adopt(request, message, *found)
+                unread = found
             if final or request.expired_at(self.gate.clock.now()):
-                if message is not None and message.attempts and not message.done:
+                if (
+                    message is not None
+                    and (message.attempts or _attempted(message))
+                    and not message.done
+                    and not _leased(message, now)
+                ):
                     await self._give_up(message, request)
                 return False
-            return await self._post(request, message, now)
+            return await self._post(request, message, now, unread=unread)
         voters = message.voters
         key = _render_key(request, voters)
         if key == message.rendered_sha256 or not _due(message, now):
@@ -419,7 +444,105 @@ class SlackChannel:
         await self.gate.store.transact(write)
         return True
 
-    async def _post(self, request: ApprovalRequest, message: SlackMessage | None, now: datetime) -> bool:
+    def _may_look(self, message: SlackMessage, now: datetime) -> bool:
+        """Whether to look for the message of an attempt that may have reached Slack: always before
+        it is posted again (the lease has passed), every LOOK_EVERY while another gate holds it."""
+        if not _leased(message, now):
+            return _due(message, now)
+        if self._looked.get(message.request_id, now) > now:
+            return False
+        self._looked[message.request_id] = now + LOOK_EVERY
+        return True
+
+    def _targets(self, request: ApprovalRequest) -> list[str]:
+        """The channels a request's message goes to, in order: its own, then the default one."""
+        channel = self.settings.channel_for(request.binding.server, request.tier)
+        return list(dict.fromkeys([channel, self.settings.channel]))
+
+    async def _look_up(self, request: ApprovalRequest) -> tuple[str, str] | SlackFailure | None:
+        """(channel, ts) of the request's message found in Slack by its metadata; None if it is not
+        there; the failure if the history could not be read (a missing history scope, an error)."""
+        oldest = f"{(request.created_at - CLOCK_SKEW).timestamp():.6f}"
+        read = False
+        for target in self._targets(request):
+            try:
+                ts = await self._find(target, request.id, oldest)
+            except SlackFailure as exc:
+                if exc.error in SKIP_CHANNEL:
+                    continue  # the gate cannot post there either: the message is not there
+                log.warning(
+                    "Slack: cannot look for the message of request %s in %s: %s", request.id, target, exc
+                )
+                return exc
+            read = True
+            if ts is not None:
+                return target, ts
+        return None if read else SlackFailure("conversations.history", "no channel could be read")
+
+    async def _find(self, channel: str, request_id: str, oldest: str) -> str | None:
+        cursor: str | None = None
+        for _ in range(HISTORY_PAGES):
+            messages, cursor = await self.api.history(
+                channel, oldest=oldest, limit=HISTORY_PAGE, cursor=cursor
+            )
+            for found in messages:
+                if metadata_request_id(found) == request_id and isinstance(found.get("ts"), str):
+                    return str(found["ts"])
+            if cursor is None:
+                return None
+        raise SlackFailure(
+            "conversations.history", f"more than {HISTORY_PAGES * HISTORY_PAGE} messages to search"
+        )
+
+    async def _adopt(self, request: ApprovalRequest, message: SlackMessage, channel: str, ts: str) -> bool:
+        """Take over a message an earlier attempt posted but never recorded; the next pass renders it."""
+
+        def write(tx: Tx) -> bool:
+            current = tx.slack_message(request.id) or message
+            if current.ts is not None:
+                return False  # recorded meanwhile by the gate that posted it
+            tx.save_slack_message(
+                replace(
+                    current,
+                    channel=channel,
+                    ts=ts,
+                    rendered_sha256=None,  # what it shows is unknown: it is updated at once
+                    attempts=0,
+                    next_attempt_at=None,
+                    lease_until=None,
+                    last_error=None,
+                    done=False,
+                )
+            )
+            tx.append(
+                [
+                    self.gate.event(
+                        "slack.posted",
+                        request.correlation_id,
+                        request_id=request.id,
+                        channel=channel,
+                        message_ts=ts,
+                        attempts=current.attempts + 1,
+                        recovered=True,
+                    )
+                ]
+            )
+            return True
+
+        adopted = await self.gate.store.transact(write)
+        self.poke()
+        return bool(adopted)
+
+    async def _post(
+        self,
+        request: ApprovalRequest,
+        message: SlackMessage | None,
+        now: datetime,
+        *,
+        unread: SlackFailure | None = None,
+    ) -> bool:
+        """Post a request's message. `unread`: an earlier attempt may have posted it, but the
+        history could not be read to find it; it is posted anyway (it may show twice), and said so."""
         channel = self.settings.channel_for(request.binding.server, request.tier)
 
         def claim(tx: Tx) -> SlackMessage | None:
@@ -435,10 +558,9 @@ class SlackChannel:
         claimed = await self.gate.store.transact(claim)
         if claimed is None:
             return False
-        rendered = await self.render(request, {})
-        channels = list(dict.fromkeys([channel, self.settings.channel]))
+        rendered = {**await self.render(request, {}), "metadata": request_metadata(request.id)}
         failure: SlackFailure | None = None
-        for target in channels:
+        for target in self._targets(request):
             try:
                 where, ts = await self.api.post_message(target, rendered)
             except SlackFailure as exc:
@@ -469,6 +591,7 @@ class SlackChannel:
                             channel=posted.channel,
                             message_ts=posted.ts,
                             attempts=claimed.attempts + 1,
+                            **({} if unread is None else {"unchecked_history": unread.error}),
                         )
                     ]
                 )
@@ -570,6 +693,11 @@ def _render_key(request: ApprovalRequest, voters: Mapping[str, str]) -> str:
 
 def _due(message: SlackMessage, now: datetime) -> bool:
     return message.next_attempt_at is None or message.next_attempt_at <= _utc(now)
+
+
+def _attempted(message: SlackMessage) -> bool:
+    """A post was begun (a lease was taken) and never recorded: the message may be in Slack."""
+    return message.ts is None and message.lease_until is not None
 
 
 def _leased(message: SlackMessage, now: datetime) -> bool:

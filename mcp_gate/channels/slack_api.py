@@ -113,6 +113,32 @@ class SlackApi:
         data, _ = await self.call("chat.postMessage", channel=channel, **message)
         return str(data.get("channel") or channel), str(data["ts"])
 
+    async def history(
+        self, channel: str, *, oldest: str, limit: int, cursor: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of a channel's messages since `oldest` (newest first, with their metadata), and
+        the cursor of the next page (None on the last one)."""
+        params: dict[str, Any] = {
+            "channel": channel,
+            "oldest": oldest,
+            "inclusive": "true",
+            "limit": limit,
+            "include_all_metadata": "true",
+        }
+        if cursor:
+            params["cursor"] = cursor
+        data, _ = await self.call("conversations.history", **params)
+        messages = data.get("messages")
+        if not isinstance(messages, list):
+            raise SlackFailure("conversations.history", "no messages in the answer")
+        meta = data.get("response_metadata")
+        following = meta.get("next_cursor") if isinstance(meta, dict) else None
+        if not data.get("has_more"):
+            return [m for m in messages if isinstance(m, dict)], None
+        if not isinstance(following, str) or not following:
+            raise SlackFailure("conversations.history", "more messages but no cursor in the answer")
+        return [m for m in messages if isinstance(m, dict)], following
+
     async def update(self, channel: str, ts: str, message: Mapping[str, Any]) -> None:
         await self.call("chat.update", channel=channel, ts=ts, **message)
 

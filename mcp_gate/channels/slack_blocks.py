@@ -16,10 +16,13 @@ __all__ = [
     "ACTION_DENY",
     "DENY_CALLBACK",
     "GRANT_FOR",
+    "METADATA_EVENT",
     "deny_modal",
     "escape_mrkdwn",
+    "metadata_request_id",
     "refusal_text",
     "render_request",
+    "request_metadata",
     "scrub_secrets",
     "untrusted",
 ]
@@ -29,6 +32,7 @@ ACTION_DENY = "mcp_gate.deny"
 ACTION_APPROVE_FOR = "mcp_gate.approve_for"
 DENY_CALLBACK = "mcp_gate.deny_reason"
 GRANT_FOR = timedelta(minutes=30)
+METADATA_EVENT = "mcp_gate_request"
 
 MAX_ARGS_CHARS = 2500  # a rich text block stays well under Slack's 4000-character limits
 MAX_QUOTE_CHARS = 1000
@@ -37,6 +41,22 @@ MAX_HEADER_CHARS = 140
 
 # Characters that reorder or hide text on screen: an argument could otherwise look like another.
 _INVISIBLE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff\u0000-\u0008\u000b-\u001f\u007f]")
+
+
+def request_metadata(request_id: str) -> dict[str, Any]:
+    """The message metadata a request's message is posted with (chat.postMessage `metadata`): it lets
+    a restarted gate find a message it posted but did not live to record (conversations.history)."""
+    return {"event_type": METADATA_EVENT, "event_payload": {"request_id": request_id}}
+
+
+def metadata_request_id(message: Mapping[str, Any]) -> str | None:
+    """The request a message from conversations.history is about, by its metadata; None if none."""
+    metadata = message.get("metadata")
+    if not isinstance(metadata, Mapping) or metadata.get("event_type") != METADATA_EVENT:
+        return None
+    payload = metadata.get("event_payload")
+    found = payload.get("request_id") if isinstance(payload, Mapping) else None
+    return found if isinstance(found, str) else None
 
 
 def escape_mrkdwn(text: str) -> str:

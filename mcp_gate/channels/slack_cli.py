@@ -22,6 +22,7 @@ __all__ = ["Finding", "add_slack_commands", "diagnose", "slack_check"]
 
 BOT_SCOPES = ("chat:write", "users:read")
 EMAIL_SCOPE = "users:read.email"
+HISTORY_SCOPES = ("channels:history", "groups:history")  # recommended: finding a message after a crash
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,15 @@ async def _auth(config: GateConfig, settings: SlackSettings, api: SlackApi) -> l
     have = ", ".join(sorted(auth.scopes)) or "none reported"
     if missing:
         found.append(Finding("scopes", False, f"missing {', '.join(missing)} (the token has {have})"))
+    elif not auth.scopes & set(HISTORY_SCOPES):
+        found.append(
+            Finding(
+                "scopes",
+                True,
+                f"{have}; add channels:history / groups:history, or a message posted just before "
+                "a crash is posted again instead of updated",
+            )
+        )
     else:
         found.append(Finding("scopes", True, have))
     return found
