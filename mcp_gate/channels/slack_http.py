@@ -49,12 +49,20 @@ def verify_signature(secret: str, headers: Mapping[str, str], body: bytes, *, no
     return None
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused if it names a key twice (two readers could take different values)."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise ValueError("duplicate key")
+    return found
+
+
 def parse_form_payload(body: bytes) -> dict[str, Any] | None:
     """The JSON object in a `payload=` form body, or None if the body is anything else."""
     try:
         form = parse_qs(body.decode("utf-8"), strict_parsing=True, max_num_fields=10)
         [raw] = form["payload"]
-        payload = json.loads(raw)
+        payload = json.loads(raw, object_pairs_hook=_unique_keys)
     except (UnicodeDecodeError, ValueError, KeyError, RecursionError):
         return None
     return payload if isinstance(payload, dict) else None
@@ -70,25 +78,26 @@ def build_interactions_app(
     is refused (a replay); the decision itself is made later, after the 200. `immediate(payload)`
     may give a response body Slack needs at once (a modal's validation errors)."""
 
-    def refuse(why: str) -> Response:
-        return JSONResponse({"error": why}, status_code=401)
+    def refuse(why: str, status: int = 401) -> Response:
+        return JSONResponse({"error": why}, status_code=status)
 
     async def interactions(request: Request) -> Response:
         declared = request.headers.get("content-length", "")
         if declared and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-            return refuse("the body is too large")
+            return refuse("the body is too large", 413)
         body = b""
         async for chunk in request.stream():
             body += chunk
             if len(body) > MAX_BODY_BYTES:
-                return refuse("the body is too large")
+                return refuse("the body is too large", 413)
         headers = {k.lower(): v for k, v in request.headers.items()}
         why = verify_signature(secret, headers, body, now=clock())
         if why is not None:
             return refuse(why)
-        payload = parse_form_payload(body)
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        payload = parse_form_payload(body) if kind == "application/x-www-form-urlencoded" else None
         if payload is None:
-            return refuse("the body is not a form with a JSON payload")
+            return refuse("the body is not a form with a JSON payload", 400)
         errors = immediate(payload)
         if errors is not None:
             return JSONResponse(errors)
