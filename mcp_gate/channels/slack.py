@@ -581,6 +581,8 @@ class SlackChannel:
 
             def write(tx: Tx, posted: SlackMessage = posted) -> None:
                 current = tx.slack_message(request.id)
+                if current is not None and current.ts == posted.ts:
+                    return  # another gate found this very message in the history and recorded it
                 tx.save_slack_message(posted if current is None else replace(posted, voters=current.voters))
                 tx.append(
                     [
