@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import re2  # type: ignore[import-untyped]  # google-re2 ships no type hints
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
-from mcp_gate.config import config_error_from, read_toml
+from mcp_gate.config.files import config_error_from, read_toml
 from mcp_gate.errors import ConfigError, GateError
 from mcp_gate.policy import Tier, compile_glob
 

@@ -1,0 +1,66 @@
+"""Load and validate gate.toml and client mcpServers JSON (the only reader of files and env for settings).
+
+`files` reads bytes and TOML within stated limits, `servers` builds server tables (gate.toml's
+[servers.*] and client JSON), `gate_toml` validates the rest and `load_config` ties them together;
+`model` holds the frozen values every other module reads."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from mcp_gate.config.files import (
+    MAX_CLIENT_CONFIG_BYTES,
+    MAX_NESTING,
+    MAX_TOML_BYTES,
+    check_private,
+    read_private_text,
+)
+from mcp_gate.config.gate_toml import load_config
+from mcp_gate.config.model import (
+    AdminSettings,
+    Agent,
+    ApprovalSettings,
+    ElicitationSettings,
+    EvidenceSettings,
+    GateConfig,
+    HttpSettings,
+    PinSettings,
+    ProtocolEra,
+    Requester,
+    ServerSpec,
+    SlackSecret,
+    SlackSettings,
+)
+from mcp_gate.config.servers import read_client_config, servers_to_toml
+
+__all__ = [
+    "AdminSettings",
+    "Agent",
+    "ApprovalSettings",
+    "ElicitationSettings",
+    "EvidenceSettings",
+    "GateConfig",
+    "MAX_CLIENT_CONFIG_BYTES",
+    "MAX_NESTING",
+    "MAX_TOML_BYTES",
+    "HttpSettings",
+    "PinSettings",
+    "ProtocolEra",
+    "Requester",
+    "ServerSpec",
+    "SlackSecret",
+    "SlackSettings",
+    "load_config",
+    "read_client_config",
+    "check_private",
+    "read_private_text",
+    "resolve_config_path",
+    "servers_to_toml",
+]
+
+
+def resolve_config_path(arg: str | None, environ: Mapping[str, str], cwd: Path) -> Path:
+    """Which gate.toml to read: the --config argument, else $MCP_GATE_CONFIG, else ./gate.toml."""
+    chosen = arg or environ.get("MCP_GATE_CONFIG") or "gate.toml"
+    return cwd / chosen

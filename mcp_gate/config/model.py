@@ -1,0 +1,224 @@
+"""The validated configuration as frozen values: what the rest of the gate reads, never a file."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+
+from mcp_gate.approvals import Approver
+from mcp_gate.config.files import decode, read_bytes
+from mcp_gate.errors import ConfigError
+from mcp_gate.policy import Requirement, Tier
+from mcp_gate.redaction import RedactionRules
+
+ProtocolEra = Literal["legacy", "auto", "2026-07-28"]
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who calls: the agent principal and the human it acts for. `hold_seconds` is this
+    requester's own hold budget (None: `[approvals] hold_seconds`), set below its client's timeout."""
+
+    agent: str
+    owner: str
+    hold_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Agent:
+    """An HTTP requester, identified by the SHA-256 of its bearer token."""
+
+    name: str
+    token_sha256: str
+    owner: str
+    hold_seconds: float | None = None
+
+    def requester(self) -> Requester:
+        return Requester(agent=self.name, owner=self.owner, hold_seconds=self.hold_seconds)
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """One downstream server, variables expanded and paths absolute."""
+
+    name: str
+    command: str | None
+    args: tuple[str, ...]
+    env: Mapping[str, str]
+    cwd: Path | None
+    url: str | None
+    headers: Mapping[str, str]
+    timeout: float
+    protocol: ProtocolEra
+    disabled: bool
+    origin: str
+
+    @property
+    def transport(self) -> Literal["stdio", "http"]:
+        return "stdio" if self.command is not None else "http"
+
+
+@dataclass(frozen=True)
+class ApprovalSettings:
+    """How held calls behave: hold budget, progress interval, default expiry, pending limit."""
+
+    hold_seconds: float = 45.0
+    progress_seconds: float = 5.0
+    expires_after: float = 15 * 60.0
+    max_pending: int = 10
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """The approvers' HTTP API: where it listens."""
+
+    host: str
+    port: int
+    allow_remote: bool = False
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """Limits of every HTTP listener (the agent front and the approvers' API): how long a client
+    may take to send its headers and its body, how many connections are served at once, how big
+    a body may be, and which Host names (besides loopback ones) requests may address."""
+
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int = 256
+    max_body_bytes: int = 1024 * 1024
+    admin_max_body_bytes: int = 64 * 1024
+    allowed_hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PinSettings:
+    """Pinned tool definitions: whether a tool a server adds after its tools were first pinned is
+    quarantined until accepted (`quarantine`) or pinned as seen (`trust`), and how long the re-list
+    before a held or high call may take."""
+
+    new_tools: Literal["quarantine", "trust"] = "quarantine"
+    recheck_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class ElicitationSettings:
+    """Asking the person at the agent: what a confirm tier does when their client cannot be asked
+    (`approve`: hold for one approver; `deny`: refuse), and which tiers ask why before approvers see it."""
+
+    medium_fallback: Literal["approve", "deny"] = "approve"
+    ask_justification: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """The validated gate.toml with every server it registers."""
+
+    path: Path
+    name: str
+    data_dir: Path
+    manifests_dir: Path
+    manifests_required: bool
+    requester: Requester
+    agents: Mapping[str, Agent]
+    servers: Mapping[str, ServerSpec]
+    requirements: Mapping[Tier, Requirement]
+    config_sha256: str
+    approvers: Mapping[str, Approver] = field(default_factory=lambda: MappingProxyType({}))
+    approval_settings: ApprovalSettings = field(default_factory=ApprovalSettings)
+    admin: AdminSettings | None = None
+    http: HttpSettings = field(default_factory=HttpSettings)
+    elicitation: ElicitationSettings = field(default_factory=ElicitationSettings)
+    evidence: EvidenceSettings | None = None
+    slack: SlackSettings | None = None
+    redaction: RedactionRules = field(default_factory=RedactionRules)
+    pins: PinSettings = field(default_factory=PinSettings)
+    # The gate's own files (data dir, config, manifests, signing key): a downstream call whose
+    # arguments name a path inside them is blocked. Empty when [gate] protect_own_files = false.
+    protected_paths: tuple[Path, ...] = ()
+
+    def approver_by_token(self, token: str) -> Approver | None:
+        """The approver whose token this is, compared by SHA-256 in constant time."""
+        presented = hashlib.sha256(token.encode()).hexdigest()
+        found = None
+        for approver in self.approvers.values():
+            if approver.token_sha256 is not None and hmac.compare_digest(approver.token_sha256, presented):
+                found = approver
+        return found
+
+
+@dataclass(frozen=True)
+class EvidenceSettings:
+    """How the gate signs checkpoints of its evidence log, where copies go, how long records stay.
+
+    Checkpoints are on when the key file exists (`mcp-gate keys init`) or `key` is set."""
+
+    key_path: Path
+    key_configured: bool
+    key_name: str
+    origin: str
+    every_records: int = 1000
+    every_seconds: float = 300.0
+    copy_to_file: Path | None = None
+    webhook_url: str | None = field(default=None, repr=False)
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_timeout: float = 5.0
+    retention_seconds: float | None = None
+    signer: tuple[str, ...] | None = None
+    signer_pubkey: str | None = None
+
+
+@dataclass(frozen=True)
+class SlackSecret:
+    """Where a Slack token lives: an environment variable or a file. The value is read when used,
+    never stored in the config object, and `repr` shows only where it comes from."""
+
+    what: str
+    env: str | None
+    file: Path | None
+
+    def read(self, environ: Mapping[str, str], config_file: str) -> str:
+        if self.file is not None:
+            raw = read_bytes(self.file, f"no such file (named by slack.{self.what}_file)")
+            value = decode(self.file, raw).strip()
+            if not value:
+                raise ConfigError(str(self.file), None, f"the {self.what} file is empty")
+            return value
+        assert self.env is not None
+        value = environ.get(self.env, "").strip()
+        if not value:
+            raise ConfigError(
+                config_file,
+                f"slack.{self.what}_env",
+                f"environment variable {self.env} is not set (it should hold the Slack {self.what})",
+            )
+        return value
+
+    def where(self) -> str:
+        return f"file {self.file}" if self.file is not None else f"${self.env}"
+
+
+@dataclass(frozen=True)
+class SlackSettings:
+    """Slack as an approval channel: where requests are posted, how clicks arrive, who is who."""
+
+    team_id: str
+    channel: str
+    mode: Literal["socket", "http"]
+    bot_token: SlackSecret
+    app_token: SlackSecret | None
+    signing_secret: SlackSecret | None
+    api_url: str = "https://slack.com/api/"
+    listen: tuple[str, int] | None = None
+    tier_channels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    server_channels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    users: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # Slack id -> approver
+
+    def channel_for(self, server: str, tier: str) -> str:
+        """A server's own channel, else the tier's, else the default channel."""
+        return self.server_channels.get(server) or self.tier_channels.get(tier) or self.channel
