@@ -28,7 +28,7 @@ from mcp_gate.checkpoints import (
 )
 from mcp_gate.cli import EXIT_FAILED, EXIT_OK, _add_config, _config, _progress, _say, _sub
 from mcp_gate.clock import SystemClock, utc_iso
-from mcp_gate.config import GateConfig, load_config, resolve_config_path
+from mcp_gate.config import GateConfig, invoking_user, load_config, resolve_config_path
 from mcp_gate.errors import GateError, StoreError
 from mcp_gate.evidence import GENESIS_HASH, new_event
 from mcp_gate.notary import (
@@ -66,7 +66,7 @@ def _event(config: GateConfig, event_type: str, **fields: Any) -> dict[str, Any]
         ts=utc_iso(SystemClock().now()),
         correlation_id=None,
         gate={"name": config.name, "version": __version__},
-        by=os.environ.get("USER", "unknown"),
+        by=invoking_user(),
         **fields,
     )
 

@@ -205,12 +205,14 @@ def test_a_gate_key_readable_by_others_is_refused_with_one_line(gate: Gate, tmp_
 
 def test_audit_verify_checks_every_checkpoint_and_records_that_it_ran(gate: Gate, tmp_path: Path) -> None:
     copy = copy_gate(gate, tmp_path)
-    done = mcp_gate("audit", "verify", "--config", str(copy.config))
+    done = mcp_gate("audit", "verify", "--config", str(copy.config), env={"USER": "vera"})
     assert done.returncode == 0, done.stderr
     assert re.search(
         r"chain intact, head \w+; \d+ signed checkpoint\(s\) verified, covering seq 1\.\.\d+", done.stdout
     )
-    assert bodies(copy.db)[-1]["event_type"] == "audit.verified" and bodies(copy.db)[-1]["ok"] is True
+    verified = bodies(copy.db)[-1]
+    assert verified["event_type"] == "audit.verified" and verified["ok"] is True
+    assert verified["by"] == "vera"  # who ran it, from $USER
 
 
 def test_verify_with_a_public_key_needs_no_usable_private_key(gate: Gate, tmp_path: Path) -> None:

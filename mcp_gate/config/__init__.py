@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -51,6 +52,7 @@ __all__ = [
     "ServerSpec",
     "SlackSecret",
     "SlackSettings",
+    "invoking_user",
     "load_config",
     "read_client_config",
     "check_private",
@@ -64,3 +66,8 @@ def resolve_config_path(arg: str | None, environ: Mapping[str, str], cwd: Path) 
     """Which gate.toml to read: the --config argument, else $MCP_GATE_CONFIG, else ./gate.toml."""
     chosen = arg or environ.get("MCP_GATE_CONFIG") or "gate.toml"
     return cwd / chosen
+
+
+def invoking_user() -> str:
+    """Who runs this command, as evidence records it: $USER, else "unknown"."""
+    return os.environ.get("USER", "unknown")
