@@ -52,7 +52,7 @@ from mcp_gate.errors import (
 )
 from mcp_gate.evidence import ARGS_DIGEST, EventFactory, args_digest, args_key_id, canonical_json, digest
 from mcp_gate.holds import ApprovalEngine, StillPending, TooMany, UsedElsewhere, decision_key
-from mcp_gate.manifests import Manifest, load_manifests
+from mcp_gate.manifests import load_manifests
 from mcp_gate.notary import notary_for
 from mcp_gate.pins import Accepted, Drifted, New, StillDrifted, canonical_definition, observe, pin_of
 from mcp_gate.policy import (
@@ -60,6 +60,7 @@ from mcp_gate.policy import (
     Block,
     Confirm,
     Decision,
+    Manifest,
     Run,
     classify,
     describe_requirement,
