@@ -1,4 +1,4 @@
-"""Pure policy: which tier a tool call gets from its server's manifest, and what each tier requires."""
+"""Pure policy: a manifest's rules as values, the tier a call gets from them, and what each tier requires."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def describe_requirement(requirement: Requirement) -> str:
             assert_never(requirement)
 
 
-# --- a manifest's values: the inputs of classify ---------------------------------------------
+# -- a manifest's values: the inputs of classify ---------------------------------------------------
 
 
 class _Unset(enum.Enum):
