@@ -12,19 +12,21 @@ import anyio
 import mcp_types as types
 
 from mcp_gate.approvals import Binding
-from mcp_gate.channels.elicitation import (
+from mcp_gate.clock import Clock, utc_iso
+from mcp_gate.config import GateConfig, Requester
+from mcp_gate.downstream import ElicitFn
+from mcp_gate.errors import EvidenceWriteError, StoreError
+from mcp_gate.holds import ApprovalEngine
+from mcp_gate.policy import Approvals, Confirm, Decision, Requirement, describe_requirement
+from mcp_gate.questions import (
     ASK_TIMEOUT,
     CONFIRM_KEY,
     CONFIRM_SCHEMA,
     JUSTIFY_KEY,
     JUSTIFY_SCHEMA,
-    KEY_FILE,
-    MAX_STATE_CHARS,
     Answer,
     Asker,
-    BadState,
     Cancelled,
-    Claims,
     Confirmed,
     Declined,
     Justified,
@@ -34,19 +36,19 @@ from mcp_gate.channels.elicitation import (
     describe_answer,
     input_required,
     justification_answer,
-    load_key,
+)
+from mcp_gate.redaction import redact
+from mcp_gate.request_state import (
+    KEY_FILE,
+    MAX_STATE_CHARS,
+    BadState,
+    Claims,
     mismatch,
     new_claims,
     seal,
     unseal,
 )
-from mcp_gate.clock import Clock, utc_iso
-from mcp_gate.config import GateConfig, Requester
-from mcp_gate.downstream import ElicitFn
-from mcp_gate.errors import EvidenceWriteError, StoreError
-from mcp_gate.holds import ApprovalEngine
-from mcp_gate.policy import Approvals, Confirm, Decision, Requirement, describe_requirement
-from mcp_gate.redaction import redact
+from mcp_gate.seals import load_key
 from mcp_gate.store import Store, Tx
 
 __all__ = ["Asking", "AskKind", "Proceed", "Question", "Step", "Stop"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from mcp_gate.checkpoints import Checkpoint, CheckpointError, VerifierKey, open_note, parse_checkpoint
+from mcp_gate.checkpoints import Checkpoint, VerifierKey, open_note, parse_checkpoint
+from mcp_gate.errors import CheckpointError
 from mcp_gate.evidence import GENESIS_HASH, ChainVerifier, VerifyReport
 
 __all__ = ["AuditReport", "LogVerifier", "NoteCheck"]

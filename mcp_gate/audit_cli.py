@@ -18,7 +18,6 @@ from mcp_gate import __version__
 from mcp_gate.audit import AuditReport
 from mcp_gate.bundle import Progress
 from mcp_gate.checkpoints import (
-    CheckpointError,
     VerifierKey,
     checkpoint_body,
     open_note,
@@ -29,7 +28,7 @@ from mcp_gate.checkpoints import (
 from mcp_gate.cli import EXIT_FAILED, EXIT_OK, _add_config, _config, _progress, _say, _sub
 from mcp_gate.clock import SystemClock, utc_iso
 from mcp_gate.config import GateConfig, invoking_user, load_config, resolve_config_path
-from mcp_gate.errors import GateError, StoreError
+from mcp_gate.errors import CheckpointError, GateError, StoreError
 from mcp_gate.evidence import GENESIS_HASH, new_event
 from mcp_gate.notary import (
     Notary,

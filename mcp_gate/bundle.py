@@ -21,14 +21,13 @@ from typing import IO, Any
 
 from mcp_gate.audit import check_notes
 from mcp_gate.checkpoints import (
-    CheckpointError,
     Signer,
     VerifierKey,
     open_note,
     sign_note,
     split_notes,
 )
-from mcp_gate.errors import GateError
+from mcp_gate.errors import CheckpointError, GateError
 from mcp_gate.evidence import ChainVerifier, canonical_json, parse_canonical
 from mcp_gate.store import LogReader
 

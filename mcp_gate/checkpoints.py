@@ -14,11 +14,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from mcp_gate.errors import GateError
+from mcp_gate.errors import CheckpointError
 
 __all__ = [
     "Checkpoint",
-    "CheckpointError",
     "Pruned",
     "Signer",
     "SigningKey",
@@ -35,10 +34,6 @@ _SIG_PREFIX = "\u2014 "  # an em dash and a space start every signature line
 _KEY_NAME = re.compile(r"[^\s+]{1,128}")
 _TIME_EXT = "time "
 _PRUNED_EXT = "pruned "
-
-
-class CheckpointError(GateError):
-    """A key, signed note or checkpoint is malformed or does not verify."""
 
 
 def _key_hash(name: str, public: bytes) -> int:

@@ -4,6 +4,9 @@
     ├── ConfigError                a bad gate.toml, client config or manifest: file, key, problem
     ├── StoreError                 the SQLite store cannot be opened, read or written
     │   └── EvidenceWriteError     an evidence record could not be committed (the call must not run)
+    ├── CheckpointError            a key, signed note or checkpoint is malformed or does not verify
+    ├── NoSuchRequest              no approval request has the id an approver named
+    ├── SlackFailure               a Slack call failed: Slack's error code, never a token
     ├── CallRefused                a tool call the gate will not forward; the text goes to the agent
     │   ├── UnknownTool            no such tool, or a blocked one
     │   ├── InvalidArguments       arguments are not an object, too large, or fail the tool's schema
@@ -19,13 +22,16 @@ from __future__ import annotations
 
 __all__ = [
     "CallRefused",
+    "CheckpointError",
     "ConfigError",
     "DownstreamFailed",
     "DownstreamUnavailable",
     "EvidenceWriteError",
     "GateError",
     "InvalidArguments",
+    "NoSuchRequest",
     "Quarantined",
+    "SlackFailure",
     "StoreError",
     "UnknownTool",
 ]
@@ -54,6 +60,30 @@ class StoreError(GateError):
 
 class EvidenceWriteError(StoreError):
     """An evidence record could not be committed; the call it describes must not run."""
+
+
+class CheckpointError(GateError):
+    """A key, signed note or checkpoint is malformed or does not verify."""
+
+
+class NoSuchRequest(GateError):
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        super().__init__(f"no approval request {request_id!r}; `mcp-gate pending` lists the open ones")
+
+
+class SlackFailure(GateError):
+    """A Slack call failed: `error` is Slack's code (or what went wrong on the way), never a token."""
+
+    def __init__(
+        self, method: str, error: str, *, status: int | None = None, retry_after: float | None = None
+    ):
+        self.method = method
+        self.error = error
+        self.status = status
+        self.retry_after = retry_after
+        where = f" (HTTP {status})" if status not in (None, 200) else ""
+        super().__init__(f"Slack {method} failed: {error}{where}")
 
 
 class CallRefused(GateError):

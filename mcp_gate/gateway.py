@@ -34,7 +34,6 @@ from mcp_gate.approvals import (
     outcome_text,
 )
 from mcp_gate.asking import Asking, Proceed, Question, Step, Stop
-from mcp_gate.channels.elicitation import Asker, BadState, Claims, load_key
 from mcp_gate.clock import Clock, SystemClock, utc_iso
 from mcp_gate.config import GateConfig, Requester
 from mcp_gate.downstream import Downstream, Downstreams, ProgressFn
@@ -52,7 +51,7 @@ from mcp_gate.errors import (
 )
 from mcp_gate.evidence import ARGS_DIGEST, EventFactory, args_digest, args_key_id, canonical_json, digest
 from mcp_gate.holds import ApprovalEngine, StillPending, TooMany, UsedElsewhere, decision_key
-from mcp_gate.manifests import Manifest, load_manifests
+from mcp_gate.manifests import load_manifests
 from mcp_gate.notary import notary_for
 from mcp_gate.pins import Accepted, Drifted, New, StillDrifted, canonical_definition, observe, pin_of
 from mcp_gate.policy import (
@@ -60,13 +59,17 @@ from mcp_gate.policy import (
     Block,
     Confirm,
     Decision,
+    Manifest,
     Run,
     classify,
     describe_requirement,
     policy_sha256,
     protected_path,
 )
+from mcp_gate.questions import Asker
 from mcp_gate.redaction import redact
+from mcp_gate.request_state import BadState, Claims
+from mcp_gate.seals import load_key
 from mcp_gate.store import DataDirLock, PinRecord, RunMarker, SQLiteStore, Store, Tx
 
 __all__ = ["CORRELATION_META_KEY", "SEPARATOR", "TIER_META_KEY", "Gateway", "OfferedTool", "split_name"]

@@ -41,7 +41,7 @@ from mcp_gate.approvals import (
 )
 from mcp_gate.clock import Clock, SystemClock, utc_iso
 from mcp_gate.config import ApprovalSettings, GateConfig
-from mcp_gate.errors import GateError
+from mcp_gate.errors import GateError, NoSuchRequest
 from mcp_gate.evidence import EventFactory
 from mcp_gate.manifests import load_manifests
 from mcp_gate.notary import notary_for
@@ -52,7 +52,6 @@ from mcp_gate.store import SQLiteStore, Store, Tx
 __all__ = [
     "ApprovalEngine",
     "HoldOutcome",
-    "NoSuchRequest",
     "StillPending",
     "TooMany",
     "UsedElsewhere",
@@ -67,12 +66,6 @@ WATCH_INTERVAL = 0.005  # seconds between checks for decisions committed by othe
 SWEEP_INTERVAL = 1.0
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
-
-
-class NoSuchRequest(GateError):
-    def __init__(self, request_id: str) -> None:
-        self.request_id = request_id
-        super().__init__(f"no approval request {request_id!r}; `mcp-gate pending` lists the open ones")
 
 
 @dataclass(frozen=True)

@@ -3,29 +3,22 @@ and the manifests that ship with the package, matched to servers by the package 
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import importlib.resources
 import json
 import re
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import re2  # type: ignore[import-untyped]  # google-re2 ships no type hints
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from mcp_gate.config.files import config_error_from, read_toml
 from mcp_gate.errors import ConfigError, GateError
-from mcp_gate.policy import Tier, compile_glob
+from mcp_gate.policy import UNSET, Condition, Manifest, Regex, Rule, Tier, compile_glob
 
 __all__ = [
-    "UNSET",
-    "Condition",
-    "Manifest",
-    "Regex",
-    "Rule",
     "Shipped",
     "copy_shipped",
     "load_manifest",
@@ -33,91 +26,6 @@ __all__ = [
     "shipped_for",
     "shipped_manifests",
 ]
-
-
-class _Unset(enum.Enum):
-    UNSET = "UNSET"
-
-
-UNSET = _Unset.UNSET
-"""`Condition.equals` when the condition has no `equals` check (TOML has no null to stand for it)."""
-
-
-def _re2_options() -> Any:
-    options = re2.Options()
-    options.log_errors = False  # RE2 would print parse errors to stderr itself; we raise them
-    return options
-
-
-_RE2_OPTIONS = _re2_options()
-
-
-@dataclass(frozen=True)
-class Regex:
-    """A manifest's regex, compiled by RE2: matching is linear in the subject's length whatever
-    the pattern, so an agent's argument cannot make a check run for minutes (ReDoS). RE2 refuses
-    what it cannot do in linear time (backreferences, lookaround) when the manifest is loaded."""
-
-    pattern: str
-    _compiled: Any = field(compare=False, repr=False)
-
-    @classmethod
-    def compile(cls, pattern: str) -> Regex:
-        try:
-            return cls(pattern, re2.compile(pattern, _RE2_OPTIONS))
-        except re2.error as exc:
-            raw = exc.args[0] if exc.args else b"cannot be compiled"
-            why = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-            raise ValueError(f"invalid regex: {why} (RE2 syntax: no backreferences or lookaround)") from exc
-
-    def fullmatch(self, text: str) -> bool:
-        """Whether the whole of `text` matches; a lone surrogate (from a JSON "\\ud800" escape)
-        is matched as U+FFFD, since RE2 reads UTF-8."""
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            text = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
-        return self._compiled.fullmatch(text) is not None
-
-
-@dataclass(frozen=True)
-class Condition:
-    """Checks on one argument value; every check that is set must hold."""
-
-    glob: str | None = None
-    regex: Regex | None = None
-    equals: Any = UNSET
-    min: float | None = None
-    max: float | None = None
-
-    @property
-    def checks_equals(self) -> bool:
-        return self.equals is not UNSET
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One manifest rule: tool-name globs, argument conditions (JSON pointer -> Condition), tier, reason."""
-
-    index: int
-    tools: tuple[str, ...]
-    when: tuple[tuple[str, Condition], ...]
-    tier: Tier
-    reason: str
-    approvers: tuple[str, ...] = ()  # approver groups for this rule's calls; empty: the tier's groups
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """The rules of one downstream server, in order; the first match wins."""
-
-    server: str
-    default: Tier
-    trust_annotations: bool
-    rules: tuple[Rule, ...]
-    path: Path
-    sha256: str
-    packages: tuple[str, ...] = ()  # npm / PyPI packages this manifest is written for
 
 
 # --- the file format --------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 
 from mcp_gate.checkpoints import (
     Checkpoint,
-    CheckpointError,
     Pruned,
     Signer,
     SigningKey,
@@ -32,7 +31,7 @@ from mcp_gate.checkpoints import (
 )
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import GateConfig, read_private_text
-from mcp_gate.errors import ConfigError, GateError
+from mcp_gate.errors import CheckpointError, ConfigError, GateError
 
 __all__ = [
     "CommandSigner",

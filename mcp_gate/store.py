@@ -22,9 +22,9 @@ import anyio.to_thread
 
 from mcp_gate.approvals import ApprovalRequest, Binding, Grant, RequestState, Vote
 from mcp_gate.audit import AuditReport, LogVerifier, check_notes
-from mcp_gate.checkpoints import Checkpoint, CheckpointError, Pruned, VerifierKey, open_note, parse_checkpoint
+from mcp_gate.checkpoints import Checkpoint, Pruned, VerifierKey, open_note, parse_checkpoint
 from mcp_gate.clock import Clock, SystemClock, utc_iso
-from mcp_gate.errors import EvidenceWriteError, GateError, StoreError
+from mcp_gate.errors import CheckpointError, EvidenceWriteError, GateError, StoreError
 from mcp_gate.evidence import (
     GENESIS_HASH,
     ChainVerifier,

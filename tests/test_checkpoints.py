@@ -17,7 +17,6 @@ import anyio
 import pytest
 
 from mcp_gate.checkpoints import (
-    CheckpointError,
     SigningKey,
     VerifierKey,
     open_note,
@@ -25,7 +24,7 @@ from mcp_gate.checkpoints import (
     sign_note,
     split_notes,
 )
-from mcp_gate.errors import EvidenceWriteError, GateError, StoreError
+from mcp_gate.errors import CheckpointError, EvidenceWriteError, GateError, StoreError
 from mcp_gate.evidence import new_event
 from mcp_gate.notary import FileSink, Notary, WebhookSink, create_key_file, load_key_file
 from mcp_gate.store import SQLiteStore, Tx, verify_file

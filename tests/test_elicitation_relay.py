@@ -170,8 +170,8 @@ async def test_where_the_agent_cannot_be_asked_the_downstream_gets_a_clear_refus
 async def test_a_relayed_question_with_a_nested_form_is_refused_before_the_agent_sees_it(
     tmp_path: Path,
 ) -> None:
-    from mcp_gate.channels.elicitation import Unsupported
     from mcp_gate.gateway import Gateway
+    from mcp_gate.questions import Unsupported
 
     config = relay_config(tmp_path)
     asked: list[str] = []

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcp_gate.approvals import Binding
-from mcp_gate.channels.elicitation import (
+from mcp_gate.request_state import (
     MAX_STATE_CHARS,
     BadState,
     Claims,

@@ -12,8 +12,8 @@ from mcp import Client, StdioServerParameters
 
 from mcp_gate import manifests as manifests_module
 from mcp_gate.errors import ConfigError
-from mcp_gate.manifests import UNSET, Condition, Manifest, Regex, load_manifest, load_manifests
-from mcp_gate.policy import classify
+from mcp_gate.manifests import load_manifest, load_manifests
+from mcp_gate.policy import UNSET, Condition, Manifest, Regex, classify
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "mcp_gate" / "tool_manifests"

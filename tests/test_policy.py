@@ -8,14 +8,17 @@ from typing import Any
 import pytest
 
 from mcp_gate import policy
-from mcp_gate.manifests import UNSET, Condition, Manifest, Rule
 from mcp_gate.policy import (
     DEFAULT_REQUIREMENTS,
     TIERS,
+    UNSET,
     Approvals,
     Block,
+    Condition,
     Confirm,
     Decision,
+    Manifest,
+    Rule,
     Run,
     Tier,
     classify,

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcp_gate.errors import ConfigError
-from mcp_gate.manifests import Regex, load_manifest
-from mcp_gate.policy import condition_holds
+from mcp_gate.manifests import load_manifest
+from mcp_gate.policy import Regex, condition_holds
 from mcp_gate.redaction import _ASSIGNMENT, _detectors, scrub_text
 
 RULE = '[[rule]]\ntools = ["write_note"]\ntier = "critical"\nreason = "r"\n'

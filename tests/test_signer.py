@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from test_audit_cli import drive, make_config, mcp_gate
 
-from mcp_gate.checkpoints import CheckpointError, SigningKey, open_note, parse_checkpoint
+from mcp_gate.checkpoints import SigningKey, open_note, parse_checkpoint
 from mcp_gate.config import load_config
-from mcp_gate.errors import ConfigError
+from mcp_gate.errors import CheckpointError, ConfigError
 from mcp_gate.evidence import new_event
 from mcp_gate.notary import CommandSigner, Notary
 from mcp_gate.store import SQLiteStore

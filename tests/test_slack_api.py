@@ -9,8 +9,9 @@ import threading
 import anyio
 import pytest
 
-from mcp_gate.channels.slack_api import SlackApi, SlackFailure, connect_socket_mode
+from mcp_gate.channels.slack_api import SlackApi, connect_socket_mode
 from mcp_gate.channels.slack_blocks import metadata_request_id, request_metadata
+from mcp_gate.errors import SlackFailure
 from mcp_gate.fake_slack import SCOPES, FakeSlack
 
 pytestmark = pytest.mark.anyio

@@ -30,7 +30,7 @@ from mcp_gate.cli import (
     _url,
 )
 from mcp_gate.config import GateConfig, read_private_text
-from mcp_gate.errors import GateError
+from mcp_gate.errors import GateError, NoSuchRequest
 from mcp_gate.manifests import load_manifests
 from mcp_gate.notary import notary_for
 from mcp_gate.store import SQLiteStore
@@ -137,7 +137,7 @@ async def _over_db(config: GateConfig, token: str, op: _Op) -> Any:
     from mcp_gate.channels.api import Desk
     from mcp_gate.clock import SystemClock
     from mcp_gate.evidence import EventFactory
-    from mcp_gate.holds import ApprovalEngine, NoSuchRequest, decision_key
+    from mcp_gate.holds import ApprovalEngine, decision_key
     from mcp_gate.policy import policy_sha256
 
     approver = config.approver_by_token(token)

@@ -17,7 +17,7 @@ import anyio.lowlevel
 
 from mcp_gate.approvals import ApprovalRequest, Approver, Refusal, RequestState, decide
 from mcp_gate.channels.api import Desk
-from mcp_gate.channels.slack_api import SlackApi, SlackFailure, SocketModeLink, connect_socket_mode
+from mcp_gate.channels.slack_api import SlackApi, SocketModeLink, connect_socket_mode
 from mcp_gate.channels.slack_blocks import (
     GRANT_FOR,
     deny_modal,
@@ -30,9 +30,9 @@ from mcp_gate.channels.slack_clicks import Click, modal_errors, parse_interactio
 from mcp_gate.channels.slack_http import MAX_AGE, MAX_BODY_BYTES, build_interactions_app
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import GateConfig, SlackSettings
-from mcp_gate.errors import ConfigError, GateError
+from mcp_gate.errors import ConfigError, GateError, NoSuchRequest, SlackFailure
 from mcp_gate.gateway import Gateway
-from mcp_gate.holds import NoSuchRequest, grant_refusal
+from mcp_gate.holds import grant_refusal
 from mcp_gate.http import serve_asgi
 from mcp_gate.store import SlackMessage, Tx
 

@@ -12,29 +12,15 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from mcp_gate.errors import GateError
+from mcp_gate.errors import SlackFailure
 
-__all__ = ["SlackApi", "SlackFailure", "SocketModeLink", "connect_socket_mode"]
+__all__ = ["SlackApi", "SocketModeLink", "connect_socket_mode"]
 
 # slack_sdk logs through this logger; it never sees a token (it redacts Authorization itself).
 sdk_log = logging.getLogger("mcp_gate.slack.sdk")
 
 TIMEOUT = 10
 CLOSE_TIMEOUT = 5.0  # seconds a Socket Mode link may take to stop its threads
-
-
-class SlackFailure(GateError):
-    """A Slack call failed: `error` is Slack's code (or what went wrong on the way), never a token."""
-
-    def __init__(
-        self, method: str, error: str, *, status: int | None = None, retry_after: float | None = None
-    ):
-        self.method = method
-        self.error = error
-        self.status = status
-        self.retry_after = retry_after
-        where = f" (HTTP {status})" if status not in (None, 200) else ""
-        super().__init__(f"Slack {method} failed: {error}{where}")
 
 
 def _header(headers: Any, name: str) -> str | None:

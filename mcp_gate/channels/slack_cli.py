@@ -12,10 +12,10 @@ from typing import Any
 import anyio
 
 from mcp_gate.channels.slack import SlackSecrets
-from mcp_gate.channels.slack_api import SlackApi, SlackFailure, connect_socket_mode
+from mcp_gate.channels.slack_api import SlackApi, connect_socket_mode
 from mcp_gate.cli import EXIT_FAILED, EXIT_OK, _add_config, _config, _progress, _say, _sub
 from mcp_gate.config import GateConfig, SlackSettings
-from mcp_gate.errors import ConfigError, GateError
+from mcp_gate.errors import ConfigError, GateError, SlackFailure
 from mcp_gate.store import SQLiteStore
 
 __all__ = ["Finding", "add_slack_commands", "diagnose", "slack_check"]
