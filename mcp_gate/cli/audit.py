@@ -158,22 +158,9 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
 # -- audit show -----------------------------------------------------------------------------
 
 
-def cmd_audit(args: argparse.Namespace) -> int:
+def cmd_show(args: argparse.Namespace) -> int:
     config = load_config_from_args(args)
-    db = config.data_dir / "gate.db"
-    if not db.exists():
-        raise GateError(f"{db}: no evidence log here yet (has the gate run with this config?)")
-
-    async def verify() -> int:
-        progress(f"verifying {db}...")
-        report = await verify_file(db)  # read-only: verifying never changes what it verifies
-        if args.json:
-            say(json.dumps(report.__dict__))
-        elif report.ok:
-            say(f"ok: {report.records} records, chain intact, head {report.head_hash[:16]}")
-        else:
-            say(f"TAMPERED: {report.problem}")
-        return EXIT_OK if report.ok else EXIT_FAILED
+    db = _db(config)
 
     async def show() -> int:
         async with await SQLiteStore.open(db) as store:
@@ -194,7 +181,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             say(render_story(records))
         return EXIT_OK
 
-    return anyio.run(verify if args.audit_command == "verify" else show)
+    return anyio.run(show)
 
 
 # -- audit verify ---------------------------------------------------------------------------
@@ -599,7 +586,6 @@ def add_audit_commands(sub: Any) -> None:
     )
     add_config(v)
     v.add_argument("--json", action="store_true", help="print the result as JSON")
-    v.set_defaults(func=cmd_audit)
     _add_verify_options(v)
     s = subcommand(
         audit_sub,
@@ -614,7 +600,7 @@ def add_audit_commands(sub: Any) -> None:
         help="the call's id, from a refused call's error result or `audit show --json`",
     )
     s.add_argument("--json", action="store_true", help="print the records as JSON")
-    s.set_defaults(func=cmd_audit)
+    s.set_defaults(func=cmd_show)
 
     e = subcommand(
         audit_sub,
