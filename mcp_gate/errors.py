@@ -12,7 +12,9 @@
     │   ├── InvalidArguments       arguments are not an object, too large, or fail the tool's schema
     │   ├── Quarantined            the tool is new, or its definition changed since it was pinned
     │   └── DownstreamUnavailable  the server behind the tool is not connected
-    └── DownstreamFailed           the downstream failed during the call (connection closed, timeout)
+    ├── DownstreamFailed           the downstream failed during the call (connection closed, timeout)
+    ├── DecisionRefused            the gate refused an approver's decision (self-approval, expired, ...)
+    └── ApiUnreachable             the approver API could not be reached or answered unexpectedly
 
 Errors carry fields; `str()` is one line a person or an LLM can act on. Foreign exceptions
 are translated at the edge with `raise ... from exc`.
@@ -21,9 +23,11 @@ are translated at the edge with `raise ... from exc`.
 from __future__ import annotations
 
 __all__ = [
+    "ApiUnreachable",
     "CallRefused",
     "CheckpointError",
     "ConfigError",
+    "DecisionRefused",
     "DownstreamFailed",
     "DownstreamUnavailable",
     "EvidenceWriteError",
@@ -147,3 +151,11 @@ class DownstreamFailed(GateError):
             f"{server}__{tool} failed in the downstream server ({why}); it may or may not have taken "
             f"effect and was not retried"
         )
+
+
+class DecisionRefused(GateError):
+    """The gate refused a decision (self-approval, not eligible, expired, ...): exit 1."""
+
+
+class ApiUnreachable(GateError):
+    """The approver API could not be reached or answered unexpectedly: exit 1."""

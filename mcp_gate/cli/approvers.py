@@ -18,24 +18,22 @@ from urllib.parse import quote
 import anyio
 
 from mcp_gate import __version__
-from mcp_gate.cli import (
+from mcp_gate.cli._common import (
     EXIT_OK,
-    Refused,
-    Unreachable,
-    _add_config,
-    _config,
-    _progress,
-    _say,
-    _sub,
-    _url,
+    add_config,
+    api_url,
+    load_config_from_args,
+    progress,
+    say,
+    subcommand,
 )
 from mcp_gate.config import GateConfig, read_private_text
-from mcp_gate.errors import GateError, NoSuchRequest
+from mcp_gate.errors import ApiUnreachable, DecisionRefused, GateError, NoSuchRequest
 from mcp_gate.manifests import load_manifests
 from mcp_gate.notary import notary_for
 from mcp_gate.store import SQLiteStore
 
-__all__ = ["add_approver_commands"]
+__all__ = ["add_commands"]
 
 # `pending` shows each request's (redacted) arguments on one line, capped like Slack's recent calls;
 # `show` and `--json` give them whole.
@@ -84,11 +82,11 @@ def _perform(args: argparse.Namespace, op: _Op) -> Any:
         if args.via == "db":
             raise GateError("--api and --via db contradict each other; drop one")
         return _over_api(args.api, token, op)
-    config = _config(args)
+    config = load_config_from_args(args)
     if args.via == "api" or (args.via == "auto" and config.admin is not None):
         if config.admin is None:
             raise GateError(f"--via api: {config.path} has no [admin] section; pass --api URL")
-        url = _url(config.admin.host, config.admin.port)
+        url = api_url(config.admin.host, config.admin.port)
         try:
             return _over_api(url, token, op, connect_errors=args.via == "auto")
         except _NotListening:
@@ -112,9 +110,9 @@ def _over_api(url: str, token: str, op: _Op, *, connect_errors: bool = False) ->
     except httpx2.ConnectError as exc:
         if connect_errors:
             raise _NotListening from exc
-        raise Unreachable(f"cannot reach the approver API at {base}: {exc}") from exc
+        raise ApiUnreachable(f"cannot reach the approver API at {base}: {exc}") from exc
     except httpx2.HTTPError as exc:
-        raise Unreachable(f"the approver API at {base} failed: {exc}") from exc
+        raise ApiUnreachable(f"the approver API at {base} failed: {exc}") from exc
     try:
         data = response.json()
     except ValueError:
@@ -126,11 +124,13 @@ def _over_api(url: str, token: str, op: _Op, *, connect_errors: bool = False) ->
         case 401:
             raise GateError(f"the approver API at {base} refused the token: it is no approver's token")
         case 409:
-            raise Refused(error or "refused")
+            raise DecisionRefused(error or "refused")
         case 400 | 404 if error:
             raise GateError(error)
         case status:
-            raise Unreachable(f"the approver API at {base} answered {status}: {error or response.text[:200]}")
+            raise ApiUnreachable(
+                f"the approver API at {base} answered {status}: {error or response.text[:200]}"
+            )
 
 
 async def _over_db(config: GateConfig, token: str, op: _Op) -> Any:
@@ -161,7 +161,7 @@ async def _over_db(config: GateConfig, token: str, op: _Op) -> Any:
             raise GateError(str(exc)) from exc
     if isinstance(result, dict | list):
         return result
-    raise Refused(result.why)
+    raise DecisionRefused(result.why)
 
 
 def _path_id(identifier: str) -> str:
@@ -169,7 +169,7 @@ def _path_id(identifier: str) -> str:
 
 
 def _print_json(value: Any) -> None:
-    _say(json.dumps(value, indent=2, ensure_ascii=False))
+    say(json.dumps(value, indent=2, ensure_ascii=False))
 
 
 def _in(seconds: int) -> str:
@@ -197,18 +197,18 @@ def cmd_pending(args: argparse.Namespace) -> int:
         _print_json(requests)
         return EXIT_OK
     if not requests:
-        _say("no open requests")
+        say("no open requests")
         return EXIT_OK
     for r in requests:
         if r["state"] == "approved":
             status = f"approved ({r['quorum']}), runs when the agent calls again"
         else:
             status = r["quorum"]
-        _say(f"{r['id']}  {r['tier']:<8}  {r['name']}  {_requester(r)}")
-        _say(f"    {status}; expires in {_in(r['expires_in_seconds'])}; {r['reason']}")
-        _say(f"    args: {_capped(json.dumps(r['args'], ensure_ascii=False, sort_keys=True))}")
+        say(f"{r['id']}  {r['tier']:<8}  {r['name']}  {_requester(r)}")
+        say(f"    {status}; expires in {_in(r['expires_in_seconds'])}; {r['reason']}")
+        say(f"    args: {_capped(json.dumps(r['args'], ensure_ascii=False, sort_keys=True))}")
         if r.get("justification"):
-            _say(f"    requester says: {r['justification']}")
+            say(f"    requester says: {r['justification']}")
     return EXIT_OK
 
 
@@ -221,29 +221,29 @@ def cmd_show(args: argparse.Namespace) -> int:
         _print_json(r)
         return EXIT_OK
     groups = f" from {' or '.join(r['groups'])}" if r["groups"] else ""
-    _say(f"request {r['id']}: {r['state']}, {r['quorum']}")
-    _say(f"  tool:       {r['name']}")
-    _say(f"  requester:  {_requester(r)}")
-    _say(f"  tier:       {r['tier']} ({r['rule']}: {r['reason']})")
-    _say(f"  needs:      {r['required']} approval(s){groups}")
+    say(f"request {r['id']}: {r['state']}, {r['quorum']}")
+    say(f"  tool:       {r['name']}")
+    say(f"  requester:  {_requester(r)}")
+    say(f"  tier:       {r['tier']} ({r['rule']}: {r['reason']})")
+    say(f"  needs:      {r['required']} approval(s){groups}")
     if r.get("justification"):
-        _say(f"  requester's justification (their own words): {r['justification']}")
-    _say(f"  expires:    {r['expires_at']} (in {_in(r['expires_in_seconds'])})")
-    _say("  arguments (redacted):")
+        say(f"  requester's justification (their own words): {r['justification']}")
+    say(f"  expires:    {r['expires_at']} (in {_in(r['expires_in_seconds'])})")
+    say("  arguments (redacted):")
     for line in json.dumps(r["args"], indent=2, ensure_ascii=False).splitlines():
-        _say(f"    {line}")
-    _say(f"  args_sha256:   {r['args_sha256']}")
-    _say(f"  pin:           {r['pin']}")
-    _say(f"  policy_sha256: {r['policy_sha256']}")
-    _say(f"  correlation:   {r['correlation_id']}")
-    _say("  votes:" if r["votes"] else "  votes: none yet")
+        say(f"    {line}")
+    say(f"  args_sha256:   {r['args_sha256']}")
+    say(f"  pin:           {r['pin']}")
+    say(f"  policy_sha256: {r['policy_sha256']}")
+    say(f"  correlation:   {r['correlation_id']}")
+    say("  votes:" if r["votes"] else "  votes: none yet")
     for v in r["votes"]:
         note = f": {v['note']}" if v["note"] else ""
-        _say(f"    {v['at']}  {v['approver']} {v['verdict']}d via {v['channel']}{note}")
+        say(f"    {v['at']}  {v['approver']} {v['verdict']}d via {v['channel']}{note}")
     calls = r.get("recent_calls") or []
-    _say(f"  recent calls by {r['requester']['agent']}:" if calls else "  recent calls: none")
+    say(f"  recent calls by {r['requester']['agent']}:" if calls else "  recent calls: none")
     for c in calls:
-        _say(f"    {c['ts']}  {c['name']} {json.dumps(c['args'], ensure_ascii=False)[:200]}")
+        say(f"    {c['ts']}  {c['name']} {json.dumps(c['args'], ensure_ascii=False)[:200]}")
     return EXIT_OK
 
 
@@ -253,7 +253,7 @@ def _decided(args: argparse.Namespace, result: dict[str, Any]) -> int:
     if args.json:
         _print_json(result)
     else:
-        _say(summarize(result))
+        say(summarize(result))
     return EXIT_OK
 
 
@@ -322,7 +322,7 @@ def cmd_grants(args: argparse.Namespace) -> int:
         _print_json(grants)
         return EXIT_OK
     if not grants:
-        _say("no live grants" if not args.all else "no grants")
+        say("no live grants" if not args.all else "no grants")
         return EXIT_OK
     for g in grants:
         if g["revoked_by"] is not None:
@@ -331,7 +331,7 @@ def cmd_grants(args: argparse.Namespace) -> int:
             status = f"expired {g['expires_at']}"
         else:
             status = f"expires in {_in(g['expires_in_seconds'])}"
-        _say(f"{g['id']}  {g['name']}  {_requester(g)}  by {g['created_by']}  {status}")
+        say(f"{g['id']}  {g['name']}  {_requester(g)}  by {g['created_by']}  {status}")
     return EXIT_OK
 
 
@@ -344,18 +344,18 @@ def cmd_approvers_token(args: argparse.Namespace) -> int:
         raise GateError(f"approvers token: {name!r}: a name is 1-64 letters, digits, '_', '.', '@' or '-'")
     token = secrets.token_urlsafe(32)
     header = name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
-    _progress(
+    progress(
         f"a new API token for approver {name}: give the first line to {name} (as $MCP_GATE_TOKEN or a "
         f"--token-file); it is shown only this once and stored nowhere. Put the second line under "
         f"[approvers.{header}] in gate.toml yourself (this command does not edit it) and restart the gate."
     )
-    _say(token)
-    _say(f'token_sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"')
+    say(token)
+    say(f'token_sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"')
     return EXIT_OK
 
 
 def _add_approver(p: argparse.ArgumentParser, *, json_help: str | None = None) -> None:
-    _add_config(p)
+    add_config(p)
     p.add_argument(
         "--token-file",
         metavar="PATH",
@@ -372,8 +372,8 @@ def _add_approver(p: argparse.ArgumentParser, *, json_help: str | None = None) -
     p.add_argument("--json", action="store_true", help=json_help or "print the outcome as JSON")
 
 
-def add_approver_commands(sub: Any) -> None:
-    p = _sub(
+def add_commands(sub: Any) -> None:
+    p = subcommand(
         sub,
         "pending",
         "list the approval requests still open",
@@ -382,7 +382,7 @@ def add_approver_commands(sub: Any) -> None:
     _add_approver(p, json_help="print the requests as JSON")
     p.set_defaults(func=cmd_pending)
 
-    p = _sub(
+    p = subcommand(
         sub,
         "show",
         "show one approval request in full",
@@ -393,7 +393,7 @@ def add_approver_commands(sub: Any) -> None:
     _add_approver(p, json_help="print the request as JSON")
     p.set_defaults(func=cmd_show)
 
-    p = _sub(
+    p = subcommand(
         sub,
         "approve",
         "approve a held call (or grant its tool for a while with --for)",
@@ -408,7 +408,7 @@ def add_approver_commands(sub: Any) -> None:
     _add_approver(p)
     p.set_defaults(func=cmd_approve)
 
-    p = _sub(
+    p = subcommand(
         sub,
         "deny",
         "deny a held call; the agent is told your reason",
@@ -419,7 +419,7 @@ def add_approver_commands(sub: Any) -> None:
     _add_approver(p)
     p.set_defaults(func=cmd_deny)
 
-    p = _sub(
+    p = subcommand(
         sub,
         "revoke",
         "revoke an approval not yet executed, or a grant",
@@ -429,14 +429,14 @@ def add_approver_commands(sub: Any) -> None:
     _add_approver(p)
     p.set_defaults(func=cmd_revoke)
 
-    p = _sub(sub, "grants", "list live grants", "List grants: tool, requester, who granted it, expiry.")
+    p = subcommand(sub, "grants", "list live grants", "List grants: tool, requester, who granted it, expiry.")
     p.add_argument("--all", action="store_true", help="include expired and revoked grants")
     _add_approver(p, json_help="print the grants as JSON")
     p.set_defaults(func=cmd_grants)
 
-    p = _sub(sub, "approvers", "manage approvers")
+    p = subcommand(sub, "approvers", "manage approvers")
     approvers_sub = p.add_subparsers(dest="approvers_command", metavar="SUBCOMMAND", required=True)
-    t = _sub(
+    t = subcommand(
         approvers_sub,
         "token",
         "print a new API token for an approver and its token_sha256 line",

@@ -13,12 +13,20 @@ import anyio
 
 from mcp_gate.channels.slack import SlackSecrets
 from mcp_gate.channels.slack_api import SlackApi, connect_socket_mode
-from mcp_gate.cli import EXIT_FAILED, EXIT_OK, _add_config, _config, _progress, _say, _sub
+from mcp_gate.cli._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_config,
+    load_config_from_args,
+    progress,
+    say,
+    subcommand,
+)
 from mcp_gate.config import GateConfig, SlackSettings
 from mcp_gate.errors import ConfigError, GateError, SlackFailure
 from mcp_gate.store import SQLiteStore
 
-__all__ = ["Finding", "add_slack_commands", "diagnose", "slack_check"]
+__all__ = ["Finding", "add_commands", "diagnose", "slack_check"]
 
 BOT_SCOPES = ("chat:write", "users:read")
 EMAIL_SCOPE = "users:read.email"
@@ -186,30 +194,30 @@ def slack_check(config: GateConfig, environ: Mapping[str, str]) -> Finding:
 
 
 def cmd_slack_test(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = load_config_from_args(args)
     _settings(config)
-    _progress("checking Slack: auth, scopes, channels, connection...")
+    progress("checking Slack: auth, scopes, channels, connection...")
     findings = anyio.run(lambda: diagnose(config, os.environ, post=not args.no_post))
     if args.json:
-        _say(json.dumps([asdict(f) for f in findings], indent=2))
+        say(json.dumps([asdict(f) for f in findings], indent=2))
     else:
         width = max(len(f.what) for f in findings)
         for f in findings:
-            _say(f"{'ok  ' if f.ok else 'FAIL'}  {f.what:<{width}}  {f.detail}")
+            say(f"{'ok  ' if f.ok else 'FAIL'}  {f.what:<{width}}  {f.detail}")
     return EXIT_OK if all(f.ok for f in findings) else EXIT_FAILED
 
 
-def add_slack_commands(sub: Any) -> None:
-    p = _sub(sub, "slack", "the Slack approval channel: test the set-up")
+def add_commands(sub: Any) -> None:
+    p = subcommand(sub, "slack", "the Slack approval channel: test the set-up")
     slack_sub = p.add_subparsers(dest="slack_command", metavar="SUBCOMMAND", required=True)
-    t = _sub(
+    t = subcommand(
         slack_sub,
         "test",
         "send a test message and report what works and what is missing",
         "Check the bot token (auth.test), its scopes, every configured channel (by posting a test "
         "message) and the Socket Mode connection or HTTP interactivity set-up. Exits 1 if anything fails.",
     )
-    _add_config(t)
+    add_config(t)
     t.add_argument("--json", action="store_true", help="print the findings as JSON")
     t.add_argument("--no-post", action="store_true", help="check without posting test messages")
     t.set_defaults(func=cmd_slack_test)

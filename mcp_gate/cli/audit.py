@@ -1,8 +1,9 @@
-"""The evidence commands: keys init, audit verify (checkpoints, bundles), audit export, report, prune."""
+"""The evidence commands: keys init/show, audit verify (checkpoints, bundles), show, export, report, prune."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -25,11 +26,19 @@ from mcp_gate.checkpoints import (
     sign_note,
     split_notes,
 )
-from mcp_gate.cli import EXIT_FAILED, EXIT_OK, _add_config, _config, _progress, _say, _sub
+from mcp_gate.cli._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_config,
+    load_config_from_args,
+    progress,
+    say,
+    subcommand,
+)
 from mcp_gate.clock import SystemClock, utc_iso
 from mcp_gate.config import GateConfig, invoking_user, load_config, resolve_config_path
 from mcp_gate.errors import CheckpointError, GateError, StoreError
-from mcp_gate.evidence import GENESIS_HASH, new_event
+from mcp_gate.evidence import GENESIS_HASH, new_event, render_story
 from mcp_gate.notary import (
     Notary,
     create_key_file,
@@ -39,12 +48,11 @@ from mcp_gate.notary import (
     read_head_text,
     write_head,
 )
-from mcp_gate.store import SQLiteStore, read_only, verify_file
+from mcp_gate.store import SQLiteStore, Tx, read_only, verify_file
 
 __all__ = [
     "add_audit_commands",
     "add_key_commands",
-    "add_verify_options",
     "checkpoint_warnings",
     "cmd_verify",
     "missed_copies",
@@ -82,7 +90,7 @@ async def _record(config: GateConfig, notary: Notary | None, event: dict[str, An
         async with await SQLiteStore.open(db, notary=notary) as store:
             await store.append([event])
     except StoreError as exc:
-        _progress(f"mcp-gate: could not record {event['event_type']}: {exc}")
+        progress(f"mcp-gate: could not record {event['event_type']}: {exc}")
 
 
 def parse_moment(text: str, option: str) -> str:
@@ -119,7 +127,7 @@ def _pubkey(text: str) -> VerifierKey:
 
 
 def cmd_keys_init(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = load_config_from_args(args)
     settings = config.evidence
     assert settings is not None
     if settings.signer is not None:
@@ -131,19 +139,48 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
     # The signed head starts at size 0: from now on a missing head file is itself a finding.
     body = checkpoint_body(settings.origin, 0, GENESIS_HASH, time=utc_iso(SystemClock().now()))
     write_head(head_path(settings.key_path), sign_note(body, key))
-    _progress(f"signing key written to {settings.key_path} (mode 0600); checkpoints are now on")
-    _say(key.verifier.to_text())
+    progress(f"signing key written to {settings.key_path} (mode 0600); checkpoints are now on")
+    say(key.verifier.to_text())
     return EXIT_OK
 
 
 def cmd_keys_show(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = load_config_from_args(args)
     assert config.evidence is not None
     if config.evidence.signer_pubkey is not None:
-        _say(config.evidence.signer_pubkey)
+        say(config.evidence.signer_pubkey)
         return EXIT_OK
-    _say(load_key_file(config.evidence.key_path).verifier.to_text())
+    say(load_key_file(config.evidence.key_path).verifier.to_text())
     return EXIT_OK
+
+
+# -- audit show -----------------------------------------------------------------------------
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    config = load_config_from_args(args)
+    db = _db(config)
+
+    async def show() -> int:
+        async with await SQLiteStore.open(db) as store:
+            records = await store.records(correlation_id=args.correlation_id)
+            # A call that joined an approval request made by an earlier identical call: its
+            # story includes that request's records (who was asked, who decided).
+            linked = {r.body["request_id"] for r in records if isinstance(r.body.get("request_id"), str)}
+            for request_id in sorted(linked):
+                request = await store.read(functools.partial(Tx.get_request, request_id=request_id))
+                if request is not None and request.correlation_id != args.correlation_id:
+                    records += await store.records(correlation_id=request.correlation_id)
+        records = sorted({r.seq: r for r in records}.values(), key=lambda r: r.seq)
+        if not records:
+            raise GateError(f"audit show: no records with correlation id {args.correlation_id!r}")
+        if args.json:
+            say(json.dumps([dict(r.body) for r in records], indent=2))
+        else:
+            say(render_story(records))
+        return EXIT_OK
+
+    return anyio.run(show)
 
 
 # -- audit verify ---------------------------------------------------------------------------
@@ -162,7 +199,7 @@ def _verification_inputs(
         try:
             notary = notary_for(config)
         except GateError as exc:
-            _progress(f"mcp-gate: not recording this check in the log ({exc})")
+            progress(f"mcp-gate: not recording this check in the log ({exc})")
             notary = None
     else:
         notary = notary_for(config)
@@ -186,7 +223,7 @@ def _verification_inputs(
 def cmd_verify(args: argparse.Namespace) -> int:
     if args.bundle is not None:
         return _verify_bundle(args)
-    config = _config(args)
+    config = load_config_from_args(args)
     db = _db(config)
     notary, verifiers, extra = _verification_inputs(config, args.pubkey, args.checkpoints)
     if args.pubkey is None and verifiers is not None:
@@ -196,7 +233,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             if config.evidence.signer
             else (f"the public key of the local signing key {config.evidence.key_path}")
         )
-        _progress(
+        progress(
             f"note: trusting {where}; whoever can change this host can change it too: pass --pubkey "
             "with a copy kept elsewhere"
         )
@@ -205,7 +242,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         extra = [*extra, head_text]
 
     async def run() -> int:
-        _progress(f"verifying {db}...")
+        progress(f"verifying {db}...")
         bar: list[Progress] = []
 
         def advance(done: int, total: int) -> None:
@@ -218,7 +255,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             bar[0].close()
         report = _check_history(config, db, verifiers, report)
         if args.json:
-            _say(json.dumps(asdict(report)))
+            say(json.dumps(asdict(report)))
         elif report.ok:
             line = f"ok: {report.records} records, chain intact, head {report.head_hash[:16]}"
             if report.keys_checked and report.checkpoints:
@@ -231,9 +268,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 line += "; signed checkpoints not checked (no key: run `mcp-gate keys init` or pass --pubkey)"
             if report.pruned_through:
                 line += f"; seq 1..{report.pruned_through} pruned under a signed retention checkpoint"
-            _say(line)
+            say(line)
         else:
-            _say(f"TAMPERED: {report.problem}")
+            say(f"TAMPERED: {report.problem}")
         await _record(
             config,
             notary,
@@ -328,22 +365,22 @@ def _verify_bundle(args: argparse.Namespace) -> int:
     key = _pubkey(args.pubkey)
     report = verify_bundle(Path(args.bundle), key)
     if args.json:
-        _say(json.dumps(asdict(report)))
+        say(json.dumps(asdict(report)))
     elif report.ok:
-        _say(
+        say(
             f"ok: bundle {args.bundle}: {report.records} records "
             f"(seq {report.first_seq}..{report.last_seq}), "
             f"signature and every file hash verified, {report.checkpoints} signed checkpoint(s)"
         )
     else:
-        _say(f"TAMPERED: bundle {args.bundle}: {report.problem}")
+        say(f"TAMPERED: bundle {args.bundle}: {report.problem}")
     config_path = resolve_config_path(args.config, os.environ, Path.cwd())
     if config_path.exists():  # on the gate's own host the check is recorded; an auditor needs no gate
         try:
             config = load_config(config_path, os.environ)
             notary, _, _ = _verification_inputs(config, args.pubkey, None)
         except GateError as exc:  # the verdict stands; only its record is missing
-            _progress(f"mcp-gate: not recording this check in the log ({exc})")
+            progress(f"mcp-gate: not recording this check in the log ({exc})")
             return EXIT_OK if report.ok else EXIT_FAILED
         event = _event(
             config,
@@ -374,7 +411,7 @@ def _needs_notary(config: GateConfig, what: str) -> Notary:
 def cmd_export(args: argparse.Namespace) -> int:
     from mcp_gate.bundle import export_bundle
 
-    config = _config(args)
+    config = load_config_from_args(args)
     db = _db(config)
     notary = _needs_notary(config, "audit export")
     since = None if args.since is None else parse_moment(args.since, "--since")
@@ -407,8 +444,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                 sums_sha256=result.sums_sha256,
             ),
         )
-        _say(f"exported {result.count} records (seq {result.first_seq}..{result.last_seq}) to {out}")
-        _say(f"verify with: mcp-gate audit verify --bundle {out} --pubkey '{notary.key.verifier.to_text()}'")
+        say(f"exported {result.count} records (seq {result.first_seq}..{result.last_seq}) to {out}")
+        say(f"verify with: mcp-gate audit verify --bundle {out} --pubkey '{notary.key.verifier.to_text()}'")
         return EXIT_OK
 
     return anyio.run(run)
@@ -417,7 +454,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from mcp_gate.report import build_report, render_html
 
-    config = _config(args)
+    config = load_config_from_args(args)
     db = _db(config)
     notary, verifiers, extra = _verification_inputs(config, args.pubkey, args.checkpoints)
     since = None if args.since is None else parse_moment(args.since, "--since")
@@ -436,7 +473,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             sys.stdout.write(text + ("\n" if not text.endswith("\n") else ""))
         else:
             Path(args.out).write_text(text, "utf-8")
-            _progress(f"report written to {args.out}")
+            progress(f"report written to {args.out}")
         violations = report["unapproved_calls"]["count"]
         await _record(
             config,
@@ -449,7 +486,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = load_config_from_args(args)
     db = _db(config)
     notary = _needs_notary(config, "audit prune")
     retention = None if config.evidence is None else config.evidence.retention_seconds
@@ -474,9 +511,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
         async with await SQLiteStore.open(db, notary=notary) as store:
             pruned = await store.prune(before, events=events)
         if pruned is None:
-            _say(f"nothing to prune: no record is older than {before}")
+            say(f"nothing to prune: no record is older than {before}")
         else:
-            _say(
+            say(
                 f"pruned seq {pruned.first}..{pruned.last} ({pruned.count} records older than {before}) "
                 "under a signed retention checkpoint"
             )
@@ -516,36 +553,67 @@ def checkpoint_warnings(config: GateConfig) -> list[str]:
 
 
 def add_key_commands(sub: Any) -> None:
-    p = _sub(sub, "keys", "manage the key that signs evidence checkpoints")
+    p = subcommand(sub, "keys", "manage the key that signs evidence checkpoints")
     keys_sub = p.add_subparsers(dest="keys_command", metavar="SUBCOMMAND", required=True)
-    k = _sub(
+    k = subcommand(
         keys_sub,
         "init",
         "create the Ed25519 signing key and print its public key",
         "Create the Ed25519 key that signs checkpoints of the evidence log (a file in the data dir, mode "
         "0600, or [evidence] key) and print its public key for auditors. Never overwrites a key.",
     )
-    _add_config(k)
+    add_config(k)
     k.set_defaults(func=cmd_keys_init)
-    k = _sub(keys_sub, "show", "print the public key of the signing key")
-    _add_config(k)
+    k = subcommand(keys_sub, "show", "print the public key of the signing key")
+    add_config(k)
     k.set_defaults(func=cmd_keys_show)
 
 
-def add_audit_commands(audit_sub: Any) -> None:
-    e = _sub(
+def add_audit_commands(sub: Any) -> None:
+    """Register `audit` and its sub-commands verify, show, export, report and prune."""
+    p = subcommand(
+        sub, "audit", "verify, export, report on and prune the evidence log; show one call's story"
+    )
+    audit_sub = p.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
+    v = subcommand(
+        audit_sub,
+        "verify",
+        "check the hash chain, gapless sequence and signed checkpoints (exit 1 if tampered)",
+        "Check the evidence log's hash chain and gapless sequence, and every signed checkpoint (with "
+        "the gate's key or --pubkey). Exits 1 and names the first bad record if anything was edited, "
+        "deleted, inserted, reordered, truncated or rewritten. With --bundle, verify an export bundle.",
+    )
+    add_config(v)
+    v.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_verify_options(v)
+    s = subcommand(
+        audit_sub,
+        "show",
+        "print every record of one call",
+        "Print every record of one call: requested, decided, executed / failed / refused.",
+    )
+    add_config(s)
+    s.add_argument(
+        "correlation_id",
+        metavar="CORRELATION_ID",
+        help="the call's id, from a refused call's error result or `audit show --json`",
+    )
+    s.add_argument("--json", action="store_true", help="print the records as JSON")
+    s.set_defaults(func=cmd_show)
+
+    e = subcommand(
         audit_sub,
         "export",
         "write an evidence bundle an auditor verifies offline",
         "Write the records of a period, the signed checkpoints covering them, the public key, a manifest "
         "and signed SHA256SUMS to a directory or a .tar.gz. A checkpoint is signed first.",
     )
-    _add_config(e)
+    add_config(e)
     e.add_argument("--since", metavar="DATE", help="first moment (inclusive), e.g. 2026-11-01")
     e.add_argument("--until", metavar="DATE", help="last moment (exclusive), e.g. 2026-12-01")
     e.add_argument("--out", metavar="PATH", required=True, help="a new directory, or a file ending .tar.gz")
     e.set_defaults(func=cmd_export)
-    r = _sub(
+    r = subcommand(
         audit_sub,
         "report",
         "write the evidence report (self-contained HTML, or JSON)",
@@ -553,21 +621,21 @@ def add_audit_commands(audit_sub: Any) -> None:
         "approval, denials, expiries, grants, refused self-approvals, tool drift, calls that ran without "
         "a required approval, and the verification result. Exits 1 if any such call or tampering is found.",
     )
-    _add_config(r)
+    add_config(r)
     r.add_argument("--since", metavar="DATE", help="first moment (inclusive)")
     r.add_argument("--until", metavar="DATE", help="last moment (exclusive)")
     r.add_argument("--out", metavar="PATH", help="where to write it (default: stdout)")
     r.add_argument("--format", choices=("html", "json"), default="html", help="html (default) or json")
     _add_trust_options(r)
     r.set_defaults(func=cmd_report)
-    p = _sub(
+    p = subcommand(
         audit_sub,
         "prune",
         "remove records older than [evidence] retention, under a signed retention checkpoint",
         "Remove records older than [evidence] retention. A signed retention checkpoint records the "
         "range, count and chain head of what was removed, so `audit verify` still passes.",
     )
-    _add_config(p)
+    add_config(p)
     p.set_defaults(func=cmd_prune)
 
 
@@ -585,7 +653,7 @@ def _add_trust_options(v: argparse.ArgumentParser) -> None:
     )
 
 
-def add_verify_options(v: argparse.ArgumentParser) -> None:
+def _add_verify_options(v: argparse.ArgumentParser) -> None:
     _add_trust_options(v)
     v.add_argument("--bundle", metavar="PATH", help="verify an export bundle (directory or .tar.gz) instead")
     v.set_defaults(func=cmd_verify)

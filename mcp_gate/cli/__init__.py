@@ -1,0 +1,80 @@
+"""The `mcp-gate` command: the parser, built from each command module's `add_commands`, and `main`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from mcp_gate import __version__
+from mcp_gate.cli import approvers, audit, demo, gate, slack
+from mcp_gate.cli._common import EXIT_FAILED, EXIT_USAGE
+from mcp_gate.errors import ApiUnreachable, DecisionRefused, GateError, StoreError
+
+__all__ = ["build_parser", "main"]
+
+_EXAMPLES = """\
+examples:
+  mcp-gate import ~/.config/Claude/claude_desktop_config.json >> gate.toml
+  mcp-gate check --config gate.toml
+  mcp-gate manifests copy time --to tool_manifests
+  mcp-gate serve --config gate.toml
+  mcp-gate tools accept notes__read_note
+  MCP_GATE_TOKEN=... mcp-gate pending
+  MCP_GATE_TOKEN=... mcp-gate approve K7Q2M9XA --note "checked the diff"
+  mcp-gate audit verify
+  mcp-gate keys init
+  mcp-gate audit export --since 2026-11-01 --until 2026-12-01 --out evidence.tar.gz
+  mcp-gate audit verify --bundle evidence.tar.gz --pubkey KEY
+  mcp-gate audit report --since 2026-11-01 --out report.html
+  mcp-gate slack test
+  mcp-gate demo
+
+exit status: 0 ok, 1 a check failed (server down, evidence tampered, decision refused), 2 bad input
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; `--help` lists the commands in the order they are registered here."""
+    parser = argparse.ArgumentParser(
+        prog="mcp-gate",
+        description="An MCP server that guards what AI agents do: agents connect to the gate, the gate "
+        "connects to their tool servers, tiers every tool, and records every call as evidence.",
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"mcp-gate {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    gate.add_commands(sub)
+    audit.add_audit_commands(sub)
+    approvers.add_commands(sub)
+    audit.add_key_commands(sub)
+    slack.add_commands(sub)
+    demo.add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="mcp-gate %(levelname)s %(name)s: %(message)s",
+    )
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        code = func(args)
+    except DecisionRefused as exc:
+        print(f"mcp-gate: refused: {exc}", file=sys.stderr)
+        code = EXIT_FAILED
+    except GateError as exc:
+        print(f"mcp-gate: error: {exc}", file=sys.stderr)
+        code = EXIT_FAILED if isinstance(exc, StoreError | ApiUnreachable) else EXIT_USAGE
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
