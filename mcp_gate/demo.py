@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -242,6 +243,14 @@ def _run(workdir: Path, log: TextIO) -> int:
     return 0
 
 
+@dataclass
+class _Answer:
+    """The answer to a call the demo's agent left waiting, and when it came."""
+
+    result: types.CallToolResult | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
 async def _approvals(agent: _Agent, config: Path, tokens: dict[str, str]) -> str:
     """Steps 3-6: calls held until approvers decide from another process. Returns a correlation id."""
     cfg = str(config)
@@ -252,24 +261,23 @@ async def _approvals(agent: _Agent, config: Path, tokens: dict[str, str]) -> str
 
     async with agent.session() as gate, anyio.create_task_group() as tg:
 
-        async def held(name: str, arguments: dict[str, Any], box: list[types.CallToolResult]) -> None:
-            box.append(await gate.call_tool(name, arguments))
+        async def held(name: str, arguments: dict[str, Any], box: _Answer) -> None:
+            box.result = await gate.call_tool(name, arguments)
+            box.done.set()
 
-        async def hold(
-            name: str, arguments: dict[str, Any]
-        ) -> tuple[ApprovalRequest, list[types.CallToolResult]]:
+        async def hold(name: str, arguments: dict[str, Any]) -> tuple[ApprovalRequest, _Answer]:
             _say(f"   agent calls {name} {arguments}   (the call waits)")
-            box: list[types.CallToolResult] = []
+            box = _Answer()
             tg.start_soon(held, name, arguments, box)
             return await _wait_for_request(config, name), box
 
-        async def outcome(box: list[types.CallToolResult]) -> types.CallToolResult:
+        async def outcome(box: _Answer) -> types.CallToolResult:
             with anyio.fail_after(60):
-                while not box:
-                    await anyio.sleep(0.02)
+                await box.done.wait()
+            assert box.result is not None
             _say("   the agent's call returns:")
-            _show(box[0])
-            return box[0]
+            _show(box.result)
+            return box.result
 
         _step(3, "A high-risk call is held until an eligible approver approves that exact call")
         request, box = await hold("notes__write_note", {"name": "plan", "text": "ship on Friday"})

@@ -205,7 +205,8 @@ class FakeSlack:
         try:
             with anyio.fail_after(timeout):
                 while not (result := predicate()):
-                    await anyio.sleep(0.01)
+                    # the fake's state changes in its server threads, which cannot set an anyio.Event
+                    await anyio.sleep(0.01)  # noqa: ASYNC110
         except TimeoutError:
             raise AssertionError(f"gave up after {timeout:g}s waiting for {label}") from None
         return result

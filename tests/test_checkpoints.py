@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from mcp_gate.checkpoints import (
@@ -349,7 +350,7 @@ async def test_a_writer_cancelled_while_queued_writes_nothing_and_the_queue_move
                 scope.cancel()  # cancelled while queued behind the batch in progress
                 await store.append([event(writer="cancelled")])
             tg.start_soon(store.append, [event(writer="after")])
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             release.set()
         writers = [r.body["writer"] for r in await store.records()]
     assert writers == ["slow", "after"]

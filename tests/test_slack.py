@@ -335,8 +335,7 @@ async def test_no_token_reaches_the_evidence_log_or_slack_messages(tmp_path: Pat
         sent = repr(s.fake.messages) + repr(s.fake.ephemerals)
     everything = repr(records) + sent
     assert s.fake.bot_token not in everything and s.fake.app_token not in everything
-    with anyio.fail_after(1):
-        assert "xoxb-" not in everything
+    assert "xoxb-" not in everything
 
 
 async def test_a_malformed_envelope_is_acknowledged_and_ignored_and_the_gate_keeps_serving(

@@ -472,7 +472,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if args.out is None or args.out == "-":
             sys.stdout.write(text + ("\n" if not text.endswith("\n") else ""))
         else:
-            Path(args.out).write_text(text, "utf-8")
+            await anyio.to_thread.run_sync(Path(args.out).write_text, text, "utf-8")
             progress(f"report written to {args.out}")
         violations = report["unapproved_calls"]["count"]
         await _record(
