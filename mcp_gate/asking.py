@@ -47,7 +47,7 @@ from mcp_gate.errors import EvidenceWriteError, StoreError
 from mcp_gate.holds import ApprovalEngine
 from mcp_gate.policy import Approvals, Confirm, Decision, Requirement, describe_requirement
 from mcp_gate.redaction import redact
-from mcp_gate.store import Store, Tx
+from mcp_gate.storage.base import Store, Tx
 
 __all__ = ["Asking", "AskKind", "Proceed", "Question", "Step", "Stop"]
 

@@ -29,6 +29,7 @@ from mcp_gate.checkpoints import (
 from mcp_gate.cli import EXIT_FAILED, EXIT_OK, _add_config, _config, _progress, _say, _sub
 from mcp_gate.clock import SystemClock, utc_iso
 from mcp_gate.config import GateConfig, load_config, resolve_config_path
+from mcp_gate.datadir import gate_db
 from mcp_gate.errors import GateError, StoreError
 from mcp_gate.evidence import GENESIS_HASH, new_event
 from mcp_gate.notary import (
@@ -40,7 +41,7 @@ from mcp_gate.notary import (
     read_head_text,
     write_head,
 )
-from mcp_gate.store import SQLiteStore, read_only, verify_file
+from mcp_gate.storage import open_reader, open_store, verify_file
 
 __all__ = [
     "add_audit_commands",
@@ -54,7 +55,7 @@ __all__ = [
 
 
 def _db(config: GateConfig) -> Path:
-    db = config.data_dir / "gate.db"
+    db = gate_db(config.data_dir)
     if not db.exists():
         raise GateError(f"{db}: no evidence log here yet (has the gate run with this config?)")
     return db
@@ -76,11 +77,11 @@ async def _record(config: GateConfig, notary: Notary | None, event: dict[str, An
 
     Only a gate with a signing key records them (then a checkpoint covers them too); a read-only
     copy of the file is left as it is."""
-    db = config.data_dir / "gate.db"
+    db = gate_db(config.data_dir)
     if notary is None or not os.access(db, os.W_OK):
         return
     try:
-        async with await SQLiteStore.open(db, notary=notary) as store:
+        async with await open_store(db, notary=notary) as store:
             await store.append([event])
     except StoreError as exc:
         _progress(f"mcp-gate: could not record {event['event_type']}: {exc}")
@@ -279,7 +280,7 @@ def _check_history(
     settings = config.evidence
     path = head_path(settings.key_path)
     key_here = settings.signer is not None or settings.key_path.exists()
-    with read_only(db) as reader:
+    with open_reader(db) as reader:
         stored = reader.notes()
         pinned = next(
             (b["signing_key"] for b in reader.bodies_of("gate.started") if b.get("signing_key")), None
@@ -385,11 +386,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise GateError(f"--out {out}: already exists; choose a new path")
 
     async def run() -> int:
-        async with await SQLiteStore.open(db, notary=notary) as store:
+        async with await open_store(db, notary=notary) as store:
             await store.checkpoint()  # a checkpoint before every export covers its tail
 
         def write() -> Any:
-            with read_only(db) as reader:
+            with open_reader(db) as reader:
                 gate = {"name": config.name, "version": __version__, "config_sha256": config.config_sha256}
                 return export_bundle(reader, notary.key, out, since=since, until=until, gate=gate)
 
@@ -428,7 +429,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         verified = await verify_file(db, verifiers=verifiers, extra_notes=extra)
 
         def build() -> dict[str, Any]:
-            with read_only(db) as reader:
+            with open_reader(db) as reader:
                 return build_report(reader, since=since, until=until, gate=config.name, verified=verified)
 
         report = await anyio.to_thread.run_sync(build)
@@ -472,7 +473,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         ]
 
     async def run() -> int:
-        async with await SQLiteStore.open(db, notary=notary) as store:
+        async with await open_store(db, notary=notary) as store:
             pruned = await store.prune(before, events=events)
         if pruned is None:
             _say(f"nothing to prune: no record is older than {before}")
@@ -488,11 +489,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def missed_copies(config: GateConfig) -> list[str]:
     """One line per checkpoint copy that failed (for `mcp-gate check`)."""
-    db = config.data_dir / "gate.db"
+    db = gate_db(config.data_dir)
     if not db.exists():
         return []
     lines: list[str] = []
-    with read_only(db) as reader:
+    with open_reader(db) as reader:
         for body in reader.bodies_of("checkpoint.copy_failed"):
             for failure in body.get("failed", []):
                 lines.append(f"checkpoint of size {body.get('size')} at {body.get('ts')}: {failure}")

@@ -18,13 +18,16 @@ from typing import Any, NoReturn
 import anyio
 
 from mcp_gate import __version__
+from mcp_gate.approvals import ApprovalRequest
 from mcp_gate.config import GateConfig, load_config, read_client_config, resolve_config_path, servers_to_toml
+from mcp_gate.datadir import gate_db
 from mcp_gate.errors import GateError, StoreError
 from mcp_gate.evidence import render_story
 from mcp_gate.gateway import SEPARATOR, Gateway, split_name
 from mcp_gate.manifests import load_manifests
 from mcp_gate.policy import Approvals
-from mcp_gate.store import SQLiteStore, Tx, verify_file
+from mcp_gate.storage import open_store, verify_file
+from mcp_gate.storage.base import Tx
 
 __all__ = ["main"]
 
@@ -371,7 +374,7 @@ def cmd_tools_accept(args: argparse.Namespace) -> int:
     if split is None or split[0] not in config.servers:
         raise GateError(f"tools accept: {args.name!r} is not SERVER{SEPARATOR}TOOL for a configured server")
     server, tool = split
-    db = config.data_dir / "gate.db"
+    db = gate_db(config.data_dir)
     if not db.exists():
         raise GateError(f"tools accept: {db}: no pins here yet (has the gate run with this config?)")
 
@@ -379,7 +382,7 @@ def cmd_tools_accept(args: argparse.Namespace) -> int:
         from mcp_gate.clock import SystemClock, utc_iso
         from mcp_gate.evidence import new_event
 
-        async with await SQLiteStore.open(db) as store:
+        async with await open_store(db) as store:
             pin = await store.get_pin(server, tool)
             if pin is None or pin.drifted_pin is None:
                 raise GateError(f"tools accept: {args.name} has no changed definition waiting to be accepted")
@@ -520,9 +523,13 @@ def _import_hints(servers: dict[str, Any], config: GateConfig | None) -> list[st
 # -- audit ----------------------------------------------------------------------------------
 
 
+def _get_request(tx: Tx, request_id: str) -> ApprovalRequest | None:
+    return tx.get_request(request_id)
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     config = _config(args)
-    db = config.data_dir / "gate.db"
+    db = gate_db(config.data_dir)
     if not db.exists():
         raise GateError(f"{db}: no evidence log here yet (has the gate run with this config?)")
 
@@ -538,13 +545,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return EXIT_OK if report.ok else EXIT_FAILED
 
     async def show() -> int:
-        async with await SQLiteStore.open(db) as store:
+        async with await open_store(db) as store:
             records = await store.records(correlation_id=args.correlation_id)
             # A call that joined an approval request made by an earlier identical call: its
             # story includes that request's records (who was asked, who decided).
             linked = {r.body["request_id"] for r in records if isinstance(r.body.get("request_id"), str)}
             for request_id in sorted(linked):
-                request = await store.read(functools.partial(Tx.get_request, request_id=request_id))
+                request = await store.read(functools.partial(_get_request, request_id=request_id))
                 if request is not None and request.correlation_id != args.correlation_id:
                     records += await store.records(correlation_id=request.correlation_id)
         records = sorted({r.seq: r for r in records}.values(), key=lambda r: r.seq)

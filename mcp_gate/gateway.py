@@ -37,6 +37,7 @@ from mcp_gate.asking import Asking, Proceed, Question, Step, Stop
 from mcp_gate.channels.elicitation import Asker, BadState, Claims, load_key
 from mcp_gate.clock import Clock, SystemClock, utc_iso
 from mcp_gate.config import GateConfig, Requester
+from mcp_gate.datadir import DataDirLock, RunMarker, gate_db
 from mcp_gate.downstream import Downstream, Downstreams, ProgressFn
 from mcp_gate.errors import (
     CallRefused,
@@ -67,7 +68,8 @@ from mcp_gate.policy import (
     protected_path,
 )
 from mcp_gate.redaction import redact
-from mcp_gate.store import DataDirLock, PinRecord, RunMarker, SQLiteStore, Store, Tx
+from mcp_gate.storage import open_store
+from mcp_gate.storage.base import PinRecord, Store, Tx
 
 __all__ = ["CORRELATION_META_KEY", "SEPARATOR", "TIER_META_KEY", "Gateway", "OfferedTool", "split_name"]
 
@@ -207,7 +209,7 @@ class Gateway:
         opened: Store = (
             store
             if store is not None
-            else await SQLiteStore.open(config.data_dir / "gate.db", notary=notary, clock=clock)
+            else await open_store(gate_db(config.data_dir), notary=notary, clock=clock)
         )
         try:
             downstreams = Downstreams(config.servers, log_dir=config.data_dir / "logs")
@@ -242,7 +244,7 @@ class Gateway:
                 try:
                     async with anyio.create_task_group() as tg:
                         await tg.start(gate.engine.run)
-                        if notary is not None and isinstance(opened, SQLiteStore):
+                        if notary is not None:
                             tg.start_soon(_checkpoint_timer, opened, notary.every_seconds)
                         await tg.start(
                             functools.partial(
@@ -268,8 +270,7 @@ class Gateway:
             if own_store:
                 # A signed checkpoint at shutdown covers the last records written.
                 with anyio.CancelScope(shield=True):
-                    if isinstance(opened, SQLiteStore):
-                        await _final_checkpoint(opened)
+                    await _final_checkpoint(opened)
                     await opened.close()
 
     # -- evidence -------------------------------------------------------------------------
@@ -1093,7 +1094,7 @@ def _error_result(text: str, correlation_id: str) -> types.CallToolResult:
     )
 
 
-async def _checkpoint_timer(store: SQLiteStore, every_seconds: float) -> None:
+async def _checkpoint_timer(store: Store, every_seconds: float) -> None:
     """Every `every_seconds`, sign a checkpoint if the log grew: a quiet gate leaves no unsigned tail."""
     while True:
         await anyio.sleep(every_seconds)
@@ -1103,7 +1104,7 @@ async def _checkpoint_timer(store: SQLiteStore, every_seconds: float) -> None:
             log.error("no timed checkpoint: %s", exc)
 
 
-async def _final_checkpoint(store: SQLiteStore) -> None:
+async def _final_checkpoint(store: Store) -> None:
     try:
         await store.checkpoint()
     except StoreError as exc:

@@ -27,7 +27,7 @@ from mcp_gate.channels.elicitation import (
     unseal,
 )
 from mcp_gate.errors import StoreError
-from mcp_gate.store import SQLiteStore
+from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import NOTES_MANIFEST, FakeClock, notes_server_table, running_gate, write_config
 
 pytestmark = pytest.mark.anyio

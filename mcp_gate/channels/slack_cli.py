@@ -15,8 +15,9 @@ from mcp_gate.channels.slack import SlackSecrets
 from mcp_gate.channels.slack_api import SlackApi, SlackFailure, connect_socket_mode
 from mcp_gate.cli import EXIT_FAILED, EXIT_OK, _add_config, _config, _progress, _say, _sub
 from mcp_gate.config import GateConfig, SlackSettings
+from mcp_gate.datadir import gate_db
 from mcp_gate.errors import ConfigError, GateError
-from mcp_gate.store import SQLiteStore
+from mcp_gate.storage import open_store
 
 __all__ = ["Finding", "add_slack_commands", "diagnose", "slack_check"]
 
@@ -149,10 +150,10 @@ async def diagnose(config: GateConfig, environ: Mapping[str, str], *, post: bool
 
 async def _recent_failure(config: GateConfig) -> str | None:
     """The last Slack failure the gate recorded, if nothing was posted or updated since."""
-    db = config.data_dir / "gate.db"
+    db = gate_db(config.data_dir)
     if not db.exists():
         return None
-    async with await SQLiteStore.open(db) as store:
+    async with await open_store(db) as store:
         records = [
             r
             for kind in ("slack.posted", "slack.post_failed", "slack.update_failed", "slack.not_posted")
