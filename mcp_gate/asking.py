@@ -18,7 +18,6 @@ from mcp_gate.channels.elicitation import (
     CONFIRM_SCHEMA,
     JUSTIFY_KEY,
     JUSTIFY_SCHEMA,
-    KEY_FILE,
     MAX_STATE_CHARS,
     Answer,
     Asker,
@@ -42,6 +41,7 @@ from mcp_gate.channels.elicitation import (
 )
 from mcp_gate.clock import Clock, utc_iso
 from mcp_gate.config import GateConfig, Requester
+from mcp_gate.datadir import ELICITATION_KEY_FILE
 from mcp_gate.downstream import ElicitFn
 from mcp_gate.errors import EvidenceWriteError, StoreError
 from mcp_gate.holds import ApprovalEngine
@@ -107,7 +107,7 @@ class Asking:
 
     def key(self) -> bytes:
         if self._key is None:
-            self._key = load_key(self.config.data_dir / KEY_FILE)
+            self._key = load_key(self.config.data_dir / ELICITATION_KEY_FILE)
         return self._key
 
     def kind(self, requirement: Requirement, tier: str, asker: Asker | None) -> AskKind | None:

@@ -9,11 +9,25 @@ import time
 from pathlib import Path
 from typing import IO
 
-__all__ = ["GATE_DB", "LOCK_FILE", "RUNS_DIR", "DataDirLock", "RunMarker", "gate_db"]
+__all__ = [
+    "ARGS_KEY_FILE",
+    "DECISION_KEY_FILE",
+    "ELICITATION_KEY_FILE",
+    "GATE_DB",
+    "LOCK_FILE",
+    "RUNS_DIR",
+    "DataDirLock",
+    "RunMarker",
+    "gate_db",
+]
 
 GATE_DB = "gate.db"  # the evidence log, pins, approvals, grants: the store
 LOCK_FILE = "gate.lock"
 RUNS_DIR = "runs"  # one marker per running gate
+# The deployment's secret keys, each 0600 and made on first use.
+ARGS_KEY_FILE = "args.key"  # keys the digests of call arguments
+DECISION_KEY_FILE = "decisions.key"  # seals decisions
+ELICITATION_KEY_FILE = "elicitation.key"  # seals the request_state of a question asked
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from mcp_gate.asking import Asking, Proceed, Question, Step, Stop
 from mcp_gate.channels.elicitation import Asker, BadState, Claims, load_key
 from mcp_gate.clock import Clock, SystemClock, utc_iso
 from mcp_gate.config import GateConfig, Requester
-from mcp_gate.datadir import DataDirLock, RunMarker, gate_db
+from mcp_gate.datadir import ARGS_KEY_FILE, DataDirLock, RunMarker, gate_db
 from mcp_gate.downstream import Downstream, Downstreams, ProgressFn
 from mcp_gate.errors import (
     CallRefused,
@@ -76,7 +76,6 @@ __all__ = ["CORRELATION_META_KEY", "SEPARATOR", "TIER_META_KEY", "Gateway", "Off
 log = logging.getLogger("mcp_gate.gateway")
 
 SEPARATOR = "__"
-ARGS_KEY_FILE = "args.key"
 MAX_ARGUMENT_BYTES = 256 * 1024
 # Nesting of tool arguments: far more than any tool's schema uses, far less than the recursion
 # limit of the canonical JSON, redaction and jsonschema code that walks them.

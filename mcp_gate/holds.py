@@ -41,13 +41,13 @@ from mcp_gate.approvals import (
 )
 from mcp_gate.clock import Clock, SystemClock, utc_iso
 from mcp_gate.config import ApprovalSettings, GateConfig
-from mcp_gate.datadir import gate_db
+from mcp_gate.datadir import DECISION_KEY_FILE, gate_db
 from mcp_gate.errors import GateError
 from mcp_gate.evidence import EventFactory
 from mcp_gate.manifests import load_manifests
 from mcp_gate.notary import notary_for
 from mcp_gate.policy import policy_sha256
-from mcp_gate.seals import DECISION_KEY_FILE, SEALED_EVENTS, derive, grant_forgery, load_key, seal
+from mcp_gate.seals import SEALED_EVENTS, derive, grant_forgery, load_key, seal
 from mcp_gate.storage import open_store
 from mcp_gate.storage.base import Store, Tx
 

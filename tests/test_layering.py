@@ -11,6 +11,7 @@ import mcp_gate
 
 PACKAGE = Path(mcp_gate.__file__).parent
 DRIVERS = {"sqlite3", "aiosqlite"}
+NAMES = {"gate.db", "gate.lock", "args.key", "decisions.key", "elicitation.key"}
 
 
 def modules() -> Iterator[tuple[str, ast.Module]]:
@@ -49,6 +50,6 @@ def test_only_datadir_spells_the_data_directory_file_names() -> None:
         name
         for name, tree in modules()
         for node in ast.walk(tree)
-        if isinstance(node, ast.Constant) and node.value in {"gate.db", "gate.lock"}
+        if isinstance(node, ast.Constant) and node.value in NAMES
     }
     assert spelled == {"mcp_gate/datadir.py"}

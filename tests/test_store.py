@@ -68,7 +68,17 @@ def test_the_storage_modules_export_their_names() -> None:
     assert set(base.__all__) == {"Inflight", "LogReader", "PinRecord", "SlackMessage", "Store", "Tx"}
     assert set(storage.__all__) == {"open_reader", "open_store", "verify_file"}
     assert set(sqlite.__all__) == {"SQLiteStore"}
-    assert set(datadir.__all__) == {"GATE_DB", "LOCK_FILE", "RUNS_DIR", "DataDirLock", "RunMarker", "gate_db"}
+    assert set(datadir.__all__) == {
+        "ARGS_KEY_FILE",
+        "DECISION_KEY_FILE",
+        "ELICITATION_KEY_FILE",
+        "GATE_DB",
+        "LOCK_FILE",
+        "RUNS_DIR",
+        "DataDirLock",
+        "RunMarker",
+        "gate_db",
+    }
 
 
 async def test_sqlite_store_satisfies_the_store_protocol(tmp_path: Path) -> None:

@@ -28,7 +28,6 @@ __all__ = [
     "CONFIRM_SCHEMA",
     "JUSTIFY_KEY",
     "JUSTIFY_SCHEMA",
-    "KEY_FILE",
     "MAX_JUSTIFICATION",
     "MAX_REASON",
     "STATE_LIFETIME",
@@ -64,7 +63,6 @@ MAX_JUSTIFICATION = 1000
 MAX_STATE_CHARS = 64 * 1024  # a relayed downstream state rides inside
 STATE_LIFETIME = timedelta(minutes=10)
 ASK_TIMEOUT = STATE_LIFETIME.total_seconds()  # how long a 2025-era ask may stay open
-KEY_FILE = "elicitation.key"
 _STATE_VERSION = "v1"
 _STATE_CONTEXT = b"mcp-gate/request-state/v1\x00"
 
