@@ -26,7 +26,7 @@ import anyio
 import mcp_types as types
 from mcp import Client, StdioServerParameters
 
-from mcp_gate.store import SQLiteStore
+from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import NOTES_MANIFEST, notes_server_table, write_config
 
 

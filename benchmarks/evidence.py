@@ -37,7 +37,9 @@ import anyio.to_thread
 
 from mcp_gate.bundle import Progress
 from mcp_gate.evidence import GENESIS_HASH, new_event
-from mcp_gate.store import SQLiteStore, _append, _in_transaction, verify_file
+from mcp_gate.storage import verify_file
+from mcp_gate.storage.sqlite import SQLiteStore
+from mcp_gate.storage.sqlite.tx import _append, _in_transaction
 
 
 def progress(text: str) -> None:
@@ -146,7 +148,7 @@ def export_child(path: str, out: str) -> None:
     from mcp_gate.bundle import export_bundle
     from mcp_gate.checkpoints import SigningKey
     from mcp_gate.notary import Notary
-    from mcp_gate.store import read_only
+    from mcp_gate.storage.sqlite.reader import read_only
 
     key = SigningKey.generate("mcp-gate-bench")
 

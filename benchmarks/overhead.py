@@ -42,7 +42,7 @@ import mcp
 import mcp_types as types
 from mcp.client.stdio import stdio_client
 
-from mcp_gate.store import SQLiteStore
+from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import NOTES_MANIFEST, NOTES_SERVER, notes_server_table, running_gate, write_config
 
 ERAS = {"legacy": "2025-11-25", "auto": "2026-07-28"}

@@ -58,7 +58,7 @@ from mcp.client.stdio import stdio_client
 
 from mcp_gate.evidence import Record
 from mcp_gate.fake_slack import FakeSlack
-from mcp_gate.store import SQLiteStore
+from mcp_gate.storage.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTES_SERVER = ROOT / "examples" / "notes_server.py"

@@ -14,6 +14,7 @@ import mcp_types as types
 from mcp_gate.approvals import Binding
 from mcp_gate.clock import Clock, utc_iso
 from mcp_gate.config import GateConfig, Requester
+from mcp_gate.datadir import ELICITATION_KEY_FILE
 from mcp_gate.downstream import ElicitFn
 from mcp_gate.errors import EvidenceWriteError, StoreError
 from mcp_gate.holds import ApprovalEngine
@@ -39,7 +40,6 @@ from mcp_gate.questions import (
 )
 from mcp_gate.redaction import redact
 from mcp_gate.request_state import (
-    KEY_FILE,
     MAX_STATE_CHARS,
     BadState,
     Claims,
@@ -49,7 +49,7 @@ from mcp_gate.request_state import (
     unseal,
 )
 from mcp_gate.seals import load_key
-from mcp_gate.store import Store, Tx
+from mcp_gate.storage.base import Store, Tx
 
 __all__ = ["Asking", "AskKind", "Proceed", "Question", "Step", "Stop"]
 
@@ -109,7 +109,7 @@ class Asking:
 
     def key(self) -> bytes:
         if self._key is None:
-            self._key = load_key(self.config.data_dir / KEY_FILE)
+            self._key = load_key(self.config.data_dir / ELICITATION_KEY_FILE)
         return self._key
 
     def kind(self, requirement: Requirement, tier: str, asker: Asker | None) -> AskKind | None:

@@ -29,7 +29,7 @@ from mcp_gate.checkpoints import (
 )
 from mcp_gate.errors import CheckpointError, GateError
 from mcp_gate.evidence import ChainVerifier, canonical_json, parse_canonical
-from mcp_gate.store import LogReader
+from mcp_gate.storage.base import LogReader
 
 __all__ = ["BundleReport", "Progress", "export_bundle", "verify_bundle"]
 

@@ -20,7 +20,8 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
 from mcp_gate.approvals import ApprovalRequest
-from mcp_gate.store import SQLiteStore
+from mcp_gate.datadir import gate_db
+from mcp_gate.storage import open_store
 
 __all__ = ["EXAMPLES", "run_demo", "write_demo_config"]
 
@@ -159,7 +160,7 @@ class _Agent:
 
 
 async def _held_description(config: Path) -> str:
-    async with await SQLiteStore.open(config.parent / "data" / "gate.db") as store:
+    async with await open_store(gate_db(config.parent / "data")) as store:
         pin = await store.get_pin("notes", "read_note")
     held = None if pin is None else pin.drifted_definition
     return str((held or {}).get("description", "?"))
@@ -307,8 +308,8 @@ async def _wait_for_request(config: Path, name: str) -> ApprovalRequest:
     server, _, tool = name.partition("__")
     with anyio.fail_after(60):
         while True:
-            if (config.parent / "data" / "gate.db").exists():
-                async with await SQLiteStore.open(config.parent / "data" / "gate.db") as store:
+            if gate_db(config.parent / "data").exists():
+                async with await open_store(gate_db(config.parent / "data")) as store:
                     found = await store.read(lambda tx: tx.requests(states=("pending",)))
                 for request in found:
                     if (request.binding.server, request.binding.tool) == (server, tool):

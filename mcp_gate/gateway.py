@@ -36,6 +36,7 @@ from mcp_gate.approvals import (
 from mcp_gate.asking import Asking, Proceed, Question, Step, Stop
 from mcp_gate.clock import Clock, SystemClock, utc_iso
 from mcp_gate.config import GateConfig, Requester
+from mcp_gate.datadir import ARGS_KEY_FILE, DataDirLock, RunMarker, gate_db
 from mcp_gate.downstream import Downstream, Downstreams, ProgressFn
 from mcp_gate.errors import (
     CallRefused,
@@ -70,14 +71,14 @@ from mcp_gate.questions import Asker
 from mcp_gate.redaction import redact
 from mcp_gate.request_state import BadState, Claims
 from mcp_gate.seals import load_key
-from mcp_gate.store import DataDirLock, PinRecord, RunMarker, SQLiteStore, Store, Tx
+from mcp_gate.storage import open_store
+from mcp_gate.storage.base import PinRecord, Store, Tx
 
 __all__ = ["CORRELATION_META_KEY", "SEPARATOR", "TIER_META_KEY", "Gateway", "OfferedTool", "split_name"]
 
 log = logging.getLogger("mcp_gate.gateway")
 
 SEPARATOR = "__"
-ARGS_KEY_FILE = "args.key"
 MAX_ARGUMENT_BYTES = 256 * 1024
 # Nesting of tool arguments: far more than any tool's schema uses, far less than the recursion
 # limit of the canonical JSON, redaction and jsonschema code that walks them.
@@ -210,7 +211,7 @@ class Gateway:
         opened: Store = (
             store
             if store is not None
-            else await SQLiteStore.open(config.data_dir / "gate.db", notary=notary, clock=clock)
+            else await open_store(gate_db(config.data_dir), notary=notary, clock=clock)
         )
         try:
             downstreams = Downstreams(config.servers, log_dir=config.data_dir / "logs")
@@ -245,7 +246,7 @@ class Gateway:
                 try:
                     async with anyio.create_task_group() as tg:
                         await tg.start(gate.engine.run)
-                        if notary is not None and isinstance(opened, SQLiteStore):
+                        if notary is not None:
                             tg.start_soon(_checkpoint_timer, opened, notary.every_seconds)
                         await tg.start(
                             functools.partial(
@@ -271,8 +272,7 @@ class Gateway:
             if own_store:
                 # A signed checkpoint at shutdown covers the last records written.
                 with anyio.CancelScope(shield=True):
-                    if isinstance(opened, SQLiteStore):
-                        await _final_checkpoint(opened)
+                    await _final_checkpoint(opened)
                     await opened.close()
 
     # -- evidence -------------------------------------------------------------------------
@@ -1096,7 +1096,7 @@ def _error_result(text: str, correlation_id: str) -> types.CallToolResult:
     )
 
 
-async def _checkpoint_timer(store: SQLiteStore, every_seconds: float) -> None:
+async def _checkpoint_timer(store: Store, every_seconds: float) -> None:
     """Every `every_seconds`, sign a checkpoint if the log grew: a quiet gate leaves no unsigned tail."""
     while True:
         await anyio.sleep(every_seconds)
@@ -1106,7 +1106,7 @@ async def _checkpoint_timer(store: SQLiteStore, every_seconds: float) -> None:
             log.error("no timed checkpoint: %s", exc)
 
 
-async def _final_checkpoint(store: SQLiteStore) -> None:
+async def _final_checkpoint(store: Store) -> None:
     try:
         await store.checkpoint()
     except StoreError as exc:

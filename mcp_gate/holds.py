@@ -41,13 +41,15 @@ from mcp_gate.approvals import (
 )
 from mcp_gate.clock import Clock, SystemClock, utc_iso
 from mcp_gate.config import ApprovalSettings, GateConfig
+from mcp_gate.datadir import DECISION_KEY_FILE, gate_db
 from mcp_gate.errors import GateError, NoSuchRequest
 from mcp_gate.evidence import EventFactory
 from mcp_gate.manifests import load_manifests
 from mcp_gate.notary import notary_for
 from mcp_gate.policy import policy_sha256
-from mcp_gate.seals import DECISION_KEY_FILE, SEALED_EVENTS, derive, grant_forgery, load_key, seal
-from mcp_gate.store import SQLiteStore, Store, Tx
+from mcp_gate.seals import SEALED_EVENTS, derive, grant_forgery, load_key, seal
+from mcp_gate.storage import open_store
+from mcp_gate.storage.base import Store, Tx
 
 __all__ = [
     "ApprovalEngine",
@@ -708,7 +710,7 @@ class ApprovalEngine:
 async def engine_for(config: GateConfig, *, clock: Clock | None = None) -> AsyncIterator[ApprovalEngine]:
     """An engine over the gate's SQLite file, for a process beside the gate (the CLI, tests): its
     decisions reach held calls through the shared file, with the gate's own policy hash."""
-    db = config.data_dir / "gate.db"
+    db = gate_db(config.data_dir)
     if not db.exists():
         raise GateError(f"{db}: no gate data here yet (has the gate run with this config?)")
     manifests = load_manifests(
@@ -716,7 +718,7 @@ async def engine_for(config: GateConfig, *, clock: Clock | None = None) -> Async
     )
     clock = clock or SystemClock()
     events = EventFactory(config.name, __version__, policy_sha256(config.config_sha256, manifests), clock)
-    async with await SQLiteStore.open(db, clock=clock, notary=notary_for(config)) as store:
+    async with await open_store(db, clock=clock, notary=notary_for(config)) as store:
         yield ApprovalEngine(store, clock, config.approval_settings, events, decision_key(config))
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from mcp_gate import __version__
 from mcp_gate.evidence import VerifyReport
-from mcp_gate.store import LogReader
+from mcp_gate.storage.base import LogReader
 
 __all__ = ["UNAPPROVED_METHOD", "build_report", "render_html", "summarize"]
 

@@ -16,7 +16,6 @@ from typing import Literal
 from mcp_gate.approvals import Binding
 
 __all__ = [
-    "KEY_FILE",
     "MAX_STATE_CHARS",
     "STATE_LIFETIME",
     "BadState",
@@ -29,7 +28,6 @@ __all__ = [
 
 MAX_STATE_CHARS = 64 * 1024  # a relayed downstream state rides inside
 STATE_LIFETIME = timedelta(minutes=10)
-KEY_FILE = "elicitation.key"
 _STATE_VERSION = "v1"
 _STATE_CONTEXT = b"mcp-gate/request-state/v1\x00"
 

@@ -29,7 +29,6 @@ from mcp_gate.errors import GateError, StoreError
 from mcp_gate.evidence import canonical_json
 
 __all__ = [
-    "DECISION_KEY_FILE",
     "SEALED_EVENTS",
     "Derived",
     "derive",
@@ -39,7 +38,6 @@ __all__ = [
     "sealed_by",
 ]
 
-DECISION_KEY_FILE = "decisions.key"
 SEALED_EVENTS = (
     "approval.requested",
     "approval.decided",

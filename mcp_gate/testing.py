@@ -19,7 +19,7 @@ from mcp_gate.clock import Clock
 from mcp_gate.config import GateConfig, load_config
 from mcp_gate.gateway import Gateway
 from mcp_gate.server import FrontServer
-from mcp_gate.store import Store
+from mcp_gate.storage.base import Store
 
 __all__ = [
     "EXAMPLES",

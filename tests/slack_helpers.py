@@ -18,7 +18,7 @@ from mcp_gate.clock import Clock
 from mcp_gate.config import GateConfig, load_config
 from mcp_gate.fake_slack import FakeSlack
 from mcp_gate.gateway import Gateway
-from mcp_gate.store import SQLiteStore
+from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import (
     NOTES_MANIFEST,
     approver_table,

@@ -10,7 +10,7 @@ import pytest
 from mcp import Client
 
 from mcp_gate.evidence import args_digest, args_key_id, canonical_json
-from mcp_gate.store import SQLiteStore
+from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import (
     NOTES_MANIFEST,
     approver_table,

@@ -31,7 +31,7 @@ from mcp_gate.evidence import new_event
 from mcp_gate.gateway import Gateway
 from mcp_gate.notary import Notary, notary_for
 from mcp_gate.report import render_html, summarize
-from mcp_gate.store import SQLiteStore
+from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import (
     NOTES_MANIFEST,
     FakeClock,
@@ -986,7 +986,7 @@ def test_long_jobs_draw_one_progress_line_on_stderr_and_short_ones_none() -> Non
 
 
 def test_verification_reports_progress_as_it_streams(gate: Gate) -> None:
-    from mcp_gate.store import verify_file
+    from mcp_gate.storage import verify_file
 
     seen: list[tuple[int, int]] = []
     report = anyio.run(lambda: verify_file(gate.db, progress=lambda done, total: seen.append((done, total))))

@@ -28,7 +28,9 @@ from mcp_gate.checkpoints import (
 from mcp_gate.errors import CheckpointError, EvidenceWriteError, GateError, StoreError
 from mcp_gate.evidence import new_event
 from mcp_gate.notary import FileSink, Notary, WebhookSink, create_key_file, load_key_file
-from mcp_gate.store import SQLiteStore, Tx, verify_file
+from mcp_gate.storage import verify_file
+from mcp_gate.storage.base import Tx
+from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import FakeClock
 
 pytestmark = pytest.mark.anyio

@@ -24,7 +24,7 @@ from mcp import Client
 from mcp_gate.approvals import ApprovalRequest
 from mcp_gate.channels.api import serve_api
 from mcp_gate.server import FrontServer
-from mcp_gate.store import SQLiteStore
+from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import (
     NOTES_MANIFEST,
     approver_table,

@@ -22,7 +22,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from mcp_gate.fake_slack import FakeSlack
-from mcp_gate.store import SQLiteStore
+from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import approver_table, eventually, notes_server_table, write_config
 from tests.slack_helpers import env as slack_env
 from tests.slack_helpers import fake_slack, slack_table

@@ -15,7 +15,7 @@ import mcp_types as types
 import pytest
 from mcp import Client
 
-from mcp_gate.store import verify_file
+from mcp_gate.storage import verify_file
 from mcp_gate.testing import notes_server_table, running_gate, write_config
 
 pytestmark = pytest.mark.anyio

@@ -18,7 +18,7 @@ from mcp.client.session import ClientRequestContext
 
 from mcp_gate.channels.api import request_view
 from mcp_gate.gateway import Gateway
-from mcp_gate.store import SQLiteStore
+from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import (
     NOTES_MANIFEST,
     approver_table,

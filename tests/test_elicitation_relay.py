@@ -15,7 +15,7 @@ from mcp.client.session import ClientRequestContext
 
 from mcp_gate.config import load_config
 from mcp_gate.errors import ConfigError
-from mcp_gate.store import SQLiteStore
+from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import (
     NOTES_MANIFEST,
     eventually,

@@ -18,7 +18,7 @@ from mcp_gate.errors import StoreError
 from mcp_gate.questions import CONFIRM_SCHEMA, JUSTIFY_SCHEMA, check_flat_schema
 from mcp_gate.request_state import BadState, Claims, mismatch, new_claims, seal, unseal
 from mcp_gate.seals import load_key
-from mcp_gate.store import SQLiteStore
+from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import NOTES_MANIFEST, FakeClock, notes_server_table, running_gate, write_config
 
 pytestmark = pytest.mark.anyio

@@ -22,7 +22,7 @@ from mcp import Client
 from mcp_gate.approvals import Approved, Denied, Pending
 from mcp_gate.clock import utc_iso
 from mcp_gate.evidence import canonical_json, chain_hash, new_event
-from mcp_gate.store import SQLiteStore
+from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import (
     NOTES_MANIFEST,
     approver_table,

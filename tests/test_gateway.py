@@ -15,7 +15,7 @@ import pytest
 from mcp import Client
 
 from mcp_gate.gateway import CORRELATION_META_KEY
-from mcp_gate.store import SQLiteStore
+from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import (
     NOTES_MANIFEST,
     NOTES_SERVER,

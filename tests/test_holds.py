@@ -21,7 +21,7 @@ from mcp_gate.approvals import ApprovalRequest, Approved, Denied, Pending, Refus
 from mcp_gate.config import load_config
 from mcp_gate.errors import ConfigError
 from mcp_gate.gateway import Gateway
-from mcp_gate.store import SQLiteStore
+from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import (
     NOTES_MANIFEST,
     FakeClock,

@@ -18,7 +18,7 @@ from mcp_gate.config import load_config
 from mcp_gate.errors import StoreError
 from mcp_gate.evidence import GENESIS_HASH, canonical_json, chain_hash, new_event
 from mcp_gate.notary import Notary, create_key_file, head_path, notary_for
-from mcp_gate.store import SQLiteStore
+from mcp_gate.storage.sqlite import SQLiteStore
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from mcp import Client, StdioServerParameters
 from mcp_gate.approvals import ApprovalRequest, Approved
 from mcp_gate.config import load_config
 from mcp_gate.holds import engine_for
-from mcp_gate.store import SQLiteStore
+from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import (
     NOTES_MANIFEST,
     approver_table,

@@ -14,7 +14,7 @@ from mcp_gate.config import load_config
 from mcp_gate.errors import CheckpointError, ConfigError
 from mcp_gate.evidence import new_event
 from mcp_gate.notary import CommandSigner, Notary
-from mcp_gate.store import SQLiteStore
+from mcp_gate.storage.sqlite import SQLiteStore
 
 SIGNER = """\
 import base64, sys

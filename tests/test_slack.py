@@ -21,7 +21,7 @@ from mcp_gate.clock import utc_iso
 from mcp_gate.config import load_config
 from mcp_gate.fake_slack import FakeSlack
 from mcp_gate.holds import engine_for
-from mcp_gate.store import SlackMessage
+from mcp_gate.storage.base import SlackMessage
 from mcp_gate.testing import FakeClock, eventually, running_gate
 from tests.slack_helpers import buttons, env, fake_slack, make_config, slack_gate, status_line
 

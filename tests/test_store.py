@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from mcp_gate.clock import utc_iso
 from mcp_gate.errors import EvidenceWriteError, StoreError
 from mcp_gate.evidence import GENESIS_HASH, canonical_json, chain_hash, new_event
-from mcp_gate.store import PinRecord, SQLiteStore, Store
+from mcp_gate.storage.base import PinRecord, Store
+from mcp_gate.storage.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio
 
@@ -58,19 +59,25 @@ async def verify(path: Path) -> Any:
         return await store.verify()
 
 
-def test_the_store_module_exports_its_names() -> None:
-    import mcp_gate.store as store
+def test_the_storage_modules_export_their_names() -> None:
+    import mcp_gate.datadir as datadir
+    import mcp_gate.storage as storage
+    import mcp_gate.storage.base as base
+    import mcp_gate.storage.sqlite as sqlite
 
-    assert set(store.__all__) == {
-        "Inflight",
-        "PinRecord",
-        "SQLiteStore",
-        "Store",
-        "Tx",
+    assert set(base.__all__) == {"Inflight", "LogReader", "PinRecord", "SlackMessage", "Store", "Tx"}
+    assert set(storage.__all__) == {"open_reader", "open_store", "verify_file"}
+    assert set(sqlite.__all__) == {"SQLiteStore"}
+    assert set(datadir.__all__) == {
+        "ARGS_KEY_FILE",
+        "DECISION_KEY_FILE",
+        "ELICITATION_KEY_FILE",
+        "GATE_DB",
+        "LOCK_FILE",
+        "RUNS_DIR",
         "DataDirLock",
         "RunMarker",
-        "verify_file",
-        "SlackMessage",
+        "gate_db",
     }
 
 
@@ -466,7 +473,7 @@ def test_any_single_mutation_is_found_at_the_earliest_affected_seq(
 @pytest.mark.anyio
 async def test_verifying_a_file_never_writes_to_it_so_dropped_triggers_stay_dropped(tmp_path: Path) -> None:
     from mcp_gate.evidence import new_event
-    from mcp_gate.store import verify_file
+    from mcp_gate.storage import verify_file
 
     db = tmp_path / "gate.db"
     async with await SQLiteStore.open(db) as store:

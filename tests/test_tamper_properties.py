@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from mcp_gate.checkpoints import SigningKey, parse_checkpoint, sign_note, split_notes
 from mcp_gate.evidence import GENESIS_HASH, canonical_json, chain_hash, new_event
 from mcp_gate.notary import FileSink, Notary
-from mcp_gate.store import SQLiteStore, verify_file
+from mcp_gate.storage import verify_file
+from mcp_gate.storage.sqlite import SQLiteStore
 
 N = 2000
 EVERY = 100

@@ -34,7 +34,7 @@ from mcp_gate.errors import ConfigError, GateError, NoSuchRequest, SlackFailure
 from mcp_gate.gateway import Gateway
 from mcp_gate.holds import grant_refusal
 from mcp_gate.http import serve_asgi
-from mcp_gate.store import SlackMessage, Tx
+from mcp_gate.storage.base import SlackMessage, Tx
 
 __all__ = ["SlackChannel", "SlackSecrets"]
 

@@ -28,10 +28,11 @@ from mcp_gate.cli._common import (
     subcommand,
 )
 from mcp_gate.config import GateConfig, read_private_text
+from mcp_gate.datadir import gate_db
 from mcp_gate.errors import ApiUnreachable, DecisionRefused, GateError, NoSuchRequest
 from mcp_gate.manifests import load_manifests
 from mcp_gate.notary import notary_for
-from mcp_gate.store import SQLiteStore
+from mcp_gate.storage import open_store
 
 __all__ = ["add_commands"]
 
@@ -143,7 +144,7 @@ async def _over_db(config: GateConfig, token: str, op: _Op) -> Any:
     approver = config.approver_by_token(token)
     if approver is None:
         raise GateError(f"the token is no approver's token in {config.path}")
-    db = config.data_dir / "gate.db"
+    db = gate_db(config.data_dir)
     if not db.exists():
         raise GateError(f"{db}: no approval requests here yet (has the gate run with this config?)")
     manifests = load_manifests(
@@ -152,7 +153,7 @@ async def _over_db(config: GateConfig, token: str, op: _Op) -> Any:
     clock = SystemClock()
     # The same policy hash the gate computes, so the decisions recorded here match its records.
     events = EventFactory(config.name, __version__, policy_sha256(config.config_sha256, manifests), clock)
-    async with await SQLiteStore.open(db, notary=notary_for(config)) as store:
+    async with await open_store(db, notary=notary_for(config)) as store:
         engine = ApprovalEngine(store, clock, config.approval_settings, events, decision_key(config))
         desk = Desk(engine, channel="cli", rules=config.redaction)
         try:

@@ -16,6 +16,7 @@ import anyio
 import anyio.to_thread
 
 from mcp_gate import __version__
+from mcp_gate.approvals import ApprovalRequest
 from mcp_gate.audit import AuditReport
 from mcp_gate.bundle import Progress
 from mcp_gate.checkpoints import (
@@ -37,6 +38,7 @@ from mcp_gate.cli._common import (
 )
 from mcp_gate.clock import SystemClock, utc_iso
 from mcp_gate.config import GateConfig, invoking_user, load_config, resolve_config_path
+from mcp_gate.datadir import gate_db
 from mcp_gate.errors import CheckpointError, GateError, StoreError
 from mcp_gate.evidence import GENESIS_HASH, new_event, render_story
 from mcp_gate.notary import (
@@ -48,7 +50,8 @@ from mcp_gate.notary import (
     read_head_text,
     write_head,
 )
-from mcp_gate.store import SQLiteStore, Tx, read_only, verify_file
+from mcp_gate.storage import open_reader, open_store, verify_file
+from mcp_gate.storage.base import Tx
 
 __all__ = [
     "add_audit_commands",
@@ -61,7 +64,7 @@ __all__ = [
 
 
 def _db(config: GateConfig) -> Path:
-    db = config.data_dir / "gate.db"
+    db = gate_db(config.data_dir)
     if not db.exists():
         raise GateError(f"{db}: no evidence log here yet (has the gate run with this config?)")
     return db
@@ -83,11 +86,11 @@ async def _record(config: GateConfig, notary: Notary | None, event: dict[str, An
 
     Only a gate with a signing key records them (then a checkpoint covers them too); a read-only
     copy of the file is left as it is."""
-    db = config.data_dir / "gate.db"
+    db = gate_db(config.data_dir)
     if notary is None or not os.access(db, os.W_OK):
         return
     try:
-        async with await SQLiteStore.open(db, notary=notary) as store:
+        async with await open_store(db, notary=notary) as store:
             await store.append([event])
     except StoreError as exc:
         progress(f"mcp-gate: could not record {event['event_type']}: {exc}")
@@ -157,18 +160,22 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
 # -- audit show -----------------------------------------------------------------------------
 
 
+def _get_request(tx: Tx, request_id: str) -> ApprovalRequest | None:
+    return tx.get_request(request_id)
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     config = load_config_from_args(args)
     db = _db(config)
 
     async def show() -> int:
-        async with await SQLiteStore.open(db) as store:
+        async with await open_store(db) as store:
             records = await store.records(correlation_id=args.correlation_id)
             # A call that joined an approval request made by an earlier identical call: its
             # story includes that request's records (who was asked, who decided).
             linked = {r.body["request_id"] for r in records if isinstance(r.body.get("request_id"), str)}
             for request_id in sorted(linked):
-                request = await store.read(functools.partial(Tx.get_request, request_id=request_id))
+                request = await store.read(functools.partial(_get_request, request_id=request_id))
                 if request is not None and request.correlation_id != args.correlation_id:
                     records += await store.records(correlation_id=request.correlation_id)
         records = sorted({r.seq: r for r in records}.values(), key=lambda r: r.seq)
@@ -315,7 +322,7 @@ def _check_history(
     settings = config.evidence
     path = head_path(settings.key_path)
     key_here = settings.signer is not None or settings.key_path.exists()
-    with read_only(db) as reader:
+    with open_reader(db) as reader:
         stored = reader.notes()
         pinned = next(
             (b["signing_key"] for b in reader.bodies_of("gate.started") if b.get("signing_key")), None
@@ -421,11 +428,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise GateError(f"--out {out}: already exists; choose a new path")
 
     async def run() -> int:
-        async with await SQLiteStore.open(db, notary=notary) as store:
+        async with await open_store(db, notary=notary) as store:
             await store.checkpoint()  # a checkpoint before every export covers its tail
 
         def write() -> Any:
-            with read_only(db) as reader:
+            with open_reader(db) as reader:
                 gate = {"name": config.name, "version": __version__, "config_sha256": config.config_sha256}
                 return export_bundle(reader, notary.key, out, since=since, until=until, gate=gate)
 
@@ -464,7 +471,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         verified = await verify_file(db, verifiers=verifiers, extra_notes=extra)
 
         def build() -> dict[str, Any]:
-            with read_only(db) as reader:
+            with open_reader(db) as reader:
                 return build_report(reader, since=since, until=until, gate=config.name, verified=verified)
 
         report = await anyio.to_thread.run_sync(build)
@@ -508,7 +515,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         ]
 
     async def run() -> int:
-        async with await SQLiteStore.open(db, notary=notary) as store:
+        async with await open_store(db, notary=notary) as store:
             pruned = await store.prune(before, events=events)
         if pruned is None:
             say(f"nothing to prune: no record is older than {before}")
@@ -524,11 +531,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def missed_copies(config: GateConfig) -> list[str]:
     """One line per checkpoint copy that failed (for `mcp-gate check`)."""
-    db = config.data_dir / "gate.db"
+    db = gate_db(config.data_dir)
     if not db.exists():
         return []
     lines: list[str] = []
-    with read_only(db) as reader:
+    with open_reader(db) as reader:
         for body in reader.bodies_of("checkpoint.copy_failed"):
             for failure in body.get("failed", []):
                 lines.append(f"checkpoint of size {body.get('size')} at {body.get('ts')}: {failure}")

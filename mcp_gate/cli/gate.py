@@ -38,11 +38,12 @@ from mcp_gate.config import (
     resolve_config_path,
     servers_to_toml,
 )
+from mcp_gate.datadir import gate_db
 from mcp_gate.errors import GateError
 from mcp_gate.gateway import SEPARATOR, Gateway, split_name
 from mcp_gate.manifests import load_manifests
 from mcp_gate.policy import Approvals
-from mcp_gate.store import SQLiteStore
+from mcp_gate.storage import open_store
 
 __all__ = ["add_commands"]
 
@@ -326,7 +327,7 @@ def cmd_tools_accept(args: argparse.Namespace) -> int:
     if split is None or split[0] not in config.servers:
         raise GateError(f"tools accept: {args.name!r} is not SERVER{SEPARATOR}TOOL for a configured server")
     server, tool = split
-    db = config.data_dir / "gate.db"
+    db = gate_db(config.data_dir)
     if not db.exists():
         raise GateError(f"tools accept: {db}: no pins here yet (has the gate run with this config?)")
 
@@ -334,7 +335,7 @@ def cmd_tools_accept(args: argparse.Namespace) -> int:
         from mcp_gate.clock import SystemClock, utc_iso
         from mcp_gate.evidence import new_event
 
-        async with await SQLiteStore.open(db) as store:
+        async with await open_store(db) as store:
             pin = await store.get_pin(server, tool)
             if pin is None or pin.drifted_pin is None:
                 raise GateError(f"tools accept: {args.name} has no changed definition waiting to be accepted")

@@ -23,8 +23,9 @@ from mcp_gate.cli._common import (
     subcommand,
 )
 from mcp_gate.config import GateConfig, SlackSettings
+from mcp_gate.datadir import gate_db
 from mcp_gate.errors import ConfigError, GateError, SlackFailure
-from mcp_gate.store import SQLiteStore
+from mcp_gate.storage import open_store
 
 __all__ = ["Finding", "add_commands", "diagnose", "slack_check"]
 
@@ -157,10 +158,10 @@ async def diagnose(config: GateConfig, environ: Mapping[str, str], *, post: bool
 
 async def _recent_failure(config: GateConfig) -> str | None:
     """The last Slack failure the gate recorded, if nothing was posted or updated since."""
-    db = config.data_dir / "gate.db"
+    db = gate_db(config.data_dir)
     if not db.exists():
         return None
-    async with await SQLiteStore.open(db) as store:
+    async with await open_store(db) as store:
         records = [
             r
             for kind in ("slack.posted", "slack.post_failed", "slack.update_failed", "slack.not_posted")

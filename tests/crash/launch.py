@@ -18,7 +18,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import mcp_gate.bundle as bundle  # noqa: E402
-import mcp_gate.store as store  # noqa: E402
+import mcp_gate.storage.sqlite as sqlite_store  # noqa: E402
+import mcp_gate.storage.sqlite.signing as signing  # noqa: E402
+import mcp_gate.storage.sqlite.tx as sqlite_tx  # noqa: E402
 from mcp_gate.cli import main  # noqa: E402
 
 # point name -> the event type whose commit ends the step (checked after the commit returns)
@@ -69,10 +71,10 @@ def reached(point: str) -> None:
 
 
 def _arm_store() -> None:
-    original_commit = store._commit_batch
-    original_append = store._append
-    original_begin = store.Tx.begin_inflight
-    original_head = store.write_head
+    original_commit = sqlite_store._commit_batch
+    original_append = sqlite_tx._append
+    original_begin = sqlite_tx.SQLiteTx.begin_inflight
+    original_head = signing.write_head
     seen = threading.local()
 
     def append(conn: Any, events: Any) -> Any:
@@ -120,10 +122,12 @@ def _arm_store() -> None:
         original_head(path, text)
         reached("while_signing")  # the head file is written; the checkpoint row is not committed
 
-    store._commit_batch = commit
-    store._append = append
-    store.Tx.begin_inflight = begin_inflight  # type: ignore[method-assign]
-    store.write_head = write_head
+    sqlite_store._commit_batch = commit
+    # Every module that calls `_append` by name: the store's own writes and `SQLiteTx.append`.
+    sqlite_store._append = append
+    sqlite_tx._append = append
+    sqlite_tx.SQLiteTx.begin_inflight = begin_inflight  # type: ignore[method-assign]
+    signing.write_head = write_head
 
 
 def _arm_downstream() -> None:
