@@ -204,9 +204,9 @@ class FakeSlack:
         label = what or _describe(predicate)
         try:
             with anyio.fail_after(timeout):
-                while not (result := predicate()):
-                    # the fake's state changes in its server threads, which cannot set an anyio.Event
-                    await anyio.sleep(0.01)  # noqa: ASYNC110
+                # the fake's state changes in its server threads, which cannot set an anyio.Event
+                while not (result := predicate()):  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
         except TimeoutError:
             raise AssertionError(f"gave up after {timeout:g}s waiting for {label}") from None
         return result

@@ -127,6 +127,28 @@ async def test_records_filter_by_correlation_event_type_seq_and_limit(tmp_path: 
         assert [r.seq for r in await store.records(correlation_id="a", after_seq=1, limit=1)] == [2]
 
 
+async def test_recent_calls_are_one_agents_last_requests_found_through_an_index(tmp_path: Path) -> None:
+    def call(agent: str, n: int) -> dict[str, Any]:
+        return event("call.requested", f"{agent}-{n}", requester={"agent": agent}, n=n)
+
+    async with await SQLiteStore.open(tmp_path / "gate.db") as store:
+        await store.append([call("ada" if n % 3 else "bob", n) for n in range(30)])
+        await store.append([event("call.executed", "ada-1", requester={"agent": "ada"})])
+        recent = await store.read(lambda tx: tx.recent_calls("ada", 4))
+        assert [r.body["n"] for r in recent] == [25, 26, 28, 29]  # the last four, oldest first
+        assert await store.read(lambda tx: tx.recent_calls("nobody", 4)) == []
+    # Showing a request (and rendering its Slack message) must not read the whole log: the
+    # query is answered from the partial index, not by scanning the evidence table.
+    with closing(sqlite3.connect(tmp_path / "gate.db")) as db:
+        plan = db.execute(
+            "EXPLAIN QUERY PLAN SELECT seq FROM evidence WHERE event_type = 'call.requested' "
+            "AND json_extract(body, '$.requester.agent') = ? ORDER BY seq DESC LIMIT 10",
+            ("ada",),
+        ).fetchall()
+    assert any("evidence_calls_by_agent" in str(step) for step in plan), plan
+    assert not any("TEMP B-TREE" in str(step) for step in plan), plan  # no sort of all matches
+
+
 async def test_stored_bodies_are_canonical_json_with_the_seq(tmp_path: Path) -> None:
     path = tmp_path / "gate.db"
     async with await SQLiteStore.open(path) as store:

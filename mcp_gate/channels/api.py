@@ -176,10 +176,9 @@ class Desk:
     async def show(self, request_id: str) -> dict[str, Any]:
         request = await self.engine.get(_normal(request_id))
         view = request_view(request, self._now(), self.rules)
-        records = await self.engine.store.records(event_type="call.requested")
         agent = request.binding.agent
-        mine = [r for r in records if (r.body.get("requester") or {}).get("agent") == agent]
-        view["recent_calls"] = [_call_view(r, self.rules) for r in mine[-RECENT_CALLS:]]
+        mine = await self.engine.store.read(lambda tx: tx.recent_calls(agent, RECENT_CALLS))
+        view["recent_calls"] = [_call_view(r, self.rules) for r in mine]
         return view
 
     async def approve(

@@ -198,6 +198,11 @@ class Tx(Protocol):
         """The evidence bodies of these types under one correlation id, in order."""
         ...
 
+    def recent_calls(self, agent: str, limit: int) -> list[Record]:
+        """The `call.requested` records of one agent, the last `limit` of them, oldest first; its
+        cost does not grow with the log."""
+        ...
+
     def mark_reported(self, request_id: str) -> None: ...
 
     def requests(self, *, states: Sequence[RequestState] = (), limit: int = 200) -> list[ApprovalRequest]:

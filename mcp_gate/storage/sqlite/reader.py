@@ -31,7 +31,7 @@ async def verify_file(
     one in `extra_notes` ((source, note) pairs, e.g. from a sink file) is checked too: its
     signature, and that the log still holds what it covered. `progress(done, total)` is called
     every 50,000 records (from a worker thread)."""
-    if not path.is_file():
+    if not await anyio.to_thread.run_sync(path.is_file):
         raise StoreError(f"{path}: no such evidence file")
     try:
         return await anyio.to_thread.run_sync(

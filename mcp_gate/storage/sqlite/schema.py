@@ -27,6 +27,10 @@ CREATE TABLE IF NOT EXISTS evidence (
     entry_hash TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS evidence_by_correlation ON evidence(correlation_id);
+-- An approver looking at a request sees the requester's last calls: found through this index, so
+-- the cost of showing (and of every Slack render) does not grow with the log.
+CREATE INDEX IF NOT EXISTS evidence_calls_by_agent
+    ON evidence(json_extract(body, '$.requester.agent'), seq) WHERE event_type = 'call.requested';
 CREATE TRIGGER IF NOT EXISTS evidence_no_update BEFORE UPDATE ON evidence
 BEGIN SELECT RAISE(ABORT, 'evidence is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS evidence_no_delete BEFORE DELETE ON evidence

@@ -88,6 +88,14 @@ class SQLiteTx:
         ).fetchone()
         return None if row is None else self._request(row)
 
+    def recent_calls(self, agent: str, limit: int) -> list[Record]:
+        rows = self.conn.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM evidence WHERE event_type = 'call.requested' "
+            "AND json_extract(body, '$.requester.agent') = ? ORDER BY seq DESC LIMIT ?",
+            (agent, limit),
+        ).fetchall()
+        return [_record(row) for row in reversed(rows)]
+
     def bodies_for(self, correlation_id: str, event_types: Sequence[str]) -> list[dict[str, Any]]:
         """The evidence bodies of these types under one correlation id, in order."""
         marks = ", ".join("?" for _ in event_types)
