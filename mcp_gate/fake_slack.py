@@ -469,12 +469,16 @@ class FakeSlack:
                 "retry_reason": "timeout" if retry else "",
             }
         )
+        self.send_frame(frame)
+        return envelope_id
+
+    def send_frame(self, frame: str | bytes) -> None:
+        """Send one raw WebSocket message to every connected client: a hostile Slack, for tests."""
         with self._lock:
             sockets = list(self._sockets)
         assert sockets, "no Socket Mode client is connected"
         for ws in sockets:
             ws.send(frame)
-        return envelope_id
 
     def acked(self, envelope_id: str) -> bool:
         with self._lock:

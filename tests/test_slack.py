@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -358,6 +359,39 @@ async def test_a_malformed_envelope_is_acknowledged_and_ignored_and_the_gate_kee
         records = await s.records()
     assert not box[0].is_error
     assert len(of_type(records, "approval.decided")) == 1 and of_type(records, "slack.refused") == []
+
+
+async def test_hostile_socket_mode_frames_decide_nothing_and_the_link_keeps_working(tmp_path: Path) -> None:
+    async with slack_gate(tmp_path) as s:
+        box = s.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await s.held()
+        await s.posted(request.id)
+        click = {
+            "type": "block_actions",
+            "user": {"id": "U0BOB"},
+            "actions": [{"action_id": ACTION_APPROVE, "value": request.id}],
+        }
+        for frame in [
+            "not json",
+            b"\xff\xfe binary",
+            "[]",
+            '"a string"',
+            json.dumps({"type": "interactive", "payload": click}),  # no envelope_id
+            json.dumps({"envelope_id": 7, "type": "interactive", "payload": click}),
+            json.dumps({"envelope_id": "e1", "type": "interactive", "payload": "approve"}),
+            json.dumps({"envelope_id": "e2", "type": ["interactive"], "payload": click}),
+            # 100 KB; a frame of about 1 MB is a known open finding: slack_sdk's own frame reader
+            # fails with RecursionError and the session stays dead (docs/limits.md)
+            json.dumps({"envelope_id": "e3", "type": "interactive", "payload": {"x": "y" * 100_000}}),
+            "[" * 100_000,
+        ]:
+            s.fake.send_frame(frame)
+        assert (await s.gate.engine.get(request.id)).state == "pending"
+        await s.click("U0BOB", ACTION_APPROVE, request.id)  # the same link still takes a real click
+        await s.fake.wait_for(lambda: box)
+        records = await s.records()
+    assert not box[0].is_error
+    assert len(of_type(records, "approval.decided")) == 1
 
 
 async def test_someone_who_may_not_decide_is_refused_at_the_deny_click_before_any_reason_is_asked(
