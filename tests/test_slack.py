@@ -380,9 +380,8 @@ async def test_hostile_socket_mode_frames_decide_nothing_and_the_link_keeps_work
             json.dumps({"envelope_id": 7, "type": "interactive", "payload": click}),
             json.dumps({"envelope_id": "e1", "type": "interactive", "payload": "approve"}),
             json.dumps({"envelope_id": "e2", "type": ["interactive"], "payload": click}),
-            # 100 KB; a frame of about 1 MB is a known open finding: slack_sdk's own frame reader
-            # fails with RecursionError and the session stays dead (docs/limits.md)
-            json.dumps({"envelope_id": "e3", "type": "interactive", "payload": {"x": "y" * 100_000}}),
+            # 8 MB: slack_sdk's reader recursed once per 1 KiB read, so 1 MB killed the session
+            json.dumps({"envelope_id": "e3", "type": "interactive", "payload": {"x": "y" * 8_000_000}}),
             "[" * 100_000,
         ]:
             s.fake.send_frame(frame)

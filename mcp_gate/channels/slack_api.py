@@ -191,6 +191,9 @@ class SocketModeLink:
         client.message_workers.shutdown(wait=False, cancel_futures=True)
 
 
+RECEIVE_CHUNK = 64 * 1024  # bytes a Socket Mode recv() reads at once
+
+
 def connect_socket_mode(app_token: str, bot_token: str, base_url: str, deliver: Deliver) -> SocketModeLink:
     """Blocking: open a Socket Mode connection (call it in a worker thread). SlackFailure if it fails."""
     from slack_sdk import WebClient
@@ -200,7 +203,16 @@ def connect_socket_mode(app_token: str, bot_token: str, base_url: str, deliver: 
     from slack_sdk.socket_mode.response import SocketModeResponse
 
     web = WebClient(token=bot_token, base_url=base_url, timeout=TIMEOUT, logger=sdk_log, retry_handlers=[])
-    client = SocketModeClient(app_token=app_token, web_client=web, logger=sdk_log, concurrency=4)
+    # The SDK's frame reader recurses once per recv() chunk: with its 1 KiB default, one frame of
+    # about 1 MB exhausts the recursion limit and leaves the session dead. 64 KiB chunks take
+    # frames of tens of MB, far past anything Slack sends.
+    client = SocketModeClient(
+        app_token=app_token,
+        web_client=web,
+        logger=sdk_log,
+        concurrency=4,
+        receive_buffer_size=RECEIVE_CHUNK,
+    )
 
     def on_request(sm: Any, request: SocketModeRequest) -> None:
         # Ack first: Slack wants it within 3 seconds, and recording the decision may take longer.
