@@ -142,7 +142,8 @@ async def test_recent_calls_are_one_agents_last_requests_found_through_an_index(
     with closing(sqlite3.connect(tmp_path / "gate.db")) as db:
         plan = db.execute(
             "EXPLAIN QUERY PLAN SELECT seq FROM evidence WHERE event_type = 'call.requested' "
-            "AND json_extract(body, '$.requester.agent') = ? ORDER BY seq DESC LIMIT 10",
+            "AND json_valid(body) AND json_extract(body, '$.requester.agent') = ? "
+            "ORDER BY seq DESC LIMIT 10",
             ("ada",),
         ).fetchall()
     assert any("evidence_calls_by_agent" in str(step) for step in plan), plan

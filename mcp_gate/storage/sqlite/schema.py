@@ -28,9 +28,11 @@ CREATE TABLE IF NOT EXISTS evidence (
 );
 CREATE INDEX IF NOT EXISTS evidence_by_correlation ON evidence(correlation_id);
 -- An approver looking at a request sees the requester's last calls: found through this index, so
--- the cost of showing (and of every Slack render) does not grow with the log.
+-- the cost of showing (and of every Slack render) does not grow with the log. Only valid JSON is
+-- indexed: a tampered body must still open, so that verification can say where it was changed.
 CREATE INDEX IF NOT EXISTS evidence_calls_by_agent
-    ON evidence(json_extract(body, '$.requester.agent'), seq) WHERE event_type = 'call.requested';
+    ON evidence(json_extract(body, '$.requester.agent'), seq)
+    WHERE event_type = 'call.requested' AND json_valid(body);
 CREATE TRIGGER IF NOT EXISTS evidence_no_update BEFORE UPDATE ON evidence
 BEGIN SELECT RAISE(ABORT, 'evidence is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS evidence_no_delete BEFORE DELETE ON evidence

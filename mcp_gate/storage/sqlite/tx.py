@@ -91,7 +91,8 @@ class SQLiteTx:
     def recent_calls(self, agent: str, limit: int) -> list[Record]:
         rows = self.conn.execute(
             f"SELECT {_RECORD_COLUMNS} FROM evidence WHERE event_type = 'call.requested' "
-            "AND json_extract(body, '$.requester.agent') = ? ORDER BY seq DESC LIMIT ?",
+            "AND json_valid(body) AND json_extract(body, '$.requester.agent') = ? "
+            "ORDER BY seq DESC LIMIT ?",
             (agent, limit),
         ).fetchall()
         return [_record(row) for row in reversed(rows)]
