@@ -15,12 +15,15 @@ from typing import IO, Any, BinaryIO, cast
 
 import anyio
 import mcp_types as types
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.server import Server, ServerRequestContext
 from mcp.server.context import CallNext, HandlerResult
 from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.message import SessionMessage
+from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_gate import __version__
@@ -159,7 +162,11 @@ class FrontServer:
         with _claimed_stdin() as wire:
             lines = anyio.AsyncFile(cast(IO[str], BoundedLines(wire, MAX_STDIO_LINE_BYTES)))
             async with stdio_server(stdin=lines) as (read, write):
-                await self.server.run(read, write, self.initialization_options())
+                answered_send, answered = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_answer_unreadable, read, answered_send, write)
+                    await self.server.run(answered, write, self.initialization_options())
+                    tg.cancel_scope.cancel()
 
     def http_app(self) -> ASGIApp:
         limits = self.gateway.config.http
@@ -184,6 +191,48 @@ class FrontServer:
             lifespan="on",
             task_status=task_status,
         )
+
+
+async def _answer_unreadable(
+    read: MemoryObjectReceiveStream[SessionMessage | Exception],
+    onward: MemoryObjectSendStream[SessionMessage | Exception],
+    write: MemoryObjectSendStream[SessionMessage],
+) -> None:
+    """Pass the SDK's stdin messages on, answering each line it could not read as JSON-RPC 2.0
+    asks: -32700 for a line that is not JSON it can parse, -32600 for JSON that is not a message.
+    The SDK yields such a line as an exception and drops it unanswered, so a client would wait."""
+    async with read, onward:
+        async for item in read:
+            if isinstance(item, ValidationError):
+                await write.send(SessionMessage(_unreadable_answer(item)))
+            elif isinstance(item, Exception):
+                log.warning("unreadable message on stdin: %s", type(item).__name__)
+            else:
+                await onward.send(item)
+
+
+def _unreadable_answer(exc: ValidationError) -> types.JSONRPCError:
+    errors = exc.errors(include_url=False, include_input=False)
+    if errors and errors[0]["type"] == "json_invalid":
+        # Not JSON to the SDK's parser (or nested or sized past its limits): no id can be read.
+        reason = str(errors[0]["msg"])[:200]
+        error = types.ErrorData(code=types.PARSE_ERROR, message=f"Parse error: {reason}")
+        return types.JSONRPCError(jsonrpc="2.0", id=None, error=error)
+    error = types.ErrorData(code=types.INVALID_REQUEST, message="Invalid Request: not a JSON-RPC 2.0 message")
+    return types.JSONRPCError(jsonrpc="2.0", id=_request_id(exc), error=error)
+
+
+def _request_id(exc: ValidationError) -> str | int | None:
+    """The id of a JSON value that is not a valid message, where it is an object with a usable one.
+    Pydantic gives the whole object as the input of an error one level down (a missing field)."""
+    for error in exc.errors(include_url=False):
+        depth = len(error["loc"])
+        whole = error.get("input") if depth == 1 or (depth == 2 and error["type"] == "missing") else None
+        if isinstance(whole, dict):
+            found = whole.get("id")
+            if isinstance(found, str | int) and not isinstance(found, bool):
+                return found
+    return None
 
 
 class BoundedLines:

@@ -201,26 +201,34 @@ def serve(config: Path, data: bytes) -> subprocess.CompletedProcess[bytes]:
     )
 
 
-def exchange(config: Path, data: bytes, wanted: set[int]) -> tuple[dict[Any, dict[str, Any]], bytes]:
-    """Write `data` to a stdio gate and read its answers until every id in `wanted` has one;
-    then close stdin (a gate that reads EOF stops, cancelling calls still running)."""
+def exchange(
+    config: Path, data: bytes, wanted: set[Any], *, unreadable: int = 0
+) -> tuple[dict[Any, dict[str, Any]], bytes, list[dict[str, Any]]]:
+    """Write `data` to a stdio gate and read its answers until every id in `wanted` has one and
+    `unreadable` answers with id null have come; then close stdin (a gate that reads EOF stops,
+    cancelling calls still running)."""
 
-    async def run() -> tuple[dict[Any, dict[str, Any]], bytes]:
+    async def run() -> tuple[dict[Any, dict[str, Any]], bytes, list[dict[str, Any]]]:
         cmd = [sys.executable, "-m", "mcp_gate", "serve", "--config", str(config)]
         found: dict[Any, dict[str, Any]] = {}
+        nulls: list[dict[str, Any]] = []
         async with await anyio.open_process(cmd) as proc:
             assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
             await proc.stdin.send(data)
             buffer = b""
             with anyio.fail_after(50):
-                while not wanted <= set(found):
+                while not wanted <= set(found) or len(nulls) < unreadable:
                     buffer += await proc.stdout.receive()
                     *complete, buffer = buffer.split(b"\n")
-                    found |= answers(b"\n".join(complete))
+                    for message in messages(b"\n".join(complete)):
+                        if message.get("id") is None and "error" in message:
+                            nulls.append(message)
+                        else:
+                            found[message.get("id")] = message
             await proc.stdin.aclose()
             await proc.wait()
             stderr = b"".join([chunk async for chunk in proc.stderr])
-        return found, stderr
+        return found, stderr, nulls
 
     return anyio.run(run)
 
@@ -231,11 +239,11 @@ def echo(request_id: int, text: str) -> bytes:
 
 
 def answers(stdout: bytes) -> dict[Any, dict[str, Any]]:
-    found = {}
-    for raw in stdout.splitlines():
-        message = json.loads(raw)  # everything on stdout is JSON-RPC
-        found[message.get("id")] = message
-    return found
+    return {message.get("id"): message for message in messages(stdout)}
+
+
+def messages(stdout: bytes) -> list[dict[str, Any]]:
+    return [json.loads(raw) for raw in stdout.splitlines()]  # everything on stdout is JSON-RPC
 
 
 def test_hostile_json_rpc_lines_on_stdin_leave_the_gate_serving_without_a_traceback(
@@ -261,7 +269,7 @@ def test_hostile_json_rpc_lines_on_stdin_leave_the_gate_serving_without_a_traceb
     ]
     data = json.dumps(INITIALIZE).encode() + b"\n" + INITIALIZED
     data += b"".join(line + b"\n" for line in hostile_lines) + echo(9, "alive") + b"\n"
-    found, stderr = exchange(gate_config, data, {3, 5, 6, 9})
+    found, stderr, unreadable = exchange(gate_config, data, {3, 5, 6, 9}, unreadable=5)
     assert b"Traceback" not in stderr
     assert found[9]["result"]["content"][0]["text"] == "alive"
     # Bytes that are not UTF-8 are read as U+FFFD, as the SDK reads them: the call runs.
@@ -271,9 +279,37 @@ def test_hostile_json_rpc_lines_on_stdin_leave_the_gate_serving_without_a_traceb
     # NaN passes the SDK's JSON parser; the gate refuses it as a tool error (I-JSON).
     assert found[6]["result"]["isError"] is True
     assert "not valid JSON values" in found[6]["result"]["content"][0]["text"]
-    # The SDK's parser refuses nesting past about 200 levels, a number past its range and an
-    # escaped lone surrogate, and drops the line unanswered: the gate never sees them, and serves on.
+    # The SDK's parser refuses bytes that are not JSON, nesting past about 200 levels, a number past
+    # its range and an escaped lone surrogate: the gate answers each with a parse error and id null
+    # (JSON-RPC 2.0: the id of an unparseable line cannot be known), never runs it, and serves on.
     assert not {2, 7, 8} & set(found)
+    assert len(unreadable) == 5
+    for answer in unreadable:
+        assert answer["error"]["code"] == -32700
+        assert answer["error"]["message"].startswith("Parse error: ")
+        assert "not json" not in answer["error"]["message"]  # the line itself is not echoed
+
+
+def test_json_that_is_not_a_json_rpc_message_gets_invalid_request_with_its_id(gate_config: Path) -> None:
+    lines = [
+        b'{"jsonrpc":"2.0","id":11}',
+        b'{"jsonrpc":"2.0","id":"twelve","method":13}',
+        b'[{"jsonrpc":"2.0","id":14,"method":"tools/list"}]',
+        b'{"jsonrpc":"2.0","id":true,"result":{}, "error":{}}',
+        b"42",
+    ]
+    data = json.dumps(INITIALIZE).encode() + b"\n" + INITIALIZED
+    data += b"".join(line + b"\n" for line in lines) + echo(9, "alive") + b"\n"
+    found, stderr, unreadable = exchange(gate_config, data, {9, 11, "twelve"}, unreadable=3)
+    assert b"Traceback" not in stderr
+    assert found[9]["result"]["content"][0]["text"] == "alive"
+    for request_id in (11, "twelve"):
+        assert found[request_id]["error"] == {
+            "code": -32600,
+            "message": "Invalid Request: not a JSON-RPC 2.0 message",
+        }
+    # A batch (MCP has none), a bool id and a bare number: no usable id, so null.
+    assert [answer["error"]["code"] for answer in unreadable] == [-32600] * 3
 
 
 @pytest.mark.parametrize(
@@ -298,7 +334,7 @@ def test_a_stdin_line_past_the_limit_closes_the_connection_with_one_line(
 def test_a_line_just_within_the_limit_is_read(gate_config: Path) -> None:
     padding = MAX_STDIO_LINE_BYTES - len(echo(2, "")) - 1
     data = json.dumps(INITIALIZE).encode() + b"\n" + INITIALIZED + echo(2, " " * padding) + b"\n"
-    found, stderr = exchange(gate_config, data, {2})
+    found, stderr, _ = exchange(gate_config, data, {2})
     assert b"Traceback" not in stderr and b"error:" not in stderr
     result = found[2]["result"]
     assert result["isError"] is True and "the limit is 262144" in result["content"][0]["text"]
