@@ -338,3 +338,29 @@ def test_a_line_just_within_the_limit_is_read(gate_config: Path) -> None:
     assert b"Traceback" not in stderr and b"error:" not in stderr
     result = found[2]["result"]
     assert result["isError"] is True and "the limit is 262144" in result["content"][0]["text"]
+
+
+@pytest.mark.anyio
+async def test_unreadable_http_bodies_get_a_json_rpc_error_and_the_front_keeps_serving(
+    gate_config: Path,
+) -> None:
+    """Over HTTP the SDK answers an unreadable body itself: 400 with -32700 for a body that is not
+    JSON, 400 with -32602 for JSON that is not a message (the SDK's code for it)."""
+    headers = {
+        "Authorization": f"Bearer {TOKEN}",
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+    }
+    deep = b"[" * 5000 + b"]" * 5000
+    async with http_gate(gate_config) as url, httpx2.AsyncClient(headers=headers, timeout=30.0) as http:
+        for body, code in [
+            (b"\xff\xfe not json", -32700),
+            (deep, -32700),
+            (b'{"jsonrpc":"2.0","id":3}', -32602),
+        ]:
+            response = await http.post(url, content=body)
+            assert response.status_code == 400
+            assert response.json()["error"]["code"] == code
+        async with Client(streamable_http_client(url, http_client=http)) as client:
+            result = await client.call_tool("notes__echo", {"text": "alive"})
+            assert text_of(result) == "alive"
