@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from mcp_gate import __version__
-from mcp_gate.cli import approvers, audit, demo, gate, slack
+from mcp_gate.cli import approvers, audit, demo, gate, policy, slack
 from mcp_gate.cli._common import EXIT_FAILED, EXIT_USAGE
 from mcp_gate.errors import ApiUnreachable, DecisionRefused, GateError, StoreError
 
@@ -22,6 +22,8 @@ examples:
   mcp-gate manifests copy time --to tool_manifests
   mcp-gate serve --config gate.toml
   mcp-gate tools accept notes__read_note
+  mcp-gate policy test
+  mcp-gate policy explain notes delete_note --args '{"name": "archive/2020"}'
   MCP_GATE_TOKEN=... mcp-gate pending
   MCP_GATE_TOKEN=... mcp-gate approve K7Q2M9XA --note "checked the diff"
   mcp-gate audit verify
@@ -53,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_audit_commands(sub)
     approvers.add_commands(sub)
     audit.add_key_commands(sub)
+    policy.add_commands(sub)
     slack.add_commands(sub)
     demo.add_commands(sub)
     return parser
