@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import html
+import math
 import re
+import statistics
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from datetime import datetime
@@ -13,7 +16,7 @@ from mcp_gate import __version__
 from mcp_gate.evidence import VerifyReport
 from mcp_gate.storage.base import LogReader
 
-__all__ = ["UNAPPROVED_METHOD", "build_report", "render_html", "summarize"]
+__all__ = ["UNAPPROVED_METHOD", "build_report", "render_html", "review", "summarize"]
 
 UNAPPROVED_METHOD = (
     "Every call.executed, call.failed and call.outcome_unknown record (a call that reached its server) "
@@ -109,12 +112,15 @@ def summarize(
                 "tool": body.get("tool"), "tier": calls.get(str(cid), {}).get("tier"), "requester": agent,
                 "owner": owner, "required": body.get("required"), "requested_at": ts, "approvers": [],
                 "deniers": [], "outcome": "pending", "decided_at": None, "latency_seconds": None,
+                "approver_emails": [],
             }  # fmt: skip
         elif kind == "approval.decided":
             entry = approvals.get(str(body.get("request_id")))
             if entry is not None:
                 who = body.get("approver")
                 entry["approvers" if body.get("verdict") == "approve" else "deniers"].append(who)
+                if body.get("verdict") == "approve":
+                    entry["approver_emails"].append(body.get("approver_email"))
                 state = body.get("state")
                 if state in ("approved", "denied"):
                     entry["outcome"], entry["decided_at"] = state, ts
@@ -226,7 +232,129 @@ def build_report(
         "seq_range": None if span is None else {"first": span[0], "last": span[1]},
         **sections,
         "verification": verification,
+        "review": review(sections, verification),
     }
+
+
+# -- what a reviewer reads first -------------------------------------------------------------
+
+P90_METHOD = "nearest rank: the smallest time at or above 90% of the decided requests' times"
+
+
+def review(sections: Mapping[str, Any], verification: Mapping[str, Any]) -> dict[str, Any]:
+    """Time to decision per tier, decisions per approver, requests left unanswered, requests per
+    day and the control checks, from `summarize`'s sections and the verification (pure)."""
+    approvals: list[Mapping[str, Any]] = sections["approvals"]
+    times: dict[str, list[float]] = {}
+    per_approver: dict[str, dict[str, int]] = {}
+    for entry in approvals:
+        if entry["latency_seconds"] is not None and entry["outcome"] in ("approved", "denied"):
+            times.setdefault(str(entry["tier"] or "unknown"), []).append(float(entry["latency_seconds"]))
+        for verdict, names in (("approved", entry["approvers"]), ("denied", entry["deniers"])):
+            for name in names:
+                counts = per_approver.setdefault(str(name), {"approved": 0, "denied": 0})
+                counts[verdict] += 1
+    unanswered = [
+        {
+            k: entry[k]
+            for k in ("request_id", "server", "tool", "tier", "requester", "required", "requested_at")
+        }
+        for entry in approvals
+        if entry["outcome"] == "expired" and not entry["approvers"] and not entry["deniers"]
+    ]
+    per_day = Counter(str(entry["requested_at"])[:10] for entry in approvals if entry["requested_at"])
+    return {
+        "time_to_decision": [
+            {
+                "tier": tier,
+                "decided": len(values),
+                "median_seconds": round(statistics.median(values), 3),
+                "p90_seconds": _p90(values),
+            }
+            for tier, values in sorted(times.items(), key=lambda kv: _tier_order(kv[0]))
+        ],
+        "p90_method": P90_METHOD,
+        "decisions_by_approver": [
+            {"approver": name, **counts, "total": counts["approved"] + counts["denied"]}
+            for name, counts in sorted(per_approver.items())
+        ],
+        "expired_unanswered": unanswered,
+        "requests_per_day": [{"day": day, "requests": n} for day, n in sorted(per_day.items())],
+        "controls": _controls(sections, verification),
+    }
+
+
+def _folded(identity: Any) -> str:
+    return str(identity).strip().lower()
+
+
+def _approved_by(entry: Mapping[str, Any]) -> list[Any]:
+    """Every identity an approving vote named: the approver's name and their email."""
+    return [*entry["approvers"], *entry.get("approver_emails", ())]
+
+
+def _p90(values: list[float]) -> float:
+    ordered = sorted(values)
+    return round(ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)], 3)
+
+
+def _tier_order(tier: str) -> tuple[int, str]:
+    order = ("low", "medium", "high", "critical", "blocked")
+    return (order.index(tier) if tier in order else len(order), tier)
+
+
+def _controls(sections: Mapping[str, Any], verification: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One line each for the checks of docs/controls.md the records let the report compute."""
+    unapproved = sections["unapproved_calls"]["count"]
+    own = [
+        entry["request_id"]
+        for entry in sections["approvals"]
+        if entry["owner"] and _folded(entry["owner"]) in {_folded(a) for a in _approved_by(entry)}
+    ]
+    unnamed = [row for row in sections["drift"] if row["event"] == "tool.accepted" and not row["by"]]
+    checked = bool(verification.get("keys_checked"))
+    checkpoints = int(verification.get("checkpoints") or 0)
+
+    def line(control: str, ok: bool, detail: str, refs: str) -> dict[str, Any]:
+        return {"control": control, "result": "pass" if ok else "fail", "detail": detail, "refs": refs}
+
+    return [
+        line(
+            "The evidence chain is intact",
+            bool(verification.get("ok")),
+            f"{verification.get('records', 0)} records verified"
+            if verification.get("ok")
+            else str(verification.get("problem")),
+            "CC7.2; AU-9, AU-10",
+        ),
+        line(
+            "Signed checkpoints cover the log",
+            checked and checkpoints > 0,
+            f"{checkpoints} signed checkpoint(s) verified"
+            if checked
+            else "not checked: no signing key or public key was given",
+            "CC7.2; AU-9(3)",
+        ),
+        line(
+            "No call that needed approval ran without it",
+            unapproved == 0,
+            f"{unapproved} call(s) ran without a required approval",
+            "CC6.1, CC8.1; AC-5",
+        ),
+        line(
+            "Nobody approved a call made for themselves",
+            not own,
+            "none" if not own else "requests: " + ", ".join(map(str, own)),
+            "CC6.3; AC-5",
+        ),
+        line(
+            "Every changed tool definition was accepted by a named person",
+            not unnamed,
+            f"{sum(1 for r in sections['drift'] if r['event'] == 'tool.accepted')} accepted"
+            + (f", {len(unnamed)} without a name" if unnamed else ""),
+            "CC8.1; AU-12",
+        ),
+    ]
 
 
 # -- HTML -----------------------------------------------------------------------------------
@@ -237,7 +365,8 @@ h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid
 table{border-collapse:collapse;width:100%;margin:.5rem 0}th,td{border:1px solid #ddd;padding:.25rem .5rem;
 text-align:left;vertical-align:top;word-break:break-word}th{background:#f3f3f3;cursor:pointer;user-select:none}
 .ok{color:#075e07;font-weight:600}.bad{color:#a40000;font-weight:600}input.filter{margin:.25rem 0;width:20rem}
-.muted{color:#666}code{font-size:12px}
+.muted{color:#666}code{font-size:12px}ul.controls{list-style:none;padding-left:0}
+figure{margin:.75rem 0}figcaption{font-weight:600;margin-bottom:.25rem}
 """
 
 _JS = """
@@ -276,9 +405,79 @@ def _table(title: str, rows: list[Mapping[str, Any]], columns: list[str], empty:
     )
 
 
+def _bars(title: str, items: list[tuple[str, float]], unit: str) -> str:
+    """A horizontal bar chart as inline SVG (no script, no external asset); labels escaped."""
+    if not items:
+        return ""
+    top = max(value for _, value in items) or 1.0
+    row, label_w, bar_w = 22, 170, 420
+    height = row * len(items) + 8
+    bars = []
+    for i, (label, value) in enumerate(items):
+        y = 4 + i * row
+        width = max(1.0, bar_w * value / top)
+        bars.append(
+            f"<text x='{label_w - 6}' y='{y + 14}' text-anchor='end'>{_e(label)}</text>"
+            f"<rect x='{label_w}' y='{y + 2}' width='{width:.1f}' height='{row - 6}' fill='#3b6ea5'>"
+            f"<title>{_e(label)}: {_e(_number(value))} {_e(unit)}</title></rect>"
+            f"<text x='{label_w + width + 6:.1f}' y='{y + 14}'>{_e(_number(value))} {_e(unit)}</text>"
+        )
+    return (
+        f"<figure><figcaption>{_e(title)}</figcaption>"
+        f"<svg role='img' aria-label='{_e(title)}' width='{label_w + bar_w + 120}' height='{height}' "
+        f"font-size='12' xmlns='http://www.w3.org/2000/svg'>{''.join(bars)}</svg></figure>"
+    )
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
+
+
+def _review_html(rv: Mapping[str, Any]) -> list[str]:
+    controls = "".join(
+        f"<li class='{'ok' if c['result'] == 'pass' else 'bad'}'>"
+        f"{_e(c['result'].upper())}: {_e(c['control'])}"
+        f" <span class='muted'>({_e(c['detail'])}; {_e(c['refs'])})</span></li>"
+        for c in rv["controls"]
+    )
+    ttd = rv["time_to_decision"]
+    chart = [(f"{t['tier']} median", t["median_seconds"]) for t in ttd] + [
+        (f"{t['tier']} p90", t["p90_seconds"]) for t in ttd
+    ]
+    chart.sort(key=lambda item: item[0])
+    days = [(d["day"], float(d["requests"])) for d in rv["requests_per_day"]]
+    return [
+        "<h2>Control checks</h2>",
+        f"<ul class='controls'>{controls}</ul>",
+        "<p class='muted'>What each check rests on: docs/controls.md.</p>",
+        _table(
+            "Time to decision by tier",
+            ttd,
+            ["tier", "decided", "median_seconds", "p90_seconds"],
+            "No decided requests.",
+        ),
+        f"<p class='muted'>p90: {_e(rv['p90_method'])}.</p>",
+        _bars("Time to decision (seconds)", chart, "s"),
+        _table(
+            "Decisions by approver",
+            rv["decisions_by_approver"],
+            ["approver", "approved", "denied", "total"],
+            "No decisions.",
+        ),
+        _table(
+            "Requests that expired unanswered",
+            rv["expired_unanswered"],
+            ["request_id", "server", "tool", "tier", "requester", "required", "requested_at"],
+            "None.",
+        ),
+        _bars("Approval requests per day", days, "requests"),
+    ]
+
+
 def render_html(report: Mapping[str, Any]) -> str:
     """One self-contained page (inline CSS and JS, no external assets); every value is escaped."""
     verification = report["verification"]
+    rv = report.get("review") or review(report, verification)
     unapproved = report["unapproved_calls"]
     period = report["period"]
     if verification["ok"]:
@@ -308,6 +507,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         "<h2>Calls that ran without a required approval</h2>",
         zero,
         f"<p class='muted'>How this was checked: {_e(unapproved['method'])}</p>",
+        *_review_html(rv),
         _table(
             "Unapproved calls",
             unapproved["calls"],
