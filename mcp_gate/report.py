@@ -365,7 +365,7 @@ h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid
 table{border-collapse:collapse;width:100%;margin:.5rem 0}th,td{border:1px solid #ddd;padding:.25rem .5rem;
 text-align:left;vertical-align:top;word-break:break-word}th{background:#f3f3f3;cursor:pointer;user-select:none}
 .ok{color:#075e07;font-weight:600}.bad{color:#a40000;font-weight:600}input.filter{margin:.25rem 0;width:20rem}
-.muted{color:#666}code{font-size:12px}ul.controls{list-style:none;padding-left:0}
+.muted{color:#666}code{font-size:12px}ul.controls{list-style:none;padding-left:0}ul.controls .muted{font-weight:400}
 figure{margin:.75rem 0}figcaption{font-weight:600;margin-bottom:.25rem}
 """
 
@@ -441,10 +441,7 @@ def _review_html(rv: Mapping[str, Any]) -> list[str]:
         for c in rv["controls"]
     )
     ttd = rv["time_to_decision"]
-    chart = [(f"{t['tier']} median", t["median_seconds"]) for t in ttd] + [
-        (f"{t['tier']} p90", t["p90_seconds"]) for t in ttd
-    ]
-    chart.sort(key=lambda item: item[0])
+    chart = [(f"{t['tier']} {which}", t[f"{which}_seconds"]) for t in ttd for which in ("median", "p90")]
     days = [(d["day"], float(d["requests"])) for d in rv["requests_per_day"]]
     return [
         "<h2>Control checks</h2>",
