@@ -365,8 +365,8 @@ h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid
 table{border-collapse:collapse;width:100%;margin:.5rem 0}th,td{border:1px solid #ddd;padding:.25rem .5rem;
 text-align:left;vertical-align:top;word-break:break-word}th{background:#f3f3f3;cursor:pointer;user-select:none}
 .ok{color:#075e07;font-weight:600}.bad{color:#a40000;font-weight:600}input.filter{margin:.25rem 0;width:20rem}
-.muted{color:#666}code{font-size:12px}ul.controls{list-style:none;padding-left:0}ul.controls .muted{font-weight:400}
-figure{margin:.75rem 0}figcaption{font-weight:600;margin-bottom:.25rem}
+.muted{color:#666}code{font-size:12px}ul.controls{list-style:none;padding-left:0}
+ul.controls .muted{font-weight:400}figure{margin:.75rem 0}figcaption{font-weight:600;margin-bottom:.25rem}
 """
 
 _JS = """
