@@ -65,7 +65,15 @@ def test_the_storage_modules_export_their_names() -> None:
     import mcp_gate.storage.base as base
     import mcp_gate.storage.sqlite as sqlite
 
-    assert set(base.__all__) == {"Inflight", "LogReader", "PinRecord", "SlackMessage", "Store", "Tx"}
+    assert set(base.__all__) == {
+        "Changes",
+        "Inflight",
+        "LogReader",
+        "PinRecord",
+        "SlackMessage",
+        "Store",
+        "Tx",
+    }
     assert set(storage.__all__) == {"open_reader", "open_store", "verify_file"}
     assert set(sqlite.__all__) == {"SQLiteStore"}
     assert set(datadir.__all__) == {
