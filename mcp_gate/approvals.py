@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, assert_never
 
 __all__ = [
+    "FINAL_STATES",
     "ID_ALPHABET",
     "Approved",
     "ApprovalRequest",
@@ -28,6 +29,7 @@ __all__ = [
     "Vote",
     "decide",
     "describe_wait",
+    "final_outcome",
     "format_duration",
     "grant_covers",
     "new_id",
@@ -254,6 +256,23 @@ class Released:
 
 
 DecisionOutcome = Pending | Approved | Denied | Refusal
+
+FINAL_STATES: tuple[RequestState, ...] = ("denied", "expired", "revoked", "void")
+
+
+def final_outcome(request: ApprovalRequest) -> Denied | Expired | Revoked | Void:
+    """What a request closed in one of the `FINAL_STATES` means for the call it held."""
+    match request.state:
+        case "denied":
+            vote = request.denial
+            assert vote is not None
+            return Denied(request, vote)
+        case "expired":
+            return Expired(request)
+        case "revoked":
+            return Revoked(request, request.closed_by or "an approver")
+        case _:
+            return Void(request, request.closed_by or "the call changed")
 
 
 def _eligibility(request: ApprovalRequest, approver: Approver) -> Refusal | None:

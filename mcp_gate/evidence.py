@@ -13,6 +13,7 @@ from typing import Any
 import rfc8785
 
 from mcp_gate.clock import Clock, utc_iso
+from mcp_gate.errors import EvidenceWriteError
 from mcp_gate.redaction import redact  # re-exported: evidence is stored redacted
 from mcp_gate.redaction import safe_repr as _safe_repr
 
@@ -24,6 +25,7 @@ __all__ = [
     "Record",
     "VerifyReport",
     "canonical_json",
+    "chain_events",
     "chain_hash",
     "digest",
     "args_digest",
@@ -139,6 +141,42 @@ class Record:
     body: Mapping[str, Any]
     prev_hash: str
     entry_hash: str
+
+
+_REQUIRED_TEXT = ("event_id", "ts", "event_type")
+
+
+def chain_events(events: Sequence[Mapping[str, Any]], seq: int, prev_hash: str) -> list[tuple[Record, str]]:
+    """Chain event bodies onto a log whose head is (`seq`, `prev_hash`): each gets the next seq and
+    its entry hash. Every backend stores the canonical body text returned beside each record, so
+    one `ChainVerifier` checks them all. EvidenceWriteError for a body that cannot be chained;
+    ValueError or TypeError for one that is not JSON."""
+    chained: list[tuple[Record, str]] = []
+    for index, event in enumerate(events):
+        body = dict(event)
+        for name in _REQUIRED_TEXT:
+            if not isinstance(body.get(name), str):
+                raise EvidenceWriteError(f"event {index} has no text {name!r}; build events with new_event()")
+        correlation_id = body.get("correlation_id")
+        if correlation_id is not None and not isinstance(correlation_id, str):
+            raise EvidenceWriteError(f"event {index} has a correlation_id that is not text or null")
+        seq += 1
+        body["seq"] = seq
+        text = canonical_json(body)
+        entry_hash = chain_hash(prev_hash, text)
+        record = Record(
+            seq=seq,
+            event_id=body["event_id"],
+            ts=body["ts"],
+            event_type=body["event_type"],
+            correlation_id=correlation_id,
+            body=body,
+            prev_hash=prev_hash,
+            entry_hash=entry_hash,
+        )
+        chained.append((record, text.decode("utf-8")))
+        prev_hash = entry_hash
+    return chained
 
 
 def new_event(event_type: str, *, ts: str, correlation_id: str | None, **fields: Any) -> dict[str, Any]:

@@ -1,9 +1,8 @@
-"""The approval engine's I/O: persist requests, hold calls, take decisions, wake held calls, release once."""
+"""The approval engine's I/O: persist requests, hold calls until decided, take decisions, release once."""
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -14,6 +13,7 @@ import anyio
 
 from mcp_gate import __version__
 from mcp_gate.approvals import (
+    FINAL_STATES,
     MAX_GRANT,
     ApprovalRequest,
     Approved,
@@ -31,6 +31,7 @@ from mcp_gate.approvals import (
     Void,
     decide,
     describe_wait,
+    final_outcome,
     format_duration,
     grant_covers,
     new_id,
@@ -64,8 +65,8 @@ __all__ = [
 
 log = logging.getLogger("mcp_gate.holds")
 
-WATCH_INTERVAL = 0.005  # seconds between checks for decisions committed by other processes
-SWEEP_INTERVAL = 1.0
+SWEEP_INTERVAL = 1.0  # seconds between sweeps for requests whose time is up
+REREAD_INTERVAL = 1.0  # a held call re-reads its request at least this often, woken or not
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 
@@ -97,9 +98,6 @@ class _Joined:
     request: ApprovalRequest
 
 
-_FINAL = ("denied", "expired", "revoked", "void")
-
-
 def _no_grant_reason(request: ApprovalRequest, duration: timedelta, policy: str) -> str | None:
     if request.binding.policy_sha256 != policy:
         return f"request {request.id} was made under an earlier policy; a grant must follow the current one"
@@ -110,20 +108,6 @@ def _no_grant_reason(request: ApprovalRequest, duration: timedelta, policy: str)
     if duration > MAX_GRANT:
         return f"a grant lasts at most {format_duration(MAX_GRANT)}"
     return None
-
-
-def _final_outcome(request: ApprovalRequest) -> Denied | Expired | Revoked | Void:
-    match request.state:
-        case "denied":
-            vote = request.denial
-            assert vote is not None
-            return Denied(request, vote)
-        case "expired":
-            return Expired(request)
-        case "revoked":
-            return Revoked(request, request.closed_by or "an approver")
-        case _:
-            return Void(request, request.closed_by or "the call changed")
 
 
 class ApprovalEngine:
@@ -137,9 +121,6 @@ class ApprovalEngine:
         self.clock = clock
         self.settings = settings
         self.events = events
-        self._wake = anyio.Event()
-        self._holding = 0
-        self._someone_holds = anyio.Event()
 
     def _ev(self, event_type: str, correlation_id: str | None, **fields: Any) -> dict[str, Any]:
         body = self.events(event_type, correlation_id, **fields)
@@ -172,10 +153,10 @@ class ApprovalEngine:
 
         def admit(tx: Tx) -> HoldOutcome | _Joined:
             latest = tx.find_latest_request(binding)
-            if latest is not None and latest.state in _FINAL and not latest.reported:
+            if latest is not None and latest.state in FINAL_STATES and not latest.reported:
                 # The agent was told to call again after a decision: give it that decision, once.
                 tx.mark_reported(latest.id)
-                return _final_outcome(latest)
+                return final_outcome(latest)
             existing = tx.find_open_request(binding)
             if existing is not None and existing.expired_at(now):
                 # The request this call would join or use ran out of time: say so (enforced at
@@ -265,37 +246,34 @@ class ApprovalEngine:
         deadline = anyio.current_time() + hold_seconds
         next_progress = anyio.current_time()
         steps = 0
-        self._holding += 1
-        self._someone_holds.set()
         try:
-            while True:
-                wake = self._wake
-                current = await self.store.read(lambda tx: tx.get_request(request.id))
-                if current is None:  # cannot happen: requests are never deleted
-                    raise NoSuchRequest(request.id)
-                outcome = await self._settle(current, binding, correlation_id)
-                if outcome is not None:
-                    return outcome
-                now = anyio.current_time()
-                if now >= deadline:
-                    await self._defer(current, correlation_id, "the hold budget ran out")
-                    return StillPending(current)
-                if progress is not None and now >= next_progress:
-                    steps += 1
-                    await progress(float(steps), None, describe_wait(current))
-                    next_progress = now + self.settings.progress_seconds
-                with anyio.move_on_after(min(deadline, next_progress, now + SWEEP_INTERVAL) - now):
-                    await wake.wait()
+            # Subscribed before the first read, so a decision committed after it wakes this call.
+            async with self.store.changes() as changes:
+                while True:
+                    current = await self.store.read(lambda tx: tx.get_request(request.id))
+                    if current is None:  # cannot happen: requests are never deleted
+                        raise NoSuchRequest(request.id)
+                    outcome = await self._settle(current, binding, correlation_id)
+                    if outcome is not None:
+                        return outcome
+                    now = anyio.current_time()
+                    if now >= deadline:
+                        await self._defer(current, correlation_id, "the hold budget ran out")
+                        return StillPending(current)
+                    if progress is not None and now >= next_progress:
+                        steps += 1
+                        await progress(float(steps), None, describe_wait(current))
+                        next_progress = now + self.settings.progress_seconds
+                    # Re-read at least every REREAD_INTERVAL too: expiry is a matter of time, not
+                    # of a commit, and a backend may lose a wake-up.
+                    with anyio.move_on_after(min(deadline, next_progress, now + REREAD_INTERVAL) - now):
+                        await changes.wait()
         except BaseException:
             with anyio.CancelScope(shield=True):
                 still = await self.store.read(lambda tx: tx.get_request(request.id))
                 if still is not None and still.state in ("pending", "approved"):
                     await self._defer(still, correlation_id, "the client cancelled or disconnected")
             raise
-        finally:
-            self._holding -= 1
-            if self._holding == 0:
-                self._someone_holds = anyio.Event()
 
     async def _settle(
         self, request: ApprovalRequest, binding: Binding, correlation_id: str
@@ -315,7 +293,7 @@ class ApprovalEngine:
                 return released
             case "denied" | "expired" | "revoked" | "void":
                 await self.store.transact(lambda tx: tx.mark_reported(request.id))
-                return _final_outcome(request)
+                return final_outcome(request)
             case "executing" | "executed" | "failed" | "outcome_unknown":
                 return UsedElsewhere(request)
             case _:
@@ -327,9 +305,9 @@ class ApprovalEngine:
         assert request is not None
         if request.state in ("executing", "executed", "failed", "outcome_unknown"):
             return UsedElsewhere(request)
-        if request.state in _FINAL:  # revoked or expired since the caller looked
+        if request.state in FINAL_STATES:  # revoked or expired since the caller looked
             tx.mark_reported(request_id)
-            return _final_outcome(request)
+            return final_outcome(request)
         outcome = release(request, binding, now=self.clock.now())
         if isinstance(outcome, Released):
             outcome = self._verified(tx, request, outcome)
@@ -446,7 +424,7 @@ class ApprovalEngine:
         note: str | None = None,
         grant_for: timedelta | None = None,
     ) -> Pending | Approved | Denied | Refusal:
-        """One approver's decision, checked and recorded in one transaction; wakes held calls."""
+        """One approver's decision, checked and recorded in one transaction (which wakes held calls)."""
         ev = self._ev
 
         def write(tx: Tx) -> Pending | Approved | Denied | Refusal:
@@ -542,9 +520,7 @@ class ApprovalEngine:
                 case _:
                     assert_never(outcome)
 
-        result = await self.store.transact(write)
-        self.wake()
-        return result
+        return await self.store.transact(write)
 
     async def revoke(self, request_id: str, approver: Approver) -> Revoked | Refusal:
         def write(tx: Tx) -> Revoked | Refusal:
@@ -571,9 +547,7 @@ class ApprovalEngine:
             )
             return outcome
 
-        result = await self.store.transact(write)
-        self.wake()
-        return result
+        return await self.store.transact(write)
 
     async def revoke_grant(self, grant_id: str, approver: Approver) -> Grant | Refusal:
         def write(tx: Tx) -> Grant | Refusal:
@@ -632,10 +606,7 @@ class ApprovalEngine:
                 self._expire(tx, request)
             return len(due)
 
-        count = await self.store.transact(write)
-        if count:
-            self.wake()
-        return count
+        return await self.store.transact(write)
 
     async def recover(self) -> int:
         """At start-up: calls whose execution began but has no recorded outcome become
@@ -662,31 +633,15 @@ class ApprovalEngine:
 
         return await self.store.transact(write)
 
-    def wake(self) -> None:
-        """Wake every held call to re-read its request."""
-        self._wake.set()
-        self._wake = anyio.Event()
-
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Background duty: expire due requests, and wake held calls when another process commits."""
+        """Background duty: expire due requests. (Held calls learn of decisions from the store.)"""
         task_status.started()
-        last_version = self.store.data_version()
-        last_sweep = -math.inf
         while True:
-            if self._holding == 0:
-                with anyio.move_on_after(SWEEP_INTERVAL):
-                    await self._someone_holds.wait()
-            version = self.store.data_version()
-            if version != last_version:
-                last_version = version
-                self.wake()
-            if anyio.current_time() - last_sweep >= SWEEP_INTERVAL:
-                last_sweep = anyio.current_time()
-                try:
-                    await self.sweep()
-                except GateError as exc:
-                    log.error("could not expire due approval requests: %s", exc)
-            await anyio.sleep(WATCH_INTERVAL if self._holding else 0)
+            try:
+                await self.sweep()
+            except GateError as exc:
+                log.error("could not expire due approval requests: %s", exc)
+            await anyio.sleep(SWEEP_INTERVAL)
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Helpers our own tests use (and users' tests can): write a gate.toml, run a real gate in memory."""
+"""Helpers our own tests use (and users' tests can): write a gate.toml, run a real gate in memory
+(`running_gate(config, store=MemoryStore())` keeps even its state in memory)."""
 
 from __future__ import annotations
 
@@ -20,12 +21,14 @@ from mcp_gate.config import GateConfig, load_config
 from mcp_gate.gateway import Gateway
 from mcp_gate.server import FrontServer
 from mcp_gate.storage.base import Store
+from mcp_gate.storage.memory import MemoryStore
 
 __all__ = [
     "EXAMPLES",
     "NOTES_MANIFEST",
     "NOTES_SERVER",
     "FakeClock",
+    "MemoryStore",
     "WaitTimeout",
     "approver_table",
     "eventually",

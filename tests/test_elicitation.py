@@ -21,6 +21,7 @@ from mcp_gate.gateway import Gateway
 from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import (
     NOTES_MANIFEST,
+    MemoryStore,
     approver_table,
     eventually,
     notes_server_table,
@@ -162,7 +163,7 @@ async def test_a_client_without_elicitation_has_its_medium_call_wait_for_an_appr
     tmp_path: Path, mode: str
 ) -> None:
     config = make_config(tmp_path, hold_seconds=0.3)
-    async with running_gate(config) as front, Client(front.server, mode=mode) as agent:
+    async with running_gate(config, store=MemoryStore()) as front, Client(front.server, mode=mode) as agent:
         waiting = await agent.call_tool("notes__append_note", APPEND)
         assert waiting.is_error and "cannot be asked to confirm notes__append_note" in text_of(waiting)
         assert "waits for an approver" in text_of(waiting) and "1 approval" in text_of(waiting)

@@ -25,6 +25,7 @@ from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import (
     NOTES_MANIFEST,
     FakeClock,
+    MemoryStore,
     approver_table,
     eventually,
     notes_server_table,
@@ -272,7 +273,10 @@ async def test_expiry_is_enforced_at_release_time(tmp_path: Path) -> None:
 async def test_an_approval_not_yet_executed_can_be_revoked(tmp_path: Path) -> None:
     config = make_config(tmp_path, hold_seconds=0.2)
     args = {"name": "x", "text": "y"}
-    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+    async with (
+        running_gate(config, store=MemoryStore()) as front,
+        Client(front.server, mode="legacy") as agent,
+    ):
         await agent.call_tool("notes__write_note", args)
         request = await wait_for_request(front.gateway)
         await decide(front.gateway, request.id, "bob")
@@ -320,7 +324,10 @@ async def test_a_grant_lets_the_same_requester_run_the_tool_without_holding_unti
 
 async def test_no_grant_is_given_for_a_critical_call(tmp_path: Path) -> None:
     config = make_config(tmp_path, hold_seconds=0.2)
-    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+    async with (
+        running_gate(config, store=MemoryStore()) as front,
+        Client(front.server, mode="legacy") as agent,
+    ):
         await agent.call_tool("notes__delete_note", {"name": "archive/a"})
         request = await wait_for_request(front.gateway)
         refused = await decide(front.gateway, request.id, "carol", grant_for=timedelta(minutes=30))
@@ -331,7 +338,10 @@ async def test_no_grant_is_given_for_a_critical_call(tmp_path: Path) -> None:
 
 async def test_a_requester_with_too_many_pending_requests_is_refused_clearly(tmp_path: Path) -> None:
     config = make_config(tmp_path, hold_seconds=0.1, max_pending=2)
-    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+    async with (
+        running_gate(config, store=MemoryStore()) as front,
+        Client(front.server, mode="legacy") as agent,
+    ):
         for name in ("a", "b"):
             await agent.call_tool("notes__write_note", {"name": name, "text": "x"})
         third = await agent.call_tool("notes__write_note", {"name": "c", "text": "x"})

@@ -4,6 +4,7 @@ rows they return. Callers are typed against these, never against a backend's cla
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
@@ -12,7 +13,7 @@ from mcp_gate.approvals import ApprovalRequest, Binding, Grant, RequestState
 from mcp_gate.checkpoints import Pruned
 from mcp_gate.evidence import Record, VerifyReport
 
-__all__ = ["Inflight", "LogReader", "PinRecord", "SlackMessage", "Store", "Tx"]
+__all__ = ["Changes", "Inflight", "LogReader", "PinRecord", "SlackMessage", "Store", "Tx"]
 
 T = TypeVar("T")
 
@@ -61,6 +62,22 @@ class SlackMessage:
     last_error: str | None = None
     voters: Mapping[str, str] = field(default_factory=dict)  # approver -> Slack user id
     done: bool = False  # shows a final outcome: never updated again
+
+
+class Changes(Protocol):
+    """A subscription to a store's commits (`Store.changes()`): how a held call learns that its
+    request may have been decided, wherever the decision was taken.
+
+    A backend learns of commits its own way (an `anyio.Event` in memory, `PRAGMA data_version`
+    polled for other processes' commits to a SQLite file, LISTEN/NOTIFY on PostgreSQL). A wake-up
+    says only "look again": it may be spurious, and a backend whose notices can be lost (a dropped
+    LISTEN connection) may miss one, so a waiter that must not miss a commit also re-reads on a
+    slow timer of its own."""
+
+    async def wait(self) -> None:
+        """Return once anything was committed since the subscription opened or `wait` last
+        returned (at once if something already was). Bound it with `anyio.move_on_after`."""
+        ...
 
 
 class Store(Protocol):
@@ -139,8 +156,9 @@ class Store(Protocol):
         """Run `fn` over a consistent read; StoreError if the store cannot be read."""
         ...
 
-    def data_version(self) -> int:
-        """Changes whenever another connection (process) commits: a cheap wake-up signal."""
+    def changes(self) -> AbstractAsyncContextManager[Changes]:
+        """A subscription to every commit to this store's data, from this handle, another handle or
+        another process, open for the `async with` block."""
         ...
 
     async def checkpoint(self) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -17,7 +18,8 @@ from mcp_gate.clock import Clock, SystemClock, utc_iso
 from mcp_gate.errors import EvidenceWriteError, GateError, StoreError
 from mcp_gate.evidence import Record, VerifyReport, canonical_json, new_event
 from mcp_gate.notary import Notary
-from mcp_gate.storage.base import PinRecord, Tx
+from mcp_gate.storage.base import Changes, PinRecord, Tx
+from mcp_gate.storage.changes import CommitSignal
 from mcp_gate.storage.sqlite.commit import _commit_batch, _Job, _wake
 from mcp_gate.storage.sqlite.reader import verify_file
 from mcp_gate.storage.sqlite.schema import _connect
@@ -46,6 +48,8 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
+WATCH_INTERVAL = 0.005  # seconds between looks for commits by other processes, while someone waits
+
 
 class SQLiteStore:
     """A `Store` in one SQLite file; several processes may share it (writes use BEGIN IMMEDIATE).
@@ -66,6 +70,8 @@ class SQLiteStore:
         self._notary = notary
         self._queue: list[_Job] = []
         self._leading = False
+        self._version: int | None = None  # PRAGMA data_version when last polled
+        self._signal = CommitSignal(self._changed_elsewhere, interval=WATCH_INTERVAL)
 
     @classmethod
     async def open(
@@ -258,13 +264,26 @@ class SQLiteStore:
     async def read(self, fn: Callable[[Tx], T]) -> T:
         return await self._read(lambda conn: fn(SQLiteTx(conn)))
 
-    def data_version(self) -> int:
+    def changes(self) -> AbstractAsyncContextManager[Changes]:
+        """Commits through this store wake subscriptions at once; another process's commit (which
+        nothing here hears of) is found by `PRAGMA data_version`, polled while someone waits."""
+        return self._signal.subscribe()
+
+    def _changed_elsewhere(self) -> bool:
         # A separate connection: PRAGMA data_version only changes for commits made by *other*
         # connections, and this one never writes. It reads a counter in shared memory, so it is
         # cheap enough to ask on the event loop.
-        if self._watch is None:
-            self._watch = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-        return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
+        if self._connection is None:
+            return False
+        try:
+            if self._watch is None:
+                self._watch = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+            version = int(self._watch.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot watch the store at {self._path}: {_one_line(exc)}") from exc
+        changed = self._version is not None and version != self._version
+        self._version = version
+        return changed
 
     # plumbing
 
@@ -348,6 +367,7 @@ class SQLiteStore:
                     log.error("cannot move the signed head: %s", _one_line(exc))
             return note
         finally:
+            self._signal.committed()
             for job in batch:
                 job.finished.set()
                 if job.wake is not None:

@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 
 from mcp_gate.approvals import ApprovalRequest, Binding, Grant, RequestState, Vote
 from mcp_gate.clock import utc_iso
-from mcp_gate.errors import EvidenceWriteError, StoreError
-from mcp_gate.evidence import GENESIS_HASH, Record, canonical_json, chain_hash
+from mcp_gate.errors import StoreError
+from mcp_gate.evidence import GENESIS_HASH, Record, canonical_json, chain_events
 from mcp_gate.storage.base import Inflight, PinRecord, SlackMessage
 
 T = TypeVar("T")
@@ -26,7 +26,6 @@ _GRANT_COLUMNS = (
 )
 _RECORD_COLUMNS = "seq, event_id, ts, event_type, correlation_id, body, prev_hash, entry_hash"
 _PIN_COLUMNS = "server, tool, pin, definition, drifted_pin, drifted_definition, updated_at"
-_REQUIRED_TEXT = ("event_id", "ts", "event_type")
 
 
 _SLACK_COLUMNS = (
@@ -358,51 +357,17 @@ def _append(conn: sqlite3.Connection, events: Sequence[Mapping[str, Any]]) -> li
     """Chain and insert events; runs inside a BEGIN IMMEDIATE transaction so the head cannot move."""
     if not events:
         return []
-    seq, prev_hash = _head(conn)
-    records: list[Record] = []
-    rows: list[tuple[Any, ...]] = []
-    for index, event in enumerate(events):
-        body = dict(event)
-        for name in _REQUIRED_TEXT:
-            if not isinstance(body.get(name), str):
-                raise EvidenceWriteError(f"event {index} has no text {name!r}; build events with new_event()")
-        correlation_id = body.get("correlation_id")
-        if correlation_id is not None and not isinstance(correlation_id, str):
-            raise EvidenceWriteError(f"event {index} has a correlation_id that is not text or null")
-        seq += 1
-        body["seq"] = seq
-        text = canonical_json(body)
-        entry_hash = chain_hash(prev_hash, text)
-        record = Record(
-            seq=seq,
-            event_id=body["event_id"],
-            ts=body["ts"],
-            event_type=body["event_type"],
-            correlation_id=correlation_id,
-            body=body,
-            prev_hash=prev_hash,
-            entry_hash=entry_hash,
-        )
-        records.append(record)
-        rows.append(
-            (
-                seq,
-                record.event_id,
-                record.ts,
-                record.event_type,
-                correlation_id,
-                text.decode("utf-8"),
-                prev_hash,
-                entry_hash,
-            )
-        )
-        prev_hash = entry_hash
+    chained = chain_events(events, *_head(conn))
+    rows = [
+        (r.seq, r.event_id, r.ts, r.event_type, r.correlation_id, text, r.prev_hash, r.entry_hash)
+        for r, text in chained
+    ]
     insert = f"INSERT INTO evidence ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
     if len(rows) == 1:
         conn.execute(insert, rows[0])
     else:
         conn.executemany(insert, rows)
-    return records
+    return [record for record, _ in chained]
 
 
 def _record(row: Sequence[Any]) -> Record:
