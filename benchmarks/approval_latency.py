@@ -36,11 +36,11 @@ DECIDER = """
 import sys, time, anyio
 from pathlib import Path
 from mcp_gate.config import load_config
-from mcp_gate.holds import engine_for
+from mcp_gate.runtime import open_engine
 
 async def main(config):
     loaded = load_config(Path(config), {})
-    async with engine_for(loaded) as engine:
+    async with open_engine(loaded) as engine:
         print("ready", flush=True)
         while True:
             line = await anyio.to_thread.run_sync(sys.stdin.readline)

@@ -19,9 +19,10 @@ import mcp_types as types
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
+from mcp_gate import runtime
 from mcp_gate.approvals import ApprovalRequest
+from mcp_gate.config import load_config
 from mcp_gate.datadir import gate_db
-from mcp_gate.storage import open_store
 
 __all__ = ["EXAMPLES", "run_demo", "write_demo_config"]
 
@@ -160,7 +161,7 @@ class _Agent:
 
 
 async def _held_description(config: Path) -> str:
-    async with await open_store(gate_db(config.parent / "data")) as store:
+    async with runtime.read_gate_store(load_config(config, os.environ)) as store:
         pin = await store.get_pin("notes", "read_note")
     held = None if pin is None else pin.drifted_definition
     return str((held or {}).get("description", "?"))
@@ -306,10 +307,11 @@ async def _approvals(agent: _Agent, config: Path, tokens: dict[str, str]) -> str
 
 async def _wait_for_request(config: Path, name: str) -> ApprovalRequest:
     server, _, tool = name.partition("__")
+    loaded = load_config(config, os.environ)
     with anyio.fail_after(60):
         while True:
-            if gate_db(config.parent / "data").exists():
-                async with await open_store(gate_db(config.parent / "data")) as store:
+            if gate_db(loaded.data_dir).exists():
+                async with runtime.read_gate_store(loaded) as store:
                     found = await store.read(lambda tx: tx.requests(states=("pending",)))
                 for request in found:
                     if (request.binding.server, request.binding.tool) == (server, tool):

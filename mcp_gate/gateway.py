@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
-import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, assert_never
@@ -30,30 +27,24 @@ from mcp_gate.approvals import (
     Revoked,
     Void,
     describe_wait,
-    new_id,
     outcome_text,
 )
 from mcp_gate.asking import Asking, Proceed, Question, Step, Stop
-from mcp_gate.clock import Clock, SystemClock, utc_iso
+from mcp_gate.clock import Clock, utc_iso
 from mcp_gate.config import GateConfig, Requester
-from mcp_gate.datadir import ARGS_KEY_FILE, DataDirLock, RunMarker, gate_db
 from mcp_gate.downstream import Downstream, Downstreams, ProgressFn
 from mcp_gate.errors import (
     CallRefused,
-    ConfigError,
     DownstreamFailed,
     DownstreamUnavailable,
     EvidenceWriteError,
-    GateError,
     InvalidArguments,
     Quarantined,
     StoreError,
     UnknownTool,
 )
-from mcp_gate.evidence import ARGS_DIGEST, EventFactory, args_digest, args_key_id, canonical_json, digest
-from mcp_gate.holds import ApprovalEngine, StillPending, TooMany, UsedElsewhere, decision_key
-from mcp_gate.manifests import load_manifests
-from mcp_gate.notary import notary_for
+from mcp_gate.evidence import EventFactory, args_digest, canonical_json, digest
+from mcp_gate.holds import ApprovalEngine, StillPending, TooMany, UsedElsewhere
 from mcp_gate.pins import Accepted, Drifted, New, StillDrifted, canonical_definition, observe, pin_of
 from mcp_gate.policy import (
     Approvals,
@@ -70,8 +61,6 @@ from mcp_gate.policy import (
 from mcp_gate.questions import Asker
 from mcp_gate.redaction import redact
 from mcp_gate.request_state import BadState, Claims
-from mcp_gate.seals import load_key
-from mcp_gate.storage import open_store
 from mcp_gate.storage.base import PinRecord, Store, Tx
 
 __all__ = ["CORRELATION_META_KEY", "SEPARATOR", "TIER_META_KEY", "Gateway", "OfferedTool", "split_name"]
@@ -156,7 +145,9 @@ class OfferedTool:
 
 
 class Gateway:
-    """One running gate: its config, policy, store, downstreams and the tools they offer."""
+    """One running gate: its config, policy, store, downstreams and the tools they offer.
+
+    It opens nothing: `runtime.open_gate` opens its parts and hands them in."""
 
     def __init__(
         self,
@@ -165,6 +156,9 @@ class Gateway:
         store: Store,
         downstreams: Downstreams,
         clock: Clock,
+        *,
+        decision_key: bytes,
+        args_key: bytes,
     ) -> None:
         self.config = config
         self.manifests = manifests
@@ -173,144 +167,20 @@ class Gateway:
         self.clock = clock
         self.policy_sha256 = policy_sha256(config.config_sha256, manifests)
         self.events = EventFactory(config.name, __version__, self.policy_sha256, clock)
-        self.engine = ApprovalEngine(
-            store, clock, config.approval_settings, self.events, decision_key(config)
-        )
+        self.engine = ApprovalEngine(store, clock, config.approval_settings, self.events, decision_key)
         self.offered: dict[str, OfferedTool] = {}
         self.tool_listeners: list[Callable[[], Awaitable[None]]] = []
         self._pin_lock = anyio.Lock()
         self._listed: set[str] = set()  # servers whose tools this process has reconciled
         self._validators: dict[str, Any] = {}
         self.asking = Asking(config, store, clock, self.engine, self.event, self.policy_sha256)
-        self._args_key: bytes | None = None
+        self._args_key = args_key
 
     def args_key(self) -> bytes:
-        """The deployment's key for `args_sha256` (`data_dir/args.key`, 0600, made on first use)."""
-        if self._args_key is None:
-            self._args_key = load_key(self.config.data_dir / ARGS_KEY_FILE, "argument digest key")
+        """The deployment's key for `args_sha256` (`data_dir/args.key`)."""
         return self._args_key
 
-    @classmethod
-    @asynccontextmanager
-    async def open(
-        cls,
-        config: GateConfig,
-        *,
-        clock: Clock | None = None,
-        startup_timeout: float = 30.0,
-        store: Store | None = None,
-    ) -> AsyncIterator[Gateway]:
-        """Open the store, record the start, connect every downstream; close it all on exit."""
-        manifests = load_manifests(
-            config.manifests_dir, config.servers.keys(), required=config.manifests_required
-        )
-        _check_rule_groups(manifests, config)
-        clock = clock or SystemClock()
-        own_store = store is None
-        notary = notary_for(config) if own_store else None
-        opened: Store = (
-            store
-            if store is not None
-            else await open_store(gate_db(config.data_dir), notary=notary, clock=clock)
-        )
-        try:
-            downstreams = Downstreams(config.servers, log_dir=config.data_dir / "logs")
-            gate = cls(config, manifests, opened, downstreams, clock)
-            run = new_id()
-            await gate.record(
-                "gate.started",
-                None,
-                run=run,
-                pid=os.getpid(),
-                servers=sorted(config.servers),
-                manifests={name: m.sha256 for name, m in manifests.items()},
-                args_digest={"alg": ARGS_DIGEST, "key_id": args_key_id(gate.args_key())},
-                # The first start that names a key pins it: `audit verify` notices a swapped key.
-                signing_key=None if notary is None else notary.key.verifier.to_text(),
-            )
-            with DataDirLock(config.data_dir) as lock, RunMarker(config.data_dir, run) as marker:
-                if lock.exclusive:
-                    unclean = marker.left_over()
-                    await gate._record_unclean_ends(unclean)
-                    marker.forget(unclean)
-                    recovered = await gate.engine.recover()
-                    if recovered:
-                        log.warning(
-                            "%d call(s) had no recorded outcome: recorded as outcome_unknown", recovered
-                        )
-                    lock.share()
-                else:
-                    log.info("another gate serves %s; leaving calls in flight alone", config.data_dir)
-                marker.create()
-                stopped = "error"
-                try:
-                    async with anyio.create_task_group() as tg:
-                        await tg.start(gate.engine.run)
-                        if notary is not None:
-                            tg.start_soon(_checkpoint_timer, opened, notary.every_seconds)
-                        await tg.start(
-                            functools.partial(
-                                downstreams.run, gate._tools_changed, startup_timeout=startup_timeout
-                            )
-                        )
-                        try:
-                            yield gate
-                        finally:
-                            tg.cancel_scope.cancel()
-                    stopped = "clean"
-                finally:
-                    # Recorded before the marker goes: a gate that cannot record its stop leaves
-                    # the marker, and the next start says the run ended unclean.
-                    with anyio.CancelScope(shield=True):
-                        try:
-                            await gate.record("gate.stopped", None, run=run, how=stopped)
-                        except GateError as exc:
-                            log.error("cannot record the gate's stop: %s", exc)
-                        else:
-                            marker.remove()
-        finally:
-            if own_store:
-                # A signed checkpoint at shutdown covers the last records written.
-                with anyio.CancelScope(shield=True):
-                    await _final_checkpoint(opened)
-                    await opened.close()
-
     # -- evidence -------------------------------------------------------------------------
-
-    async def _record_unclean_ends(self, runs: list[str]) -> None:
-        """Earlier runs that left their marker ended without recording a stop (killed, crashed,
-        power lost): record that, naming the held calls whose agents were cut off with them."""
-        if not runs:
-            return
-        cut_off = await self._held_at_crash()
-        for run in runs:
-            await self.record("gate.unclean_stop", None, run=run, held_calls_cut_off=cut_off)
-        log.warning(
-            "the last run of this gate ended without a clean stop; %d held call(s) were cut off", len(cut_off)
-        )
-
-    async def _held_at_crash(self) -> list[dict[str, Any]]:
-        """Open requests whose latest call was still being held: neither answered nor deferred."""
-        open_requests = await self.store.read(lambda tx: tx.requests(states=("pending", "approved")))
-        if not open_requests:
-            return []
-        latest: dict[str, tuple[int, str]] = {}
-        for kind in ("approval.requested", "approval.joined", "call.deferred"):
-            for record in await self.store.records(event_type=kind):
-                request_id = str(record.body.get("request_id"))
-                if request_id not in latest or latest[request_id][0] < record.seq:
-                    latest[request_id] = (record.seq, kind)
-        return [
-            {
-                "request_id": r.id,
-                "correlation_id": r.correlation_id,
-                "server": r.binding.server,
-                "tool": r.binding.tool,
-                "state": r.state,
-            }
-            for r in open_requests
-            if latest.get(r.id, (0, "call.deferred"))[1] != "call.deferred"
-        ]
 
     def event(self, event_type: str, correlation_id: str | None, **fields: Any) -> dict[str, Any]:
         return self.events(event_type, correlation_id, **fields)
@@ -1053,20 +923,6 @@ def _inflight_fields(base: Mapping[str, Any]) -> dict[str, Any]:
     return {key: base[key] for key in ("requester", "server", "tool", "pin", "args_sha256") if key in base}
 
 
-def _check_rule_groups(manifests: Mapping[str, Manifest], config: GateConfig) -> None:
-    """A rule naming an approver group nobody is in could never be approved: a config error."""
-    known = {group for approver in config.approvers.values() for group in approver.groups}
-    for manifest in manifests.values():
-        for rule in manifest.rules:
-            for group in rule.approvers:
-                if group not in known:
-                    raise ConfigError(
-                        str(manifest.path),
-                        f"rule[{rule.index}].approvers",
-                        f"no approver in {config.path.name} is in group {group!r} (known: {sorted(known)})",
-                    )
-
-
 def _annotations(tool: types.Tool) -> dict[str, Any] | None:
     if tool.annotations is None:
         return None
@@ -1094,20 +950,3 @@ def _error_result(text: str, correlation_id: str) -> types.CallToolResult:
         is_error=True,
         _meta={CORRELATION_META_KEY: correlation_id},
     )
-
-
-async def _checkpoint_timer(store: Store, every_seconds: float) -> None:
-    """Every `every_seconds`, sign a checkpoint if the log grew: a quiet gate leaves no unsigned tail."""
-    while True:
-        await anyio.sleep(every_seconds)
-        try:
-            await store.checkpoint()
-        except StoreError as exc:
-            log.error("no timed checkpoint: %s", exc)
-
-
-async def _final_checkpoint(store: Store) -> None:
-    try:
-        await store.checkpoint()
-    except StoreError as exc:
-        log.error("no checkpoint at shutdown: %s", exc)

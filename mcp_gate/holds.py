@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, assert_never
 
 import anyio
 
-from mcp_gate import __version__
 from mcp_gate.approvals import (
     FINAL_STATES,
     MAX_GRANT,
@@ -40,16 +38,11 @@ from mcp_gate.approvals import (
     revoke,
     void_reason,
 )
-from mcp_gate.clock import Clock, SystemClock, utc_iso
-from mcp_gate.config import ApprovalSettings, GateConfig
-from mcp_gate.datadir import DECISION_KEY_FILE, gate_db
+from mcp_gate.clock import Clock, utc_iso
+from mcp_gate.config import ApprovalSettings
 from mcp_gate.errors import GateError, NoSuchRequest
 from mcp_gate.evidence import EventFactory
-from mcp_gate.manifests import load_manifests
-from mcp_gate.notary import notary_for
-from mcp_gate.policy import policy_sha256
-from mcp_gate.seals import SEALED_EVENTS, derive, grant_forgery, load_key, seal
-from mcp_gate.storage import open_store
+from mcp_gate.seals import SEALED_EVENTS, derive, grant_forgery, seal
 from mcp_gate.storage.base import Store, Tx
 
 __all__ = [
@@ -58,8 +51,6 @@ __all__ = [
     "StillPending",
     "TooMany",
     "UsedElsewhere",
-    "decision_key",
-    "engine_for",
     "grant_refusal",
 ]
 
@@ -659,27 +650,6 @@ class ApprovalEngine:
     async def grants(self, *, live_only: bool = True) -> list[Grant]:
         now = utc_iso(self.clock.now())
         return await self.store.read(lambda tx: tx.grants(live_at=now if live_only else None))
-
-
-@asynccontextmanager
-async def engine_for(config: GateConfig, *, clock: Clock | None = None) -> AsyncIterator[ApprovalEngine]:
-    """An engine over the gate's SQLite file, for a process beside the gate (the CLI, tests): its
-    decisions reach held calls through the shared file, with the gate's own policy hash."""
-    db = gate_db(config.data_dir)
-    if not db.exists():
-        raise GateError(f"{db}: no gate data here yet (has the gate run with this config?)")
-    manifests = load_manifests(
-        config.manifests_dir, config.servers.keys(), required=config.manifests_required
-    )
-    clock = clock or SystemClock()
-    events = EventFactory(config.name, __version__, policy_sha256(config.config_sha256, manifests), clock)
-    async with await open_store(db, clock=clock, notary=notary_for(config)) as store:
-        yield ApprovalEngine(store, clock, config.approval_settings, events, decision_key(config))
-
-
-def decision_key(config: GateConfig) -> bytes:
-    """The deployment's decision key (`data_dir/decisions.key`, 0600, made on first use)."""
-    return load_key(config.data_dir / DECISION_KEY_FILE, "decision key")
 
 
 def grant_refusal(request: ApprovalRequest, duration: timedelta, policy: str) -> str | None:

@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 
 import anyio
 
+from mcp_gate import runtime
 from mcp_gate.clock import Clock
 from mcp_gate.config import GateConfig, load_config
-from mcp_gate.gateway import Gateway
 from mcp_gate.server import FrontServer
 from mcp_gate.storage.base import Store
 from mcp_gate.storage.memory import MemoryStore
@@ -179,5 +179,5 @@ async def running_gate(
     """A real gate with its downstreams connected; connect `mcp.Client(front.server)` to it."""
     if isinstance(config, Path):
         config = load_config(config, os.environ)
-    async with Gateway.open(config, clock=clock, store=store, startup_timeout=startup_timeout) as gate:
+    async with runtime.open_gate(config, clock=clock, store=store, startup_timeout=startup_timeout) as gate:
         yield FrontServer(gate)

@@ -430,11 +430,11 @@ DECIDER = """
 import sys, anyio
 from mcp_gate.config import load_config
 from mcp_gate.errors import ConfigError
-from mcp_gate.holds import engine_for
+from mcp_gate.runtime import open_engine
 
 async def main(config, request_id, names):
     loaded = load_config(__import__("pathlib").Path(config), {})
-    async with engine_for(loaded) as engine:
+    async with open_engine(loaded) as engine:
         async with anyio.create_task_group() as tg:
             for name in names.split(","):
                 verdict = "deny" if name in ("ap7", "ap33") else "approve"

@@ -53,3 +53,29 @@ def test_only_datadir_spells_the_data_directory_file_names() -> None:
         if isinstance(node, ast.Constant) and node.value in NAMES
     }
     assert spelled == {"mcp_gate/datadir.py"}
+
+
+OPENERS = {"open_store", "open_reader", "notary_for", "DataDirLock"}
+
+
+def called(tree: ast.Module) -> set[str]:
+    """The names of the functions and classes `tree` calls, plain (`f()`) or through a module (`m.f()`)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            if isinstance(node.func, ast.Name):
+                names.add(node.func.id)
+            elif isinstance(node.func, ast.Attribute):
+                names.add(node.func.attr)
+    return names
+
+
+def test_only_the_runtime_opens_the_store_the_notary_and_the_data_directory_lock() -> None:
+    # One composition root: every writer gets the gate's notary by the same rule, and no command
+    # opens the file its own way. The storage package opens its own backends.
+    openers = {
+        name: sorted(called(tree) & OPENERS)
+        for name, tree in modules()
+        if not name.startswith("mcp_gate/storage/") and called(tree) & OPENERS
+    }
+    assert openers == {"mcp_gate/runtime.py": sorted(OPENERS)}

@@ -17,7 +17,7 @@ from mcp import Client, StdioServerParameters
 
 from mcp_gate.approvals import ApprovalRequest, Approved
 from mcp_gate.config import load_config
-from mcp_gate.holds import engine_for
+from mcp_gate.runtime import open_engine
 from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import (
     NOTES_MANIFEST,
@@ -75,7 +75,7 @@ async def wait_for(config: Path, predicate: Any, what: str) -> Any:
     async def probe() -> Any:
         if not (loaded.data_dir / "gate.db").exists():
             return None
-        async with engine_for(loaded) as engine:
+        async with open_engine(loaded) as engine:
             return await predicate(engine)
 
     return await eventually(probe, what=what, timeout=30, interval=0.05)
@@ -92,7 +92,7 @@ async def pending_request(config: Path) -> ApprovalRequest:
 
 async def approve(config: Path, request_id: str) -> None:
     loaded = load_config(config, {})
-    async with engine_for(loaded) as engine:
+    async with open_engine(loaded) as engine:
         assert isinstance(
             await engine.decide(request_id, loaded.approvers["bob"], "approve", channel="cli"), Approved
         )
@@ -169,7 +169,7 @@ async def test_a_call_killed_mid_execution_is_recorded_as_outcome_unknown_and_ne
     released = [e for e in recorded if e["event_type"] == "call.released"]
     assert len(released) == 1  # started once, never again
     loaded = load_config(config, {})
-    async with engine_for(loaded) as engine:
+    async with open_engine(loaded) as engine:
         assert (await engine.get(request.id)).state == "outcome_unknown"
 
 

@@ -21,7 +21,7 @@ from mcp_gate.channels.slack_blocks import ACTION_APPROVE, ACTION_APPROVE_FOR, A
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import load_config
 from mcp_gate.fake_slack import FakeSlack
-from mcp_gate.holds import engine_for
+from mcp_gate.runtime import open_engine
 from mcp_gate.storage.base import SlackMessage
 from mcp_gate.testing import FakeClock, eventually, running_gate
 from tests.slack_helpers import buttons, env, fake_slack, make_config, slack_gate, status_line
@@ -253,7 +253,7 @@ async def test_a_decision_made_with_the_cli_in_another_process_updates_the_slack
         box = s.call("notes__write_note", {"name": "plan", "text": "ship"})
         request = await s.held()
         await s.posted(request.id)
-        async with engine_for(s.config) as engine:  # its own SQLite connection, as the CLI has
+        async with open_engine(s.config) as engine:  # its own SQLite connection, as the CLI has
             await Desk(engine, channel="cli").approve(
                 request.id, s.config.approvers["carol"], note="via terminal"
             )
@@ -269,7 +269,7 @@ async def test_a_revoked_approval_updates_the_slack_message(tmp_path: Path) -> N
         s.call("notes__write_note", {"name": "plan", "text": "ship"})
         request = await s.held()
         await s.posted(request.id)
-        async with engine_for(s.config) as engine:
+        async with open_engine(s.config) as engine:
             await engine.revoke(request.id, s.config.approvers["dave"])
         done = await s.showing(request.id, "Revoked")
     assert buttons(done) == [] and "*Revoked* by dave" in status_line(done)

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import anyio
 
-from mcp_gate import __version__
+from mcp_gate import runtime
 from mcp_gate.cli._common import (
     EXIT_OK,
     add_config,
@@ -30,9 +30,6 @@ from mcp_gate.cli._common import (
 from mcp_gate.config import GateConfig, read_private_text
 from mcp_gate.datadir import gate_db
 from mcp_gate.errors import ApiUnreachable, DecisionRefused, GateError, NoSuchRequest
-from mcp_gate.manifests import load_manifests
-from mcp_gate.notary import notary_for
-from mcp_gate.storage import open_store
 
 __all__ = ["add_commands"]
 
@@ -136,10 +133,6 @@ def _over_api(url: str, token: str, op: _Op, *, connect_errors: bool = False) ->
 
 async def _over_db(config: GateConfig, token: str, op: _Op) -> Any:
     from mcp_gate.channels.api import Desk
-    from mcp_gate.clock import SystemClock
-    from mcp_gate.evidence import EventFactory
-    from mcp_gate.holds import ApprovalEngine, decision_key
-    from mcp_gate.policy import policy_sha256
 
     approver = config.approver_by_token(token)
     if approver is None:
@@ -147,14 +140,7 @@ async def _over_db(config: GateConfig, token: str, op: _Op) -> Any:
     db = gate_db(config.data_dir)
     if not db.exists():
         raise GateError(f"{db}: no approval requests here yet (has the gate run with this config?)")
-    manifests = load_manifests(
-        config.manifests_dir, config.servers.keys(), required=config.manifests_required
-    )
-    clock = SystemClock()
-    # The same policy hash the gate computes, so the decisions recorded here match its records.
-    events = EventFactory(config.name, __version__, policy_sha256(config.config_sha256, manifests), clock)
-    async with await open_store(db, notary=notary_for(config)) as store:
-        engine = ApprovalEngine(store, clock, config.approval_settings, events, decision_key(config))
+    async with runtime.open_engine(config) as engine:
         desk = Desk(engine, channel="cli", rules=config.redaction)
         try:
             result = await op.run(desk, approver)

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from mcp_gate import __version__
+from mcp_gate import __version__, runtime
 from mcp_gate.approvals import ApprovalRequest
 from mcp_gate.audit import AuditReport
 from mcp_gate.bundle import Progress
@@ -46,11 +46,10 @@ from mcp_gate.notary import (
     create_key_file,
     head_path,
     load_key_file,
-    notary_for,
     read_head_text,
     write_head,
 )
-from mcp_gate.storage import open_reader, open_store, verify_file
+from mcp_gate.storage import verify_file
 from mcp_gate.storage.base import Tx
 
 __all__ = [
@@ -64,6 +63,7 @@ __all__ = [
 
 
 def _db(config: GateConfig) -> Path:
+    """The gate's evidence file; GateError if there is none yet."""
     db = gate_db(config.data_dir)
     if not db.exists():
         raise GateError(f"{db}: no evidence log here yet (has the gate run with this config?)")
@@ -86,11 +86,10 @@ async def _record(config: GateConfig, notary: Notary | None, event: dict[str, An
 
     Only a gate with a signing key records them (then a checkpoint covers them too); a read-only
     copy of the file is left as it is."""
-    db = gate_db(config.data_dir)
-    if notary is None or not os.access(db, os.W_OK):
+    if notary is None or not os.access(gate_db(config.data_dir), os.W_OK):
         return
     try:
-        async with await open_store(db, notary=notary) as store:
+        async with runtime.open_gate_store(config) as store:
             await store.append([event])
     except StoreError as exc:
         progress(f"mcp-gate: could not record {event['event_type']}: {exc}")
@@ -166,10 +165,10 @@ def _get_request(tx: Tx, request_id: str) -> ApprovalRequest | None:
 
 def cmd_show(args: argparse.Namespace) -> int:
     config = load_config_from_args(args)
-    db = _db(config)
+    _db(config)
 
     async def show() -> int:
-        async with await open_store(db) as store:
+        async with runtime.read_gate_store(config) as store:
             records = await store.records(correlation_id=args.correlation_id)
             # A call that joined an approval request made by an earlier identical call: its
             # story includes that request's records (who was asked, who decided).
@@ -204,12 +203,12 @@ def _verification_inputs(
     if pubkey is not None:
         verifiers: list[VerifierKey] | None = [_pubkey(pubkey)]
         try:
-            notary = notary_for(config)
+            notary = runtime.gate_notary(config)
         except GateError as exc:
             progress(f"mcp-gate: not recording this check in the log ({exc})")
             notary = None
     else:
-        notary = notary_for(config)
+        notary = runtime.gate_notary(config)
         verifiers = None if notary is None else [notary.key.verifier]
     extra: list[tuple[str, str]] = []
     sources = [Path(p) for p in checkpoint_files or ()]
@@ -260,7 +259,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         report = await verify_file(db, verifiers=verifiers, extra_notes=extra, progress=advance)
         if bar:
             bar[0].close()
-        report = _check_history(config, db, verifiers, report)
+        report = _check_history(config, verifiers, report)
         if args.json:
             say(json.dumps(asdict(report)))
         elif report.ok:
@@ -313,7 +312,7 @@ def _head_text(config: GateConfig, verifiers: list[VerifierKey] | None) -> tuple
 
 
 def _check_history(
-    config: GateConfig, db: Path, verifiers: list[VerifierKey] | None, report: AuditReport
+    config: GateConfig, verifiers: list[VerifierKey] | None, report: AuditReport
 ) -> AuditReport:
     """With a key, the checkpoint table must reach the signed head, and the key must be the one the
     log pinned; otherwise the report fails with the reason."""
@@ -322,7 +321,7 @@ def _check_history(
     settings = config.evidence
     path = head_path(settings.key_path)
     key_here = settings.signer is not None or settings.key_path.exists()
-    with open_reader(db) as reader:
+    with runtime.open_log_reader(config) as reader:
         stored = reader.notes()
         pinned = next(
             (b["signing_key"] for b in reader.bodies_of("gate.started") if b.get("signing_key")), None
@@ -409,7 +408,7 @@ def _verify_bundle(args: argparse.Namespace) -> int:
 
 
 def _needs_notary(config: GateConfig, what: str) -> Notary:
-    notary = notary_for(config)
+    notary = runtime.gate_notary(config)
     if notary is None:
         raise GateError(f"{what} needs a signing key; create one with `mcp-gate keys init`")
     return notary
@@ -419,7 +418,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from mcp_gate.bundle import export_bundle
 
     config = load_config_from_args(args)
-    db = _db(config)
+    _db(config)
     notary = _needs_notary(config, "audit export")
     since = None if args.since is None else parse_moment(args.since, "--since")
     until = None if args.until is None else parse_moment(args.until, "--until")
@@ -428,11 +427,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise GateError(f"--out {out}: already exists; choose a new path")
 
     async def run() -> int:
-        async with await open_store(db, notary=notary) as store:
+        async with runtime.open_gate_store(config) as store:
             await store.checkpoint()  # a checkpoint before every export covers its tail
 
         def write() -> Any:
-            with open_reader(db) as reader:
+            with runtime.open_log_reader(config) as reader:
                 gate = {"name": config.name, "version": __version__, "config_sha256": config.config_sha256}
                 return export_bundle(reader, notary.key, out, since=since, until=until, gate=gate)
 
@@ -471,7 +470,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         verified = await verify_file(db, verifiers=verifiers, extra_notes=extra)
 
         def build() -> dict[str, Any]:
-            with open_reader(db) as reader:
+            with runtime.open_log_reader(config) as reader:
                 return build_report(reader, since=since, until=until, gate=config.name, verified=verified)
 
         report = await anyio.to_thread.run_sync(build)
@@ -494,8 +493,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     config = load_config_from_args(args)
-    db = _db(config)
-    notary = _needs_notary(config, "audit prune")
+    _db(config)
+    _needs_notary(config, "audit prune")
     retention = None if config.evidence is None else config.evidence.retention_seconds
     if retention is None:
         raise GateError(f"{config.path}: evidence.retention: not set; pruning keeps everything")
@@ -515,7 +514,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         ]
 
     async def run() -> int:
-        async with await open_store(db, notary=notary) as store:
+        async with runtime.open_gate_store(config) as store:
             pruned = await store.prune(before, events=events)
         if pruned is None:
             say(f"nothing to prune: no record is older than {before}")
@@ -535,7 +534,7 @@ def missed_copies(config: GateConfig) -> list[str]:
     if not db.exists():
         return []
     lines: list[str] = []
-    with open_reader(db) as reader:
+    with runtime.open_log_reader(config) as reader:
         for body in reader.bodies_of("checkpoint.copy_failed"):
             for failure in body.get("failed", []):
                 lines.append(f"checkpoint of size {body.get('size')} at {body.get('ts')}: {failure}")

@@ -15,7 +15,7 @@ from typing import Any
 
 import anyio
 
-from mcp_gate import __version__
+from mcp_gate import __version__, runtime
 from mcp_gate.cli._common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -40,10 +40,9 @@ from mcp_gate.config import (
 )
 from mcp_gate.datadir import gate_db
 from mcp_gate.errors import GateError
-from mcp_gate.gateway import SEPARATOR, Gateway, split_name
+from mcp_gate.gateway import SEPARATOR, split_name
 from mcp_gate.manifests import load_manifests
 from mcp_gate.policy import Approvals
-from mcp_gate.storage import open_store
 
 __all__ = ["add_commands"]
 
@@ -89,7 +88,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         slack_secrets = SlackSecrets.read(config, os.environ)
 
     async def run() -> None:
-        async with Gateway.open(config) as gate, anyio.create_task_group() as tg:
+        async with runtime.open_gate(config) as gate, anyio.create_task_group() as tg:
             front = FrontServer(gate)
             if slack_secrets is not None:
                 slack_port = await tg.start(SlackChannel(gate, slack_secrets).run)
@@ -170,14 +169,12 @@ def _inspect(config: GateConfig, *, timeout: float) -> dict[str, Any]:
 
     # Manifest errors are bad input: report them alone, before any progress about servers.
     load_manifests(config.manifests_dir, config.servers.keys(), required=config.manifests_required)
-    from mcp_gate.notary import notary_for
-
-    notary_for(config)  # so is a signing key others can read
+    runtime.gate_notary(config)  # so is a signing key others can read
 
     async def run() -> dict[str, Any]:
         names = ", ".join(config.servers) or "none"
         progress(f"connecting to {len(config.servers)} server(s): {names} (up to {timeout:.0f}s)...")
-        async with Gateway.open(config, startup_timeout=timeout) as gate:
+        async with runtime.open_gate(config, startup_timeout=timeout) as gate:
             servers = [
                 {
                     "name": ds.name,
@@ -335,7 +332,7 @@ def cmd_tools_accept(args: argparse.Namespace) -> int:
         from mcp_gate.clock import SystemClock, utc_iso
         from mcp_gate.evidence import new_event
 
-        async with await open_store(db) as store:
+        async with runtime.open_gate_store(config) as store:
             pin = await store.get_pin(server, tool)
             if pin is None or pin.drifted_pin is None:
                 raise GateError(f"tools accept: {args.name} has no changed definition waiting to be accepted")

@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 
+from mcp_gate import runtime
 from mcp_gate.channels.slack import SlackSecrets
 from mcp_gate.channels.slack_api import SlackApi, connect_socket_mode
 from mcp_gate.cli._common import (
@@ -25,7 +26,6 @@ from mcp_gate.cli._common import (
 from mcp_gate.config import GateConfig, SlackSettings
 from mcp_gate.datadir import gate_db
 from mcp_gate.errors import ConfigError, GateError, SlackFailure
-from mcp_gate.storage import open_store
 
 __all__ = ["Finding", "add_commands", "diagnose", "slack_check"]
 
@@ -161,7 +161,7 @@ async def _recent_failure(config: GateConfig) -> str | None:
     db = gate_db(config.data_dir)
     if not db.exists():
         return None
-    async with await open_store(db) as store:
+    async with runtime.read_gate_store(config) as store:
         records = [
             r
             for kind in ("slack.posted", "slack.post_failed", "slack.update_failed", "slack.not_posted")

@@ -1,0 +1,266 @@
+"""The composition root: the one place that opens the gate's store, notary, data-directory lock and
+run marker, and downstreams, for the running gate and for the commands that work beside it.
+
+Every writer opens the store with the gate's notary, so every writer signs checkpoints by the same
+rule. Only a reader that writes nothing (a report, `audit show`, the demo looking at the log) opens
+it without: opening with a notary may settle or start the signed-head file, which a reader leaves
+to the writers.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractContextManager, asynccontextmanager
+from typing import Any
+
+import anyio
+
+from mcp_gate import __version__
+from mcp_gate.approvals import new_id
+from mcp_gate.clock import Clock, SystemClock
+from mcp_gate.config import GateConfig
+from mcp_gate.datadir import ARGS_KEY_FILE, DECISION_KEY_FILE, DataDirLock, RunMarker, gate_db
+from mcp_gate.downstream import Downstreams
+from mcp_gate.errors import ConfigError, GateError, StoreError
+from mcp_gate.evidence import ARGS_DIGEST, EventFactory, args_key_id
+from mcp_gate.gateway import Gateway
+from mcp_gate.holds import ApprovalEngine
+from mcp_gate.manifests import load_manifests
+from mcp_gate.notary import Notary, notary_for
+from mcp_gate.policy import Manifest, policy_sha256
+from mcp_gate.seals import load_key
+from mcp_gate.storage import open_reader, open_store
+from mcp_gate.storage.base import LogReader, Store
+
+__all__ = [
+    "decision_key",
+    "gate_notary",
+    "open_engine",
+    "open_gate",
+    "open_gate_store",
+    "open_log_reader",
+    "read_gate_store",
+]
+
+log = logging.getLogger("mcp_gate.runtime")
+
+
+# -- the running gate ---------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def open_gate(
+    config: GateConfig,
+    *,
+    clock: Clock | None = None,
+    startup_timeout: float = 30.0,
+    store: Store | None = None,
+) -> AsyncIterator[Gateway]:
+    """The running gate: open the store, record the start, take the data directory's lock and run
+    marker (recovering what a crashed run left), start the approval engine, the checkpoint timer
+    and every downstream; record the stop and close it all on exit.
+
+    A `store` given by the caller (a test's) is written to without a notary and left open."""
+    manifests = load_manifests(
+        config.manifests_dir, config.servers.keys(), required=config.manifests_required
+    )
+    _check_rule_groups(manifests, config)
+    clock = clock or SystemClock()
+    own_store = store is None
+    notary = notary_for(config) if own_store else None
+    opened: Store = (
+        store if store is not None else await open_store(gate_db(config.data_dir), notary=notary, clock=clock)
+    )
+    try:
+        downstreams = Downstreams(config.servers, log_dir=config.data_dir / "logs")
+        gate = Gateway(
+            config,
+            manifests,
+            opened,
+            downstreams,
+            clock,
+            decision_key=decision_key(config),
+            args_key=load_key(config.data_dir / ARGS_KEY_FILE, "argument digest key"),
+        )
+        run = new_id()
+        await gate.record(
+            "gate.started",
+            None,
+            run=run,
+            pid=os.getpid(),
+            servers=sorted(config.servers),
+            manifests={name: m.sha256 for name, m in manifests.items()},
+            args_digest={"alg": ARGS_DIGEST, "key_id": args_key_id(gate.args_key())},
+            # The first start that names a key pins it: `audit verify` notices a swapped key.
+            signing_key=None if notary is None else notary.key.verifier.to_text(),
+        )
+        with DataDirLock(config.data_dir) as lock, RunMarker(config.data_dir, run) as marker:
+            if lock.exclusive:
+                unclean = marker.left_over()
+                await _record_unclean_ends(gate, unclean)
+                marker.forget(unclean)
+                recovered = await gate.engine.recover()
+                if recovered:
+                    log.warning("%d call(s) had no recorded outcome: recorded as outcome_unknown", recovered)
+                lock.share()
+            else:
+                log.info("another gate serves %s; leaving calls in flight alone", config.data_dir)
+            marker.create()
+            stopped = "error"
+            try:
+                async with anyio.create_task_group() as tg:
+                    await tg.start(gate.engine.run)
+                    if notary is not None:
+                        tg.start_soon(_checkpoint_timer, opened, notary.every_seconds)
+                    await tg.start(
+                        functools.partial(
+                            downstreams.run, gate._tools_changed, startup_timeout=startup_timeout
+                        )
+                    )
+                    try:
+                        yield gate
+                    finally:
+                        tg.cancel_scope.cancel()
+                stopped = "clean"
+            finally:
+                # Recorded before the marker goes: a gate that cannot record its stop leaves
+                # the marker, and the next start says the run ended unclean.
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await gate.record("gate.stopped", None, run=run, how=stopped)
+                    except GateError as exc:
+                        log.error("cannot record the gate's stop: %s", exc)
+                    else:
+                        marker.remove()
+    finally:
+        if own_store:
+            # A signed checkpoint at shutdown covers the last records written.
+            with anyio.CancelScope(shield=True):
+                await _final_checkpoint(opened)
+                await opened.close()
+
+
+def _check_rule_groups(manifests: Mapping[str, Manifest], config: GateConfig) -> None:
+    """A rule naming an approver group nobody is in could never be approved: a config error."""
+    known = {group for approver in config.approvers.values() for group in approver.groups}
+    for manifest in manifests.values():
+        for rule in manifest.rules:
+            for group in rule.approvers:
+                if group not in known:
+                    raise ConfigError(
+                        str(manifest.path),
+                        f"rule[{rule.index}].approvers",
+                        f"no approver in {config.path.name} is in group {group!r} (known: {sorted(known)})",
+                    )
+
+
+async def _record_unclean_ends(gate: Gateway, runs: list[str]) -> None:
+    """Earlier runs that left their marker ended without recording a stop (killed, crashed,
+    power lost): record that, naming the held calls whose agents were cut off with them."""
+    if not runs:
+        return
+    cut_off = await _held_at_crash(gate.store)
+    for run in runs:
+        await gate.record("gate.unclean_stop", None, run=run, held_calls_cut_off=cut_off)
+    log.warning(
+        "the last run of this gate ended without a clean stop; %d held call(s) were cut off", len(cut_off)
+    )
+
+
+async def _held_at_crash(store: Store) -> list[dict[str, Any]]:
+    """Open requests whose latest call was still being held: neither answered nor deferred."""
+    open_requests = await store.read(lambda tx: tx.requests(states=("pending", "approved")))
+    if not open_requests:
+        return []
+    latest: dict[str, tuple[int, str]] = {}
+    for kind in ("approval.requested", "approval.joined", "call.deferred"):
+        for record in await store.records(event_type=kind):
+            request_id = str(record.body.get("request_id"))
+            if request_id not in latest or latest[request_id][0] < record.seq:
+                latest[request_id] = (record.seq, kind)
+    return [
+        {
+            "request_id": r.id,
+            "correlation_id": r.correlation_id,
+            "server": r.binding.server,
+            "tool": r.binding.tool,
+            "state": r.state,
+        }
+        for r in open_requests
+        if latest.get(r.id, (0, "call.deferred"))[1] != "call.deferred"
+    ]
+
+
+async def _checkpoint_timer(store: Store, every_seconds: float) -> None:
+    """Every `every_seconds`, sign a checkpoint if the log grew: a quiet gate leaves no unsigned tail."""
+    while True:
+        await anyio.sleep(every_seconds)
+        try:
+            await store.checkpoint()
+        except StoreError as exc:
+            log.error("no timed checkpoint: %s", exc)
+
+
+async def _final_checkpoint(store: Store) -> None:
+    try:
+        await store.checkpoint()
+    except StoreError as exc:
+        log.error("no checkpoint at shutdown: %s", exc)
+
+
+# -- beside the gate ----------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def open_engine(config: GateConfig, *, clock: Clock | None = None) -> AsyncIterator[ApprovalEngine]:
+    """An engine over the gate's store, for a process beside the gate (the approver CLI, tests):
+    its decisions reach held calls through the shared file, with the gate's own policy hash."""
+    db = gate_db(config.data_dir)
+    if not db.exists():
+        raise GateError(f"{db}: no gate data here yet (has the gate run with this config?)")
+    manifests = load_manifests(
+        config.manifests_dir, config.servers.keys(), required=config.manifests_required
+    )
+    clock = clock or SystemClock()
+    # The same policy hash the gate computes, so the decisions recorded here match its records.
+    events = EventFactory(config.name, __version__, policy_sha256(config.config_sha256, manifests), clock)
+    async with await open_store(db, clock=clock, notary=notary_for(config)) as store:
+        yield ApprovalEngine(store, clock, config.approval_settings, events, decision_key(config))
+
+
+@asynccontextmanager
+async def open_gate_store(config: GateConfig, *, clock: Clock | None = None) -> AsyncIterator[Store]:
+    """The gate's store for a command that writes to it (`tools accept`, the audit commands'
+    records, export, prune): with the gate's notary, so its commits are signed by the gate's rule."""
+    async with await open_store(gate_db(config.data_dir), clock=clock, notary=notary_for(config)) as store:
+        yield store
+
+
+@asynccontextmanager
+async def read_gate_store(config: GateConfig) -> AsyncIterator[Store]:
+    """The gate's store for a command that only reads it (`audit show`, the Slack line of `check`,
+    the demo): without a notary, so opening it signs nothing and leaves the signed head alone."""
+    async with await open_store(gate_db(config.data_dir)) as store:
+        yield store
+
+
+def open_log_reader(config: GateConfig) -> AbstractContextManager[LogReader]:
+    """A consistent read-only snapshot of the gate's evidence file, for a worker thread; it never
+    writes to the file or creates one."""
+    return open_reader(gate_db(config.data_dir))
+
+
+def gate_notary(config: GateConfig) -> Notary | None:
+    """The gate's notary, or None when it signs no checkpoints; ConfigError for an unusable key.
+
+    For a command that needs the key itself (export signs its bundle) or that must know before it
+    starts whether the key is usable (`check`, the audit commands deciding whether to record)."""
+    return notary_for(config)
+
+
+def decision_key(config: GateConfig) -> bytes:
+    """The deployment's decision key (`data_dir/decisions.key`, 0600, made on first use)."""
+    return load_key(config.data_dir / DECISION_KEY_FILE, "decision key")
