@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
 import os
 import time
@@ -45,7 +43,7 @@ from mcp_gate.errors import (
     GateError,
     StoreError,
 )
-from mcp_gate.evidence import ARGS_DIGEST, EventFactory, args_digest, args_key_id, digest
+from mcp_gate.evidence import ARGS_DIGEST, EventFactory, args_digest, args_key_id, result_digest
 from mcp_gate.holds import ApprovalEngine, StillPending, TooMany, UsedElsewhere, decision_key
 from mcp_gate.manifests import load_manifests
 from mcp_gate.notary import notary_for
@@ -397,7 +395,7 @@ class Gateway:
                     if not isinstance(step, Proceed):
                         return _stopped(step, correlation_id)
                     justification = step.justification
-                return await self._hold(call, requirement, progress, asker, justification=justification)
+                return await self._hold(call, requirement, progress, asker=asker, justification=justification)
             case _:
                 assert_never(requirement)
 
@@ -419,15 +417,15 @@ class Gateway:
             f"This client cannot be asked to confirm {name} (it declared no MCP elicitation support), "
             "so the call waits for an approver instead"
         )
-        return await self._hold(call, Approvals(1), progress, None, note=note)
+        return await self._hold(call, Approvals(1), progress, note=note)
 
     async def _hold(
         self,
         call: CallContext,
         requirement: Approvals,
         progress: ProgressFn | None,
-        asker: Asker | None,
         *,
+        asker: Asker | None = None,
         justification: str | None = None,
         note: str | None = None,
     ) -> types.CallToolResult | types.InputRequiredResult:
@@ -511,11 +509,7 @@ class Gateway:
         return await self._refuse(correlation_id, call.linked(), CallRefused(text))
 
     async def _refuse(
-        self,
-        correlation_id: str,
-        fields: Mapping[str, Any],
-        refusal: CallRefused,
-        raw_arguments: Any = None,
+        self, correlation_id: str, fields: Mapping[str, Any], refusal: CallRefused, raw_arguments: Any = None
     ) -> types.CallToolResult:
         """Record a refused call (with the arguments as sent, if given) and tell the agent why."""
         events = []
@@ -608,7 +602,7 @@ class Gateway:
             "executed",
             duration_ms=_ms(started),
             is_error=bool(result.is_error),
-            result_sha256=_result_digest(wire),
+            result_sha256=result_digest(wire),
             result=redact(wire, rules=self.config.redaction),
         )
         return result
@@ -664,16 +658,6 @@ def _check_rule_groups(manifests: Mapping[str, Manifest], config: GateConfig) ->
                         f"rule[{rule.index}].approvers",
                         f"no approver in {config.path.name} is in group {group!r} (known: {sorted(known)})",
                     )
-
-
-def _result_digest(wire: Any) -> str:
-    """RFC 8785 digest of a result; results outside I-JSON (integers beyond 2**53, say) come from
-    the downstream, not the agent, so they are hashed as sorted-key JSON rather than refused."""
-    try:
-        return digest(wire)
-    except ValueError:
-        fallback = json.dumps(wire, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-        return "json:" + hashlib.sha256(fallback.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _ms(started: float) -> float:
