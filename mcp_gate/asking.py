@@ -12,13 +12,14 @@ import anyio
 import mcp_types as types
 
 from mcp_gate.approvals import Binding
+from mcp_gate.call import CallContext
 from mcp_gate.clock import Clock, utc_iso
-from mcp_gate.config import GateConfig, Requester
+from mcp_gate.config import GateConfig
 from mcp_gate.datadir import ELICITATION_KEY_FILE
 from mcp_gate.downstream import ElicitFn
 from mcp_gate.errors import EvidenceWriteError, StoreError
 from mcp_gate.holds import ApprovalEngine
-from mcp_gate.policy import Approvals, Confirm, Decision, Requirement, describe_requirement
+from mcp_gate.policy import Approvals, Confirm, Requirement, describe_requirement
 from mcp_gate.questions import (
     ASK_TIMEOUT,
     CONFIRM_KEY,
@@ -97,14 +98,12 @@ class Asking:
         clock: Clock,
         engine: ApprovalEngine,
         event: Event,
-        policy_sha256: str,
     ) -> None:
         self.config = config
         self.store = store
         self.clock = clock
         self.engine = engine
         self.event = event
-        self.policy_sha256 = policy_sha256
         self._key: bytes | None = None
 
     def key(self) -> bytes:
@@ -140,14 +139,13 @@ class Asking:
             return BadState("mismatched", f"the request_state sent back does not fit this call: {why}")
         return opened
 
-    async def refuse_state(
-        self, correlation_id: str, base: Mapping[str, Any], args: Any, bad: BadState
-    ) -> str:
+    async def refuse_state(self, call: CallContext, bad: BadState) -> str:
         """Record a refused request_state under the retry's own correlation id; the agent's text."""
-        text = f"{_name(base)} was not run: {bad.why}"
+        text = f"{call.name} was not run: {bad.why}"
+        correlation_id, base = call.correlation_id, call.fields()
         events = [
             self.event(
-                "call.requested", correlation_id, **base, args=redact(args, rules=self.config.redaction)
+                "call.requested", correlation_id, **base, args=redact(call.args, rules=self.config.redaction)
             ),
             self.event("confirm.refused", correlation_id, **base, code=bad.code, why=bad.why),
             self.event("call.refused", correlation_id, **base, error=text),
@@ -160,69 +158,41 @@ class Asking:
 
     # -- the two questions -------------------------------------------------------------------------
 
-    def question(self, name: str, args: Any, decision: Decision, requester: Requester) -> str:
+    def question(self, call: CallContext) -> str:
         shown = json.dumps(
-            redact(args, max_string=120, rules=self.config.redaction), ensure_ascii=False, sort_keys=True
+            redact(call.args, max_string=120, rules=self.config.redaction), ensure_ascii=False, sort_keys=True
         )
         if len(shown) > 600:
             shown = shown[:599] + "…"
         return (
-            f"{self.config.name}: the agent {requester.agent} wants to run {name}.\n"
-            f"Tier {decision.tier}: {decision.reason}.\n"
+            f"{self.config.name}: the agent {call.requester.agent} wants to run {call.name}.\n"
+            f"Tier {call.decision.tier}: {call.decision.reason}.\n"
             f"Arguments (secrets hidden): {shown}"
         )
 
-    async def confirm(
-        self,
-        correlation_id: str,
-        base: Mapping[str, Any],
-        binding: Binding,
-        question: str,
-        requester: Requester,
-        asker: Asker,
-        resumed: Claims | None,
-        inflight: Mapping[str, Any],
-    ) -> Step:
+    async def confirm(self, call: CallContext, asker: Asker, resumed: Claims | None) -> Step:
         """Ask yes or no. A yes is recorded with the call's execution marked begun, in one transaction."""
-        question += "\nRun it once, exactly as shown?"
+        question = self.question(call) + "\nRun it once, exactly as shown?"
         if asker.era == "modern" and resumed is None:
-            return await self._ask_later("confirm", correlation_id, base, binding, question)
+            return await self._ask_later("confirm", call, question)
         if resumed is None:
-            asked = await self._ask_now(asker, question, CONFIRM_SCHEMA, correlation_id, base)
+            asked = await self._ask_now(call, asker, question, CONFIRM_SCHEMA)
             answer: Answer = confirm_answer(asked)
         else:
             answer = confirm_answer(asker.answer(CONFIRM_KEY))
         confirmed = isinstance(answer, Confirmed)
-        text = None if confirmed else _unconfirmed_text(_name(base), requester.owner, answer, "run")
-        stopped = await self._record(
-            "confirm",
-            correlation_id,
-            base,
-            requester,
-            asker,
-            resumed,
-            answer,
-            text,
-            inflight if confirmed else None,
-        )
+        text = None if confirmed else _unconfirmed_text(call.name, call.requester.owner, answer, "run")
+        stopped = await self._record("confirm", call, asker, resumed, answer, text, runs=confirmed)
         if stopped is not None:
             return stopped
         return Stop(text) if text is not None else Proceed()
 
     async def justify(
-        self,
-        correlation_id: str,
-        base: Mapping[str, Any],
-        binding: Binding,
-        question: str,
-        decision: Decision,
-        requirement: Approvals,
-        requester: Requester,
-        asker: Asker,
-        resumed: Claims | None,
+        self, call: CallContext, requirement: Approvals, asker: Asker, resumed: Claims | None
     ) -> Step:
         """Ask why a high or critical call is needed before approvers see it. Never approves it:
         that takes somebody else. Nothing is asked if a request or grant already covers the call."""
+        binding, decision = call.binding, call.decision
         if resumed is None:
 
             def covered(tx: Tx) -> bool:
@@ -235,37 +205,33 @@ class Asking:
 
             if await self.store.read(covered):
                 return Proceed()
-        question += (
+        question = self.question(call) + (
             f"\nIt needs {describe_requirement(requirement)} by someone other than you. Why is it needed? "
             "Your answer is shown to the approvers; declining cancels the request."
         )
         if asker.era == "modern" and resumed is None:
-            return await self._ask_later("justification", correlation_id, base, binding, question)
+            return await self._ask_later("justification", call, question)
         if resumed is None:
-            asked = await self._ask_now(asker, question, JUSTIFY_SCHEMA, correlation_id, base)
+            asked = await self._ask_now(call, asker, question, JUSTIFY_SCHEMA)
             answer: Answer = justification_answer(asked)
         else:
             answer = justification_answer(asker.answer(JUSTIFY_KEY))
         given = answer.text if isinstance(answer, Justified) else None
-        text = None if given else _unconfirmed_text(_name(base), requester.owner, answer, "justify")
-        stopped = await self._record(
-            "justification", correlation_id, base, requester, asker, resumed, answer, text, None
-        )
+        text = None if given else _unconfirmed_text(call.name, call.requester.owner, answer, "justify")
+        stopped = await self._record("justification", call, asker, resumed, answer, text, runs=False)
         if stopped is not None:
             return stopped
         return Stop(text) if text is not None else Proceed(given)
 
-    async def _ask_later(
-        self, kind: AskKind, correlation_id: str, base: Mapping[str, Any], binding: Binding, question: str
-    ) -> Step:
+    async def _ask_later(self, kind: AskKind, call: CallContext, question: str) -> Step:
         """2026-07-28: hand the client the question and a sealed state; its retry continues the call."""
-        claims = new_claims(kind, correlation_id, binding, self.clock.now())
+        claims = new_claims(kind, call.correlation_id, call.binding, self.clock.now())
         try:
             state = seal(self.key(), claims)
             event = self.event(
                 "confirm.asked",
-                correlation_id,
-                **base,
+                call.correlation_id,
+                **call.fields(),
                 kind=kind,
                 channel="elicitation",
                 era="2026-07-28",
@@ -273,19 +239,14 @@ class Asking:
             )
             await self.store.append([event])
         except StoreError as exc:
-            log.error("could not ask about %s: %s", correlation_id, exc)
-            return Stop(f"{_name(base)} was not run: the gate could not record its question ({exc})")
+            log.error("could not ask about %s: %s", call.correlation_id, exc)
+            return Stop(f"{call.name} was not run: the gate could not record its question ({exc})")
         if kind == "confirm":
             return Question(input_required(CONFIRM_KEY, question, CONFIRM_SCHEMA, state))
         return Question(input_required(JUSTIFY_KEY, question, JUSTIFY_SCHEMA, state))
 
     async def _ask_now(
-        self,
-        asker: Asker,
-        question: str,
-        schema: Mapping[str, Any],
-        correlation_id: str,
-        base: Mapping[str, Any],
+        self, call: CallContext, asker: Asker, question: str, schema: Mapping[str, Any]
     ) -> types.ElicitResult | Unsupported | None:
         """2025-11-25: ask in the middle of the call; None if nobody answered in time."""
         result: types.ElicitResult | Unsupported | None = None
@@ -297,7 +258,10 @@ class Asking:
             with anyio.CancelScope(shield=True):
                 try:
                     event = self.event(
-                        "call.refused", correlation_id, **base, error="the client cancelled while asked"
+                        "call.refused",
+                        call.correlation_id,
+                        **call.fields(),
+                        error="the client cancelled while asked",
                     )
                     await self.store.append([event])
                 except EvidenceWriteError as exc:
@@ -308,31 +272,31 @@ class Asking:
     async def _record(
         self,
         kind: AskKind,
-        correlation_id: str,
-        base: Mapping[str, Any],
-        requester: Requester,
+        call: CallContext,
         asker: Asker,
         resumed: Claims | None,
         answer: Answer,
         refusal: str | None,
-        inflight: Mapping[str, Any] | None,
+        *,
+        runs: bool,
     ) -> Stop | None:
         """Record the answer as a decision, with the refusal if it is one and the begun execution
-        if the call now runs. A 2026-07-28 answer spends its state's nonce in the same transaction,
+        if the call now `runs`. A 2026-07-28 answer spends its state's nonce in the same transaction,
         so a replay changes nothing. A Stop if the call must end for another reason."""
         now = utc_iso(self.clock.now())
+        correlation_id, base = call.correlation_id, call.fields()
         decided = self.event(
             "confirm.decided",
             correlation_id,
             **base,
             kind=kind,
             channel="elicitation",
-            decider=requester.owner,
+            decider=call.requester.owner,
             era="2026-07-28" if asker.era == "modern" else "2025-11-25",
             **describe_answer(answer),
         )
         replayed = (
-            f"{_name(base)} was not run: the request_state sent back was already used once; "
+            f"{call.name} was not run: the request_state sent back was already used once; "
             "call the tool again without it"
         )
 
@@ -349,21 +313,21 @@ class Asking:
             if refusal is not None:
                 events.append(self.event("call.refused", correlation_id, **base, error=refusal))
             tx.append(events)
-            if inflight is not None:
-                tx.begin_inflight(correlation_id, None, now, inflight)
+            if runs:
+                tx.begin_inflight(correlation_id, None, now, call.inflight())
             return True
 
         try:
             fresh = await self.store.transact(write)
         except EvidenceWriteError as exc:
             log.error("evidence write failed for an answer: %s", exc)
-            return Stop(f"{_name(base)} was not run: the gate could not write its evidence record ({exc})")
+            return Stop(f"{call.name} was not run: the gate could not write its evidence record ({exc})")
         return None if fresh else Stop(replayed)
 
     # -- a downstream's own questions --------------------------------------------------------------
 
     async def pass_question(
-        self, correlation_id: str, base: Mapping[str, Any], binding: Binding, asked: types.InputRequiredResult
+        self, call: CallContext, asked: types.InputRequiredResult
     ) -> types.InputRequiredResult | str:
         """Both sides speak 2026-07-28: hand a downstream's question on to the agent, the downstream's
         own state sealed inside the gate's; the retry continues this call. A str says why not."""
@@ -381,34 +345,33 @@ class Asking:
                 break
             message = " ".join(str(params.message).split())[:1000]
             messages.append(message)
-            marked = (
-                f"[{base['server']} asks; relayed by mcp-gate, this is not the gate's own confirmation]\n"
-            )
+            server = call.offered.server
+            marked = f"[{server} asks; relayed by mcp-gate, this is not the gate's own confirmation]\n"
             form = types.ElicitRequestFormParams(
                 message=marked + message, requested_schema=params.requested_schema
             )
             requests[key] = types.ElicitRequest(params=form)
-        state = seal(
-            self.key(), new_claims("relay", correlation_id, binding, self.clock.now(), asked.request_state)
-        )
+        claims = new_claims("relay", call.correlation_id, call.binding, self.clock.now(), asked.request_state)
+        state = seal(self.key(), claims)
         if why is None and len(state) > MAX_STATE_CHARS:
             why = "its request_state is too large to carry"
         fields: dict[str, Any] = {"messages": messages, "keys": sorted(requests), "era": "2026-07-28"}
         if why is not None:
             fields["declined"] = why
         try:
-            await self.store.append([self.event("elicitation.relayed", correlation_id, **base, **fields)])
+            relayed = self.event("elicitation.relayed", call.correlation_id, **call.fields(), **fields)
+            await self.store.append([relayed])
         except EvidenceWriteError as exc:
             log.error("could not record a relayed elicitation: %s", exc)
             why = "mcp-gate could not record it"
         if why is not None:
-            return f"{_name(base)} asked a question mcp-gate cannot relay to this client: {why}"
+            return f"{call.name} asked a question mcp-gate cannot relay to this client: {why}"
         return types.InputRequiredResult(input_requests=requests or None, request_state=state)
 
-    def relay(self, correlation_id: str, base: Mapping[str, Any], asker: Asker | None) -> ElicitFn:
+    def relay(self, call: CallContext, asker: Asker | None) -> ElicitFn:
         """Relay a downstream server's own elicitation to the person at the agent when their client
         can carry it mid-call; otherwise the downstream gets a clear refusal. Both are recorded."""
-        server = base["server"]
+        server, correlation_id, base = call.offered.server, call.correlation_id, call.fields()
 
         async def relay(params: types.ElicitRequestParams) -> types.ElicitResult | types.ErrorData:
             message = " ".join(str(params.message).split())[:1000]
@@ -449,10 +412,6 @@ class Asking:
             )
 
         return relay
-
-
-def _name(base: Mapping[str, Any]) -> str:
-    return f"{base['server']}__{base['tool']}"
 
 
 def _unconfirmed_text(name: str, owner: str, answer: Answer, asked: Literal["run", "justify"]) -> str:

@@ -30,6 +30,7 @@ __all__ = [
     "digest",
     "args_digest",
     "args_key_id",
+    "result_digest",
     "new_event",
     "parse_canonical",
     "redact",
@@ -95,6 +96,17 @@ def args_digest(key: bytes, args: Any) -> str:
     restarts), but unlike a plain SHA-256 it cannot be brute-forced from the log to recover a
     redacted value (a 4-digit PIN, a short password) by anyone without the key."""
     return hmac.new(key, _ARGS_CONTEXT + canonical_json(args), hashlib.sha256).hexdigest()
+
+
+def result_digest(wire: Any) -> str:
+    """`result_sha256`: the RFC 8785 digest of a result. Results outside I-JSON (integers beyond
+    2**53, say) come from the downstream, not the agent, so they are hashed as sorted-key JSON
+    rather than refused."""
+    try:
+        return digest(wire)
+    except ValueError:
+        fallback = json.dumps(wire, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+        return "json:" + hashlib.sha256(fallback.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def args_key_id(key: bytes) -> str:

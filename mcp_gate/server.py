@@ -100,13 +100,13 @@ class FrontServer:
             on_list_tools=self._list_tools,
             on_call_tool=self._call_tool,
             on_subscriptions_listen=ListenHandler(self.bus),
-            get_tool_input_schema=gateway.input_schema,
+            get_tool_input_schema=gateway.offering.input_schema,
         )
         self.server.middleware.append(_keep_bad_arguments)
         self.server.add_notification_handler(
             "notifications/initialized", types.NotificationParams, self._initialized
         )
-        gateway.tool_listeners.append(self.tools_changed)
+        gateway.offering.listeners.append(self.tools_changed)
 
     def initialization_options(self) -> Any:
         return self.server.create_initialization_options(NotificationOptions(tools_changed=True))
@@ -128,7 +128,7 @@ class FrontServer:
         self._legacy_sessions = alive
 
     async def _list_tools(self, ctx: ServerRequestContext[Any], params: Any) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=self.gateway.list_tools())
+        return types.ListToolsResult(tools=self.gateway.offering.list_tools())
 
     def _requester(self, ctx: ServerRequestContext[Any]) -> tuple[Requester, str]:
         request = ctx.request

@@ -170,6 +170,7 @@ async def test_where_the_agent_cannot_be_asked_the_downstream_gets_a_clear_refus
 async def test_a_relayed_question_with_a_nested_form_is_refused_before_the_agent_sees_it(
     tmp_path: Path,
 ) -> None:
+    from mcp_gate.call import CallContext
     from mcp_gate.gateway import Gateway
     from mcp_gate.questions import Unsupported
 
@@ -193,7 +194,11 @@ async def test_a_relayed_question_with_a_nested_form_is_refused_before_the_agent
 
     async with running_gate(config) as front:
         gate: Gateway = front.gateway
-        relay = gate.asking.relay("c1", {"server": "notes", "tool": "ask_user"}, Person())
+        offered = gate.offering.offered["notes__ask_user"]
+        call = CallContext(
+            "c1", gate.config.requester, "stdio", offered, {}, "", offered.decision, gate.policy_sha256
+        )
+        relay = gate.asking.relay(call, Person())
         nested = types.ElicitRequestFormParams(
             message="who?", requested_schema={"type": "object", "properties": {"p": {"type": "object"}}}
         )

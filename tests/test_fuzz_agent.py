@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
-from mcp_gate.gateway import MAX_ARGUMENT_DEPTH
+from mcp_gate.offering import MAX_ARGUMENT_DEPTH
 from mcp_gate.server import MAX_STDIO_LINE_BYTES
 from mcp_gate.testing import NOTES_MANIFEST, notes_server_table, running_gate, write_config
 

@@ -170,7 +170,7 @@ async def test_a_downstream_that_dies_mid_call_fails_that_call_is_restarted_and_
         assert "connection closed" in text_of(crashed) and "not retried" in text_of(crashed)
         await within(changed.wait(), what="a tools/list_changed after the crash", timeout=30)
         await eventually(
-            lambda: front.gateway.downstreams["notes"].state == "up" and front.gateway.offered,
+            lambda: front.gateway.downstreams["notes"].state == "up" and front.gateway.offering.offered,
             what="the respawned notes server to be up with its tools",
             timeout=30,
             interval=0.05,
@@ -312,7 +312,7 @@ async def test_a_tool_added_at_runtime_is_quarantined_until_accepted_even_where_
     async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
         changed = await agent.call_tool("notes__change_tools", {"extra": ["read_secrets"], "notify": True})
         assert text_of(changed) == "changed"
-        await eventually(lambda: "notes__read_secrets" in front.gateway.offered, what="the new tool")
+        await eventually(lambda: "notes__read_secrets" in front.gateway.offering.offered, what="the new tool")
         listed = {t.name: t for t in (await agent.list_tools()).tools}
         assert "Read something" not in (listed["notes__read_secrets"].description or "")
         refused = await agent.call_tool("notes__read_secrets", {})
@@ -328,7 +328,7 @@ async def test_a_tool_added_at_runtime_is_quarantined_until_accepted_even_where_
 async def test_a_tool_first_seen_after_a_restart_of_an_already_pinned_server_is_new(tmp_path: Path) -> None:
     config = runtime_config(tmp_path)
     async with running_gate(config) as front:  # the first listing: pinned as served, for review
-        assert not any(t.quarantined for t in front.gateway.offered.values())
+        assert not any(t.quarantined for t in front.gateway.offering.offered.values())
     table = notes_server_table(tmp_path / "notes")
     table["env"] = {**table["env"], "NOTES_EXTRA_TOOLS": "read_later"}
     restarted = write_config(
@@ -338,8 +338,8 @@ async def test_a_tool_first_seen_after_a_restart_of_an_already_pinned_server_is_
         approvers={"bob": approver_table("bob@example.com", ["sre"], "tok-bob")},
     )
     async with running_gate(restarted) as front, Client(front.server, mode="legacy") as agent:
-        assert front.gateway.offered["notes__read_later"].quarantined
-        assert not front.gateway.offered["notes__echo"].quarantined
+        assert front.gateway.offering.offered["notes__read_later"].quarantined
+        assert not front.gateway.offering.offered["notes__echo"].quarantined
         refused = await agent.call_tool("notes__read_later", {})
     assert refused.is_error and "new tool" in text_of(refused)
 
@@ -348,7 +348,7 @@ async def test_with_new_tools_trusted_a_runtime_tool_is_pinned_as_seen(tmp_path:
     config = runtime_config(tmp_path, extra='[pins]\nnew_tools = "trust"\n')
     async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
         await agent.call_tool("notes__change_tools", {"extra": ["read_more"], "notify": True})
-        await eventually(lambda: "notes__read_more" in front.gateway.offered, what="the new tool")
+        await eventually(lambda: "notes__read_more" in front.gateway.offering.offered, what="the new tool")
         assert text_of(await agent.call_tool("notes__read_more", {})) == "ran read_more"
 
 
@@ -375,7 +375,7 @@ async def test_a_definition_changed_without_list_changed_is_caught_before_an_app
         refused = results[0]
         assert refused.is_error and "the note" not in text_of(refused)
         assert "quarantined" in text_of(refused) and "just before running it" in text_of(refused)
-        assert front.gateway.offered["notes__read_note"].quarantined
+        assert front.gateway.offering.offered["notes__read_note"].quarantined
     records = await story(config)
     assert any(r["event_type"] == "tool.drifted" and r["tool"] == "read_note" for r in records)
     refusals = [r for r in records if r["event_type"] == "call.refused" and r["tool"] == "read_note"]

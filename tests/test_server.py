@@ -205,7 +205,7 @@ async def test_modern_clients_hear_about_tool_changes_through_a_listen_subscript
                 async for _event in subscription:
                     break
         await eventually(  # the respawned server's tools are reconciled just after it is up
-            lambda: "notes__echo" in {t.name for t in front.gateway.list_tools()},
+            lambda: "notes__echo" in {t.name for t in front.gateway.offering.list_tools()},
             what="the respawned server's tools",
             timeout=30,
             interval=0.05,

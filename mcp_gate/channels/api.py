@@ -32,9 +32,10 @@ from mcp_gate.clock import utc_iso
 from mcp_gate.config import GateConfig
 from mcp_gate.errors import GateError, NoSuchRequest
 from mcp_gate.evidence import Record
-from mcp_gate.gateway import SEPARATOR, Gateway
+from mcp_gate.gateway import Gateway
 from mcp_gate.holds import ApprovalEngine
 from mcp_gate.http import bearer_token, serve_asgi
+from mcp_gate.offering import SEPARATOR
 from mcp_gate.redaction import DEFAULT_RULES, RedactionRules, scrub
 
 __all__ = ["APPROVER_SCOPE_KEY", "Desk", "build_api", "serve_api", "summarize"]

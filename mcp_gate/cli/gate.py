@@ -40,8 +40,8 @@ from mcp_gate.config import (
 )
 from mcp_gate.datadir import gate_db
 from mcp_gate.errors import GateError
-from mcp_gate.gateway import SEPARATOR, split_name
 from mcp_gate.manifests import load_manifests
+from mcp_gate.offering import SEPARATOR, split_name
 from mcp_gate.policy import Approvals
 
 __all__ = ["add_commands"]
@@ -202,7 +202,7 @@ def _inspect(config: GateConfig, *, timeout: float) -> dict[str, Any]:
                     "new": t.quarantined and t.accepted is not None and t.accepted.new,
                     "listed": t.decision.tier != "blocked",
                 }
-                for t in sorted(gate.offered.values(), key=lambda t: t.name)
+                for t in sorted(gate.offering.offered.values(), key=lambda t: t.name)
             ]
             return {
                 "gate": config.name,
