@@ -17,7 +17,7 @@ import anyio.lowlevel
 
 from mcp_gate.approvals import ApprovalRequest, Approver, Refusal, RequestState, decide
 from mcp_gate.channels.api import Desk
-from mcp_gate.channels.slack_api import SlackApi, SocketModeLink, connect_socket_mode
+from mcp_gate.channels.slack_api import AuthInfo, SlackApi, SocketModeLink, connect_socket_mode
 from mcp_gate.channels.slack_blocks import (
     GRANT_FOR,
     deny_modal,
@@ -121,6 +121,7 @@ class SlackChannel:
         self._poke = anyio.Event()
         self.link: SocketModeLink | None = None
         self._looked: dict[str, datetime] = {}  # request id -> when it may be looked up again
+        self._me: AuthInfo | None = None  # who the bot token is, once asked
 
     # -- running ------------------------------------------------------------------------------
 
@@ -480,13 +481,22 @@ class SlackChannel:
         return None if read else SlackFailure("conversations.history", "no channel could be read")
 
     async def _find(self, channel: str, request_id: str, oldest: str) -> str | None:
+        """The ts of the request's message in a channel: one with its metadata, posted by this
+        gate's own bot (anyone in the channel can post a message with the same metadata)."""
+        if self._me is None:
+            self._me = await self.api.auth_test()
+        me = self._me
         cursor: str | None = None
         for _ in range(HISTORY_PAGES):
             messages, cursor = await self.api.history(
                 channel, oldest=oldest, limit=HISTORY_PAGE, cursor=cursor
             )
             for found in messages:
-                if metadata_request_id(found) == request_id and isinstance(found.get("ts"), str):
+                if (
+                    metadata_request_id(found) == request_id
+                    and me.sent(found)
+                    and isinstance(found.get("ts"), str)
+                ):
                     return str(found["ts"])
             if cursor is None:
                 return None
@@ -514,19 +524,7 @@ class SlackChannel:
                     done=False,
                 )
             )
-            tx.append(
-                [
-                    self.gate.event(
-                        "slack.posted",
-                        request.correlation_id,
-                        request_id=request.id,
-                        channel=channel,
-                        message_ts=ts,
-                        attempts=current.attempts + 1,
-                        recovered=True,
-                    )
-                ]
-            )
+            tx.append([self._posted(request, channel, ts, current.attempts + 1, recovered=True)])
             return True
 
         adopted = await self.gate.store.transact(write)
@@ -584,18 +582,9 @@ class SlackChannel:
                 if current is not None and current.ts == posted.ts:
                     return  # another gate found this very message in the history and recorded it
                 tx.save_slack_message(posted if current is None else replace(posted, voters=current.voters))
+                assert posted.ts is not None
                 tx.append(
-                    [
-                        self.gate.event(
-                            "slack.posted",
-                            request.correlation_id,
-                            request_id=request.id,
-                            channel=posted.channel,
-                            message_ts=posted.ts,
-                            attempts=claimed.attempts + 1,
-                            **({} if unread is None else {"unchecked_history": unread.error}),
-                        )
-                    ]
+                    [self._posted(request, posted.channel, posted.ts, claimed.attempts + 1, unread=unread)]
                 )
 
             await self.gate.store.transact(write)
@@ -604,6 +593,33 @@ class SlackChannel:
         assert failure is not None
         await self._failed(claimed, request, failure, now, event="slack.post_failed")
         return False
+
+    def _posted(
+        self,
+        request: ApprovalRequest,
+        channel: str,
+        ts: str,
+        attempts: int,
+        *,
+        recovered: bool = False,
+        unread: SlackFailure | None = None,
+    ) -> dict[str, Any]:
+        """The `slack.posted` record: the message a request has in Slack, posted or (`recovered`)
+        found in the history; `unread`: the history that might have held it could not be read."""
+        extra: dict[str, Any] = {}
+        if recovered:
+            extra["recovered"] = True
+        if unread is not None:
+            extra["unchecked_history"] = unread.error
+        return self.gate.event(
+            "slack.posted",
+            request.correlation_id,
+            request_id=request.id,
+            channel=channel,
+            message_ts=ts,
+            attempts=attempts,
+            **extra,
+        )
 
     async def _failed(
         self, message: SlackMessage, request: ApprovalRequest, exc: SlackFailure, now: datetime, *, event: str
@@ -614,6 +630,10 @@ class SlackChannel:
             delay = max(delay, exc.retry_after)
         log.warning("Slack: %s for request %s; retrying in %.1fs", exc, request.id, delay)
         next_at = _utc(now + timedelta(seconds=delay))
+        # A post Slack may have taken keeps its claim, run out: like a gate that died after posting,
+        # the next attempt looks for the message in the history before it posts again.
+        maybe_posted = exc.unanswered and message.ts is None
+        unanswered = {"unanswered": True} if maybe_posted else {}
 
         def write(tx: Tx) -> None:
             current = tx.slack_message(message.request_id) or message
@@ -622,7 +642,7 @@ class SlackChannel:
                     current,
                     attempts=attempts,
                     next_attempt_at=next_at,
-                    lease_until=None,
+                    lease_until=_utc(now) if maybe_posted else None,
                     last_error=exc.error,
                 )
             )
@@ -637,6 +657,7 @@ class SlackChannel:
                         status=exc.status,
                         attempt=attempts,
                         retry_in_seconds=delay,
+                        **unanswered,
                     )
                 ]
             )
