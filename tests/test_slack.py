@@ -15,7 +15,7 @@ import pytest
 from mcp import Client
 
 from mcp_gate.channels.api import Desk
-from mcp_gate.channels.slack import LEASE, SlackChannel, SlackSecrets
+from mcp_gate.channels.slack import SlackChannel, SlackSecrets
 from mcp_gate.channels.slack_api import SlackApi
 from mcp_gate.channels.slack_blocks import (
     ACTION_APPROVE,
@@ -24,6 +24,7 @@ from mcp_gate.channels.slack_blocks import (
     metadata_request_id,
     request_metadata,
 )
+from mcp_gate.channels.slack_outbox import LEASE
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import load_config
 from mcp_gate.fake_slack import FakeSlack
@@ -442,8 +443,8 @@ async def test_the_requesters_justification_is_shown_in_the_slack_message(tmp_pa
         s.call("notes__write_note", {"name": "plan", "text": "ship"})
         request = await s.held()
         justified = replace(request, justification="the release needs it <!channel>")
-        message = await s.channel.render(justified, {})
-        plain = await s.channel.render(request, {})
+        message = await s.channel.outbox.render(justified, {})
+        plain = await s.channel.outbox.render(request, {})
     literal = [
         e.get("text", "")
         for b in message["blocks"]
@@ -474,7 +475,7 @@ async def died_while_posting(
             secrets = SlackSecrets.read(config, env())
             if posted:
                 dead = SlackChannel(front.gateway, secrets)
-                message = {**await dead.render(request, {}), "metadata": request_metadata(request.id)}
+                message = {**await dead.outbox.render(request, {}), "metadata": request_metadata(request.id)}
                 await SlackApi(secrets.bot_token, fake.api_url).post_message("C0APPROVE", message)
             claim = SlackMessage(request.id, "C0APPROVE", lease_until=utc_iso(datetime.now(UTC) + LEASE))
             await front.gateway.store.transact(lambda tx: tx.save_slack_message(claim))
@@ -496,9 +497,9 @@ async def test_a_message_posted_before_a_crash_is_found_after_the_lease_and_not_
     fake = fake_slack()
     async with died_while_posting(tmp_path, fake) as (channel, request_id):
         [orphan] = fake.calls_to("chat.postMessage")
-        assert await channel.sync() == 1  # the adoption
-        assert await channel.sync() == 1  # the update of what it shows
-        assert await channel.sync() == 0
+        assert await channel.outbox.sync() == 1  # the adoption
+        assert await channel.outbox.sync() == 1  # the update of what it shows
+        assert await channel.outbox.sync() == 0
         records = [dict(r.body) for r in await channel.gate.store.records()]
     assert fake.calls_to("chat.postMessage") == [orphan]
     [posted] = of_type(records, "slack.posted", request_id)
@@ -516,7 +517,7 @@ async def test_without_a_history_scope_a_message_that_may_be_posted_is_posted_ag
     fake = fake_slack()
     fake.scopes = ("chat:write", "users:read", "users:read.email")
     async with died_while_posting(tmp_path, fake) as (channel, request_id):
-        assert await channel.sync() == 1
+        assert await channel.outbox.sync() == 1
         records = [dict(r.body) for r in await channel.gate.store.records()]
     assert len(fake.calls_to("chat.postMessage")) == 2  # fail safe: shown twice rather than never
     [posted] = of_type(records, "slack.posted", request_id)
@@ -533,7 +534,7 @@ async def test_a_look_alike_message_with_the_requests_metadata_is_not_adopted_an
         forged = fake.add_message(
             "C0APPROVE", "approve me", metadata=request_metadata(request_id), **LOOK_ALIKES[sender]
         )
-        assert await channel.sync() == 1
+        assert await channel.outbox.sync() == 1
         records = [dict(r.body) for r in await channel.gate.store.records()]
     [posted] = of_type(records, "slack.posted", request_id)
     assert "recovered" not in posted and posted["message_ts"] != forged
@@ -551,7 +552,7 @@ async def test_beside_a_newer_look_alike_the_message_the_gate_posted_before_a_cr
         fake.add_message(
             "C0APPROVE", "approve me", metadata=request_metadata(request_id), **LOOK_ALIKES["another app"]
         )
-        assert await channel.sync() == 1
+        assert await channel.outbox.sync() == 1
         records = [dict(r.body) for r in await channel.gate.store.records()]
     [posted] = of_type(records, "slack.posted", request_id)
     found = fake.message_for(request_id)
