@@ -77,15 +77,23 @@ class NoSuchRequest(GateError):
 
 
 class SlackFailure(GateError):
-    """A Slack call failed: `error` is Slack's code (or what went wrong on the way), never a token."""
+    """A Slack call failed: `error` is Slack's code (or what went wrong on the way), never a token.
+    `unanswered`: the call was sent and no answer came back, so Slack may have carried it out."""
 
     def __init__(
-        self, method: str, error: str, *, status: int | None = None, retry_after: float | None = None
+        self,
+        method: str,
+        error: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        unanswered: bool = False,
     ):
         self.method = method
         self.error = error
         self.status = status
         self.retry_after = retry_after
+        self.unanswered = unanswered
         where = f" (HTTP {status})" if status not in (None, 200) else ""
         super().__init__(f"Slack {method} failed: {error}{where}")
 

@@ -64,6 +64,10 @@ class FakeSlack:
     taken down, rate-limited or have its token revoked."""
 
     team_id: str = "T0TEAM"
+    # Who the bot token is (auth.test), and what Slack stamps on every message it posts.
+    bot_user_id: str = "U0GATEBOT"
+    bot_id: str = "B0GATEBOT"
+    app_id: str = "A0FAKE"
     bot_token: str = "xoxb-fake-bot-token"
     app_token: str = "xapp-fake-app-token"
     channels: set[str] = field(default_factory=lambda: {"C0APPROVE"})
@@ -87,6 +91,7 @@ class FakeSlack:
         self._sockets: list[Any] = []
         self._threads: list[threading.Thread] = []
         self._gates: dict[str, threading.Event] = {}
+        self._drops: dict[str, int] = {}
 
     # -- running -------------------------------------------------------------------------------
 
@@ -180,6 +185,12 @@ class FakeSlack:
             self._gates[method] = gate
         return gate
 
+    def drop_answer(self, method: str, *, times: int = 1) -> None:
+        """Carry out the next `times` calls of `method` (a post is shown), then hang up without an
+        answer: the caller cannot know whether Slack took it (a timeout, a connection lost)."""
+        with self._lock:
+            self._drops[method] = self._drops.get(method, 0) + times
+
     def restore(self) -> None:
         with self._lock:
             self._failures.clear()
@@ -231,7 +242,13 @@ class FakeSlack:
             gate.wait(timeout=30)
         status, headers, body = self._answer(method, params, token)
         with self._lock:
-            self.calls.append(ApiCall(method, params, token, status))
+            dropped = self._drops.get(method, 0) > 0
+            if dropped:
+                self._drops[method] -= 1
+            self.calls.append(ApiCall(method, params, token, 0 if dropped else status))
+        if dropped:
+            handler.close_connection = True  # done, and the connection closes with no answer
+            return
         data = json.dumps(body).encode()
         handler.send_response(status)
         handler.send_header("Content-Type", "application/json; charset=utf-8")
@@ -274,8 +291,9 @@ class FakeSlack:
             "team": "Fake Team",
             "user": "mcp-gate",
             "team_id": self.team_id,
-            "user_id": "U0GATEBOT",
-            "bot_id": "B0GATEBOT",
+            "user_id": self.bot_user_id,
+            "bot_id": self.bot_id,
+            "is_enterprise_install": False,
         }
         return 200, {"x-oauth-scopes": ",".join(self.scopes)}, body
 
@@ -291,7 +309,11 @@ class FakeSlack:
         error = self._channel_error(channel)
         if error is not None:
             return error
-        message: dict[str, Any] = {"text": params.get("text"), "blocks": _blocks(params.get("blocks"))}
+        message: dict[str, Any] = {
+            "text": params.get("text"),
+            "blocks": _blocks(params.get("blocks")),
+            **self._bot_stamp(),
+        }
         if params.get("metadata") is not None:
             metadata = _metadata(params.get("metadata"))
             if metadata is None:
@@ -301,6 +323,10 @@ class FakeSlack:
             ts = self._new_ts()
             self.messages[(str(channel), ts)] = message
         return 200, {}, {"ok": True, "channel": channel, "ts": ts, "message": message}
+
+    def _bot_stamp(self) -> dict[str, str]:
+        """What Slack sets on a message the bot token posts: the sender, which no one can choose."""
+        return {"user": self.bot_user_id, "bot_id": self.bot_id, "app_id": self.app_id}
 
     def _new_ts(self) -> str:
         """A message ts as Slack makes them: the epoch time in microseconds, unique in the channel."""
@@ -312,10 +338,20 @@ class FakeSlack:
             return self._new_ts()
 
     def add_message(
-        self, channel: str, text: str, *, metadata: Mapping[str, Any] | None = None, bot_id: str | None = None
+        self,
+        channel: str,
+        text: str,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        user: str = "U0SOMEONE",
+        bot_id: str | None = None,
+        app_id: str | None = None,
     ) -> str:
-        """A message someone else posted (a person, or another app with `bot_id`); its ts."""
-        message: dict[str, Any] = {"text": text, "blocks": [], "bot_id": bot_id}
+        """A message someone else posted, its ts: a person (`user`), or another app's bot (`user` its
+        bot user, with `bot_id` and `app_id`). Metadata is anyone's to set, even a copy of the gate's."""
+        message: dict[str, Any] = {"text": text, "blocks": [], "user": user}
+        if bot_id is not None:
+            message |= {"bot_id": bot_id, "app_id": app_id or "A0OTHER"}
         if metadata is not None:
             message["metadata"] = dict(metadata)
         with self._lock:
@@ -366,17 +402,23 @@ class FakeSlack:
         return 200, {}, body
 
     def _history_entry(self, ts: str, message: Mapping[str, Any], with_metadata: bool) -> dict[str, Any]:
-        bot_id = message.get("bot_id", "B0GATEBOT")
+        """A message as conversations.history shows it: its sender as Slack recorded it (`user`; and
+        `bot_id`, `app_id` for an app's post), its metadata only when asked for."""
         entry: dict[str, Any] = {
             "type": "message",
             "ts": ts,
             "text": message.get("text"),
             "team": self.team_id,
         }
-        if bot_id is not None:
-            entry |= {"bot_id": bot_id, "app_id": "A0FAKE" if bot_id == "B0GATEBOT" else "A0OTHER"}
-        if bot_id == "B0GATEBOT":
-            entry["user"] = "U0GATEBOT"
+        entry |= {k: message[k] for k in ("user", "bot_id", "app_id") if k in message}
+        if "bot_id" in message:
+            entry["bot_profile"] = {
+                "id": message["bot_id"],
+                "app_id": message.get("app_id"),
+                "name": "mcp-gate" if message["bot_id"] == self.bot_id else "other app",
+                "deleted": False,
+                "team_id": self.team_id,
+            }
         if message.get("blocks"):
             entry["blocks"] = message["blocks"]
         if with_metadata and "metadata" in message:
@@ -388,10 +430,12 @@ class FakeSlack:
         with self._lock:
             if (channel, ts) not in self.messages:
                 return 200, {}, {"ok": False, "error": "message_not_found"}
+            before = self.messages[(channel, ts)]
+            if before.get("bot_id") != self.bot_id:  # only the bot that posted a message may edit it
+                return 200, {}, {"ok": False, "error": "cant_update_message"}
             message = {"text": params.get("text"), "blocks": _blocks(params.get("blocks"))}
-            kept = self.messages[(channel, ts)].get("metadata")  # Slack keeps it unless it is replaced
-            if kept is not None:
-                message["metadata"] = kept
+            # Slack keeps the sender, and the metadata unless the update replaces it.
+            message |= {k: before[k] for k in ("user", "bot_id", "app_id", "metadata") if k in before}
             self.messages[(channel, ts)] = message
             self.updates.append({"channel": channel, "ts": ts, **message})
         return 200, {}, {"ok": True, "channel": channel, "ts": ts}
@@ -430,7 +474,9 @@ class FakeSlack:
             self._sockets.append(ws)
         try:
             ws.send(
-                json.dumps({"type": "hello", "num_connections": 1, "connection_info": {"app_id": "A0FAKE"}})
+                json.dumps(
+                    {"type": "hello", "num_connections": 1, "connection_info": {"app_id": self.app_id}}
+                )
             )
             for message in ws:
                 data = json.loads(message)
@@ -496,7 +542,7 @@ class FakeSlack:
         return {
             "type": "block_actions",
             "user": {"id": user_id, "username": user_id.lower(), "name": user_id.lower(), "team_id": team},
-            "api_app_id": "A0FAKE",
+            "api_app_id": self.app_id,
             "token": "legacy-verification-token",
             "team": {"id": team, "domain": "fake"},
             "trigger_id": f"trigger-{next(self._ts)}",
@@ -523,7 +569,7 @@ class FakeSlack:
             "type": "view_submission",
             "team": {"id": team, "domain": "fake"},
             "user": {"id": user_id, "username": user_id.lower(), "team_id": team},
-            "api_app_id": "A0FAKE",
+            "api_app_id": self.app_id,
             "trigger_id": f"trigger-{next(self._ts)}",
             "view": {
                 "id": "V0FAKE",

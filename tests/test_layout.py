@@ -20,7 +20,6 @@ LIMIT = 700
 
 # Past the limit today, with their line counts: each is split by the "one home per concept" work.
 STILL_TOO_LONG = {
-    "mcp_gate/channels/slack.py": 706,
 }
 
 

@@ -15,9 +15,16 @@ import pytest
 from mcp import Client
 
 from mcp_gate.channels.api import Desk
-from mcp_gate.channels.slack import LEASE, SlackChannel, SlackSecrets
+from mcp_gate.channels.slack import SlackChannel, SlackSecrets
 from mcp_gate.channels.slack_api import SlackApi
-from mcp_gate.channels.slack_blocks import ACTION_APPROVE, ACTION_APPROVE_FOR, ACTION_DENY, request_metadata
+from mcp_gate.channels.slack_blocks import (
+    ACTION_APPROVE,
+    ACTION_APPROVE_FOR,
+    ACTION_DENY,
+    metadata_request_id,
+    request_metadata,
+)
+from mcp_gate.channels.slack_outbox import LEASE
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import load_config
 from mcp_gate.fake_slack import FakeSlack
@@ -436,8 +443,8 @@ async def test_the_requesters_justification_is_shown_in_the_slack_message(tmp_pa
         s.call("notes__write_note", {"name": "plan", "text": "ship"})
         request = await s.held()
         justified = replace(request, justification="the release needs it <!channel>")
-        message = await s.channel.render(justified, {})
-        plain = await s.channel.render(request, {})
+        message = await s.channel.outbox.render(justified, {})
+        plain = await s.channel.outbox.render(request, {})
     literal = [
         e.get("text", "")
         for b in message["blocks"]
@@ -450,9 +457,12 @@ async def test_the_requesters_justification_is_shown_in_the_slack_message(tmp_pa
 
 
 @asynccontextmanager
-async def died_while_posting(tmp_path: Path, fake: FakeSlack) -> AsyncIterator[tuple[SlackChannel, str]]:
+async def died_while_posting(
+    tmp_path: Path, fake: FakeSlack, *, posted: bool = True
+) -> AsyncIterator[tuple[SlackChannel, str]]:
     """A held request whose message a gate posted (with its metadata) and died before recording:
-    the store holds only the claim. Yields a channel whose wall clock is past that claim's lease."""
+    the store holds only the claim (with `posted=False`, it died before the post reached Slack).
+    Yields a channel whose wall clock is past that claim's lease."""
     with fake.running():
         config = load_config(make_config(tmp_path, fake), env())
         async with (
@@ -463,14 +473,22 @@ async def died_while_posting(tmp_path: Path, fake: FakeSlack) -> AsyncIterator[t
             tg.start_soon(agent.call_tool, "notes__write_note", {"name": "plan", "text": "ship"})
             [request] = await eventually(front.gateway.engine.pending, what="the held request")
             secrets = SlackSecrets.read(config, env())
-            dead = SlackChannel(front.gateway, secrets)
-            message = {**await dead.render(request, {}), "metadata": request_metadata(request.id)}
-            await SlackApi(secrets.bot_token, fake.api_url).post_message("C0APPROVE", message)
+            if posted:
+                dead = SlackChannel(front.gateway, secrets)
+                message = {**await dead.outbox.render(request, {}), "metadata": request_metadata(request.id)}
+                await SlackApi(secrets.bot_token, fake.api_url).post_message("C0APPROVE", message)
             claim = SlackMessage(request.id, "C0APPROVE", lease_until=utc_iso(datetime.now(UTC) + LEASE))
             await front.gateway.store.transact(lambda tx: tx.save_slack_message(claim))
             later = datetime.now(UTC) + LEASE + timedelta(seconds=1)
             yield SlackChannel(front.gateway, secrets, wall=lambda: later), request.id
             tg.cancel_scope.cancel()
+
+
+# Who else may post a message with the request's metadata: metadata is anyone's to set.
+LOOK_ALIKES = {
+    "a person": {"user": "U0EVE"},
+    "another app": {"user": "U0OTHERBOT", "bot_id": "B0OTHER", "app_id": "A0OTHER"},
+}
 
 
 async def test_a_message_posted_before_a_crash_is_found_after_the_lease_and_not_posted_twice(
@@ -479,9 +497,9 @@ async def test_a_message_posted_before_a_crash_is_found_after_the_lease_and_not_
     fake = fake_slack()
     async with died_while_posting(tmp_path, fake) as (channel, request_id):
         [orphan] = fake.calls_to("chat.postMessage")
-        assert await channel.sync() == 1  # the adoption
-        assert await channel.sync() == 1  # the update of what it shows
-        assert await channel.sync() == 0
+        assert await channel.outbox.sync() == 1  # the adoption
+        assert await channel.outbox.sync() == 1  # the update of what it shows
+        assert await channel.outbox.sync() == 0
         records = [dict(r.body) for r in await channel.gate.store.records()]
     assert fake.calls_to("chat.postMessage") == [orphan]
     [posted] = of_type(records, "slack.posted", request_id)
@@ -499,9 +517,66 @@ async def test_without_a_history_scope_a_message_that_may_be_posted_is_posted_ag
     fake = fake_slack()
     fake.scopes = ("chat:write", "users:read", "users:read.email")
     async with died_while_posting(tmp_path, fake) as (channel, request_id):
-        assert await channel.sync() == 1
+        assert await channel.outbox.sync() == 1
         records = [dict(r.body) for r in await channel.gate.store.records()]
     assert len(fake.calls_to("chat.postMessage")) == 2  # fail safe: shown twice rather than never
     [posted] = of_type(records, "slack.posted", request_id)
     assert posted["unchecked_history"] == "missing_scope" and "recovered" not in posted
     assert "cannot look for the message" in caplog.text
+
+
+@pytest.mark.parametrize("sender", sorted(LOOK_ALIKES))
+async def test_a_look_alike_message_with_the_requests_metadata_is_not_adopted_and_the_gate_posts_its_own(
+    tmp_path: Path, sender: str
+) -> None:
+    fake = fake_slack()
+    async with died_while_posting(tmp_path, fake, posted=False) as (channel, request_id):
+        forged = fake.add_message(
+            "C0APPROVE", "approve me", metadata=request_metadata(request_id), **LOOK_ALIKES[sender]
+        )
+        assert await channel.outbox.sync() == 1
+        records = [dict(r.body) for r in await channel.gate.store.records()]
+    [posted] = of_type(records, "slack.posted", request_id)
+    assert "recovered" not in posted and posted["message_ts"] != forged
+    [post] = fake.calls_to("chat.postMessage")
+    found = fake.message_for(request_id)
+    assert found is not None and found[1] == posted["message_ts"] and post.params["channel"] == "C0APPROVE"
+
+
+async def test_beside_a_newer_look_alike_the_message_the_gate_posted_before_a_crash_is_the_one_adopted(
+    tmp_path: Path,
+) -> None:
+    fake = fake_slack()
+    async with died_while_posting(tmp_path, fake) as (channel, request_id):
+        [orphan] = fake.calls_to("chat.postMessage")
+        fake.add_message(
+            "C0APPROVE", "approve me", metadata=request_metadata(request_id), **LOOK_ALIKES["another app"]
+        )
+        assert await channel.outbox.sync() == 1
+        records = [dict(r.body) for r in await channel.gate.store.records()]
+    [posted] = of_type(records, "slack.posted", request_id)
+    found = fake.message_for(request_id)
+    assert found is not None and posted["recovered"] is True and posted["message_ts"] == found[1]
+    assert fake.calls_to("chat.postMessage") == [orphan]
+
+
+async def test_a_post_slack_took_but_never_answered_is_found_in_the_history_and_shows_once(
+    tmp_path: Path,
+) -> None:
+    fake = fake_slack()
+    fake.drop_answer("chat.postMessage")  # Slack shows the message; the gate hears nothing back
+    async with slack_gate(tmp_path, fake=fake) as s:
+        box = s.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await s.held()
+        await s.wait_record(lambda r: r["event_type"] == "slack.posted", "the message recorded")
+        await s.click("U0BOB", ACTION_APPROVE, request.id)
+        await s.showing(request.id, "the call ran")  # the message Slack took shows the decision
+        await fake.wait_for(lambda: box)
+        records = await s.records()
+    shown = [m for m in fake.messages.values() if metadata_request_id(m) == request.id]
+    assert len(shown) == 1 and len(fake.calls_to("chat.postMessage", ok_only=False)) == 1
+    [failed] = of_type(records, "slack.post_failed", request.id)
+    [posted] = of_type(records, "slack.posted", request.id)
+    assert failed["unanswered"] is True and posted["recovered"] is True
+    found = fake.message_for(request.id)
+    assert found is not None and (posted["channel"], posted["message_ts"]) == found[:2]

@@ -58,7 +58,40 @@ async def test_users_info_and_auth_test_read_what_slack_returns() -> None:
         [call] = fake.calls_to("users.info")
     assert user["profile"]["email"] == "bob@example.com" and call.params["user"] == "U0BOB"
     assert auth.team_id == "T0TEAM" and auth.scopes == set(SCOPES)
+    assert (auth.user_id, auth.bot_id) == (fake.bot_user_id, fake.bot_id)
     assert "xoxb" not in repr(api)
+
+
+async def test_auth_test_tells_the_messages_this_token_posted_from_look_alikes() -> None:
+    fake = FakeSlack()
+    with fake.running():
+        api = SlackApi(fake.bot_token, fake.api_url)
+        meta = request_metadata("r1")
+        _, ours = await api.post_message("C0APPROVE", {"text": "mine", "metadata": meta})
+        fake.add_message("C0APPROVE", "a person's", metadata=meta, user="U0EVE")
+        fake.add_message("C0APPROVE", "an app's", metadata=meta, user="U0APP", bot_id="B0APP")
+        auth = await api.auth_test()
+        messages, _ = await api.history("C0APPROVE", oldest="0", limit=10)
+    assert [m["ts"] for m in messages if auth.sent(m)] == [ours]
+    assert all(metadata_request_id(m) == "r1" for m in messages) and len(messages) == 3
+    # The same bot's id under another user, or the bot's user without it, is not the bot's post.
+    assert not auth.sent({"bot_id": fake.bot_id, "user": "U0EVE"})
+    assert not auth.sent({"user": fake.bot_user_id})
+
+
+async def test_a_call_sent_but_never_answered_is_unanswered_and_an_unreachable_slack_is_not() -> None:
+    fake = FakeSlack()
+    with fake.running():
+        api = SlackApi(fake.bot_token, fake.api_url)
+        fake.drop_answer("chat.postMessage")
+        with pytest.raises(SlackFailure) as dropped:
+            await api.post_message("C0APPROVE", {"text": "hi"})
+    closed = SlackApi(fake.bot_token, f"http://127.0.0.1:{closed_port()}/api/", timeout=2)
+    with pytest.raises(SlackFailure) as refused:
+        await closed.post_message("C0APPROVE", {"text": "hi"})
+    assert dropped.value.unanswered and dropped.value.error.startswith("no answer")
+    assert len(fake.messages) == 1  # Slack did it: the message shows
+    assert not refused.value.unanswered and refused.value.error.startswith("unreachable")
 
 
 class _HoldAtSessionStart(logging.Handler):

@@ -7,7 +7,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from http.client import HTTPException
 from typing import Any
+from urllib.error import URLError
 
 import anyio
 import anyio.to_thread
@@ -34,10 +36,20 @@ def _header(headers: Any, name: str) -> str | None:
 
 @dataclass(frozen=True)
 class AuthInfo:
+    """Who a token is (auth.test): `user` is the bot's name, `user_id` its Slack user."""
+
     team_id: str
     user: str
+    user_id: str
     bot_id: str | None
     scopes: frozenset[str]
+
+    def sent(self, message: Mapping[str, Any]) -> bool:
+        """Whether a message (as conversations.history shows it) was posted with this token. Slack
+        sets its `bot_id` and `user` itself, where anyone may copy the rest, metadata included."""
+        if self.bot_id is not None and message.get("bot_id") != self.bot_id:
+            return False
+        return bool(self.user_id) and message.get("user") == self.user_id
 
 
 class SlackApi:
@@ -80,8 +92,13 @@ class SlackApi:
             ) from exc
         except SlackClientError as exc:
             raise SlackFailure(method, type(exc).__name__) from exc
-        except (OSError, ValueError) as exc:  # unreachable, refused, timed out, not JSON
+        except (URLError, ValueError) as exc:  # not sent (unreachable, refused), or an answer not JSON
             raise SlackFailure(method, f"unreachable ({type(exc).__name__}: {_reason(exc)})") from exc
+        except (OSError, HTTPException) as exc:
+            # Sent, and no answer read (timed out, connection lost): Slack may have done it.
+            raise SlackFailure(
+                method, f"no answer ({type(exc).__name__}: {_reason(exc)})", unanswered=True
+            ) from exc
         data = response.data if isinstance(response.data, dict) else {}
         return data, dict(response.headers or {})
 
@@ -91,6 +108,7 @@ class SlackApi:
         return AuthInfo(
             team_id=str(data.get("team_id") or ""),
             user=str(data.get("user") or ""),
+            user_id=str(data.get("user_id") or ""),
             bot_id=data.get("bot_id"),
             scopes=frozenset(s.strip() for s in scopes.split(",") if s.strip()),
         )
