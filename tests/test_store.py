@@ -352,13 +352,16 @@ async def test_verifying_a_file_never_writes_to_it_so_dropped_triggers_stay_drop
 
 
 @pytest.mark.anyio
-async def test_a_file_from_before_a_column_was_added_gets_the_column(tmp_path: Path) -> None:
+async def test_a_file_from_before_the_migrations_were_numbered_gets_the_columns_added_since(
+    tmp_path: Path,
+) -> None:
     db = tmp_path / "gate.db"
     async with await SQLiteStore.open(db):
         pass
     raw = sqlite3.connect(db)
     raw.execute("ALTER TABLE grants DROP COLUMN pin")
     raw.execute("ALTER TABLE grants DROP COLUMN policy_sha256")
+    raw.execute("DELETE FROM meta WHERE key = 'schema_migration'")  # kept up to date column by column
     raw.commit()
     raw.close()
     async with await SQLiteStore.open(db) as store:
@@ -367,3 +370,53 @@ async def test_a_file_from_before_a_column_was_added_gets_the_column(tmp_path: P
     columns = {row[1] for row in raw.execute("PRAGMA table_info(grants)")}
     raw.close()
     assert {"rule", "policy_sha256", "pin"} <= columns
+
+
+async def test_the_schema_is_the_numbered_migrations_applied_in_order_and_recorded(tmp_path: Path) -> None:
+    from mcp_gate.storage.sqlite.schema import migrations
+
+    shipped = migrations()
+    assert [number for number, _, _ in shipped] == list(range(1, len(shipped) + 1))
+    assert [name for _, name, _ in shipped][:3] == [
+        "0001_initial.sql",
+        "0002_grant_binding.sql",
+        "0003_request_justification.sql",
+    ]
+    db = tmp_path / "gate.db"
+    for _ in range(2):  # the second open applies nothing
+        async with await SQLiteStore.open(db):
+            pass
+        with closing(sqlite3.connect(db)) as raw:
+            (recorded,) = raw.execute("SELECT value FROM meta WHERE key = 'schema_migration'").fetchone()
+            columns = {row[1] for row in raw.execute("PRAGMA table_info(approvals)")}
+        assert int(recorded) == len(shipped) and "justification" in columns
+
+
+async def test_a_file_part_way_through_the_migrations_gets_the_rest_on_opening(tmp_path: Path) -> None:
+    db = tmp_path / "gate.db"
+    async with await SQLiteStore.open(db) as store:
+        await store.append([event()])
+    with closing(sqlite3.connect(db)) as raw, raw:
+        raw.execute("ALTER TABLE approvals DROP COLUMN justification")  # as migration 2 left it
+        raw.execute("UPDATE meta SET value = '2' WHERE key = 'schema_migration'")
+    async with await SQLiteStore.open(db) as store:
+        assert await store.read(lambda tx: tx.requests()) == []
+        assert (await store.verify()).ok
+    with closing(sqlite3.connect(db)) as raw:
+        assert "justification" in {row[1] for row in raw.execute("PRAGMA table_info(approvals)")}
+        assert raw.execute("SELECT value FROM meta WHERE key = 'schema_migration'").fetchone()[0] != "2"
+
+
+async def test_a_file_migrated_by_a_newer_gate_is_refused_with_one_line_and_left_alone(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "gate.db"
+    async with await SQLiteStore.open(db):
+        pass
+    with closing(sqlite3.connect(db)) as raw, raw:
+        raw.execute("UPDATE meta SET value = '999' WHERE key = 'schema_migration'")
+    with pytest.raises(StoreError, match="migration 999") as caught:
+        await SQLiteStore.open(db)
+    assert str(db) in str(caught.value) and "\n" not in str(caught.value)
+    with closing(sqlite3.connect(db)) as raw:
+        assert raw.execute("SELECT value FROM meta WHERE key = 'schema_migration'").fetchone() == ("999",)

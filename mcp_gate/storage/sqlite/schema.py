@@ -1,11 +1,16 @@
-"""The SQLite file itself: its schema, and opening a connection to it (pragmas, private permissions)."""
+"""The SQLite file itself: its schema, as numbered migrations, and opening a connection to it
+(pragmas, private permissions)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import re
 import sqlite3
 import stat
+from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 from mcp_gate.errors import StoreError
@@ -13,143 +18,51 @@ from mcp_gate.storage.sqlite.tx import _in_transaction, _one_line
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "1"  # the file's format; the numbered migrations change the tables within it
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS evidence (
-    seq INTEGER PRIMARY KEY,
-    event_id TEXT NOT NULL UNIQUE,
-    ts TEXT NOT NULL,
-    event_type TEXT NOT NULL,
-    correlation_id TEXT,
-    body TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    entry_hash TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS evidence_by_correlation ON evidence(correlation_id);
--- An approver looking at a request sees the requester's last calls: found through this index, so
--- the cost of showing (and of every Slack render) does not grow with the log. Only valid JSON is
--- indexed: a tampered body must still open, so that verification can say where it was changed.
-CREATE INDEX IF NOT EXISTS evidence_calls_by_agent
-    ON evidence(json_extract(body, '$.requester.agent'), seq)
-    WHERE event_type = 'call.requested' AND json_valid(body);
-CREATE TRIGGER IF NOT EXISTS evidence_no_update BEFORE UPDATE ON evidence
-BEGIN SELECT RAISE(ABORT, 'evidence is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS evidence_no_delete BEFORE DELETE ON evidence
-BEGIN SELECT RAISE(ABORT, 'evidence is append-only'); END;
-CREATE TABLE IF NOT EXISTS pins (
-    server TEXT NOT NULL,
-    tool TEXT NOT NULL,
-    pin TEXT NOT NULL,
-    definition TEXT NOT NULL,
-    drifted_pin TEXT,
-    drifted_definition TEXT,
-    updated_at TEXT NOT NULL,
-    PRIMARY KEY (server, tool)
-);
-CREATE TABLE IF NOT EXISTS approvals (
-    id TEXT PRIMARY KEY,
-    correlation_id TEXT NOT NULL,
-    agent TEXT NOT NULL,
-    owner TEXT NOT NULL,
-    server TEXT NOT NULL,
-    tool TEXT NOT NULL,
-    pin TEXT NOT NULL,
-    args_sha256 TEXT NOT NULL,
-    policy_sha256 TEXT NOT NULL,
-    tier TEXT NOT NULL,
-    required INTEGER NOT NULL,
-    groups TEXT NOT NULL,
-    rule TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    args TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    expires_at TEXT NOT NULL,
-    state TEXT NOT NULL,
-    closed_by TEXT,
-    reported INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS approvals_by_call ON approvals(agent, server, tool, args_sha256, state);
-CREATE INDEX IF NOT EXISTS approvals_by_state ON approvals(state, expires_at);
-CREATE TABLE IF NOT EXISTS votes (
-    request_id TEXT NOT NULL REFERENCES approvals(id),
-    approver TEXT NOT NULL,
-    verdict TEXT NOT NULL,
-    channel TEXT NOT NULL,
-    at TEXT NOT NULL,
-    note TEXT,
-    PRIMARY KEY (request_id, approver)
-);
-CREATE TABLE IF NOT EXISTS grants (
-    id TEXT PRIMARY KEY,
-    agent TEXT NOT NULL,
-    owner TEXT NOT NULL,
-    server TEXT NOT NULL,
-    tool TEXT NOT NULL,
-    created_by TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    expires_at TEXT NOT NULL,
-    request_id TEXT,
-    note TEXT,
-    revoked_at TEXT,
-    revoked_by TEXT,
-    rule TEXT NOT NULL DEFAULT '',
-    policy_sha256 TEXT NOT NULL DEFAULT '',
-    pin TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS grants_by_tool ON grants(agent, server, tool);
-CREATE TABLE IF NOT EXISTS inflight (
-    correlation_id TEXT PRIMARY KEY,
-    request_id TEXT,
-    started_at TEXT NOT NULL,
-    fields TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS elicitation_nonces (
-    nonce TEXT PRIMARY KEY,
-    correlation_id TEXT NOT NULL,
-    used_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS checkpoints (
-    id INTEGER PRIMARY KEY,
-    size INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    note TEXT NOT NULL
-);
-CREATE TRIGGER IF NOT EXISTS checkpoints_no_update BEFORE UPDATE ON checkpoints
-BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
-CREATE TRIGGER IF NOT EXISTS checkpoints_no_delete BEFORE DELETE ON checkpoints
-BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
-CREATE TABLE IF NOT EXISTS slack_messages (
-    request_id TEXT PRIMARY KEY,
-    channel TEXT NOT NULL,
-    ts TEXT,
-    rendered_sha256 TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at TEXT,
-    lease_until TEXT,
-    last_error TEXT,
-    voters TEXT NOT NULL DEFAULT '{}',
-    done INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS slack_seen (
-    key TEXT PRIMARY KEY,
-    seen_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS slack_seen_by_time ON slack_seen(seen_at);
-"""
+# The schema is the migrations in migrations/NNNN_*.sql, applied in order, each once; the last one
+# applied is recorded in the file's meta table.
+_MIGRATION_FILE = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
+_MIGRATED = "schema_migration"
 
-# Columns added after a table was first shipped: added in place to files that lack them.
-_ADDED_COLUMNS = (
+# A file from before the migrations were numbered was kept up to date column by column: it gets
+# what 0001 creates and these columns (what 0002 and 0003 add) if it lacks them, and then counts
+# as migrated to 0003.
+_BEFORE_NUMBERING = 3
+_LEGACY_COLUMNS = (
     ("grants", "rule", "TEXT NOT NULL DEFAULT ''"),
     ("grants", "policy_sha256", "TEXT NOT NULL DEFAULT ''"),
     ("grants", "pin", "TEXT NOT NULL DEFAULT ''"),
     ("approvals", "justification", "TEXT"),
 )
+
+
+@functools.cache
+def migrations() -> tuple[tuple[int, str, tuple[str, ...]], ...]:
+    """(number, file name, statements) of every migration shipped, in order; numbered 1, 2, 3, ..."""
+    found: list[tuple[int, str, tuple[str, ...]]] = []
+    for entry in (resources.files(__package__) / "migrations").iterdir():
+        match = _MIGRATION_FILE.fullmatch(entry.name)
+        if match is not None:
+            found.append(
+                (int(match[1]), entry.name, tuple(_statements(entry.read_text("utf-8"), entry.name)))
+            )
+    found.sort()
+    numbers = [number for number, _, _ in found]
+    if numbers != list(range(1, len(found) + 1)):
+        raise StoreError(f"the shipped schema migrations are not numbered 1..{len(found)}: {numbers}")
+    return tuple(found)
+
+
+def _statements(script: str, name: str) -> Iterator[str]:
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending.strip()
+            pending = ""
+    if any(line.strip() and not line.strip().startswith("--") for line in pending.splitlines()):
+        raise StoreError(f"schema migration {name} ends in the middle of a statement")
 
 
 def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
@@ -170,8 +83,8 @@ def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute("PRAGMA synchronous = FULL")
         connection.execute("PRAGMA foreign_keys = ON")
-        version = _in_transaction(connection, _create_schema)
-    except sqlite3.Error as exc:
+        version, migrated = _in_transaction(connection, _migrate)
+    except (sqlite3.Error, StoreError) as exc:
         if connection is not None:
             connection.close()
         raise StoreError(f"cannot open the store at {path}: {_one_line(exc)}") from exc
@@ -179,6 +92,13 @@ def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
         connection.close()
         raise StoreError(
             f"cannot open the store at {path}: schema version {version}, expected {SCHEMA_VERSION}"
+        )
+    known = len(migrations())
+    if migrated > known:
+        connection.close()
+        raise StoreError(
+            f"cannot open the store at {path}: its schema is at migration {migrated}, this mcp-gate "
+            f"knows {known} (written by a newer version?)"
         )
     return connection
 
@@ -203,14 +123,50 @@ def _make_private(path: Path) -> None:
             log.warning("%s was open to other users; made it %o", each, mode)
 
 
-def _create_schema(conn: sqlite3.Connection) -> str:
-    for statement in _SCHEMA.split(";\n"):
-        if statement.strip():
+def _migrate(conn: sqlite3.Connection) -> tuple[str, int]:
+    """Inside the opening transaction: apply the migrations this file has not had, in order, and
+    record the last; (the file's schema version, its migration)."""
+    recorded = migrated = _migration(conn)
+    if migrated is None:
+        migrated = 0 if not _has_table(conn, "evidence") else _adopt(conn)
+    shipped = migrations()
+    if migrated > len(shipped):  # a newer gate's file: refused by the caller, and left as it is
+        return SCHEMA_VERSION, migrated
+    for number, _, statements in shipped[migrated:]:
+        for statement in statements:
             conn.execute(statement)
-    for table, column, declaration in _ADDED_COLUMNS:
+        migrated = number
+    if migrated != recorded:
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (_MIGRATED, str(migrated)))
+    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return str(row[0]), migrated
+
+
+def _migration(conn: sqlite3.Connection) -> int | None:
+    if not _has_table(conn, "meta"):
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (_MIGRATED,)).fetchone()
+    if row is None:
+        return None
+    try:
+        return int(row[0])
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"the recorded schema migration {row[0]!r} is not a number") from exc
+
+
+def _adopt(conn: sqlite3.Connection) -> int:
+    """A file from before the migrations were numbered: bring it to where they take over."""
+    _, _, initial = migrations()[0]
+    for statement in initial:
+        conn.execute(statement)  # each IF NOT EXISTS
+    for table, column, declaration in _LEGACY_COLUMNS:
         present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         if column not in present:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    return str(row[0])
+    return _BEFORE_NUMBERING
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+    return found is not None
