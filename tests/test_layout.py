@@ -19,8 +19,7 @@ PACKAGE = ROOT / "mcp_gate"
 LIMIT = 700
 
 # Past the limit today, with their line counts: each is split by the "one home per concept" work.
-STILL_TOO_LONG = {
-}
+STILL_TOO_LONG = {}
 
 
 def _sizes() -> dict[str, int]:
