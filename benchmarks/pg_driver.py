@@ -22,7 +22,6 @@ import asyncio
 import hashlib
 import os
 import platform
-import statistics
 import subprocess
 import threading
 import time
@@ -57,7 +56,10 @@ INSERT = (
     "SELECT * FROM unnest({0}::bigint[], {1}::text[], {2}::text[], {3}::text[], {4}::text[])"
 )
 MOVE_HEAD = "UPDATE head SET seq = {0}, entry_hash = {1} WHERE id = 1"
-RELEASE = "UPDATE approvals SET state = 'executing', executed_by = {0} WHERE id = {1} AND state = 'approved' RETURNING id"
+RELEASE = (
+    "UPDATE approvals SET state = 'executing', executed_by = {0} "
+    "WHERE id = {1} AND state = 'approved' RETURNING id"
+)
 
 
 def chained(seq: int, prev: str, n: int) -> tuple[list[Any], int, str]:
@@ -226,7 +228,13 @@ async def bench_append(client: Any, writers: int, batch: int, seconds: float, lo
     began = time.perf_counter()
     await asyncio.gather(*(writer() for _ in range(writers)))
     took = time.perf_counter() - began
-    return Result(client.name, f"append x{batch} ({lock} lock)", done / took, _pct(latencies, 0.5), _pct(latencies, 0.99))
+    return Result(
+        client.name,
+        f"append x{batch} ({lock} lock)",
+        done / took,
+        _pct(latencies, 0.5),
+        _pct(latencies, 0.99),
+    )
 
 
 async def bench_release(client: Any, rounds: int, contenders: int) -> Result:
@@ -268,12 +276,16 @@ def _machine() -> str:
 
 
 def _commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    )
     return done.stdout.strip() or "unknown"
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--writers", type=int, default=50)
     parser.add_argument("--batch", default="1,10")
@@ -321,7 +333,9 @@ async def main() -> None:
     print("|---|---|---:|---:|---:|---|")
     for r in results:
         unit = "records" if r.path.startswith("append") else "releases"
-        print(f"| {r.driver} | {r.path} | {r.rate:,.0f} {unit} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.note} |")
+        print(
+            f"| {r.driver} | {r.path} | {r.rate:,.0f} {unit} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.note} |"
+        )
 
 
 async def _check_chain(dsn: str) -> None:
