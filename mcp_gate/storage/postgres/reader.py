@@ -90,6 +90,7 @@ def read_only(url: str) -> Iterator[PostgresLogReader]:
     conn = connect(url)
     try:
         conn.execute(_SNAPSHOT)
+        conn.execute("SELECT 1")  # the snapshot is taken by the first statement, not by BEGIN
         yield PostgresLogReader(conn, url)
     except psycopg.Error as exc:
         raise StoreError(f"cannot read the evidence in {redacted(url)}: {_one_line(exc)}") from exc
