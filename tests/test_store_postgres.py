@@ -172,6 +172,32 @@ async def test_a_failing_writer_in_a_group_commit_leaves_the_others_written(stor
     assert (await store.verify()).ok
 
 
+async def test_a_writer_the_database_refuses_in_a_batch_of_appends_fails_alone(store: PostgresStore) -> None:
+    taken = await store.append([event(correlation_id="first")])
+    outcomes: dict[int, str] = {}
+
+    async def writer(n: int) -> None:
+        # Writer 5 reuses a stored event id: only the database's unique index can refuse it.
+        body = (
+            {**event(correlation_id=f"w{n}"), "event_id": taken[0].event_id}
+            if n == 5
+            else event(correlation_id=f"w{n}")
+        )
+        try:
+            await store.append([body])
+            outcomes[n] = "written"
+        except EvidenceWriteError as exc:
+            outcomes[n] = "refused" if "duplicate key" in str(exc) else str(exc)
+
+    async with anyio.create_task_group() as tg:
+        for n in range(20):
+            tg.start_soon(writer, n)
+
+    assert {n: o for n, o in outcomes.items() if o != "written"} == {5: "refused"}
+    assert [r.seq for r in await store.records()] == list(range(1, 21))
+    assert (await store.verify()).ok
+
+
 async def test_an_append_that_fails_writes_nothing_and_says_why_in_one_line(store: PostgresStore) -> None:
     await store.append([event()])
     head = await store.head()

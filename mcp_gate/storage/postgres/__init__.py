@@ -140,7 +140,7 @@ class PostgresStore:
     # evidence
 
     async def append(self, events: Sequence[Mapping[str, Any]]) -> list[Record]:
-        return await self._write_evidence(lambda conn: _append(conn, events))
+        return await self._write_evidence(lambda conn: _append(conn, events), events=events)
 
     async def records(
         self,
@@ -332,14 +332,21 @@ class PostgresStore:
             writer = self._writer = connect(self._url, connect_timeout=self._connect_timeout)
         return writer
 
-    async def _write_evidence(self, fn: Callable[[psycopg.Connection], T], *, quiet: bool = False) -> T:
+    async def _write_evidence(
+        self,
+        fn: Callable[[psycopg.Connection], T],
+        *,
+        quiet: bool = False,
+        events: Sequence[Mapping[str, Any]] | None = None,
+    ) -> T:
         """Group commit: writers queue their `fn`; whoever holds the lock runs every queued fn in one
         transaction, each under its own SAVEPOINT, so one commit (one WAL flush) serves them all.
 
         Each fn still commits whole or not at all, its exception reaches only its own caller, and no
         caller returns before its writes are durable. `quiet` writes never trigger a checkpoint.
-        (The queue is the SQLite backend's, line for line.)"""
-        job = _Job(fn, quiet)
+        `events`: `fn` is a plain append of these, which a batch of plain appends writes in one
+        insert. (The queue is the SQLite backend's, line for line.)"""
+        job = _Job(fn, quiet, events)
         self._queue.append(job)
         note: str | None = None
         try:

@@ -33,6 +33,8 @@ from mcp_gate.storage.sqlite.tx import (
 
 __all__ = ["PostgresTx"]
 
+Row = tuple[Any, ...]
+
 # Taken first by every write transaction: the head row, locked until COMMIT. It serializes every
 # writer on the database (as BEGIN IMMEDIATE does a SQLite file) and moves the counter that
 # `data_version` reads.
@@ -337,9 +339,16 @@ def _append(conn: psycopg.Connection, events: Sequence[Mapping[str, Any]]) -> li
     (`LOCK_HEAD`), so no other writer on the database moves the head meanwhile."""
     if not events:
         return []
-    seq, prev_hash = _head(conn)
+    records, rows = _chain(*_head(conn), events)
+    _insert(conn, rows, records[-1].seq, records[-1].entry_hash)
+    return records
+
+
+def _chain(seq: int, prev_hash: str, events: Sequence[Mapping[str, Any]]) -> tuple[list[Record], list[Row]]:
+    """The records (and their rows) of `events` chained after (seq, prev_hash): pure, so an event
+    that cannot be chained is refused before anything reaches the database."""
     records: list[Record] = []
-    rows: list[tuple[Any, ...]] = []
+    rows: list[Row] = []
     for index, event in enumerate(events):
         body = dict(event)
         for name in _REQUIRED_TEXT:
@@ -377,14 +386,19 @@ def _append(conn: psycopg.Connection, events: Sequence[Mapping[str, Any]]) -> li
             )
         )
         prev_hash = entry_hash
-    with conn.cursor() as cursor:
-        cursor.executemany(
-            f"INSERT INTO evidence ({_RECORD_COLUMNS}, requester_agent) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            rows,
-        )
-    conn.execute("UPDATE evidence_head SET seq = %s, entry_hash = %s WHERE id = 1", (seq, prev_hash))
-    return records
+    return records, rows
+
+
+def _insert(conn: psycopg.Connection, rows: Sequence[Row], seq: int, head_hash: str) -> None:
+    """Insert chained rows and move the head to (seq, head_hash): two statements however many rows."""
+    if rows:
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO evidence ({_RECORD_COLUMNS}, requester_agent) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                rows,
+            )
+    conn.execute("UPDATE evidence_head SET seq = %s, entry_hash = %s WHERE id = 1", (seq, head_hash))
 
 
 def _requester_agent(body: Mapping[str, Any]) -> str | None:
