@@ -466,6 +466,28 @@ async def test_signed_checkpoints_verify_and_pruning_keeps_the_chain_verifiable(
         conn.execute("DELETE FROM evidence WHERE seq = 4")
 
 
+async def test_two_replicas_signing_at_once_never_sign_one_size_twice(postgres_url: str) -> None:
+    clock = FakeClock(START)
+    async with (
+        await PostgresStore.open(postgres_url, clock=clock, notary=Notary(KEY, "o", every_records=1)) as one,
+        await PostgresStore.open(postgres_url, clock=clock, notary=Notary(KEY, "o", every_records=1)) as two,
+    ):
+
+        async def writer(store: PostgresStore) -> None:
+            for n in range(15):
+                await store.append([event(n=n)])
+            await store.checkpoint()
+
+        async with anyio.create_task_group() as tg:
+            for store in (one, two, one, two):
+                tg.start_soon(writer, store)
+        with owner(postgres_url) as conn:
+            sizes = [int(r[0]) for r in conn.execute("SELECT size FROM checkpoints ORDER BY id")]
+    assert len(sizes) == len(set(sizes)) and sizes == sorted(sizes) and sizes[-1] == 60
+    report = await verify_database(postgres_url, verifiers=[KEY.verifier])
+    assert report.ok and report.checkpoints == len(sizes) and report.covered == 60
+
+
 async def test_the_log_reader_streams_one_snapshot(store: PostgresStore, postgres_url: str) -> None:
     await store.append([event(correlation_id="c1"), event("call.decided", "c1"), event(correlation_id="c2")])
     with read_only(postgres_url) as reader:
