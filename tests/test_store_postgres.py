@@ -304,6 +304,46 @@ async def test_a_commit_at_one_replica_moves_the_other_replicas_data_version(
     assert two.data_version() == still
 
 
+async def test_a_subscription_wakes_on_commits_here_and_at_another_replica(
+    replicas: tuple[PostgresStore, PostgresStore],
+) -> None:
+    one, two = replicas
+    async with one.changes() as changes:
+        with anyio.move_on_after(0.2) as idle:
+            await changes.wait()
+        assert idle.cancelled_caught  # nothing committed yet
+        await two.transact(lambda tx: tx.insert_request(request_for("R1")))
+        with anyio.fail_after(10):
+            await changes.wait()  # NOTIFY from the other replica
+        await one.transact(lambda tx: tx.insert_request(request_for("R2")))
+        with anyio.fail_after(10):
+            await changes.wait()  # this handle's own commit
+
+
+@pytest.mark.parametrize("at", ["another replica", "the same replica"])
+async def test_every_waiter_on_a_replica_wakes_on_one_commit(
+    replicas: tuple[PostgresStore, PostgresStore], at: str
+) -> None:
+    one, two = replicas
+    committer = two if at == "another replica" else one
+    woken: list[int] = []
+
+    async def waiter(n: int, ready: anyio.Event) -> None:
+        async with one.changes() as changes:
+            ready.set()
+            await changes.wait()
+            woken.append(n)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for n in range(5):
+                ready = anyio.Event()
+                tg.start_soon(waiter, n, ready)
+                await ready.wait()
+            await committer.append([event()])
+    assert sorted(woken) == [0, 1, 2, 3, 4]
+
+
 # approvals, grants, calls in flight, nonces, channel outboxes
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from mcp_gate.errors import EvidenceWriteError, GateError, StoreError
 from mcp_gate.evidence import Record, VerifyReport, canonical_json, new_event
 from mcp_gate.notary import Notary
 from mcp_gate.storage.base import PinRecord, Tx
+from mcp_gate.storage.postgres.changes import PostgresChanges, Subscription
 from mcp_gate.storage.postgres.commit import _commit_batch, _Job, _wake
 from mcp_gate.storage.postgres.reader import verify_database
 from mcp_gate.storage.postgres.schema import check_version, connect, redacted
@@ -73,6 +75,7 @@ class PostgresStore:
         self._leading = False
         self._watch: psycopg.Connection | None = None
         self._version = 0
+        self._changes = PostgresChanges(url)
 
     @classmethod
     async def open(
@@ -131,6 +134,7 @@ class PostgresStore:
             writer, self._writer = self._writer, None
             pool, self._pool = self._pool, None
             watch, self._watch = self._watch, None
+            await self._changes.close()
             for conn in (writer, watch):
                 if conn is not None:
                     await anyio.to_thread.run_sync(conn.close)
@@ -282,6 +286,12 @@ class PostgresStore:
     async def read(self, fn: Callable[[Tx], T]) -> T:
         return await self._read(lambda conn: fn(PostgresTx(conn)))
 
+    def changes(self) -> AbstractAsyncContextManager[Subscription]:
+        """A subscription to every commit to the database: this handle's wake it at once, another
+        handle's or replica's by LISTEN/NOTIFY, or by the write counter within a second if a notice
+        was lost. (The `Changes` Protocol being added to storage.base; `data_version` goes then.)"""
+        return self._changes.subscribe()
+
     def data_version(self) -> int:
         """The head row's write counter, moved by every write transaction on the database (this
         process's too). A blocking query on the caller's thread, which the Protocol's synchronous
@@ -398,6 +408,8 @@ class PostgresStore:
             note = await anyio.to_thread.run_sync(
                 _commit_batch, writer, batch, notary, self._clock, _sign_due
             )
+            if any(job.error is None for job in batch):
+                self._changes.committed()
             if self._notary is not None:
                 try:
                     await anyio.to_thread.run_sync(_promote_head, writer, self._notary)

@@ -37,8 +37,11 @@ Row = tuple[Any, ...]
 
 # Taken first by every write transaction: the head row, locked until COMMIT. It serializes every
 # writer on the database (as BEGIN IMMEDIATE does a SQLite file) and moves the counter that
-# `data_version` reads.
-LOCK_HEAD = "UPDATE evidence_head SET version = version + 1 WHERE id = 1 RETURNING seq, entry_hash"
+# `data_version` reads, and tells listeners (`changes.CHANNEL`) once the transaction commits.
+LOCK_HEAD = (
+    "UPDATE evidence_head SET version = version + 1 WHERE id = 1 "
+    "RETURNING seq, entry_hash, pg_notify('mcp_gate_commits', current_schema())"
+)
 
 
 class PostgresTx:
