@@ -1,0 +1,419 @@
+"""One transaction on the PostgreSQL database: the typed queries of `PostgresTx` and the chain's inserts.
+
+The rows read back are the SQLite backend's (same columns, same text forms), so the row mappers are
+shared with it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import psycopg
+
+from mcp_gate.approvals import ApprovalRequest, Binding, Grant, RequestState, Vote
+from mcp_gate.clock import utc_iso
+from mcp_gate.errors import EvidenceWriteError
+from mcp_gate.evidence import GENESIS_HASH, Record, canonical_json, chain_hash
+from mcp_gate.storage.base import Inflight, PinRecord, SlackMessage
+from mcp_gate.storage.sqlite.tx import (
+    _APPROVAL_COLUMNS,
+    _GRANT_COLUMNS,
+    _PIN_COLUMNS,
+    _RECORD_COLUMNS,
+    _REQUIRED_TEXT,
+    _SLACK_COLUMNS,
+    _grant,
+    _parse_time,
+    _parsed_bodies,
+    _pin_record,
+    _record,
+    _slack_message,
+)
+
+__all__ = ["PostgresTx"]
+
+Row = tuple[Any, ...]
+
+# Taken first by every write transaction: the head row, locked until COMMIT. It serializes every
+# writer on the database (as BEGIN IMMEDIATE does a SQLite file) and moves the counter that
+# `data_version` reads, and tells listeners (`changes.CHANNEL`) once the transaction commits.
+LOCK_HEAD = (
+    "UPDATE evidence_head SET version = version + 1 WHERE id = 1 "
+    "RETURNING seq, entry_hash, pg_notify('mcp_gate_commits', current_schema())"
+)
+
+
+class PostgresTx:
+    """The `Tx` of the PostgreSQL store: typed reads and writes over one connection, inside
+    `PostgresStore.transact` / `read`."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+
+    def append(self, events: Sequence[Mapping[str, Any]]) -> list[Record]:
+        return _append(self.conn, events)
+
+    # approval requests
+
+    def get_request(self, request_id: str) -> ApprovalRequest | None:
+        row = self.conn.execute(
+            f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE id = %s", (request_id,)
+        ).fetchone()
+        return None if row is None else self._request(row)
+
+    def find_open_request(self, binding: Binding) -> ApprovalRequest | None:
+        row = self.conn.execute(
+            f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE agent = %s AND owner = %s AND server = %s "
+            "AND tool = %s AND args_sha256 = %s AND state IN ('pending', 'approved') "
+            "ORDER BY created_at DESC, n DESC LIMIT 1",
+            (binding.agent, binding.owner, binding.server, binding.tool, binding.args_sha256),
+        ).fetchone()
+        return None if row is None else self._request(row)
+
+    def find_latest_request(self, binding: Binding) -> ApprovalRequest | None:
+        row = self.conn.execute(
+            f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE agent = %s AND owner = %s AND server = %s "
+            "AND tool = %s AND args_sha256 = %s ORDER BY created_at DESC, n DESC LIMIT 1",
+            (binding.agent, binding.owner, binding.server, binding.tool, binding.args_sha256),
+        ).fetchone()
+        return None if row is None else self._request(row)
+
+    def recent_calls(self, agent: str, limit: int) -> list[Record]:
+        rows = self.conn.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM evidence WHERE event_type = 'call.requested' "
+            "AND requester_agent = %s ORDER BY seq DESC LIMIT %s",
+            (agent, limit),
+        ).fetchall()
+        return [_record(row) for row in reversed(rows)]
+
+    def bodies_for(self, correlation_id: str, event_types: Sequence[str]) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT body FROM evidence WHERE correlation_id = %s AND event_type = ANY(%s) ORDER BY seq",
+            (correlation_id, list(event_types)),
+        )
+        return list(_parsed_bodies(rows))
+
+    def mark_reported(self, request_id: str) -> None:
+        self.conn.execute("UPDATE approvals SET reported = 1 WHERE id = %s", (request_id,))
+
+    def requests(self, *, states: Sequence[RequestState] = (), limit: int = 200) -> list[ApprovalRequest]:
+        if states:
+            rows = self.conn.execute(
+                f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE state = ANY(%s) "
+                "ORDER BY created_at, n LIMIT %s",
+                (list(states), limit),
+            ).fetchall()
+        else:
+            rows = self.conn.execute(
+                f"SELECT {_APPROVAL_COLUMNS} FROM approvals ORDER BY created_at DESC, n DESC LIMIT %s",
+                (limit,),
+            ).fetchall()
+        return [self._request(row) for row in rows]
+
+    def count_pending(self, agent: str) -> int:
+        row = self.conn.execute(
+            "SELECT COUNT(*) FROM approvals WHERE agent = %s AND state = 'pending'", (agent,)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def due_for_expiry(self, now: str) -> list[ApprovalRequest]:
+        rows = self.conn.execute(
+            f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE state IN ('pending', 'approved') "
+            "AND expires_at <= %s ORDER BY n",
+            (now,),
+        ).fetchall()
+        return [self._request(row) for row in rows]
+
+    def insert_request(self, request: ApprovalRequest) -> None:
+        b = request.binding
+        self.conn.execute(
+            f"INSERT INTO approvals ({_APPROVAL_COLUMNS}) VALUES ({', '.join('%s' for _ in range(21))})",
+            (
+                request.id,
+                request.correlation_id,
+                b.agent,
+                b.owner,
+                b.server,
+                b.tool,
+                b.pin,
+                b.args_sha256,
+                b.policy_sha256,
+                request.tier,
+                request.required,
+                json.dumps(list(request.groups)),
+                request.rule,
+                request.reason,
+                canonical_json(request.args).decode("utf-8"),
+                utc_iso(request.created_at),
+                utc_iso(request.expires_at),
+                request.state,
+                request.closed_by,
+                int(request.reported),
+                request.justification,
+            ),
+        )
+
+    def save_request(self, request: ApprovalRequest) -> None:
+        """Store the request's state and any votes not stored yet (a vote is never changed)."""
+        self.conn.execute(
+            "UPDATE approvals SET state = %s, closed_by = %s, reported = %s WHERE id = %s",
+            (request.state, request.closed_by, int(request.reported), request.id),
+        )
+        if request.votes:
+            with self.conn.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO votes (request_id, approver, verdict, channel, at, note) "
+                    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    [
+                        (request.id, v.approver, v.verdict, v.channel, utc_iso(v.at), v.note)
+                        for v in request.votes
+                    ],
+                )
+
+    def set_request_state(self, request_id: str, state: RequestState) -> None:
+        self.conn.execute("UPDATE approvals SET state = %s WHERE id = %s", (state, request_id))
+
+    def _request(self, row: Sequence[Any]) -> ApprovalRequest:
+        (rid, correlation_id, agent, owner, server, tool, pin, args_sha256, policy_sha256, tier, required,
+         groups, rule, reason, args, created_at, expires_at, state, closed_by, reported,
+         justification) = row  # fmt: skip
+        votes = tuple(
+            Vote(approver=a, verdict=v, channel=c, at=_parse_time(at), note=n)
+            for a, v, c, at, n in self.conn.execute(
+                "SELECT approver, verdict, channel, at, note FROM votes WHERE request_id = %s ORDER BY at, n",
+                (rid,),
+            )
+        )
+        return ApprovalRequest(
+            id=rid,
+            binding=Binding(agent, owner, server, tool, pin, args_sha256, policy_sha256),
+            correlation_id=correlation_id,
+            tier=tier,
+            required=int(required),
+            groups=tuple(json.loads(groups)),
+            rule=rule,
+            reason=reason,
+            args=json.loads(args),
+            created_at=_parse_time(created_at),
+            expires_at=_parse_time(expires_at),
+            state=state,
+            votes=votes,
+            closed_by=closed_by,
+            reported=bool(reported),
+            justification=justification,
+        )
+
+    # grants
+
+    def insert_grant(self, grant: Grant) -> None:
+        self.conn.execute(
+            f"INSERT INTO grants ({_GRANT_COLUMNS}) VALUES ({', '.join('%s' for _ in range(15))})",
+            (
+                grant.id,
+                grant.agent,
+                grant.owner,
+                grant.server,
+                grant.tool,
+                grant.created_by,
+                utc_iso(grant.created_at),
+                utc_iso(grant.expires_at),
+                grant.request_id,
+                grant.note,
+                None if grant.revoked_at is None else utc_iso(grant.revoked_at),
+                grant.revoked_by,
+                grant.rule,
+                grant.policy_sha256,
+                grant.pin,
+            ),
+        )
+
+    def revoke_grant(self, grant: Grant) -> None:
+        assert grant.revoked_at is not None
+        self.conn.execute(
+            "UPDATE grants SET revoked_at = %s, revoked_by = %s WHERE id = %s",
+            (utc_iso(grant.revoked_at), grant.revoked_by, grant.id),
+        )
+
+    def get_grant(self, grant_id: str) -> Grant | None:
+        row = self.conn.execute(f"SELECT {_GRANT_COLUMNS} FROM grants WHERE id = %s", (grant_id,)).fetchone()
+        return None if row is None else _grant(row)
+
+    def grants_for(self, agent: str, owner: str, server: str, tool: str) -> list[Grant]:
+        rows = self.conn.execute(
+            f"SELECT {_GRANT_COLUMNS} FROM grants WHERE agent = %s AND owner = %s AND server = %s "
+            "AND tool = %s AND revoked_at IS NULL ORDER BY expires_at DESC",
+            (agent, owner, server, tool),
+        ).fetchall()
+        return [_grant(row) for row in rows]
+
+    def grants(self, *, live_at: str | None = None) -> list[Grant]:
+        if live_at is None:
+            rows = self.conn.execute(
+                f"SELECT {_GRANT_COLUMNS} FROM grants ORDER BY created_at DESC"
+            ).fetchall()
+        else:
+            rows = self.conn.execute(
+                f"SELECT {_GRANT_COLUMNS} FROM grants WHERE revoked_at IS NULL AND expires_at > %s "
+                "ORDER BY created_at DESC",
+                (live_at,),
+            ).fetchall()
+        return [_grant(row) for row in rows]
+
+    # calls in flight
+
+    def begin_inflight(
+        self, correlation_id: str, request_id: str | None, started_at: str, fields: Mapping[str, Any]
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO inflight (correlation_id, request_id, started_at, fields) VALUES (%s, %s, %s, %s)",
+            (correlation_id, request_id, started_at, canonical_json(dict(fields)).decode("utf-8")),
+        )
+
+    def end_inflight(self, correlation_id: str) -> None:
+        self.conn.execute("DELETE FROM inflight WHERE correlation_id = %s", (correlation_id,))
+
+    def inflight(self) -> list[Inflight]:
+        rows = self.conn.execute(
+            "SELECT correlation_id, request_id, started_at, fields FROM inflight ORDER BY started_at"
+        ).fetchall()
+        return [Inflight(c, r, s, json.loads(f)) for c, r, s, f in rows]
+
+    # elicitation request_state nonces
+
+    def use_nonce(self, nonce: str, correlation_id: str, used_at: str) -> bool:
+        """Mark a sealed request_state's nonce used; False if it already was (a replay)."""
+        cursor = self.conn.execute(
+            "INSERT INTO elicitation_nonces (nonce, correlation_id, used_at) VALUES (%s, %s, %s) "
+            "ON CONFLICT DO NOTHING",
+            (nonce, correlation_id, used_at),
+        )
+        return cursor.rowcount == 1
+
+    # Slack messages of approval requests, and the Slack deliveries already seen
+
+    def slack_message(self, request_id: str) -> SlackMessage | None:
+        row = self.conn.execute(
+            f"SELECT {_SLACK_COLUMNS} FROM slack_messages WHERE request_id = %s", (request_id,)
+        ).fetchone()
+        return None if row is None else _slack_message(row)
+
+    def slack_messages(self, *, done: bool = False) -> list[SlackMessage]:
+        rows = self.conn.execute(
+            f"SELECT {_SLACK_COLUMNS} FROM slack_messages WHERE done = %s ORDER BY n", (int(done),)
+        ).fetchall()
+        return [_slack_message(row) for row in rows]
+
+    def save_slack_message(self, message: SlackMessage) -> None:
+        updates = ", ".join(f"{c} = excluded.{c}" for c in _SLACK_COLUMNS.replace(" ", "").split(",")[1:])
+        self.conn.execute(
+            f"INSERT INTO slack_messages ({_SLACK_COLUMNS}) VALUES ({', '.join('%s' for _ in range(10))}) "
+            f"ON CONFLICT (request_id) DO UPDATE SET {updates}",
+            (
+                message.request_id,
+                message.channel,
+                message.ts,
+                message.rendered_sha256,
+                message.attempts,
+                message.next_attempt_at,
+                message.lease_until,
+                message.last_error,
+                json.dumps(dict(message.voters), sort_keys=True),
+                int(message.done),
+            ),
+        )
+
+    def slack_first_sight(self, key: str, now: str, forget_before: str) -> bool:
+        """Remember `key` (a delivery's signature or envelope id); False if it was seen already."""
+        self.conn.execute("DELETE FROM slack_seen WHERE seen_at < %s", (forget_before,))
+        cursor = self.conn.execute(
+            "INSERT INTO slack_seen (key, seen_at) VALUES (%s, %s) ON CONFLICT DO NOTHING", (key, now)
+        )
+        return cursor.rowcount == 1
+
+
+def _head(conn: psycopg.Connection) -> tuple[int, str]:
+    row = conn.execute("SELECT seq, entry_hash FROM evidence_head WHERE id = 1").fetchone()
+    return (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
+
+
+def _append(conn: psycopg.Connection, events: Sequence[Mapping[str, Any]]) -> list[Record]:
+    """Chain and insert events; runs inside a write transaction that holds the head row's lock
+    (`LOCK_HEAD`), so no other writer on the database moves the head meanwhile."""
+    if not events:
+        return []
+    records, rows = _chain(*_head(conn), events)
+    _insert(conn, rows, records[-1].seq, records[-1].entry_hash)
+    return records
+
+
+def _chain(seq: int, prev_hash: str, events: Sequence[Mapping[str, Any]]) -> tuple[list[Record], list[Row]]:
+    """The records (and their rows) of `events` chained after (seq, prev_hash): pure, so an event
+    that cannot be chained is refused before anything reaches the database."""
+    records: list[Record] = []
+    rows: list[Row] = []
+    for index, event in enumerate(events):
+        body = dict(event)
+        for name in _REQUIRED_TEXT:
+            if not isinstance(body.get(name), str):
+                raise EvidenceWriteError(f"event {index} has no text {name!r}; build events with new_event()")
+        correlation_id = body.get("correlation_id")
+        if correlation_id is not None and not isinstance(correlation_id, str):
+            raise EvidenceWriteError(f"event {index} has a correlation_id that is not text or null")
+        seq += 1
+        body["seq"] = seq
+        text = canonical_json(body)
+        entry_hash = chain_hash(prev_hash, text)
+        record = Record(
+            seq=seq,
+            event_id=body["event_id"],
+            ts=body["ts"],
+            event_type=body["event_type"],
+            correlation_id=correlation_id,
+            body=body,
+            prev_hash=prev_hash,
+            entry_hash=entry_hash,
+        )
+        records.append(record)
+        rows.append(
+            (
+                seq,
+                record.event_id,
+                record.ts,
+                record.event_type,
+                correlation_id,
+                text.decode("utf-8"),
+                prev_hash,
+                entry_hash,
+                _requester_agent(body),
+            )
+        )
+        prev_hash = entry_hash
+    return records, rows
+
+
+def _insert(conn: psycopg.Connection, rows: Sequence[Row], seq: int, head_hash: str) -> None:
+    """Insert chained rows and move the head to (seq, head_hash): two statements however many rows."""
+    if rows:
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO evidence ({_RECORD_COLUMNS}, requester_agent) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                rows,
+            )
+    conn.execute("UPDATE evidence_head SET seq = %s, entry_hash = %s WHERE id = 1", (seq, head_hash))
+
+
+def _requester_agent(body: Mapping[str, Any]) -> str | None:
+    requester = body.get("requester")
+    if body.get("event_type") != "call.requested" or not isinstance(requester, dict):
+        return None
+    agent = requester.get("agent")
+    return agent if isinstance(agent, str) else None
+
+
+def _get_pin(conn: psycopg.Connection, server: str, tool: str) -> PinRecord | None:
+    row = conn.execute(
+        f"SELECT {_PIN_COLUMNS} FROM pins WHERE server = %s AND tool = %s", (server, tool)
+    ).fetchone()
+    return None if row is None else _pin_record(row)

@@ -1,0 +1,72 @@
+"""A real PostgreSQL for tests: a database of its own per test module, created and dropped, and a
+fresh schema in it per test, so every test starts from an empty store.
+
+`MCP_GATE_TEST_POSTGRES` names the server (default: the local one on 127.0.0.1:5432, trust auth).
+Under `CI=true` a server that cannot be reached fails the test; elsewhere the test is skipped with
+a one-line reason. A suite parametrised over backends uses `postgres_url` as the PostgreSQL
+backend's data: `PostgresStore.open(url)` again on the same url is another replica on the same data.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+SERVER = os.environ.get("MCP_GATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"PostgreSQL is needed under CI=true: {reason}", pytrace=False)
+    pytest.skip(f"no PostgreSQL for these tests: {reason}")
+
+
+def with_database(url: str, name: str) -> str:
+    return urllib.parse.urlsplit(url)._replace(path=f"/{name}").geturl()
+
+
+def with_schema(url: str, schema: str) -> str:
+    """The url with `schema` first on the search path, so the store's tables are made there."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query)
+    query.append(("options", f"-c search_path={schema}"))
+    return parts._replace(query=urllib.parse.urlencode(query, quote_via=urllib.parse.quote)).geturl()
+
+
+@pytest.fixture(scope="module")
+def postgres_database() -> Iterator[str]:
+    """The url of a database made for this test module, dropped (with its connections) at the end."""
+    try:
+        import psycopg
+    except ImportError as exc:  # pragma: no cover - the test extra installs it
+        _unavailable(f"psycopg is not installed ({exc}); pip install -e '.[test]'")
+        raise
+    try:
+        admin = psycopg.connect(SERVER, autocommit=True, connect_timeout=3)
+    except psycopg.Error as exc:
+        _unavailable(f"cannot reach {SERVER}: {' '.join(str(exc).split())}")
+        raise
+    name = f"mcp_gate_test_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield with_database(SERVER, name)
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url(postgres_database: str) -> Iterator[str]:
+    """The url of an empty schema in the module's database, for one test."""
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_database, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    yield with_schema(postgres_database, schema)
+    with psycopg.connect(postgres_database, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
