@@ -13,15 +13,13 @@ import psycopg
 
 from mcp_gate.approvals import ApprovalRequest, Binding, Grant, RequestState, Vote
 from mcp_gate.clock import utc_iso
-from mcp_gate.errors import EvidenceWriteError
-from mcp_gate.evidence import GENESIS_HASH, Record, canonical_json, chain_hash
+from mcp_gate.evidence import GENESIS_HASH, Record, canonical_json, chain_events
 from mcp_gate.storage.base import Inflight, PinRecord, SlackMessage
 from mcp_gate.storage.sqlite.tx import (
     _APPROVAL_COLUMNS,
     _GRANT_COLUMNS,
     _PIN_COLUMNS,
     _RECORD_COLUMNS,
-    _REQUIRED_TEXT,
     _SLACK_COLUMNS,
     _grant,
     _parse_time,
@@ -348,47 +346,25 @@ def _append(conn: psycopg.Connection, events: Sequence[Mapping[str, Any]]) -> li
 
 
 def _chain(seq: int, prev_hash: str, events: Sequence[Mapping[str, Any]]) -> tuple[list[Record], list[Row]]:
-    """The records (and their rows) of `events` chained after (seq, prev_hash): pure, so an event
-    that cannot be chained is refused before anything reaches the database."""
-    records: list[Record] = []
-    rows: list[Row] = []
-    for index, event in enumerate(events):
-        body = dict(event)
-        for name in _REQUIRED_TEXT:
-            if not isinstance(body.get(name), str):
-                raise EvidenceWriteError(f"event {index} has no text {name!r}; build events with new_event()")
-        correlation_id = body.get("correlation_id")
-        if correlation_id is not None and not isinstance(correlation_id, str):
-            raise EvidenceWriteError(f"event {index} has a correlation_id that is not text or null")
-        seq += 1
-        body["seq"] = seq
-        text = canonical_json(body)
-        entry_hash = chain_hash(prev_hash, text)
-        record = Record(
-            seq=seq,
-            event_id=body["event_id"],
-            ts=body["ts"],
-            event_type=body["event_type"],
-            correlation_id=correlation_id,
-            body=body,
-            prev_hash=prev_hash,
-            entry_hash=entry_hash,
+    """The records (and their rows) of `events` chained after (seq, prev_hash) by the one chaining
+    every backend uses: pure, so an event that cannot be chained is refused before anything
+    reaches the database."""
+    chained = chain_events(events, seq, prev_hash)
+    records = [record for record, _ in chained]
+    rows: list[Row] = [
+        (
+            record.seq,
+            record.event_id,
+            record.ts,
+            record.event_type,
+            record.correlation_id,
+            text,
+            record.prev_hash,
+            record.entry_hash,
+            _requester_agent(record.body),
         )
-        records.append(record)
-        rows.append(
-            (
-                seq,
-                record.event_id,
-                record.ts,
-                record.event_type,
-                correlation_id,
-                text.decode("utf-8"),
-                prev_hash,
-                entry_hash,
-                _requester_agent(body),
-            )
-        )
-        prev_hash = entry_hash
+        for record, text in chained
+    ]
     return records, rows
 
 
