@@ -267,3 +267,26 @@ def test_explain_refuses_bad_input_in_one_line(gate: Path, argv: list[str], frag
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1
     assert fragment in done.stderr
+
+
+def test_check_runs_the_policy_tests_it_finds_and_fails_on_one(gate: Path) -> None:
+    write_cases(gate, "notes.toml", PASSING)
+    passing = mcp_gate("check", cwd=gate)
+    assert passing.returncode == 0, passing.stdout + passing.stderr
+    assert "policy tests: 5 case(s), all hold" in passing.stdout.splitlines()
+    write_cases(
+        gate,
+        "wrong.toml",
+        '[[case]]\nname = "echo is high"\nserver = "notes"\ntool = "echo"\nexpect = { tier = "high" }\n',
+    )
+    failing = mcp_gate("check", "--json", cwd=gate)
+    assert failing.returncode == 1
+    tests = json.loads(failing.stdout)["policy_tests"]
+    assert (tests["cases"], tests["passed"]) == (6, 5)
+    assert tests["failed"][0]["name"] == "echo is high"
+    assert tests["failed"][0]["mismatches"] == [["tier", "high", "low"]]
+    text = mcp_gate("check", cwd=gate)
+    assert (
+        "policy tests: FAIL echo is high (wrong.toml): tier: expected high, got low"
+        in text.stdout.splitlines()
+    )

@@ -29,6 +29,7 @@ from mcp_gate.cli._common import (
     subcommand,
 )
 from mcp_gate.cli.audit import checkpoint_warnings, missed_copies
+from mcp_gate.cli.policy import run_policy_tests
 from mcp_gate.cli.slack import slack_check
 from mcp_gate.config import (
     GateConfig,
@@ -276,6 +277,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     report["checkpoint_warnings"] = checkpoint_warnings(config)
     if config.slack is not None:
         report["slack"] = asdict(slack_check(config, os.environ))
+    verdicts = run_policy_tests(config)
+    failing = [v for v in verdicts if not v.passed]
+    if verdicts:
+        report["policy_tests"] = {
+            "cases": len(verdicts),
+            "passed": len(verdicts) - len(failing),
+            "failed": [
+                {"file": str(v.case.file), "name": v.case.name, "mismatches": [list(m) for m in v.mismatches]}
+                for v in failing
+            ],
+        }
     if args.json:
         say(json.dumps(report, indent=2))
     else:
@@ -298,10 +310,17 @@ def cmd_check(args: argparse.Namespace) -> int:
             say(f"checkpoints: {warning}")
         if "slack" in report:
             say(f"slack: {'ok' if report['slack']['ok'] else 'PROBLEM'}: {report['slack']['detail']}")
+        if verdicts and not failing:
+            say(f"policy tests: {len(verdicts)} case(s), all hold")
+        for verdict in failing:
+            wrong = "; ".join(f"{k}: expected {w}, got {g}" for k, w, g in verdict.mismatches)
+            say(f"policy tests: FAIL {verdict.case.name} ({verdict.case.file.name}): {wrong}")
         say("tools (name, tier, pin, rule: reason):")
         _print_tools(report["tools"])
     failed = [s for s in report["servers"] if s["state"] not in ("up", "disabled")]
     if "slack" in report and not report["slack"]["ok"]:
+        return EXIT_FAILED
+    if failing:
         return EXIT_FAILED
     return EXIT_FAILED if failed else EXIT_OK
 
