@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
 import time
 from pathlib import Path
 from typing import IO
+
+import anyio
 
 __all__ = [
     "ARGS_KEY_FILE",
@@ -50,14 +53,15 @@ class DataDirLock:
         self.exclusive = False
         self._handle: IO[str] | None = None
 
-    def __enter__(self) -> DataDirLock:
+    async def __aenter__(self) -> DataDirLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = self.path.open("a")
         try:
             fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             self.exclusive = True
         except OSError:
-            self._share(wait=True)
+            # The wait for another gate's recovery sleeps: in a worker thread, off the event loop.
+            await anyio.to_thread.run_sync(functools.partial(self._share, wait=True))
         return self
 
     def share(self) -> None:
@@ -76,7 +80,7 @@ class DataDirLock:
             except OSError:
                 time.sleep(0.01)
 
-    def __exit__(self, *exc: object) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         if self._handle is not None:
             self._handle.close()  # closing releases the lock
             self._handle = None
@@ -93,10 +97,10 @@ class RunMarker:
         self.folder = data_dir / RUNS_DIR
         self.path = self.folder / run
 
-    def __enter__(self) -> RunMarker:
+    async def __aenter__(self) -> RunMarker:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         pass  # the marker stays unless remove() was called: that is the point
 
     def left_over(self) -> list[str]:

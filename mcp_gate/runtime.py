@@ -97,7 +97,7 @@ async def open_gate(
             # The first start that names a key pins it: `audit verify` notices a swapped key.
             signing_key=None if notary is None else notary.key.verifier.to_text(),
         )
-        with DataDirLock(config.data_dir) as lock, RunMarker(config.data_dir, run) as marker:
+        async with DataDirLock(config.data_dir) as lock, RunMarker(config.data_dir, run) as marker:
             if lock.exclusive:
                 unclean = marker.left_over()
                 await _record_unclean_ends(gate, unclean)
