@@ -34,11 +34,11 @@ EventType = Literal[
     "call.requested",  # a call arrived: requester, tool, pin, redacted arguments and their digest
     "policy.decided",  # the tier, rule, reason and requirement the manifests gave that call
     "confirm.asked",  # the person at the agent was asked to confirm (or justify) the call
-    "confirm.decided",  # their answer: accepted, declined or cancelled, and who answered
+    "confirm.decided",  # their answer (confirmed, justified, declined, cancelled) and who gave it
     "confirm.refused",  # an answer or echoed request_state refused: tampered, expired, mismatched, replayed
     "call.resumed",  # an agent's retry carried a sealed request_state: the call continues where it stopped
     "call.released",  # a held call released once, by its approvers or a grant
-    "call.deferred",  # a held call stopped waiting (its hold ran out); its request stays open
+    "call.deferred",  # a held call stopped waiting (its hold ran out, its client left); its request stays
     "elicitation.relayed",  # a downstream's question relayed to the person at the agent, and the answer
     "call.executed",  # the downstream answered: result digest, redacted result, duration
     "call.failed",  # sent, then the connection broke, timed out or was cancelled: the outcome is unknown
@@ -63,7 +63,7 @@ EventType = Literal[
     "tool.drifted",  # a pinned tool's definition changed: quarantined until accepted
     "tool.accepted",  # a person accepted a tool's new definition (`mcp-gate tools accept`)
     # -- the gate's runs ----------------------------------------------------------------------
-    "gate.started",  # a run began: version, config hash, signing key, the argument digest's key id
+    "gate.started",  # a run began: its servers and manifests, the signing key, the argument key's id
     "gate.stopped",  # a run ended, cleanly or with an error
     "gate.unclean_stop",  # at start-up: the last run ended without a stop, naming the held calls cut off
     # -- Slack --------------------------------------------------------------------------------
