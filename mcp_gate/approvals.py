@@ -9,8 +9,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, assert_never
 
+from mcp_gate.events import RequestState
+
 __all__ = [
-    "FINAL_STATES",
     "ID_ALPHABET",
     "Approved",
     "ApprovalRequest",
@@ -22,7 +23,6 @@ __all__ = [
     "Pending",
     "Refusal",
     "Released",
-    "RequestState",
     "Revoked",
     "Verdict",
     "Void",
@@ -43,18 +43,6 @@ __all__ = [
 ID_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"
 ID_LENGTH = 8
 
-RequestState = Literal[
-    "pending",
-    "approved",
-    "denied",
-    "expired",
-    "revoked",
-    "void",
-    "executing",
-    "executed",
-    "failed",
-    "outcome_unknown",
-]
 Verdict = Literal["approve", "deny"]
 
 
@@ -257,11 +245,9 @@ class Released:
 
 DecisionOutcome = Pending | Approved | Denied | Refusal
 
-FINAL_STATES: tuple[RequestState, ...] = ("denied", "expired", "revoked", "void")
-
 
 def final_outcome(request: ApprovalRequest) -> Denied | Expired | Revoked | Void:
-    """What a request closed in one of the `FINAL_STATES` means for the call it held."""
+    """What a request closed in one of the `events.FINAL_STATES` means for the call it held."""
     match request.state:
         case "denied":
             vote = request.denial

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, assert_never
 
@@ -18,6 +18,8 @@ from mcp_gate.config import GateConfig
 from mcp_gate.datadir import ELICITATION_KEY_FILE
 from mcp_gate.downstream import ElicitFn
 from mcp_gate.errors import EvidenceWriteError, StoreError
+from mcp_gate.events import FINAL_STATES
+from mcp_gate.evidence import MakeEvent
 from mcp_gate.holds import ApprovalEngine
 from mcp_gate.policy import Approvals, Confirm, Requirement, describe_requirement
 from mcp_gate.questions import (
@@ -57,9 +59,6 @@ __all__ = ["Asking", "AskKind", "Proceed", "Question", "Step", "Stop"]
 log = logging.getLogger("mcp_gate.asking")
 
 AskKind = Literal["confirm", "justification"]
-Event = Callable[..., dict[str, Any]]
-
-_FINAL_STATES = ("denied", "expired", "revoked", "void")
 
 
 @dataclass(frozen=True)
@@ -97,7 +96,7 @@ class Asking:
         store: Store,
         clock: Clock,
         engine: ApprovalEngine,
-        event: Event,
+        event: MakeEvent,
     ) -> None:
         self.config = config
         self.store = store
@@ -201,7 +200,7 @@ class Asking:
                 if tx.find_open_request(binding) is not None:
                     return True
                 latest = tx.find_latest_request(binding)
-                return latest is not None and latest.state in _FINAL_STATES and not latest.reported
+                return latest is not None and latest.state in FINAL_STATES and not latest.reported
 
             if await self.store.read(covered):
                 return Proceed()

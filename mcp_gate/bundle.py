@@ -409,7 +409,7 @@ def _feed_line(chain: ChainVerifier, raw: str, expected: int) -> str | None:
         item, canonical = parse_canonical(line)
         if canonical != line.encode("utf-8") or not isinstance(item, dict) or set(item) != _LINE_KEYS:
             return f"{RECORDS}: seq {expected}: the line is not a canonical record (edited?)"
-        body: dict[str, Any] = item["body"]
+        body = item["body"]
         if not isinstance(body, dict):
             return f"{RECORDS}: seq {expected}: the record's body is not an object (edited?)"
         # In canonical form "body" comes first and "entry_hash" next: the body's own bytes.

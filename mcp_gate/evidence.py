@@ -8,12 +8,13 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import rfc8785
 
 from mcp_gate.clock import Clock, utc_iso
 from mcp_gate.errors import EvidenceWriteError
+from mcp_gate.events import EventType, is_event_type
 from mcp_gate.redaction import redact  # re-exported: evidence is stored redacted
 from mcp_gate.redaction import safe_repr as _safe_repr
 
@@ -22,6 +23,7 @@ __all__ = [
     "GENESIS_HASH",
     "ChainVerifier",
     "EventFactory",
+    "MakeEvent",
     "Record",
     "VerifyReport",
     "canonical_json",
@@ -115,6 +117,14 @@ def args_key_id(key: bytes) -> str:
     return hmac.new(key, b"mcp-gate/args-key-id/v1", hashlib.sha256).hexdigest()[:16]
 
 
+class MakeEvent(Protocol):
+    """What builds one event body: an `EventFactory`, or a method that hands on to one."""
+
+    def __call__(
+        self, event_type: EventType, correlation_id: str | None, **fields: Any
+    ) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class EventFactory:
     """Builds event bodies that carry what every record of one gate carries: its name, version and
@@ -125,7 +135,7 @@ class EventFactory:
     policy_sha256: str
     clock: Clock
 
-    def __call__(self, event_type: str, correlation_id: str | None, **fields: Any) -> dict[str, Any]:
+    def __call__(self, event_type: EventType, correlation_id: str | None, **fields: Any) -> dict[str, Any]:
         return new_event(
             event_type,
             ts=utc_iso(self.clock.now()),
@@ -191,7 +201,7 @@ def chain_events(events: Sequence[Mapping[str, Any]], seq: int, prev_hash: str) 
     return chained
 
 
-def new_event(event_type: str, *, ts: str, correlation_id: str | None, **fields: Any) -> dict[str, Any]:
+def new_event(event_type: EventType, *, ts: str, correlation_id: str | None, **fields: Any) -> dict[str, Any]:
     """A record body without `seq` (the store assigns it). Fields must be JSON values."""
     return {
         "event_id": uuid.uuid4().hex,
@@ -475,7 +485,7 @@ def _details(event_type: str, body: Mapping[str, Any]) -> str:
             shown = value if isinstance(value, str) else _compact(value, width)
             parts.append(f"{label}={shown}")
 
-    match event_type:
+    match event_type if is_event_type(event_type) else None:
         case "policy.decided":
             add("tier", "tier")
             add("requirement", "requirement")

@@ -19,7 +19,6 @@ from mcp_gate.approvals import (
     Expired,
     Grant,
     Released,
-    RequestState,
     Revoked,
     Void,
     describe_wait,
@@ -29,16 +28,17 @@ from mcp_gate.asking import Asking, Proceed, Question, Stop
 from mcp_gate.call import CallContext, arrival_fields
 from mcp_gate.clock import Clock, utc_iso
 from mcp_gate.config import GateConfig, Requester
-from mcp_gate.downstream import Downstream, Downstreams, ProgressFn
+from mcp_gate.downstream import Downstreams, ProgressFn
 from mcp_gate.errors import (
     CallRefused,
     DownstreamFailed,
     EvidenceWriteError,
     StoreError,
 )
+from mcp_gate.events import EventType, RequestState
 from mcp_gate.evidence import EventFactory, args_digest, result_digest
 from mcp_gate.holds import ApprovalEngine, StillPending, TooMany, UsedElsewhere
-from mcp_gate.offering import MAX_ARGUMENT_DEPTH, OfferedTool, Offering, deeper_than
+from mcp_gate.offering import MAX_ARGUMENT_DEPTH, Offering, deeper_than
 from mcp_gate.policy import (
     Approvals,
     Block,
@@ -97,21 +97,11 @@ class Gateway:
 
     # -- evidence -------------------------------------------------------------------------
 
-    def event(self, event_type: str, correlation_id: str | None, **fields: Any) -> dict[str, Any]:
+    def event(self, event_type: EventType, correlation_id: str | None, **fields: Any) -> dict[str, Any]:
         return self.events(event_type, correlation_id, **fields)
 
-    async def record(self, event_type: str, correlation_id: str | None, **fields: Any) -> None:
+    async def record(self, event_type: EventType, correlation_id: str | None, **fields: Any) -> None:
         await self.store.append([self.event(event_type, correlation_id, **fields)])
-
-    # -- tools ----------------------------------------------------------------------------
-
-    @property
-    def offered(self) -> Mapping[str, OfferedTool]:
-        """The tools offered now, by their namespaced names (what a channel shows of a tool)."""
-        return self.offering.offered
-
-    async def _tools_changed(self, ds: Downstream) -> None:
-        await self.offering.tools_changed(ds)
 
     # -- calls ----------------------------------------------------------------------------
 
@@ -494,7 +484,9 @@ class Gateway:
             return _error_result(passed, call.correlation_id)
         return passed
 
-    async def _finish(self, call: CallContext, event_type: str, state: RequestState, **fields: Any) -> None:
+    async def _finish(
+        self, call: CallContext, event_type: EventType, state: RequestState, **fields: Any
+    ) -> None:
         # Shielded: once a call was sent, a client's cancellation must not stop its outcome being
         # recorded. If the write fails anyway, the call has run and cannot be undone; its
         # in-flight marker stays, so the next start records it as call.outcome_unknown.

@@ -11,7 +11,6 @@ from typing import Any, assert_never
 import anyio
 
 from mcp_gate.approvals import (
-    FINAL_STATES,
     MAX_GRANT,
     ApprovalRequest,
     Approved,
@@ -23,7 +22,6 @@ from mcp_gate.approvals import (
     Pending,
     Refusal,
     Released,
-    RequestState,
     Revoked,
     Verdict,
     Void,
@@ -41,8 +39,16 @@ from mcp_gate.approvals import (
 from mcp_gate.clock import Clock, utc_iso
 from mcp_gate.config import ApprovalSettings
 from mcp_gate.errors import GateError, NoSuchRequest
+from mcp_gate.events import (
+    FINAL_STATES,
+    OPEN_STATES,
+    RELEASED_STATES,
+    SEALED_EVENTS,
+    EventType,
+    RequestState,
+)
 from mcp_gate.evidence import EventFactory
-from mcp_gate.seals import SEALED_EVENTS, derive, grant_forgery, seal
+from mcp_gate.seals import derive, grant_forgery, seal
 from mcp_gate.storage.base import Store, Tx
 
 __all__ = [
@@ -113,7 +119,7 @@ class ApprovalEngine:
         self.settings = settings
         self.events = events
 
-    def _ev(self, event_type: str, correlation_id: str | None, **fields: Any) -> dict[str, Any]:
+    def _ev(self, event_type: EventType, correlation_id: str | None, **fields: Any) -> dict[str, Any]:
         body = self.events(event_type, correlation_id, **fields)
         return seal(self.key, body) if event_type in SEALED_EVENTS else body
 
@@ -262,7 +268,7 @@ class ApprovalEngine:
         except BaseException:
             with anyio.CancelScope(shield=True):
                 still = await self.store.read(lambda tx: tx.get_request(request.id))
-                if still is not None and still.state in ("pending", "approved"):
+                if still is not None and still.state in OPEN_STATES:
                     await self._defer(still, correlation_id, "the client cancelled or disconnected")
             raise
 
@@ -294,7 +300,7 @@ class ApprovalEngine:
         """Inside a transaction: move an approved request to executing, once."""
         request = tx.get_request(request_id)
         assert request is not None
-        if request.state in ("executing", "executed", "failed", "outcome_unknown"):
+        if request.state in RELEASED_STATES:
             return UsedElsewhere(request)
         if request.state in FINAL_STATES:  # revoked or expired since the caller looked
             tx.mark_reported(request_id)
@@ -377,7 +383,7 @@ class ApprovalEngine:
 
     def _expire_if_open(self, tx: Tx, request_id: str) -> Expired | None:
         request = tx.get_request(request_id)
-        if request is None or request.state not in ("pending", "approved"):
+        if request is None or request.state not in OPEN_STATES:
             return None
         if not request.expired_at(self.clock.now()):
             return None
@@ -519,6 +525,7 @@ class ApprovalEngine:
             if request is None:
                 raise NoSuchRequest(request_id)
             outcome = revoke(request, approver, now=self.clock.now())
+            event: EventType
             if isinstance(outcome, Revoked):
                 tx.save_request(outcome.request)
                 event = "approval.revoked"
@@ -644,7 +651,7 @@ class ApprovalEngine:
 
     async def pending(self) -> list[ApprovalRequest]:
         now = self.clock.now()
-        requests = await self.store.read(lambda tx: tx.requests(states=("pending", "approved")))
+        requests = await self.store.read(lambda tx: tx.requests(states=OPEN_STATES))
         return [r for r in requests if not r.expired_at(now)]
 
     async def grants(self, *, live_only: bool = True) -> list[Grant]:

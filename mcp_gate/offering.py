@@ -21,7 +21,7 @@ from mcp_gate.errors import (
     StoreError,
     UnknownTool,
 )
-from mcp_gate.evidence import canonical_json
+from mcp_gate.evidence import MakeEvent, canonical_json
 from mcp_gate.pins import Accepted, Drifted, New, StillDrifted, canonical_definition, observe, pin_of
 from mcp_gate.policy import Decision, Manifest, classify
 from mcp_gate.redaction import redact
@@ -47,8 +47,6 @@ MAX_ARGUMENT_BYTES = 256 * 1024
 MAX_ARGUMENT_DEPTH = 64
 NO_TASKS = types.ToolExecution(task_support="forbidden")
 TIER_META_KEY = "io.github.mcp-gate/tier"
-
-Event = Callable[..., dict[str, Any]]
 
 
 def deeper_than(value: Any, limit: int) -> bool:
@@ -130,7 +128,7 @@ class Offering:
         manifests: Mapping[str, Manifest],
         store: Store,
         downstreams: Downstreams,
-        event: Event,
+        event: MakeEvent,
     ) -> None:
         self.config = config
         self.manifests = manifests

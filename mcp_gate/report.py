@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from mcp_gate import __version__
+from mcp_gate.events import GRANT_DECISIONS, REACHED_DOWNSTREAM, event_type_of
 from mcp_gate.evidence import VerifyReport
 from mcp_gate.storage.base import LogReader
 
@@ -25,7 +26,6 @@ UNAPPROVED_METHOD = (
     "either from a grant, or naming at least as many distinct approvers as were required. "
     "A call with no such release is listed here."
 )
-_REACHED = ("call.executed", "call.failed", "call.outcome_unknown")
 _NEEDS = re.compile(r"^(\d+) approvals?$")
 
 
@@ -74,7 +74,7 @@ def summarize(
     }  # fmt: skip
     for body in bodies:
         records += 1
-        kind, ts, cid = body.get("event_type"), body.get("ts"), body.get("correlation_id")
+        kind, ts, cid = event_type_of(body), body.get("ts"), body.get("correlation_id")
         policy = body.get("policy_sha256")
         if isinstance(policy, str):
             seen = policies.setdefault(
@@ -82,20 +82,20 @@ def summarize(
             )
             seen["last"] = ts
             seen["records"] += 1
-        if kind in (*_REACHED, "call.refused") and isinstance(cid, str) and cid not in calls:
+        if kind in (*REACHED_DOWNSTREAM, "call.refused") and isinstance(cid, str) and cid not in calls:
             for prior in earlier(cid):  # decided before the period began
-                if prior.get("event_type") == "policy.decided":
+                if event_type_of(prior) == "policy.decided":
                     calls[cid] = _call_of(prior)
-                elif prior.get("event_type") == "call.released":
+                elif event_type_of(prior) == "call.released":
                     released.setdefault(cid, []).append(prior)
         if kind == "policy.decided" and isinstance(cid, str):
             call = calls[cid] = _call_of(body)
             _row(by_server_tier, call)["requested"] += 1
-        elif kind in _REACHED and isinstance(cid, str) and cid in calls:
+        elif kind in REACHED_DOWNSTREAM and isinstance(cid, str) and cid in calls:
             reached = calls[cid]
             _row(by_server_tier, reached)["ran"] += 1
             _check_release(cid, reached, released.get(cid, []), ts, lists["unapproved"])
-        elif kind in _REACHED:
+        elif kind in REACHED_DOWNSTREAM:
             lists["unapproved"].append(
                 {"correlation_id": cid, "server": body.get("server"), "tool": body.get("tool"), "tier": None,
                  "requirement": "no policy.decided record for this call", "requester": None, "at": ts}
@@ -147,7 +147,7 @@ def summarize(
             )
             if entry is not None:
                 entry["outcome"] = "revoked"
-        elif kind in ("grant.created", "grant.revoked"):
+        elif kind in GRANT_DECISIONS:
             row = {
                 "event": kind,
                 **_pick(body, grant_id="grant_id", by="approver", server="server", tool="tool"),

@@ -25,6 +25,7 @@ from mcp_gate.config import GateConfig
 from mcp_gate.datadir import ARGS_KEY_FILE, DECISION_KEY_FILE, DataDirLock, RunMarker, gate_db
 from mcp_gate.downstream import Downstreams
 from mcp_gate.errors import ConfigError, GateError, StoreError
+from mcp_gate.events import OPEN_STATES, EventType
 from mcp_gate.evidence import ARGS_DIGEST, EventFactory, args_key_id
 from mcp_gate.gateway import Gateway
 from mcp_gate.holds import ApprovalEngine
@@ -117,7 +118,7 @@ async def open_gate(
                         tg.start_soon(_checkpoint_timer, opened, notary.every_seconds)
                     await tg.start(
                         functools.partial(
-                            downstreams.run, gate._tools_changed, startup_timeout=startup_timeout
+                            downstreams.run, gate.offering.tools_changed, startup_timeout=startup_timeout
                         )
                     )
                     try:
@@ -172,11 +173,13 @@ async def _record_unclean_ends(gate: Gateway, runs: list[str]) -> None:
 
 async def _held_at_crash(store: Store) -> list[dict[str, Any]]:
     """Open requests whose latest call was still being held: neither answered nor deferred."""
-    open_requests = await store.read(lambda tx: tx.requests(states=("pending", "approved")))
+    open_requests = await store.read(lambda tx: tx.requests(states=OPEN_STATES))
     if not open_requests:
         return []
-    latest: dict[str, tuple[int, str]] = {}
-    for kind in ("approval.requested", "approval.joined", "call.deferred"):
+    latest: dict[str, tuple[int, EventType]] = {}
+    # A hold begins with a request made or joined, and ends unanswered with a deferral.
+    holds: tuple[EventType, ...] = ("approval.requested", "approval.joined", "call.deferred")
+    for kind in holds:
         for record in await store.records(event_type=kind):
             request_id = str(record.body.get("request_id"))
             if request_id not in latest or latest[request_id][0] < record.seq:

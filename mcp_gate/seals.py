@@ -26,10 +26,10 @@ from mcp_gate.approvals import ApprovalRequest, Grant
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import check_private
 from mcp_gate.errors import GateError, StoreError
+from mcp_gate.events import GRANT_DECISIONS, REQUEST_DECISIONS, event_type_of
 from mcp_gate.evidence import canonical_json
 
 __all__ = [
-    "SEALED_EVENTS",
     "Derived",
     "derive",
     "grant_forgery",
@@ -38,13 +38,6 @@ __all__ = [
     "sealed_by",
 ]
 
-SEALED_EVENTS = (
-    "approval.requested",
-    "approval.decided",
-    "approval.revoked",
-    "grant.created",
-    "grant.revoked",
-)
 _DOMAIN = b"mcp-gate/decision/v1\n"
 _UNSEALED = ("seq", "seal")  # the store adds seq after sealing; the seal cannot cover itself
 
@@ -117,12 +110,13 @@ def derive(key: bytes, request: ApprovalRequest, bodies: Iterable[Mapping[str, A
     denied_by: str | None = None
     revoked_by: str | None = None
     for body in bodies:
-        if body.get("request_id") != request.id or body.get("event_type") not in SEALED_EVENTS[:3]:
+        kind = event_type_of(body)
+        if body.get("request_id") != request.id or kind not in REQUEST_DECISIONS:
             continue
         if not sealed_by(key, body):
             forged.append(f"an unsealed {body.get('event_type')} record (seq {body.get('seq')})")
             continue
-        match body.get("event_type"):
+        match kind:
             case "approval.requested":
                 requested = body
             case "approval.decided":
@@ -171,14 +165,11 @@ def grant_forgery(key: bytes, grant: Grant, bodies: Iterable[Mapping[str, Any]])
     """Why the evidence does not back this grant row (or shows it revoked), or None if it does."""
     created: Mapping[str, Any] | None = None
     for body in bodies:
-        if body.get("grant_id") != grant.id or body.get("event_type") not in (
-            "grant.created",
-            "grant.revoked",
-        ):
+        if body.get("grant_id") != grant.id or event_type_of(body) not in GRANT_DECISIONS:
             continue
         if not sealed_by(key, body):
             continue
-        if body["event_type"] == "grant.revoked":
+        if event_type_of(body) == "grant.revoked":
             return f"grant {grant.id} was revoked by {body.get('approver')}"
         created = body
     if created is None:

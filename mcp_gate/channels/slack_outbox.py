@@ -12,13 +12,14 @@ from typing import Any
 
 import anyio
 
-from mcp_gate.approvals import ApprovalRequest, RequestState
+from mcp_gate.approvals import ApprovalRequest
 from mcp_gate.channels.api import Desk
 from mcp_gate.channels.slack_api import AuthInfo, SlackApi
 from mcp_gate.channels.slack_blocks import GRANT_FOR, metadata_request_id, render_request, request_metadata
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import SlackSettings
 from mcp_gate.errors import GateError, SlackFailure
+from mcp_gate.events import OPEN_STATES, TERMINAL_STATES, EventType
 from mcp_gate.gateway import Gateway
 from mcp_gate.holds import grant_refusal
 from mcp_gate.storage.base import SlackMessage, Tx
@@ -27,8 +28,6 @@ __all__ = ["LEASE", "SlackOutbox", "safely"]
 
 log = logging.getLogger("mcp_gate.slack")
 
-OPEN: tuple[RequestState, ...] = ("pending", "approved")
-FINAL = ("denied", "expired", "revoked", "void", "executed", "failed", "outcome_unknown")
 LEASE = timedelta(seconds=30)
 # Looking for a message a gate may have posted without recording it (conversations.history):
 HISTORY_PAGE = 200  # messages a page
@@ -108,7 +107,7 @@ class SlackOutbox:
         """Post, update or give up on every message that needs it; return how many were sent."""
         now = self.wall()
         requests, messages = await self.gate.store.read(
-            lambda tx: (tx.requests(states=OPEN), {m.request_id: m for m in tx.slack_messages()})
+            lambda tx: (tx.requests(states=OPEN_STATES), {m.request_id: m for m in tx.slack_messages()})
         )
         by_id = {r.id: r for r in requests}
         missing = sorted(messages.keys() - by_id.keys())
@@ -124,7 +123,7 @@ class SlackOutbox:
         return sent
 
     async def _sync_one(self, request: ApprovalRequest, message: SlackMessage | None, now: datetime) -> bool:
-        final = request.state in FINAL
+        final = request.state in TERMINAL_STATES
         if message is None or message.ts is None:
             unread: SlackFailure | None = None
             if message is not None and _attempted(message) and self._may_look(message, now):
@@ -349,7 +348,13 @@ class SlackOutbox:
         )
 
     async def _failed(
-        self, message: SlackMessage, request: ApprovalRequest, exc: SlackFailure, now: datetime, *, event: str
+        self,
+        message: SlackMessage,
+        request: ApprovalRequest,
+        exc: SlackFailure,
+        now: datetime,
+        *,
+        event: EventType,
     ) -> None:
         attempts = message.attempts + 1
         delay = min(self.backoff * 2 ** (attempts - 1), self.max_backoff)
@@ -401,7 +406,7 @@ class SlackOutbox:
                         "slack.not_posted",
                         request.correlation_id,
                         request_id=request.id,
-                        state="expired" if request.state in OPEN else request.state,
+                        state="expired" if request.state in OPEN_STATES else request.state,
                         attempts=message.attempts,
                         last_error=message.last_error,
                     )
@@ -413,7 +418,7 @@ class SlackOutbox:
     async def render(self, request: ApprovalRequest, voters: Mapping[str, str]) -> dict[str, Any]:
         """The message for a request as it stands (text and blocks)."""
         view = await self.desk.show(request.id)
-        offered = self.gate.offered.get(view["name"])
+        offered = self.gate.offering.offered.get(view["name"])
         description = offered.served.description if offered is not None else None
         grant_allowed = grant_refusal(request, GRANT_FOR, self.gate.policy_sha256) is None
         recent = [

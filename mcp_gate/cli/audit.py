@@ -40,6 +40,7 @@ from mcp_gate.clock import SystemClock, utc_iso
 from mcp_gate.config import GateConfig, invoking_user, load_config, resolve_config_path
 from mcp_gate.datadir import gate_db
 from mcp_gate.errors import CheckpointError, GateError, StoreError
+from mcp_gate.events import EventType
 from mcp_gate.evidence import GENESIS_HASH, new_event, render_story
 from mcp_gate.notary import (
     Notary,
@@ -70,7 +71,7 @@ def _db(config: GateConfig) -> Path:
     return db
 
 
-def _event(config: GateConfig, event_type: str, **fields: Any) -> dict[str, Any]:
+def _event(config: GateConfig, event_type: EventType, **fields: Any) -> dict[str, Any]:
     return new_event(
         event_type,
         ts=utc_iso(SystemClock().now()),

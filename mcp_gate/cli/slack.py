@@ -26,6 +26,7 @@ from mcp_gate.cli._common import (
 from mcp_gate.config import GateConfig, SlackSettings
 from mcp_gate.datadir import gate_db
 from mcp_gate.errors import ConfigError, GateError, SlackFailure
+from mcp_gate.events import SLACK_DELIVERY
 
 __all__ = ["Finding", "add_commands", "diagnose", "slack_check"]
 
@@ -162,11 +163,7 @@ async def _recent_failure(config: GateConfig) -> str | None:
     if not db.exists():
         return None
     async with runtime.read_gate_store(config) as store:
-        records = [
-            r
-            for kind in ("slack.posted", "slack.post_failed", "slack.update_failed", "slack.not_posted")
-            for r in await store.records(event_type=kind)
-        ]
+        records = [r for kind in SLACK_DELIVERY for r in await store.records(event_type=kind)]
     if not records:
         return None
     last = max(records, key=lambda r: r.seq)

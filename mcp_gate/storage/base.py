@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
-from mcp_gate.approvals import ApprovalRequest, Binding, Grant, RequestState
+from mcp_gate.approvals import ApprovalRequest, Binding, Grant
 from mcp_gate.checkpoints import Pruned
+from mcp_gate.events import EventType, RequestState
 from mcp_gate.evidence import Record, VerifyReport
 
 __all__ = ["Changes", "Inflight", "LogReader", "PinRecord", "SlackMessage", "Store", "Tx"]
@@ -91,7 +92,7 @@ class Store(Protocol):
         self,
         *,
         correlation_id: str | None = None,
-        event_type: str | None = None,
+        event_type: EventType | None = None,
         after_seq: int = 0,
         limit: int | None = None,
     ) -> list[Record]: ...
@@ -212,7 +213,7 @@ class Tx(Protocol):
         """The newest request, in any state, for the same requester, tool and arguments."""
         ...
 
-    def bodies_for(self, correlation_id: str, event_types: Sequence[str]) -> list[dict[str, Any]]:
+    def bodies_for(self, correlation_id: str, event_types: Sequence[EventType]) -> list[dict[str, Any]]:
         """The evidence bodies of these types under one correlation id, in order."""
         ...
 
@@ -308,7 +309,7 @@ class LogReader(Protocol):
         """(last seq or 0, last entry hash or the genesis hash)."""
         ...
 
-    def bodies_of(self, *event_types: str, after_seq: int = 0) -> Iterator[dict[str, Any]]:
+    def bodies_of(self, *event_types: EventType, after_seq: int = 0) -> Iterator[dict[str, Any]]:
         """The parsed bodies of the records of these types, in seq order (all types if none given)."""
         ...
 

@@ -25,11 +25,12 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from mcp_gate.approvals import ApprovalRequest, Binding, Grant, RequestState, Vote
+from mcp_gate.approvals import ApprovalRequest, Binding, Grant, Vote
 from mcp_gate.audit import AuditReport, LogVerifier, check_notes
 from mcp_gate.checkpoints import Pruned, parse_checkpoint
 from mcp_gate.clock import Clock, SystemClock, utc_iso
 from mcp_gate.errors import EvidenceWriteError, GateError, StoreError
+from mcp_gate.events import OPEN_STATES, EventType, RequestState
 from mcp_gate.evidence import GENESIS_HASH, Record, canonical_json, chain_events, new_event
 from mcp_gate.notary import Notary
 from mcp_gate.storage.base import Changes, Inflight, PinRecord, SlackMessage, Tx
@@ -152,7 +153,7 @@ class MemoryTx:
         votes = sorted(self._t.votes.get(request.id, {}).values(), key=lambda v: (utc_iso(v[1].at), v[0]))
         return replace(request, args=json.loads(args), votes=tuple(vote for _, vote in votes))
 
-    def _newest(self, binding: Binding, states: Sequence[str] = ()) -> ApprovalRequest | None:
+    def _newest(self, binding: Binding, states: Sequence[RequestState] = ()) -> ApprovalRequest | None:
         found = [
             stored
             for stored in self._t.requests.values()
@@ -162,12 +163,12 @@ class MemoryTx:
         return None if newest is None else self._request(newest)
 
     def find_open_request(self, binding: Binding) -> ApprovalRequest | None:
-        return self._newest(binding, ("pending", "approved"))
+        return self._newest(binding, OPEN_STATES)
 
     def find_latest_request(self, binding: Binding) -> ApprovalRequest | None:
         return self._newest(binding)
 
-    def bodies_for(self, correlation_id: str, event_types: Sequence[str]) -> list[dict[str, Any]]:
+    def bodies_for(self, correlation_id: str, event_types: Sequence[EventType]) -> list[dict[str, Any]]:
         bodies = (_body(row) for row in self._data.rows if row[4] == correlation_id and row[3] in event_types)
         return [body for body in bodies if isinstance(body, dict)]
 
@@ -208,7 +209,7 @@ class MemoryTx:
         return [
             self._request(stored)
             for stored in self._t.requests.values()
-            if stored[1].state in ("pending", "approved") and utc_iso(stored[1].expires_at) <= now
+            if stored[1].state in OPEN_STATES and utc_iso(stored[1].expires_at) <= now
         ]
 
     def insert_request(self, request: ApprovalRequest) -> None:
@@ -388,7 +389,7 @@ class MemoryStore:
         self,
         *,
         correlation_id: str | None = None,
-        event_type: str | None = None,
+        event_type: EventType | None = None,
         after_seq: int = 0,
         limit: int | None = None,
     ) -> list[Record]:

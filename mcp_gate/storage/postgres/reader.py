@@ -15,6 +15,7 @@ import psycopg
 from mcp_gate.audit import AuditReport, LogVerifier, check_notes
 from mcp_gate.checkpoints import VerifierKey
 from mcp_gate.errors import StoreError
+from mcp_gate.events import EventType
 from mcp_gate.storage.postgres.schema import connect, redacted
 from mcp_gate.storage.postgres.tx import _head
 from mcp_gate.storage.sqlite.tx import _RECORD_COLUMNS, _one_line, _parsed_bodies
@@ -137,7 +138,7 @@ class PostgresLogReader:
     def head(self) -> tuple[int, str]:
         return _head(self._conn)
 
-    def bodies_of(self, *event_types: str, after_seq: int = 0) -> Iterator[dict[str, Any]]:
+    def bodies_of(self, *event_types: EventType, after_seq: int = 0) -> Iterator[dict[str, Any]]:
         if event_types:
             rows = _stream(
                 self._conn,

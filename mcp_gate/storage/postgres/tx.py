@@ -11,8 +11,9 @@ from typing import Any
 
 import psycopg
 
-from mcp_gate.approvals import ApprovalRequest, Binding, Grant, RequestState, Vote
+from mcp_gate.approvals import ApprovalRequest, Binding, Grant, Vote
 from mcp_gate.clock import utc_iso
+from mcp_gate.events import EventType, RequestState
 from mcp_gate.evidence import GENESIS_HASH, Record, canonical_json, chain_events
 from mcp_gate.storage.base import Inflight, PinRecord, SlackMessage
 from mcp_gate.storage.sqlite.tx import (
@@ -85,7 +86,7 @@ class PostgresTx:
         ).fetchall()
         return [_record(row) for row in reversed(rows)]
 
-    def bodies_for(self, correlation_id: str, event_types: Sequence[str]) -> list[dict[str, Any]]:
+    def bodies_for(self, correlation_id: str, event_types: Sequence[EventType]) -> list[dict[str, Any]]:
         rows = self.conn.execute(
             "SELECT body FROM evidence WHERE correlation_id = %s AND event_type = ANY(%s) ORDER BY seq",
             (correlation_id, list(event_types)),

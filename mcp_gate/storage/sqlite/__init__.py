@@ -16,6 +16,7 @@ import anyio.to_thread
 from mcp_gate.checkpoints import Pruned, parse_checkpoint
 from mcp_gate.clock import Clock, SystemClock, utc_iso
 from mcp_gate.errors import EvidenceWriteError, GateError, StoreError
+from mcp_gate.events import EventType
 from mcp_gate.evidence import Record, VerifyReport, canonical_json, new_event
 from mcp_gate.notary import Notary
 from mcp_gate.storage.base import Changes, PinRecord, Tx
@@ -126,7 +127,7 @@ class SQLiteStore:
         self,
         *,
         correlation_id: str | None = None,
-        event_type: str | None = None,
+        event_type: EventType | None = None,
         after_seq: int = 0,
         limit: int | None = None,
     ) -> list[Record]:

@@ -14,6 +14,7 @@ import anyio.to_thread
 from mcp_gate.audit import AuditReport, LogVerifier, check_notes
 from mcp_gate.checkpoints import VerifierKey
 from mcp_gate.errors import StoreError
+from mcp_gate.events import EventType
 from mcp_gate.storage.sqlite.tx import _RECORD_COLUMNS, _head, _one_line, _parsed_bodies
 
 
@@ -148,7 +149,7 @@ class SQLiteLogReader:
     def head(self) -> tuple[int, str]:
         return _head(self._conn)
 
-    def bodies_of(self, *event_types: str, after_seq: int = 0) -> Iterator[dict[str, Any]]:
+    def bodies_of(self, *event_types: EventType, after_seq: int = 0) -> Iterator[dict[str, Any]]:
         """The parsed bodies of the records of these types, in seq order (all types if none given)."""
         if event_types:
             marks = ", ".join("?" for _ in event_types)

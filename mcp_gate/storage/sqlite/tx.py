@@ -8,9 +8,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from mcp_gate.approvals import ApprovalRequest, Binding, Grant, RequestState, Vote
+from mcp_gate.approvals import ApprovalRequest, Binding, Grant, Vote
 from mcp_gate.clock import utc_iso
 from mcp_gate.errors import StoreError
+from mcp_gate.events import EventType, RequestState
 from mcp_gate.evidence import GENESIS_HASH, Record, canonical_json, chain_events
 from mcp_gate.storage.base import Inflight, PinRecord, SlackMessage
 
@@ -96,7 +97,7 @@ class SQLiteTx:
         ).fetchall()
         return [_record(row) for row in reversed(rows)]
 
-    def bodies_for(self, correlation_id: str, event_types: Sequence[str]) -> list[dict[str, Any]]:
+    def bodies_for(self, correlation_id: str, event_types: Sequence[EventType]) -> list[dict[str, Any]]:
         """The evidence bodies of these types under one correlation id, in order."""
         marks = ", ".join("?" for _ in event_types)
         rows = self.conn.execute(
