@@ -245,6 +245,8 @@ class Downstream:
         return self.log_dir / f"{self.name}.stderr.log"
 
     def _last_stderr_line(self) -> str | None:
+        if self.in_process is not None:  # no process, no stderr: an older run's log is not this one's
+            return None
         path = self._errlog_path()
         if path is None or not path.exists():
             return None
