@@ -130,7 +130,12 @@ def _answered(result: types.ElicitResult) -> types.CallToolResult:
 
 
 def build_server(
-    root: Path, *, variant: str = "1", test_tools: bool = False, ask_tool: bool = False
+    root: Path,
+    *,
+    variant: str = "1",
+    test_tools: bool = False,
+    ask_tool: bool = False,
+    in_process: bool = False,
 ) -> Server[Any]:
     served = tools(variant, test_tools, ask_tool)
     for extra in filter(None, os.environ.get("NOTES_EXTRA_TOOLS", "").split(",")):
@@ -206,6 +211,8 @@ def build_server(
                 await ctx.session.report_progress(i + 1, steps, f"slept {i + 1}/{steps}")
             return _text("slept")
         if name == "crash" and test_tools:
+            if in_process:  # ending the process would end the test (or program) serving it
+                return _text("crash ends the server's process: run this server over stdio for it", error=True)
             os._exit(3)
         if name == "change_tools" and test_tools:
             extra = [

@@ -1,4 +1,5 @@
-"""Connect to, supervise and call the downstream tool servers (the only importer of mcp.client)."""
+"""Connect to, supervise and call the downstream tool servers (the only importer of mcp.client):
+over stdio, streamable HTTP, or in this process (an SDK `Server` an embedding program or a test hands in)."""
 
 from __future__ import annotations
 
@@ -19,17 +20,22 @@ from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.session import ClientRequestContext
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.server import Server
+from mcp.server.mcpserver import MCPServer
 from mcp.shared.dispatcher import ProgressFnT
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcp_gate.config import ServerSpec
 from mcp_gate.errors import DownstreamFailed, DownstreamUnavailable
 
-__all__ = ["Downstream", "Downstreams", "ElicitFn", "ProgressFn", "describe_failure"]
+__all__ = ["Downstream", "Downstreams", "ElicitFn", "InProcessServer", "ProgressFn", "describe_failure"]
 
 log = logging.getLogger("mcp_gate.downstream")
 
 ProgressFn = ProgressFnT
+# A server living in the gate's process: connected through the SDK's in-memory transport, with the
+# same sessions, notifications and elicitation as over a pipe, and no subprocess.
+InProcessServer = Server[Any] | MCPServer
 ToolsChanged = Callable[["Downstream"], Awaitable[None]]
 # Answers a downstream's own elicitation for the call that caused it (relayed to the agent, or refused).
 ElicitFn = Callable[[types.ElicitRequestParams], Awaitable[types.ElicitResult | types.ErrorData]]
@@ -75,6 +81,7 @@ class Downstream:
 
     spec: ServerSpec
     log_dir: Path | None = None
+    in_process: InProcessServer | None = None
     state: State = "starting"
     last_error: str | None = None  # for operators (`check`): may quote the server's stderr
     last_failure: str | None = None  # for agents and evidence: never the server's own output
@@ -211,6 +218,11 @@ class Downstream:
             self.last_error = self.last_failure = why
         self._dead.set()
 
+    def _target(self) -> InProcessServer | AbstractAsyncContextManager[Any]:
+        if self.in_process is not None:
+            return self.in_process
+        return self._transport()
+
     def _transport(self) -> AbstractAsyncContextManager[Any]:
         spec = self.spec
         if spec.url is not None:
@@ -233,6 +245,8 @@ class Downstream:
         return self.log_dir / f"{self.name}.stderr.log"
 
     def _last_stderr_line(self) -> str | None:
+        if self.in_process is not None:  # no process, no stderr: an older run's log is not this one's
+            return None
         path = self._errlog_path()
         if path is None or not path.exists():
             return None
@@ -258,7 +272,7 @@ class Downstream:
         while True:
             try:
                 async with Client(
-                    self._transport(),
+                    self._target(),
                     mode=self.spec.protocol,
                     message_handler=self._message,
                     elicitation_callback=self._elicit,
@@ -347,9 +361,17 @@ async def _http_transport(url: str, http: httpx2.AsyncClient) -> AsyncIterator[A
 class Downstreams:
     """Every downstream of one gate, each supervised in its own task."""
 
-    def __init__(self, specs: Mapping[str, ServerSpec], *, log_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        specs: Mapping[str, ServerSpec],
+        *,
+        log_dir: Path | None = None,
+        in_process: Mapping[str, InProcessServer] | None = None,
+    ) -> None:
+        served = in_process or {}
         self.by_name: dict[str, Downstream] = {
-            name: Downstream(spec, log_dir=log_dir) for name, spec in specs.items()
+            name: Downstream(spec, log_dir=log_dir, in_process=served.get(name))
+            for name, spec in specs.items()
         }
 
     def __getitem__(self, name: str) -> Downstream:

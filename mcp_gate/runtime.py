@@ -21,9 +21,9 @@ import anyio
 from mcp_gate import __version__
 from mcp_gate.approvals import new_id
 from mcp_gate.clock import Clock, SystemClock
-from mcp_gate.config import GateConfig
+from mcp_gate.config import GateConfig, serve_in_process
 from mcp_gate.datadir import ARGS_KEY_FILE, DECISION_KEY_FILE, DataDirLock, RunMarker, gate_db
-from mcp_gate.downstream import Downstreams
+from mcp_gate.downstream import Downstreams, InProcessServer
 from mcp_gate.errors import ConfigError, GateError, StoreError
 from mcp_gate.events import OPEN_STATES, EventType
 from mcp_gate.evidence import ARGS_DIGEST, EventFactory, args_key_id
@@ -59,12 +59,18 @@ async def open_gate(
     clock: Clock | None = None,
     startup_timeout: float = 30.0,
     store: Store | None = None,
+    servers: Mapping[str, InProcessServer] | None = None,
 ) -> AsyncIterator[Gateway]:
     """The running gate: open the store, record the start, take the data directory's lock and run
     marker (recovering what a crashed run left), start the approval engine, the checkpoint timer
     and every downstream; record the stop and close it all on exit.
 
-    A `store` given by the caller (a test's) is written to without a notary and left open."""
+    A `store` given by the caller (a test's) is written to without a notary and left open.
+    `servers` are SDK servers living in this process, served under their names instead of the
+    command or URL gate.toml gives (or added to it): for embedding programs and tests."""
+    in_process = dict(servers or {})
+    if in_process:
+        config = serve_in_process(config, in_process)
     manifests = load_manifests(
         config.manifests_dir, config.servers.keys(), required=config.manifests_required
     )
@@ -76,7 +82,7 @@ async def open_gate(
         store if store is not None else await open_store(gate_db(config.data_dir), notary=notary, clock=clock)
     )
     try:
-        downstreams = Downstreams(config.servers, log_dir=config.data_dir / "logs")
+        downstreams = Downstreams(config.servers, log_dir=config.data_dir / "logs", in_process=in_process)
         gate = Gateway(
             config,
             manifests,

@@ -23,6 +23,7 @@ from mcp_gate.testing import (
     NOTES_MANIFEST,
     approver_table,
     eventually,
+    notes_server,
     notes_server_table,
     running_gate,
     write_config,
@@ -188,8 +189,9 @@ async def slack_gate(
     with fake.running():
         path = make_config(tmp_path, fake, mode=mode, tail=tail, **approvals)
         config = load_config(path, env())
+        notes = notes_server(tmp_path / "notes")  # in this process: these tests are about Slack
         async with (
-            running_gate(config, clock=clock) as front,
+            running_gate(config, clock=clock, servers={"notes": notes}) as front,
             Client(front.server, mode=mcp_mode) as agent,
             anyio.create_task_group() as tg,
         ):

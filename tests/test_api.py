@@ -23,6 +23,7 @@ from mcp_gate.testing import (
     NOTES_MANIFEST,
     approver_table,
     eventually,
+    notes_server,
     notes_server_table,
     running_gate,
     within,
@@ -75,7 +76,9 @@ def _auth(token: str | None) -> dict[str, str]:
 
 @asynccontextmanager
 async def gate_with_api(config: Path) -> AsyncIterator[tuple[FrontServer, Api, Client]]:
-    async with running_gate(config) as front, anyio.create_task_group() as tg:
+    # The notes server runs in this process: these tests are about the API and the holds.
+    notes = notes_server(config.parent.parent / "notes")
+    async with running_gate(config, servers={"notes": notes}) as front, anyio.create_task_group() as tg:
         port = await tg.start(serve_api, front.gateway, "127.0.0.1", 0)
         async with (
             httpx2.AsyncClient(base_url=f"http://127.0.0.1:{port}/v1", timeout=30) as http,

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import stat
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mcp import Client
 
 from mcp_gate.evidence import args_digest, args_key_id, canonical_json
+from mcp_gate.server import FrontServer
 from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import (
     NOTES_MANIFEST,
     approver_table,
+    notes_server,
     notes_server_table,
     running_gate,
     write_config,
@@ -33,8 +37,14 @@ def make_config(tmp_path: Path) -> Path:
     )
 
 
+def notes_gate(config: Path, **options: Any) -> AbstractAsyncContextManager[FrontServer]:
+    """`config`'s gate with the notes server in this process instead of over stdio."""
+    notes = notes_server(config.parent.parent / "notes")
+    return running_gate(config, servers={"notes": notes}, **options)
+
+
 async def held_digest(config: Path, args: dict[str, str]) -> str:
-    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+    async with notes_gate(config) as front, Client(front.server, mode="legacy") as agent:
         await agent.call_tool("notes__write_note", args)
         [request] = await front.gateway.engine.pending()
         return request.binding.args_sha256
@@ -62,7 +72,7 @@ async def test_the_same_call_gets_the_same_digest_after_a_restart_so_its_approva
     config = make_config(tmp_path)
     args = {"name": "todo", "text": "ship it"}
     first = await held_digest(config, args)
-    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+    async with notes_gate(config) as front, Client(front.server, mode="legacy") as agent:
         [request] = await front.gateway.engine.pending()
         assert request.binding.args_sha256 == first
         bob = front.gateway.config.approvers["bob"]

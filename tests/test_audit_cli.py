@@ -37,6 +37,7 @@ from mcp_gate.testing import (
     FakeClock,
     approver_table,
     eventually,
+    notes_server,
     notes_server_table,
     running_gate,
     write_config,
@@ -83,7 +84,11 @@ async def wait_for_request(gate: Gateway, count: int) -> Any:
 
 async def drive(config: Path) -> None:
     """An echo, an approved write, a write whose owner tries to approve it and that is then denied."""
-    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+    notes = notes_server(config.parent.parent / "notes")
+    async with (
+        running_gate(config, servers={"notes": notes}) as front,
+        Client(front.server, mode="legacy") as agent,
+    ):
         gate = front.gateway
         assert not (await agent.call_tool("notes__echo", {"text": "hi"})).is_error
         async with anyio.create_task_group() as tg:
@@ -181,7 +186,11 @@ async def test_a_quiet_gate_signs_its_unsigned_tail_every_checkpoint_interval(tm
     created = mcp_gate("keys", "init", "--config", str(config))
     assert created.returncode == 0, created.stderr
     db = config.parent / "data" / "gate.db"
-    async with running_gate(config, clock=FakeClock()) as front, Client(front.server, mode="legacy") as agent:
+    notes = notes_server(config.parent.parent / "notes")
+    async with (
+        running_gate(config, clock=FakeClock(), servers={"notes": notes}) as front,
+        Client(front.server, mode="legacy") as agent,
+    ):
         assert not (await agent.call_tool("notes__echo", {"text": "hi"})).is_error
         head = bodies(db)[-1]["seq"]
         assert max(checkpoint_sizes(db, created.stdout.strip())) < head  # the call's records: unsigned
@@ -737,7 +746,11 @@ async def test_the_report_names_every_expiry_revocation_grant_and_drift_with_who
         )
 
     config = config_for("1")
-    async with running_gate(config, clock=clock) as front, Client(front.server, mode="legacy") as agent:
+    notes = notes_server(tmp_path / "notes", variant="1")
+    async with (
+        running_gate(config, clock=clock, servers={"notes": notes}) as front,
+        Client(front.server, mode="legacy") as agent,
+    ):
         gate = front.gateway
         people = gate.config.approvers
         early = {"name": "early", "text": "asked before the period"}
@@ -766,7 +779,9 @@ async def test_the_report_names_every_expiry_revocation_grant_and_drift_with_who
         [grant] = await gate.engine.grants()
         await gate.engine.revoke_grant(grant.id, people["dave"])
     config = config_for("2")  # read_note's description changes: drift
-    async with running_gate(config, clock=clock):
+    async with running_gate(
+        config, clock=clock, servers={"notes": notes_server(tmp_path / "notes", variant="2")}
+    ):
         pass
     accepted = mcp_gate("tools", "accept", "notes__read_note", "--config", str(config), env={"USER": "olga"})
     assert accepted.returncode == 0, accepted.stderr

@@ -29,6 +29,7 @@ from mcp_gate.testing import (
     NOTES_MANIFEST,
     approver_table,
     eventually,
+    notes_server,
     notes_server_table,
     running_gate,
     within,
@@ -125,8 +126,9 @@ class Agent:
 
 @asynccontextmanager
 async def gate(config: Path) -> AsyncIterator[Agent]:
+    notes = notes_server(config.parent.parent / "notes")  # gate.toml names the stdio one, for the CLI
     async with (
-        running_gate(config) as front,
+        running_gate(config, servers={"notes": notes}) as front,
         Client(front.server, mode="legacy") as client,
         anyio.create_task_group() as tg,
     ):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +15,20 @@ import anyio.abc
 import mcp_types as types
 import pytest
 from mcp import Client
-from mcp.client.session import ClientRequestContext
 
 from mcp_gate.channels.api import request_view
 from mcp_gate.gateway import Gateway
+from mcp_gate.server import FrontServer
 from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import (
     NOTES_MANIFEST,
     MemoryStore,
+    ScriptedAsker,
+    accept,
     approver_table,
     eventually,
+    justify,
+    notes_server,
     notes_server_table,
     running_gate,
     write_config,
@@ -61,20 +66,17 @@ async def records(config: Path) -> list[dict[str, Any]]:
         return [dict(r.body) for r in await store.records()]
 
 
-Callback = Callable[[ClientRequestContext, types.ElicitRequestParams], Awaitable[types.ElicitResult]]
+@asynccontextmanager
+async def gate(config: Path, **options: Any) -> AsyncIterator[FrontServer]:
+    """The gate of `config` with the notes server in this process (gate.toml still names the stdio
+    one, so the CLI beside it computes the same policy)."""
+    notes = notes_server(config.parent.parent / "notes")
+    async with running_gate(config, servers={"notes": notes}, **options) as front:
+        yield front
 
 
-def person(
-    action: str, content: dict[str, Any] | None = None, seen: list[types.ElicitRequestParams] | None = None
-) -> Callback:
-    """The person at the agent, answering every question the same way."""
-
-    async def answer(ctx: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
-        if seen is not None:
-            seen.append(params)
-        return types.ElicitResult(action=action, content=content)  # type: ignore[arg-type]
-
-    return answer
+def answer(action: str, content: dict[str, Any] | None = None) -> types.ElicitResult:
+    return types.ElicitResult(action=action, content=content)  # type: ignore[arg-type]
 
 
 def story_of(rows: list[dict[str, Any]], correlation_id: str) -> list[str]:
@@ -86,16 +88,12 @@ async def test_a_confirmed_medium_call_runs_once_and_the_owner_is_recorded_as_th
     tmp_path: Path, mode: str
 ) -> None:
     config = make_config(tmp_path)
-    seen: list[types.ElicitRequestParams] = []
-    callback = person("accept", {"confirm": True, "reason": "on my list"}, seen)
-    async with (
-        running_gate(config) as front,
-        Client(front.server, mode=mode, elicitation_callback=callback) as agent,
-    ):
+    person = ScriptedAsker(accept(confirm=True, reason="on my list"))
+    async with gate(config) as front, person.client(front.server, mode=mode) as agent:
         result = await agent.call_tool("notes__append_note", APPEND)
     assert not result.is_error and text_of(result) == "appended to todo"
     assert (tmp_path / "notes" / "todo").read_text() == "buy milk\n"
-    [question] = seen
+    [question] = person.asked
     assert isinstance(question, types.ElicitRequestFormParams)
     assert "notes__append_note" in question.message and "Tier medium" in question.message
     assert "buy milk" in question.message and "test-agent" in question.message
@@ -127,11 +125,8 @@ async def test_anything_but_a_yes_refuses_the_call_and_is_recorded_as_a_decision
     tmp_path: Path, mode: str, action: str, content: dict[str, Any] | None, says: str
 ) -> None:
     config = make_config(tmp_path)
-    callback = person(action, content)
-    async with (
-        running_gate(config) as front,
-        Client(front.server, mode=mode, elicitation_callback=callback) as agent,
-    ):
+    person = ScriptedAsker(answer(action, content))
+    async with gate(config) as front, person.client(front.server, mode=mode) as agent:
         result = await agent.call_tool("notes__append_note", APPEND)
     assert result.is_error and says in text_of(result)
     assert not (tmp_path / "notes" / "todo").exists()
@@ -163,7 +158,7 @@ async def test_a_client_without_elicitation_has_its_medium_call_wait_for_an_appr
     tmp_path: Path, mode: str
 ) -> None:
     config = make_config(tmp_path, hold_seconds=0.3)
-    async with running_gate(config, store=MemoryStore()) as front, Client(front.server, mode=mode) as agent:
+    async with gate(config, store=MemoryStore()) as front, Client(front.server, mode=mode) as agent:
         waiting = await agent.call_tool("notes__append_note", APPEND)
         assert waiting.is_error and "cannot be asked to confirm notes__append_note" in text_of(waiting)
         assert "waits for an approver" in text_of(waiting) and "1 approval" in text_of(waiting)
@@ -181,7 +176,7 @@ async def test_a_client_without_elicitation_is_refused_a_medium_call_when_the_fa
     tmp_path: Path, mode: str
 ) -> None:
     config = make_config(tmp_path, tiers={"medium_fallback": "deny"})
-    async with running_gate(config) as front, Client(front.server, mode=mode) as agent:
+    async with gate(config) as front, Client(front.server, mode=mode) as agent:
         result = await agent.call_tool("notes__append_note", APPEND)
         assert await front.gateway.engine.pending() == []
     assert result.is_error and 'medium_fallback = "deny"' in text_of(result)
@@ -196,13 +191,9 @@ async def test_a_justification_is_asked_first_and_shown_to_approvers_but_never_a
     tmp_path: Path, mode: str
 ) -> None:
     config = make_config(tmp_path, tiers={"high": {"approvals": 1, "ask_justification": True}})
-    seen: list[types.ElicitRequestParams] = []
     # The person at the agent says yes to everything; a high call still needs somebody else.
-    callback = person("accept", {"justification": "the plan\x1b[31m is outdated", "confirm": True}, seen)
-    async with (
-        running_gate(config) as front,
-        Client(front.server, mode=mode, elicitation_callback=callback) as agent,
-    ):
+    person = ScriptedAsker(accept(justification="the plan\x1b[31m is outdated", confirm=True))
+    async with gate(config) as front, person.client(front.server, mode=mode) as agent:
         async with anyio.create_task_group() as tg:
             box = await in_background(tg, lambda: agent.call_tool("notes__write_note", WRITE))
             request = await wait_for_request(front.gateway)
@@ -215,7 +206,7 @@ async def test_a_justification_is_asked_first_and_shown_to_approvers_but_never_a
             )
         [result] = box
     assert not result.is_error and (tmp_path / "notes" / "plan").read_text() == "ship it"
-    [question] = seen
+    [question] = person.asked
     assert isinstance(question, types.ElicitRequestFormParams)
     assert "Why is it needed?" in question.message and "someone other than you" in question.message
     assert list(question.requested_schema["properties"]) == ["justification"]
@@ -237,12 +228,9 @@ async def test_an_identical_call_joining_a_justified_request_is_not_asked_again(
     config = make_config(
         tmp_path, tiers={"high": {"approvals": 1, "ask_justification": True}}, hold_seconds=0.3
     )
-    seen: list[types.ElicitRequestParams] = []
-    callback = person("accept", {"justification": "needed for the release"}, seen)
-    async with (
-        running_gate(config) as front,
-        Client(front.server, mode=mode, elicitation_callback=callback) as agent,
-    ):
+    # Asked once only: the script has one answer, and a second question would fail the test.
+    person = ScriptedAsker(justify("needed for the release"))
+    async with gate(config) as front, person.client(front.server, mode=mode) as agent:
         first = await agent.call_tool("notes__write_note", WRITE)
         assert first.is_error and "was not run yet" in text_of(first)
         request = await wait_for_request(front.gateway)
@@ -251,7 +239,7 @@ async def test_an_identical_call_joining_a_justified_request_is_not_asked_again(
         )
         second = await agent.call_tool("notes__write_note", WRITE)
     assert not second.is_error and text_of(second) == "wrote plan"
-    assert len(seen) == 1
+    assert len(person.asked) == 1
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -260,10 +248,7 @@ async def test_declining_to_justify_cancels_the_request_before_any_approver_sees
     tmp_path: Path, mode: str, action: str
 ) -> None:
     config = make_config(tmp_path, tiers={"high": {"approvals": 1, "ask_justification": True}})
-    async with (
-        running_gate(config) as front,
-        Client(front.server, mode=mode, elicitation_callback=person(action)) as agent,
-    ):
+    async with gate(config) as front, ScriptedAsker(answer(action)).client(front.server, mode=mode) as agent:
         result = await agent.call_tool("notes__write_note", WRITE)
         assert await front.gateway.engine.pending() == []
     assert result.is_error and "notes__write_note was not sent to approvers" in text_of(result)
@@ -275,22 +260,18 @@ async def test_declining_to_justify_cancels_the_request_before_any_approver_sees
 
 async def test_without_ask_justification_a_high_call_goes_straight_to_approvers(tmp_path: Path) -> None:
     config = make_config(tmp_path, hold_seconds=0.2)
-    seen: list[types.ElicitRequestParams] = []
-    callback = person("accept", {"justification": "x"}, seen)
-    async with (
-        running_gate(config) as front,
-        Client(front.server, mode="legacy", elicitation_callback=callback) as agent,
-    ):
+    person = ScriptedAsker()  # expects no question: one would fail the test
+    async with gate(config) as front, person.client(front.server, mode="legacy") as agent:
         result = await agent.call_tool("notes__write_note", WRITE)
         [request] = await front.gateway.engine.pending()
-    assert result.is_error and seen == [] and request.justification is None
+    assert result.is_error and person.asked == [] and request.justification is None
 
 
 async def test_approvers_read_the_justification_in_the_cli_pending_and_show_output(tmp_path: Path) -> None:
     config = make_config(
         tmp_path, tiers={"high": {"approvals": 1, "ask_justification": True}}, hold_seconds=0.2
     )
-    callback = person("accept", {"justification": "release notes are due today"})
+    person = ScriptedAsker(justify("release notes are due today"))
     env = {k: v for k, v in os.environ.items() if k not in ("MCP_GATE_CONFIG", "MCP_GATE_TOKEN")}
     env["MCP_GATE_TOKEN"] = "tok-bob"
 
@@ -301,7 +282,7 @@ async def test_approvers_read_the_justification_in_the_cli_pending_and_show_outp
         assert done.returncode == 0, done.stderr.decode()
         return done.stdout.decode()
 
-    async with running_gate(config) as front, Client(front.server, elicitation_callback=callback) as agent:
+    async with gate(config) as front, person.client(front.server) as agent:
         held = await agent.call_tool("notes__write_note", WRITE)
         [request] = await front.gateway.engine.pending()
         pending = await cli("pending")

@@ -4,6 +4,7 @@ downstream is told why not. Plus the whole flow over real stdio subprocesses of 
 from __future__ import annotations
 
 import sys
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +12,17 @@ import anyio
 import mcp_types as types
 import pytest
 from mcp import Client, StdioServerParameters
-from mcp.client.session import ClientRequestContext
 
 from mcp_gate.config import load_config
 from mcp_gate.errors import ConfigError
+from mcp_gate.server import FrontServer
 from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import (
     NOTES_MANIFEST,
+    ScriptedAsker,
+    accept,
     eventually,
+    notes_server,
     notes_server_table,
     running_gate,
     write_config,
@@ -50,14 +54,14 @@ async def records(config: Path) -> list[dict[str, Any]]:
         return [dict(r.body) for r in await store.records()]
 
 
-def answering(seen: list[types.ElicitRequestParams], content: dict[str, Any] | None = None) -> Any:
-    async def answer(ctx: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
-        seen.append(params)
-        return types.ElicitResult(
-            action="accept", content=content or {"answer": "blue", "password": "hunter2"}
-        )
+def gate(config: Path) -> AbstractAsyncContextManager[FrontServer]:
+    """`config`'s gate with the notes server (and its ask_user tool) in this process, speaking the
+    protocol gate.toml gives it."""
+    notes = notes_server(config.parent.parent / "notes", ask_tool=True)
+    return running_gate(config, servers={"notes": notes})
 
-    return answer
+
+BLUE = accept(answer="blue", password="hunter2")
 
 
 @pytest.mark.parametrize("downstream", ["legacy", "auto"])
@@ -65,17 +69,14 @@ async def test_a_downstream_elicitation_is_relayed_to_a_2025_era_agent_and_the_a
     tmp_path: Path, downstream: str
 ) -> None:
     config = relay_config(tmp_path, downstream)
-    seen: list[types.ElicitRequestParams] = []
-    async with (
-        running_gate(config) as front,
-        Client(front.server, mode="legacy", elicitation_callback=answering(seen)) as agent,
-    ):
+    person = ScriptedAsker(BLUE)
+    async with gate(config) as front, person.client(front.server, mode="legacy") as agent:
         assert front.gateway.downstreams["notes"].protocol_version == (
             "2025-11-25" if downstream == "legacy" else "2026-07-28"
         )
         result = await agent.call_tool("notes__ask_user", QUESTION)
     assert not result.is_error and text_of(result) == "the user answered: blue"
-    [question] = seen
+    [question] = person.asked
     assert isinstance(question, types.ElicitRequestFormParams)
     assert question.message.startswith(
         "[notes asks; relayed by mcp-gate, this is not the gate's own confirmation]"
@@ -94,14 +95,12 @@ async def test_a_2026_era_downstream_question_passes_through_to_a_2026_era_agent
     if tier == "medium":  # confirmed first, then the downstream's own question: asked once each
         manifest = config.parent / "tool_manifests" / "notes.toml"
         manifest.write_text(manifest.read_text().replace(ASK_RULE, ASK_RULE.replace("low", "medium")))
-    seen: list[types.ElicitRequestParams] = []
-    answers = answering(seen, {"answer": "blue", "confirm": True, "password": "hunter2"})
-    async with (
-        running_gate(config) as front,
-        Client(front.server, mode="auto", elicitation_callback=answers) as agent,
-    ):
+    both = accept(answer="blue", confirm=True, password="hunter2")
+    person = ScriptedAsker(*[both] * (2 if tier == "medium" else 1))
+    async with gate(config) as front, person.client(front.server, mode="auto") as agent:
         result = await agent.call_tool("notes__ask_user", QUESTION)
     assert not result.is_error and text_of(result) == "the user answered: blue"
+    seen = person.asked
     relayed_question = seen[-1]
     assert isinstance(relayed_question, types.ElicitRequestFormParams)
     assert relayed_question.message.startswith("[notes asks; relayed by mcp-gate")
@@ -117,10 +116,7 @@ async def test_a_2026_era_downstream_question_passes_through_to_a_2026_era_agent
 
 async def test_a_relayed_downstream_state_is_sealed_and_single_use(tmp_path: Path) -> None:
     config = relay_config(tmp_path, "auto")
-    async with (
-        running_gate(config) as front,
-        Client(front.server, elicitation_callback=answering([])) as agent,
-    ):
+    async with gate(config) as front, ScriptedAsker().client(front.server) as agent:
         first = await agent.session.call_tool("notes__ask_user", QUESTION, allow_input_required=True)
         assert isinstance(first, types.InputRequiredResult) and first.request_state is not None
         assert first.request_state != "asked"  # the downstream's own state never reaches the agent bare
@@ -154,15 +150,14 @@ async def test_where_the_agent_cannot_be_asked_the_downstream_gets_a_clear_refus
     tmp_path: Path, mode: str, callback: bool, why: str
 ) -> None:
     config = relay_config(tmp_path)
-    seen: list[types.ElicitRequestParams] = []
-    async with (
-        running_gate(config) as front,
-        Client(front.server, mode=mode, elicitation_callback=answering(seen) if callback else None) as agent,
-    ):
-        result = await agent.call_tool("notes__ask_user", QUESTION)
+    person = ScriptedAsker()
+    async with gate(config) as front:
+        client = person.client(front.server, mode=mode) if callback else Client(front.server, mode=mode)
+        async with client as agent:
+            result = await agent.call_tool("notes__ask_user", QUESTION)
     # The notes server reports what its client (the gate) said.
     assert result.is_error and "mcp-gate declined to relay this elicitation" in text_of(result)
-    assert why in text_of(result) and seen == []
+    assert why in text_of(result) and person.asked == []
     [relayed] = [r for r in await records(config) if r["event_type"] == "elicitation.relayed"]
     assert why in relayed["declined"]
 
@@ -192,13 +187,13 @@ async def test_a_relayed_question_with_a_nested_form_is_refused_before_the_agent
         def responses(self) -> None:
             return None
 
-    async with running_gate(config) as front:
-        gate: Gateway = front.gateway
-        offered = gate.offering.offered["notes__ask_user"]
+    async with gate(config) as front:
+        gateway: Gateway = front.gateway
+        offered = gateway.offering.offered["notes__ask_user"]
         call = CallContext(
-            "c1", gate.config.requester, "stdio", offered, {}, "", offered.decision, gate.policy_sha256
+            "c1", gateway.config.requester, "stdio", offered, {}, "", offered.decision, gateway.policy_sha256
         )
-        relay = gate.asking.relay(call, Person())
+        relay = gateway.asking.relay(call, Person())
         nested = types.ElicitRequestFormParams(
             message="who?", requested_schema={"type": "object", "properties": {"p": {"type": "object"}}}
         )
@@ -214,11 +209,13 @@ async def test_a_relayed_question_with_a_nested_form_is_refused_before_the_agent
 async def test_with_two_calls_in_flight_a_2025_era_downstream_question_is_refused_as_ambiguous(
     tmp_path: Path,
 ) -> None:
+    # Over a pipe, as deployed: in this process the SDK carries the calling task's context to the
+    # downstream and back, so the gate would know whose question it is even with two in flight.
     config = relay_config(tmp_path)
-    seen: list[types.ElicitRequestParams] = []
+    person = ScriptedAsker()
     async with (
         running_gate(config) as front,
-        Client(front.server, mode="legacy", elicitation_callback=answering(seen)) as agent,
+        person.client(front.server, mode="legacy") as agent,
         anyio.create_task_group() as tg,
     ):
         tg.start_soon(agent.call_tool, "notes__sleep", {"seconds": 3})
@@ -227,7 +224,8 @@ async def test_with_two_calls_in_flight_a_2025_era_downstream_question_is_refuse
         )
         result = await agent.call_tool("notes__ask_user", QUESTION)
         tg.cancel_scope.cancel()
-    assert result.is_error and "2 calls to this server are in flight" in text_of(result) and seen == []
+    assert result.is_error and "2 calls to this server are in flight" in text_of(result)
+    assert person.asked == []
 
 
 def gate_process(config: Path) -> StdioServerParameters:
@@ -241,14 +239,13 @@ async def test_over_real_stdio_the_person_confirms_a_medium_call_in_either_era(
     tmp_path: Path, mode: str
 ) -> None:
     config = relay_config(tmp_path)
-    seen: list[types.ElicitRequestParams] = []
-    yes = answering(seen, {"confirm": True})
-    async with Client(gate_process(config), mode=mode, elicitation_callback=yes) as agent:
+    person = ScriptedAsker.always(accept(confirm=True))
+    async with person.client(gate_process(config), mode=mode) as agent:
         assert agent.protocol_version == ("2025-11-25" if mode == "legacy" else "2026-07-28")
         result = await agent.call_tool("notes__append_note", {"name": "todo", "text": "over stdio"})
         relayed = await agent.call_tool("notes__ask_user", QUESTION) if mode == "legacy" else None
     assert not result.is_error and (tmp_path / "notes" / "todo").read_text() == "over stdio\n"
-    assert "notes__append_note" in seen[0].message
+    assert "notes__append_note" in person.messages[0]
     if relayed is not None:
         assert text_of(relayed) == "the user answered: None"  # the callback answered a confirm form
     rows = await records(config)

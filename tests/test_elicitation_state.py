@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,15 +12,22 @@ from typing import Any
 import mcp_types as types
 import pytest
 from mcp import Client
-from mcp.client.session import ClientRequestContext
 
 from mcp_gate.approvals import Binding
 from mcp_gate.errors import StoreError
 from mcp_gate.questions import CONFIRM_SCHEMA, JUSTIFY_SCHEMA, check_flat_schema
 from mcp_gate.request_state import BadState, Claims, mismatch, new_claims, seal, unseal
 from mcp_gate.seals import load_key
-from mcp_gate.storage.sqlite import SQLiteStore
-from mcp_gate.testing import NOTES_MANIFEST, FakeClock, notes_server_table, running_gate, write_config
+from mcp_gate.server import FrontServer
+from mcp_gate.testing import (
+    NOTES_MANIFEST,
+    FakeClock,
+    MemoryStore,
+    ScriptedAsker,
+    notes_server,
+    running_gate,
+    write_config,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -33,22 +41,30 @@ def text_of(result: types.CallToolResult) -> str:
     return " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
 
 
-async def never_asked(ctx: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
-    raise AssertionError("these tests drive the answers themselves")
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    return write_config(tmp_path / "gate", servers={}, manifests={"notes": NOTES_MANIFEST.read_text()})
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Path:
-    return write_config(
-        tmp_path / "gate",
-        servers={"notes": notes_server_table(tmp_path / "notes")},
-        manifests={"notes": NOTES_MANIFEST.read_text()},
-    )
+def store() -> MemoryStore:
+    return MemoryStore()
 
 
-async def records(config: Path) -> list[dict[str, Any]]:
-    async with await SQLiteStore.open(config.parent / "data" / "gate.db") as store:
-        return [dict(r.body) for r in await store.records()]
+def gate(config: Path, store: MemoryStore, **options: Any) -> AbstractAsyncContextManager[FrontServer]:
+    """The gate with the notes server in this process and its records in `store`."""
+    notes = notes_server(config.parent.parent / "notes")
+    return running_gate(config, store=store, servers={"notes": notes}, **options)
+
+
+def agent_of(front: FrontServer) -> AbstractAsyncContextManager[Client]:
+    """A 2026-07-28 agent that can be asked, whose person is never asked: these tests answer
+    through request_state themselves (a question would fail the test)."""
+    return ScriptedAsker().client(front.server)
+
+
+async def records(store: MemoryStore) -> list[dict[str, Any]]:
+    return [dict(r.body) for r in await store.records()]
 
 
 async def ask(agent: Client, arguments: dict[str, Any]) -> types.InputRequiredResult:
@@ -70,14 +86,14 @@ async def retry(
     )
 
 
-async def refused_codes(config: Path) -> list[str]:
-    return [r["code"] for r in await records(config) if r["event_type"] == "confirm.refused"]
+async def refused_codes(store: MemoryStore) -> list[str]:
+    return [r["code"] for r in await records(store) if r["event_type"] == "confirm.refused"]
 
 
 async def test_a_tampered_request_state_is_refused_recorded_and_runs_nothing(
-    config: Path, tmp_path: Path
+    config: Path, store: MemoryStore, tmp_path: Path
 ) -> None:
-    async with running_gate(config) as front, Client(front.server, elicitation_callback=never_asked) as agent:
+    async with gate(config, store) as front, agent_of(front) as agent:
         state = (await ask(agent, APPEND)).request_state
         assert state is not None
         version, payload, mac = state.split(".")
@@ -89,13 +105,13 @@ async def test_a_tampered_request_state_is_refused_recorded_and_runs_nothing(
         # The real state still works once: a forgery spends nothing.
         assert text_of(await retry(agent, APPEND, state)) == "appended to todo"
     assert (tmp_path / "notes" / "todo").read_text() == "buy milk\n"
-    assert await refused_codes(config) == ["tampered"] * 5
+    assert await refused_codes(store) == ["tampered"] * 5
 
 
 async def test_a_replayed_request_state_is_refused_and_the_call_runs_only_once(
-    config: Path, tmp_path: Path
+    config: Path, store: MemoryStore, tmp_path: Path
 ) -> None:
-    async with running_gate(config) as front, Client(front.server, elicitation_callback=never_asked) as agent:
+    async with gate(config, store) as front, agent_of(front) as agent:
         state = (await ask(agent, APPEND)).request_state
         assert state is not None
         assert text_of(await retry(agent, APPEND, state)) == "appended to todo"
@@ -104,30 +120,27 @@ async def test_a_replayed_request_state_is_refused_and_the_call_runs_only_once(
     assert again.is_error and "already used once" in text_of(again)
     assert no_then_yes.is_error and "already used once" in text_of(no_then_yes)
     assert (tmp_path / "notes" / "todo").read_text() == "buy milk\n"
-    rows = await records(config)
+    rows = await records(store)
     assert [r["event_type"] for r in rows].count("call.executed") == 1
-    assert await refused_codes(config) == ["replayed", "replayed"]
+    assert await refused_codes(store) == ["replayed", "replayed"]
 
 
-async def test_an_expired_request_state_is_refused(config: Path, tmp_path: Path) -> None:
+async def test_an_expired_request_state_is_refused(config: Path, store: MemoryStore, tmp_path: Path) -> None:
     clock = FakeClock()
-    async with (
-        running_gate(config, clock=clock) as front,
-        Client(front.server, elicitation_callback=never_asked) as agent,
-    ):
+    async with gate(config, store, clock=clock) as front, agent_of(front) as agent:
         state = (await ask(agent, APPEND)).request_state
         assert state is not None
         clock.advance(minutes=10)
         result = await retry(agent, APPEND, state)
     assert result.is_error and "expired" in text_of(result) and "call the tool again" in text_of(result)
     assert not (tmp_path / "notes" / "todo").exists()
-    assert await refused_codes(config) == ["expired"]
+    assert await refused_codes(store) == ["expired"]
 
 
 async def test_a_request_state_for_other_arguments_is_refused_as_mismatched(
-    config: Path, tmp_path: Path
+    config: Path, store: MemoryStore, tmp_path: Path
 ) -> None:
-    async with running_gate(config) as front, Client(front.server, elicitation_callback=never_asked) as agent:
+    async with gate(config, store) as front, agent_of(front) as agent:
         state = (await ask(agent, APPEND)).request_state
         assert state is not None
         other = {"name": "todo", "text": "rm -rf /"}
@@ -138,7 +151,7 @@ async def test_a_request_state_for_other_arguments_is_refused_as_mismatched(
         # Unspent by the mismatch, it still answers the call it was issued for.
         assert text_of(await retry(agent, APPEND, state)) == "appended to todo"
     assert (tmp_path / "notes" / "todo").read_text() == "buy milk\n"
-    assert await refused_codes(config) == ["mismatched"]
+    assert await refused_codes(store) == ["mismatched"]
 
 
 def test_authentic_claims_must_match_every_field_of_the_call() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,13 @@ from mcp import Client
 from mcp_gate.approvals import Approved, Denied, Pending
 from mcp_gate.clock import utc_iso
 from mcp_gate.evidence import canonical_json, chain_hash, new_event
+from mcp_gate.server import FrontServer
 from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import (
     NOTES_MANIFEST,
     approver_table,
     eventually,
+    notes_server,
     notes_server_table,
     running_gate,
     write_config,
@@ -51,6 +54,12 @@ def make_config(tmp_path: Path, *, tiers: dict[str, Any] | None = None) -> Path:
         tiers=tiers or {"high": {"approvals": 1, "groups": ["sre"]}},
         approvals={"hold_seconds": 30, "progress_seconds": 0.05},
     )
+
+
+def notes_gate(config: Path, **options: Any) -> AbstractAsyncContextManager[FrontServer]:
+    """`config`'s gate with the notes server in this process instead of over stdio."""
+    notes = notes_server(config.parent.parent / "notes")
+    return running_gate(config, servers={"notes": notes}, **options)
 
 
 def attacker(config: Path) -> sqlite3.Connection:
@@ -98,7 +107,7 @@ async def bodies(config: Path) -> list[dict[str, Any]]:
 async def held_call_under_forgery(
     tmp_path: Path, config: Path, forge: Any
 ) -> tuple[Any, list[dict[str, Any]]]:
-    async with running_gate(config) as front, Client(front.server) as agent:
+    async with notes_gate(config) as front, Client(front.server) as agent:
         async with anyio.create_task_group() as tg:
             box = await in_background(
                 tg, lambda: agent.call_tool("notes__write_note", {"name": "n", "text": "x"})
@@ -180,7 +189,7 @@ async def test_a_deleted_denial_does_not_reopen_a_denied_request(tmp_path: Path)
     config = make_config(tmp_path, tiers={"high": {"approvals": 2, "groups": ["security"]}})
 
     # The attacker cannot stop the real denial from being sealed: deny, then erase it from the tables.
-    async with running_gate(config) as front, Client(front.server) as agent:
+    async with notes_gate(config) as front, Client(front.server) as agent:
         async with anyio.create_task_group() as tg:
             box = await in_background(
                 tg, lambda: agent.call_tool("notes__write_note", {"name": "n", "text": "x"})
@@ -218,7 +227,7 @@ async def test_a_grant_row_without_a_sealed_grant_lets_nothing_through_and_is_re
     tmp_path: Path,
 ) -> None:
     config = make_config(tmp_path)
-    async with running_gate(config) as front, Client(front.server) as agent:
+    async with notes_gate(config) as front, Client(front.server) as agent:
         async with anyio.create_task_group() as tg:
             box = await in_background(
                 tg, lambda: agent.call_tool("notes__write_note", {"name": "n", "text": "x"})
@@ -284,7 +293,7 @@ async def test_a_call_naming_the_gates_own_files_is_blocked_and_recorded(tmp_pat
         "file-uri": f"file://{config}",
         "in-a-command": f"cp /dev/null {config.parent / 'tool_manifests' / 'notes.toml'}",
     }[how]
-    async with running_gate(config) as front, Client(front.server) as agent:
+    async with notes_gate(config) as front, Client(front.server) as agent:
         if how == "relative":
             cwd = front.gateway.config.servers["notes"].cwd or Path.cwd()
             name = os.path.relpath(db, cwd)
@@ -304,7 +313,7 @@ async def test_protecting_the_gates_own_files_can_be_turned_off(tmp_path: Path) 
     config.write_text(
         config.read_text().replace('data_dir = "data"', 'data_dir = "data"\nprotect_own_files = false')
     )
-    async with running_gate(config) as front, Client(front.server) as agent:
+    async with notes_gate(config) as front, Client(front.server) as agent:
         async with anyio.create_task_group() as tg:
             box = await in_background(
                 tg, lambda: agent.call_tool("notes__write_note", {"name": str(config), "text": "x"})
@@ -322,7 +331,7 @@ async def test_the_data_dir_is_private_to_the_gates_user(tmp_path: Path) -> None
     data = config.parent / "data"
     data.mkdir(mode=0o755)
     data.chmod(0o755)
-    async with running_gate(config):
+    async with notes_gate(config):
         pass
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     for name in ("gate.db", "decisions.key", "args.key"):

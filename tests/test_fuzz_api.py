@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -15,7 +17,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mcp_gate.channels.api import serve_api
-from mcp_gate.testing import NOTES_MANIFEST, approver_table, notes_server_table, running_gate, write_config
+from mcp_gate.server import FrontServer
+from mcp_gate.testing import (
+    NOTES_MANIFEST,
+    approver_table,
+    notes_server,
+    notes_server_table,
+    running_gate,
+    write_config,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -64,11 +74,17 @@ def assert_one_line_4xx(response: bytes) -> int:
     return status
 
 
+def notes_gate(config: Path, **options: Any) -> AbstractAsyncContextManager[FrontServer]:
+    """`config`'s gate with the notes server in this process instead of over stdio."""
+    notes = notes_server(config.parent.parent / "notes")
+    return running_gate(config, servers={"notes": notes}, **options)
+
+
 async def with_listener(tmp_path: Path, probe: Callable[[int], None]) -> None:
     """Run `probe(port)` in a worker thread against a real gate's admin listener; afterwards the
     listener still serves and no approval request was decided."""
     config = make_config(tmp_path)
-    async with running_gate(config) as front, anyio.create_task_group() as tg:
+    async with notes_gate(config) as front, anyio.create_task_group() as tg:
         port = await tg.start(serve_api, front.gateway, "127.0.0.1", 0)
         await anyio.to_thread.run_sync(probe, port)
         ok = await anyio.to_thread.run_sync(

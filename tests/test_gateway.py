@@ -6,6 +6,7 @@ import importlib.util
 import json
 import sqlite3
 import sys
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,14 @@ import pytest
 from mcp import Client
 
 from mcp_gate.gateway import CORRELATION_META_KEY
+from mcp_gate.server import FrontServer
 from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import (
     NOTES_MANIFEST,
     NOTES_SERVER,
     approver_table,
     eventually,
+    notes_server,
     notes_server_table,
     running_gate,
     within,
@@ -46,6 +49,12 @@ def notes_config(tmp_path: Path) -> Path:
     )
 
 
+def gate(config: Path, *, variant: str = "1", **options: Any) -> AbstractAsyncContextManager[FrontServer]:
+    """`config`'s gate with the notes server in this process instead of over stdio."""
+    notes = notes_server(config.parent.parent / "notes", variant=variant)
+    return running_gate(config, servers={"notes": notes}, **options)
+
+
 async def story(config_path: Path) -> list[dict[str, Any]]:
     async with await SQLiteStore.open(config_path.parent / "data" / "gate.db") as store:
         return [dict(r.body) for r in await store.records()]
@@ -60,7 +69,7 @@ async def test_tools_are_namespaced_with_schemas_and_annotations_unchanged_and_b
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     direct = {t.name: t for t in module.tools("1", True)}
-    async with running_gate(notes_config) as front, Client(front.server, mode=mode) as agent:
+    async with gate(notes_config) as front, Client(front.server, mode=mode) as agent:
         listed = {t.name: t for t in (await agent.list_tools()).tools}
     assert "notes__purge_notes" not in listed
     assert "notes__read_note" in listed and "notes__echo" in listed
@@ -77,7 +86,7 @@ async def test_tools_are_namespaced_with_schemas_and_annotations_unchanged_and_b
 async def test_a_low_tier_call_runs_and_leaves_requested_decided_executed_evidence(
     notes_config: Path, mode: str
 ) -> None:
-    async with running_gate(notes_config) as front, Client(front.server, mode=mode) as agent:
+    async with gate(notes_config) as front, Client(front.server, mode=mode) as agent:
         result = await agent.call_tool("notes__echo", {"text": "hi"})
         assert not result.is_error
         assert text_of(result) == "hi"
@@ -95,7 +104,7 @@ async def test_a_low_tier_call_runs_and_leaves_requested_decided_executed_eviden
 async def test_a_high_tier_call_without_a_decision_comes_back_pending_with_its_tier_and_reason_and_never_runs(
     notes_config: Path, tmp_path: Path, mode: str
 ) -> None:
-    async with running_gate(notes_config) as front, Client(front.server, mode=mode) as agent:
+    async with gate(notes_config) as front, Client(front.server, mode=mode) as agent:
         result = await agent.call_tool("notes__write_note", {"name": "todo", "text": "x"})
         pending = await front.gateway.engine.pending()
     assert result.is_error
@@ -117,7 +126,7 @@ async def test_a_high_tier_call_without_a_decision_comes_back_pending_with_its_t
 
 
 async def test_an_argument_condition_raises_the_tier_for_matching_arguments_only(notes_config: Path) -> None:
-    async with running_gate(notes_config) as front, Client(front.server, mode="legacy") as agent:
+    async with gate(notes_config) as front, Client(front.server, mode="legacy") as agent:
         archived = await agent.call_tool("notes__delete_note", {"name": "archive/2025"})
         plain = await agent.call_tool("notes__delete_note", {"name": "todo"})
     assert "critical" in text_of(archived) and "2 approvals" in text_of(archived)
@@ -141,7 +150,7 @@ async def test_an_argument_condition_raises_the_tier_for_matching_arguments_only
 async def test_bad_input_from_the_agent_gets_a_clear_tool_error_and_the_gate_keeps_serving(
     notes_config: Path, name: str, arguments: dict[str, Any], expected: str
 ) -> None:
-    async with running_gate(notes_config) as front, Client(front.server, mode="legacy") as agent:
+    async with gate(notes_config) as front, Client(front.server, mode="legacy") as agent:
         bad = await agent.call_tool(name, arguments)
         good = await agent.call_tool("notes__echo", {"text": "still here"})
     assert bad.is_error and expected in text_of(bad)
@@ -221,9 +230,9 @@ async def test_a_changed_tool_definition_is_quarantined_until_accepted(tmp_path:
             manifests={"notes": NOTES_MANIFEST.read_text()},
         )
 
-    async with running_gate(config("1")) as front, Client(front.server, mode="legacy") as agent:
+    async with gate(config("1"), variant="1") as front, Client(front.server, mode="legacy") as agent:
         assert (await agent.call_tool("notes__read_note", {"name": "x"})).content != []
-    async with running_gate(config("2")) as front, Client(front.server, mode="legacy") as agent:
+    async with gate(config("2"), variant="2") as front, Client(front.server, mode="legacy") as agent:
         listed = {t.name: t for t in (await agent.list_tools()).tools}
         assert "id_rsa" not in (listed["notes__read_note"].description or "")
         refused = await agent.call_tool("notes__read_note", {"name": "x"})
@@ -244,7 +253,7 @@ async def test_an_evidence_write_failure_means_the_call_does_not_run(
     store = await SQLiteStore.open(db, busy_timeout=0.1)
     async with (
         store,
-        running_gate(notes_config, store=store) as front,
+        gate(notes_config, store=store) as front,
         Client(front.server, mode="legacy") as agent,
     ):
         assert text_of(await agent.call_tool("notes__echo", {"text": "warm"})) == "warm"
@@ -309,7 +318,7 @@ async def test_a_tool_added_at_runtime_is_quarantined_until_accepted_even_where_
     tmp_path: Path,
 ) -> None:
     config = runtime_config(tmp_path)
-    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+    async with gate(config) as front, Client(front.server, mode="legacy") as agent:
         changed = await agent.call_tool("notes__change_tools", {"extra": ["read_secrets"], "notify": True})
         assert text_of(changed) == "changed"
         await eventually(lambda: "notes__read_secrets" in front.gateway.offering.offered, what="the new tool")
@@ -346,7 +355,7 @@ async def test_a_tool_first_seen_after_a_restart_of_an_already_pinned_server_is_
 
 async def test_with_new_tools_trusted_a_runtime_tool_is_pinned_as_seen(tmp_path: Path) -> None:
     config = runtime_config(tmp_path, extra='[pins]\nnew_tools = "trust"\n')
-    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+    async with gate(config) as front, Client(front.server, mode="legacy") as agent:
         await agent.call_tool("notes__change_tools", {"extra": ["read_more"], "notify": True})
         await eventually(lambda: "notes__read_more" in front.gateway.offering.offered, what="the new tool")
         assert text_of(await agent.call_tool("notes__read_more", {})) == "ran read_more"
@@ -358,7 +367,7 @@ async def test_a_definition_changed_without_list_changed_is_caught_before_an_app
     config = runtime_config(tmp_path)
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "x").write_text("the note")
-    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+    async with gate(config) as front, Client(front.server, mode="legacy") as agent:
         results: list[types.CallToolResult] = []
 
         async def held_call() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from mcp_gate.approvals import ApprovalRequest, Approved, Denied, Pending, Refus
 from mcp_gate.config import load_config
 from mcp_gate.errors import ConfigError
 from mcp_gate.gateway import Gateway
+from mcp_gate.server import FrontServer
 from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import (
     NOTES_MANIFEST,
@@ -28,6 +29,7 @@ from mcp_gate.testing import (
     MemoryStore,
     approver_table,
     eventually,
+    notes_server,
     notes_server_table,
     running_gate,
     write_config,
@@ -67,6 +69,13 @@ def make_config(tmp_path: Path, *, hold_seconds: float = 30, variant: str = "1",
     )
 
 
+def notes_gate(config: Path, **options: Any) -> AbstractAsyncContextManager[FrontServer]:
+    """`config`'s gate with the notes server in this process. gate.toml still names the stdio one,
+    so an engine or CLI in another process computes the same policy."""
+    notes = notes_server(config.parent.parent / "notes")
+    return running_gate(config, servers={"notes": notes}, **options)
+
+
 async def records(config: Path) -> list[dict[str, Any]]:
     async with await SQLiteStore.open(config.parent / "data" / "gate.db") as store:
         return [dict(r.body) for r in await store.records()]
@@ -104,7 +113,7 @@ async def test_a_held_call_runs_once_when_an_eligible_approver_approves_it(tmp_p
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         messages.append(message or "")
 
-    async with running_gate(config) as front, Client(front.server, mode=mode) as agent:
+    async with notes_gate(config) as front, Client(front.server, mode=mode) as agent:
         async with anyio.create_task_group() as tg:
             box = await in_background(
                 tg,
@@ -142,7 +151,7 @@ async def test_a_held_call_runs_once_when_an_eligible_approver_approves_it(tmp_p
 
 async def test_a_denial_reaches_the_agent_with_the_approvers_reason_and_nothing_runs(tmp_path: Path) -> None:
     config = make_config(tmp_path)
-    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+    async with notes_gate(config) as front, Client(front.server, mode="legacy") as agent:
         async with anyio.create_task_group() as tg:
             box = await in_background(
                 tg, lambda: agent.call_tool("notes__write_note", {"name": "x", "text": "y"})
@@ -160,7 +169,7 @@ async def test_nobody_approves_their_own_call_through_an_alias_and_the_attempt_i
     tmp_path: Path,
 ) -> None:
     config = make_config(tmp_path, hold_seconds=0.2)
-    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+    async with notes_gate(config) as front, Client(front.server, mode="legacy") as agent:
         await agent.call_tool("notes__write_note", {"name": "x", "text": "y"})
         request = await wait_for_request(front.gateway)
         by_alias = await decide(front.gateway, request.id, "alice")
@@ -178,7 +187,7 @@ async def test_nobody_approves_their_own_call_through_an_alias_and_the_attempt_i
 
 async def test_a_critical_call_needs_two_distinct_approvers_from_its_groups(tmp_path: Path) -> None:
     config = make_config(tmp_path)
-    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+    async with notes_gate(config) as front, Client(front.server, mode="legacy") as agent:
         async with anyio.create_task_group() as tg:
             box = await in_background(
                 tg, lambda: agent.call_tool("notes__delete_note", {"name": "archive/q1"})
@@ -204,7 +213,7 @@ async def test_after_the_hold_budget_the_call_is_pending_and_an_identical_call_j
 ) -> None:
     config = make_config(tmp_path, hold_seconds=0.2)
     args = {"name": "later", "text": "v1"}
-    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+    async with notes_gate(config) as front, Client(front.server, mode="legacy") as agent:
         first = await agent.call_tool("notes__write_note", args)
         assert first.is_error and "Call again with the same arguments" in text_of(first)
         [request] = await front.gateway.engine.pending()
@@ -243,7 +252,7 @@ async def test_after_the_hold_budget_the_call_is_pending_and_an_identical_call_j
 async def test_expiry_is_enforced_at_decision_time_to_the_millisecond(tmp_path: Path) -> None:
     clock = FakeClock()
     config = make_config(tmp_path, hold_seconds=0.2, expires="10m")
-    async with running_gate(config, clock=clock) as front, Client(front.server, mode="legacy") as agent:
+    async with notes_gate(config, clock=clock) as front, Client(front.server, mode="legacy") as agent:
         await agent.call_tool("notes__write_note", {"name": "x", "text": "y"})
         request = await wait_for_request(front.gateway)
         clock.moment = request.expires_at + timedelta(milliseconds=1)
@@ -259,7 +268,7 @@ async def test_expiry_is_enforced_at_release_time(tmp_path: Path) -> None:
     clock = FakeClock()
     config = make_config(tmp_path, hold_seconds=0.2, expires="10m")
     args = {"name": "x", "text": "y"}
-    async with running_gate(config, clock=clock) as front, Client(front.server, mode="legacy") as agent:
+    async with notes_gate(config, clock=clock) as front, Client(front.server, mode="legacy") as agent:
         await agent.call_tool("notes__write_note", args)
         request = await wait_for_request(front.gateway)
         clock.moment = request.expires_at - timedelta(milliseconds=1)
@@ -274,7 +283,7 @@ async def test_an_approval_not_yet_executed_can_be_revoked(tmp_path: Path) -> No
     config = make_config(tmp_path, hold_seconds=0.2)
     args = {"name": "x", "text": "y"}
     async with (
-        running_gate(config, store=MemoryStore()) as front,
+        notes_gate(config, store=MemoryStore()) as front,
         Client(front.server, mode="legacy") as agent,
     ):
         await agent.call_tool("notes__write_note", args)
@@ -290,13 +299,13 @@ async def test_an_approval_not_yet_executed_can_be_revoked(tmp_path: Path) -> No
 async def test_an_approval_is_void_when_the_policy_changed_before_release(tmp_path: Path) -> None:
     config = make_config(tmp_path, hold_seconds=0.2)
     args = {"name": "x", "text": "y"}
-    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+    async with notes_gate(config) as front, Client(front.server, mode="legacy") as agent:
         await agent.call_tool("notes__write_note", args)
         request = await wait_for_request(front.gateway)
         await decide(front.gateway, request.id, "bob")
     manifest = config.parent / "tool_manifests" / "notes.toml"
     manifest.write_text(manifest.read_text().replace("the old text is lost", "the old text is gone"))
-    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+    async with notes_gate(config) as front, Client(front.server, mode="legacy") as agent:
         result = await agent.call_tool("notes__write_note", args)
     assert result.is_error and "void" in text_of(result) and "policy changed" in text_of(result)
     assert not (tmp_path / "notes" / "x").exists()
@@ -306,7 +315,7 @@ async def test_a_grant_lets_the_same_requester_run_the_tool_without_holding_unti
     tmp_path: Path,
 ) -> None:
     config = make_config(tmp_path, hold_seconds=0.2)
-    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+    async with notes_gate(config) as front, Client(front.server, mode="legacy") as agent:
         await agent.call_tool("notes__write_note", {"name": "a", "text": "1"})
         request = await wait_for_request(front.gateway)
         await decide(front.gateway, request.id, "bob", grant_for=timedelta(minutes=30))
@@ -325,7 +334,7 @@ async def test_a_grant_lets_the_same_requester_run_the_tool_without_holding_unti
 async def test_no_grant_is_given_for_a_critical_call(tmp_path: Path) -> None:
     config = make_config(tmp_path, hold_seconds=0.2)
     async with (
-        running_gate(config, store=MemoryStore()) as front,
+        notes_gate(config, store=MemoryStore()) as front,
         Client(front.server, mode="legacy") as agent,
     ):
         await agent.call_tool("notes__delete_note", {"name": "archive/a"})
@@ -339,7 +348,7 @@ async def test_no_grant_is_given_for_a_critical_call(tmp_path: Path) -> None:
 async def test_a_requester_with_too_many_pending_requests_is_refused_clearly(tmp_path: Path) -> None:
     config = make_config(tmp_path, hold_seconds=0.1, max_pending=2)
     async with (
-        running_gate(config, store=MemoryStore()) as front,
+        notes_gate(config, store=MemoryStore()) as front,
         Client(front.server, mode="legacy") as agent,
     ):
         for name in ("a", "b"):
@@ -352,7 +361,7 @@ async def test_a_client_that_cancels_a_held_call_leaves_the_request_pending_and_
     tmp_path: Path,
 ) -> None:
     config = make_config(tmp_path)
-    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+    async with notes_gate(config) as front, Client(front.server, mode="legacy") as agent:
         with anyio.move_on_after(1.0):
             await agent.call_tool("notes__write_note", {"name": "x", "text": "y"})
         request = await wait_for_request(front.gateway)
@@ -380,7 +389,7 @@ async def test_fifty_concurrent_decisions_on_one_request_give_one_decision_each_
     )
     loaded = load_config(config, {})
     db = config.parent / "data" / "gate.db"
-    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+    async with notes_gate(config) as front, Client(front.server, mode="legacy") as agent:
         async with anyio.create_task_group() as tg:
             box = await in_background(
                 tg, lambda: agent.call_tool("notes__write_note", {"name": "n", "text": "x"})
@@ -457,7 +466,7 @@ async def test_fifty_decisions_from_ten_separate_processes_give_one_decision_eac
         tiers={"high": {"approvals": 2, "groups": ["sre"]}},
         approvals={"hold_seconds": 60},
     )
-    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+    async with notes_gate(config) as front, Client(front.server, mode="legacy") as agent:
         async with anyio.create_task_group() as tg:
             box = await in_background(
                 tg, lambda: agent.call_tool("notes__write_note", {"name": "n", "text": "x"})
@@ -500,7 +509,7 @@ async def test_a_manifest_rule_can_name_its_own_approver_groups(tmp_path: Path) 
         tiers=TIERS,
         approvals={"hold_seconds": 0.2},
     )
-    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+    async with notes_gate(config) as front, Client(front.server, mode="legacy") as agent:
         await agent.call_tool("notes__write_note", {"name": "x", "text": "y"})
         request = await wait_for_request(front.gateway)
         assert request.groups == ("dba",)
@@ -521,7 +530,7 @@ async def test_a_manifest_rule_naming_a_group_nobody_is_in_is_a_config_error(tmp
         approvers=APPROVERS,
     )
     with pytest.raises(ConfigError) as caught:
-        async with running_gate(config):
+        async with notes_gate(config):
             pass
     assert "notes.toml: rule[8].approvers: no approver" in str(caught.value) and "'ghosts'" in str(
         caught.value
@@ -539,7 +548,7 @@ async def test_a_grant_is_refused_where_it_would_stand_in_for_more_than_one_appr
         tiers={"high": {"approvals": 2, "groups": ["sre"]}},
         approvals={"hold_seconds": 0.2},
     )
-    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+    async with notes_gate(config) as front, Client(front.server, mode="legacy") as agent:
         await agent.call_tool("notes__write_note", {"name": "x", "text": "y"})
         request = await wait_for_request(front.gateway)
         quorum = await decide(front.gateway, request.id, "bob", grant_for=timedelta(minutes=30))
@@ -562,7 +571,7 @@ async def test_a_grant_does_not_cover_a_call_that_falls_under_another_rule(tmp_p
         tiers=TIERS,
         approvals={"hold_seconds": 0.2},
     )
-    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+    async with notes_gate(config) as front, Client(front.server, mode="legacy") as agent:
         await agent.call_tool("notes__write_note", {"name": "a", "text": "1"})
         request = await wait_for_request(front.gateway)
         long = await decide(front.gateway, request.id, "bob", grant_for=timedelta(hours=25))
@@ -583,7 +592,7 @@ async def test_a_release_that_finds_the_approval_revoked_meanwhile_reports_the_r
     from mcp_gate.approvals import Revoked
 
     config = make_config(tmp_path, hold_seconds=0.2)
-    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+    async with notes_gate(config) as front, Client(front.server, mode="legacy") as agent:
         await agent.call_tool("notes__write_note", {"name": "x", "text": "y"})
         request = await wait_for_request(front.gateway)
         engine = front.gateway.engine
@@ -600,14 +609,14 @@ async def test_a_release_that_finds_the_approval_revoked_meanwhile_reports_the_r
 
 async def test_a_grant_ends_when_the_policy_changes(tmp_path: Path) -> None:
     config = make_config(tmp_path, hold_seconds=0.2)
-    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+    async with notes_gate(config) as front, Client(front.server, mode="legacy") as agent:
         await agent.call_tool("notes__write_note", {"name": "a", "text": "1"})
         request = await wait_for_request(front.gateway)
         await decide(front.gateway, request.id, "bob", grant_for=timedelta(minutes=30))
         assert text_of(await agent.call_tool("notes__write_note", {"name": "b", "text": "2"})) == "wrote b"
     manifest = config.parent / "tool_manifests" / "notes.toml"
     manifest.write_text(manifest.read_text().replace("the old text is lost", "the old text is gone"))
-    async with running_gate(config) as front, Client(front.server, mode="legacy") as agent:
+    async with notes_gate(config) as front, Client(front.server, mode="legacy") as agent:
         after = await agent.call_tool("notes__write_note", {"name": "c", "text": "3"})
     assert after.is_error and "waiting for 1 approval" in text_of(after)
     assert not (tmp_path / "notes" / "c").exists()
@@ -652,7 +661,7 @@ async def test_each_requester_holds_for_its_own_budget_so_a_client_with_a_timeou
         async with http, client:
             yield client
 
-    async with running_gate(config) as front, anyio.create_task_group() as tg:
+    async with notes_gate(config) as front, anyio.create_task_group() as tg:
         port = await tg.start(front.serve_http, "127.0.0.1", 0)
         url = f"http://127.0.0.1:{port}/mcp"
         async with Client(front.server, mode="legacy", read_timeout_seconds=60) as stdio_agent:

@@ -15,7 +15,14 @@ import anyio.abc
 import pytest
 
 from mcp_gate.channels.api import serve_api
-from mcp_gate.testing import NOTES_MANIFEST, approver_table, notes_server_table, running_gate, write_config
+from mcp_gate.testing import (
+    NOTES_MANIFEST,
+    approver_table,
+    notes_server,
+    notes_server_table,
+    running_gate,
+    write_config,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -40,7 +47,8 @@ def make_config(tmp_path: Path, http: str = "") -> Path:
 @asynccontextmanager
 async def listening(config: Path, which: str) -> AsyncIterator[int]:
     """The agent front ("mcp") or the approvers' API ("admin") of a real gate, on a free port."""
-    async with running_gate(config) as front, anyio.create_task_group() as tg:
+    notes = notes_server(config.parent.parent / "notes")
+    async with running_gate(config, servers={"notes": notes}) as front, anyio.create_task_group() as tg:
         if which == "mcp":
             port = await tg.start(front.serve_http, "127.0.0.1", 0)
         else:

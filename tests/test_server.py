@@ -24,6 +24,7 @@ from mcp_gate.testing import (
     NOTES_MANIFEST,
     NOTES_SERVER,
     eventually,
+    notes_server,
     notes_server_table,
     running_gate,
     write_config,
@@ -171,7 +172,11 @@ async def test_progress_from_the_downstream_reaches_the_agent_through_the_gate(
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         seen.append((progress, total, message))
 
-    async with running_gate(notes_config) as front, Client(front.server, mode=mode) as agent:
+    notes = notes_server(notes_config.parent.parent / "notes")
+    async with (
+        running_gate(notes_config, servers={"notes": notes}) as front,
+        Client(front.server, mode=mode) as agent,
+    ):
         result = await agent.call_tool("notes__sleep", {"seconds": 0.2}, progress_callback=on_progress)
     assert text_of(result) == "slept"
     assert [p for p, _, _ in seen] == [float(i) for i in range(1, 11)]
@@ -181,7 +186,11 @@ async def test_progress_from_the_downstream_reaches_the_agent_through_the_gate(
 async def test_a_client_that_cancels_a_call_cancels_the_downstream_work_and_it_is_recorded(
     notes_config: Path,
 ) -> None:
-    async with running_gate(notes_config) as front, Client(front.server, mode="legacy") as agent:
+    notes = notes_server(notes_config.parent.parent / "notes")
+    async with (
+        running_gate(notes_config, servers={"notes": notes}) as front,
+        Client(front.server, mode="legacy") as agent,
+    ):
         with anyio.move_on_after(0.5):
             await agent.call_tool("notes__sleep", {"seconds": 20})
 

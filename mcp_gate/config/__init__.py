@@ -33,7 +33,7 @@ from mcp_gate.config.model import (
     SlackSecret,
     SlackSettings,
 )
-from mcp_gate.config.servers import read_client_config, servers_to_toml
+from mcp_gate.config.servers import read_client_config, serve_in_process, servers_to_toml
 
 __all__ = [
     "AdminSettings",
@@ -58,6 +58,7 @@ __all__ = [
     "check_private",
     "read_private_text",
     "resolve_config_path",
+    "serve_in_process",
     "servers_to_toml",
 ]
 

@@ -59,8 +59,12 @@ class ServerSpec:
     origin: str
 
     @property
-    def transport(self) -> Literal["stdio", "http"]:
-        return "stdio" if self.command is not None else "http"
+    def transport(self) -> Literal["stdio", "http", "in-process"]:
+        if self.command is not None:
+            return "stdio"
+        # Neither a command nor a URL: served in the gate's own process by an embedding program
+        # or a test (`runtime.open_gate(servers=...)`); gate.toml cannot say this.
+        return "http" if self.url is not None else "in-process"
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,10 @@ and writing [servers.*] back as TOML."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -24,7 +25,7 @@ from mcp_gate.config.files import (
     kind_of,
     read_bytes,
 )
-from mcp_gate.config.model import ProtocolEra, ServerSpec
+from mcp_gate.config.model import GateConfig, ProtocolEra, ServerSpec
 from mcp_gate.errors import ConfigError
 
 DEFAULT_TIMEOUT = 120.0
@@ -235,6 +236,33 @@ def build_server(
 
 
 # --- client JSON (Claude Desktop, Claude Code, Cursor, VS Code) -------------------------------------
+
+
+IN_PROCESS_ORIGIN = "in-process"
+
+
+def serve_in_process(config: GateConfig, names: Iterable[str]) -> GateConfig:
+    """`config` with the servers `names` served in the gate's own process (by an embedding program
+    or a test) instead of by a command or URL. A server gate.toml names keeps its timeout, protocol
+    and `disabled`; a new name gets the defaults. A bad name is a ConfigError, as in gate.toml."""
+    servers = dict(config.servers)
+    for name in names:
+        _check_server_name(name, IN_PROCESS_ORIGIN, f"servers.{name}")
+        configured = servers.get(name)
+        servers[name] = ServerSpec(
+            name=name,
+            command=None,
+            args=(),
+            env=MappingProxyType({}),
+            cwd=None,
+            url=None,
+            headers=MappingProxyType({}),
+            timeout=configured.timeout if configured else DEFAULT_TIMEOUT,
+            protocol=configured.protocol if configured else "legacy",
+            disabled=configured.disabled if configured else False,
+            origin=IN_PROCESS_ORIGIN,
+        )
+    return dataclasses.replace(config, servers=MappingProxyType(servers))
 
 
 def _strip_jsonc(text: str) -> str:
