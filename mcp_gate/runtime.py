@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
@@ -35,6 +36,9 @@ from mcp_gate.notary import Notary, notary_for
 from mcp_gate.policy import Manifest, policy_sha256
 from mcp_gate.seals import load_key
 from mcp_gate.storage import (
+    copy_into_database,
+    database_schema,
+    file_head,
     open_database,
     open_database_reader,
     open_reader,
@@ -52,6 +56,8 @@ __all__ = [
     "open_gate",
     "open_gate_store",
     "open_log_reader",
+    "copy_store",
+    "migrate_store",
     "read_gate_store",
     "store_exists",
     "store_where",
@@ -352,3 +358,36 @@ def gate_notary(config: GateConfig) -> Notary | None:
 def decision_key(config: GateConfig) -> bytes:
     """The deployment's decision key (`data_dir/decisions.key`, 0600, made on first use)."""
     return load_key(config.data_dir / DECISION_KEY_FILE, "decision key")
+
+
+# -- moving to PostgreSQL -----------------------------------------------------------------------
+
+
+async def migrate_store(config: GateConfig, *, apply: bool = True) -> tuple[int, int, int]:
+    """(before, after, the version this gate knows) of the [store] database's schema, after
+    applying what is missing; GateError for a config without [store] (the SQLite file migrates
+    itself whenever the gate opens it)."""
+    if config.store is None:
+        raise GateError(f"{config.path}: no [store] section names a PostgreSQL database to migrate")
+    return await database_schema(config.store.url, apply=apply, connect_timeout=config.store.connect_timeout)
+
+
+async def copy_store(
+    data_dir: Path,
+    url: str,
+    *,
+    verifiers: Sequence[VerifierKey] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> AuditReport:
+    """Copy the SQLite store in `data_dir` into the empty database at `url`, then verify the chain
+    there; StoreError unless the target verifies and ends at the source's head."""
+    source = gate_db(data_dir)
+    if not source.is_file():
+        raise GateError(f"{source}: no such store file (--from names the gate's data_dir)")
+    copied = await copy_into_database(source, url, progress=progress)
+    report = await verify_database(url, verifiers=verifiers)
+    if not report.ok:
+        raise StoreError(f"the copy does not verify: seq {report.first_bad_seq}: {report.problem}")
+    if copied != await file_head(source):
+        raise StoreError(f"the copy ends at seq {copied[0]}, the source elsewhere: it changed meanwhile")
+    return report

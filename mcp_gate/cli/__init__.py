@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from mcp_gate import __version__
-from mcp_gate.cli import approvers, audit, demo, gate, policy, slack
+from mcp_gate.cli import approvers, audit, demo, gate, policy, slack, store
 from mcp_gate.cli._common import EXIT_FAILED, EXIT_USAGE
 from mcp_gate.errors import ApiUnreachable, DecisionRefused, GateError, StoreError, StoreUnreachable
 
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_key_commands(sub)
     policy.add_commands(sub)
     slack.add_commands(sub)
+    store.add_commands(sub)
     demo.add_commands(sub)
     return parser
 

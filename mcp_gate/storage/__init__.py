@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     from mcp_gate.storage.postgres.replicas import ReplicaLock
 
 __all__ = [
+    "copy_into_database",
     "database_schema",
+    "file_head",
     "open_database",
     "open_database_reader",
     "open_reader",
@@ -137,5 +139,29 @@ async def database_schema(url: str, *, apply: bool, connect_timeout: float = 10.
             except psycopg.Error as exc:
                 raise StoreError(f"{schema.redacted(url)}: {' '.join(str(exc).split())}") from exc
             return before, after, schema.SCHEMA_VERSION
+
+    return await anyio.to_thread.run_sync(run)
+
+
+async def copy_into_database(
+    source: Path, url: str, *, progress: Callable[[int, int], None] | None = None
+) -> tuple[int, str]:
+    """Copy the SQLite file `source` whole into the empty database at `url` (one transaction);
+    the (seq, hash) of the copied head. StoreError, writing nothing, for a non-empty target."""
+    _postgres()
+    import anyio.to_thread
+
+    from mcp_gate.storage.postgres.copy import copy_sqlite
+
+    return await anyio.to_thread.run_sync(lambda: copy_sqlite(source, url, progress=progress))
+
+
+async def file_head(path: Path) -> tuple[int, str]:
+    """The (seq, hash) of the chain's head in the SQLite file at `path`, read without writing."""
+    import anyio.to_thread
+
+    def run() -> tuple[int, str]:
+        with read_only(path) as reader:
+            return reader.head()
 
     return await anyio.to_thread.run_sync(run)
