@@ -27,7 +27,7 @@ from mcp_gate.storage.postgres import PostgresStore
 from mcp_gate.storage.postgres.reader import read_only, verify_database
 from mcp_gate.storage.postgres.schema import SCHEMA_VERSION
 from mcp_gate.storage.sqlite import SQLiteStore
-from mcp_gate.testing import FakeClock
+from mcp_gate.testing import FakeClock, eventually
 from tests import pg_helpers
 
 pytestmark = pytest.mark.anyio
@@ -598,3 +598,50 @@ class socket_nobody_listens_on:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+HOLD_LOCK = """
+import sys
+from mcp_gate.storage.postgres.replicas import ReplicaLock
+with ReplicaLock(sys.argv[1]) as lock:
+    lock.share()
+    print("sharing", flush=True)
+    sys.stdin.read()  # held until killed
+"""
+
+
+async def test_only_a_replica_alone_on_the_database_gets_the_lock_exclusively(postgres_url: str) -> None:
+    from mcp_gate.storage.postgres.replicas import ReplicaLock
+
+    with ReplicaLock(postgres_url) as first:
+        assert first.exclusive  # alone: may recover what a crash left in flight
+        first.share()
+        with ReplicaLock(postgres_url) as second:
+            assert not second.exclusive  # another replica is running: its calls in flight are its own
+    with ReplicaLock(postgres_url) as again:
+        assert again.exclusive
+
+
+async def test_a_killed_replica_loses_its_share_of_the_lock_with_its_connection(postgres_url: str) -> None:
+    import sys
+
+    from mcp_gate.storage.postgres.replicas import ReplicaLock
+
+    def alone() -> bool:
+        with ReplicaLock(postgres_url) as lock:
+            return lock.exclusive
+
+    async with await anyio.open_process([sys.executable, "-c", HOLD_LOCK, postgres_url]) as holder:
+        assert holder.stdout is not None
+        seen = b""
+        with anyio.fail_after(30):
+            while b"sharing\n" not in seen:
+                seen += await holder.stdout.receive()
+        assert not await anyio.to_thread.run_sync(alone)  # the holder is a live replica
+        holder.kill()  # SIGKILL: no clean stop, no unlock
+        await holder.wait()
+
+    async def check() -> bool:
+        return await anyio.to_thread.run_sync(alone)
+
+    assert await eventually(check, what="the killed replica's lock to go with its connection")
