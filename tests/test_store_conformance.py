@@ -322,6 +322,28 @@ async def test_a_conditional_release_has_exactly_one_winner_among_concurrent_tas
     assert len(await one.records(event_type="call.released")) == 1
 
 
+async def test_starting_execution_is_one_conditional_update_only_one_handle_wins(backend: Backend) -> None:
+    one, two = await backend.open(), await backend.open()
+    await one.transact(lambda tx: tx.insert_request(request_for("R1", state="approved")))
+    await one.transact(lambda tx: tx.insert_request(request_for("R2", args_sha256="a2")))  # pending
+    won: list[int] = []
+
+    async def racer(store: Store, n: int) -> None:
+        if await store.transact(lambda tx: tx.start_executing("R1")):
+            won.append(n)
+
+    async with anyio.create_task_group() as tg:
+        for n in range(20):
+            tg.start_soon(racer, one if n % 2 else two, n)
+    assert len(won) == 1
+    got = await two.read(lambda tx: tx.get_request("R1"))
+    assert got is not None and got.state == "executing"
+    assert await two.transact(lambda tx: tx.start_executing("R2")) is False  # not approved: unchanged
+    pending = await one.read(lambda tx: tx.get_request("R2"))
+    assert pending is not None and pending.state == "pending"
+    assert await one.transact(lambda tx: tx.start_executing("R9")) is False
+
+
 async def test_a_held_call_released_by_decisions_from_two_engines_runs_once(backend: Backend) -> None:
     clock = FakeClock(START)
     events = EventFactory("gate", "0", "pol1", clock)

@@ -160,6 +160,12 @@ class PostgresTx:
                     ],
                 )
 
+    def start_executing(self, request_id: str) -> bool:
+        cursor = self.conn.execute(
+            "UPDATE approvals SET state = 'executing' WHERE id = %s AND state = 'approved'", (request_id,)
+        )
+        return cursor.rowcount == 1
+
     def set_request_state(self, request_id: str, state: RequestState) -> None:
         self.conn.execute("UPDATE approvals SET state = %s WHERE id = %s", (state, request_id))
 

@@ -252,6 +252,12 @@ class SQLiteTx:
         ).fetchall()
         return [Inflight(c, r, s, json.loads(f)) for c, r, s, f in rows]
 
+    def start_executing(self, request_id: str) -> bool:
+        cursor = self.conn.execute(
+            "UPDATE approvals SET state = 'executing' WHERE id = ? AND state = 'approved'", (request_id,)
+        )
+        return cursor.rowcount == 1
+
     def set_request_state(self, request_id: str, state: RequestState) -> None:
         self.conn.execute("UPDATE approvals SET state = ? WHERE id = ?", (state, request_id))
 
