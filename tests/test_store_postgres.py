@@ -645,3 +645,37 @@ async def test_a_killed_replica_loses_its_share_of_the_lock_with_its_connection(
         return await anyio.to_thread.run_sync(alone)
 
     assert await eventually(check, what="the killed replica's lock to go with its connection")
+
+
+START_EXECUTING = """
+import sys, anyio
+from mcp_gate.storage.postgres import PostgresStore
+
+async def main(url):
+    async with await PostgresStore.open(url, create=False) as store:
+        won = await store.transact(lambda tx: tx.start_executing("R1"))
+        print("won" if won else "lost", flush=True)
+
+anyio.run(main, sys.argv[1])
+"""
+
+
+async def test_replica_processes_racing_to_release_one_request_have_one_winner(postgres_url: str) -> None:
+    import sys
+
+    async with await PostgresStore.open(postgres_url) as store:
+        await store.transact(lambda tx: tx.insert_request(request_for("R1", state="approved")))
+    results: list[str] = []
+
+    async def replica() -> None:
+        done = await anyio.run_process([sys.executable, "-c", START_EXECUTING, postgres_url], check=False)
+        assert done.returncode == 0, done.stderr.decode()
+        results.append(done.stdout.decode().strip())
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(replica)
+    assert sorted(results) == ["lost", "lost", "lost", "won"]
+    async with await PostgresStore.open(postgres_url, create=False) as store:
+        got = await store.read(lambda tx: tx.get_request("R1"))
+        assert got is not None and got.state == "executing"
