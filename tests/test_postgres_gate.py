@@ -64,7 +64,7 @@ def text_of(result: types.CallToolResult) -> str:
     return " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
 
 
-@pytest.mark.timeout(180)  # a gate with a downstream, then eleven CLI processes one after another
+@pytest.mark.timeout(180)  # a gate with a downstream, then a dozen CLI processes one after another
 async def test_a_gate_on_postgresql_runs_low_calls_and_releases_a_call_approved_from_the_cli_once(
     tmp_path: Path, postgres_url: str
 ) -> None:
@@ -123,6 +123,9 @@ async def test_a_gate_on_postgresql_runs_low_calls_and_releases_a_call_approved_
     # Offline, with the same command as a bundle from SQLite.
     code, out, err = await mcp_gate("audit", "verify", "--bundle", str(bundle), "--pubkey", pubkey.strip())
     assert code == 0, out + err
+    code, out, err = await mcp_gate("audit", "report", "--format", "json", *args)
+    assert code == 0, err
+    assert json.loads(out)
     code, out, err = await mcp_gate("check", *args)
     assert code == 0, out + err
     assert "Traceback" not in err
