@@ -601,24 +601,28 @@ class socket_nobody_listens_on:
 
 
 HOLD_LOCK = """
-import sys
+import sys, anyio
 from mcp_gate.storage.postgres.replicas import ReplicaLock
-with ReplicaLock(sys.argv[1]) as lock:
-    lock.share()
-    print("sharing", flush=True)
-    sys.stdin.read()  # held until killed
+
+async def main(url):
+    async with ReplicaLock(url) as lock:
+        lock.share()
+        print("sharing", flush=True)
+        await anyio.sleep_forever()  # held until killed
+
+anyio.run(main, sys.argv[1])
 """
 
 
 async def test_only_a_replica_alone_on_the_database_gets_the_lock_exclusively(postgres_url: str) -> None:
     from mcp_gate.storage.postgres.replicas import ReplicaLock
 
-    with ReplicaLock(postgres_url) as first:
+    async with ReplicaLock(postgres_url) as first:
         assert first.exclusive  # alone: may recover what a crash left in flight
         first.share()
-        with ReplicaLock(postgres_url) as second:
+        async with ReplicaLock(postgres_url) as second:
             assert not second.exclusive  # another replica is running: its calls in flight are its own
-    with ReplicaLock(postgres_url) as again:
+    async with ReplicaLock(postgres_url) as again:
         assert again.exclusive
 
 
@@ -627,8 +631,8 @@ async def test_a_killed_replica_loses_its_share_of_the_lock_with_its_connection(
 
     from mcp_gate.storage.postgres.replicas import ReplicaLock
 
-    def alone() -> bool:
-        with ReplicaLock(postgres_url) as lock:
+    async def alone() -> bool:
+        async with ReplicaLock(postgres_url) as lock:
             return lock.exclusive
 
     async with await anyio.open_process([sys.executable, "-c", HOLD_LOCK, postgres_url]) as holder:
@@ -637,14 +641,11 @@ async def test_a_killed_replica_loses_its_share_of_the_lock_with_its_connection(
         with anyio.fail_after(30):
             while b"sharing\n" not in seen:
                 seen += await holder.stdout.receive()
-        assert not await anyio.to_thread.run_sync(alone)  # the holder is a live replica
+        assert not await alone()  # the holder is a live replica
         holder.kill()  # SIGKILL: no clean stop, no unlock
         await holder.wait()
 
-    async def check() -> bool:
-        return await anyio.to_thread.run_sync(alone)
-
-    assert await eventually(check, what="the killed replica's lock to go with its connection")
+    assert await eventually(alone, what="the killed replica's lock to go with its connection")
 
 
 START_EXECUTING = """
