@@ -2,8 +2,9 @@
 
     GateError                      every error the gate raises on purpose
     ├── ConfigError                a bad gate.toml, client config or manifest: file, key, problem
-    ├── StoreError                 the SQLite store cannot be opened, read or written
-    │   └── EvidenceWriteError     an evidence record could not be committed (the call must not run)
+    ├── StoreError                 the store (SQLite file or PostgreSQL) cannot be opened, read or written
+    │   ├── EvidenceWriteError     an evidence record could not be committed (the call must not run)
+    │   └── StoreUnreachable       the configured PostgreSQL server cannot be reached (no password shown)
     ├── CheckpointError            a key, signed note or checkpoint is malformed or does not verify
     ├── NoSuchRequest              no approval request has the id an approver named
     ├── SlackFailure               a Slack call failed: Slack's error code, never a token
@@ -37,6 +38,7 @@ __all__ = [
     "Quarantined",
     "SlackFailure",
     "StoreError",
+    "StoreUnreachable",
     "UnknownTool",
 ]
 
@@ -64,6 +66,10 @@ class StoreError(GateError):
 
 class EvidenceWriteError(StoreError):
     """An evidence record could not be committed; the call it describes must not run."""
+
+
+class StoreUnreachable(StoreError):
+    """The database the config names cannot be reached: the message names it without its password."""
 
 
 class CheckpointError(GateError):

@@ -310,6 +310,10 @@ class ApprovalEngine:
             outcome = self._verified(tx, request, outcome)
         match outcome:
             case Released(request=released):
+                # The one conditional update that decides who runs the call, on every backend and
+                # across replicas: the check above only chooses what to say.
+                if not tx.start_executing(request_id):
+                    return UsedElsewhere(request)
                 tx.save_request(released)
                 tx.begin_inflight(
                     correlation_id,

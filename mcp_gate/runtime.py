@@ -12,14 +12,17 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import anyio
 
 from mcp_gate import __version__
 from mcp_gate.approvals import new_id
+from mcp_gate.audit import AuditReport
+from mcp_gate.checkpoints import VerifierKey
 from mcp_gate.clock import Clock, SystemClock
 from mcp_gate.config import GateConfig, serve_in_process
 from mcp_gate.datadir import ARGS_KEY_FILE, DECISION_KEY_FILE, DataDirLock, RunMarker, gate_db
@@ -33,7 +36,18 @@ from mcp_gate.manifests import load_manifests
 from mcp_gate.notary import Notary, notary_for
 from mcp_gate.policy import Manifest, policy_sha256
 from mcp_gate.seals import load_key
-from mcp_gate.storage import open_reader, open_store
+from mcp_gate.storage import (
+    copy_into_database,
+    database_schema,
+    file_head,
+    open_database,
+    open_database_reader,
+    open_reader,
+    open_store,
+    replica_lock,
+    verify_database,
+    verify_file,
+)
 from mcp_gate.storage.base import LogReader, Store
 
 __all__ = [
@@ -43,7 +57,13 @@ __all__ = [
     "open_gate",
     "open_gate_store",
     "open_log_reader",
+    "copy_store",
+    "migrate_store",
     "read_gate_store",
+    "store_exists",
+    "store_where",
+    "store_writable",
+    "verify_gate_store",
 ]
 
 log = logging.getLogger("mcp_gate.runtime")
@@ -79,7 +99,7 @@ async def open_gate(
     own_store = store is None
     notary = notary_for(config) if own_store else None
     opened: Store = (
-        store if store is not None else await open_store(gate_db(config.data_dir), notary=notary, clock=clock)
+        store if store is not None else await _open(config, clock=clock, notary=notary, create=True)
     )
     try:
         downstreams = Downstreams(config.servers, log_dir=config.data_dir / "logs", in_process=in_process)
@@ -104,7 +124,7 @@ async def open_gate(
             # The first start that names a key pins it: `audit verify` notices a swapped key.
             signing_key=None if notary is None else notary.key.verifier.to_text(),
         )
-        async with DataDirLock(config.data_dir) as lock, RunMarker(config.data_dir, run) as marker:
+        async with _instance_lock(config) as lock, RunMarker(config.data_dir, run) as marker:
             if lock.exclusive:
                 unclean = marker.left_over()
                 await _record_unclean_ends(gate, unclean)
@@ -227,16 +247,15 @@ async def _final_checkpoint(store: Store) -> None:
 async def open_engine(config: GateConfig, *, clock: Clock | None = None) -> AsyncIterator[ApprovalEngine]:
     """An engine over the gate's store, for a process beside the gate (the approver CLI, tests):
     its decisions reach held calls through the shared file, with the gate's own policy hash."""
-    db = gate_db(config.data_dir)
-    if not db.exists():
-        raise GateError(f"{db}: no gate data here yet (has the gate run with this config?)")
+    if not store_exists(config):
+        raise GateError(f"{store_where(config)}: no gate data here yet (has the gate run with this config?)")
     manifests = load_manifests(
         config.manifests_dir, config.servers.keys(), required=config.manifests_required
     )
     clock = clock or SystemClock()
     # The same policy hash the gate computes, so the decisions recorded here match its records.
     events = EventFactory(config.name, __version__, policy_sha256(config.config_sha256, manifests), clock)
-    async with await open_store(db, clock=clock, notary=notary_for(config)) as store:
+    async with await _open(config, clock=clock, notary=notary_for(config)) as store:
         yield ApprovalEngine(store, clock, config.approval_settings, events, decision_key(config))
 
 
@@ -244,7 +263,7 @@ async def open_engine(config: GateConfig, *, clock: Clock | None = None) -> Asyn
 async def open_gate_store(config: GateConfig, *, clock: Clock | None = None) -> AsyncIterator[Store]:
     """The gate's store for a command that writes to it (`tools accept`, the audit commands'
     records, export, prune): with the gate's notary, so its commits are signed by the gate's rule."""
-    async with await open_store(gate_db(config.data_dir), clock=clock, notary=notary_for(config)) as store:
+    async with await _open(config, clock=clock, notary=notary_for(config)) as store:
         yield store
 
 
@@ -252,14 +271,89 @@ async def open_gate_store(config: GateConfig, *, clock: Clock | None = None) -> 
 async def read_gate_store(config: GateConfig) -> AsyncIterator[Store]:
     """The gate's store for a command that only reads it (`audit show`, the Slack line of `check`,
     the demo): without a notary, so opening it signs nothing and leaves the signed head alone."""
-    async with await open_store(gate_db(config.data_dir)) as store:
+    async with await _open(config) as store:
         yield store
 
 
 def open_log_reader(config: GateConfig) -> AbstractContextManager[LogReader]:
-    """A consistent read-only snapshot of the gate's evidence file, for a worker thread; it never
-    writes to the file or creates one."""
+    """A consistent read-only snapshot of the gate's evidence (file or database), for a worker
+    thread; it never writes to the store or creates one."""
+    if config.store is not None:
+        return open_database_reader(config.store.url)
     return open_reader(gate_db(config.data_dir))
+
+
+async def verify_gate_store(
+    config: GateConfig,
+    *,
+    verifiers: Sequence[VerifierKey] | None = None,
+    extra_notes: Sequence[tuple[str, str]] = (),
+    progress: Callable[[int, int], None] | None = None,
+) -> AuditReport:
+    """Verify the gate's evidence chain and checkpoints where it keeps them, writing nothing."""
+    if config.store is not None:
+        return await verify_database(
+            config.store.url, verifiers=verifiers, extra_notes=extra_notes, progress=progress
+        )
+    return await verify_file(
+        gate_db(config.data_dir), verifiers=verifiers, extra_notes=extra_notes, progress=progress
+    )
+
+
+def store_where(config: GateConfig) -> str:
+    """The gate's store as messages name it: the file's path, or the database's url without its
+    password."""
+    return config.store.where if config.store is not None else str(gate_db(config.data_dir))
+
+
+def store_exists(config: GateConfig) -> bool:
+    """Whether the gate has a store to read yet: the file exists (a database always may: opening
+    it says whether it holds the gate's schema)."""
+    return config.store is not None or gate_db(config.data_dir).exists()
+
+
+def store_writable(config: GateConfig) -> bool:
+    """Whether this process may write to the store (a read-only copy of the file is left alone)."""
+    return config.store is not None or os.access(gate_db(config.data_dir), os.W_OK)
+
+
+async def _open(
+    config: GateConfig, *, clock: Clock | None = None, notary: Notary | None = None, create: bool = False
+) -> Store:
+    """The gate's store as its config names it: the PostgreSQL database of [store], else the SQLite
+    file in data_dir. Only the running gate gives a new database its schema (`create`), as it is
+    the one that creates the file; every other command wants the schema there already."""
+    if config.store is None:
+        return await open_store(gate_db(config.data_dir), notary=notary, clock=clock)
+    settings = config.store
+    return await open_database(
+        settings.url,
+        clock=clock,
+        notary=notary,
+        pool_size=settings.pool_size,
+        connect_timeout=settings.connect_timeout,
+        create=create,
+    )
+
+
+class _InstanceLock(Protocol):
+    exclusive: bool
+
+    def share(self) -> None: ...
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+
+def _instance_lock(config: GateConfig) -> _InstanceLock:
+    """What tells a starting gate whether it is alone, so it may recover what a crash left in
+    flight: the data directory's file lock for the SQLite file (one host), the database's replica
+    lock for PostgreSQL (replicas on any number of hosts; each host's data_dir keeps its own run
+    markers and keys)."""
+    if config.store is not None:
+        return replica_lock(config.store.url, connect_timeout=config.store.connect_timeout)
+    return DataDirLock(config.data_dir)
 
 
 def gate_notary(config: GateConfig) -> Notary | None:
@@ -273,3 +367,36 @@ def gate_notary(config: GateConfig) -> Notary | None:
 def decision_key(config: GateConfig) -> bytes:
     """The deployment's decision key (`data_dir/decisions.key`, 0600, made on first use)."""
     return load_key(config.data_dir / DECISION_KEY_FILE, "decision key")
+
+
+# -- moving to PostgreSQL -----------------------------------------------------------------------
+
+
+async def migrate_store(config: GateConfig, *, apply: bool = True) -> tuple[int, int, int]:
+    """(before, after, the version this gate knows) of the [store] database's schema, after
+    applying what is missing; GateError for a config without [store] (the SQLite file migrates
+    itself whenever the gate opens it)."""
+    if config.store is None:
+        raise GateError(f"{config.path}: no [store] section names a PostgreSQL database to migrate")
+    return await database_schema(config.store.url, apply=apply, connect_timeout=config.store.connect_timeout)
+
+
+async def copy_store(
+    data_dir: Path,
+    url: str,
+    *,
+    verifiers: Sequence[VerifierKey] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> AuditReport:
+    """Copy the SQLite store in `data_dir` into the empty database at `url`, then verify the chain
+    there; StoreError unless the target verifies and ends at the source's head."""
+    source = gate_db(data_dir)
+    if not source.is_file():
+        raise GateError(f"{source}: no such store file (--from names the gate's data_dir)")
+    copied = await copy_into_database(source, url, progress=progress)
+    report = await verify_database(url, verifiers=verifiers)
+    if not report.ok:
+        raise StoreError(f"the copy does not verify: seq {report.first_bad_seq}: {report.problem}")
+    if copied != await file_head(source):
+        raise StoreError(f"the copy ends at seq {copied[0]}, the source elsewhere: it changed meanwhile")
+    return report

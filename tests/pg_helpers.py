@@ -9,6 +9,7 @@ backend's data: `PostgresStore.open(url)` again on the same url is another repli
 
 from __future__ import annotations
 
+import contextlib
 import os
 import urllib.parse
 import uuid
@@ -59,14 +60,23 @@ def postgres_database() -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture
-def postgres_url(postgres_database: str) -> Iterator[str]:
-    """The url of an empty schema in the module's database, for one test."""
+@contextlib.contextmanager
+def empty_schema(database_url: str) -> Iterator[str]:
+    """The url of a new, empty schema in the database at `database_url`, dropped on exit."""
     import psycopg
 
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_database, autocommit=True) as conn:
+    with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
-    yield with_schema(postgres_database, schema)
-    with psycopg.connect(postgres_database, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    try:
+        yield with_schema(database_url, schema)
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def postgres_url(postgres_database: str) -> Iterator[str]:
+    """The url of an empty schema in the module's database, for one test."""
+    with empty_schema(postgres_database) as url:
+        yield url

@@ -55,7 +55,15 @@ def test_only_datadir_spells_the_data_directory_file_names() -> None:
     assert spelled == {"mcp_gate/datadir.py"}
 
 
-OPENERS = {"open_store", "open_reader", "notary_for", "DataDirLock"}
+OPENERS = {
+    "open_store",
+    "open_reader",
+    "open_database",
+    "open_database_reader",
+    "replica_lock",
+    "notary_for",
+    "DataDirLock",
+}
 
 
 def called(tree: ast.Module) -> set[str]:

@@ -72,7 +72,18 @@ def test_the_storage_modules_export_their_names() -> None:
         "Store",
         "Tx",
     }
-    assert set(storage.__all__) == {"open_reader", "open_store", "verify_file"}
+    assert set(storage.__all__) == {
+        "open_reader",
+        "open_store",
+        "verify_file",
+        "open_database",
+        "open_database_reader",
+        "verify_database",
+        "replica_lock",
+        "database_schema",
+        "copy_into_database",
+        "file_head",
+    }
     assert set(sqlite.__all__) == {"SQLiteStore"}
     assert set(memory.__all__) == {"MemoryStore", "MemoryTx"}
     assert set(changes.__all__) == {"CommitSignal"}

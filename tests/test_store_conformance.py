@@ -1,10 +1,11 @@
 """Every storage backend keeps the same contracts: each is stated once here and run against each
-backend (a SQLite file in tmp_path, the in-memory store; PostgreSQL joins the list when it comes).
+backend (a SQLite file in tmp_path, the in-memory store, a schema of its own in a real PostgreSQL
+database: tests/pg_helpers.py).
 
 A backend's `open()` gives a handle on that backend's data; each further call gives another
 handle on the same data, as another process (or the gate restarted after a crash) would open the
-same file. What only one backend has (a file's modes, pragmas, group commit, tampering with the
-file) stays in that backend's own tests."""
+same file, or another replica the same database. What only one backend has (a file's modes,
+pragmas, group commit, tampering with the file) stays in that backend's own tests."""
 
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ from mcp_gate.storage.base import PinRecord, SlackMessage, Store, Tx
 from mcp_gate.storage.memory import MemoryStore
 from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import FakeClock, within
+from tests import pg_helpers
+
+postgres_database = pg_helpers.postgres_database
 
 pytestmark = pytest.mark.anyio
 
@@ -54,22 +58,32 @@ def event(
 class Backend:
     """One backend's data, and handles on it."""
 
-    def __init__(self, name: str, tmp_path: Path, stack: AsyncExitStack) -> None:
+    def __init__(self, name: str, tmp_path: Path, stack: AsyncExitStack, url: str = "") -> None:
         self.name = name
         self.path = tmp_path / "data" / "gate.db"
+        self.url = url  # the PostgreSQL backend's data: a schema of its own
         self._stack = stack
         self._first: MemoryStore | None = None
 
     @property
     def label(self) -> str:
         """How the backend names its data in errors."""
-        return self.path.name if self.name == "sqlite" else "memory"
+        return {"sqlite": self.path.name, "postgres": "127.0.0.1"}.get(self.name, "memory")
+
+    @property
+    def where(self) -> str:
+        """What another process opens to reach the same data."""
+        return self.url if self.name == "postgres" else str(self.path)
 
     async def open(self, *, clock: Clock | None = None, notary: Notary | None = None) -> Store:
         """A handle on this backend's data (created by the first call), closed after the test."""
         store: Store
         if self.name == "sqlite":
             store = await SQLiteStore.open(self.path, clock=clock, notary=notary)
+        elif self.name == "postgres":
+            from mcp_gate.storage.postgres import PostgresStore
+
+            store = await PostgresStore.open(self.url, clock=clock, notary=notary)
         elif self._first is None:
             store = self._first = MemoryStore(clock=clock, notary=notary)
         else:
@@ -78,10 +92,14 @@ class Backend:
         return store
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "postgres"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     async with AsyncExitStack() as stack:
-        yield Backend(request.param, tmp_path, stack)
+        url = ""
+        if request.param == "postgres":
+            # An empty schema of its own in the module's database, made only when this backend runs.
+            url = stack.enter_context(pg_helpers.empty_schema(request.getfixturevalue("postgres_database")))
+        yield Backend(request.param, tmp_path, stack, url)
 
 
 @pytest.fixture
@@ -302,6 +320,28 @@ async def test_a_conditional_release_has_exactly_one_winner_among_concurrent_tas
     inflight = await two.read(lambda tx: tx.inflight())
     assert [(i.correlation_id, i.request_id) for i in inflight] == [(f"call-{winners[0]}", "R1")]
     assert len(await one.records(event_type="call.released")) == 1
+
+
+async def test_starting_execution_is_one_conditional_update_only_one_handle_wins(backend: Backend) -> None:
+    one, two = await backend.open(), await backend.open()
+    await one.transact(lambda tx: tx.insert_request(request_for("R1", state="approved")))
+    await one.transact(lambda tx: tx.insert_request(request_for("R2", args_sha256="a2")))  # pending
+    won: list[int] = []
+
+    async def racer(store: Store, n: int) -> None:
+        if await store.transact(lambda tx: tx.start_executing("R1")):
+            won.append(n)
+
+    async with anyio.create_task_group() as tg:
+        for n in range(20):
+            tg.start_soon(racer, one if n % 2 else two, n)
+    assert len(won) == 1
+    got = await two.read(lambda tx: tx.get_request("R1"))
+    assert got is not None and got.state == "executing"
+    assert await two.transact(lambda tx: tx.start_executing("R2")) is False  # not approved: unchanged
+    pending = await one.read(lambda tx: tx.get_request("R2"))
+    assert pending is not None and pending.state == "pending"
+    assert await one.transact(lambda tx: tx.start_executing("R9")) is False
 
 
 async def test_a_held_call_released_by_decisions_from_two_engines_runs_once(backend: Backend) -> None:
@@ -606,21 +646,21 @@ async def test_a_commit_through_another_handle_wakes_every_waiter(backend: Backe
     woke: list[int] = []
     all_woke = anyio.Event()
     async with anyio.create_task_group() as tg:
-        ready = 0
 
-        async def waiter(n: int) -> None:
-            nonlocal ready
+        async def waiter(n: int, subscribed: anyio.Event) -> None:
             async with watching.changes() as changes:
-                ready += 1
+                subscribed.set()  # listening from here on (on PostgreSQL: LISTEN is open)
                 await changes.wait()
                 woke.append(n)
                 if len(woke) == 5:
                     all_woke.set()
 
         for n in range(5):
-            tg.start_soon(waiter, n)
+            subscribed = anyio.Event()
+            tg.start_soon(waiter, n, subscribed)
+            await within(subscribed.wait(), what=f"waiter {n} to subscribe")
         await anyio.wait_all_tasks_blocked()
-        assert ready == 5 and woke == []
+        assert woke == []
         await writing.transact(lambda tx: tx.insert_request(request_for("R1")))
         await within(all_woke.wait(), what="every waiter to wake")
     assert sorted(woke) == [0, 1, 2, 3, 4]
@@ -629,10 +669,17 @@ async def test_a_commit_through_another_handle_wakes_every_waiter(backend: Backe
 OTHER_PROCESS = """
 import sys, anyio
 from mcp_gate.evidence import new_event
-from mcp_gate.storage.sqlite import SQLiteStore
 
-async def main(path):
-    async with await SQLiteStore.open(__import__("pathlib").Path(path)) as store:
+async def open_store(where):
+    if where.startswith("postgresql:"):
+        from mcp_gate.storage.postgres import PostgresStore
+        return await PostgresStore.open(where)
+    from pathlib import Path
+    from mcp_gate.storage.sqlite import SQLiteStore
+    return await SQLiteStore.open(Path(where))
+
+async def main(where):
+    async with await open_store(where) as store:
         ts = "2026-11-24T00:00:00.000000Z"
         await store.append([new_event("call.requested", ts=ts, correlation_id="x")])
 
@@ -644,6 +691,7 @@ anyio.run(main, sys.argv[1])
     "backend",
     [
         "sqlite",
+        "postgres",
         pytest.param(
             "memory",
             marks=pytest.mark.skip(
@@ -655,8 +703,8 @@ anyio.run(main, sys.argv[1])
 )
 async def test_a_commit_from_another_process_wakes_a_waiter(backend: Backend) -> None:
     store = await backend.open()
-    async with store.changes() as changes:
-        done = await anyio.run_process([sys.executable, "-c", OTHER_PROCESS, str(backend.path)], check=False)
+    async with store.changes() as changes:  # subscribed (LISTEN open) before the other process starts
+        done = await anyio.run_process([sys.executable, "-c", OTHER_PROCESS, backend.where], check=False)
         assert done.returncode == 0, done.stderr.decode()
         await within(changes.wait(), what="the other process's commit")
     assert [r.correlation_id for r in await store.records()] == ["x"]

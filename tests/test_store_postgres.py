@@ -27,7 +27,7 @@ from mcp_gate.storage.postgres import PostgresStore
 from mcp_gate.storage.postgres.reader import read_only, verify_database
 from mcp_gate.storage.postgres.schema import SCHEMA_VERSION
 from mcp_gate.storage.sqlite import SQLiteStore
-from mcp_gate.testing import FakeClock
+from mcp_gate.testing import FakeClock, eventually
 from tests import pg_helpers
 
 pytestmark = pytest.mark.anyio
@@ -292,18 +292,6 @@ async def test_a_release_raced_from_two_replicas_has_exactly_one_winner(
     assert request is not None and request.state == "executing"
 
 
-async def test_a_commit_at_one_replica_moves_the_other_replicas_data_version(
-    replicas: tuple[PostgresStore, PostgresStore],
-) -> None:
-    one, two = replicas
-    before = two.data_version()
-    await one.transact(lambda tx: tx.insert_request(request_for()))
-    assert two.data_version() != before
-    still = two.data_version()
-    await one.read(lambda tx: tx.get_request("R1"))
-    assert two.data_version() == still
-
-
 async def test_a_subscription_wakes_on_commits_here_and_at_another_replica(
     replicas: tuple[PostgresStore, PostgresStore],
 ) -> None:
@@ -425,7 +413,7 @@ async def test_the_slack_outbox_and_replay_memory_are_shared_by_replicas(
     posted = SlackMessage("R1", "C1", ts="1.2", rendered_sha256="h", attempts=1, voters={"a@x": "U1"})
     await two.transact(lambda tx: tx.save_slack_message(posted))
     assert await one.read(lambda tx: tx.slack_message("R1")) == posted
-    assert await one.read(lambda tx: tx.slack_messages()) == [posted, second]
+    assert await one.read(lambda tx: tx.slack_messages()) == [second, posted]  # in the order last saved
     finished = SlackMessage("R2", "C1", ts="1.3", done=True)
     await one.transact(lambda tx: tx.save_slack_message(finished))
     assert await two.read(lambda tx: tx.slack_messages(done=True)) == [finished]
@@ -610,3 +598,85 @@ class socket_nobody_listens_on:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+HOLD_LOCK = """
+import sys, anyio
+from mcp_gate.storage.postgres.replicas import ReplicaLock
+
+async def main(url):
+    async with ReplicaLock(url) as lock:
+        lock.share()
+        print("sharing", flush=True)
+        await anyio.sleep_forever()  # held until killed
+
+anyio.run(main, sys.argv[1])
+"""
+
+
+async def test_only_a_replica_alone_on_the_database_gets_the_lock_exclusively(postgres_url: str) -> None:
+    from mcp_gate.storage.postgres.replicas import ReplicaLock
+
+    async with ReplicaLock(postgres_url) as first:
+        assert first.exclusive  # alone: may recover what a crash left in flight
+        first.share()
+        async with ReplicaLock(postgres_url) as second:
+            assert not second.exclusive  # another replica is running: its calls in flight are its own
+    async with ReplicaLock(postgres_url) as again:
+        assert again.exclusive
+
+
+async def test_a_killed_replica_loses_its_share_of_the_lock_with_its_connection(postgres_url: str) -> None:
+    import sys
+
+    from mcp_gate.storage.postgres.replicas import ReplicaLock
+
+    async def alone() -> bool:
+        async with ReplicaLock(postgres_url) as lock:
+            return lock.exclusive
+
+    async with await anyio.open_process([sys.executable, "-c", HOLD_LOCK, postgres_url]) as holder:
+        assert holder.stdout is not None
+        seen = b""
+        with anyio.fail_after(30):
+            while b"sharing\n" not in seen:
+                seen += await holder.stdout.receive()
+        assert not await alone()  # the holder is a live replica
+        holder.kill()  # SIGKILL: no clean stop, no unlock
+        await holder.wait()
+
+    assert await eventually(alone, what="the killed replica's lock to go with its connection")
+
+
+START_EXECUTING = """
+import sys, anyio
+from mcp_gate.storage.postgres import PostgresStore
+
+async def main(url):
+    async with await PostgresStore.open(url, create=False) as store:
+        won = await store.transact(lambda tx: tx.start_executing("R1"))
+        print("won" if won else "lost", flush=True)
+
+anyio.run(main, sys.argv[1])
+"""
+
+
+async def test_replica_processes_racing_to_release_one_request_have_one_winner(postgres_url: str) -> None:
+    import sys
+
+    async with await PostgresStore.open(postgres_url) as store:
+        await store.transact(lambda tx: tx.insert_request(request_for("R1", state="approved")))
+    results: list[str] = []
+
+    async def replica() -> None:
+        done = await anyio.run_process([sys.executable, "-c", START_EXECUTING, postgres_url], check=False)
+        assert done.returncode == 0, done.stderr.decode()
+        results.append(done.stdout.decode().strip())
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(replica)
+    assert sorted(results) == ["lost", "lost", "lost", "won"]
+    async with await PostgresStore.open(postgres_url, create=False) as store:
+        got = await store.read(lambda tx: tx.get_request("R1"))
+        assert got is not None and got.state == "executing"

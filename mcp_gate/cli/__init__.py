@@ -9,9 +9,9 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from mcp_gate import __version__
-from mcp_gate.cli import approvers, audit, demo, gate, policy, slack
+from mcp_gate.cli import approvers, audit, demo, gate, policy, slack, store
 from mcp_gate.cli._common import EXIT_FAILED, EXIT_USAGE
-from mcp_gate.errors import ApiUnreachable, DecisionRefused, GateError, StoreError
+from mcp_gate.errors import ApiUnreachable, DecisionRefused, GateError, StoreError, StoreUnreachable
 
 __all__ = ["build_parser", "main"]
 
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_key_commands(sub)
     policy.add_commands(sub)
     slack.add_commands(sub)
+    store.add_commands(sub)
     demo.add_commands(sub)
     return parser
 
@@ -77,7 +78,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         code = EXIT_FAILED
     except GateError as exc:
         print(f"mcp-gate: error: {exc}", file=sys.stderr)
-        code = EXIT_FAILED if isinstance(exc, StoreError | ApiUnreachable) else EXIT_USAGE
+        # A database the config names that is not there is the config's to fix, like a bad file.
+        failed = isinstance(exc, StoreError | ApiUnreachable) and not isinstance(exc, StoreUnreachable)
+        code = EXIT_FAILED if failed else EXIT_USAGE
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)

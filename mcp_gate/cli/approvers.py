@@ -28,7 +28,6 @@ from mcp_gate.cli._common import (
     subcommand,
 )
 from mcp_gate.config import GateConfig, read_private_text
-from mcp_gate.datadir import gate_db
 from mcp_gate.errors import ApiUnreachable, DecisionRefused, GateError, NoSuchRequest
 
 __all__ = ["add_commands"]
@@ -137,9 +136,9 @@ async def _over_db(config: GateConfig, token: str, op: _Op) -> Any:
     approver = config.approver_by_token(token)
     if approver is None:
         raise GateError(f"the token is no approver's token in {config.path}")
-    db = gate_db(config.data_dir)
-    if not db.exists():
-        raise GateError(f"{db}: no approval requests here yet (has the gate run with this config?)")
+    if not runtime.store_exists(config):
+        where = runtime.store_where(config)
+        raise GateError(f"{where}: no approval requests here yet (has the gate run with this config?)")
     async with runtime.open_engine(config) as engine:
         desk = Desk(engine, channel="cli", rules=config.redaction)
         try:

@@ -38,7 +38,6 @@ from mcp_gate.cli._common import (
 )
 from mcp_gate.clock import SystemClock, utc_iso
 from mcp_gate.config import GateConfig, invoking_user, load_config, resolve_config_path
-from mcp_gate.datadir import gate_db
 from mcp_gate.errors import CheckpointError, GateError, StoreError
 from mcp_gate.events import EventType
 from mcp_gate.evidence import GENESIS_HASH, new_event, render_story
@@ -50,7 +49,6 @@ from mcp_gate.notary import (
     read_head_text,
     write_head,
 )
-from mcp_gate.storage import verify_file
 from mcp_gate.storage.base import Tx
 
 __all__ = [
@@ -63,12 +61,13 @@ __all__ = [
 ]
 
 
-def _db(config: GateConfig) -> Path:
-    """The gate's evidence file; GateError if there is none yet."""
-    db = gate_db(config.data_dir)
-    if not db.exists():
-        raise GateError(f"{db}: no evidence log here yet (has the gate run with this config?)")
-    return db
+def _db(config: GateConfig) -> str:
+    """Where the gate's evidence is (its file, or its database's url without the password);
+    GateError if there is no file yet."""
+    where = runtime.store_where(config)
+    if not runtime.store_exists(config):
+        raise GateError(f"{where}: no evidence log here yet (has the gate run with this config?)")
+    return where
 
 
 def _event(config: GateConfig, event_type: EventType, **fields: Any) -> dict[str, Any]:
@@ -87,7 +86,7 @@ async def _record(config: GateConfig, notary: Notary | None, event: dict[str, An
 
     Only a gate with a signing key records them (then a checkpoint covers them too); a read-only
     copy of the file is left as it is."""
-    if notary is None or not os.access(gate_db(config.data_dir), os.W_OK):
+    if notary is None or not runtime.store_writable(config):
         return
     try:
         async with runtime.open_gate_store(config) as store:
@@ -257,7 +256,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 bar.append(Progress("verifying", total))
             bar[0].advance(done - bar[0].done)
 
-        report = await verify_file(db, verifiers=verifiers, extra_notes=extra, progress=advance)
+        report = await runtime.verify_gate_store(
+            config, verifiers=verifiers, extra_notes=extra, progress=advance
+        )
         if bar:
             bar[0].close()
         report = _check_history(config, verifiers, report)
@@ -462,13 +463,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from mcp_gate.report import build_report, render_html
 
     config = load_config_from_args(args)
-    db = _db(config)
+    _db(config)
     notary, verifiers, extra = _verification_inputs(config, args.pubkey, args.checkpoints)
     since = None if args.since is None else parse_moment(args.since, "--since")
     until = None if args.until is None else parse_moment(args.until, "--until")
 
     async def run() -> int:
-        verified = await verify_file(db, verifiers=verifiers, extra_notes=extra)
+        verified = await runtime.verify_gate_store(config, verifiers=verifiers, extra_notes=extra)
 
         def build() -> dict[str, Any]:
             with runtime.open_log_reader(config) as reader:
@@ -531,8 +532,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def missed_copies(config: GateConfig) -> list[str]:
     """One line per checkpoint copy that failed (for `mcp-gate check`)."""
-    db = gate_db(config.data_dir)
-    if not db.exists():
+    if not runtime.store_exists(config):
         return []
     lines: list[str] = []
     with runtime.open_log_reader(config) as reader:

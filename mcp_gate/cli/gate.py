@@ -39,7 +39,6 @@ from mcp_gate.config import (
     resolve_config_path,
     servers_to_toml,
 )
-from mcp_gate.datadir import gate_db
 from mcp_gate.errors import GateError
 from mcp_gate.manifests import load_manifests
 from mcp_gate.offering import SEPARATOR, split_name
@@ -343,9 +342,9 @@ def cmd_tools_accept(args: argparse.Namespace) -> int:
     if split is None or split[0] not in config.servers:
         raise GateError(f"tools accept: {args.name!r} is not SERVER{SEPARATOR}TOOL for a configured server")
     server, tool = split
-    db = gate_db(config.data_dir)
-    if not db.exists():
-        raise GateError(f"tools accept: {db}: no pins here yet (has the gate run with this config?)")
+    if not runtime.store_exists(config):
+        where = runtime.store_where(config)
+        raise GateError(f"tools accept: {where}: no pins here yet (has the gate run with this config?)")
 
     async def run() -> str:
         from mcp_gate.clock import SystemClock, utc_iso

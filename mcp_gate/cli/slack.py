@@ -24,7 +24,6 @@ from mcp_gate.cli._common import (
     subcommand,
 )
 from mcp_gate.config import GateConfig, SlackSettings
-from mcp_gate.datadir import gate_db
 from mcp_gate.errors import ConfigError, GateError, SlackFailure
 from mcp_gate.events import SLACK_DELIVERY
 
@@ -159,8 +158,7 @@ async def diagnose(config: GateConfig, environ: Mapping[str, str], *, post: bool
 
 async def _recent_failure(config: GateConfig) -> str | None:
     """The last Slack failure the gate recorded, if nothing was posted or updated since."""
-    db = gate_db(config.data_dir)
-    if not db.exists():
+    if not runtime.store_exists(config):
         return None
     async with runtime.read_gate_store(config) as store:
         records = [r for kind in SLACK_DELIVERY for r in await store.records(event_type=kind)]

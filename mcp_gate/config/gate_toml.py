@@ -37,13 +37,12 @@ from mcp_gate.config.servers import (
     expand_variables,
     read_client_config,
 )
+from mcp_gate.config.store import store_settings
 from mcp_gate.errors import ConfigError
 from mcp_gate.policy import DEFAULT_REQUIREMENTS, Approvals, Block, Confirm, Requirement, Run, Tier
 from mcp_gate.redaction import RedactionRules
 
 _AGENT_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
-
-
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _CONFIGURABLE = ("low", "medium", "high", "critical")
 _MISSING_CONFIG = "no such file; pass --config or set MCP_GATE_CONFIG"
@@ -136,6 +135,7 @@ class _GateFile(Strict):
     pins: _PinsSection = Field(default_factory=_PinsSection)
     evidence: _EvidenceSection = Field(default_factory=lambda: _EvidenceSection())
     slack: dict[str, Any] | None = None
+    store: dict[str, Any] | None = None
     redaction: _RedactionSection = Field(default_factory=lambda: _RedactionSection())
 
 
@@ -366,6 +366,7 @@ def load_config(path: Path, environ: Mapping[str, str]) -> GateConfig:
         "elicitation": elicitation,
         "slack": _slack(file, model.slack, base, model.approvers, approvers, servers),
         "pins": PinSettings(new_tools=model.pins.new_tools, recheck_timeout=model.pins.recheck_timeout),
+        "store": store_settings(file, model.store, base, environ),  # not hashed: its url has the password
     }
     evidence = _evidence(file, model.evidence, base / model.gate.data_dir, model.gate.name, environ)
     redaction = _redaction(file, model.redaction)

@@ -140,6 +140,7 @@ class GateConfig:
     elicitation: ElicitationSettings = field(default_factory=ElicitationSettings)
     evidence: EvidenceSettings | None = None
     slack: SlackSettings | None = None
+    store: StoreSettings | None = None  # None: the SQLite file in data_dir
     redaction: RedactionRules = field(default_factory=RedactionRules)
     pins: PinSettings = field(default_factory=PinSettings)
     # The gate's own files (data dir, config, manifests, signing key): a downstream call whose
@@ -154,6 +155,19 @@ class GateConfig:
             if approver.token_sha256 is not None and hmac.compare_digest(approver.token_sha256, presented):
                 found = approver
         return found
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """gate.toml's [store]: a PostgreSQL database that any number of gate processes share.
+
+    `url` carries the password (from the environment or a password file, never from gate.toml):
+    it is kept out of `repr`, and everything shown names the store by `where`, which has none."""
+
+    url: str = field(repr=False)
+    where: str
+    pool_size: int = 4
+    connect_timeout: float = 10.0
 
 
 @dataclass(frozen=True)

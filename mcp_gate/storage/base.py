@@ -242,6 +242,11 @@ class Tx(Protocol):
 
     def set_request_state(self, request_id: str, state: RequestState) -> None: ...
 
+    def start_executing(self, request_id: str) -> bool:
+        """Move the request from approved to executing in one conditional update; False (and
+        nothing changed) unless it was approved: whoever gets True runs the call, once."""
+        ...
+
     # grants
 
     def insert_grant(self, grant: Grant) -> None: ...

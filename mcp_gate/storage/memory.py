@@ -240,6 +240,13 @@ class MemoryTx:
             if vote.approver not in votes:  # a vote is never changed
                 votes[vote.approver] = (self._t.next_rowid(), replace(vote, at=_moment(vote.at)))
 
+    def start_executing(self, request_id: str) -> bool:
+        stored = self._t.requests.get(request_id)
+        if stored is None or stored[1].state != "approved":
+            return False
+        self.set_request_state(request_id, "executing")
+        return True
+
     def set_request_state(self, request_id: str, state: RequestState) -> None:
         stored = self._t.requests.get(request_id)
         if stored is not None:

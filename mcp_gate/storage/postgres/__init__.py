@@ -20,6 +20,7 @@ from mcp_gate.errors import EvidenceWriteError, GateError, StoreError
 from mcp_gate.events import EventType
 from mcp_gate.evidence import Record, VerifyReport, canonical_json, new_event
 from mcp_gate.notary import Notary
+from mcp_gate.storage import rows as stored
 from mcp_gate.storage.base import PinRecord, Tx
 from mcp_gate.storage.postgres.changes import PostgresChanges, Subscription
 from mcp_gate.storage.postgres.commit import _commit_batch, _Job, _wake
@@ -34,7 +35,6 @@ from mcp_gate.storage.postgres.signing import (
     _sign_due,
 )
 from mcp_gate.storage.postgres.tx import PostgresTx, _append, _get_pin, _head
-from mcp_gate.storage.sqlite.tx import _PIN_COLUMNS, _RECORD_COLUMNS, _one_line, _pin_record, _record
 
 __all__ = ["PostgresStore"]
 
@@ -74,8 +74,6 @@ class PostgresStore:
         self._lock = anyio.Lock()
         self._queue: list[_Job] = []
         self._leading = False
-        self._watch: psycopg.Connection | None = None
-        self._version = 0
         self._changes = PostgresChanges(url)
 
     @classmethod
@@ -115,7 +113,7 @@ class PostgresStore:
             if pool is not None:
                 pool.close()
             if isinstance(exc, psycopg.Error | psycopg_pool.PoolTimeout):
-                raise StoreError(f"cannot open the store at {redacted(url)}: {_one_line(exc)}") from exc
+                raise StoreError(f"cannot open the store at {redacted(url)}: {stored.one_line(exc)}") from exc
             raise
         return cls(url, writer, pool, clock, notary, connect_timeout)
 
@@ -134,11 +132,9 @@ class PostgresStore:
         async with self._lock:
             writer, self._writer = self._writer, None
             pool, self._pool = self._pool, None
-            watch, self._watch = self._watch, None
             await self._changes.close()
-            for conn in (writer, watch):
-                if conn is not None:
-                    await anyio.to_thread.run_sync(conn.close)
+            if writer is not None:
+                await anyio.to_thread.run_sync(writer.close)
             if pool is not None:
                 await anyio.to_thread.run_sync(pool.close)
 
@@ -164,9 +160,11 @@ class PostgresStore:
             where.append("event_type = %s")
             params.append(event_type)
         params.append(limit)  # LIMIT NULL is no limit
-        query = f"SELECT {_RECORD_COLUMNS} FROM evidence WHERE {' AND '.join(where)} ORDER BY seq LIMIT %s"
+        query = (
+            f"SELECT {stored.RECORD_COLUMNS} FROM evidence WHERE {' AND '.join(where)} ORDER BY seq LIMIT %s"
+        )
         rows = await self._read(lambda conn: conn.execute(query, params).fetchall())
-        return [_record(row) for row in rows]
+        return [stored.record(row) for row in rows]
 
     async def head(self) -> tuple[int, str]:
         return await self._read(_head)
@@ -184,9 +182,9 @@ class PostgresStore:
         return await self._read(lambda conn: _get_pin(conn, server, tool))
 
     async def list_pins(self) -> list[PinRecord]:
-        query = f"SELECT {_PIN_COLUMNS} FROM pins ORDER BY server, tool"
+        query = f"SELECT {stored.PIN_COLUMNS} FROM pins ORDER BY server, tool"
         rows = await self._read(lambda conn: conn.execute(query).fetchall())
-        return [_pin_record(row) for row in rows]
+        return [stored.pin_record(row) for row in rows]
 
     async def set_pin(
         self,
@@ -202,7 +200,7 @@ class PostgresStore:
         def write(conn: psycopg.Connection) -> list[Record]:
             definition_text = canonical_json(dict(definition)).decode("utf-8")
             conn.execute(
-                f"INSERT INTO pins ({_PIN_COLUMNS}) VALUES (%s, %s, %s, %s, NULL, NULL, %s) "
+                f"INSERT INTO pins ({stored.PIN_COLUMNS}) VALUES (%s, %s, %s, %s, NULL, NULL, %s) "
                 "ON CONFLICT (server, tool) DO UPDATE SET pin = excluded.pin, "
                 "definition = excluded.definition, drifted_pin = NULL, drifted_definition = NULL, "
                 "updated_at = excluded.updated_at",
@@ -250,7 +248,7 @@ class PostgresStore:
         def write(conn: psycopg.Connection) -> list[Record]:
             definition_text = canonical_json(dict(definition)).decode("utf-8")
             added = conn.execute(
-                f"INSERT INTO pins ({_PIN_COLUMNS}) VALUES (%s, %s, '', '{{}}', %s, %s, %s) "
+                f"INSERT INTO pins ({stored.PIN_COLUMNS}) VALUES (%s, %s, '', '{{}}', %s, %s, %s) "
                 "ON CONFLICT (server, tool) DO NOTHING",
                 (server, tool, pin, definition_text, updated_at),
             ).rowcount
@@ -290,24 +288,8 @@ class PostgresStore:
     def changes(self) -> AbstractAsyncContextManager[Subscription]:
         """A subscription to every commit to the database: this handle's wake it at once, another
         handle's or replica's by LISTEN/NOTIFY, or by the write counter within a second if a notice
-        was lost. (The `Changes` Protocol being added to storage.base; `data_version` goes then.)"""
+        was lost."""
         return self._changes.subscribe()
-
-    def data_version(self) -> int:
-        """The head row's write counter, moved by every write transaction on the database (this
-        process's too). A blocking query on the caller's thread, which the Protocol's synchronous
-        signature forces: it has a one-second statement timeout, and on any failure the last value
-        is returned, so a wake-up hint never raises."""
-        try:
-            if self._watch is None or self._watch.closed or self._watch.broken:
-                self._watch = connect(self._url, connect_timeout=1)
-                self._watch.execute("SET statement_timeout = 1000")
-            row = self._watch.execute("SELECT version FROM evidence_head WHERE id = 1").fetchone()
-            if row is not None:
-                self._version = int(row[0])
-        except (psycopg.Error, StoreError) as exc:
-            log.debug("cannot read the store's write counter: %s", _one_line(exc))
-        return self._version
 
     # plumbing
 
@@ -331,7 +313,7 @@ class PostgresStore:
         try:
             return await anyio.to_thread.run_sync(run)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-            raise StoreError(f"cannot read the store at {self._where}: {_one_line(exc)}") from exc
+            raise StoreError(f"cannot read the store at {self._where}: {stored.one_line(exc)}") from exc
 
     def _writer_connection(self) -> psycopg.Connection:
         """The writer, opened again if the server dropped it (in the worker thread)."""
@@ -392,7 +374,7 @@ class PostgresStore:
             if isinstance(exc, StoreError):
                 raise exc
             if isinstance(exc, psycopg.Error | ValueError | TypeError):
-                raise EvidenceWriteError(f"cannot write to {self._where}: {_one_line(exc)}") from exc
+                raise EvidenceWriteError(f"cannot write to {self._where}: {stored.one_line(exc)}") from exc
             raise exc
         result: T = job.result
         return result
@@ -415,7 +397,7 @@ class PostgresStore:
                 try:
                     await anyio.to_thread.run_sync(_promote_head, writer, self._notary)
                 except (psycopg.Error, GateError) as exc:  # settled at the next commit or start
-                    log.error("cannot move the signed head: %s", _one_line(exc))
+                    log.error("cannot move the signed head: %s", stored.one_line(exc))
             return note
         finally:
             for job in batch:

@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 import anyio
 import psycopg
 
-from mcp_gate.storage.sqlite.tx import _one_line
+from mcp_gate.storage import rows as stored
 
 __all__ = ["CHANNEL", "PostgresChanges", "Subscription"]
 
@@ -100,7 +100,7 @@ class PostgresChanges:
                     await conn.close()
                 raise
         except psycopg.Error as exc:
-            log.warning("cannot listen for commits to the store: %s", _one_line(exc))
+            log.warning("cannot listen for commits to the store: %s", stored.one_line(exc))
             return False
         assert row is not None  # the schema's one row
         self._conn, self._schema = conn, str(row[0])
@@ -126,7 +126,7 @@ class PostgresChanges:
             cursor = await conn.execute("SELECT version FROM evidence_head WHERE id = 1")
             row = await cursor.fetchone()
         except psycopg.Error as exc:
-            log.warning("lost the connection listening for commits: %s", _one_line(exc))
+            log.warning("lost the connection listening for commits: %s", stored.one_line(exc))
             await self.close()
             return True
         finally:

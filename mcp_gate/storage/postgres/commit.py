@@ -15,8 +15,8 @@ from psycopg.pq import TransactionStatus
 from mcp_gate.clock import Clock
 from mcp_gate.errors import GateError
 from mcp_gate.notary import Notary
+from mcp_gate.storage import rows as stored
 from mcp_gate.storage.postgres.tx import LOCK_HEAD, Row, _chain, _insert
-from mcp_gate.storage.sqlite.tx import _one_line
 
 T = TypeVar("T")
 
@@ -100,7 +100,7 @@ def _rollback(conn: psycopg.Connection) -> None:
     try:
         conn.execute("ROLLBACK")
     except psycopg.Error as exc:  # the connection is gone: the server rolls back on its own
-        log.debug("rollback failed: %s", _one_line(exc))
+        log.debug("rollback failed: %s", stored.one_line(exc))
 
 
 def _commit_batch(
@@ -154,5 +154,5 @@ def _commit_batch(
         return _in_transaction(conn, lambda c: sign(c, notary, clock))
     except (psycopg.Error, GateError) as exc:
         # The writes above are committed; a missed checkpoint is retried on the next commit.
-        log.error("cannot write a checkpoint: %s", _one_line(exc))
+        log.error("cannot write a checkpoint: %s", stored.one_line(exc))
         return None

@@ -16,9 +16,9 @@ from mcp_gate.audit import AuditReport, LogVerifier, check_notes
 from mcp_gate.checkpoints import VerifierKey
 from mcp_gate.errors import StoreError
 from mcp_gate.events import EventType
+from mcp_gate.storage import rows as stored
 from mcp_gate.storage.postgres.schema import connect, redacted
 from mcp_gate.storage.postgres.tx import _head
-from mcp_gate.storage.sqlite.tx import _RECORD_COLUMNS, _one_line, _parsed_bodies
 
 __all__ = ["PostgresLogReader", "read_only", "verify_database"]
 
@@ -42,7 +42,7 @@ async def verify_database(
             _verify, url, verifiers, tuple(extra_notes), progress, abandon_on_cancel=True
         )
     except psycopg.Error as exc:
-        raise StoreError(f"cannot verify the evidence in {redacted(url)}: {_one_line(exc)}") from exc
+        raise StoreError(f"cannot verify the evidence in {redacted(url)}: {stored.one_line(exc)}") from exc
 
 
 def _verify(
@@ -65,7 +65,7 @@ def _verify(
         if progress is not None:
             row = conn.execute("SELECT COUNT(*) FROM evidence").fetchone()
             total = 0 if row is None else int(row[0])
-        rows = _stream(conn, f"SELECT {_RECORD_COLUMNS} FROM evidence ORDER BY seq", ())
+        rows = _stream(conn, f"SELECT {stored.RECORD_COLUMNS} FROM evidence ORDER BY seq", ())
         for done, row in enumerate(rows, start=1):
             verifier.feed(*row)
             if progress is not None and done % 50_000 == 0:
@@ -94,7 +94,7 @@ def read_only(url: str) -> Iterator[PostgresLogReader]:
         conn.execute("SELECT 1")  # the snapshot is taken by the first statement, not by BEGIN
         yield PostgresLogReader(conn, url)
     except psycopg.Error as exc:
-        raise StoreError(f"cannot read the evidence in {redacted(url)}: {_one_line(exc)}") from exc
+        raise StoreError(f"cannot read the evidence in {redacted(url)}: {stored.one_line(exc)}") from exc
     finally:
         conn.close()
 
@@ -120,12 +120,14 @@ class PostgresLogReader:
     def rows(self, first: int = 0, last: int | None = None) -> Iterator[tuple[Any, ...]]:
         if last is None:
             yield from _stream(
-                self._conn, f"SELECT {_RECORD_COLUMNS} FROM evidence WHERE seq >= %s ORDER BY seq", (first,)
+                self._conn,
+                f"SELECT {stored.RECORD_COLUMNS} FROM evidence WHERE seq >= %s ORDER BY seq",
+                (first,),
             )
         else:
             yield from _stream(
                 self._conn,
-                f"SELECT {_RECORD_COLUMNS} FROM evidence WHERE seq >= %s AND seq <= %s ORDER BY seq",
+                f"SELECT {stored.RECORD_COLUMNS} FROM evidence WHERE seq >= %s AND seq <= %s ORDER BY seq",
                 (first, last),
             )
 
@@ -147,10 +149,10 @@ class PostgresLogReader:
             )
         else:
             rows = _stream(self._conn, "SELECT body FROM evidence WHERE seq > %s ORDER BY seq", (after_seq,))
-        yield from _parsed_bodies(rows)
+        yield from stored.parsed_bodies(rows)
 
     def bodies_for(self, correlation_id: str, *, before_seq: int) -> Iterator[dict[str, Any]]:
-        yield from _parsed_bodies(
+        yield from stored.parsed_bodies(
             self._conn.execute(
                 "SELECT body FROM evidence WHERE correlation_id = %s AND seq < %s ORDER BY seq",
                 (correlation_id, before_seq),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from mcp_gate.errors import StoreError
+from mcp_gate.errors import StoreError, StoreUnreachable
 from mcp_gate.evidence import GENESIS_HASH
-from mcp_gate.storage.sqlite.tx import _one_line
+from mcp_gate.storage import rows as stored
 
 # Every version's statements, in order; a database at version N has run 1..N. A shipped version is
 # never edited: a change is a new version.
@@ -174,7 +174,7 @@ def connect(url: str, *, connect_timeout: float = 10.0, autocommit: bool = True)
     try:
         return psycopg.connect(url, autocommit=autocommit, connect_timeout=max(1, int(connect_timeout)))
     except psycopg.Error as exc:
-        raise StoreError(f"cannot reach the store at {redacted(url)}: {_one_line(exc)}") from exc
+        raise StoreUnreachable(f"cannot reach the store at {redacted(url)}: {stored.one_line(exc)}") from exc
 
 
 def redacted(url: str) -> str:

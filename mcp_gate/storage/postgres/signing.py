@@ -16,9 +16,9 @@ from mcp_gate.clock import Clock, utc_iso
 from mcp_gate.errors import CheckpointError, GateError, StoreError
 from mcp_gate.evidence import GENESIS_HASH, ChainVerifier
 from mcp_gate.notary import Notary, read_head, read_head_text, write_head
+from mcp_gate.storage import rows as stored
 from mcp_gate.storage.postgres.commit import _in_transaction
 from mcp_gate.storage.postgres.tx import _head
-from mcp_gate.storage.sqlite.tx import _RECORD_COLUMNS, _parse_time
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def _check_extends(conn: psycopg.Connection, notary: Notary, head: Checkpoint | 
         raise StoreError(f"refusing to sign: record {head.size} differs from {where} (rewritten?)")
     chain = ChainVerifier(after_seq=head.size, after_hash=head.root)
     for record in conn.execute(
-        f"SELECT {_RECORD_COLUMNS} FROM evidence WHERE seq > %s ORDER BY seq", (head.size,)
+        f"SELECT {stored.RECORD_COLUMNS} FROM evidence WHERE seq > %s ORDER BY seq", (head.size,)
     ):
         chain.feed(*record)
         if not chain.ok:
@@ -163,7 +163,7 @@ def _sign_checkpoint(conn: psycopg.Connection, notary: Notary, clock: Clock, *, 
             ).fetchone()
             is not None
         )
-        last_time = None if last_at is None else _parse_time(last_at)
+        last_time = None if last_at is None else stored.parse_time(last_at)
         due = notary.due(last_size=last_size, last_time=last_time, size=size, decided=decided, now=now)
     if not due:
         return None

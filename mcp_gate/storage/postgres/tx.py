@@ -1,7 +1,7 @@
 """One transaction on the PostgreSQL database: the typed queries of `PostgresTx` and the chain's inserts.
 
-The rows read back are the SQLite backend's (same columns, same text forms), so the row mappers are
-shared with it."""
+The rows read back are the SQLite backend's (same columns, same text forms): both read them with
+`storage.rows`."""
 
 from __future__ import annotations
 
@@ -15,20 +15,8 @@ from mcp_gate.approvals import ApprovalRequest, Binding, Grant, Vote
 from mcp_gate.clock import utc_iso
 from mcp_gate.events import EventType, RequestState
 from mcp_gate.evidence import GENESIS_HASH, Record, canonical_json, chain_events
+from mcp_gate.storage import rows as stored
 from mcp_gate.storage.base import Inflight, PinRecord, SlackMessage
-from mcp_gate.storage.sqlite.tx import (
-    _APPROVAL_COLUMNS,
-    _GRANT_COLUMNS,
-    _PIN_COLUMNS,
-    _RECORD_COLUMNS,
-    _SLACK_COLUMNS,
-    _grant,
-    _parse_time,
-    _parsed_bodies,
-    _pin_record,
-    _record,
-    _slack_message,
-)
 
 __all__ = ["PostgresTx"]
 
@@ -36,7 +24,7 @@ Row = tuple[Any, ...]
 
 # Taken first by every write transaction: the head row, locked until COMMIT. It serializes every
 # writer on the database (as BEGIN IMMEDIATE does a SQLite file) and moves the counter that
-# `data_version` reads, and tells listeners (`changes.CHANNEL`) once the transaction commits.
+# the safety poll reads, and tells listeners (`changes.CHANNEL`) once the transaction commits.
 LOCK_HEAD = (
     "UPDATE evidence_head SET version = version + 1 WHERE id = 1 "
     "RETURNING seq, entry_hash, pg_notify('mcp_gate_commits', current_schema())"
@@ -57,13 +45,14 @@ class PostgresTx:
 
     def get_request(self, request_id: str) -> ApprovalRequest | None:
         row = self.conn.execute(
-            f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE id = %s", (request_id,)
+            f"SELECT {stored.APPROVAL_COLUMNS} FROM approvals WHERE id = %s", (request_id,)
         ).fetchone()
         return None if row is None else self._request(row)
 
     def find_open_request(self, binding: Binding) -> ApprovalRequest | None:
         row = self.conn.execute(
-            f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE agent = %s AND owner = %s AND server = %s "
+            f"SELECT {stored.APPROVAL_COLUMNS} FROM approvals "
+            "WHERE agent = %s AND owner = %s AND server = %s "
             "AND tool = %s AND args_sha256 = %s AND state IN ('pending', 'approved') "
             "ORDER BY created_at DESC, n DESC LIMIT 1",
             (binding.agent, binding.owner, binding.server, binding.tool, binding.args_sha256),
@@ -72,7 +61,8 @@ class PostgresTx:
 
     def find_latest_request(self, binding: Binding) -> ApprovalRequest | None:
         row = self.conn.execute(
-            f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE agent = %s AND owner = %s AND server = %s "
+            f"SELECT {stored.APPROVAL_COLUMNS} FROM approvals "
+            "WHERE agent = %s AND owner = %s AND server = %s "
             "AND tool = %s AND args_sha256 = %s ORDER BY created_at DESC, n DESC LIMIT 1",
             (binding.agent, binding.owner, binding.server, binding.tool, binding.args_sha256),
         ).fetchone()
@@ -80,18 +70,18 @@ class PostgresTx:
 
     def recent_calls(self, agent: str, limit: int) -> list[Record]:
         rows = self.conn.execute(
-            f"SELECT {_RECORD_COLUMNS} FROM evidence WHERE event_type = 'call.requested' "
+            f"SELECT {stored.RECORD_COLUMNS} FROM evidence WHERE event_type = 'call.requested' "
             "AND requester_agent = %s ORDER BY seq DESC LIMIT %s",
             (agent, limit),
         ).fetchall()
-        return [_record(row) for row in reversed(rows)]
+        return [stored.record(row) for row in reversed(rows)]
 
     def bodies_for(self, correlation_id: str, event_types: Sequence[EventType]) -> list[dict[str, Any]]:
         rows = self.conn.execute(
             "SELECT body FROM evidence WHERE correlation_id = %s AND event_type = ANY(%s) ORDER BY seq",
             (correlation_id, list(event_types)),
         )
-        return list(_parsed_bodies(rows))
+        return list(stored.parsed_bodies(rows))
 
     def mark_reported(self, request_id: str) -> None:
         self.conn.execute("UPDATE approvals SET reported = 1 WHERE id = %s", (request_id,))
@@ -99,13 +89,13 @@ class PostgresTx:
     def requests(self, *, states: Sequence[RequestState] = (), limit: int = 200) -> list[ApprovalRequest]:
         if states:
             rows = self.conn.execute(
-                f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE state = ANY(%s) "
+                f"SELECT {stored.APPROVAL_COLUMNS} FROM approvals WHERE state = ANY(%s) "
                 "ORDER BY created_at, n LIMIT %s",
                 (list(states), limit),
             ).fetchall()
         else:
             rows = self.conn.execute(
-                f"SELECT {_APPROVAL_COLUMNS} FROM approvals ORDER BY created_at DESC, n DESC LIMIT %s",
+                f"SELECT {stored.APPROVAL_COLUMNS} FROM approvals ORDER BY created_at DESC, n DESC LIMIT %s",
                 (limit,),
             ).fetchall()
         return [self._request(row) for row in rows]
@@ -118,7 +108,7 @@ class PostgresTx:
 
     def due_for_expiry(self, now: str) -> list[ApprovalRequest]:
         rows = self.conn.execute(
-            f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE state IN ('pending', 'approved') "
+            f"SELECT {stored.APPROVAL_COLUMNS} FROM approvals WHERE state IN ('pending', 'approved') "
             "AND expires_at <= %s ORDER BY n",
             (now,),
         ).fetchall()
@@ -127,7 +117,8 @@ class PostgresTx:
     def insert_request(self, request: ApprovalRequest) -> None:
         b = request.binding
         self.conn.execute(
-            f"INSERT INTO approvals ({_APPROVAL_COLUMNS}) VALUES ({', '.join('%s' for _ in range(21))})",
+            f"INSERT INTO approvals ({stored.APPROVAL_COLUMNS}) "
+            f"VALUES ({', '.join('%s' for _ in range(21))})",
             (
                 request.id,
                 request.correlation_id,
@@ -170,6 +161,12 @@ class PostgresTx:
                     ],
                 )
 
+    def start_executing(self, request_id: str) -> bool:
+        cursor = self.conn.execute(
+            "UPDATE approvals SET state = 'executing' WHERE id = %s AND state = 'approved'", (request_id,)
+        )
+        return cursor.rowcount == 1
+
     def set_request_state(self, request_id: str, state: RequestState) -> None:
         self.conn.execute("UPDATE approvals SET state = %s WHERE id = %s", (state, request_id))
 
@@ -178,7 +175,7 @@ class PostgresTx:
          groups, rule, reason, args, created_at, expires_at, state, closed_by, reported,
          justification) = row  # fmt: skip
         votes = tuple(
-            Vote(approver=a, verdict=v, channel=c, at=_parse_time(at), note=n)
+            Vote(approver=a, verdict=v, channel=c, at=stored.parse_time(at), note=n)
             for a, v, c, at, n in self.conn.execute(
                 "SELECT approver, verdict, channel, at, note FROM votes WHERE request_id = %s ORDER BY at, n",
                 (rid,),
@@ -194,8 +191,8 @@ class PostgresTx:
             rule=rule,
             reason=reason,
             args=json.loads(args),
-            created_at=_parse_time(created_at),
-            expires_at=_parse_time(expires_at),
+            created_at=stored.parse_time(created_at),
+            expires_at=stored.parse_time(expires_at),
             state=state,
             votes=votes,
             closed_by=closed_by,
@@ -207,7 +204,7 @@ class PostgresTx:
 
     def insert_grant(self, grant: Grant) -> None:
         self.conn.execute(
-            f"INSERT INTO grants ({_GRANT_COLUMNS}) VALUES ({', '.join('%s' for _ in range(15))})",
+            f"INSERT INTO grants ({stored.GRANT_COLUMNS}) VALUES ({', '.join('%s' for _ in range(15))})",
             (
                 grant.id,
                 grant.agent,
@@ -235,29 +232,31 @@ class PostgresTx:
         )
 
     def get_grant(self, grant_id: str) -> Grant | None:
-        row = self.conn.execute(f"SELECT {_GRANT_COLUMNS} FROM grants WHERE id = %s", (grant_id,)).fetchone()
-        return None if row is None else _grant(row)
+        row = self.conn.execute(
+            f"SELECT {stored.GRANT_COLUMNS} FROM grants WHERE id = %s", (grant_id,)
+        ).fetchone()
+        return None if row is None else stored.grant(row)
 
     def grants_for(self, agent: str, owner: str, server: str, tool: str) -> list[Grant]:
         rows = self.conn.execute(
-            f"SELECT {_GRANT_COLUMNS} FROM grants WHERE agent = %s AND owner = %s AND server = %s "
+            f"SELECT {stored.GRANT_COLUMNS} FROM grants WHERE agent = %s AND owner = %s AND server = %s "
             "AND tool = %s AND revoked_at IS NULL ORDER BY expires_at DESC",
             (agent, owner, server, tool),
         ).fetchall()
-        return [_grant(row) for row in rows]
+        return [stored.grant(row) for row in rows]
 
     def grants(self, *, live_at: str | None = None) -> list[Grant]:
         if live_at is None:
             rows = self.conn.execute(
-                f"SELECT {_GRANT_COLUMNS} FROM grants ORDER BY created_at DESC"
+                f"SELECT {stored.GRANT_COLUMNS} FROM grants ORDER BY created_at DESC"
             ).fetchall()
         else:
             rows = self.conn.execute(
-                f"SELECT {_GRANT_COLUMNS} FROM grants WHERE revoked_at IS NULL AND expires_at > %s "
+                f"SELECT {stored.GRANT_COLUMNS} FROM grants WHERE revoked_at IS NULL AND expires_at > %s "
                 "ORDER BY created_at DESC",
                 (live_at,),
             ).fetchall()
-        return [_grant(row) for row in rows]
+        return [stored.grant(row) for row in rows]
 
     # calls in flight
 
@@ -293,21 +292,25 @@ class PostgresTx:
 
     def slack_message(self, request_id: str) -> SlackMessage | None:
         row = self.conn.execute(
-            f"SELECT {_SLACK_COLUMNS} FROM slack_messages WHERE request_id = %s", (request_id,)
+            f"SELECT {stored.SLACK_COLUMNS} FROM slack_messages WHERE request_id = %s", (request_id,)
         ).fetchone()
-        return None if row is None else _slack_message(row)
+        return None if row is None else stored.slack_message(row)
 
     def slack_messages(self, *, done: bool = False) -> list[SlackMessage]:
         rows = self.conn.execute(
-            f"SELECT {_SLACK_COLUMNS} FROM slack_messages WHERE done = %s ORDER BY n", (int(done),)
+            f"SELECT {stored.SLACK_COLUMNS} FROM slack_messages WHERE done = %s ORDER BY n", (int(done),)
         ).fetchall()
-        return [_slack_message(row) for row in rows]
+        return [stored.slack_message(row) for row in rows]
 
     def save_slack_message(self, message: SlackMessage) -> None:
-        updates = ", ".join(f"{c} = excluded.{c}" for c in _SLACK_COLUMNS.replace(" ", "").split(",")[1:])
+        updates = ", ".join(
+            f"{c} = excluded.{c}" for c in stored.SLACK_COLUMNS.replace(" ", "").split(",")[1:]
+        )
         self.conn.execute(
-            f"INSERT INTO slack_messages ({_SLACK_COLUMNS}) VALUES ({', '.join('%s' for _ in range(10))}) "
-            f"ON CONFLICT (request_id) DO UPDATE SET {updates}",
+            f"INSERT INTO slack_messages ({stored.SLACK_COLUMNS}) "
+            f"VALUES ({', '.join('%s' for _ in range(10))}) "
+            # A new n, as SQLite's INSERT OR REPLACE gives a new rowid: the outbox is in the order last saved.
+            f"ON CONFLICT (request_id) DO UPDATE SET n = DEFAULT, {updates}",
             (
                 message.request_id,
                 message.channel,
@@ -374,7 +377,7 @@ def _insert(conn: psycopg.Connection, rows: Sequence[Row], seq: int, head_hash: 
     if rows:
         with conn.cursor() as cursor:
             cursor.executemany(
-                f"INSERT INTO evidence ({_RECORD_COLUMNS}, requester_agent) "
+                f"INSERT INTO evidence ({stored.RECORD_COLUMNS}, requester_agent) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 rows,
             )
@@ -391,6 +394,6 @@ def _requester_agent(body: Mapping[str, Any]) -> str | None:
 
 def _get_pin(conn: psycopg.Connection, server: str, tool: str) -> PinRecord | None:
     row = conn.execute(
-        f"SELECT {_PIN_COLUMNS} FROM pins WHERE server = %s AND tool = %s", (server, tool)
+        f"SELECT {stored.PIN_COLUMNS} FROM pins WHERE server = %s AND tool = %s", (server, tool)
     ).fetchone()
-    return None if row is None else _pin_record(row)
+    return None if row is None else stored.pin_record(row)

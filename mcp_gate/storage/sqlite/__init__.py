@@ -19,6 +19,7 @@ from mcp_gate.errors import EvidenceWriteError, GateError, StoreError
 from mcp_gate.events import EventType
 from mcp_gate.evidence import Record, VerifyReport, canonical_json, new_event
 from mcp_gate.notary import Notary
+from mcp_gate.storage import rows as stored
 from mcp_gate.storage.base import Changes, PinRecord, Tx
 from mcp_gate.storage.changes import CommitSignal
 from mcp_gate.storage.sqlite.commit import _commit_batch, _Job, _wake
@@ -31,17 +32,7 @@ from mcp_gate.storage.sqlite.signing import (
     _prune,
     _sign_checkpoint,
 )
-from mcp_gate.storage.sqlite.tx import (
-    _PIN_COLUMNS,
-    _RECORD_COLUMNS,
-    SQLiteTx,
-    _append,
-    _get_pin,
-    _head,
-    _one_line,
-    _pin_record,
-    _record,
-)
+from mcp_gate.storage.sqlite.tx import SQLiteTx, _append, _get_pin, _head
 
 __all__ = ["SQLiteStore"]
 
@@ -140,9 +131,9 @@ class SQLiteStore:
             where.append("event_type = ?")
             params.append(event_type)
         params.append(-1 if limit is None else limit)
-        sql = f"SELECT {_RECORD_COLUMNS} FROM evidence WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+        sql = f"SELECT {stored.RECORD_COLUMNS} FROM evidence WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
         rows = await self._read(lambda conn: conn.execute(sql, params).fetchall())
-        return [_record(row) for row in rows]
+        return [stored.record(row) for row in rows]
 
     async def head(self) -> tuple[int, str]:
         return await self._read(_head)
@@ -162,9 +153,9 @@ class SQLiteStore:
         return await self._read(lambda conn: _get_pin(conn, server, tool))
 
     async def list_pins(self) -> list[PinRecord]:
-        sql = f"SELECT {_PIN_COLUMNS} FROM pins ORDER BY server, tool"
+        sql = f"SELECT {stored.PIN_COLUMNS} FROM pins ORDER BY server, tool"
         rows = await self._read(lambda conn: conn.execute(sql).fetchall())
-        return [_pin_record(row) for row in rows]
+        return [stored.pin_record(row) for row in rows]
 
     async def set_pin(
         self,
@@ -180,7 +171,7 @@ class SQLiteStore:
         def write(conn: sqlite3.Connection) -> list[Record]:
             definition_text = canonical_json(dict(definition)).decode("utf-8")
             conn.execute(
-                f"INSERT INTO pins ({_PIN_COLUMNS}) VALUES (?, ?, ?, ?, NULL, NULL, ?) "
+                f"INSERT INTO pins ({stored.PIN_COLUMNS}) VALUES (?, ?, ?, ?, NULL, NULL, ?) "
                 "ON CONFLICT (server, tool) DO UPDATE SET pin = excluded.pin, "
                 "definition = excluded.definition, drifted_pin = NULL, drifted_definition = NULL, "
                 "updated_at = excluded.updated_at",
@@ -228,7 +219,7 @@ class SQLiteStore:
         def write(conn: sqlite3.Connection) -> list[Record]:
             definition_text = canonical_json(dict(definition)).decode("utf-8")
             added = conn.execute(
-                f"INSERT INTO pins ({_PIN_COLUMNS}) VALUES (?, ?, '', '{{}}', ?, ?, ?) "
+                f"INSERT INTO pins ({stored.PIN_COLUMNS}) VALUES (?, ?, '', '{{}}', ?, ?, ?) "
                 "ON CONFLICT (server, tool) DO NOTHING",
                 (server, tool, pin, definition_text, updated_at),
             ).rowcount
@@ -281,7 +272,7 @@ class SQLiteStore:
                 self._watch = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
             version = int(self._watch.execute("PRAGMA data_version").fetchone()[0])
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot watch the store at {self._path}: {_one_line(exc)}") from exc
+            raise StoreError(f"cannot watch the store at {self._path}: {stored.one_line(exc)}") from exc
         changed = self._version is not None and version != self._version
         self._version = version
         return changed
@@ -299,7 +290,7 @@ class SQLiteStore:
             try:
                 return await anyio.to_thread.run_sync(fn, connection)
             except sqlite3.Error as exc:
-                raise StoreError(f"cannot read the store at {self._path}: {_one_line(exc)}") from exc
+                raise StoreError(f"cannot read the store at {self._path}: {stored.one_line(exc)}") from exc
 
     async def _write_evidence(
         self, count: int, fn: Callable[[sqlite3.Connection], T], *, quiet: bool = False
@@ -347,7 +338,7 @@ class SQLiteStore:
             if isinstance(exc, StoreError):
                 raise exc
             if isinstance(exc, sqlite3.Error | ValueError | TypeError):
-                raise EvidenceWriteError(f"cannot write to {self._path}: {_one_line(exc)}") from exc
+                raise EvidenceWriteError(f"cannot write to {self._path}: {stored.one_line(exc)}") from exc
             raise exc
         result: T = job.result
         return result
@@ -365,7 +356,7 @@ class SQLiteStore:
                 try:
                     await anyio.to_thread.run_sync(_promote_head, self._connection, self._notary)
                 except (sqlite3.Error, GateError) as exc:  # settled at the next commit or start
-                    log.error("cannot move the signed head: %s", _one_line(exc))
+                    log.error("cannot move the signed head: %s", stored.one_line(exc))
             return note
         finally:
             self._signal.committed()

@@ -14,8 +14,9 @@ import anyio
 from mcp_gate.clock import Clock
 from mcp_gate.errors import GateError
 from mcp_gate.notary import Notary
+from mcp_gate.storage import rows as stored
 from mcp_gate.storage.sqlite.signing import _sign_checkpoint
-from mcp_gate.storage.sqlite.tx import _in_transaction, _one_line
+from mcp_gate.storage.sqlite.tx import _in_transaction
 
 log = logging.getLogger(__name__)
 
@@ -83,5 +84,5 @@ def _commit_batch(
         return _in_transaction(conn, lambda c: _sign_checkpoint(c, notary, clock, force=False))
     except (sqlite3.Error, GateError) as exc:
         # The writes above are committed; a missed checkpoint is retried on the next commit.
-        log.error("cannot write a checkpoint: %s", _one_line(exc))
+        log.error("cannot write a checkpoint: %s", stored.one_line(exc))
         return None

@@ -15,7 +15,8 @@ from mcp_gate.audit import AuditReport, LogVerifier, check_notes
 from mcp_gate.checkpoints import VerifierKey
 from mcp_gate.errors import StoreError
 from mcp_gate.events import EventType
-from mcp_gate.storage.sqlite.tx import _RECORD_COLUMNS, _head, _one_line, _parsed_bodies
+from mcp_gate.storage import rows as stored
+from mcp_gate.storage.sqlite.tx import _head
 
 
 async def verify_file(
@@ -39,7 +40,7 @@ async def verify_file(
             _verify_file, path, verifiers, tuple(extra_notes), progress, abandon_on_cancel=True
         )
     except sqlite3.Error as exc:
-        raise StoreError(f"cannot verify the evidence in {path}: {_one_line(exc)}") from exc
+        raise StoreError(f"cannot verify the evidence in {path}: {stored.one_line(exc)}") from exc
 
 
 def _verify_file(
@@ -63,7 +64,7 @@ def _verify_file(
             notes.extend(extra_notes)
         checks = check_notes(notes, verifiers or ())
         verifier = LogVerifier(checks, keys_checked=verifiers is not None)
-        rows = connection.execute(f"SELECT {_RECORD_COLUMNS} FROM evidence ORDER BY rowid")
+        rows = connection.execute(f"SELECT {stored.RECORD_COLUMNS} FROM evidence ORDER BY rowid")
         if progress is None:
             for row in rows:
                 verifier.feed(*row)
@@ -93,12 +94,12 @@ def read_only(path: Path) -> Iterator[SQLiteLogReader]:
     try:
         connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
     except sqlite3.Error as exc:
-        raise StoreError(f"cannot read the evidence in {path}: {_one_line(exc)}") from exc
+        raise StoreError(f"cannot read the evidence in {path}: {stored.one_line(exc)}") from exc
     try:
         connection.execute("BEGIN")
         yield SQLiteLogReader(connection, path)
     except sqlite3.Error as exc:
-        raise StoreError(f"cannot read the evidence in {path}: {_one_line(exc)}") from exc
+        raise StoreError(f"cannot read the evidence in {path}: {stored.one_line(exc)}") from exc
     finally:
         connection.close()
 
@@ -125,12 +126,12 @@ class SQLiteLogReader:
         """Raw rows (the `ChainVerifier.feed` arguments) with first <= seq <= last, in seq order."""
         yield from (
             self._conn.execute(
-                f"SELECT {_RECORD_COLUMNS} FROM evidence WHERE seq >= ? AND seq <= ? ORDER BY seq",
+                f"SELECT {stored.RECORD_COLUMNS} FROM evidence WHERE seq >= ? AND seq <= ? ORDER BY seq",
                 (first, -1 if last is None else last),
             )
             if last is not None
             else self._conn.execute(
-                f"SELECT {_RECORD_COLUMNS} FROM evidence WHERE seq >= ? ORDER BY seq", (first,)
+                f"SELECT {stored.RECORD_COLUMNS} FROM evidence WHERE seq >= ? ORDER BY seq", (first,)
             )
         )
 
@@ -159,11 +160,11 @@ class SQLiteLogReader:
             )
         else:
             cursor = self._conn.execute("SELECT body FROM evidence WHERE seq > ? ORDER BY seq", (after_seq,))
-        yield from _parsed_bodies(cursor)
+        yield from stored.parsed_bodies(cursor)
 
     def bodies_for(self, correlation_id: str, *, before_seq: int) -> Iterator[dict[str, Any]]:
         """The parsed bodies of one call's records before `before_seq`, in seq order."""
-        yield from _parsed_bodies(
+        yield from stored.parsed_bodies(
             self._conn.execute(
                 "SELECT body FROM evidence WHERE correlation_id = ? AND seq < ? ORDER BY seq",
                 (correlation_id, before_seq),

@@ -14,7 +14,8 @@ from importlib import resources
 from pathlib import Path
 
 from mcp_gate.errors import StoreError
-from mcp_gate.storage.sqlite.tx import _in_transaction, _one_line
+from mcp_gate.storage import rows as stored
+from mcp_gate.storage.sqlite.tx import _in_transaction
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         _make_private(path)
     except OSError as exc:
-        raise StoreError(f"cannot open the store at {path}: {_one_line(exc)}") from exc
+        raise StoreError(f"cannot open the store at {path}: {stored.one_line(exc)}") from exc
     connection: sqlite3.Connection | None = None
     try:
         # isolation_level=None: no implicit transactions, we BEGIN IMMEDIATE ourselves.
@@ -87,7 +88,7 @@ def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
     except (sqlite3.Error, StoreError) as exc:
         if connection is not None:
             connection.close()
-        raise StoreError(f"cannot open the store at {path}: {_one_line(exc)}") from exc
+        raise StoreError(f"cannot open the store at {path}: {stored.one_line(exc)}") from exc
     if version != SCHEMA_VERSION:
         connection.close()
         raise StoreError(

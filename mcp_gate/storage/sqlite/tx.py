@@ -4,51 +4,17 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from mcp_gate.approvals import ApprovalRequest, Binding, Grant, Vote
 from mcp_gate.clock import utc_iso
-from mcp_gate.errors import StoreError
 from mcp_gate.events import EventType, RequestState
 from mcp_gate.evidence import GENESIS_HASH, Record, canonical_json, chain_events
+from mcp_gate.storage import rows as stored
 from mcp_gate.storage.base import Inflight, PinRecord, SlackMessage
 
 T = TypeVar("T")
-
-_APPROVAL_COLUMNS = (
-    "id, correlation_id, agent, owner, server, tool, pin, args_sha256, policy_sha256, tier, required, "
-    "groups, rule, reason, args, created_at, expires_at, state, closed_by, reported, justification"
-)
-_GRANT_COLUMNS = (
-    "id, agent, owner, server, tool, created_by, created_at, expires_at, request_id, note, "
-    "revoked_at, revoked_by, rule, policy_sha256, pin"
-)
-_RECORD_COLUMNS = "seq, event_id, ts, event_type, correlation_id, body, prev_hash, entry_hash"
-_PIN_COLUMNS = "server, tool, pin, definition, drifted_pin, drifted_definition, updated_at"
-
-
-_SLACK_COLUMNS = (
-    "request_id, channel, ts, rendered_sha256, attempts, next_attempt_at, lease_until, last_error, "
-    "voters, done"
-)
-
-
-def _slack_message(row: Sequence[Any]) -> SlackMessage:
-    request_id, channel, ts, rendered, attempts, next_at, lease, error, voters, done = row
-    return SlackMessage(
-        request_id,
-        channel,
-        ts,
-        rendered,
-        int(attempts),
-        next_at,
-        lease,
-        error,
-        json.loads(voters),
-        bool(done),
-    )
 
 
 class SQLiteTx:
@@ -65,14 +31,14 @@ class SQLiteTx:
 
     def get_request(self, request_id: str) -> ApprovalRequest | None:
         row = self.conn.execute(
-            f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE id = ?", (request_id,)
+            f"SELECT {stored.APPROVAL_COLUMNS} FROM approvals WHERE id = ?", (request_id,)
         ).fetchone()
         return None if row is None else self._request(row)
 
     def find_open_request(self, binding: Binding) -> ApprovalRequest | None:
         """The newest pending or approved request for the same requester, tool and arguments."""
         row = self.conn.execute(
-            f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE agent = ? AND owner = ? AND server = ? "
+            f"SELECT {stored.APPROVAL_COLUMNS} FROM approvals WHERE agent = ? AND owner = ? AND server = ? "
             "AND tool = ? AND args_sha256 = ? AND state IN ('pending', 'approved') "
             "ORDER BY created_at DESC LIMIT 1",
             (binding.agent, binding.owner, binding.server, binding.tool, binding.args_sha256),
@@ -82,7 +48,7 @@ class SQLiteTx:
     def find_latest_request(self, binding: Binding) -> ApprovalRequest | None:
         """The newest request, in any state, for the same requester, tool and arguments."""
         row = self.conn.execute(
-            f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE agent = ? AND owner = ? AND server = ? "
+            f"SELECT {stored.APPROVAL_COLUMNS} FROM approvals WHERE agent = ? AND owner = ? AND server = ? "
             "AND tool = ? AND args_sha256 = ? ORDER BY created_at DESC, rowid DESC LIMIT 1",
             (binding.agent, binding.owner, binding.server, binding.tool, binding.args_sha256),
         ).fetchone()
@@ -90,12 +56,12 @@ class SQLiteTx:
 
     def recent_calls(self, agent: str, limit: int) -> list[Record]:
         rows = self.conn.execute(
-            f"SELECT {_RECORD_COLUMNS} FROM evidence WHERE event_type = 'call.requested' "
+            f"SELECT {stored.RECORD_COLUMNS} FROM evidence WHERE event_type = 'call.requested' "
             "AND json_valid(body) AND json_extract(body, '$.requester.agent') = ? "
             "ORDER BY seq DESC LIMIT ?",
             (agent, limit),
         ).fetchall()
-        return [_record(row) for row in reversed(rows)]
+        return [stored.record(row) for row in reversed(rows)]
 
     def bodies_for(self, correlation_id: str, event_types: Sequence[EventType]) -> list[dict[str, Any]]:
         """The evidence bodies of these types under one correlation id, in order."""
@@ -104,7 +70,7 @@ class SQLiteTx:
             f"SELECT body FROM evidence WHERE correlation_id = ? AND event_type IN ({marks}) ORDER BY seq",
             (correlation_id, *event_types),
         )
-        return list(_parsed_bodies(rows))
+        return list(stored.parsed_bodies(rows))
 
     def mark_reported(self, request_id: str) -> None:
         self.conn.execute("UPDATE approvals SET reported = 1 WHERE id = ?", (request_id,))
@@ -113,13 +79,13 @@ class SQLiteTx:
         if states:
             marks = ", ".join("?" for _ in states)
             rows = self.conn.execute(
-                f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE state IN ({marks}) "
+                f"SELECT {stored.APPROVAL_COLUMNS} FROM approvals WHERE state IN ({marks}) "
                 "ORDER BY created_at LIMIT ?",
                 (*states, limit),
             ).fetchall()
         else:
             rows = self.conn.execute(
-                f"SELECT {_APPROVAL_COLUMNS} FROM approvals ORDER BY created_at DESC LIMIT ?", (limit,)
+                f"SELECT {stored.APPROVAL_COLUMNS} FROM approvals ORDER BY created_at DESC LIMIT ?", (limit,)
             ).fetchall()
         return [self._request(row) for row in rows]
 
@@ -131,7 +97,7 @@ class SQLiteTx:
 
     def due_for_expiry(self, now: str) -> list[ApprovalRequest]:
         rows = self.conn.execute(
-            f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE state IN ('pending', 'approved') "
+            f"SELECT {stored.APPROVAL_COLUMNS} FROM approvals WHERE state IN ('pending', 'approved') "
             "AND expires_at <= ?",
             (now,),
         ).fetchall()
@@ -140,7 +106,7 @@ class SQLiteTx:
     def insert_request(self, request: ApprovalRequest) -> None:
         b = request.binding
         self.conn.execute(
-            f"INSERT INTO approvals ({_APPROVAL_COLUMNS}) VALUES ({', '.join('?' for _ in range(21))})",
+            f"INSERT INTO approvals ({stored.APPROVAL_COLUMNS}) VALUES ({', '.join('?' for _ in range(21))})",
             (
                 request.id,
                 request.correlation_id,
@@ -183,7 +149,7 @@ class SQLiteTx:
          groups, rule, reason, args, created_at, expires_at, state, closed_by, reported,
          justification) = row  # fmt: skip
         votes = tuple(
-            Vote(approver=a, verdict=v, channel=c, at=_parse_time(at), note=n)
+            Vote(approver=a, verdict=v, channel=c, at=stored.parse_time(at), note=n)
             for a, v, c, at, n in self.conn.execute(
                 "SELECT approver, verdict, channel, at, note FROM votes WHERE request_id = ? "
                 "ORDER BY at, rowid",
@@ -200,8 +166,8 @@ class SQLiteTx:
             rule=rule,
             reason=reason,
             args=json.loads(args),
-            created_at=_parse_time(created_at),
-            expires_at=_parse_time(expires_at),
+            created_at=stored.parse_time(created_at),
+            expires_at=stored.parse_time(expires_at),
             state=state,
             votes=votes,
             closed_by=closed_by,
@@ -213,7 +179,7 @@ class SQLiteTx:
 
     def insert_grant(self, grant: Grant) -> None:
         self.conn.execute(
-            f"INSERT INTO grants ({_GRANT_COLUMNS}) VALUES ({', '.join('?' for _ in range(15))})",
+            f"INSERT INTO grants ({stored.GRANT_COLUMNS}) VALUES ({', '.join('?' for _ in range(15))})",
             (
                 grant.id,
                 grant.agent,
@@ -241,29 +207,32 @@ class SQLiteTx:
         )
 
     def get_grant(self, grant_id: str) -> Grant | None:
-        row = self.conn.execute(f"SELECT {_GRANT_COLUMNS} FROM grants WHERE id = ?", (grant_id,)).fetchone()
-        return None if row is None else _grant(row)
+        row = self.conn.execute(
+            f"SELECT {stored.GRANT_COLUMNS} FROM grants WHERE id = ?", (grant_id,)
+        ).fetchone()
+        return None if row is None else stored.grant(row)
 
     def grants_for(self, agent: str, owner: str, server: str, tool: str) -> list[Grant]:
         rows = self.conn.execute(
-            f"SELECT {_GRANT_COLUMNS} FROM grants WHERE agent = ? AND owner = ? AND server = ? AND tool = ? "
+            f"SELECT {stored.GRANT_COLUMNS} FROM grants "
+            "WHERE agent = ? AND owner = ? AND server = ? AND tool = ? "
             "AND revoked_at IS NULL ORDER BY expires_at DESC",
             (agent, owner, server, tool),
         ).fetchall()
-        return [_grant(row) for row in rows]
+        return [stored.grant(row) for row in rows]
 
     def grants(self, *, live_at: str | None = None) -> list[Grant]:
         if live_at is None:
             rows = self.conn.execute(
-                f"SELECT {_GRANT_COLUMNS} FROM grants ORDER BY created_at DESC"
+                f"SELECT {stored.GRANT_COLUMNS} FROM grants ORDER BY created_at DESC"
             ).fetchall()
         else:
             rows = self.conn.execute(
-                f"SELECT {_GRANT_COLUMNS} FROM grants WHERE revoked_at IS NULL AND expires_at > ? "
+                f"SELECT {stored.GRANT_COLUMNS} FROM grants WHERE revoked_at IS NULL AND expires_at > ? "
                 "ORDER BY created_at DESC",
                 (live_at,),
             ).fetchall()
-        return [_grant(row) for row in rows]
+        return [stored.grant(row) for row in rows]
 
     # calls in flight
 
@@ -284,6 +253,12 @@ class SQLiteTx:
         ).fetchall()
         return [Inflight(c, r, s, json.loads(f)) for c, r, s, f in rows]
 
+    def start_executing(self, request_id: str) -> bool:
+        cursor = self.conn.execute(
+            "UPDATE approvals SET state = 'executing' WHERE id = ? AND state = 'approved'", (request_id,)
+        )
+        return cursor.rowcount == 1
+
     def set_request_state(self, request_id: str, state: RequestState) -> None:
         self.conn.execute("UPDATE approvals SET state = ? WHERE id = ?", (state, request_id))
 
@@ -301,19 +276,20 @@ class SQLiteTx:
 
     def slack_message(self, request_id: str) -> SlackMessage | None:
         row = self.conn.execute(
-            f"SELECT {_SLACK_COLUMNS} FROM slack_messages WHERE request_id = ?", (request_id,)
+            f"SELECT {stored.SLACK_COLUMNS} FROM slack_messages WHERE request_id = ?", (request_id,)
         ).fetchone()
-        return None if row is None else _slack_message(row)
+        return None if row is None else stored.slack_message(row)
 
     def slack_messages(self, *, done: bool = False) -> list[SlackMessage]:
         rows = self.conn.execute(
-            f"SELECT {_SLACK_COLUMNS} FROM slack_messages WHERE done = ? ORDER BY rowid", (int(done),)
+            f"SELECT {stored.SLACK_COLUMNS} FROM slack_messages WHERE done = ? ORDER BY rowid", (int(done),)
         ).fetchall()
-        return [_slack_message(row) for row in rows]
+        return [stored.slack_message(row) for row in rows]
 
     def save_slack_message(self, message: SlackMessage) -> None:
         self.conn.execute(
-            f"INSERT OR REPLACE INTO slack_messages ({_SLACK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO slack_messages ({stored.SLACK_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 message.request_id,
                 message.channel,
@@ -363,7 +339,7 @@ def _append(conn: sqlite3.Connection, events: Sequence[Mapping[str, Any]]) -> li
         (r.seq, r.event_id, r.ts, r.event_type, r.correlation_id, text, r.prev_hash, r.entry_hash)
         for r, text in chained
     ]
-    insert = f"INSERT INTO evidence ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    insert = f"INSERT INTO evidence ({stored.RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
     if len(rows) == 1:
         conn.execute(insert, rows[0])
     else:
@@ -371,79 +347,8 @@ def _append(conn: sqlite3.Connection, events: Sequence[Mapping[str, Any]]) -> li
     return [record for record, _ in chained]
 
 
-def _record(row: Sequence[Any]) -> Record:
-    seq, event_id, ts, event_type, correlation_id, body_text, prev_hash, entry_hash = row
-    try:
-        body = json.loads(body_text)
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"evidence seq {seq} is not readable JSON; run `mcp-gate audit verify`") from exc
-    return Record(
-        seq=seq,
-        event_id=event_id,
-        ts=ts,
-        event_type=event_type,
-        correlation_id=correlation_id,
-        body=body,
-        prev_hash=prev_hash,
-        entry_hash=entry_hash,
-    )
-
-
 def _get_pin(conn: sqlite3.Connection, server: str, tool: str) -> PinRecord | None:
     row = conn.execute(
-        f"SELECT {_PIN_COLUMNS} FROM pins WHERE server = ? AND tool = ?", (server, tool)
+        f"SELECT {stored.PIN_COLUMNS} FROM pins WHERE server = ? AND tool = ?", (server, tool)
     ).fetchone()
-    return None if row is None else _pin_record(row)
-
-
-def _pin_record(row: Sequence[Any]) -> PinRecord:
-    server, tool, pin, definition, drifted_pin, drifted_definition, updated_at = row
-    return PinRecord(
-        server=server,
-        tool=tool,
-        pin=pin,
-        definition=json.loads(definition),
-        drifted_pin=drifted_pin,
-        drifted_definition=None if drifted_definition is None else json.loads(drifted_definition),
-        updated_at=updated_at,
-    )
-
-
-def _parsed_bodies(cursor: Iterable[Sequence[Any]]) -> Iterator[dict[str, Any]]:
-    for (text,) in cursor:
-        try:
-            body = json.loads(text)
-        except (TypeError, ValueError):
-            continue  # unreadable rows are for `audit verify` to name
-        if isinstance(body, dict):
-            yield body
-
-
-def _parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text)
-
-
-def _grant(row: Sequence[Any]) -> Grant:
-    (gid, agent, owner, server, tool, created_by, created_at, expires_at, request_id, note,
-     revoked_at, revoked_by, rule, policy_sha256, pin) = row  # fmt: skip
-    return Grant(
-        id=gid,
-        agent=agent,
-        owner=owner,
-        server=server,
-        tool=tool,
-        created_by=created_by,
-        created_at=_parse_time(created_at),
-        expires_at=_parse_time(expires_at),
-        request_id=request_id,
-        note=note,
-        revoked_at=None if revoked_at is None else _parse_time(revoked_at),
-        revoked_by=revoked_by,
-        rule=rule,
-        policy_sha256=policy_sha256,
-        pin=pin,
-    )
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return None if row is None else stored.pin_record(row)
