@@ -6,7 +6,8 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import replace
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, assert_never
 
@@ -38,6 +39,7 @@ from mcp_gate.errors import (
 )
 from mcp_gate.evidence import EventFactory, args_digest, result_digest
 from mcp_gate.holds import ApprovalEngine, StillPending, TooMany, UsedElsewhere
+from mcp_gate.metrics import GateMetrics
 from mcp_gate.offering import MAX_ARGUMENT_DEPTH, OfferedTool, Offering, deeper_than
 from mcp_gate.policy import (
     Approvals,
@@ -63,6 +65,26 @@ RECHECKED_TIERS = ("high", "critical")
 CORRELATION_META_KEY = "io.github.mcp-gate/correlation-id"
 
 
+@dataclass
+class _Tally:
+    """What one call did, for its metrics: labels, outcome, and where its time went. Labels stay
+    "none" until the call is admitted: an unknown tool's name never becomes a label."""
+
+    server: str = "none"
+    tier: str = "none"
+    route: str = "run"  # how a call that runs got there: run, held or confirmed
+    outcome: str | None = None
+    downstream: float = 0.0
+    waited: float = 0.0  # for a person: approvers or the one at the agent
+
+    def end(self, outcome: str) -> None:
+        if self.outcome is None:
+            self.outcome = outcome
+
+
+_TALLY: ContextVar[_Tally] = ContextVar("mcp_gate_call_tally")
+
+
 class Gateway:
     """One running gate: its config, policy, store, downstreams and the tools they offer.
 
@@ -78,8 +100,10 @@ class Gateway:
         *,
         decision_key: bytes,
         args_key: bytes,
+        metrics: GateMetrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics or GateMetrics()
         self.manifests = manifests
         self.store = store
         self.downstreams = downstreams
@@ -130,13 +154,29 @@ class Gateway:
 
         `asker` is the person at the agent for this call (None: nobody can be asked)."""
         correlation_id = uuid.uuid4().hex
+        tally = _Tally()
+        token = _TALLY.set(tally)
+        started = time.perf_counter()
         try:
             return await self._call(correlation_id, requester, name, arguments, transport, progress, asker)
         except StoreError as exc:
             # Only reachable before anything was sent downstream (outcome writes are caught where
             # they happen): fail closed, and say why.
             log.error("store failure; refusing %s: %s", name, exc)
+            tally.end("refused")
             return _error_result(f"{name} was not run: the gate's store failed ({exc})", correlation_id)
+        except BaseException:
+            tally.end("failed")
+            raise
+        finally:
+            _TALLY.reset(token)
+            self._count(tally, time.perf_counter() - started)
+
+    def _count(self, tally: _Tally, seconds: float) -> None:
+        self.metrics.call(tally.server, tally.tier, tally.outcome or "refused")
+        if tally.server != "none":
+            overhead = max(0.0, seconds - tally.downstream - tally.waited)
+            self.metrics.overhead.labels(tally.server).observe(overhead)
 
     async def _call(
         self,
@@ -170,6 +210,8 @@ class Gateway:
         call = CallContext(
             correlation_id, requester, transport, offered, args, args_sha256, decision, self.policy_sha256
         )
+        tally = _TALLY.get(_Tally())
+        tally.server, tally.tier = offered.server, decision.tier
         requirement = self.config.requirements[decision.tier]
         resumed: Claims | None = None
         relayed: Claims | None = None  # the retry answers a downstream's question: it runs on
@@ -247,6 +289,7 @@ class Gateway:
             return await self._forward(call, progress, asker, resume=resume, recheck=recheck)
         match requirement:
             case Block():
+                tally.end("blocked")
                 refusal = CallRefused(
                     f"{name} is blocked by policy ({decision.reason}; {decision.rule}) and never runs"
                 )
@@ -254,9 +297,13 @@ class Gateway:
             case Confirm():
                 if kind is None or asker is None:
                     return await self._unconfirmable(call, progress)
+                asked = time.perf_counter()
                 step = await self.asking.confirm(call, asker, resumed)
+                tally.waited += time.perf_counter() - asked
                 if isinstance(step, Proceed):
+                    tally.route = "confirmed"
                     return await self._forward(call, progress, asker, recheck=True)
+                tally.end("denied" if isinstance(step, Stop) else "pending")
                 return _stopped(step, correlation_id)
             case Approvals():
                 justification: str | None = None
@@ -327,6 +374,8 @@ class Gateway:
 
             if await self.store.transact(use_grant) is not None:
                 return await self._forward(call, progress, asker, recheck=True)
+            tally = _TALLY.get(_Tally())
+            held = time.perf_counter()
             outcome = await self.engine.hold(
                 call.binding,
                 correlation_id=correlation_id,
@@ -341,6 +390,8 @@ class Gateway:
                 justification=justification,
                 hold_seconds=call.requester.hold_seconds,
             )
+            tally.waited += time.perf_counter() - held
+            self._decided(outcome, tally)
         except EvidenceWriteError as exc:
             log.error("evidence write failed while holding %s: %s", name, exc)
             return _error_result(
@@ -378,10 +429,30 @@ class Gateway:
             call = replace(call, request_id=outcome.request.id)
         return await self._refuse(correlation_id, call.linked(), CallRefused(text))
 
+    def _decided(self, outcome: object, tally: _Tally) -> None:
+        """A held call's outcome, for its metrics: the route it runs by, or how it ended; and how
+        long the decision took, by the channel of the last vote."""
+        match outcome:
+            case Released(request=request) | Denied(request=request):
+                if request.votes:
+                    vote = request.votes[-1]
+                    took = (vote.at - request.created_at).total_seconds()
+                    self.metrics.decision_time.labels(request.tier, vote.channel).observe(max(0.0, took))
+        match outcome:
+            case Released():
+                tally.route = "held"
+            case Denied() | Revoked():
+                tally.end("denied")
+            case Expired():
+                tally.end("expired")
+            case StillPending():
+                tally.end("pending")
+
     async def _refuse(
         self, correlation_id: str, fields: Mapping[str, Any], refusal: CallRefused, raw_arguments: Any = None
     ) -> types.CallToolResult:
         """Record a refused call (with the arguments as sent, if given) and tell the agent why."""
+        _TALLY.get(_Tally()).end("refused")
         events = []
         if deeper_than(raw_arguments, MAX_ARGUMENT_DEPTH):
             # Redaction and canonical JSON recurse: the refusal says why, without the value.
@@ -431,14 +502,7 @@ class Gateway:
                 )
                 raise
         try:
-            result = await ds.call(
-                call.offered.tool,
-                call.args,
-                progress=progress,
-                elicit=self.asking.relay(call, asker),
-                pass_input=asker is not None and asker.era == "modern" and asker.can_elicit,
-                resume=resume,
-            )
+            result = await self._downstream_call(ds, call, progress, asker, resume)
         except CallRefused as refusal:  # not connected: nothing was sent
             await self._finish(call, "call.refused", "failed", error=str(refusal))
             return _error_result(str(refusal), call.correlation_id)
@@ -477,6 +541,30 @@ class Gateway:
         )
         return result
 
+    async def _downstream_call(
+        self,
+        ds: Downstream,
+        call: CallContext,
+        progress: ProgressFn | None,
+        asker: Asker | None,
+        resume: tuple[types.InputResponses | None, str | None] | None,
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        """The downstream call itself, its time counted apart from the gate's own."""
+        sent = time.perf_counter()
+        try:
+            return await ds.call(
+                call.offered.tool,
+                call.args,
+                progress=progress,
+                elicit=self.asking.relay(call, asker),
+                pass_input=asker is not None and asker.era == "modern" and asker.can_elicit,
+                resume=resume,
+            )
+        finally:
+            took = time.perf_counter() - sent
+            _TALLY.get(_Tally()).downstream += took
+            self.metrics.downstream_time.labels(call.offered.server).observe(took)
+
     async def _pass_question(
         self, call: CallContext, asked: types.InputRequiredResult, started: float
     ) -> types.CallToolResult | types.InputRequiredResult:
@@ -495,6 +583,8 @@ class Gateway:
         return passed
 
     async def _finish(self, call: CallContext, event_type: str, state: RequestState, **fields: Any) -> None:
+        tally = _TALLY.get(_Tally())
+        tally.end(tally.route if event_type in ("call.executed", "call.input_required") else "failed")
         # Shielded: once a call was sent, a client's cancellation must not stop its outcome being
         # recorded. If the write fails anyway, the call has run and cannot be undone; its
         # in-flight marker stays, so the next start records it as call.outcome_unknown.

@@ -85,6 +85,7 @@ async def open_gate(
             decision_key=decision_key(config),
             args_key=load_key(config.data_dir / ARGS_KEY_FILE, "argument digest key"),
         )
+        opened.commit_observer = gate.metrics.committed
         run = new_id()
         await gate.record(
             "gate.started",
@@ -136,6 +137,7 @@ async def open_gate(
                     else:
                         marker.remove()
     finally:
+        opened.commit_observer = None
         if own_store:
             # A signed checkpoint at shutdown covers the last records written.
             with anyio.CancelScope(shield=True):

@@ -11,7 +11,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 
@@ -52,7 +52,7 @@ __all__ = ["add_commands"]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from mcp_gate.channels.api import serve_api
+    from mcp_gate.health import Probes, serve_admin
     from mcp_gate.server import FrontServer
 
     config = load_config_from_args(args)
@@ -88,17 +88,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         slack_secrets = SlackSecrets.read(config, os.environ)
 
+    signing: Literal["loaded", "off"] = "off" if runtime.gate_notary(config) is None else "loaded"
+
     async def run() -> None:
         async with runtime.open_gate(config) as gate, anyio.create_task_group() as tg:
             front = FrontServer(gate)
+            probes = Probes(gate, signing)
             if slack_secrets is not None:
-                slack_port = await tg.start(SlackChannel(gate, slack_secrets).run)
+                slack = SlackChannel(gate, slack_secrets)
+                slack_port = await tg.start(slack.run)
                 where = f"interactions on port {slack_port}" if slack_port is not None else "Socket Mode"
                 progress(f"mcp-gate {config.name}: Slack approvals ({where})")
+                if slack_port is None:
+                    probes = Probes(gate, signing, lambda: slack.link is not None)
             if admin is not None:
                 host, port = admin
-                bound = await tg.start(functools.partial(serve_api, gate, host, port))
-                progress(f"mcp-gate {config.name}: approver API on {api_url(host, bound)}")
+                bound = await tg.start(functools.partial(serve_admin, probes, host, port))
+                progress(
+                    f"mcp-gate {config.name}: approver API on {api_url(host, bound)} "
+                    "(and /healthz, /readyz, /metrics)"
+                )
             if http is None:
                 await front.serve_stdio()
                 tg.cancel_scope.cancel()  # the agent hung up: stop the approver API too
@@ -170,7 +179,7 @@ def _inspect(config: GateConfig, *, timeout: float) -> dict[str, Any]:
 
     # Manifest errors are bad input: report them alone, before any progress about servers.
     load_manifests(config.manifests_dir, config.servers.keys(), required=config.manifests_required)
-    runtime.gate_notary(config)  # so is a signing key others can read
+    signing = "off" if runtime.gate_notary(config) is None else "loaded"  # an unusable key is bad input too
 
     async def run() -> dict[str, Any]:
         names = ", ".join(config.servers) or "none"
@@ -205,11 +214,14 @@ def _inspect(config: GateConfig, *, timeout: float) -> dict[str, Any]:
                 }
                 for t in sorted(gate.offering.offered.values(), key=lambda t: t.name)
             ]
+            from mcp_gate.health import Probes, readiness
+
             return {
                 "gate": config.name,
                 "policy_sha256": gate.policy_sha256,
                 "servers": servers,
                 "tools": tools,
+                "readiness": await readiness(Probes(gate, "loaded" if signing == "loaded" else "off")),
             }
 
     return anyio.run(run)
@@ -277,6 +289,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     report["checkpoint_warnings"] = checkpoint_warnings(config)
     if config.slack is not None:
         report["slack"] = asdict(slack_check(config, os.environ))
+        # Offline, Slack counts as connected when its tokens work (`slack_check`).
+        report["readiness"]["checks"]["slack"] = "connected" if report["slack"]["ok"] else "disconnected"
+        if not report["slack"]["ok"] and report["readiness"]["status"] == "ready":
+            report["readiness"]["status"] = "degraded"
+            report["readiness"]["degraded"].append("slack")
     verdicts = run_policy_tests(config)
     failing = [v for v in verdicts if not v.passed]
     if verdicts:
@@ -302,6 +319,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             if s["copy_command"]:
                 manifest += f"; a shipped manifest fits, copy it with: {s['copy_command']}"
             say(f"server {s['name']}: {status}; {manifest}")
+        ready = report["readiness"]
+        say(
+            f"readiness: {ready['status']}"
+            + (f" ({', '.join(ready['degraded'])})" if ready["degraded"] else "")
+        )
         for problem in report["approval_problems"]:
             say(f"approvals: {problem}")
         for missed in report["missed_checkpoint_copies"]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
@@ -32,7 +33,7 @@ from mcp_gate.clock import Clock, SystemClock, utc_iso
 from mcp_gate.errors import EvidenceWriteError, GateError, StoreError
 from mcp_gate.evidence import GENESIS_HASH, Record, canonical_json, chain_events, new_event
 from mcp_gate.notary import Notary
-from mcp_gate.storage.base import Changes, Inflight, PinRecord, SlackMessage, Tx
+from mcp_gate.storage.base import Changes, CommitObserver, Inflight, PinRecord, SlackMessage, Tx
 from mcp_gate.storage.changes import CommitSignal
 
 __all__ = ["MemoryStore", "MemoryTx"]
@@ -358,6 +359,7 @@ class MemoryStore:
         self._clock = clock or SystemClock()
         self._notary = notary
         self._closed = False
+        self.commit_observer: CommitObserver | None = None
 
     def reopen(self, *, clock: Clock | None = None, notary: Notary | None = None) -> MemoryStore:
         """Another handle on the same data, as another process (or the gate restarted after a
@@ -542,9 +544,12 @@ class MemoryStore:
         await self._writable()
         data = self._data
         tables, mark = data.tables.copy(), len(data.rows)
+        started = time.perf_counter()
         try:
             result = fn(MemoryTx(data, tables))
         except BaseException as exc:
+            if self.commit_observer is not None and isinstance(exc, Exception):
+                self.commit_observer(1, time.perf_counter() - started, 1)
             # Rows are only ever added by a transaction (pruning removes a prefix last of all).
             data.event_ids.difference_update(row[1] for row in data.rows[mark:])
             del data.rows[mark:]
@@ -552,6 +557,8 @@ class MemoryStore:
                 raise EvidenceWriteError(f"cannot write to {data.name}: {exc}") from exc
             raise
         data.tables = tables
+        if self.commit_observer is not None:
+            self.commit_observer(1, time.perf_counter() - started, 0)
         note = None
         if not quiet and self._notary is not None:
             try:
