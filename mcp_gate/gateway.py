@@ -39,6 +39,7 @@ from mcp_gate.errors import (
 )
 from mcp_gate.evidence import EventFactory, args_digest, result_digest
 from mcp_gate.holds import ApprovalEngine, StillPending, TooMany, UsedElsewhere
+from mcp_gate.logs import correlated, set_correlation
 from mcp_gate.metrics import GateMetrics
 from mcp_gate.offering import MAX_ARGUMENT_DEPTH, OfferedTool, Offering, deeper_than
 from mcp_gate.policy import (
@@ -59,6 +60,7 @@ from mcp_gate.storage.base import Store, Tx
 __all__ = ["CORRELATION_META_KEY", "Gateway"]
 
 log = logging.getLogger("mcp_gate.gateway")
+calls_log = logging.getLogger("mcp_gate.calls")  # one INFO line per call
 
 # Calls of these tiers, and every call that waited for a decision, re-list their server first.
 RECHECKED_TIERS = ("high", "critical")
@@ -70,6 +72,7 @@ class _Tally:
     """What one call did, for its metrics: labels, outcome, and where its time went. Labels stay
     "none" until the call is admitted: an unknown tool's name never becomes a label."""
 
+    correlation_id: str | None = None
     server: str = "none"
     tier: str = "none"
     route: str = "run"  # how a call that runs got there: run, held or confirmed
@@ -154,11 +157,14 @@ class Gateway:
 
         `asker` is the person at the agent for this call (None: nobody can be asked)."""
         correlation_id = uuid.uuid4().hex
-        tally = _Tally()
+        tally = _Tally(correlation_id)
         token = _TALLY.set(tally)
         started = time.perf_counter()
         try:
-            return await self._call(correlation_id, requester, name, arguments, transport, progress, asker)
+            with correlated(correlation_id):
+                return await self._call(
+                    correlation_id, requester, name, arguments, transport, progress, asker
+                )
         except StoreError as exc:
             # Only reachable before anything was sent downstream (outcome writes are caught where
             # they happen): fail closed, and say why.
@@ -170,10 +176,24 @@ class Gateway:
             raise
         finally:
             _TALLY.reset(token)
-            self._count(tally, time.perf_counter() - started)
+            self._count(tally, time.perf_counter() - started, name)
 
-    def _count(self, tally: _Tally, seconds: float) -> None:
-        self.metrics.call(tally.server, tally.tier, tally.outcome or "refused")
+    def _count(self, tally: _Tally, seconds: float, name: str) -> None:
+        outcome = tally.outcome or "refused"
+        self.metrics.call(tally.server, tally.tier, outcome)
+        calls_log.info(
+            "call %s: %s",
+            name,
+            outcome,
+            extra={
+                "correlation_id": tally.correlation_id,
+                "server": tally.server,
+                "tool": name,
+                "tier": tally.tier,
+                "outcome": outcome,
+                "duration_ms": round(seconds * 1000, 3),
+            },
+        )
         if tally.server != "none":
             overhead = max(0.0, seconds - tally.downstream - tally.waited)
             self.metrics.overhead.labels(tally.server).observe(overhead)
@@ -227,6 +247,8 @@ class Gateway:
             else:
                 resumed = opened
             call = replace(call, correlation_id=opened.correlation_id)
+            tally.correlation_id = opened.correlation_id
+            set_correlation(opened.correlation_id)
         correlation_id, fields = call.correlation_id, call.fields()
         answers = asker.responses() if relayed is not None and asker is not None else None
         if relayed is not None:

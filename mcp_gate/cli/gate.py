@@ -24,6 +24,7 @@ from mcp_gate.cli._common import (
     host_port,
     is_loopback,
     load_config_from_args,
+    log_json,
     progress,
     say,
     subcommand,
@@ -41,6 +42,7 @@ from mcp_gate.config import (
 )
 from mcp_gate.datadir import gate_db
 from mcp_gate.errors import GateError
+from mcp_gate.logs import configure_logging
 from mcp_gate.manifests import load_manifests
 from mcp_gate.offering import SEPARATOR, split_name
 from mcp_gate.policy import Approvals
@@ -56,6 +58,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mcp_gate.server import FrontServer
 
     config = load_config_from_args(args)
+    configure_logging(args.log_format, verbose=args.verbose, rules=config.redaction)
+    log_json(args.log_format == "json")
     http = host_port(args.http, "--http") if args.http else None
     if http is not None and not config.agents:
         raise GateError(
@@ -536,7 +540,15 @@ def add_commands(sub: Any) -> None:
         "--admin",
         metavar="HOST:PORT",
         help="also serve the approvers' HTTP API on HOST:PORT (loopback only unless [admin] "
-        "allow_remote = true; default: [admin] listen, else off)",
+        "allow_remote = true; default: [admin] listen, else off); it also serves /healthz, /readyz "
+        "and /metrics",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="how log lines on stderr look: text for people (default) or JSON lines for a collector "
+        "(with one INFO line per call, each naming its correlation id)",
     )
     p.set_defaults(func=cmd_serve)
 
