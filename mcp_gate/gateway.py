@@ -180,6 +180,9 @@ class Gateway:
 
     def _count(self, tally: _Tally, seconds: float, name: str) -> None:
         outcome = tally.outcome or "refused"
+        if not self.metrics.enabled:
+            calls_log.info("call %s: %s", name, outcome, extra={"correlation_id": tally.correlation_id})
+            return
         self.metrics.call(tally.server, tally.tier, outcome)
         calls_log.info(
             "call %s: %s",
@@ -455,7 +458,7 @@ class Gateway:
         """A held call's outcome, for its metrics: the route it runs by, or how it ended; and how
         long the decision took, by the channel of the last vote."""
         match outcome:
-            case Released(request=request) | Denied(request=request):
+            case Released(request=request) | Denied(request=request) if self.metrics.enabled:
                 if request.votes:
                     vote = request.votes[-1]
                     took = (vote.at - request.created_at).total_seconds()
@@ -583,9 +586,10 @@ class Gateway:
                 resume=resume,
             )
         finally:
-            took = time.perf_counter() - sent
-            _TALLY.get(_Tally()).downstream += took
-            self.metrics.downstream_time.labels(call.offered.server).observe(took)
+            if self.metrics.enabled:
+                took = time.perf_counter() - sent
+                _TALLY.get(_Tally()).downstream += took
+                self.metrics.downstream_time.labels(call.offered.server).observe(took)
 
     async def _pass_question(
         self, call: CallContext, asked: types.InputRequiredResult, started: float

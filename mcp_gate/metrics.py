@@ -30,7 +30,10 @@ _BATCH = (1, 2, 4, 8, 16, 32, 64, 128)
 class GateMetrics:
     """Every series one gate exposes, registered in `registry`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, enabled: bool = True) -> None:
+        # Off (`enabled=False`): the series exist but nothing is measured or counted, so the gate
+        # pays nothing for them (benchmarks/overhead.py compares the two).
+        self.enabled = enabled
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.calls = Counter(
             "mcp_gate_tool_calls", "Tool calls, by how they ended", ["server", "tier", "outcome"], registry=r

@@ -29,6 +29,7 @@ from mcp_gate.evidence import ARGS_DIGEST, EventFactory, args_key_id
 from mcp_gate.gateway import Gateway
 from mcp_gate.holds import ApprovalEngine
 from mcp_gate.manifests import load_manifests
+from mcp_gate.metrics import GateMetrics
 from mcp_gate.notary import Notary, notary_for
 from mcp_gate.policy import Manifest, policy_sha256
 from mcp_gate.seals import load_key
@@ -58,12 +59,14 @@ async def open_gate(
     clock: Clock | None = None,
     startup_timeout: float = 30.0,
     store: Store | None = None,
+    metrics: GateMetrics | None = None,
 ) -> AsyncIterator[Gateway]:
     """The running gate: open the store, record the start, take the data directory's lock and run
     marker (recovering what a crashed run left), start the approval engine, the checkpoint timer
     and every downstream; record the stop and close it all on exit.
 
-    A `store` given by the caller (a test's) is written to without a notary and left open."""
+    A `store` given by the caller (a test's) is written to without a notary and left open;
+    `metrics` replaces the gate's own registry (GateMetrics(enabled=False) measures nothing)."""
     manifests = load_manifests(
         config.manifests_dir, config.servers.keys(), required=config.manifests_required
     )
@@ -84,8 +87,9 @@ async def open_gate(
             clock,
             decision_key=decision_key(config),
             args_key=load_key(config.data_dir / ARGS_KEY_FILE, "argument digest key"),
+            metrics=metrics,
         )
-        opened.commit_observer = gate.metrics.committed
+        opened.commit_observer = gate.metrics.committed if gate.metrics.enabled else None
         run = new_id()
         await gate.record(
             "gate.started",

@@ -19,6 +19,7 @@ import anyio
 from mcp_gate import runtime
 from mcp_gate.clock import Clock
 from mcp_gate.config import GateConfig, load_config
+from mcp_gate.metrics import GateMetrics
 from mcp_gate.server import FrontServer
 from mcp_gate.storage.base import Store
 from mcp_gate.storage.memory import MemoryStore
@@ -175,9 +176,12 @@ async def running_gate(
     clock: Clock | None = None,
     store: Store | None = None,
     startup_timeout: float = 60.0,
+    metrics: GateMetrics | None = None,
 ) -> AsyncIterator[FrontServer]:
     """A real gate with its downstreams connected; connect `mcp.Client(front.server)` to it."""
     if isinstance(config, Path):
         config = load_config(config, os.environ)
-    async with runtime.open_gate(config, clock=clock, store=store, startup_timeout=startup_timeout) as gate:
+    async with runtime.open_gate(
+        config, clock=clock, store=store, startup_timeout=startup_timeout, metrics=metrics
+    ) as gate:
         yield FrontServer(gate)

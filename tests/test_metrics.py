@@ -148,3 +148,14 @@ async def test_a_downstream_restart_is_counted_once(tmp_path: Path) -> None:
         again = await scrape(http)
     assert value(first, "mcp_gate_downstream_restarts_total", server="notes") == 1
     assert value(again, "mcp_gate_downstream_restarts_total", server="notes") == 1
+
+
+async def test_a_gate_with_metrics_off_counts_nothing_and_still_serves_calls(tmp_path: Path) -> None:
+    metrics = GateMetrics(enabled=False)
+    async with running_gate(make_config(tmp_path), metrics=metrics) as front:
+        assert front.gateway.store.commit_observer is None
+        async with Client(front.server, mode="legacy") as agent:
+            assert not (await agent.call_tool("notes__echo", {"text": "hi"})).is_error
+    scraped = samples(metrics.exposition().decode())
+    assert value(scraped, "mcp_gate_tool_calls_total", server="notes", tier="low", outcome="run") == 0
+    assert value(scraped, "mcp_gate_evidence_batch_size_count") == 0
