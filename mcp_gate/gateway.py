@@ -56,6 +56,7 @@ from mcp_gate.questions import Asker
 from mcp_gate.redaction import redact
 from mcp_gate.request_state import BadState, Claims
 from mcp_gate.storage.base import Store, Tx
+from mcp_gate.tracing import Tracing
 
 __all__ = ["CORRELATION_META_KEY", "Gateway"]
 
@@ -104,9 +105,11 @@ class Gateway:
         decision_key: bytes,
         args_key: bytes,
         metrics: GateMetrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics or GateMetrics()
+        self.tracing = tracing or Tracing()
         self.manifests = manifests
         self.store = store
         self.downstreams = downstreams
@@ -151,32 +154,36 @@ class Gateway:
         transport: str,
         progress: ProgressFn | None = None,
         asker: Asker | None = None,
+        trace_context: Mapping[str, str] | None = None,
     ) -> types.CallToolResult | types.InputRequiredResult:
         """Run one agent call through the gate. Every outcome is a CallToolResult (refusals are errors),
         except a question for a 2026-07-28 client, which answers it and calls again.
 
-        `asker` is the person at the agent for this call (None: nobody can be asked)."""
+        `asker` is the person at the agent for this call (None: nobody can be asked);
+        `trace_context` the W3C trace headers an HTTP agent sent, for the call's span."""
         correlation_id = uuid.uuid4().hex
         tally = _Tally(correlation_id)
         token = _TALLY.set(tally)
         started = time.perf_counter()
-        try:
-            with correlated(correlation_id):
+        with correlated(correlation_id), self.tracing.call(name, correlation_id, trace_context) as span:
+            try:
                 return await self._call(
                     correlation_id, requester, name, arguments, transport, progress, asker
                 )
-        except StoreError as exc:
-            # Only reachable before anything was sent downstream (outcome writes are caught where
-            # they happen): fail closed, and say why.
-            log.error("store failure; refusing %s: %s", name, exc)
-            tally.end("refused")
-            return _error_result(f"{name} was not run: the gate's store failed ({exc})", correlation_id)
-        except BaseException:
-            tally.end("failed")
-            raise
-        finally:
-            _TALLY.reset(token)
-            self._count(tally, time.perf_counter() - started, name)
+            except StoreError as exc:
+                # Only reachable before anything was sent downstream (outcome writes are caught where
+                # they happen): fail closed, and say why.
+                log.error("store failure; refusing %s: %s", name, exc)
+                tally.end("refused")
+                return _error_result(f"{name} was not run: the gate's store failed ({exc})", correlation_id)
+            except BaseException:
+                tally.end("failed")
+                raise
+            finally:
+                _TALLY.reset(token)
+                self._count(tally, time.perf_counter() - started, name)
+                outcome = tally.outcome or "refused"
+                self.tracing.finish(span, server=tally.server, tier=tally.tier, outcome=outcome)
 
     def _count(self, tally: _Tally, seconds: float, name: str) -> None:
         outcome = tally.outcome or "refused"
@@ -218,7 +225,8 @@ class Gateway:
                 correlation_id, arrival_fields(requester, transport, name), refused, arguments
             )
         args_sha256 = args_digest(self.args_key(), args)
-        decision = offered.classify(args, self.manifests.get(offered.server))
+        with self.tracing.step("mcp_gate.policy"):
+            decision = offered.classify(args, self.manifests.get(offered.server))
         spec = self.config.servers.get(offered.server)
         guarded = protected_path(
             args, self.config.protected_paths, (spec.cwd if spec else None) or Path.cwd()
@@ -299,7 +307,8 @@ class Gateway:
             return True
 
         try:
-            fresh = await self.store.transact(write)
+            with self.tracing.step("mcp_gate.evidence_write"):
+                fresh = await self.store.transact(write)
         except EvidenceWriteError as exc:
             log.error("evidence write failed; refusing %s: %s", name, exc)
             return _error_result(
@@ -401,20 +410,21 @@ class Gateway:
                 return await self._forward(call, progress, asker, recheck=True)
             tally = _TALLY.get(_Tally())
             held = time.perf_counter()
-            outcome = await self.engine.hold(
-                call.binding,
-                correlation_id=correlation_id,
-                tier=decision.tier,
-                required=requirement.count,
-                groups=decision.approvers or requirement.groups,
-                expires_after=requirement.expires_after,
-                rule=decision.rule,
-                reason=decision.reason,
-                args=redact(call.args, rules=self.config.redaction),
-                progress=progress,
-                justification=justification,
-                hold_seconds=call.requester.hold_seconds,
-            )
+            with self.tracing.step("mcp_gate.hold"):
+                outcome = await self.engine.hold(
+                    call.binding,
+                    correlation_id=correlation_id,
+                    tier=decision.tier,
+                    required=requirement.count,
+                    groups=decision.approvers or requirement.groups,
+                    expires_after=requirement.expires_after,
+                    rule=decision.rule,
+                    reason=decision.reason,
+                    args=redact(call.args, rules=self.config.redaction),
+                    progress=progress,
+                    justification=justification,
+                    hold_seconds=call.requester.hold_seconds,
+                )
             tally.waited += time.perf_counter() - held
             self._decided(outcome, tally)
         except EvidenceWriteError as exc:
@@ -577,14 +587,15 @@ class Gateway:
         """The downstream call itself, its time counted apart from the gate's own."""
         sent = time.perf_counter()
         try:
-            return await ds.call(
-                call.offered.tool,
-                call.args,
-                progress=progress,
-                elicit=self.asking.relay(call, asker),
-                pass_input=asker is not None and asker.era == "modern" and asker.can_elicit,
-                resume=resume,
-            )
+            with self.tracing.step("mcp_gate.downstream_call"):
+                return await ds.call(
+                    call.offered.tool,
+                    call.args,
+                    progress=progress,
+                    elicit=self.asking.relay(call, asker),
+                    pass_input=asker is not None and asker.era == "modern" and asker.can_elicit,
+                    resume=resume,
+                )
         finally:
             if self.metrics.enabled:
                 took = time.perf_counter() - sent
@@ -617,7 +628,8 @@ class Gateway:
         try:
             with anyio.CancelScope(shield=True):
                 event = self.event(event_type, call.correlation_id, **call.linked(), **fields)
-                await self.engine.finish(call.correlation_id, call.request_id, event, state)
+                with self.tracing.step("mcp_gate.evidence_write"):
+                    await self.engine.finish(call.correlation_id, call.request_id, event, state)
         except EvidenceWriteError as exc:
             log.error("could not record %s for %s: %s", event_type, call.correlation_id, exc)
 

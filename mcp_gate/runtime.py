@@ -10,8 +10,10 @@ to the writers.
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractContextManager, asynccontextmanager
 from typing import Any
@@ -21,7 +23,7 @@ import anyio
 from mcp_gate import __version__
 from mcp_gate.approvals import new_id
 from mcp_gate.clock import Clock, SystemClock
-from mcp_gate.config import GateConfig
+from mcp_gate.config import GateConfig, TracingSettings
 from mcp_gate.datadir import ARGS_KEY_FILE, DECISION_KEY_FILE, DataDirLock, RunMarker, gate_db
 from mcp_gate.downstream import Downstreams
 from mcp_gate.errors import ConfigError, GateError, StoreError
@@ -35,10 +37,12 @@ from mcp_gate.policy import Manifest, policy_sha256
 from mcp_gate.seals import load_key
 from mcp_gate.storage import open_reader, open_store
 from mcp_gate.storage.base import LogReader, Store
+from mcp_gate.tracing import Tracing
 
 __all__ = [
     "decision_key",
     "gate_notary",
+    "gate_tracing",
     "open_engine",
     "open_gate",
     "open_gate_store",
@@ -60,13 +64,15 @@ async def open_gate(
     startup_timeout: float = 30.0,
     store: Store | None = None,
     metrics: GateMetrics | None = None,
+    tracing: Tracing | None = None,
 ) -> AsyncIterator[Gateway]:
     """The running gate: open the store, record the start, take the data directory's lock and run
     marker (recovering what a crashed run left), start the approval engine, the checkpoint timer
     and every downstream; record the stop and close it all on exit.
 
     A `store` given by the caller (a test's) is written to without a notary and left open;
-    `metrics` replaces the gate's own registry (GateMetrics(enabled=False) measures nothing)."""
+    `metrics` replaces the gate's own registry (GateMetrics(enabled=False) measures nothing);
+    `tracing` is where its spans go (`gate_tracing`; default: nowhere)."""
     manifests = load_manifests(
         config.manifests_dir, config.servers.keys(), required=config.manifests_required
     )
@@ -88,6 +94,7 @@ async def open_gate(
             decision_key=decision_key(config),
             args_key=load_key(config.data_dir / ARGS_KEY_FILE, "argument digest key"),
             metrics=metrics,
+            tracing=tracing,
         )
         opened.commit_observer = gate.metrics.committed if gate.metrics.enabled else None
         run = new_id()
@@ -270,3 +277,35 @@ def gate_notary(config: GateConfig) -> Notary | None:
 def decision_key(config: GateConfig) -> bytes:
     """The deployment's decision key (`data_dir/decisions.key`, 0600, made on first use)."""
     return load_key(config.data_dir / DECISION_KEY_FILE, "decision key")
+
+
+def gate_tracing(settings: TracingSettings | None) -> Tracing:
+    """The gate's spans as the OTEL_* variables ask (config.tracing_settings): none by default, else
+    through the OpenTelemetry SDK of the `otel` extra to an OTLP/HTTP endpoint or the console.
+    Shut its provider down (`tracing.provider.shutdown()`) to send the last spans."""
+    if settings is None:
+        return Tracing()
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+    except ImportError as exc:
+        raise ConfigError(
+            "environment", "OTEL_TRACES_EXPORTER", "traces need the otel extra: pip install 'mcp-gate[otel]'"
+        ) from exc
+    exporter: SpanExporter
+    if settings.exporter == "console":
+        exporter = ConsoleSpanExporter(out=sys.stderr)  # stdout is the MCP wire over stdio
+    else:
+        try:  # by name: the exporter is only in the otel extra, and typed checks run without it
+            otlp = importlib.import_module("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+        except ImportError as exc:
+            raise ConfigError(
+                "environment",
+                "OTEL_TRACES_EXPORTER",
+                "OTLP needs the otel extra: pip install 'mcp-gate[otel]'",
+            ) from exc
+        exporter = otlp.OTLPSpanExporter(endpoint=settings.endpoint)
+    provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    return Tracing(provider)

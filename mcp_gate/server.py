@@ -34,6 +34,7 @@ from mcp_gate.errors import GateError
 from mcp_gate.gateway import Gateway
 from mcp_gate.http import bearer_token, json_error, serve_asgi
 from mcp_gate.metrics import GateMetrics
+from mcp_gate.tracing import traceparent_of
 
 __all__ = ["MAX_STDIO_LINE_BYTES", "BearerAuth", "FrontServer", "REQUESTER_SCOPE_KEY"]
 
@@ -146,6 +147,8 @@ class FrontServer:
     ) -> types.CallToolResult | types.InputRequiredResult:
         requester, transport = self._requester(ctx)
         bad = _BAD_ARGUMENTS.get()
+        request = ctx.request
+        scope = getattr(request, "scope", None) if request is not None else None
         return await self.gateway.call(
             requester,
             params.name,
@@ -153,6 +156,7 @@ class FrontServer:
             transport=transport,
             progress=_progress_relay(ctx),
             asker=ContextAsker(ctx, params),
+            trace_context=traceparent_of(scope.get("headers")) if isinstance(scope, dict) else None,
         )
 
     async def serve_stdio(self) -> None:

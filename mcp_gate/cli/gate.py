@@ -39,6 +39,7 @@ from mcp_gate.config import (
     read_client_config,
     resolve_config_path,
     servers_to_toml,
+    tracing_settings,
 )
 from mcp_gate.datadir import gate_db
 from mcp_gate.errors import GateError
@@ -93,9 +94,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         slack_secrets = SlackSecrets.read(config, os.environ)
 
     signing: Literal["loaded", "off"] = "off" if runtime.gate_notary(config) is None else "loaded"
+    tracing = runtime.gate_tracing(tracing_settings(os.environ, default_service=f"mcp-gate {config.name}"))
 
     async def run() -> None:
-        async with runtime.open_gate(config) as gate, anyio.create_task_group() as tg:
+        async with runtime.open_gate(config, tracing=tracing) as gate, anyio.create_task_group() as tg:
             front = FrontServer(gate)
             probes = Probes(gate, signing)
             if slack_secrets is not None:
@@ -131,6 +133,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if len(errors) == 1 and isinstance(errors[0], GateError):
             raise errors[0] from None
         raise
+    finally:
+        if tracing.provider is not None and hasattr(tracing.provider, "shutdown"):
+            tracing.provider.shutdown()  # the last spans go out
     return EXIT_OK
 
 

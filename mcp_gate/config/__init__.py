@@ -34,6 +34,7 @@ from mcp_gate.config.model import (
     SlackSettings,
 )
 from mcp_gate.config.servers import read_client_config, servers_to_toml
+from mcp_gate.config.telemetry import TracingSettings, tracing_settings
 
 __all__ = [
     "AdminSettings",
@@ -52,12 +53,14 @@ __all__ = [
     "ServerSpec",
     "SlackSecret",
     "SlackSettings",
+    "TracingSettings",
     "invoking_user",
     "load_config",
     "read_client_config",
     "check_private",
     "read_private_text",
     "resolve_config_path",
+    "tracing_settings",
     "servers_to_toml",
 ]
 
