@@ -3,6 +3,8 @@ blocked calls; every gate has its own registry; labels never carry ids, tokens o
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,6 +19,7 @@ from mcp_gate.health import Probes, serve_admin
 from mcp_gate.metrics import GateMetrics
 from mcp_gate.server import FrontServer
 from mcp_gate.testing import eventually, running_gate
+from tests.slack_helpers import slack_gate
 from tests.test_api import hold, make_config
 
 pytestmark = pytest.mark.anyio
@@ -159,3 +162,40 @@ async def test_a_gate_with_metrics_off_counts_nothing_and_still_serves_calls(tmp
     scraped = samples(metrics.exposition().decode())
     assert value(scraped, "mcp_gate_tool_calls_total", server="notes", tier="low", outcome="run") == 0
     assert value(scraped, "mcp_gate_evidence_batch_size_count") == 0
+
+
+async def test_slack_post_failures_and_retries_are_counted_and_readyz_names_slack(tmp_path: Path) -> None:
+    async with slack_gate(tmp_path) as s:
+        probes = Probes(s.gate, slack_connected=lambda: s.channel.link is not None)
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(serve_admin, probes, "127.0.0.1", 0)
+            async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+                ready = (await http.get("/readyz")).json()
+                assert ready["checks"]["slack"] == "connected" and ready["status"] == "ready"
+                s.fake.fail(503)
+                s.call("notes__write_note", {"name": "plan", "text": "ship"})
+                request = await s.held()
+                await s.wait_record(lambda r: r["event_type"] == "slack.post_failed" and r["attempt"] == 2)
+                s.fake.restore()
+                await s.posted(request.id)
+                scraped = await scrape(http)
+            tg.cancel_scope.cancel()
+    assert value(scraped, "mcp_gate_channel_post_failures_total", channel="slack") >= 2
+    assert value(scraped, "mcp_gate_channel_post_retries_total", channel="slack") >= 2
+
+
+async def test_the_checkpoint_age_is_served_once_the_gate_signs_checkpoints(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    config.write_text(config.read_text() + "\n[evidence]\ncheckpoint_every_records = 1\n")
+    made = subprocess.run(
+        [sys.executable, "-m", "mcp_gate", "keys", "init", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    async with gate_with_admin(config) as (front, http, agent):
+        assert not (await agent.call_tool("notes__echo", {"text": "hi"})).is_error
+        scraped = await scrape(http)
+    assert ("mcp_gate_checkpoint_age_seconds", frozenset()) in scraped
+    assert 0 <= value(scraped, "mcp_gate_checkpoint_age_seconds") < 3600

@@ -132,3 +132,15 @@ def test_traces_are_off_unless_the_otel_variables_ask_for_them() -> None:
     )
     with pytest.raises(ConfigError, match="OTEL_TRACES_EXPORTER"):
         tracing_settings({"OTEL_TRACES_EXPORTER": "zipkin"})
+
+
+def test_the_runtime_builds_a_provider_only_when_tracing_is_asked_for() -> None:
+    from mcp_gate import runtime
+    from mcp_gate.config import TracingSettings
+
+    assert not runtime.gate_tracing(None).on
+    tracing = runtime.gate_tracing(TracingSettings("console", None, "mcp-gate test"))
+    assert tracing.on and tracing.provider is not None
+    resource = tracing.provider.resource  # the SDK's provider
+    assert resource.attributes["service.name"] == "mcp-gate test"
+    tracing.provider.shutdown()
