@@ -6,11 +6,12 @@ sequentially and with many calls in flight, in both protocol eras. Direct and ga
 interleaved within each repeat (the order alternates) so machine noise hits both; ratios are
 computed within a repeat and the table shows medians over repeats. A second table gives the CPU
 each process spends per call (Linux /proc), a third breaks one sequential call through an
-in-process gate into its parts.
+in-process gate into its parts, a fourth compares in-process gates with metrics on and off.
 
     python benchmarks/overhead.py                 # full run (about 2 minutes on 2 cores)
     python benchmarks/overhead.py --quick         # smoke run
     python benchmarks/overhead.py --json out.json # also write the per-repeat figures
+    python benchmarks/overhead.py --only-metrics  # only the metrics on / off comparison
 
 The table goes to stdout as markdown; progress goes to stderr.
 """
@@ -42,6 +43,7 @@ import mcp
 import mcp_types as types
 from mcp.client.stdio import stdio_client
 
+from mcp_gate.metrics import GateMetrics
 from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.testing import NOTES_MANIFEST, NOTES_SERVER, notes_server_table, running_gate, write_config
 
@@ -435,6 +437,57 @@ async def breakdown(args: argparse.Namespace, work: Path) -> list[Part]:
     return parts
 
 
+@dataclass(frozen=True)
+class MetricsCost:
+    """Sequential echo calls through an in-process gate with metrics on and off, one repeat."""
+
+    repeat: int
+    on_ms: float
+    off_ms: float
+
+    @property
+    def ratio(self) -> float:
+        return self.on_ms / self.off_ms
+
+
+async def metrics_cost(args: argparse.Namespace, work: Path) -> list[MetricsCost]:
+    """The same calls through two in-process gates, one counting into its registry and one with
+    metrics off, interleaved in chunks so machine noise hits both alike."""
+    results = []
+    chunk = max(1, args.profile_calls // 10)
+    for repeat in range(args.repeats):
+        progress(f"metrics on/off, repeat {repeat + 1}: {args.profile_calls} sequential calls each...")
+        async with AsyncExitStack() as stack:
+            calls: dict[bool, Call] = {}
+            for on in (True, False):
+                config = gate_config(work / f"metrics-{'on' if on else 'off'}-{repeat}")
+                front = await stack.enter_async_context(running_gate(config, metrics=GateMetrics(enabled=on)))
+                client = await stack.enter_async_context(mcp.Client(front.server, mode="legacy"))
+                calls[on] = echo_caller(client, GATED_TOOL)
+                for i in range(args.warmup):
+                    await calls[on](i)
+            latencies: dict[bool, list[float]] = {True: [], False: []}
+            for start in range(0, args.profile_calls, chunk):
+                order = (True, False) if (start // chunk) % 2 == 0 else (False, True)
+                for on in order:
+                    _, taken = await sequential(calls[on], min(chunk, args.profile_calls - start))
+                    latencies[on].extend(taken)
+        p50 = {on: percentile(sorted(v), 0.5) * 1000 for on, v in latencies.items()}
+        results.append(MetricsCost(repeat, p50[True], p50[False]))
+    return results
+
+
+def metrics_table(costs: list[MetricsCost]) -> str:
+    lines = [
+        "| in-process gate, sequential echo | p50 ms |",
+        "|---|---|",
+        f"| metrics on | {med([c.on_ms for c in costs]):.3f} |",
+        f"| metrics off | {med([c.off_ms for c in costs]):.3f} |",
+        f"| on / off (median of repeats) | {med([c.ratio for c in costs]):.3f} |",
+    ]
+    return "\n".join(lines)
+
+
 def fsync_commit_ms(path: Path) -> float:
     """Median ms of one small committed transaction with the store's settings (WAL, synchronous=FULL)."""
     connection = sqlite3.connect(path, isolation_level=None)
@@ -532,6 +585,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--profile-calls", type=int, default=2000, help="calls timed in the breakdown (default 2000)"
     )
     parser.add_argument("--quick", action="store_true", help="a fast smoke run (few calls, one repeat)")
+    parser.add_argument(
+        "--only-metrics", action="store_true", help="only the in-process metrics on / off comparison"
+    )
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write the per-repeat figures here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -543,8 +599,12 @@ async def run(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mcp-gate-bench-") as tmp:
         work = Path(tmp)
+        if args.only_metrics:
+            print(metrics_table(await metrics_cost(args, work)))
+            return
         pairs = await compare(args, work)
         parts = await breakdown(args, work)
+        costs = await metrics_cost(args, work)
     command = " ".join(["python benchmarks/overhead.py", *sys.argv[1:]])
     print(
         f"{date.today().isoformat()}; {os.cpu_count()} CPUs; Python {platform.python_version()}; "
@@ -561,6 +621,8 @@ async def run(args: argparse.Namespace) -> None:
         print(cpu)
     print()
     print(parts_table(parts, args.profile_calls))
+    print()
+    print(metrics_table(costs))
     progress(f"done in {time.perf_counter() - started:.0f}s")
     if args.json is not None:
         raw = {
@@ -569,6 +631,7 @@ async def run(args: argparse.Namespace) -> None:
                 asdict(p) | {"p50_ratio": p.p50_ratio, "throughput_ratio": p.throughput_ratio} for p in pairs
             ],
             "breakdown": [asdict(p) for p in parts],
+            "metrics_on_off": [asdict(c) | {"ratio": c.ratio} for c in costs],
         }
         args.json.write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
 

@@ -6,7 +6,8 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import replace
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, assert_never
 
@@ -28,7 +29,7 @@ from mcp_gate.asking import Asking, Proceed, Question, Stop
 from mcp_gate.call import CallContext, arrival_fields
 from mcp_gate.clock import Clock, utc_iso
 from mcp_gate.config import GateConfig, Requester
-from mcp_gate.downstream import Downstreams, ProgressFn
+from mcp_gate.downstream import Downstream, Downstreams, ProgressFn
 from mcp_gate.errors import (
     CallRefused,
     DownstreamFailed,
@@ -38,6 +39,8 @@ from mcp_gate.errors import (
 from mcp_gate.events import EventType, RequestState
 from mcp_gate.evidence import EventFactory, args_digest, result_digest
 from mcp_gate.holds import ApprovalEngine, StillPending, TooMany, UsedElsewhere
+from mcp_gate.logs import correlated, set_correlation
+from mcp_gate.metrics import GateMetrics
 from mcp_gate.offering import MAX_ARGUMENT_DEPTH, Offering, deeper_than
 from mcp_gate.policy import (
     Approvals,
@@ -53,14 +56,37 @@ from mcp_gate.questions import Asker
 from mcp_gate.redaction import redact
 from mcp_gate.request_state import BadState, Claims
 from mcp_gate.storage.base import Store, Tx
+from mcp_gate.tracing import Tracing
 
 __all__ = ["CORRELATION_META_KEY", "Gateway"]
 
 log = logging.getLogger("mcp_gate.gateway")
+calls_log = logging.getLogger("mcp_gate.calls")  # one INFO line per call
 
 # Calls of these tiers, and every call that waited for a decision, re-list their server first.
 RECHECKED_TIERS = ("high", "critical")
 CORRELATION_META_KEY = "io.github.mcp-gate/correlation-id"
+
+
+@dataclass
+class _Tally:
+    """What one call did, for its metrics: labels, outcome, and where its time went. Labels stay
+    "none" until the call is admitted: an unknown tool's name never becomes a label."""
+
+    correlation_id: str | None = None
+    server: str = "none"
+    tier: str = "none"
+    route: str = "run"  # how a call that runs got there: run, held or confirmed
+    outcome: str | None = None
+    downstream: float = 0.0
+    waited: float = 0.0  # for a person: approvers or the one at the agent
+
+    def end(self, outcome: str) -> None:
+        if self.outcome is None:
+            self.outcome = outcome
+
+
+_TALLY: ContextVar[_Tally] = ContextVar("mcp_gate_call_tally")
 
 
 class Gateway:
@@ -78,8 +104,12 @@ class Gateway:
         *,
         decision_key: bytes,
         args_key: bytes,
+        metrics: GateMetrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics or GateMetrics()
+        self.tracing = tracing or Tracing()
         self.manifests = manifests
         self.store = store
         self.downstreams = downstreams
@@ -114,19 +144,59 @@ class Gateway:
         transport: str,
         progress: ProgressFn | None = None,
         asker: Asker | None = None,
+        trace_context: Mapping[str, str] | None = None,
     ) -> types.CallToolResult | types.InputRequiredResult:
         """Run one agent call through the gate. Every outcome is a CallToolResult (refusals are errors),
         except a question for a 2026-07-28 client, which answers it and calls again.
 
-        `asker` is the person at the agent for this call (None: nobody can be asked)."""
+        `asker` is the person at the agent for this call (None: nobody can be asked);
+        `trace_context` the W3C trace headers an HTTP agent sent, for the call's span."""
         correlation_id = uuid.uuid4().hex
-        try:
-            return await self._call(correlation_id, requester, name, arguments, transport, progress, asker)
-        except StoreError as exc:
-            # Only reachable before anything was sent downstream (outcome writes are caught where
-            # they happen): fail closed, and say why.
-            log.error("store failure; refusing %s: %s", name, exc)
-            return _error_result(f"{name} was not run: the gate's store failed ({exc})", correlation_id)
+        tally = _Tally(correlation_id)
+        token = _TALLY.set(tally)
+        started = time.perf_counter()
+        with correlated(correlation_id), self.tracing.call(name, correlation_id, trace_context) as span:
+            try:
+                return await self._call(
+                    correlation_id, requester, name, arguments, transport, progress, asker
+                )
+            except StoreError as exc:
+                # Only reachable before anything was sent downstream (outcome writes are caught where
+                # they happen): fail closed, and say why.
+                log.error("store failure; refusing %s: %s", name, exc)
+                tally.end("refused")
+                return _error_result(f"{name} was not run: the gate's store failed ({exc})", correlation_id)
+            except BaseException:
+                tally.end("failed")
+                raise
+            finally:
+                _TALLY.reset(token)
+                self._count(tally, time.perf_counter() - started, name)
+                outcome = tally.outcome or "refused"
+                self.tracing.finish(span, server=tally.server, tier=tally.tier, outcome=outcome)
+
+    def _count(self, tally: _Tally, seconds: float, name: str) -> None:
+        outcome = tally.outcome or "refused"
+        if not self.metrics.enabled:
+            calls_log.info("call %s: %s", name, outcome, extra={"correlation_id": tally.correlation_id})
+            return
+        self.metrics.call(tally.server, tally.tier, outcome)
+        calls_log.info(
+            "call %s: %s",
+            name,
+            outcome,
+            extra={
+                "correlation_id": tally.correlation_id,
+                "server": tally.server,
+                "tool": name,
+                "tier": tally.tier,
+                "outcome": outcome,
+                "duration_ms": round(seconds * 1000, 3),
+            },
+        )
+        if tally.server != "none":
+            overhead = max(0.0, seconds - tally.downstream - tally.waited)
+            self.metrics.overhead.labels(tally.server).observe(overhead)
 
     async def _call(
         self,
@@ -145,7 +215,8 @@ class Gateway:
                 correlation_id, arrival_fields(requester, transport, name), refused, arguments
             )
         args_sha256 = args_digest(self.args_key(), args)
-        decision = offered.classify(args, self.manifests.get(offered.server))
+        with self.tracing.step("mcp_gate.policy"):
+            decision = offered.classify(args, self.manifests.get(offered.server))
         spec = self.config.servers.get(offered.server)
         guarded = protected_path(
             args, self.config.protected_paths, (spec.cwd if spec else None) or Path.cwd()
@@ -160,6 +231,8 @@ class Gateway:
         call = CallContext(
             correlation_id, requester, transport, offered, args, args_sha256, decision, self.policy_sha256
         )
+        tally = _TALLY.get(_Tally())
+        tally.server, tally.tier = offered.server, decision.tier
         requirement = self.config.requirements[decision.tier]
         resumed: Claims | None = None
         relayed: Claims | None = None  # the retry answers a downstream's question: it runs on
@@ -175,6 +248,8 @@ class Gateway:
             else:
                 resumed = opened
             call = replace(call, correlation_id=opened.correlation_id)
+            tally.correlation_id = opened.correlation_id
+            set_correlation(opened.correlation_id)
         correlation_id, fields = call.correlation_id, call.fields()
         answers = asker.responses() if relayed is not None and asker is not None else None
         if relayed is not None:
@@ -222,7 +297,8 @@ class Gateway:
             return True
 
         try:
-            fresh = await self.store.transact(write)
+            with self.tracing.step("mcp_gate.evidence_write"):
+                fresh = await self.store.transact(write)
         except EvidenceWriteError as exc:
             log.error("evidence write failed; refusing %s: %s", name, exc)
             return _error_result(
@@ -237,6 +313,7 @@ class Gateway:
             return await self._forward(call, progress, asker, resume=resume, recheck=recheck)
         match requirement:
             case Block():
+                tally.end("blocked")
                 refusal = CallRefused(
                     f"{name} is blocked by policy ({decision.reason}; {decision.rule}) and never runs"
                 )
@@ -244,9 +321,13 @@ class Gateway:
             case Confirm():
                 if kind is None or asker is None:
                     return await self._unconfirmable(call, progress)
+                asked = time.perf_counter()
                 step = await self.asking.confirm(call, asker, resumed)
+                tally.waited += time.perf_counter() - asked
                 if isinstance(step, Proceed):
+                    tally.route = "confirmed"
                     return await self._forward(call, progress, asker, recheck=True)
+                tally.end("denied" if isinstance(step, Stop) else "pending")
                 return _stopped(step, correlation_id)
             case Approvals():
                 justification: str | None = None
@@ -317,20 +398,25 @@ class Gateway:
 
             if await self.store.transact(use_grant) is not None:
                 return await self._forward(call, progress, asker, recheck=True)
-            outcome = await self.engine.hold(
-                call.binding,
-                correlation_id=correlation_id,
-                tier=decision.tier,
-                required=requirement.count,
-                groups=decision.approvers or requirement.groups,
-                expires_after=requirement.expires_after,
-                rule=decision.rule,
-                reason=decision.reason,
-                args=redact(call.args, rules=self.config.redaction),
-                progress=progress,
-                justification=justification,
-                hold_seconds=call.requester.hold_seconds,
-            )
+            tally = _TALLY.get(_Tally())
+            held = time.perf_counter()
+            with self.tracing.step("mcp_gate.hold"):
+                outcome = await self.engine.hold(
+                    call.binding,
+                    correlation_id=correlation_id,
+                    tier=decision.tier,
+                    required=requirement.count,
+                    groups=decision.approvers or requirement.groups,
+                    expires_after=requirement.expires_after,
+                    rule=decision.rule,
+                    reason=decision.reason,
+                    args=redact(call.args, rules=self.config.redaction),
+                    progress=progress,
+                    justification=justification,
+                    hold_seconds=call.requester.hold_seconds,
+                )
+            tally.waited += time.perf_counter() - held
+            self._decided(outcome, tally)
         except EvidenceWriteError as exc:
             log.error("evidence write failed while holding %s: %s", name, exc)
             return _error_result(
@@ -368,10 +454,30 @@ class Gateway:
             call = replace(call, request_id=outcome.request.id)
         return await self._refuse(correlation_id, call.linked(), CallRefused(text))
 
+    def _decided(self, outcome: object, tally: _Tally) -> None:
+        """A held call's outcome, for its metrics: the route it runs by, or how it ended; and how
+        long the decision took, by the channel of the last vote."""
+        match outcome:
+            case Released(request=request) | Denied(request=request) if self.metrics.enabled:
+                if request.votes:
+                    vote = request.votes[-1]
+                    took = (vote.at - request.created_at).total_seconds()
+                    self.metrics.decision_time.labels(request.tier, vote.channel).observe(max(0.0, took))
+        match outcome:
+            case Released():
+                tally.route = "held"
+            case Denied() | Revoked():
+                tally.end("denied")
+            case Expired():
+                tally.end("expired")
+            case StillPending():
+                tally.end("pending")
+
     async def _refuse(
         self, correlation_id: str, fields: Mapping[str, Any], refusal: CallRefused, raw_arguments: Any = None
     ) -> types.CallToolResult:
         """Record a refused call (with the arguments as sent, if given) and tell the agent why."""
+        _TALLY.get(_Tally()).end("refused")
         events = []
         if deeper_than(raw_arguments, MAX_ARGUMENT_DEPTH):
             # Redaction and canonical JSON recurse: the refusal says why, without the value.
@@ -421,14 +527,7 @@ class Gateway:
                 )
                 raise
         try:
-            result = await ds.call(
-                call.offered.tool,
-                call.args,
-                progress=progress,
-                elicit=self.asking.relay(call, asker),
-                pass_input=asker is not None and asker.era == "modern" and asker.can_elicit,
-                resume=resume,
-            )
+            result = await self._downstream_call(ds, call, progress, asker, resume)
         except CallRefused as refusal:  # not connected: nothing was sent
             await self._finish(call, "call.refused", "failed", error=str(refusal))
             return _error_result(str(refusal), call.correlation_id)
@@ -467,6 +566,32 @@ class Gateway:
         )
         return result
 
+    async def _downstream_call(
+        self,
+        ds: Downstream,
+        call: CallContext,
+        progress: ProgressFn | None,
+        asker: Asker | None,
+        resume: tuple[types.InputResponses | None, str | None] | None,
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        """The downstream call itself, its time counted apart from the gate's own."""
+        sent = time.perf_counter()
+        try:
+            with self.tracing.step("mcp_gate.downstream_call"):
+                return await ds.call(
+                    call.offered.tool,
+                    call.args,
+                    progress=progress,
+                    elicit=self.asking.relay(call, asker),
+                    pass_input=asker is not None and asker.era == "modern" and asker.can_elicit,
+                    resume=resume,
+                )
+        finally:
+            if self.metrics.enabled:
+                took = time.perf_counter() - sent
+                _TALLY.get(_Tally()).downstream += took
+                self.metrics.downstream_time.labels(call.offered.server).observe(took)
+
     async def _pass_question(
         self, call: CallContext, asked: types.InputRequiredResult, started: float
     ) -> types.CallToolResult | types.InputRequiredResult:
@@ -487,13 +612,16 @@ class Gateway:
     async def _finish(
         self, call: CallContext, event_type: EventType, state: RequestState, **fields: Any
     ) -> None:
+        tally = _TALLY.get(_Tally())
+        tally.end(tally.route if event_type in ("call.executed", "call.input_required") else "failed")
         # Shielded: once a call was sent, a client's cancellation must not stop its outcome being
         # recorded. If the write fails anyway, the call has run and cannot be undone; its
         # in-flight marker stays, so the next start records it as call.outcome_unknown.
         try:
             with anyio.CancelScope(shield=True):
                 event = self.event(event_type, call.correlation_id, **call.linked(), **fields)
-                await self.engine.finish(call.correlation_id, call.request_id, event, state)
+                with self.tracing.step("mcp_gate.evidence_write"):
+                    await self.engine.finish(call.correlation_id, call.request_id, event, state)
         except EvidenceWriteError as exc:
             log.error("could not record %s for %s: %s", event_type, call.correlation_id, exc)
 

@@ -10,8 +10,10 @@ to the writers.
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager
 from pathlib import Path
@@ -24,7 +26,7 @@ from mcp_gate.approvals import new_id
 from mcp_gate.audit import AuditReport
 from mcp_gate.checkpoints import VerifierKey
 from mcp_gate.clock import Clock, SystemClock
-from mcp_gate.config import GateConfig, serve_in_process
+from mcp_gate.config import GateConfig, TracingSettings, serve_in_process
 from mcp_gate.datadir import ARGS_KEY_FILE, DECISION_KEY_FILE, DataDirLock, RunMarker, gate_db
 from mcp_gate.downstream import Downstreams, InProcessServer
 from mcp_gate.errors import ConfigError, GateError, StoreError
@@ -33,6 +35,7 @@ from mcp_gate.evidence import ARGS_DIGEST, EventFactory, args_key_id
 from mcp_gate.gateway import Gateway
 from mcp_gate.holds import ApprovalEngine
 from mcp_gate.manifests import load_manifests
+from mcp_gate.metrics import GateMetrics
 from mcp_gate.notary import Notary, notary_for
 from mcp_gate.policy import Manifest, policy_sha256
 from mcp_gate.seals import load_key
@@ -49,10 +52,12 @@ from mcp_gate.storage import (
     verify_file,
 )
 from mcp_gate.storage.base import LogReader, Store
+from mcp_gate.tracing import Tracing
 
 __all__ = [
     "decision_key",
     "gate_notary",
+    "gate_tracing",
     "open_engine",
     "open_gate",
     "open_gate_store",
@@ -80,6 +85,8 @@ async def open_gate(
     startup_timeout: float = 30.0,
     store: Store | None = None,
     servers: Mapping[str, InProcessServer] | None = None,
+    metrics: GateMetrics | None = None,
+    tracing: Tracing | None = None,
 ) -> AsyncIterator[Gateway]:
     """The running gate: open the store, record the start, take the data directory's lock and run
     marker (recovering what a crashed run left), start the approval engine, the checkpoint timer
@@ -87,7 +94,9 @@ async def open_gate(
 
     A `store` given by the caller (a test's) is written to without a notary and left open.
     `servers` are SDK servers living in this process, served under their names instead of the
-    command or URL gate.toml gives (or added to it): for embedding programs and tests."""
+    command or URL gate.toml gives (or added to it): for embedding programs and tests.
+    `metrics` replaces the gate's own registry (GateMetrics(enabled=False) measures nothing);
+    `tracing` is where its spans go (`gate_tracing`; default: nowhere)."""
     in_process = dict(servers or {})
     if in_process:
         config = serve_in_process(config, in_process)
@@ -111,7 +120,10 @@ async def open_gate(
             clock,
             decision_key=decision_key(config),
             args_key=load_key(config.data_dir / ARGS_KEY_FILE, "argument digest key"),
+            metrics=metrics,
+            tracing=tracing,
         )
+        opened.commit_observer = gate.metrics.committed if gate.metrics.enabled else None
         run = new_id()
         await gate.record(
             "gate.started",
@@ -163,6 +175,7 @@ async def open_gate(
                     else:
                         marker.remove()
     finally:
+        opened.commit_observer = None
         if own_store:
             # A signed checkpoint at shutdown covers the last records written.
             with anyio.CancelScope(shield=True):
@@ -400,3 +413,35 @@ async def copy_store(
     if copied != await file_head(source):
         raise StoreError(f"the copy ends at seq {copied[0]}, the source elsewhere: it changed meanwhile")
     return report
+
+
+def gate_tracing(settings: TracingSettings | None) -> Tracing:
+    """The gate's spans as the OTEL_* variables ask (config.tracing_settings): none by default, else
+    through the OpenTelemetry SDK of the `otel` extra to an OTLP/HTTP endpoint or the console.
+    Shut its provider down (`tracing.provider.shutdown()`) to send the last spans."""
+    if settings is None:
+        return Tracing()
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+    except ImportError as exc:
+        raise ConfigError(
+            "environment", "OTEL_TRACES_EXPORTER", "traces need the otel extra: pip install 'mcp-gate[otel]'"
+        ) from exc
+    exporter: SpanExporter
+    if settings.exporter == "console":
+        exporter = ConsoleSpanExporter(out=sys.stderr)  # stdout is the MCP wire over stdio
+    else:
+        try:  # by name: the exporter is only in the otel extra, and typed checks run without it
+            otlp = importlib.import_module("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+        except ImportError as exc:
+            raise ConfigError(
+                "environment",
+                "OTEL_TRACES_EXPORTER",
+                "OTLP needs the otel extra: pip install 'mcp-gate[otel]'",
+            ) from exc
+        exporter = otlp.OTLPSpanExporter(endpoint=settings.endpoint)
+    provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    return Tracing(provider)

@@ -33,6 +33,8 @@ from mcp_gate.downstream import ProgressFn
 from mcp_gate.errors import GateError
 from mcp_gate.gateway import Gateway
 from mcp_gate.http import bearer_token, json_error, serve_asgi
+from mcp_gate.metrics import GateMetrics
+from mcp_gate.tracing import traceparent_of
 
 __all__ = ["MAX_STDIO_LINE_BYTES", "BearerAuth", "FrontServer", "REQUESTER_SCOPE_KEY"]
 
@@ -145,6 +147,8 @@ class FrontServer:
     ) -> types.CallToolResult | types.InputRequiredResult:
         requester, transport = self._requester(ctx)
         bad = _BAD_ARGUMENTS.get()
+        request = ctx.request
+        scope = getattr(request, "scope", None) if request is not None else None
         return await self.gateway.call(
             requester,
             params.name,
@@ -152,6 +156,7 @@ class FrontServer:
             transport=transport,
             progress=_progress_relay(ctx),
             asker=ContextAsker(ctx, params),
+            trace_context=traceparent_of(scope.get("headers")) if isinstance(scope, dict) else None,
         )
 
     async def serve_stdio(self) -> None:
@@ -176,7 +181,7 @@ class FrontServer:
             # allowed hosts, before authentication; the SDK's own check knows only loopback names.
             transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         )
-        return BearerAuth(app, self.gateway.config.agents)
+        return BearerAuth(app, self.gateway.config.agents, self.gateway.metrics)
 
     async def serve_http(self, host: str, port: int, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve streamable HTTP on host:port (port 0 picks a free one; the bound port is reported)."""
@@ -292,9 +297,10 @@ class BearerAuth:
     """ASGI guard: every HTTP request must carry `Authorization: Bearer <token>` of a configured
     agent. The token is compared by SHA-256 in constant time, never logged, never forwarded."""
 
-    def __init__(self, app: ASGIApp, agents: Mapping[str, Agent]) -> None:
+    def __init__(self, app: ASGIApp, agents: Mapping[str, Agent], metrics: GateMetrics | None = None) -> None:
         self.app = app
         self.by_digest = {agent.token_sha256: agent for agent in agents.values()}
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -310,6 +316,9 @@ class BearerAuth:
             return
         agent = self._authenticate(scope)
         if agent is None:
+            if self.metrics is not None:
+                reason = "missing" if bearer_token(scope) is None else "unknown"
+                self.metrics.refused_tokens.labels("agent", reason).inc()
             await _unauthorized(send)
             return
         scope[REQUESTER_SCOPE_KEY] = agent

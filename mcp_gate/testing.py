@@ -31,6 +31,7 @@ from mcp_gate import runtime
 from mcp_gate.clock import Clock
 from mcp_gate.config import GateConfig, load_config
 from mcp_gate.downstream import InProcessServer
+from mcp_gate.metrics import GateMetrics
 from mcp_gate.questions import CONFIRM_KEY, JUSTIFY_KEY
 from mcp_gate.server import FrontServer
 from mcp_gate.storage.base import Store
@@ -201,6 +202,7 @@ async def running_gate(
     store: Store | None = None,
     servers: Mapping[str, InProcessServer] | None = None,
     startup_timeout: float = 60.0,
+    metrics: GateMetrics | None = None,
 ) -> AsyncIterator[FrontServer]:
     """A real gate with its downstreams connected; connect `mcp.Client(front.server)` to it.
 
@@ -210,7 +212,7 @@ async def running_gate(
     if isinstance(config, Path):
         config = load_config(config, os.environ)
     async with runtime.open_gate(
-        config, clock=clock, store=store, servers=servers, startup_timeout=startup_timeout
+        config, clock=clock, store=store, servers=servers, startup_timeout=startup_timeout, metrics=metrics
     ) as gate:
         yield FrontServer(gate)
 

@@ -35,6 +35,7 @@ from mcp_gate.evidence import Record
 from mcp_gate.gateway import Gateway
 from mcp_gate.holds import ApprovalEngine
 from mcp_gate.http import bearer_token, serve_asgi
+from mcp_gate.metrics import GateMetrics
 from mcp_gate.offering import SEPARATOR
 from mcp_gate.redaction import DEFAULT_RULES, RedactionRules, scrub
 
@@ -415,16 +416,17 @@ def build_api(gate: Gateway) -> ASGIApp:
         return response
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
-    return ApproverAuth(app, gate.config)
+    return ApproverAuth(app, gate.config, gate.metrics)
 
 
 class ApproverAuth:
     """ASGI guard: every request must carry `Authorization: Bearer <token>` of a configured approver.
     The token is compared by SHA-256 in constant time and never logged or stored."""
 
-    def __init__(self, app: ASGIApp, config: GateConfig) -> None:
+    def __init__(self, app: ASGIApp, config: GateConfig, metrics: GateMetrics | None = None) -> None:
         self.app = app
         self.config = config
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -432,6 +434,9 @@ class ApproverAuth:
             return
         approver = self._authenticate(scope)
         if approver is None:
+            if self.metrics is not None:
+                reason = "missing" if bearer_token(scope) is None else "unknown"
+                self.metrics.refused_tokens.labels("approver", reason).inc()
             response = _error(401, "a valid approver token is required: Authorization: Bearer <token>")
             response.headers["www-authenticate"] = 'Bearer realm="mcp-gate approvers"'
             await response(scope, receive, send)

@@ -361,6 +361,8 @@ class SlackOutbox:
         if exc.retry_after is not None:
             delay = max(delay, exc.retry_after)
         log.warning("Slack: %s for request %s; retrying in %.1fs", exc, request.id, delay)
+        self.gate.metrics.channel_failures.labels("slack").inc()
+        self.gate.metrics.channel_retries.labels("slack").inc()
         next_at = _utc(now + timedelta(seconds=delay))
         # A post Slack may have taken keeps its claim, run out: like a gate that died after posting,
         # the next attempt looks for the message in the history before it posts again.

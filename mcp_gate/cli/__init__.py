@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from mcp_gate import __version__
 from mcp_gate.cli import approvers, audit, demo, gate, policy, slack, store
-from mcp_gate.cli._common import EXIT_FAILED, EXIT_USAGE
+from mcp_gate.cli._common import EXIT_FAILED, EXIT_USAGE, progress
 from mcp_gate.errors import ApiUnreachable, DecisionRefused, GateError, StoreError, StoreUnreachable
+from mcp_gate.logs import configure_logging
 
 __all__ = ["build_parser", "main"]
 
@@ -65,19 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="mcp-gate %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging("text", verbose=args.verbose)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         code = func(args)
     except DecisionRefused as exc:
-        print(f"mcp-gate: refused: {exc}", file=sys.stderr)
+        progress(f"mcp-gate: refused: {exc}", error=True)
         code = EXIT_FAILED
     except GateError as exc:
-        print(f"mcp-gate: error: {exc}", file=sys.stderr)
+        progress(f"mcp-gate: error: {exc}", error=True)
         # A database the config names that is not there is the config's to fix, like a bad file.
         failed = isinstance(exc, StoreError | ApiUnreachable) and not isinstance(exc, StoreUnreachable)
         code = EXIT_FAILED if failed else EXIT_USAGE

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
 import os
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ __all__ = [
     "host_port",
     "is_loopback",
     "load_config_from_args",
+    "log_json",
     "progress",
     "say",
     "subcommand",
@@ -51,7 +53,19 @@ def say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def progress(text: str) -> None:
+_json_logs = False
+
+
+def log_json(on: bool) -> None:
+    """With JSON logs (`serve --log-format json`), stderr carries only JSON lines: progress too."""
+    global _json_logs
+    _json_logs = on
+
+
+def progress(text: str, *, error: bool = False) -> None:
+    if _json_logs:
+        logging.getLogger("mcp_gate.cli").log(logging.ERROR if error else logging.INFO, "%s", text)
+        return
     print(text, file=sys.stderr, flush=True)
 
 

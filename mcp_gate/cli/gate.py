@@ -11,7 +11,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 
@@ -24,6 +24,7 @@ from mcp_gate.cli._common import (
     host_port,
     is_loopback,
     load_config_from_args,
+    log_json,
     progress,
     say,
     subcommand,
@@ -38,8 +39,10 @@ from mcp_gate.config import (
     read_client_config,
     resolve_config_path,
     servers_to_toml,
+    tracing_settings,
 )
 from mcp_gate.errors import GateError
+from mcp_gate.logs import configure_logging
 from mcp_gate.manifests import load_manifests
 from mcp_gate.offering import SEPARATOR, split_name
 from mcp_gate.policy import Approvals
@@ -51,10 +54,12 @@ __all__ = ["add_commands"]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from mcp_gate.channels.api import serve_api
+    from mcp_gate.health import Probes, serve_admin
     from mcp_gate.server import FrontServer
 
     config = load_config_from_args(args)
+    configure_logging(args.log_format, verbose=args.verbose, rules=config.redaction)
+    log_json(args.log_format == "json")
     http = host_port(args.http, "--http") if args.http else None
     if http is not None and not config.agents:
         raise GateError(
@@ -87,17 +92,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         slack_secrets = SlackSecrets.read(config, os.environ)
 
+    signing: Literal["loaded", "off"] = "off" if runtime.gate_notary(config) is None else "loaded"
+    tracing = runtime.gate_tracing(tracing_settings(os.environ, default_service=f"mcp-gate {config.name}"))
+
     async def run() -> None:
-        async with runtime.open_gate(config) as gate, anyio.create_task_group() as tg:
+        async with runtime.open_gate(config, tracing=tracing) as gate, anyio.create_task_group() as tg:
             front = FrontServer(gate)
+            probes = Probes(gate, signing)
             if slack_secrets is not None:
-                slack_port = await tg.start(SlackChannel(gate, slack_secrets).run)
+                slack = SlackChannel(gate, slack_secrets)
+                slack_port = await tg.start(slack.run)
                 where = f"interactions on port {slack_port}" if slack_port is not None else "Socket Mode"
                 progress(f"mcp-gate {config.name}: Slack approvals ({where})")
+                if slack_port is None:
+                    probes = Probes(gate, signing, lambda: slack.link is not None)
             if admin is not None:
                 host, port = admin
-                bound = await tg.start(functools.partial(serve_api, gate, host, port))
-                progress(f"mcp-gate {config.name}: approver API on {api_url(host, bound)}")
+                bound = await tg.start(functools.partial(serve_admin, probes, host, port))
+                progress(
+                    f"mcp-gate {config.name}: approver API on {api_url(host, bound)} "
+                    "(and /healthz, /readyz, /metrics)"
+                )
             if http is None:
                 await front.serve_stdio()
                 tg.cancel_scope.cancel()  # the agent hung up: stop the approver API too
@@ -117,6 +132,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if len(errors) == 1 and isinstance(errors[0], GateError):
             raise errors[0] from None
         raise
+    finally:
+        if tracing.provider is not None and hasattr(tracing.provider, "shutdown"):
+            tracing.provider.shutdown()  # the last spans go out
     return EXIT_OK
 
 
@@ -169,7 +187,7 @@ def _inspect(config: GateConfig, *, timeout: float) -> dict[str, Any]:
 
     # Manifest errors are bad input: report them alone, before any progress about servers.
     load_manifests(config.manifests_dir, config.servers.keys(), required=config.manifests_required)
-    runtime.gate_notary(config)  # so is a signing key others can read
+    signing = "off" if runtime.gate_notary(config) is None else "loaded"  # an unusable key is bad input too
 
     async def run() -> dict[str, Any]:
         names = ", ".join(config.servers) or "none"
@@ -204,11 +222,14 @@ def _inspect(config: GateConfig, *, timeout: float) -> dict[str, Any]:
                 }
                 for t in sorted(gate.offering.offered.values(), key=lambda t: t.name)
             ]
+            from mcp_gate.health import Probes, readiness
+
             return {
                 "gate": config.name,
                 "policy_sha256": gate.policy_sha256,
                 "servers": servers,
                 "tools": tools,
+                "readiness": await readiness(Probes(gate, "loaded" if signing == "loaded" else "off")),
             }
 
     return anyio.run(run)
@@ -276,6 +297,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     report["checkpoint_warnings"] = checkpoint_warnings(config)
     if config.slack is not None:
         report["slack"] = asdict(slack_check(config, os.environ))
+        # Offline, Slack counts as connected when its tokens work (`slack_check`).
+        report["readiness"]["checks"]["slack"] = "connected" if report["slack"]["ok"] else "disconnected"
+        if not report["slack"]["ok"] and report["readiness"]["status"] == "ready":
+            report["readiness"]["status"] = "degraded"
+            report["readiness"]["degraded"].append("slack")
     verdicts = run_policy_tests(config)
     failing = [v for v in verdicts if not v.passed]
     if verdicts:
@@ -301,6 +327,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             if s["copy_command"]:
                 manifest += f"; a shipped manifest fits, copy it with: {s['copy_command']}"
             say(f"server {s['name']}: {status}; {manifest}")
+        ready = report["readiness"]
+        say(
+            f"readiness: {ready['status']}"
+            + (f" ({', '.join(ready['degraded'])})" if ready["degraded"] else "")
+        )
         for problem in report["approval_problems"]:
             say(f"approvals: {problem}")
         for missed in report["missed_checkpoint_copies"]:
@@ -513,7 +544,15 @@ def add_commands(sub: Any) -> None:
         "--admin",
         metavar="HOST:PORT",
         help="also serve the approvers' HTTP API on HOST:PORT (loopback only unless [admin] "
-        "allow_remote = true; default: [admin] listen, else off)",
+        "allow_remote = true; default: [admin] listen, else off); it also serves /healthz, /readyz "
+        "and /metrics",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="how log lines on stderr look: text for people (default) or JSON lines for a collector "
+        "(with one INFO line per call, each naming its correlation id)",
     )
     p.set_defaults(func=cmd_serve)
 

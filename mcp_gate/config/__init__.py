@@ -35,6 +35,7 @@ from mcp_gate.config.model import (
     StoreSettings,
 )
 from mcp_gate.config.servers import read_client_config, serve_in_process, servers_to_toml
+from mcp_gate.config.telemetry import TracingSettings, tracing_settings
 
 __all__ = [
     "AdminSettings",
@@ -54,6 +55,7 @@ __all__ = [
     "SlackSecret",
     "SlackSettings",
     "StoreSettings",
+    "TracingSettings",
     "invoking_user",
     "load_config",
     "read_client_config",
@@ -61,6 +63,7 @@ __all__ = [
     "read_private_text",
     "resolve_config_path",
     "serve_in_process",
+    "tracing_settings",
     "servers_to_toml",
 ]
 

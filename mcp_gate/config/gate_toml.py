@@ -110,6 +110,7 @@ class _PinsSection(Strict):
 class _AdminSection(Strict):
     listen: NonEmpty
     allow_remote: bool = False
+    scrape_token_sha256: Annotated[str, AfterValidator(_sha256_hex)] | None = None
 
 
 class _HttpSection(Strict):
@@ -283,7 +284,7 @@ def _admin(file: str, section: _AdminSection | None) -> AdminSettings | None:
         raise ConfigError(
             file, "admin.listen", f"{host} is not a loopback address; set allow_remote = true to listen on it"
         )
-    return AdminSettings(host=host, port=int(port), allow_remote=section.allow_remote)
+    return AdminSettings(host, int(port), section.allow_remote, section.scrape_token_sha256)
 
 
 def load_config(path: Path, environ: Mapping[str, str]) -> GateConfig:

@@ -79,11 +79,13 @@ class ApprovalSettings:
 
 @dataclass(frozen=True)
 class AdminSettings:
-    """The approvers' HTTP API: where it listens."""
+    """The admin listener (the approvers' API, health and metrics): where it listens, and the
+    SHA-256 of the token a scraper shows for /metrics when it listens beyond loopback."""
 
     host: str
     port: int
     allow_remote: bool = False
+    scrape_token_sha256: str | None = None
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,12 @@ from mcp_gate.checkpoints import Pruned
 from mcp_gate.events import EventType, RequestState
 from mcp_gate.evidence import Record, VerifyReport
 
-__all__ = ["Changes", "Inflight", "LogReader", "PinRecord", "SlackMessage", "Store", "Tx"]
+__all__ = ["Changes", "CommitObserver", "Inflight", "LogReader", "PinRecord", "SlackMessage", "Store", "Tx"]
 
 T = TypeVar("T")
+
+# Told of every commit batch a store runs: (writers in it, seconds it took, writers that failed).
+CommitObserver = Callable[[int, float, int], None]
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,9 @@ class Changes(Protocol):
 
 class Store(Protocol):
     """Where the gate keeps evidence and pins. Every write that carries events commits them atomically."""
+
+    # Set by the composition root to meter commits (metrics); None: nobody is told.
+    commit_observer: CommitObserver | None
 
     async def append(self, events: Sequence[Mapping[str, Any]]) -> list[Record]:
         """Chain event bodies (from `new_event`) in one transaction; EvidenceWriteError if not."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
@@ -33,7 +34,7 @@ from mcp_gate.errors import EvidenceWriteError, GateError, StoreError
 from mcp_gate.events import OPEN_STATES, EventType, RequestState
 from mcp_gate.evidence import GENESIS_HASH, Record, canonical_json, chain_events, new_event
 from mcp_gate.notary import Notary
-from mcp_gate.storage.base import Changes, Inflight, PinRecord, SlackMessage, Tx
+from mcp_gate.storage.base import Changes, CommitObserver, Inflight, PinRecord, SlackMessage, Tx
 from mcp_gate.storage.changes import CommitSignal
 
 __all__ = ["MemoryStore", "MemoryTx"]
@@ -366,6 +367,7 @@ class MemoryStore:
         self._clock = clock or SystemClock()
         self._notary = notary
         self._closed = False
+        self.commit_observer: CommitObserver | None = None
 
     def reopen(self, *, clock: Clock | None = None, notary: Notary | None = None) -> MemoryStore:
         """Another handle on the same data, as another process (or the gate restarted after a
@@ -550,9 +552,12 @@ class MemoryStore:
         await self._writable()
         data = self._data
         tables, mark = data.tables.copy(), len(data.rows)
+        started = time.perf_counter()
         try:
             result = fn(MemoryTx(data, tables))
         except BaseException as exc:
+            if self.commit_observer is not None and isinstance(exc, Exception):
+                self.commit_observer(1, time.perf_counter() - started, 1)
             # Rows are only ever added by a transaction (pruning removes a prefix last of all).
             data.event_ids.difference_update(row[1] for row in data.rows[mark:])
             del data.rows[mark:]
@@ -560,6 +565,8 @@ class MemoryStore:
                 raise EvidenceWriteError(f"cannot write to {data.name}: {exc}") from exc
             raise
         data.tables = tables
+        if self.commit_observer is not None:
+            self.commit_observer(1, time.perf_counter() - started, 0)
         note = None
         if not quiet and self._notary is not None:
             try:

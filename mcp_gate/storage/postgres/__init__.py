@@ -4,6 +4,7 @@ group commit per process, every write transaction serialized on the chain head's
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
@@ -21,7 +22,7 @@ from mcp_gate.events import EventType
 from mcp_gate.evidence import Record, VerifyReport, canonical_json, new_event
 from mcp_gate.notary import Notary
 from mcp_gate.storage import rows as stored
-from mcp_gate.storage.base import PinRecord, Tx
+from mcp_gate.storage.base import CommitObserver, PinRecord, Tx
 from mcp_gate.storage.postgres.changes import PostgresChanges, Subscription
 from mcp_gate.storage.postgres.commit import _commit_batch, _Job, _wake
 from mcp_gate.storage.postgres.reader import verify_database
@@ -75,6 +76,7 @@ class PostgresStore:
         self._queue: list[_Job] = []
         self._leading = False
         self._changes = PostgresChanges(url)
+        self.commit_observer: CommitObserver | None = None
 
     @classmethod
     async def open(
@@ -386,11 +388,17 @@ class PostgresStore:
             except StoreError as exc:
                 for job in batch:
                     job.error = exc
+                if self.commit_observer is not None:
+                    self.commit_observer(len(batch), 0.0, len(batch))
                 return None
             notary = None if all(job.quiet for job in batch) else self._notary
+            started = time.perf_counter()
             note = await anyio.to_thread.run_sync(
                 _commit_batch, writer, batch, notary, self._clock, _sign_due
             )
+            if self.commit_observer is not None:
+                failed = sum(1 for job in batch if job.error is not None)
+                self.commit_observer(len(batch), time.perf_counter() - started, failed)
             if any(job.error is None for job in batch):
                 self._changes.committed()
             if self._notary is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -20,7 +21,7 @@ from mcp_gate.events import EventType
 from mcp_gate.evidence import Record, VerifyReport, canonical_json, new_event
 from mcp_gate.notary import Notary
 from mcp_gate.storage import rows as stored
-from mcp_gate.storage.base import Changes, PinRecord, Tx
+from mcp_gate.storage.base import Changes, CommitObserver, PinRecord, Tx
 from mcp_gate.storage.changes import CommitSignal
 from mcp_gate.storage.sqlite.commit import _commit_batch, _Job, _wake
 from mcp_gate.storage.sqlite.reader import verify_file
@@ -64,6 +65,7 @@ class SQLiteStore:
         self._leading = False
         self._version: int | None = None  # PRAGMA data_version when last polled
         self._signal = CommitSignal(self._changed_elsewhere, interval=WATCH_INTERVAL)
+        self.commit_observer: CommitObserver | None = None
 
     @classmethod
     async def open(
@@ -351,7 +353,11 @@ class SQLiteStore:
                     job.error = closed
                 return None
             notary = None if all(job.quiet for job in batch) else self._notary
+            started = time.perf_counter()
             note = await anyio.to_thread.run_sync(_commit_batch, self._connection, batch, notary, self._clock)
+            if self.commit_observer is not None:
+                failed = sum(1 for job in batch if job.error is not None)
+                self.commit_observer(len(batch), time.perf_counter() - started, failed)
             if self._notary is not None:
                 try:
                     await anyio.to_thread.run_sync(_promote_head, self._connection, self._notary)
