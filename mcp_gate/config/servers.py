@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError
@@ -45,6 +45,7 @@ class ServerSection(Strict):
     protocol: ProtocolEra = "legacy"
     inherit_env: list[str] = Field(default_factory=list)
     disabled: bool = False
+    mode: Literal["enforce", "shadow"] | None = None  # over [tiers] mode for this server
 
 
 class _ClientEntry(Strict):
