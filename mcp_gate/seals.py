@@ -44,7 +44,9 @@ SEALED_EVENTS = (
     "approval.revoked",
     "grant.created",
     "grant.revoked",
+    "breakglass.used",
 )
+_DECIDING = ("approval.requested", "approval.decided", "approval.revoked", "breakglass.used")
 _DOMAIN = b"mcp-gate/decision/v1\n"
 _UNSEALED = ("seq", "seal")  # the store adds seq after sealing; the seal cannot cover itself
 
@@ -97,6 +99,8 @@ class Derived:
     denied_by: str | None
     revoked_by: str | None
     forged: tuple[str, ...]
+    broken_by: str | None = None  # the operator whose sealed break-glass stands in for the approvals
+    broken_reason: str | None = None
 
     def why_not(self, required: int) -> str | None:
         """Why these records do not release a request that needs `required` approvals, or None."""
@@ -104,6 +108,8 @@ class Derived:
             return "its approval could not be verified: " + "; ".join(self.forged)
         if self.denied_by or self.revoked_by:
             return f"its sealed records show it {'denied' if self.denied_by else 'revoked'}"
+        if self.broken_by is not None:
+            return None
         if len(self.approvers) < required:
             return f"its sealed records show {len(self.approvers)} of {required} approvals"
         return None
@@ -116,8 +122,9 @@ def derive(key: bytes, request: ApprovalRequest, bodies: Iterable[Mapping[str, A
     approvers: list[str] = []
     denied_by: str | None = None
     revoked_by: str | None = None
+    broken: Mapping[str, Any] | None = None
     for body in bodies:
-        if body.get("request_id") != request.id or body.get("event_type") not in SEALED_EVENTS[:3]:
+        if body.get("request_id") != request.id or body.get("event_type") not in _DECIDING:
             continue
         if not sealed_by(key, body):
             forged.append(f"an unsealed {body.get('event_type')} record (seq {body.get('seq')})")
@@ -133,6 +140,8 @@ def derive(key: bytes, request: ApprovalRequest, bodies: Iterable[Mapping[str, A
                     approvers.append(who)
             case "approval.revoked":
                 revoked_by = revoked_by or str(body.get("approver"))
+            case "breakglass.used":
+                broken = broken or body
     if requested is None:
         forged.append("no sealed approval.requested record")
     else:
@@ -142,7 +151,16 @@ def derive(key: bytes, request: ApprovalRequest, bodies: Iterable[Mapping[str, A
         unsealed = sorted(set(row_approvers) - set(approvers))
         if unsealed:
             forged.append(f"approvals with no sealed decision: {', '.join(unsealed)}")
-    return Derived(tuple(approvers), denied_by, revoked_by, tuple(forged))
+    if broken is None:
+        return Derived(tuple(approvers), denied_by, revoked_by, tuple(forged))
+    return Derived(
+        tuple(approvers),
+        denied_by,
+        revoked_by,
+        tuple(forged),
+        broken_by=str(broken.get("operator")),
+        broken_reason=str(broken.get("reason")),
+    )
 
 
 def _request_mismatch(request: ApprovalRequest, sealed: Mapping[str, Any]) -> list[str]:

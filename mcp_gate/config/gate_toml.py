@@ -44,6 +44,7 @@ from mcp_gate.config.tiers import (
     check_groups,
     duration,
     elicitation_from,
+    escalations_from,
     requirements_from,
     rollout_from,
 )
@@ -257,6 +258,7 @@ def load_config(path: Path, environ: Mapping[str, str]) -> GateConfig:
     approvers = _approvers(file, model, agents)
     tiers, rollout = rollout_from(file, model.tiers, {n: s.mode for n, s in model.servers.items()})
     tiers, elicitation = elicitation_from(file, tiers)
+    tiers, escalations = escalations_from(file, tiers, approvers)
     requirements = requirements_from(file, tiers)
     check_groups(file, requirements, approvers)
     settings = ApprovalSettings(
@@ -264,6 +266,7 @@ def load_config(path: Path, environ: Mapping[str, str]) -> GateConfig:
         progress_seconds=model.approvals.progress_seconds,
         expires_after=duration(file, "approvals.expires", model.approvals.expires),
         max_pending=model.approvals.max_pending,
+        escalations=MappingProxyType(escalations),
     )
     manifests = model.gate.manifests
     fields: dict[str, Any] = {
@@ -617,6 +620,10 @@ def _config_sha256(fields: Mapping[str, Any]) -> str:
         document["pins"] = asdict(fields["pins"])
     if fields["rollout"] != RolloutSettings():  # shadow mode is a policy of its own
         document["rollout"] = fields["rollout"].describe()
+    if fields["approval_settings"].escalations:
+        document["escalations"] = {
+            t: asdict(e) for t, e in sorted(fields["approval_settings"].escalations.items())
+        }
     if fields["breakglass"].groups:
         document["breakglass"] = sorted(fields["breakglass"].groups)
     if not fields["protected_paths"]:  # protection off: a policy of its own; on, the default, adds nothing

@@ -65,13 +65,25 @@ class ServerSpec:
 
 
 @dataclass(frozen=True)
+class Escalation:
+    """A tier's escalation: when nobody has decided `after` seconds into a request, the members of
+    `groups` may decide it too and are told (also in the Slack `channel`, when given)."""
+
+    after: float
+    groups: tuple[str, ...]
+    channel: str | None = None
+
+
+@dataclass(frozen=True)
 class ApprovalSettings:
-    """How held calls behave: hold budget, progress interval, default expiry, pending limit."""
+    """How held calls behave: hold budget, progress interval, default expiry, pending limit, and
+    each tier's escalation."""
 
     hold_seconds: float = 45.0
     progress_seconds: float = 5.0
     expires_after: float = 15 * 60.0
     max_pending: int = 10
+    escalations: Mapping[str, Escalation] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)

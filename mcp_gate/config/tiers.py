@@ -11,7 +11,7 @@ from pydantic import Field
 
 from mcp_gate.approvals import Approver, parse_duration
 from mcp_gate.config.files import Strict
-from mcp_gate.config.model import BreakGlassSettings, ElicitationSettings, Mode, RolloutSettings
+from mcp_gate.config.model import BreakGlassSettings, ElicitationSettings, Escalation, Mode, RolloutSettings
 from mcp_gate.errors import ConfigError
 from mcp_gate.policy import DEFAULT_REQUIREMENTS, Approvals, Block, Confirm, Requirement, Run, Tier
 
@@ -22,6 +22,7 @@ __all__ = [
     "check_groups",
     "duration",
     "elicitation_from",
+    "escalations_from",
     "requirements_from",
     "rollout_from",
 ]
@@ -46,6 +47,40 @@ def rollout_from(
         raise ConfigError(file, "tiers.mode", f'expected "enforce" or "shadow", got {mode!r}')
     own = {name: m for name, m in servers.items() if m is not None}
     return rest, RolloutSettings(mode=cast(Mode, mode), servers=MappingProxyType(own))
+
+
+_ESCALATION_KEYS = ("escalate_after", "escalate_to", "escalate_channel")
+
+
+def escalations_from(
+    file: str, tiers: Mapping[str, Any], approvers: Mapping[str, Approver]
+) -> tuple[dict[str, Any], dict[str, Escalation]]:
+    """Take `escalate_after`, `escalate_to` and `escalate_channel` out of the tiers' tables."""
+    rest: dict[str, Any] = {}
+    found: dict[str, Escalation] = {}
+    known = {g for a in approvers.values() for g in a.groups}
+    for tier, value in tiers.items():
+        if not isinstance(value, dict) or not set(value) & set(_ESCALATION_KEYS):
+            rest[tier] = value
+            continue
+        key = f"tiers.{tier}"
+        if "escalate_after" not in value or "escalate_to" not in value:
+            raise ConfigError(file, key, "escalation needs both escalate_after and escalate_to")
+        after = duration(file, f"{key}.escalate_after", value["escalate_after"])
+        groups = value["escalate_to"]
+        if not isinstance(groups, list) or not groups or not all(isinstance(g, str) and g for g in groups):
+            raise ConfigError(file, f"{key}.escalate_to", f"must be a list of group names, got {groups!r}")
+        for group in groups:
+            if group not in known:
+                raise ConfigError(
+                    file, f"{key}.escalate_to", f"no approver is in group {group!r} (known: {sorted(known)})"
+                )
+        channel = value.get("escalate_channel")
+        if channel is not None and (not isinstance(channel, str) or not channel.strip()):
+            raise ConfigError(file, f"{key}.escalate_channel", f"must be a Slack channel id, got {channel!r}")
+        found[tier] = Escalation(after=after, groups=tuple(groups), channel=channel)
+        rest[tier] = {k: v for k, v in value.items() if k not in _ESCALATION_KEYS}
+    return rest, found
 
 
 def breakglass_from(
