@@ -5,9 +5,11 @@ enforce is recorded as a policy change."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import mcp_types as types
 import pytest
 from mcp import Client
@@ -205,3 +207,17 @@ def test_the_default_is_enforce_and_saying_so_keeps_the_config_digest(tmp_path: 
 
 def _verified() -> VerifyReport:
     return VerifyReport(ok=True, records=0, head_hash="", first_bad_seq=None, problem=None)
+
+
+async def test_check_says_which_servers_run_in_shadow_mode(tmp_path: Path) -> None:
+    config = shadow_config(tmp_path)
+    environ = {k: v for k, v in os.environ.items() if k != "MCP_GATE_CONFIG"}
+    done = await anyio.run_process(
+        [sys.executable, "-m", "mcp_gate", "check", "--config", str(config)], env=environ, check=False
+    )
+    out = done.stdout.decode()
+    assert done.returncode == 0, done.stderr.decode()
+    assert (
+        "mode: SHADOW for notes: their calls run unenforced" in out
+        and "strict" not in out.split("mode:")[1].splitlines()[0]
+    )
