@@ -201,7 +201,10 @@ def grant_covers(grant: Grant, binding: Binding, tier: str, rule: str, now: date
 class Refusal:
     """A decision or release that must not take effect; `why` is written for the person or agent."""
 
-    code: Literal["self-approval", "not-eligible", "not-pending", "expired", "duplicate", "no-grant", "void"]
+    code: Literal[
+        "self-approval", "not-eligible", "not-pending", "expired", "duplicate", "no-grant", "void",
+        "breakglass-off", "not-allowed", "own-request", "no-reason",
+    ]  # fmt: skip
     why: str
 
 

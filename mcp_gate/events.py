@@ -57,6 +57,9 @@ EventType = Literal[
     "grant.created",  # a time-boxed grant of one tool to one requester, sealed
     "grant.revoked",  # a grant withdrawn before its end, sealed
     "grant.forged",  # a grant row not backed by a sealed grant.created: it covers nothing
+    "approval.escalated",  # nobody eligible decided in time: further groups may now decide, sealed
+    "breakglass.used",  # an operator released one held call without its approvals, with a reason, sealed
+    "breakglass.refused",  # a break-glass refused: own request, not allowed, no reason, already used
     # -- tools --------------------------------------------------------------------------------
     "tool.pinned",  # a tool's definition first seen and trusted: its pin
     "tool.new",  # a new tool on a known server, quarantined until accepted (`[pins] new_tools`)
@@ -66,12 +69,15 @@ EventType = Literal[
     "gate.started",  # a run began: its servers and manifests, the signing key, the argument key's id
     "gate.stopped",  # a run ended, cleanly or with an error
     "gate.unclean_stop",  # at start-up: the last run ended without a stop, naming the held calls cut off
+    "policy.changed",  # a start whose policy differs from the last start's: what changed (shadow -> enforce)
     # -- Slack --------------------------------------------------------------------------------
     "slack.posted",  # a request's message posted (or found and adopted after a crash)
     "slack.post_failed",  # posting a request's message failed; it is retried
     "slack.update_failed",  # updating a request's message failed; it is retried
     "slack.not_posted",  # a request closed while its message still failed to post: the outbox stopped
     "slack.refused",  # a click from someone Slack could not map to an approver, or who may not decide
+    "slack.breakglass_notified",  # every approver of the tier told in Slack of a break-glass
+    "slack.escalation_notified",  # the further groups of an escalated request told in Slack
     # -- evidence and audit -------------------------------------------------------------------
     "checkpoint.copy_failed",  # a signed checkpoint could not be copied to a sink (file or webhook)
     "audit.verified",  # `mcp-gate audit verify` ran, and what it found
@@ -83,7 +89,12 @@ EVENT_TYPES: frozenset[str] = frozenset(get_args(EventType))
 
 # The decisions on a request and on a grant: the records the engine seals (mcp_gate/seals.py), from
 # which alone it derives what releases a call.
-REQUEST_DECISIONS: tuple[EventType, ...] = ("approval.requested", "approval.decided", "approval.revoked")
+REQUEST_DECISIONS: tuple[EventType, ...] = (
+    "approval.requested",
+    "approval.decided",
+    "approval.revoked",
+    "breakglass.used",
+)
 GRANT_DECISIONS: tuple[EventType, ...] = ("grant.created", "grant.revoked")
 SEALED_EVENTS: tuple[EventType, ...] = (*REQUEST_DECISIONS, *GRANT_DECISIONS)
 # The outcomes of a run that reached its downstream and ended there: the report looks for the

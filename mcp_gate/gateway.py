@@ -47,10 +47,12 @@ from mcp_gate.policy import (
     Block,
     Confirm,
     Manifest,
+    Requirement,
     Run,
     describe_requirement,
     policy_sha256,
     protected_path,
+    shadow_outcome,
 )
 from mcp_gate.questions import Asker
 from mcp_gate.redaction import redact
@@ -234,6 +236,11 @@ class Gateway:
         tally = _TALLY.get(_Tally())
         tally.server, tally.tier = offered.server, decision.tier
         requirement = self.config.requirements[decision.tier]
+        # Shadow mode: the call runs, and its record says what enforcing would have done. The
+        # blocked tier (and the gate's own files) is enforced in every mode.
+        would: Requirement | None = None
+        if self.config.rollout.mode_for(offered.server) == "shadow" and decision.tier != "blocked":
+            would, requirement = requirement, Run()
         resumed: Claims | None = None
         relayed: Claims | None = None  # the retry answers a downstream's question: it runs on
         kind = self.asking.kind(requirement, decision.tier, asker)
@@ -262,12 +269,19 @@ class Gateway:
         elif resumed is not None:
             first = [self.event("call.resumed", correlation_id, **fields, kind=resumed.kind)]
         else:
-            decided = {
+            decided: dict[str, Any] = {
                 "tier": decision.tier,
                 "rule": decision.rule,
                 "reason": decision.reason,
-                "requirement": describe_requirement(requirement),
+                "requirement": describe_requirement(would or requirement),
             }
+            if would is not None:
+                groups = decision.approvers or (would.groups if isinstance(would, Approvals) else ())
+                can_confirm = self.asking.kind(would, decision.tier, asker) is not None
+                fallback = self.config.elicitation.medium_fallback
+                outcome = shadow_outcome(would, groups, can_confirm=can_confirm, confirm_fallback=fallback)
+                decided |= {"enforced": False, "mode": "shadow", "would": outcome.pop("line")}
+                decided["would_need"] = outcome
             first = [
                 self.event(
                     "call.requested", correlation_id, **fields, args=redact(args, rules=self.config.redaction)

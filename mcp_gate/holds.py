@@ -39,6 +39,7 @@ from mcp_gate.approvals import (
 from mcp_gate.clock import Clock, utc_iso
 from mcp_gate.config import ApprovalSettings
 from mcp_gate.errors import GateError, NoSuchRequest
+from mcp_gate.escalation import ESCALATED, escalate_due, escalated_groups
 from mcp_gate.events import (
     FINAL_STATES,
     OPEN_STATES,
@@ -306,8 +307,9 @@ class ApprovalEngine:
             tx.mark_reported(request_id)
             return final_outcome(request)
         outcome = release(request, binding, now=self.clock.now())
+        broken: dict[str, Any] = {}
         if isinstance(outcome, Released):
-            outcome = self._verified(tx, request, outcome)
+            outcome, broken = self._verified(tx, request, outcome)
         match outcome:
             case Released(request=released):
                 # The one conditional update that decides who runs the call, on every backend and
@@ -330,6 +332,7 @@ class ApprovalEngine:
                             approvers=[v.approver for v in request.approvals],
                             server=binding.server,
                             tool=binding.tool,
+                            **broken,
                         )
                     ]
                 )
@@ -349,13 +352,18 @@ class ApprovalEngine:
             case _:
                 assert_never(outcome)
 
-    def _verified(self, tx: Tx, request: ApprovalRequest, released: Released) -> Released | Void:
+    def _verified(
+        self, tx: Tx, request: ApprovalRequest, released: Released
+    ) -> tuple[Released | Void, dict[str, Any]]:
         """Inside a transaction: release only what the sealed evidence of the request backs. A row
-        approved by anything else (a vote or state written without the decision key) voids it."""
+        approved by anything else (a vote or state written without the decision key) voids it.
+        With it, what `call.released` says of a sealed break-glass that stood in for the approvals."""
         derived = derive(self.key, request, tx.bodies_for(request.correlation_id, SEALED_EVENTS))
         why = derived.why_not(request.required)
         if why is None:
-            return released
+            if derived.broken_by is None:
+                return released, {}
+            return released, {"breakglass": {"by": derived.broken_by, "reason": derived.broken_reason}}
         tx.append(
             [
                 self._ev(
@@ -369,7 +377,7 @@ class ApprovalEngine:
             ]
         )
         log.error("request %s: %s; the call was not run", request.id, why)
-        return Void(replace(request, state="void", closed_by=why), why)
+        return Void(replace(request, state="void", closed_by=why), why), {}
 
     def _expire(self, tx: Tx, request: ApprovalRequest) -> None:
         tx.save_request(replace(request, state="expired"))
@@ -433,8 +441,11 @@ class ApprovalEngine:
             if request is None:
                 raise NoSuchRequest(request_id)
             now = self.clock.now()
+            # An escalated request may also be decided by the groups its sealed escalation added.
+            added = escalated_groups(self.key, request, tx.bodies_for(request.correlation_id, (ESCALATED,)))
+            eligible = replace(request, groups=(*request.groups, *added)) if added else request
             outcome: Pending | Approved | Denied | Refusal
-            outcome = decide(request, approver, verdict, channel=channel, now=now, note=note)
+            outcome = decide(eligible, approver, verdict, channel=channel, now=now, note=note)
             if grant_for is not None and not isinstance(outcome, Refusal):
                 # Checked after who-may-decide, so a self-approval with --for is recorded as one.
                 why = _no_grant_reason(request, grant_for, self.events.policy_sha256)
@@ -641,6 +652,7 @@ class ApprovalEngine:
         while True:
             try:
                 await self.sweep()
+                await escalate_due(self)
             except GateError as exc:
                 log.error("could not expire due approval requests: %s", exc)
             await anyio.sleep(SWEEP_INTERVAL)

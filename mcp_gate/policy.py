@@ -39,6 +39,7 @@ __all__ = [
     "json_equal",
     "policy_sha256",
     "resolve_pointer",
+    "shadow_outcome",
 ]
 
 Tier = Literal["low", "medium", "high", "critical", "blocked"]
@@ -102,6 +103,34 @@ def describe_requirement(requirement: Requirement) -> str:
             return f"{count} approvals"
         case Block():
             return "never runs"
+        case _:
+            assert_never(requirement)
+
+
+def shadow_outcome(
+    requirement: Requirement, groups: tuple[str, ...], *, can_confirm: bool, confirm_fallback: str
+) -> dict[str, Any]:
+    """What an enforcing gate would have done with a call that shadow mode let run: its `action`
+    (run, confirm, hold, refuse), the approvals and groups a hold would have needed, and a `line`
+    for people ("would have held for 1 approval from sre")."""
+    if isinstance(requirement, Confirm) and not can_confirm:
+        if confirm_fallback == "deny":
+            line = "would have refused it: it needs a confirmation and this client cannot be asked"
+            return {"action": "refuse", "approvals": 0, "groups": [], "line": line}
+        requirement, groups = Approvals(1), ()
+    match requirement:
+        case Run():
+            return {"action": "run", "approvals": 0, "groups": [], "line": "would have run it"}
+        case Confirm():
+            line = "would have asked the person at the agent to confirm it"
+            return {"action": "confirm", "approvals": 0, "groups": [], "line": line}
+        case Approvals(count=count):
+            who = " or ".join(groups) if groups else "any approver"
+            line = f"would have held for {describe_requirement(requirement)} from {who}"
+            return {"action": "hold", "approvals": count, "groups": list(groups), "line": line}
+        case Block():
+            line = "would have refused it: its tier never runs"
+            return {"action": "refuse", "approvals": 0, "groups": [], "line": line}
         case _:
             assert_never(requirement)
 

@@ -15,6 +15,7 @@ from typing import Any
 from mcp_gate import __version__
 from mcp_gate.events import GRANT_DECISIONS, REACHED_DOWNSTREAM, event_type_of
 from mcp_gate.evidence import VerifyReport
+from mcp_gate.policy_report import COLLECTED, breakglass_html, collect, policy_html, policy_sections
 from mcp_gate.storage.base import LogReader
 
 __all__ = ["UNAPPROVED_METHOD", "build_report", "render_html", "review", "summarize"]
@@ -23,8 +24,10 @@ UNAPPROVED_METHOD = (
     "Every call.executed, call.failed and call.outcome_unknown record (a call that reached its server) "
     "was matched to the policy.decided record of the same correlation id. Where that decision required "
     "approvals, the same correlation id must carry a call.released record before the execution: "
-    "either from a grant, or naming at least as many distinct approvers as were required. "
-    "A call with no such release is listed here."
+    "either from a grant, from break-glass (each use is listed in its own section), or naming at least "
+    "as many distinct approvers as were required. A call with no such release is listed here. Calls that "
+    "shadow mode let run (policy.decided with enforced = false) are counted in the shadow-mode section "
+    "instead, and fail the enforce-mode check."
 )
 _NEEDS = re.compile(r"^(\d+) approvals?$")
 
@@ -50,6 +53,7 @@ def _call_of(body: Mapping[str, Any]) -> dict[str, Any]:
     call["tier"] = body.get("tier")
     call["requirement"] = body.get("requirement")
     call["agent"], call["owner"] = _who(body)
+    call["enforced"] = body.get("enforced") is not False  # shadow mode let it run unenforced
     return call
 
 
@@ -72,8 +76,10 @@ def summarize(
         "denials": [], "expiries": [], "revocations": [], "grants": [], "self_approval_refusals": [],
         "refused_decisions": [], "drift": [], "unapproved": [],
     }  # fmt: skip
+    collected: dict[str, list[Mapping[str, Any]]] = {kind: [] for kind in COLLECTED}
     for body in bodies:
         records += 1
+        collect(collected, body)
         kind, ts, cid = event_type_of(body), body.get("ts"), body.get("correlation_id")
         policy = body.get("policy_sha256")
         if isinstance(policy, str):
@@ -181,6 +187,7 @@ def summarize(
             "calls": lists["unapproved"],
             "method": UNAPPROVED_METHOD,
         },
+        **policy_sections(collected),
     }
 
 
@@ -199,11 +206,11 @@ def _check_release(
     cid: str, call: Mapping[str, Any], releases: list[Mapping[str, Any]], ts: Any, out: list[dict[str, Any]]
 ) -> None:
     needed = _NEEDS.match(str(call.get("requirement")))
-    if needed is None:
+    if needed is None or not call.get("enforced", True):  # shadow calls: their own section
         return
     count = int(needed.group(1))
     for release in releases:
-        if isinstance(release.get("grant_id"), str):
+        if isinstance(release.get("grant_id"), str) or isinstance(release.get("breakglass"), Mapping):
             return
         approvers = release.get("approvers")
         if isinstance(approvers, list) and len({str(a) for a in approvers}) >= count:
@@ -340,6 +347,12 @@ def _controls(sections: Mapping[str, Any], verification: Mapping[str, Any]) -> l
             unapproved == 0,
             f"{unapproved} call(s) ran without a required approval",
             "CC6.1, CC8.1; AC-5",
+        ),
+        line(
+            "Every call was decided in enforce mode",
+            not sections["shadow"]["calls"],
+            f"{sections['shadow']['calls']} call(s) ran in shadow mode, unenforced",
+            "CC8.1; CM-3",
         ),
         line(
             "Nobody approved a call made for themselves",
@@ -499,12 +512,14 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"<h1>Evidence report: gate {_e(report['gate'])}</h1>",
         f"<p>Period: {_e(period['since'] or 'start of the log')} to {_e(period['until'] or 'now')} "
         f"(records: {report['records']}; mcp-gate {_e(report['gate_version'])})</p>",
+        *breakglass_html(report),
         "<h2>Verification</h2>",
         verdict,
         "<h2>Calls that ran without a required approval</h2>",
         zero,
         f"<p class='muted'>How this was checked: {_e(unapproved['method'])}</p>",
         *_review_html(rv),
+        *policy_html(report),
         _table(
             "Unapproved calls",
             unapproved["calls"],

@@ -125,6 +125,8 @@ async def open_gate(
         )
         opened.commit_observer = gate.metrics.committed if gate.metrics.enabled else None
         run = new_id()
+        starts = await opened.records(event_type="gate.started")
+        previous = starts[-1].body if starts else None
         await gate.record(
             "gate.started",
             None,
@@ -135,7 +137,10 @@ async def open_gate(
             args_digest={"alg": ARGS_DIGEST, "key_id": args_key_id(gate.args_key())},
             # The first start that names a key pins it: `audit verify` notices a swapped key.
             signing_key=None if notary is None else notary.key.verifier.to_text(),
+            mode=config.rollout.describe(),
         )
+        if previous is not None and previous.get("policy_sha256") != gate.policy_sha256:
+            await _record_policy_change(gate, run, previous)
         async with _instance_lock(config) as lock, RunMarker(config.data_dir, run) as marker:
             if lock.exclusive:
                 unclean = marker.left_over()
@@ -195,6 +200,34 @@ def _check_rule_groups(manifests: Mapping[str, Manifest], config: GateConfig) ->
                         f"rule[{rule.index}].approvers",
                         f"no approver in {config.path.name} is in group {group!r} (known: {sorted(known)})",
                     )
+
+
+_ENFORCING: dict[str, Any] = {"default": "enforce", "servers": {}}
+
+
+async def _record_policy_change(gate: Gateway, run: str, previous: Mapping[str, Any]) -> None:
+    """The policy differs from the last start's: say so, and whether enforcement changed with it
+    (a start before shadow mode existed enforced everything)."""
+    before: Mapping[str, Any] = previous.get("mode") or _ENFORCING
+    after = gate.config.rollout.describe()
+    changes = []
+    if before.get("default") != after["default"]:
+        changes.append(f"{before.get('default')} -> {after['default']}")
+    servers = before.get("servers") or {}
+    for name in sorted(set(servers) | set(after["servers"])):
+        was = servers.get(name, before.get("default"))
+        now = after["servers"].get(name, after["default"])
+        if was != now:
+            changes.append(f"{name}: {was} -> {now}")
+    await gate.record(
+        "policy.changed",
+        None,
+        run=run,
+        previous_policy_sha256=previous.get("policy_sha256"),
+        mode_before=before,
+        mode_after=after,
+        mode_change="; ".join(changes) or None,
+    )
 
 
 async def _record_unclean_ends(gate: Gateway, runs: list[str]) -> None:

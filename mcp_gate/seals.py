@@ -90,6 +90,8 @@ class Derived:
     denied_by: str | None
     revoked_by: str | None
     forged: tuple[str, ...]
+    broken_by: str | None = None  # the operator whose sealed break-glass stands in for the approvals
+    broken_reason: str | None = None
 
     def why_not(self, required: int) -> str | None:
         """Why these records do not release a request that needs `required` approvals, or None."""
@@ -97,6 +99,8 @@ class Derived:
             return "its approval could not be verified: " + "; ".join(self.forged)
         if self.denied_by or self.revoked_by:
             return f"its sealed records show it {'denied' if self.denied_by else 'revoked'}"
+        if self.broken_by is not None:
+            return None
         if len(self.approvers) < required:
             return f"its sealed records show {len(self.approvers)} of {required} approvals"
         return None
@@ -109,6 +113,7 @@ def derive(key: bytes, request: ApprovalRequest, bodies: Iterable[Mapping[str, A
     approvers: list[str] = []
     denied_by: str | None = None
     revoked_by: str | None = None
+    broken: Mapping[str, Any] | None = None
     for body in bodies:
         kind = event_type_of(body)
         if body.get("request_id") != request.id or kind not in REQUEST_DECISIONS:
@@ -127,6 +132,8 @@ def derive(key: bytes, request: ApprovalRequest, bodies: Iterable[Mapping[str, A
                     approvers.append(who)
             case "approval.revoked":
                 revoked_by = revoked_by or str(body.get("approver"))
+            case "breakglass.used":
+                broken = broken or body
     if requested is None:
         forged.append("no sealed approval.requested record")
     else:
@@ -136,7 +143,16 @@ def derive(key: bytes, request: ApprovalRequest, bodies: Iterable[Mapping[str, A
         unsealed = sorted(set(row_approvers) - set(approvers))
         if unsealed:
             forged.append(f"approvals with no sealed decision: {', '.join(unsealed)}")
-    return Derived(tuple(approvers), denied_by, revoked_by, tuple(forged))
+    if broken is None:
+        return Derived(tuple(approvers), denied_by, revoked_by, tuple(forged))
+    return Derived(
+        tuple(approvers),
+        denied_by,
+        revoked_by,
+        tuple(forged),
+        broken_by=str(broken.get("operator")),
+        broken_reason=str(broken.get("reason")),
+    )
 
 
 def _request_mismatch(request: ApprovalRequest, sealed: Mapping[str, Any]) -> list[str]:

@@ -21,6 +21,7 @@ FAMILIES = {kind.split(".")[0] for kind in EVENT_TYPES}
 # Text shaped like an event type, of a family that has event types, that names something else:
 # gate.toml keys in error messages, and file names.
 NOT_EVENT_TYPES = {
+    "breakglass.groups",
     "elicitation.key",
     "gate.db",
     "gate.lock",
@@ -103,6 +104,16 @@ def _written(tree: ast.Module) -> Iterator[tuple[str, ast.AST]]:
             and any(isinstance(t, ast.Name) and t.id == "event" for t in node.targets)
         ):
             yield str(node.value.value), node
+        elif (
+            isinstance(node, ast.AnnAssign)
+            and node.value is not None
+            and "EventType" in ast.unparse(node.annotation)
+        ):
+            # A name typed as event types (`ESCALATED: EventType = ...`, a dict of them) names what
+            # the code writes through it.
+            for part in ast.walk(node.value):
+                if isinstance(part, ast.Constant) and isinstance(part.value, str):
+                    yield part.value, node
 
 
 def _documented() -> list[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any, TypeVar, assert_never
@@ -28,8 +28,9 @@ from mcp_gate.approvals import (
     parse_duration,
     quorum_progress,
 )
+from mcp_gate.breakglass import break_glass
 from mcp_gate.clock import utc_iso
-from mcp_gate.config import GateConfig
+from mcp_gate.config import BreakGlassSettings, GateConfig
 from mcp_gate.errors import GateError, NoSuchRequest
 from mcp_gate.evidence import Record
 from mcp_gate.gateway import Gateway
@@ -181,6 +182,14 @@ class Desk:
         agent = request.binding.agent
         mine = await self.engine.store.read(lambda tx: tx.recent_calls(agent, RECENT_CALLS))
         view["recent_calls"] = [_call_view(r, self.rules) for r in mine]
+        steps = await self.engine.store.read(
+            lambda tx: tx.bodies_for(request.correlation_id, ("approval.escalated",))
+        )
+        view["escalations"] = [
+            {"after": b.get("after"), "to_groups": b.get("to_groups"), "at": b.get("ts")}
+            for b in steps
+            if b.get("request_id") == request.id
+        ]
         return view
 
     async def approve(
@@ -234,6 +243,32 @@ class Desk:
             return outcome
         return {"outcome": "revoked", "grant": grant_view(outcome, self._now())}
 
+    async def break_glass(
+        self,
+        request_id: str,
+        operator: Approver,
+        *,
+        reason: str,
+        settings: BreakGlassSettings,
+        approvers: Mapping[str, Approver],
+    ) -> dict[str, Any] | Refusal:
+        outcome = await break_glass(
+            self.engine,
+            _normal(request_id),
+            operator,
+            reason,
+            settings=settings,
+            approvers=approvers,
+            channel=self.channel,
+        )
+        if isinstance(outcome, Refusal):
+            return outcome
+        return {
+            "outcome": "released by break-glass",
+            "notified": list(outcome.notified),
+            "request": request_view(outcome.request, self._now(), self.rules),
+        }
+
     def _decided(self, outcome: Pending | Approved | Denied | Refusal) -> dict[str, Any] | Refusal:
         now = self._now()
         match outcome:
@@ -281,6 +316,10 @@ class ApproveBody(_Body):
 
 
 class DenyBody(_Body):
+    reason: Text
+
+
+class BreakGlassBody(_Body):
     reason: Text
 
 
@@ -389,6 +428,17 @@ def build_api(gate: Gateway) -> ASGIApp:
         await _body(request, EmptyBody)
         return await desk.revoke(request.path_params["request_id"], approver)
 
+    async def breakglass(request: Request, approver: Approver) -> Any:
+        body = await _body(request, BreakGlassBody)
+        config = gate.config
+        return await desk.break_glass(
+            request.path_params["request_id"],
+            approver,
+            reason=body.reason,
+            settings=config.breakglass,
+            approvers=config.approvers,
+        )
+
     async def list_grants(request: Request, approver: Approver) -> Any:
         everything = request.query_params.get("all", "false").lower()
         if everything not in ("true", "1", "false", "0", ""):
@@ -405,6 +455,7 @@ def build_api(gate: Gateway) -> ASGIApp:
         Route("/v1/requests/{request_id}/approve", _endpoint(approve), methods=["POST"]),
         Route("/v1/requests/{request_id}/deny", _endpoint(deny), methods=["POST"]),
         Route("/v1/requests/{request_id}/revoke", _endpoint(revoke), methods=["POST"]),
+        Route("/v1/requests/{request_id}/breakglass", _endpoint(breakglass), methods=["POST"]),
         Route("/v1/grants", _endpoint(list_grants), methods=["GET"]),
         Route("/v1/grants/{grant_id}/revoke", _endpoint(revoke_grant), methods=["POST"]),
     ]

@@ -15,7 +15,13 @@ import anyio
 from mcp_gate.approvals import ApprovalRequest
 from mcp_gate.channels.api import Desk
 from mcp_gate.channels.slack_api import AuthInfo, SlackApi
-from mcp_gate.channels.slack_blocks import GRANT_FOR, metadata_request_id, render_request, request_metadata
+from mcp_gate.channels.slack_blocks import (
+    GRANT_FOR,
+    escape_mrkdwn,
+    metadata_request_id,
+    render_request,
+    request_metadata,
+)
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import SlackSettings
 from mcp_gate.errors import GateError, SlackFailure
@@ -35,6 +41,10 @@ HISTORY_PAGES = 5  # pages at most; a busier channel cannot be searched, and the
 CLOCK_SKEW = timedelta(minutes=5)  # the gate's clock against Slack's, when it says where to start
 LOOK_EVERY = timedelta(seconds=5)  # how often a request another gate is posting is looked up
 SKIP_CHANNEL = ("channel_not_found", "not_in_channel", "is_archived")  # no message of ours there
+NOTICES: dict[EventType, EventType] = {
+    "breakglass.used": "slack.breakglass_notified",
+    "approval.escalated": "slack.escalation_notified",
+}
 
 
 async def safely(work: Any) -> Any:
@@ -82,6 +92,7 @@ class SlackOutbox:
         self._poke = anyio.Event()
         self._looked: dict[str, datetime] = {}  # request id -> when it may be looked up again
         self._me: AuthInfo | None = None  # who the bot token is, once asked
+        self._noticed: dict[str, int] = {}  # records up to this seq have been told, by kind
 
     def poke(self) -> None:
         """Sync now: a request changed in this process."""
@@ -120,7 +131,87 @@ class SlackOutbox:
                 continue
             if await self._sync_one(request, message, now):
                 sent += 1
+        return sent + await self.notices()
+
+    async def notices(self) -> int:
+        """Tell approvers, once each, of every break-glass use (every approver of the tier) and
+        every escalation (the members of the groups it added), mentioning them in the request's
+        channel and the default one (and an escalation's own channel); recorded as
+        `slack.breakglass_notified` / `slack.escalation_notified`, which are checked before posting."""
+        sent = 0
+        for kind, told_kind in NOTICES.items():
+            store = self.gate.store
+            used = await store.records(event_type=kind, after_seq=self._noticed.get(kind, 0))
+            if not used:
+                continue
+            told = {r.body.get("notice_of") for r in await store.records(event_type=told_kind)}
+            for record in used:
+                if record.event_id not in told:
+                    if not await self._notice(record.body, record.event_id, told_kind):
+                        break  # Slack failed: try this one (and those after it) on the next sync
+                    sent += 1
+                self._noticed[kind] = record.seq
         return sent
+
+    def _notice_text(self, body: Mapping[str, Any], mentions: str) -> str:
+        def e(key: str) -> str:
+            return escape_mrkdwn(str(body.get(key)))
+
+        what = f"request `{e('request_id')}` ({e('server')}__{e('tool')}, tier {e('tier')})"
+        gate = escape_mrkdwn(self.gate.config.name)
+        if body.get("event_type") == "breakglass.used":
+            return (
+                f":rotating_light: *Break-glass* on gate {gate}: {e('operator')} released {what} without "
+                f"its approvals. Reason: {e('reason')}\nApprovers of this tier: {mentions}"
+            )
+        groups = escape_mrkdwn(", ".join(str(g) for g in body.get("to_groups") or []))
+        return (
+            f":arrow_double_up: *Escalated* on gate {gate}: nobody decided {what} within {e('after')}; "
+            f"{groups} may decide it now, until it expires at {e('expires_at')}.\nPlease look: {mentions}"
+        )
+
+    def _notified(self, body: Mapping[str, Any]) -> list[str]:
+        if body.get("event_type") == "breakglass.used":
+            return [str(n) for n in body.get("notify") or []]
+        groups = {str(g) for g in body.get("to_groups") or []}
+        owner = str((body.get("requester") or {}).get("owner", "")).strip().lower()
+        return sorted(
+            a.name
+            for a in self.gate.config.approvers.values()
+            if a.groups & groups and owner not in a.identities()
+        )
+
+    async def _notice(self, body: Mapping[str, Any], event_id: str, told_kind: EventType) -> bool:
+        names = self._notified(body)
+        ids = {name: sorted(u for u, a in self.settings.users.items() if a == name) for name in names}
+        mentions = (
+            " ".join(f"<@{u}>" for name in names for u in ids[name]) or "(no approver has a Slack user)"
+        )
+        text = self._notice_text(body, mentions)
+        message = {"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]}
+        targets = self._channels(str(body.get("server")), str(body.get("tier")))
+        if isinstance(body.get("channel"), str) and body.get("event_type") == "approval.escalated":
+            targets = list(dict.fromkeys([str(body["channel"]), *targets]))
+        posted: list[str] = []
+        for target in targets:
+            try:
+                where, _ = await self.api.post_message(target, message)
+            except SlackFailure as exc:
+                if exc.error in SKIP_CHANNEL:
+                    continue
+                log.error("Slack: the notice for %s was not posted: %s", body.get("request_id"), exc)
+                return False
+            posted.append(where)
+        await self.gate.record(
+            told_kind,
+            body.get("correlation_id") if isinstance(body.get("correlation_id"), str) else None,
+            request_id=body.get("request_id"),
+            notice_of=event_id,
+            channels=posted,
+            approvers=names,
+            slack_users=[u for name in names for u in ids[name]],
+        )
+        return True
 
     async def _sync_one(self, request: ApprovalRequest, message: SlackMessage | None, now: datetime) -> bool:
         final = request.state in TERMINAL_STATES
@@ -183,7 +274,10 @@ class SlackOutbox:
 
     def _targets(self, request: ApprovalRequest) -> list[str]:
         """The channels a request's message goes to, in order: its own, then the default one."""
-        channel = self.settings.channel_for(request.binding.server, request.tier)
+        return self._channels(request.binding.server, request.tier)
+
+    def _channels(self, server: str, tier: str) -> list[str]:
+        channel = self.settings.channel_for(server, tier)
         return list(dict.fromkeys([channel, self.settings.channel]))
 
     async def _look_up(self, request: ApprovalRequest) -> tuple[str, str] | SlackFailure | None:

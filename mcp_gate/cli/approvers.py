@@ -215,6 +215,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     if r.get("justification"):
         say(f"  requester's justification (their own words): {r['justification']}")
     say(f"  expires:    {r['expires_at']} (in {_in(r['expires_in_seconds'])})")
+    for step in r.get("escalations") or []:
+        say(f"  escalated:  {step['at']}, after {step['after']}, to {', '.join(step['to_groups'])}")
     say("  arguments (redacted):")
     for line in json.dumps(r["args"], indent=2, ensure_ascii=False).splitlines():
         say(f"    {line}")
@@ -274,6 +276,32 @@ def cmd_deny(args: argparse.Namespace) -> int:
 
     body = {"reason": reason}
     return _decided(args, _perform(args, _Op("POST", f"/requests/{_path_id(args.id)}/deny", body, run)))
+
+
+def cmd_breakglass(args: argparse.Namespace) -> int:
+    reason = args.reason.strip()
+    if not reason:
+        raise GateError("--reason: say why this call cannot wait for its approvals; every approver is told")
+
+    async def run(desk: Any, operator: Any) -> Any:
+        config = load_config_from_args(args)
+        return await desk.break_glass(
+            args.id, operator, reason=reason, settings=config.breakglass, approvers=config.approvers
+        )
+
+    body = {"reason": reason}
+    op = _Op("POST", f"/requests/{_path_id(args.id)}/breakglass", body, run)
+    result = _perform(args, op)
+    if args.json:
+        _print_json(result)
+        return EXIT_OK
+    request = result["request"]
+    say(
+        f"request {request['id']} ({request['name']}) released by break-glass: it runs once when "
+        f"{request['requester']['agent']} calls again (or at once, if its call is still held)"
+    )
+    say(f"recorded as breakglass.used; told: {', '.join(result['notified']) or 'no other approver'}")
+    return EXIT_OK
 
 
 def _is_grant_id(identifier: str) -> bool:
@@ -414,6 +442,22 @@ def add_commands(sub: Any) -> None:
     p.add_argument("id", metavar="ID", help="a request id, or a grant id from `mcp-gate grants`")
     _add_approver(p)
     p.set_defaults(func=cmd_revoke)
+
+    p = subcommand(
+        sub,
+        "breakglass",
+        "release one held call without its approvals (operators in [breakglass] groups only)",
+        "Break glass: release one held call without waiting for its approvals, for a real emergency. "
+        "Only members of the [breakglass] groups may, never on a request made for themselves, and only "
+        "with a reason. It is recorded as breakglass.used, every approver of the tier is told on every "
+        "channel, and `audit report` lists it first.",
+    )
+    p.add_argument("id", metavar="REQUEST_ID", help="the request id, from `mcp-gate pending`")
+    p.add_argument(
+        "--reason", metavar="TEXT", required=True, help="why (required; recorded and sent to approvers)"
+    )
+    _add_approver(p)
+    p.set_defaults(func=cmd_breakglass)
 
     p = subcommand(sub, "grants", "list live grants", "List grants: tool, requester, who granted it, expiry.")
     p.add_argument("--all", action="store_true", help="include expired and revoked grants")

@@ -295,6 +295,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     report["approval_problems"] = _approval_problems(config)
     report["missed_checkpoint_copies"] = missed_copies(config)
     report["checkpoint_warnings"] = checkpoint_warnings(config)
+    report["mode"] = config.rollout.describe()
+    report["breakglass_groups"] = sorted(config.breakglass.groups)
     if config.slack is not None:
         report["slack"] = asdict(slack_check(config, os.environ))
         # Offline, Slack counts as connected when its tokens work (`slack_check`).
@@ -317,6 +319,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         say(json.dumps(report, indent=2))
     else:
         say(f"config {config.path}: ok (gate {config.name!r}, policy {report['policy_sha256'][:12]})")
+        shadowed = sorted(n for n in config.servers if config.rollout.mode_for(n) == "shadow")
+        if shadowed:
+            say(f"mode: SHADOW for {', '.join(shadowed)}: their calls run unenforced and are only recorded")
+        if config.breakglass.groups:
+            say(f"break-glass: allowed for {', '.join(report['breakglass_groups'])}")
         for s in report["servers"]:
             status = "up" if s["state"] == "up" else s["state"].upper()
             if s["state"] == "up" and s["protocol"]:

@@ -8,24 +8,24 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import rfc8785
 from pydantic import AfterValidator, Field, ValidationError
 
-from mcp_gate.approvals import Approver, parse_duration
+from mcp_gate.approvals import Approver
 from mcp_gate.config.files import Strict, config_error_from, read_toml
 from mcp_gate.config.model import (
     AdminSettings,
     Agent,
     ApprovalSettings,
-    ElicitationSettings,
     EvidenceSettings,
     GateConfig,
     HttpSettings,
     PinSettings,
     Requester,
+    RolloutSettings,
     ServerSpec,
     SlackSecret,
     SlackSettings,
@@ -38,13 +38,23 @@ from mcp_gate.config.servers import (
     read_client_config,
 )
 from mcp_gate.config.store import store_settings
+from mcp_gate.config.tiers import (
+    CONFIGURABLE,
+    BreakGlassSection,
+    breakglass_from,
+    check_groups,
+    duration,
+    elicitation_from,
+    escalations_from,
+    requirements_from,
+    rollout_from,
+)
 from mcp_gate.errors import ConfigError
-from mcp_gate.policy import DEFAULT_REQUIREMENTS, Approvals, Block, Confirm, Requirement, Run, Tier
+from mcp_gate.policy import Approvals, Requirement, Tier
 from mcp_gate.redaction import RedactionRules
 
 _AGENT_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-_CONFIGURABLE = ("low", "medium", "high", "critical")
 _MISSING_CONFIG = "no such file; pass --config or set MCP_GATE_CONFIG"
 
 
@@ -138,84 +148,10 @@ class _GateFile(Strict):
     slack: dict[str, Any] | None = None
     store: dict[str, Any] | None = None
     redaction: _RedactionSection = Field(default_factory=lambda: _RedactionSection())
+    breakglass: BreakGlassSection | None = None
 
 
 # --- gate.toml ---------------------------------------------------------------------------------------
-
-
-def _requirements(file: str, tiers: Mapping[str, Any]) -> dict[Tier, Requirement]:
-    requirements: dict[Tier, Requirement] = dict(DEFAULT_REQUIREMENTS)
-    for tier, value in tiers.items():
-        key = f"tiers.{tier}"
-        if tier == "blocked":
-            raise ConfigError(file, key, "the blocked tier always blocks and cannot be configured")
-        if tier not in _CONFIGURABLE:
-            raise ConfigError(file, key, "unknown tier; expected low, medium, high or critical")
-        requirement: Requirement
-        if value == "run":
-            requirement = Run()
-        elif value == "confirm":
-            requirement = Confirm()
-        elif value == "block":
-            requirement = Block()
-        elif isinstance(value, dict):
-            extra = sorted(set(value) - {"approvals", "groups", "expires"})
-            if extra:
-                raise ConfigError(file, f"{key}.{extra[0]}", "unknown key")
-            if "approvals" not in value:
-                raise ConfigError(file, f"{key}.approvals", "required key is missing")
-            count = value["approvals"]
-            if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 10:
-                raise ConfigError(file, f"{key}.approvals", f"must be an integer from 1 to 10, got {count!r}")
-            groups = value.get("groups", [])
-            if not isinstance(groups, list) or not all(isinstance(g, str) and g.strip() for g in groups):
-                raise ConfigError(file, f"{key}.groups", f"must be a list of group names, got {groups!r}")
-            expires_after = None
-            if "expires" in value:
-                expires_after = _duration(file, f"{key}.expires", value["expires"])
-            requirement = Approvals(count, groups=tuple(groups), expires_after=expires_after)
-        else:
-            raise ConfigError(
-                file, key, f'expected "run", "confirm", "block" or {{ approvals = N }}, got {value!r}'
-            )
-        requirements[cast(Tier, tier)] = requirement
-    return requirements
-
-
-def _elicitation_settings(file: str, tiers: Mapping[str, Any]) -> tuple[dict[str, Any], ElicitationSettings]:
-    """Take the elicitation keys out of [tiers]: `medium_fallback` beside the tiers, and
-    `ask_justification` inside a tier's table; the rest are requirements."""
-    rest: dict[str, Any] = {}
-    fallback: Literal["approve", "deny"] = "approve"
-    justify: set[str] = set()
-    for tier, value in tiers.items():
-        if tier == "medium_fallback":
-            if value not in ("approve", "deny"):
-                raise ConfigError(
-                    file, "tiers.medium_fallback", f'expected "approve" or "deny", got {value!r}'
-                )
-            fallback = value
-            continue
-        if isinstance(value, dict) and "ask_justification" in value:
-            flag = value["ask_justification"]
-            if not isinstance(flag, bool):
-                raise ConfigError(
-                    file, f"tiers.{tier}.ask_justification", f"expected true or false, got {flag!r}"
-                )
-            if flag:
-                justify.add(tier)
-            value = {k: v for k, v in value.items() if k != "ask_justification"}
-        rest[tier] = value
-    return rest, ElicitationSettings(medium_fallback=fallback, ask_justification=frozenset(justify))
-
-
-def _duration(file: str, key: str, value: Any) -> float:
-    if not isinstance(value, str):
-        raise ConfigError(file, key, f'expected a duration like "15m", got {value!r}')
-    try:
-        return parse_duration(value).total_seconds()
-    except ValueError as exc:
-        raise ConfigError(file, key, str(exc)) from exc
 
 
 def _approvers(file: str, model: _GateFile, agents: Mapping[str, Agent]) -> dict[str, Approver]:
@@ -254,21 +190,6 @@ def _approvers(file: str, model: _GateFile, agents: Mapping[str, Agent]) -> dict
             identities[identity] = name
         approvers[name] = approver
     return approvers
-
-
-def _check_groups(
-    file: str, requirements: Mapping[Tier, Requirement], approvers: Mapping[str, Approver]
-) -> None:
-    known = {g for a in approvers.values() for g in a.groups}
-    for tier, requirement in requirements.items():
-        if isinstance(requirement, Approvals):
-            for group in requirement.groups:
-                if group not in known:
-                    raise ConfigError(
-                        file,
-                        f"tiers.{tier}.groups",
-                        f"no approver is in group {group!r} (known: {sorted(known)})",
-                    )
 
 
 def _admin(file: str, section: _AdminSection | None) -> AdminSettings | None:
@@ -336,14 +257,17 @@ def load_config(path: Path, environ: Mapping[str, str]) -> GateConfig:
         )
 
     approvers = _approvers(file, model, agents)
-    tiers, elicitation = _elicitation_settings(file, model.tiers)
-    requirements = _requirements(file, tiers)
-    _check_groups(file, requirements, approvers)
+    tiers, rollout = rollout_from(file, model.tiers, {n: s.mode for n, s in model.servers.items()})
+    tiers, elicitation = elicitation_from(file, tiers)
+    tiers, escalations = escalations_from(file, tiers, approvers)
+    requirements = requirements_from(file, tiers)
+    check_groups(file, requirements, approvers)
     settings = ApprovalSettings(
         hold_seconds=model.approvals.hold_seconds,
         progress_seconds=model.approvals.progress_seconds,
-        expires_after=_duration(file, "approvals.expires", model.approvals.expires),
+        expires_after=duration(file, "approvals.expires", model.approvals.expires),
         max_pending=model.approvals.max_pending,
+        escalations=MappingProxyType(escalations),
     )
     manifests = model.gate.manifests
     fields: dict[str, Any] = {
@@ -368,6 +292,8 @@ def load_config(path: Path, environ: Mapping[str, str]) -> GateConfig:
         "slack": _slack(file, model.slack, base, model.approvers, approvers, servers),
         "pins": PinSettings(new_tools=model.pins.new_tools, recheck_timeout=model.pins.recheck_timeout),
         "store": store_settings(file, model.store, base, environ),  # not hashed: its url has the password
+        "rollout": rollout,
+        "breakglass": breakglass_from(file, model.breakglass, approvers),
     }
     evidence = _evidence(file, model.evidence, base / model.gate.data_dir, model.gate.name, environ)
     redaction = _redaction(file, model.redaction)
@@ -445,12 +371,10 @@ def _evidence(
     secret = from_env("evidence.webhook_secret_env", section.webhook_secret_env)
     if secret is not None and url is None:
         raise ConfigError(file, "evidence.webhook_secret_env", "needs evidence.webhook_url_env")
-    every = _duration(file, "evidence.checkpoint_every", section.checkpoint_every)
+    every = duration(file, "evidence.checkpoint_every", section.checkpoint_every)
     if every <= 0:
         raise ConfigError(file, "evidence.checkpoint_every", "must be longer than zero")
-    retention = (
-        None if section.retention is None else _duration(file, "evidence.retention", section.retention)
-    )
+    retention = None if section.retention is None else duration(file, "evidence.retention", section.retention)
     if retention is not None and retention < 86400:
         raise ConfigError(file, "evidence.retention", "must be at least 1d")
     if (section.signer is None) != (section.signer_pubkey is None):
@@ -569,7 +493,7 @@ def _slack(
             file, "slack.team_id", f"expected a Slack team id such as T0123ABCD, got {section.team_id!r}"
         )
     for tier in section.tiers:
-        if tier not in _CONFIGURABLE:
+        if tier not in CONFIGURABLE:
             raise ConfigError(
                 file, f"slack.tiers.{tier}", "unknown tier; expected low, medium, high or critical"
             )
@@ -696,6 +620,14 @@ def _config_sha256(fields: Mapping[str, Any]) -> str:
     }
     if fields["pins"] != PinSettings():  # only when set, so older configs keep their digest
         document["pins"] = asdict(fields["pins"])
+    if fields["rollout"] != RolloutSettings():  # shadow mode is a policy of its own
+        document["rollout"] = fields["rollout"].describe()
+    if fields["approval_settings"].escalations:
+        document["escalations"] = {
+            t: asdict(e) for t, e in sorted(fields["approval_settings"].escalations.items())
+        }
+    if fields["breakglass"].groups:
+        document["breakglass"] = sorted(fields["breakglass"].groups)
     if not fields["protected_paths"]:  # protection off: a policy of its own; on, the default, adds nothing
         document["protect_own_files"] = False
     return hashlib.sha256(rfc8785.dumps(document)).hexdigest()

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 from mcp_gate.approvals import Approver
 from mcp_gate.config.files import decode, read_bytes
@@ -17,6 +17,7 @@ from mcp_gate.policy import Requirement, Tier
 from mcp_gate.redaction import RedactionRules
 
 ProtocolEra = Literal["legacy", "auto", "2026-07-28"]
+Mode = Literal["enforce", "shadow"]
 
 
 @dataclass(frozen=True)
@@ -68,13 +69,25 @@ class ServerSpec:
 
 
 @dataclass(frozen=True)
+class Escalation:
+    """A tier's escalation: when nobody has decided `after` seconds into a request, the members of
+    `groups` may decide it too and are told (also in the Slack `channel`, when given)."""
+
+    after: float
+    groups: tuple[str, ...]
+    channel: str | None = None
+
+
+@dataclass(frozen=True)
 class ApprovalSettings:
-    """How held calls behave: hold budget, progress interval, default expiry, pending limit."""
+    """How held calls behave: hold budget, progress interval, default expiry, pending limit, and
+    each tier's escalation."""
 
     hold_seconds: float = 45.0
     progress_seconds: float = 5.0
     expires_after: float = 15 * 60.0
     max_pending: int = 10
+    escalations: Mapping[str, Escalation] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -122,6 +135,33 @@ class ElicitationSettings:
 
 
 @dataclass(frozen=True)
+class RolloutSettings:
+    """Whether the gate enforces its tiers or only records what it would have done (`shadow`):
+    `[tiers] mode` for every server, and a server's own `[servers.NAME] mode` over it."""
+
+    mode: Mode = "enforce"
+    servers: Mapping[str, Mode] = field(default_factory=lambda: MappingProxyType({}))
+
+    def mode_for(self, server: str) -> Mode:
+        return self.servers.get(server, self.mode)
+
+    def describe(self) -> dict[str, Any]:
+        """As recorded in `gate.started` and `policy.changed`."""
+        return {"default": self.mode, "servers": dict(sorted(self.servers.items()))}
+
+
+@dataclass(frozen=True)
+class BreakGlassSettings:
+    """Who may release one held call without its approvals (`mcp-gate breakglass`): the members of
+    these approver groups. Empty, the default: nobody, break-glass is off."""
+
+    groups: frozenset[str] = frozenset()
+
+    def allows(self, approver: Approver) -> bool:
+        return bool(self.groups & approver.groups)
+
+
+@dataclass(frozen=True)
 class GateConfig:
     """The validated gate.toml with every server it registers."""
 
@@ -145,6 +185,8 @@ class GateConfig:
     store: StoreSettings | None = None  # None: the SQLite file in data_dir
     redaction: RedactionRules = field(default_factory=RedactionRules)
     pins: PinSettings = field(default_factory=PinSettings)
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)
+    breakglass: BreakGlassSettings = field(default_factory=BreakGlassSettings)
     # The gate's own files (data dir, config, manifests, signing key): a downstream call whose
     # arguments name a path inside them is blocked. Empty when [gate] protect_own_files = false.
     protected_paths: tuple[Path, ...] = ()

@@ -9,7 +9,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError
@@ -46,6 +46,7 @@ class ServerSection(Strict):
     protocol: ProtocolEra = "legacy"
     inherit_env: list[str] = Field(default_factory=list)
     disabled: bool = False
+    mode: Literal["enforce", "shadow"] | None = None  # over [tiers] mode for this server
 
 
 class _ClientEntry(Strict):

@@ -1,0 +1,142 @@
+"""Escalation, driven by the gate's clock: a request nobody in its groups decided within the tier's
+`escalate_after` may then be decided by the further groups, who are told in Slack; each step is
+sealed evidence shown with the request and in the report, and expiry still ends the request."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client
+
+from mcp_gate import runtime
+from mcp_gate.approvals import Refusal
+from mcp_gate.channels.api import Desk
+from mcp_gate.channels.slack import SlackChannel, SlackSecrets
+from mcp_gate.config import load_config
+from mcp_gate.errors import ConfigError
+from mcp_gate.evidence import VerifyReport
+from mcp_gate.report import build_report
+from mcp_gate.testing import (
+    NOTES_MANIFEST,
+    FakeClock,
+    eventually,
+    notes_server_table,
+    running_gate,
+    write_config,
+)
+from tests.slack_helpers import APPROVERS, SlackGate, env, fake_slack, slack_table
+
+pytestmark = pytest.mark.anyio
+
+TIERS = {
+    "high": {"approvals": 1, "groups": ["finance"], "escalate_after": "10m", "escalate_to": ["security"]},
+}
+
+
+@asynccontextmanager
+async def escalating_gate(tmp_path: Path, clock: FakeClock) -> AsyncIterator[SlackGate]:
+    fake = fake_slack()
+    with fake.running():
+        path = write_config(
+            tmp_path / "gate",
+            servers={"notes": notes_server_table(tmp_path / "notes")},
+            manifests={"notes": NOTES_MANIFEST.read_text()},
+            approvers=APPROVERS,
+            tiers=TIERS,
+            approvals={"hold_seconds": 60, "progress_seconds": 0.5, "expires": "15m"},
+            extra=slack_table(fake),
+        )
+        config = load_config(path, env())
+        async with (
+            running_gate(config, clock=clock) as front,
+            Client(front.server, mode="legacy") as agent,
+            anyio.create_task_group() as tg,
+        ):
+            channel = SlackChannel(
+                front.gateway, SlackSecrets.read(config, env()), backoff=0.05, max_backoff=0.5, poll=0.02
+            )
+            port = await tg.start(channel.run)
+            await fake.wait_for(lambda: fake.connected)
+            yield SlackGate(fake, config, front.gateway, channel, agent, tg, port)
+            tg.cancel_scope.cancel()
+
+
+def of_type(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [r for r in records if r["event_type"] == kind]
+
+
+async def test_after_escalate_after_the_further_group_may_decide_and_is_told_in_slack(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with escalating_gate(tmp_path, clock) as s:
+        box = s.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await s.held()
+        await s.posted(request.id)
+        dave = s.config.approvers["dave"]  # security: not the tier's group
+        early = await s.gate.engine.decide(request.id, dave, "approve", channel="test")
+        clock.advance(minutes=9)
+        assert not of_type(await s.records(), "approval.escalated")
+        clock.advance(minutes=2)
+        step = await s.wait_record(lambda r: r["event_type"] == "approval.escalated", "the escalation")
+        notice = await s.wait_record(lambda r: r["event_type"] == "slack.escalation_notified", "its notice")
+        shown = await Desk(s.gate.engine, channel="test").show(request.id)
+        late = await s.gate.engine.decide(request.id, dave, "approve", channel="test")
+        await s.fake.wait_for(lambda: box)
+        records = await s.records()
+        posted = [m for m in s.fake.messages.values() if "Escalated" in str(m.get("text"))]
+    assert isinstance(early, Refusal) and early.code == "not-eligible"
+    assert not isinstance(late, Refusal)
+    assert not box[0].is_error and (tmp_path / "notes" / "plan").read_text() == "ship"
+    assert (step["request_id"], step["after"], step["to_groups"]) == (request.id, "10m", ["security"])
+    assert step["from_groups"] == ["finance"] and step["seal"]
+    assert len(of_type(records, "approval.escalated")) == 1  # once, however many sweeps followed
+    # the security group is told, but not alice: the request was made on her behalf
+    assert notice["approvers"] == ["carol", "dave"] and notice["slack_users"] == ["U0DAVE"]
+    [message] = posted
+    assert "<@U0DAVE>" in message["text"] and "U0ALICE" not in message["text"]
+    assert [(e["after"], e["to_groups"]) for e in shown["escalations"]] == [("10m", ["security"])]
+
+    with runtime.open_log_reader(s.config) as reader:
+        verdict = VerifyReport(ok=True, records=0, head_hash="", first_bad_seq=None, problem=None)
+        report = build_report(reader, since=None, until=None, gate="g", verified=verdict)
+    assert [(e["request_id"], e["to_groups"]) for e in report["escalations"]] == [(request.id, ["security"])]
+
+
+async def test_expiry_still_ends_an_escalated_request(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with escalating_gate(tmp_path, clock) as s:
+        box = s.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await s.held()
+        clock.advance(minutes=11)
+        await s.wait_record(lambda r: r["event_type"] == "approval.escalated", "the escalation")
+        clock.advance(minutes=5)
+        await eventually(lambda: box, what="the held call to end")
+        late = await s.gate.engine.decide(request.id, s.config.approvers["dave"], "approve", channel="test")
+        records = await s.records()
+    assert box[0].is_error and "expired" in " ".join(getattr(c, "text", "") for c in box[0].content)
+    assert of_type(records, "approval.expired") and isinstance(late, Refusal)
+    assert not (tmp_path / "notes" / "plan").exists()
+
+
+def test_an_escalation_needs_both_keys_and_known_groups(tmp_path: Path) -> None:
+    for i, (tier, where) in enumerate(
+        (
+            ({"approvals": 1, "escalate_after": "10m"}, "tiers.high"),
+            ({"approvals": 1, "escalate_after": "10m", "escalate_to": ["nobody"]}, "tiers.high.escalate_to"),
+            ({"approvals": 1, "escalate_after": "soon", "escalate_to": ["sre"]}, "tiers.high.escalate_after"),
+        )
+    ):
+        config = write_config(
+            tmp_path / str(i),
+            servers={"notes": notes_server_table(tmp_path)},
+            approvers={"bob": APPROVERS["bob"]},
+            tiers={"high": tier},
+        )
+        with pytest.raises(ConfigError) as caught:
+            load_config(config, os.environ)
+        assert where in str(caught.value)
