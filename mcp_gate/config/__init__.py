@@ -32,6 +32,7 @@ from mcp_gate.config.model import (
     ServerSpec,
     SlackSecret,
     SlackSettings,
+    TeamsSettings,
 )
 from mcp_gate.config.servers import read_client_config, servers_to_toml
 
@@ -52,6 +53,7 @@ __all__ = [
     "ServerSpec",
     "SlackSecret",
     "SlackSettings",
+    "TeamsSettings",
     "invoking_user",
     "load_config",
     "read_client_config",

@@ -58,6 +58,7 @@ class _Tables:
     nonces: dict[str, tuple[str, str]] = field(default_factory=dict)
     slack_messages: dict[str, SlackMessage] = field(default_factory=dict)  # in rowid order
     slack_seen: dict[str, str] = field(default_factory=dict)
+    teams_messages: dict[str, SlackMessage] = field(default_factory=dict)  # in rowid order
     checkpoints: list[tuple[int, str, str, str]] = field(default_factory=list)  # size, kind, at, note
     rowid: int = 0
 
@@ -72,6 +73,7 @@ class _Tables:
             nonces=dict(self.nonces),
             slack_messages=dict(self.slack_messages),
             slack_seen=dict(self.slack_seen),
+            teams_messages=dict(self.teams_messages),
             checkpoints=list(self.checkpoints),
         )
 
@@ -319,19 +321,22 @@ class MemoryTx:
     # Slack messages of approval requests, and the Slack deliveries already seen
 
     def slack_message(self, request_id: str) -> SlackMessage | None:
-        message = self._t.slack_messages.get(request_id)
-        return None if message is None else replace(message, voters=dict(message.voters))
+        return _get_message(self._t.slack_messages, request_id)
 
     def slack_messages(self, *, done: bool = False) -> list[SlackMessage]:
-        return [replace(m, voters=dict(m.voters)) for m in self._t.slack_messages.values() if m.done == done]
+        return _list_messages(self._t.slack_messages, done)
 
     def save_slack_message(self, message: SlackMessage) -> None:
-        # INSERT OR REPLACE: a replaced row is a new row, last in rowid order.
-        self._t.slack_messages.pop(message.request_id, None)
-        voters = json.loads(json.dumps(dict(message.voters), sort_keys=True))
-        self._t.slack_messages[message.request_id] = replace(
-            message, attempts=int(message.attempts), voters=voters, done=bool(message.done)
-        )
+        _save_message(self._t.slack_messages, message)
+
+    def teams_message(self, request_id: str) -> SlackMessage | None:
+        return _get_message(self._t.teams_messages, request_id)
+
+    def teams_messages(self, *, done: bool = False) -> list[SlackMessage]:
+        return _list_messages(self._t.teams_messages, done)
+
+    def save_teams_message(self, message: SlackMessage) -> None:
+        _save_message(self._t.teams_messages, message)
 
     def slack_first_sight(self, key: str, now: str, forget_before: str) -> bool:
         seen = self._t.slack_seen
@@ -666,4 +671,22 @@ def _fresh(pin: PinRecord) -> PinRecord:
         drifted_definition=None
         if pin.drifted_definition is None
         else json.loads(_json(dict(pin.drifted_definition))),
+    )
+
+
+def _get_message(table: dict[str, SlackMessage], request_id: str) -> SlackMessage | None:
+    message = table.get(request_id)
+    return None if message is None else replace(message, voters=dict(message.voters))
+
+
+def _list_messages(table: dict[str, SlackMessage], done: bool) -> list[SlackMessage]:
+    return [replace(m, voters=dict(m.voters)) for m in table.values() if m.done == done]
+
+
+def _save_message(table: dict[str, SlackMessage], message: SlackMessage) -> None:
+    # INSERT OR REPLACE: a replaced row is a new row, last in rowid order.
+    table.pop(message.request_id, None)
+    voters = json.loads(json.dumps(dict(message.voters), sort_keys=True))
+    table[message.request_id] = replace(
+        message, attempts=int(message.attempts), voters=voters, done=bool(message.done)
     )
