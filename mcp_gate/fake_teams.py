@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import anyio
 import jwt
@@ -280,7 +280,7 @@ class FakeTeams:
             return 200, {}, self.jwks()
         if method == "POST" and path.endswith("/oauth2/v2.0/token"):
             return self._token(path, raw)
-        parts = path.split("/")
+        parts = [unquote(p) for p in path.split("/")]
         # /teams/v3/conversations/{id}/activities[/{activityId}]
         if len(parts) >= 6 and parts[1:4] == ["teams", "v3", "conversations"] and parts[5] == "activities":
             conversation = parts[4]
