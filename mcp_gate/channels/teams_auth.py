@@ -141,6 +141,12 @@ class BotFrameworkVerifier:
             raise Unverified("the token's key id is not in the Bot Framework key set")
         return found
 
+    async def load_keys(self) -> int:
+        """Fetch the signing keys now (for `mcp-gate teams test`); how many there are, or Unverified."""
+        async with self._lock:
+            await self._fetch()
+            return len(self._keys)
+
     async def _fetch(self) -> None:
         self._fetched_at = self.monotonic()
         async with httpx2.AsyncClient(timeout=FETCH_TIMEOUT, follow_redirects=False) as client:
