@@ -1,4 +1,4 @@
-"""The Teams card and the parsing of card actions: agent text stays literal, hostile activities decide nothing."""
+"""The Teams card and card actions: agent text stays literal, hostile activities decide nothing."""
 
 from __future__ import annotations
 
