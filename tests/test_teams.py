@@ -253,3 +253,21 @@ async def test_a_quorum_of_two_shows_progress_and_needs_two_distinct_approvers(t
         await t.showing(request.id, "2 of 2 approvals")
         await t.fake.wait_for(lambda: box)
     assert "cannot decide" in again["value"]
+
+
+async def test_two_channels_on_one_store_post_each_card_once(tmp_path: Path) -> None:
+    from mcp_gate.channels.teams import TeamsChannel, TeamsSecrets
+    from tests.teams_helpers import env
+
+    async with teams_gate(tmp_path) as t:
+        second = TeamsChannel(t.gate, TeamsSecrets.read(t.config, env(t.fake)), backoff=0.05, poll=0.02)
+        await t.tg.start(second.run)
+        for name in ("a", "b", "c"):
+            t.call("notes__write_note", {"name": name, "text": "x"})
+        await t.held(3)
+        requests = await t.gate.engine.pending()
+        for request in requests:
+            await t.posted(request.id)
+        records = await t.records()
+    assert len(t.fake.calls_to("POST")) == 3
+    assert sorted(r["request_id"] for r in of_type(records, "teams.posted")) == sorted(r.id for r in requests)

@@ -142,3 +142,15 @@ def test_check_says_teams_is_fine_or_names_the_problem_without_the_password(tmp_
     assert "teams: ok: credentials and keys work" in good.stdout
     assert bad.returncode == 1 and "teams: PROBLEM: credentials:" in bad.stdout
     assert "not-the-password" not in bad.stdout + bad.stderr and posts == []
+
+
+def test_serve_without_the_bot_password_is_a_one_line_error(tmp_path: Path) -> None:
+    fake = FakeTeams(conversations={CONVERSATION})
+    with fake.running():
+        config = make_config(tmp_path, fake)
+        done = mcp_gate("serve", "--config", str(config), env={})
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"mcp-gate: error: {config}: channels.teams.app_password_env: environment variable {PASSWORD_ENV} "
+        "is not set (it should hold the Teams bot's app password)"
+    ]
