@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -271,3 +272,34 @@ async def test_two_channels_on_one_store_post_each_card_once(tmp_path: Path) -> 
         records = await t.records()
     assert len(t.fake.calls_to("POST")) == 3
     assert sorted(r["request_id"] for r in of_type(records, "teams.posted")) == sorted(r.id for r in requests)
+
+
+async def test_approve_for_30_minutes_creates_a_grant_that_runs_the_next_identical_call_at_once(
+    tmp_path: Path,
+) -> None:
+    async with teams_gate(tmp_path) as t:
+        box = t.call("notes__write_note", {"name": "plan", "text": "one"})
+        request = await t.held()
+        await t.posted(request.id)
+        await t.click(CAROL, "approve_for", request.id)
+        await t.fake.wait_for(lambda: box)
+        second = await t.agent.call_tool("notes__write_note", {"name": "plan", "text": "two"})
+        records = await t.records()
+    assert not box[0].is_error and not second.is_error
+    [grant] = of_type(records, "grant.created", request.id)
+    assert grant["duration"] == "30m" and grant["approver"] == "carol"
+    assert t.fake.app_password not in json.dumps(records)  # the bot's password never reaches evidence
+
+
+async def test_a_refreshing_card_shows_buttons_only_to_those_who_may_use_them(tmp_path: Path) -> None:
+    async with teams_gate(tmp_path) as t:
+        t.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await t.held()
+        await t.posted(request.id)
+        for_bob = await t.click(BOB, "refresh", request.id)
+        for_alice = await t.click(ALICE, "refresh", request.id)
+        for_eve = await t.click(EVE, "refresh", request.id)
+        assert (await t.gate.engine.get(request.id)).state == "pending"
+    assert verbs(for_bob["value"]) == ["approve", "deny", "approve_for"]
+    assert verbs(for_alice["value"]) == []  # the requester: no buttons for her own call
+    assert for_eve["type"] == "application/vnd.microsoft.activity.message"
