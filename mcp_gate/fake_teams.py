@@ -63,6 +63,7 @@ class FakeTeams:
     calls: list[ConnectorCall] = field(default_factory=list)
     activities: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     tokens_issued: int = 0
+    members: dict[str, dict[str, Any]] = field(default_factory=dict)  # Teams user id (29:...) -> member
 
     def __post_init__(self) -> None:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -124,6 +125,21 @@ class FakeTeams:
     @property
     def token_url(self) -> str:
         return self.url + "/{tenant}/oauth2/v2.0/token"
+
+    def add_member(
+        self, aad_object_id: str, email: str, *, tenant_id: str | None = None, role: str = "user"
+    ) -> None:
+        """A member of every conversation, as GET .../members/{userId} shows them."""
+        user_id = f"29:{aad_object_id[:8]}"
+        self.members[user_id] = {
+            "id": user_id,
+            "name": email.split("@")[0],
+            "aadObjectId": aad_object_id,
+            "email": email,
+            "userPrincipalName": email,
+            "tenantId": tenant_id or self.tenant_id,
+            "userRole": role,
+        }
 
     # -- faults -------------------------------------------------------------------------------
 
@@ -286,6 +302,14 @@ class FakeTeams:
             conversation = parts[4]
             activity_id = parts[6] if len(parts) > 6 else None
             return self._connector(method, conversation, activity_id, raw, authorization)
+        # /teams/v3/conversations/{id}/members/{userId}
+        if (
+            method == "GET"
+            and len(parts) == 7
+            and parts[1:4] == ["teams", "v3", "conversations"]
+            and parts[5] == "members"
+        ):
+            return self._member(parts[4], parts[6], authorization)
         return 404, {}, {"error": {"code": "NotFound", "message": "no such route"}}
 
     def _token(self, path: str, raw: bytes) -> tuple[int, dict[str, str], Any]:
@@ -308,6 +332,24 @@ class FakeTeams:
             {},
             {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": access},
         )
+
+    def _member(
+        self, conversation: str, user_id: str, authorization: str | None
+    ) -> tuple[int, dict[str, str], Any]:
+        token = authorization[7:] if authorization and authorization.startswith("Bearer ") else None
+        with self._lock:
+            if token not in self._access_tokens:
+                return 401, {}, {"message": "Authorization has been denied for this request."}
+            if conversation not in self.conversations:
+                return (
+                    404,
+                    {},
+                    {"error": {"code": "ConversationNotFound", "message": "Conversation not found."}},
+                )
+            member = self.members.get(user_id)
+        if member is None:
+            return 404, {}, {"error": {"code": "MemberNotFound", "message": "The member was not found."}}
+        return 200, {}, dict(member)
 
     def _connector(
         self, method: str, conversation: str, activity_id: str | None, raw: bytes, authorization: str | None

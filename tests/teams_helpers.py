@@ -35,6 +35,7 @@ DAVE = "da4e0000-0000-4000-8000-000000000003"
 ALICE = "a11ce000-0000-4000-8000-000000000004"  # the requester's owner, as an approver
 FRANK = "f4a4c000-0000-4000-8000-000000000005"  # an approver of another group
 EVE = "e4e00000-0000-4000-8000-000000000006"  # in the tenant, mapped to no approver
+GINA = "6a4a0000-0000-4000-8000-000000000007"  # an approver mapped by her email, not her object id
 
 APPROVERS = {
     "bob": {**approver_table("bob@example.com", ["sre"], "tok-bob"), "teams_user": BOB},
@@ -46,6 +47,7 @@ APPROVERS = {
         "teams_user": [ALICE],
     },
     "frank": {**approver_table("frank@example.com", ["finance"], "tok-frank"), "teams_user": FRANK},
+    "gina": approver_table("gina@example.com", ["sre"], "tok-gina"),
 }
 TIERS = {
     "high": {"approvals": 1, "groups": ["sre", "security"]},

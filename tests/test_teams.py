@@ -303,3 +303,34 @@ async def test_a_refreshing_card_shows_buttons_only_to_those_who_may_use_them(tm
     assert verbs(for_bob["value"]) == ["approve", "deny", "approve_for"]
     assert verbs(for_alice["value"]) == []  # the requester: no buttons for her own call
     assert for_eve["type"] == "application/vnd.microsoft.activity.message"
+
+
+@pytest.mark.parametrize(
+    ("member", "decided"),
+    [
+        ({"email": "Gina@Example.com"}, True),
+        ({"email": "gina@example.com", "role": "guest"}, False),
+        ({"email": "gina@example.com", "tenant_id": "00000000-0000-4000-8000-00000000dead"}, False),
+        ({"email": "eve@example.com"}, False),
+    ],
+    ids=["by email", "a guest", "another tenant", "not an approver's email"],
+)
+async def test_a_clicker_without_teams_user_is_mapped_by_the_email_the_connector_gives(
+    tmp_path: Path, member: dict[str, str], decided: bool
+) -> None:
+    from tests.teams_helpers import GINA
+
+    async with teams_gate(tmp_path) as t:
+        t.fake.add_member(GINA, **member)
+        box = t.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await t.held()
+        await t.posted(request.id)
+        answer = await t.click(GINA, "approve", request.id)
+        if decided:
+            await t.fake.wait_for(lambda: box)
+        state = (await t.gate.engine.get(request.id)).state
+    if decided:
+        assert answer["type"] == "application/vnd.microsoft.card.adaptive" and state == "executed"
+        assert "gina via teams" in card_text(answer["value"])
+    else:
+        assert "cannot decide" in answer["value"] and state == "pending"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,7 +25,7 @@ from mcp_gate.channels.teams_connector import Connector
 from mcp_gate.channels.teams_outbox import TeamsOutbox
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import GateConfig, TeamsSettings
-from mcp_gate.errors import ConfigError, NoSuchRequest
+from mcp_gate.errors import ConfigError, NoSuchRequest, TeamsFailure
 from mcp_gate.gateway import Gateway
 from mcp_gate.http import serve_asgi
 from mcp_gate.storage.base import Tx
@@ -35,6 +36,7 @@ log = logging.getLogger("mcp_gate.teams")
 
 MESSAGES_PATH = "/api/messages"
 MAX_BODY_BYTES = 256 * 1024
+MEMBER_CACHE_SECONDS = 300.0
 SEEN_FOR = timedelta(hours=2)  # longer than a Bot Connector token lives: a replay needs a live token
 
 
@@ -85,6 +87,7 @@ class TeamsChannel:
         self.connector = Connector(settings, secrets.app_password)
         self.desk = Desk(gate.engine, channel="teams", rules=gate.config.redaction)
         self.wall: Callable[[], datetime] = wall or (lambda: datetime.now(UTC))
+        self._members: dict[str, tuple[float, dict[str, Any]]] = {}
         self.outbox = TeamsOutbox(
             gate,
             settings,
@@ -161,7 +164,7 @@ class TeamsChannel:
             # A replayed invoke decides nothing, on whichever replica it lands.
             await self._refused(click, None, "the same card action was received before (a replay)")
             return message_answer("This action was already received; it changes nothing.")
-        who = self.identify(click)
+        who = await self.identify(click)
         if isinstance(who, str):
             await self._refused(click, None, who)
             return message_answer(f"You cannot decide this: {who}")
@@ -170,8 +173,9 @@ class TeamsChannel:
         except NoSuchRequest:
             return message_answer(f"There is no approval request {click.request_id}.")
 
-    def identify(self, click: TeamsClick) -> Approver | str:
-        """The approver behind a Teams user, or why they are none (said to them, and recorded)."""
+    async def identify(self, click: TeamsClick) -> Approver | str:
+        """The approver behind a Teams user, or why they are none (said to them, and recorded): by
+        their Entra object id in `teams_user`, else by the email or UPN the Connector gives for them."""
         settings = self.settings
         if click.tenant_id != settings.tenant_id:
             return (
@@ -182,12 +186,37 @@ class TeamsChannel:
         if click.aad_object_id is None:
             return "Teams sent no Entra ID object id for you"
         name = settings.users.get(click.aad_object_id)
-        if name is None:
-            return (
-                f"your Teams account (object id {click.aad_object_id}) is not mapped to an approver; "
-                "an approver needs teams_user set to it in gate.toml"
-            )
-        return self.gate.config.approvers[name]
+        if name is not None:
+            return self.gate.config.approvers[name]
+        return await self._by_address(click, click.aad_object_id)
+
+    async def _by_address(self, click: TeamsClick, object_id: str) -> Approver | str:
+        unmapped = (
+            f"your Teams account (object id {object_id}) is not mapped to an approver: no approver has "
+            "teams_user set to it, or its email, in gate.toml"
+        )
+        cached = self._members.get(object_id)
+        if cached is not None and cached[0] > time.monotonic():
+            member = cached[1]
+        else:
+            try:
+                member = await self.connector.member(click.conversation.split(";")[0], click.user_id)
+            except TeamsFailure as exc:
+                if exc.status == 404:
+                    return unmapped  # not a member the Connector knows: nobody to map
+                return f"the gate could not look up your Teams account ({exc.error}); try again"
+            self._members[object_id] = (time.monotonic() + MEMBER_CACHE_SECONDS, member)
+        if str(member.get("aadObjectId") or "").lower() != object_id:
+            return unmapped
+        if str(member.get("tenantId") or "").lower() != self.settings.tenant_id:
+            return "your Teams account belongs to another tenant"
+        if member.get("userRole") == "guest":
+            return "guests in this tenant cannot decide approval requests"
+        addresses = {str(member.get(k) or "").strip().lower() for k in ("email", "userPrincipalName")} - {""}
+        for approver in self.gate.config.approvers.values():
+            if addresses & {approver.email.strip().lower(), *(a.strip().lower() for a in approver.aliases)}:
+                return approver
+        return unmapped
 
     async def _decide(self, click: TeamsClick, who: Approver) -> dict[str, Any]:
         request = await self.gate.engine.get(click.request_id)

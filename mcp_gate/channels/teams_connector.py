@@ -115,6 +115,27 @@ class Connector:
             data = {}
         return data if isinstance(data, dict) else {}
 
+    async def member(self, conversation: str, user_id: str) -> dict[str, Any]:
+        """One member of a conversation as the Connector knows them (email, userPrincipalName, tenantId,
+        aadObjectId, userRole): the gate asks with its own token, so the answer is not the clicker's word."""
+        base = self.settings.service_url.rstrip("/")
+        url = f"{base}/v3/conversations/{quote(conversation, safe='')}/members/{quote(user_id, safe='')}"
+        token = await self.token()
+        try:
+            async with httpx2.AsyncClient(timeout=TIMEOUT, follow_redirects=False) as client:
+                response = await client.get(url, headers={"authorization": f"Bearer {token}"})
+        except httpx2.HTTPError as exc:
+            raise TeamsFailure("member lookup", f"unreachable ({type(exc).__name__})") from exc
+        if response.status_code != 200:
+            raise TeamsFailure("member lookup", _code(response), status=response.status_code)
+        try:
+            data = json.loads(response.content)
+        except ValueError as exc:
+            raise TeamsFailure("member lookup", "not JSON") from exc
+        if not isinstance(data, dict):
+            raise TeamsFailure("member lookup", "not a member")
+        return data
+
     async def post_card(self, conversation: str, card: Mapping[str, Any]) -> str:
         """Post a card as a new activity in a conversation; its activity id."""
         body = {"type": "message", "attachments": [card_attachment(card)]}
