@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         Quarantined,
         SlackFailure,
         StoreError,
+        TeamsFailure,
         UnknownTool,
     )
     from mcp_gate.gateway import Gateway
@@ -50,6 +51,7 @@ _ERRORS = (
     "Quarantined",
     "SlackFailure",
     "StoreError",
+    "TeamsFailure",
     "UnknownTool",
 )
 _HOMES = {
@@ -78,6 +80,7 @@ __all__ = [
     "SlackFailure",
     "Store",
     "StoreError",
+    "TeamsFailure",
     "UnknownTool",
     "__version__",
     "open_gate",
