@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import anyio
+import httpx2
+import mcp_types as types
 import pytest
+from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
 
 from mcp_gate.channels.teams import TeamsSecrets
 from mcp_gate.config import load_config
 from mcp_gate.config.model import BOT_FRAMEWORK_ISSUER, BOT_FRAMEWORK_METADATA
 from mcp_gate.errors import ConfigError
 from mcp_gate.fake_teams import FakeTeams
-from mcp_gate.testing import notes_server_table, write_config
+from mcp_gate.testing import eventually, notes_server_table, write_config
 from tests.teams_helpers import APPROVERS, BOB, CONVERSATION, PASSWORD_ENV, make_config
 
 
@@ -154,3 +160,46 @@ def test_serve_without_the_bot_password_is_a_one_line_error(tmp_path: Path) -> N
         f"mcp-gate: error: {config}: channels.teams.app_password_env: environment variable {PASSWORD_ENV} "
         "is not set (it should hold the Teams bot's app password)"
     ]
+
+
+@pytest.mark.anyio
+async def test_mcp_gate_serve_posts_a_held_call_to_teams_and_runs_it_when_approved_there(
+    tmp_path: Path,
+) -> None:
+    fake = FakeTeams(conversations={CONVERSATION})
+    errlog = tmp_path / "serve.stderr"
+    with fake.running(), errlog.open("w") as err:
+        config = make_config(tmp_path, fake)
+        gate = StdioServerParameters(
+            command=sys.executable,
+            args=["-m", "mcp_gate", "serve", "--config", str(config)],
+            env={PASSWORD_ENV: fake.app_password, "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
+        )
+        async with (
+            Client(stdio_client(gate, errlog=err), mode="legacy") as agent,
+            anyio.create_task_group() as tg,
+        ):
+            box: list[types.CallToolResult] = []
+
+            async def call() -> None:
+                box.append(await agent.call_tool("notes__write_note", {"name": "plan", "text": "ship"}))
+
+            tg.start_soon(call)
+            [post] = await fake.wait_for(lambda: fake.calls_to("POST"), timeout=30)
+            found = await eventually(
+                lambda: re.search(
+                    r"messaging endpoint on (http://127\.0\.0\.1:\d+/api/messages)", errlog.read_text()
+                ),
+                what="the messaging endpoint's address on stderr",
+            )
+            request_id = post.body["attachments"][0]["content"]["actions"][0]["data"]["request_id"]
+            activity = fake.invoke(BOB, "approve", {"request_id": request_id})
+            async with httpx2.AsyncClient(timeout=20) as client:
+                answer = await client.post(
+                    found.group(1), json=activity, headers={"authorization": f"Bearer {fake.token()}"}
+                )
+            await fake.wait_for(lambda: box, timeout=30)
+            await fake.wait_for(lambda: fake.calls_to("PUT"))
+    assert answer.status_code == 200 and answer.json()["type"] == "application/vnd.microsoft.card.adaptive"
+    assert not box[0].is_error and (tmp_path / "notes" / "plan").read_text() == "ship"
+    assert fake.app_password not in errlog.read_text()
