@@ -334,3 +334,32 @@ async def test_a_clicker_without_teams_user_is_mapped_by_the_email_the_connector
         assert "gina via teams" in card_text(answer["value"])
     else:
         assert "cannot decide" in answer["value"] and state == "pending"
+
+
+async def test_a_revoked_approval_updates_the_card(tmp_path: Path) -> None:
+    async with teams_gate(tmp_path) as t:
+        t.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await t.held()
+        await t.posted(request.id)
+        async with open_engine(t.config) as engine:
+            await engine.revoke(request.id, t.config.approvers["dave"])
+        done = await t.showing(request.id, "Revoked")
+    assert verbs(done) == [] and "Revoked by dave" in card_text(done)
+
+
+async def test_a_request_the_connector_never_took_expires_and_says_it_was_not_posted(tmp_path: Path) -> None:
+    from tests.teams_helpers import FakeTeams
+
+    clock = FakeClock()
+    fake = FakeTeams(conversations={CONVERSATION})
+    fake.fail(503, method="POST")
+    async with teams_gate(tmp_path, fake=fake, clock=clock, expires="5m") as t:
+        box = t.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await t.held()
+        await t.wait_record(lambda r: r["event_type"] == "teams.post_failed")
+        clock.advance(minutes=6)
+        await t.fake.wait_for(lambda: box)
+        gave_up = await t.wait_record(lambda r: r["event_type"] == "teams.not_posted")
+    assert box[0].is_error and "expired" in text_of(box[0])
+    assert gave_up["request_id"] == request.id and gave_up["attempts"] >= 1
+    assert t.fake.calls_to("POST") == [] and not (tmp_path / "notes" / "plan").exists()

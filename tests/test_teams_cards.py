@@ -127,3 +127,12 @@ def test_any_json_object_parses_to_a_click_a_reason_or_nothing_without_raising(
 ) -> None:
     found = parse_activity({"type": "invoke", "name": "adaptiveCard/action", **activity})
     assert found is None or isinstance(found, str) or found.request_id == RID
+
+
+def test_the_console_link_is_an_open_url_action_beside_the_buttons() -> None:
+    card = render_card(view(), gate="gate", console_url="https://gate.example.com/console")
+    assert card["actions"][-1] == {
+        "type": "Action.OpenUrl",
+        "title": "Open in console",
+        "url": "https://gate.example.com/console",
+    }
