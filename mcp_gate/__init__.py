@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         SlackFailure,
         StoreError,
         StoreUnreachable,
+        TeamsFailure,
         UnknownTool,
     )
     from mcp_gate.gateway import Gateway
@@ -52,6 +53,7 @@ _ERRORS = (
     "SlackFailure",
     "StoreError",
     "StoreUnreachable",
+    "TeamsFailure",
     "UnknownTool",
 )
 _HOMES = {
@@ -81,6 +83,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnreachable",
+    "TeamsFailure",
     "UnknownTool",
     "__version__",
     "open_gate",

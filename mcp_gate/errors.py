@@ -8,6 +8,7 @@
     ├── CheckpointError            a key, signed note or checkpoint is malformed or does not verify
     ├── NoSuchRequest              no approval request has the id an approver named
     ├── SlackFailure               a Slack call failed: Slack's error code, never a token
+    ├── TeamsFailure               a Bot Connector or token service call failed, never a secret
     ├── CallRefused                a tool call the gate will not forward; the text goes to the agent
     │   ├── UnknownTool            no such tool, or a blocked one
     │   ├── InvalidArguments       arguments are not an object, too large, or fail the tool's schema
@@ -39,6 +40,7 @@ __all__ = [
     "SlackFailure",
     "StoreError",
     "StoreUnreachable",
+    "TeamsFailure",
     "UnknownTool",
 ]
 
@@ -102,6 +104,28 @@ class SlackFailure(GateError):
         self.unanswered = unanswered
         where = f" (HTTP {status})" if status not in (None, 200) else ""
         super().__init__(f"Slack {method} failed: {error}{where}")
+
+
+class TeamsFailure(GateError):
+    """A call to the Bot Connector or its token service failed: what went wrong (an HTTP status, an
+    error code), never a token or the bot's password. `unanswered`: sent, and no answer came back."""
+
+    def __init__(
+        self,
+        what: str,
+        error: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        unanswered: bool = False,
+    ):
+        self.what = what
+        self.error = error
+        self.status = status
+        self.retry_after = retry_after
+        self.unanswered = unanswered
+        where = f" (HTTP {status})" if status is not None else ""
+        super().__init__(f"Teams {what} failed: {error}{where}")
 
 
 class CallRefused(GateError):

@@ -78,6 +78,13 @@ EventType = Literal[
     "slack.refused",  # a click from someone Slack could not map to an approver, or who may not decide
     "slack.breakglass_notified",  # every approver of the tier told in Slack of a break-glass
     "slack.escalation_notified",  # the further groups of an escalated request told in Slack
+    # -- Teams --------------------------------------------------------------------------------
+    "teams.posted",  # a request's Adaptive Card posted to its Teams conversation
+    "teams.updated",  # a request's card updated in place to its outcome
+    "teams.post_failed",  # posting a request's card failed; it is retried
+    "teams.update_failed",  # updating a request's card failed; it is retried
+    "teams.not_posted",  # a request closed while its card still failed to post: the outbox stopped
+    "teams.refused",  # a click from someone not mapped to an approver, another tenant, or who may not decide
     # -- evidence and audit -------------------------------------------------------------------
     "checkpoint.copy_failed",  # a signed checkpoint could not be copied to a sink (file or webhook)
     "audit.verified",  # `mcp-gate audit verify` ran, and what it found

@@ -124,6 +124,7 @@ async def installation(data_dir: Path) -> dict[str, Any]:
         "G1", "bot", "alice@example.com", "notes", "write_note", "bob", START, START + timedelta(hours=1)
     )
     message = SlackMessage("R1", "C1", ts="1.2", voters={"bob": "U1"})
+    card = SlackMessage("R1", "19:conversation@thread.tacv2", ts="activity-1", voters={"bob": "aad-1"})
     async with await SQLiteStore.open(data_dir / "gate.db", clock=clock, notary=notary) as store:
         await store.append(
             [
@@ -138,6 +139,7 @@ async def installation(data_dir: Path) -> dict[str, Any]:
                 tx.save_request(request),
                 tx.insert_grant(grant),
                 tx.save_slack_message(message),
+                tx.save_teams_message(card),
                 tx.slack_first_sight("env-1", TS, TS),
                 tx.use_nonce("n1", "c1", TS),
                 tx.begin_inflight("c2", None, TS, {"tool": "write_note"}),
@@ -151,6 +153,7 @@ async def installation(data_dir: Path) -> dict[str, Any]:
             "request": request,
             "grant": grant,
             "message": message,
+            "card": card,
             "pins": await store.list_pins(),
         }
 
@@ -173,6 +176,7 @@ async def test_copy_moves_the_whole_store_verifies_it_and_refuses_a_second_run(
         assert await store.read(lambda tx: tx.get_request("R1")) == source["request"]
         assert await store.read(lambda tx: tx.get_grant("G1")) == source["grant"]
         assert await store.read(lambda tx: tx.slack_messages()) == [source["message"]]
+        assert await store.read(lambda tx: tx.teams_messages()) == [source["card"]]
         assert await store.transact(lambda tx: tx.slack_first_sight("env-1", TS, TS)) is False
         assert await store.transact(lambda tx: tx.use_nonce("n1", "c9", TS)) is False
         assert [i.correlation_id for i in await store.read(lambda tx: tx.inflight())] == ["c2"]

@@ -561,6 +561,24 @@ async def test_slack_messages_are_an_outbox_in_the_order_last_saved(store: Store
     assert await store.read(lambda tx: tx.slack_message("R9")) is None
 
 
+async def test_teams_cards_are_an_outbox_of_their_own_beside_slacks(store: Store) -> None:
+    slack = SlackMessage("R1", "C1", ts="1.2")
+    card = SlackMessage(
+        "R1", "19:approvals@thread.tacv2", ts="1700000000001", attempts=1, voters={"bob": "b0b"}
+    )
+    other = SlackMessage("R2", "19:approvals@thread.tacv2")
+    await store.transact(lambda tx: (tx.save_slack_message(slack), tx.save_teams_message(card)))
+    await store.transact(lambda tx: tx.save_teams_message(other))
+    assert await store.read(lambda tx: tx.teams_message("R1")) == card
+    assert await store.read(lambda tx: tx.slack_message("R1")) == slack
+    assert await store.read(lambda tx: tx.teams_messages()) == [card, other]
+    await store.transact(lambda tx: tx.save_teams_message(replace(card, done=True)))
+    assert [m.request_id for m in await store.read(lambda tx: tx.teams_messages())] == ["R2"]
+    assert [m.request_id for m in await store.read(lambda tx: tx.teams_messages(done=True))] == ["R1"]
+    assert await store.read(lambda tx: tx.slack_messages()) == [slack]
+    assert await store.read(lambda tx: tx.teams_message("R9")) is None
+
+
 async def test_a_slack_delivery_is_seen_once_until_it_is_forgotten(store: Store) -> None:
     t = [utc_iso(START + timedelta(minutes=n)) for n in range(10)]
     assert await store.transact(lambda tx: tx.slack_first_sight("sig", t[0], t[0])) is True

@@ -417,6 +417,10 @@ async def test_the_slack_outbox_and_replay_memory_are_shared_by_replicas(
     finished = SlackMessage("R2", "C1", ts="1.3", done=True)
     await one.transact(lambda tx: tx.save_slack_message(finished))
     assert await two.read(lambda tx: tx.slack_messages(done=True)) == [finished]
+    card = SlackMessage("R1", "19:approvals@thread.tacv2", ts="1700000000001")
+    await two.transact(lambda tx: tx.save_teams_message(card))
+    assert await one.read(lambda tx: (tx.teams_message("R1"), tx.teams_messages())) == (card, [card])
+    assert await one.read(lambda tx: tx.slack_message("R1")) == posted
 
     later, forget = "2026-11-24T17:00:00Z", "2026-11-24T16:00:00Z"
     assert await one.transact(lambda tx: tx.slack_first_sight("env-1", TS, forget))

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from mcp_gate import __version__
-from mcp_gate.cli import approvers, audit, demo, gate, policy, slack, store
+from mcp_gate.cli import approvers, audit, demo, gate, policy, slack, store, teams
 from mcp_gate.cli._common import EXIT_FAILED, EXIT_USAGE, progress
 from mcp_gate.errors import ApiUnreachable, DecisionRefused, GateError, StoreError, StoreUnreachable
 from mcp_gate.logs import configure_logging
@@ -32,6 +32,7 @@ examples:
   mcp-gate audit verify --bundle evidence.tar.gz --pubkey KEY
   mcp-gate audit report --since 2026-11-01 --out report.html
   mcp-gate slack test
+  mcp-gate teams test --endpoint https://gate.example.com
   mcp-gate demo
 
 exit status: 0 ok, 1 a check failed (server down, evidence tampered, decision refused), 2 bad input
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     policy.add_commands(sub)
     slack.add_commands(sub)
     store.add_commands(sub)
+    teams.add_commands(sub)
     demo.add_commands(sub)
     return parser
 

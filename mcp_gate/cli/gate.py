@@ -32,6 +32,7 @@ from mcp_gate.cli._common import (
 from mcp_gate.cli.audit import checkpoint_warnings, missed_copies
 from mcp_gate.cli.policy import run_policy_tests
 from mcp_gate.cli.slack import slack_check
+from mcp_gate.cli.teams import teams_check
 from mcp_gate.config import (
     GateConfig,
     invoking_user,
@@ -91,6 +92,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from mcp_gate.channels.slack import SlackChannel, SlackSecrets
 
         slack_secrets = SlackSecrets.read(config, os.environ)
+    teams_secrets = None
+    if config.teams is not None:  # the bot's password now: a missing one is a one-line error
+        from mcp_gate.channels.teams import TeamsChannel, TeamsSecrets
+
+        teams_secrets = TeamsSecrets.read(config, os.environ)
 
     signing: Literal["loaded", "off"] = "off" if runtime.gate_notary(config) is None else "loaded"
     tracing = runtime.gate_tracing(tracing_settings(os.environ, default_service=f"mcp-gate {config.name}"))
@@ -106,6 +112,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 progress(f"mcp-gate {config.name}: Slack approvals ({where})")
                 if slack_port is None:
                     probes = Probes(gate, signing, lambda: slack.link is not None)
+            if teams_secrets is not None:
+                teams_port = await tg.start(TeamsChannel(gate, teams_secrets).run)
+                teams_host = config.teams.listen[0] if config.teams is not None else ""
+                progress(
+                    f"mcp-gate {config.name}: Teams approvals (messaging endpoint on "
+                    f"http://{teams_host}:{teams_port}/api/messages)"
+                )
             if admin is not None:
                 host, port = admin
                 bound = await tg.start(functools.partial(serve_admin, probes, host, port))
@@ -304,6 +317,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not report["slack"]["ok"] and report["readiness"]["status"] == "ready":
             report["readiness"]["status"] = "degraded"
             report["readiness"]["degraded"].append("slack")
+    if config.teams is not None:
+        report["teams"] = asdict(teams_check(config, os.environ))
     verdicts = run_policy_tests(config)
     failing = [v for v in verdicts if not v.passed]
     if verdicts:
@@ -347,6 +362,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             say(f"checkpoints: {warning}")
         if "slack" in report:
             say(f"slack: {'ok' if report['slack']['ok'] else 'PROBLEM'}: {report['slack']['detail']}")
+        if "teams" in report:
+            say(f"teams: {'ok' if report['teams']['ok'] else 'PROBLEM'}: {report['teams']['detail']}")
         if verdicts and not failing:
             say(f"policy tests: {len(verdicts)} case(s), all hold")
         for verdict in failing:
@@ -356,6 +373,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         _print_tools(report["tools"])
     failed = [s for s in report["servers"] if s["state"] not in ("up", "disabled")]
     if "slack" in report and not report["slack"]["ok"]:
+        return EXIT_FAILED
+    if "teams" in report and not report["teams"]["ok"]:
         return EXIT_FAILED
     if failing:
         return EXIT_FAILED

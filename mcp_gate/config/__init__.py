@@ -37,6 +37,7 @@ from mcp_gate.config.model import (
     SlackSecret,
     SlackSettings,
     StoreSettings,
+    TeamsSettings,
 )
 from mcp_gate.config.servers import read_client_config, serve_in_process, servers_to_toml
 from mcp_gate.config.telemetry import TracingSettings, tracing_settings
@@ -64,6 +65,7 @@ __all__ = [
     "SlackSettings",
     "StoreSettings",
     "TracingSettings",
+    "TeamsSettings",
     "invoking_user",
     "load_config",
     "read_client_config",

@@ -9,12 +9,12 @@ from dataclasses import asdict
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 import rfc8785
 from pydantic import AfterValidator, Field, ValidationError
 
 from mcp_gate.approvals import Approver
+from mcp_gate.config.chat_toml import slack_settings, teams_settings
 from mcp_gate.config.files import Strict, config_error_from, read_toml
 from mcp_gate.config.model import (
     AdminSettings,
@@ -27,11 +27,8 @@ from mcp_gate.config.model import (
     Requester,
     RolloutSettings,
     ServerSpec,
-    SlackSecret,
-    SlackSettings,
 )
 from mcp_gate.config.servers import (
-    ENV_NAME,
     ServerSection,
     build_server,
     expand_variables,
@@ -39,7 +36,6 @@ from mcp_gate.config.servers import (
 )
 from mcp_gate.config.store import store_settings
 from mcp_gate.config.tiers import (
-    CONFIGURABLE,
     BreakGlassSection,
     breakglass_from,
     check_groups,
@@ -103,6 +99,7 @@ class _ApproverSection(Strict):
     token_sha256: Annotated[str, AfterValidator(_sha256_hex)] | None = None
     aliases: list[NonEmpty] = Field(default_factory=list)
     slack_user: NonEmpty | list[NonEmpty] | None = None
+    teams_user: NonEmpty | list[NonEmpty] | None = None  # Entra ID object ids
 
 
 class _ApprovalsSection(Strict):
@@ -147,6 +144,7 @@ class _GateFile(Strict):
     evidence: _EvidenceSection = Field(default_factory=lambda: _EvidenceSection())
     slack: dict[str, Any] | None = None
     store: dict[str, Any] | None = None
+    channels: dict[str, Any] | None = None  # [channels.teams]
     redaction: _RedactionSection = Field(default_factory=lambda: _RedactionSection())
     breakglass: BreakGlassSection | None = None
 
@@ -289,7 +287,8 @@ def load_config(path: Path, environ: Mapping[str, str]) -> GateConfig:
         "admin": _admin(file, model.admin),
         "http": HttpSettings(**{**model.http.model_dump(), "allowed_hosts": tuple(model.http.allowed_hosts)}),
         "elicitation": elicitation,
-        "slack": _slack(file, model.slack, base, model.approvers, approvers, servers),
+        "slack": slack_settings(file, model.slack, base, model.approvers, approvers, servers),
+        "teams": teams_settings(file, model.channels, base, model.approvers, approvers, servers),
         "pins": PinSettings(new_tools=model.pins.new_tools, recheck_timeout=model.pins.recheck_timeout),
         "store": store_settings(file, model.store, base, environ),  # not hashed: its url has the password
         "rollout": rollout,
@@ -419,132 +418,6 @@ def _signer_command(file: str, command: list[str]) -> tuple[str, ...]:
 def _note_name(gate_name: str) -> str:
     cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in gate_name).strip("-") or "gate"
     return f"mcp-gate-{cleaned}"[:128]
-
-
-# --- [slack] -----------------------------------------------------------------------------------------
-
-_SLACK_ID = re.compile(r"[A-Z0-9][A-Z0-9_-]{1,40}")
-_TOKEN_SHAPE = re.compile(r"^\s*(xox[abposr]-|xapp-)")
-_LITERAL_SECRETS = ("bot_token", "app_token", "signing_secret")
-
-
-class _SlackSection(Strict):
-    team_id: NonEmpty
-    channel: NonEmpty
-    mode: Literal["socket", "http"] = "socket"
-    bot_token_env: NonEmpty | None = None
-    bot_token_file: NonEmpty | None = None
-    app_token_env: NonEmpty | None = None
-    app_token_file: NonEmpty | None = None
-    signing_secret_env: NonEmpty | None = None
-    signing_secret_file: NonEmpty | None = None
-    api_url: NonEmpty = "https://slack.com/api/"
-    listen: NonEmpty | None = None
-    tiers: dict[str, NonEmpty] = Field(default_factory=dict)
-    servers: dict[str, NonEmpty] = Field(default_factory=dict)
-
-
-def _slack_secret(
-    file: str, section: _SlackSection, what: str, default_env: str, base: Path, *, needed: bool
-) -> SlackSecret | None:
-    env: str | None = getattr(section, f"{what}_env")
-    path: str | None = getattr(section, f"{what}_file")
-    if env is not None and path is not None:
-        raise ConfigError(file, f"slack.{what}_file", f"give {what}_env or {what}_file, not both")
-    if path is not None:
-        return SlackSecret(what, None, base / path)
-    if env is None and not needed:
-        return None
-    env = env or default_env
-    if not ENV_NAME.fullmatch(env):
-        raise ConfigError(file, f"slack.{what}_env", f"{env!r} is not an environment variable name")
-    return SlackSecret(what, env, None)
-
-
-def _slack(
-    file: str,
-    data: dict[str, Any] | None,
-    base: Path,
-    sections: Mapping[str, _ApproverSection],
-    approvers: Mapping[str, Approver],
-    servers: Mapping[str, ServerSpec],
-) -> SlackSettings | None:
-    if data is None:
-        return None
-    for key in _LITERAL_SECRETS:
-        if key in data:
-            raise ConfigError(
-                file,
-                f"slack.{key}",
-                f"a Slack secret must not be written in gate.toml; name an environment variable "
-                f"({key}_env) or a file ({key}_file) that holds it",
-            )
-    for key, value in data.items():
-        if isinstance(value, str) and _TOKEN_SHAPE.match(value):
-            raise ConfigError(
-                file, f"slack.{key}", "looks like a Slack token; tokens come from the environment or a file"
-            )
-    try:
-        section = _SlackSection.model_validate(data)
-    except ValidationError as exc:
-        raise config_error_from(file, exc, prefix=("slack",)) from exc
-    if not _SLACK_ID.fullmatch(section.team_id):
-        raise ConfigError(
-            file, "slack.team_id", f"expected a Slack team id such as T0123ABCD, got {section.team_id!r}"
-        )
-    for tier in section.tiers:
-        if tier not in CONFIGURABLE:
-            raise ConfigError(
-                file, f"slack.tiers.{tier}", "unknown tier; expected low, medium, high or critical"
-            )
-    for server in section.servers:
-        if server not in servers:
-            raise ConfigError(file, f"slack.servers.{server}", f"no server {server!r} is configured")
-    scheme = urlsplit(section.api_url).scheme
-    if scheme not in ("http", "https"):
-        raise ConfigError(file, "slack.api_url", f"expected an http(s) URL, got {section.api_url!r}")
-    listen: tuple[str, int] | None = None
-    if section.listen is not None:
-        host, sep, port = section.listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or int(port) > 65535:
-            raise ConfigError(
-                file, "slack.listen", f"expected HOST:PORT such as 0.0.0.0:8767, got {section.listen!r}"
-            )
-        listen = (host.strip("[]"), int(port))
-    if section.mode == "http" and listen is None:
-        raise ConfigError(
-            file, "slack.listen", 'mode = "http" needs listen = "HOST:PORT" for /slack/interactions'
-        )
-    users: dict[str, str] = {}
-    for name, approver_section in sections.items():
-        ids = approver_section.slack_user
-        for user in [ids] if isinstance(ids, str) else ids or []:
-            key = f"approvers.{name}.slack_user"
-            if not _SLACK_ID.fullmatch(user):
-                raise ConfigError(file, key, f"expected a Slack user id such as U0123ABCD, got {user!r}")
-            if user in users and users[user] != name:
-                raise ConfigError(file, key, f"Slack user {user} is already approver {users[user]!r}")
-            users[user] = name
-    assert set(users.values()) <= set(approvers)
-    bot = _slack_secret(file, section, "bot_token", "SLACK_BOT_TOKEN", base, needed=True)
-    assert bot is not None
-    return SlackSettings(
-        team_id=section.team_id,
-        channel=section.channel,
-        mode=section.mode,
-        bot_token=bot,
-        app_token=_slack_secret(
-            file, section, "app_token", "SLACK_APP_TOKEN", base, needed=section.mode == "socket"
-        ),
-        signing_secret=_slack_secret(
-            file, section, "signing_secret", "SLACK_SIGNING_SECRET", base, needed=section.mode == "http"
-        ),
-        api_url=section.api_url,
-        listen=listen,
-        tier_channels=MappingProxyType(dict(section.tiers)),
-        server_channels=MappingProxyType(dict(section.servers)),
-        users=MappingProxyType(users),
-    )
 
 
 def _secret(value: str) -> str:

@@ -183,6 +183,7 @@ class GateConfig:
     evidence: EvidenceSettings | None = None
     slack: SlackSettings | None = None
     store: StoreSettings | None = None  # None: the SQLite file in data_dir
+    teams: TeamsSettings | None = None
     redaction: RedactionRules = field(default_factory=RedactionRules)
     pins: PinSettings = field(default_factory=PinSettings)
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
@@ -243,10 +244,11 @@ class SlackSecret:
     what: str
     env: str | None
     file: Path | None
+    section: str = "slack"  # the gate.toml table that names it
 
     def read(self, environ: Mapping[str, str], config_file: str) -> str:
         if self.file is not None:
-            raw = read_bytes(self.file, f"no such file (named by slack.{self.what}_file)")
+            raw = read_bytes(self.file, f"no such file (named by {self.section}.{self.what}_file)")
             value = decode(self.file, raw).strip()
             if not value:
                 raise ConfigError(str(self.file), None, f"the {self.what} file is empty")
@@ -256,10 +258,16 @@ class SlackSecret:
         if not value:
             raise ConfigError(
                 config_file,
-                f"slack.{self.what}_env",
-                f"environment variable {self.env} is not set (it should hold the Slack {self.what})",
+                f"{self.section}.{self.what}_env",
+                f"environment variable {self.env} is not set (it should hold the {self._holds})",
             )
         return value
+
+    @property
+    def _holds(self) -> str:
+        return (
+            f"Slack {self.what}" if self.section == "slack" else f"Teams bot's {self.what.replace('_', ' ')}"
+        )
 
     def where(self) -> str:
         return f"file {self.file}" if self.file is not None else f"${self.env}"
@@ -284,3 +292,34 @@ class SlackSettings:
     def channel_for(self, server: str, tier: str) -> str:
         """A server's own channel, else the tier's, else the default channel."""
         return self.server_channels.get(server) or self.tier_channels.get(tier) or self.channel
+
+
+BOT_FRAMEWORK_METADATA = "https://login.botframework.com/v1/.well-known/openidconfiguration"
+BOT_FRAMEWORK_ISSUER = "https://api.botframework.com"
+BOT_FRAMEWORK_SCOPE = "https://api.botframework.com/.default"
+BOT_FRAMEWORK_TOKEN_URL = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token"
+
+
+@dataclass(frozen=True)
+class TeamsSettings:
+    """Microsoft Teams as an approval channel: the bot, the conversation cards go to, who is who.
+
+    The Bot Framework endpoints default to the public cloud's; a sovereign cloud (or a local fake)
+    names its own."""
+
+    app_id: str
+    tenant_id: str
+    app_password: SlackSecret
+    service_url: str
+    conversation: str
+    listen: tuple[str, int]
+    openid_metadata: str = BOT_FRAMEWORK_METADATA
+    issuer: str = BOT_FRAMEWORK_ISSUER
+    token_url: str = BOT_FRAMEWORK_TOKEN_URL
+    scope: str = BOT_FRAMEWORK_SCOPE
+    console_url: str | None = None
+    users: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # object id -> approver
+
+    @property
+    def token_endpoint(self) -> str:
+        return self.token_url.replace("{tenant}", self.tenant_id)

@@ -54,7 +54,8 @@ class Inflight:
 
 @dataclass(frozen=True)
 class SlackMessage:
-    """The Slack message of one approval request: where it is, what it last showed, retries."""
+    """The chat message of one approval request: where it is, what it last showed, retries. Slack's
+    (channel, ts) and Teams' (conversation id, activity id) both fit it, in tables of their own."""
 
     request_id: str
     channel: str
@@ -294,6 +295,12 @@ class Tx(Protocol):
     def slack_messages(self, *, done: bool = False) -> list[SlackMessage]: ...
 
     def save_slack_message(self, message: SlackMessage) -> None: ...
+
+    def teams_message(self, request_id: str) -> SlackMessage | None: ...
+
+    def teams_messages(self, *, done: bool = False) -> list[SlackMessage]: ...
+
+    def save_teams_message(self, message: SlackMessage) -> None: ...
 
     def slack_first_sight(self, key: str, now: str, forget_before: str) -> bool:
         """Remember `key` (a delivery's signature or envelope id); False if it was seen already."""

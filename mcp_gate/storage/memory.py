@@ -34,6 +34,7 @@ from mcp_gate.errors import EvidenceWriteError, GateError, StoreError
 from mcp_gate.events import OPEN_STATES, EventType, RequestState
 from mcp_gate.evidence import GENESIS_HASH, Record, canonical_json, chain_events, new_event
 from mcp_gate.notary import Notary
+from mcp_gate.storage import rows as stored
 from mcp_gate.storage.base import Changes, CommitObserver, Inflight, PinRecord, SlackMessage, Tx
 from mcp_gate.storage.changes import CommitSignal
 
@@ -60,6 +61,7 @@ class _Tables:
     nonces: dict[str, tuple[str, str]] = field(default_factory=dict)
     slack_messages: dict[str, SlackMessage] = field(default_factory=dict)  # in rowid order
     slack_seen: dict[str, str] = field(default_factory=dict)
+    teams_messages: dict[str, SlackMessage] = field(default_factory=dict)  # in rowid order
     checkpoints: list[tuple[int, str, str, str]] = field(default_factory=list)  # size, kind, at, note
     rowid: int = 0
 
@@ -74,6 +76,7 @@ class _Tables:
             nonces=dict(self.nonces),
             slack_messages=dict(self.slack_messages),
             slack_seen=dict(self.slack_seen),
+            teams_messages=dict(self.teams_messages),
             checkpoints=list(self.checkpoints),
         )
 
@@ -328,19 +331,22 @@ class MemoryTx:
     # Slack messages of approval requests, and the Slack deliveries already seen
 
     def slack_message(self, request_id: str) -> SlackMessage | None:
-        message = self._t.slack_messages.get(request_id)
-        return None if message is None else replace(message, voters=dict(message.voters))
+        return stored.get_message(self._t.slack_messages, request_id)
 
     def slack_messages(self, *, done: bool = False) -> list[SlackMessage]:
-        return [replace(m, voters=dict(m.voters)) for m in self._t.slack_messages.values() if m.done == done]
+        return stored.list_messages(self._t.slack_messages, done)
 
     def save_slack_message(self, message: SlackMessage) -> None:
-        # INSERT OR REPLACE: a replaced row is a new row, last in rowid order.
-        self._t.slack_messages.pop(message.request_id, None)
-        voters = json.loads(json.dumps(dict(message.voters), sort_keys=True))
-        self._t.slack_messages[message.request_id] = replace(
-            message, attempts=int(message.attempts), voters=voters, done=bool(message.done)
-        )
+        stored.save_message(self._t.slack_messages, message)
+
+    def teams_message(self, request_id: str) -> SlackMessage | None:
+        return stored.get_message(self._t.teams_messages, request_id)
+
+    def teams_messages(self, *, done: bool = False) -> list[SlackMessage]:
+        return stored.list_messages(self._t.teams_messages, done)
+
+    def save_teams_message(self, message: SlackMessage) -> None:
+        stored.save_message(self._t.teams_messages, message)
 
     def slack_first_sight(self, key: str, now: str, forget_before: str) -> bool:
         seen = self._t.slack_seen

@@ -1,5 +1,6 @@
 """The rows every SQL backend stores, read back as the gate's values: the column lists, the row
-mappers (records, pins, grants, Slack messages), time text, and errors as one line.
+mappers (records, pins, grants, chat messages), time text, errors as one line, and the copies
+the memory store gives of its chat messages, as a table would read them back.
 
 Pure: no driver is imported here, so the SQLite and PostgreSQL backends share one reading of a row."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -21,12 +23,15 @@ __all__ = [
     "PIN_COLUMNS",
     "RECORD_COLUMNS",
     "SLACK_COLUMNS",
+    "get_message",
     "grant",
+    "list_messages",
     "one_line",
     "parse_time",
     "parsed_bodies",
     "pin_record",
     "record",
+    "save_message",
     "slack_message",
 ]
 
@@ -139,3 +144,24 @@ def grant(row: Sequence[Any]) -> Grant:
 
 def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+# The memory store keeps its messages as values; these copy them as a table would read them back.
+
+
+def get_message(table: dict[str, SlackMessage], request_id: str) -> SlackMessage | None:
+    message = table.get(request_id)
+    return None if message is None else replace(message, voters=dict(message.voters))
+
+
+def list_messages(table: dict[str, SlackMessage], done: bool) -> list[SlackMessage]:
+    return [replace(m, voters=dict(m.voters)) for m in table.values() if m.done == done]
+
+
+def save_message(table: dict[str, SlackMessage], message: SlackMessage) -> None:
+    # INSERT OR REPLACE: a replaced row is a new row, last in rowid order.
+    table.pop(message.request_id, None)
+    voters = json.loads(json.dumps(dict(message.voters), sort_keys=True))
+    table[message.request_id] = replace(
+        message, attempts=int(message.attempts), voters=voters, done=bool(message.done)
+    )

@@ -32,6 +32,7 @@ _TABLES: tuple[tuple[str, str, str], ...] = (
     ("elicitation_nonces", "nonce, correlation_id, used_at", "rowid"),
     ("slack_messages", stored.SLACK_COLUMNS, "rowid"),
     ("slack_seen", "key, seen_at", "rowid"),
+    ("teams_messages", stored.SLACK_COLUMNS, "rowid"),
 )
 _STATE_TABLES = ("evidence", *(table for table, _, _ in _TABLES))
 

@@ -161,7 +161,24 @@ CREATE TABLE slack_seen (
 CREATE INDEX slack_seen_by_time ON slack_seen (seen_at)
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+# The Teams card of each approval request: conversation id (channel), activity id (ts), retries.
+_V2 = """
+CREATE TABLE teams_messages (
+    n BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+    request_id TEXT PRIMARY KEY,
+    channel TEXT NOT NULL,
+    ts TEXT,
+    rendered_sha256 TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT,
+    lease_until TEXT,
+    last_error TEXT,
+    voters TEXT NOT NULL DEFAULT '{{}}',
+    done INTEGER NOT NULL DEFAULT 0
+)
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # Taken (transaction-scoped) by whoever creates or migrates the schema, so two replicas starting

@@ -288,26 +288,44 @@ class PostgresTx:
         )
         return cursor.rowcount == 1
 
-    # Slack messages of approval requests, and the Slack deliveries already seen
+    # Slack and Teams messages of approval requests, and the chat deliveries already seen
 
     def slack_message(self, request_id: str) -> SlackMessage | None:
+        return self._message("slack_messages", request_id)
+
+    def teams_message(self, request_id: str) -> SlackMessage | None:
+        return self._message("teams_messages", request_id)
+
+    def _message(self, table: str, request_id: str) -> SlackMessage | None:
         row = self.conn.execute(
-            f"SELECT {stored.SLACK_COLUMNS} FROM slack_messages WHERE request_id = %s", (request_id,)
+            f"SELECT {stored.SLACK_COLUMNS} FROM {table} WHERE request_id = %s", (request_id,)
         ).fetchone()
         return None if row is None else stored.slack_message(row)
 
     def slack_messages(self, *, done: bool = False) -> list[SlackMessage]:
+        return self._messages("slack_messages", done)
+
+    def teams_messages(self, *, done: bool = False) -> list[SlackMessage]:
+        return self._messages("teams_messages", done)
+
+    def _messages(self, table: str, done: bool) -> list[SlackMessage]:
         rows = self.conn.execute(
-            f"SELECT {stored.SLACK_COLUMNS} FROM slack_messages WHERE done = %s ORDER BY n", (int(done),)
+            f"SELECT {stored.SLACK_COLUMNS} FROM {table} WHERE done = %s ORDER BY n", (int(done),)
         ).fetchall()
         return [stored.slack_message(row) for row in rows]
 
     def save_slack_message(self, message: SlackMessage) -> None:
+        self._save_message("slack_messages", message)
+
+    def save_teams_message(self, message: SlackMessage) -> None:
+        self._save_message("teams_messages", message)
+
+    def _save_message(self, table: str, message: SlackMessage) -> None:
         updates = ", ".join(
             f"{c} = excluded.{c}" for c in stored.SLACK_COLUMNS.replace(" ", "").split(",")[1:]
         )
         self.conn.execute(
-            f"INSERT INTO slack_messages ({stored.SLACK_COLUMNS}) "
+            f"INSERT INTO {table} ({stored.SLACK_COLUMNS}) "
             f"VALUES ({', '.join('%s' for _ in range(10))}) "
             # A new n, as SQLite's INSERT OR REPLACE gives a new rowid: the outbox is in the order last saved.
             f"ON CONFLICT (request_id) DO UPDATE SET n = DEFAULT, {updates}",

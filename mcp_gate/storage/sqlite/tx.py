@@ -272,24 +272,41 @@ class SQLiteTx:
         )
         return cursor.rowcount == 1
 
-    # Slack messages of approval requests, and the Slack deliveries already seen
+    # Slack and Teams messages of approval requests, and the chat deliveries already seen
 
     def slack_message(self, request_id: str) -> SlackMessage | None:
+        return self._message("slack_messages", request_id)
+
+    def teams_message(self, request_id: str) -> SlackMessage | None:
+        return self._message("teams_messages", request_id)
+
+    def _message(self, table: str, request_id: str) -> SlackMessage | None:
         row = self.conn.execute(
-            f"SELECT {stored.SLACK_COLUMNS} FROM slack_messages WHERE request_id = ?", (request_id,)
+            f"SELECT {stored.SLACK_COLUMNS} FROM {table} WHERE request_id = ?", (request_id,)
         ).fetchone()
         return None if row is None else stored.slack_message(row)
 
     def slack_messages(self, *, done: bool = False) -> list[SlackMessage]:
+        return self._messages("slack_messages", done)
+
+    def teams_messages(self, *, done: bool = False) -> list[SlackMessage]:
+        return self._messages("teams_messages", done)
+
+    def _messages(self, table: str, done: bool) -> list[SlackMessage]:
         rows = self.conn.execute(
-            f"SELECT {stored.SLACK_COLUMNS} FROM slack_messages WHERE done = ? ORDER BY rowid", (int(done),)
+            f"SELECT {stored.SLACK_COLUMNS} FROM {table} WHERE done = ? ORDER BY rowid", (int(done),)
         ).fetchall()
         return [stored.slack_message(row) for row in rows]
 
     def save_slack_message(self, message: SlackMessage) -> None:
+        self._save_message("slack_messages", message)
+
+    def save_teams_message(self, message: SlackMessage) -> None:
+        self._save_message("teams_messages", message)
+
+    def _save_message(self, table: str, message: SlackMessage) -> None:
         self.conn.execute(
-            f"INSERT OR REPLACE INTO slack_messages ({stored.SLACK_COLUMNS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO {table} ({stored.SLACK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 message.request_id,
                 message.channel,

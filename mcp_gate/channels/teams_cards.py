@@ -1,0 +1,213 @@
+"""Pure Adaptive Card (1.5) rendering of approval requests for Teams: the card, its outcome, the answers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mcp_gate.channels.slack_blocks import GRANT_FOR, scrub_secrets, untrusted
+
+__all__ = [
+    "CARD_TYPE",
+    "VERB_APPROVE",
+    "VERB_APPROVE_FOR",
+    "VERB_DENY",
+    "VERB_REFRESH",
+    "card_answer",
+    "card_attachment",
+    "error_answer",
+    "message_answer",
+    "render_card",
+]
+
+CARD_TYPE = "application/vnd.microsoft.card.adaptive"
+VERB_APPROVE = "approve"
+VERB_DENY = "deny"
+VERB_APPROVE_FOR = "approve_for"
+VERB_REFRESH = "refresh"
+MAX_ARGS_CHARS = 2500
+MAX_LINE_CHARS = 200
+
+
+def _hhmm(iso: str) -> str:
+    return iso[:19].replace("T", " ") + " UTC"
+
+
+def _literal(
+    text: str, *, weight: str | None = None, mono: bool = False, limit: int = 1000
+) -> dict[str, Any]:
+    """Untrusted text as a RichTextBlock of one TextRun: a TextRun takes no Markdown, so agent or
+    server text can never become a link, a mention (<at> needs an entity the gate never adds) or an
+    action; invisible controls are shown as `?`."""
+    run: dict[str, Any] = {"type": "TextRun", "text": untrusted(text, limit) or " "}
+    if weight:
+        run["weight"] = weight
+    if mono:
+        run["fontType"] = "Monospace"
+    return {"type": "RichTextBlock", "inlines": [run]}
+
+
+def _fact(title: str, value: str) -> dict[str, Any]:
+    # FactSet values render Markdown: everything written by an agent or server goes in TextRuns.
+    return {
+        "type": "ColumnSet",
+        "columns": [
+            {"type": "Column", "width": "90px", "items": [_literal(title, weight="Bolder")]},
+            {"type": "Column", "width": "stretch", "items": [_literal(value, limit=300)]},
+        ],
+    }
+
+
+def status_line(view: Mapping[str, Any]) -> str:
+    """Where the request stands, who decided, when, and their note, in one line of plain text."""
+    votes = view["votes"]
+    approvals = [v for v in votes if v["verdict"] == "approve"]
+    names = ", ".join(f"{v['approver']} via {v['channel']}" for v in approvals)
+    progress = f"{len(approvals)} of {view['required']} approvals" + (f": {names}" if names else "")
+    state = view["state"]
+    match state:
+        case "pending":
+            return f"Waiting for approval ({progress})"
+        case "approved" | "executing" | "executed" | "failed" | "outcome_unknown":
+            after = {
+                "approved": "",
+                "executing": "; the call is running",
+                "executed": "; the call ran",
+                "failed": "; the call failed",
+                "outcome_unknown": "; the gate stopped before the call's outcome was recorded",
+            }[state]
+            return f"Approved ({progress}){after}"
+        case "denied":
+            denial = next(v for v in votes if v["verdict"] == "deny")
+            note = f": “{denial['note']}”" if denial.get("note") else ""
+            return f"Denied by {denial['approver']} via {denial['channel']} at {_hhmm(denial['at'])}{note}"
+        case "expired":
+            return f"Expired at {_hhmm(view['expires_at'])} with {progress}; the call did not run"
+        case "revoked":
+            return f"Revoked by {view.get('closed_by') or 'an approver'}; the call did not run"
+        case "void":
+            return f"Void: {view.get('closed_by') or 'the call changed'}; the call did not run"
+        case _:
+            return str(state)
+
+
+def render_card(
+    view: Mapping[str, Any],
+    *,
+    gate: str,
+    justification: str | None = None,
+    tool_description: str | None = None,
+    grant_allowed: bool = False,
+    buttons: bool = True,
+    refresh_users: Sequence[str] = (),
+    console_url: str | None = None,
+) -> dict[str, Any]:
+    """The Adaptive Card for a request view (channels.api.request_view). Buttons (Action.Execute)
+    only while it is pending and `buttons`; they carry only the request id. `refresh_users` (Entra
+    object ids) get a card of their own on opening it, with the buttons they may use."""
+    rid = view["id"]
+    requester = view["requester"]
+    groups = ", ".join(view["groups"]) or "any approver"
+    needs = f"{view['required']} approval{'s' if view['required'] != 1 else ''} from {groups}"
+    body: list[dict[str, Any]] = [
+        {
+            "type": "TextBlock",
+            "text": "Approval needed",
+            "weight": "Bolder",
+            "size": "Medium",
+            "wrap": True,
+        },
+        _literal(view["name"], weight="Bolder", limit=140),
+        _fact("Gate", gate),
+        _fact("Requester", f"{requester['agent']} for {requester['owner']}"),
+        _fact("Server / tool", f"{view['server']} / {view['tool']}"),
+        _fact("Tier", f"{view['tier']}: needs {needs}"),
+        _fact("Rule", f"{view['rule']}: {view['reason']}"),
+        _fact("Request", f"{rid}, expires {_hhmm(view['expires_at'])}"),
+        _literal(f"Arguments (as sent by the agent; secrets redacted; sha256 {view['args_sha256'][:12]})"),
+        _literal(
+            json.dumps(scrub_secrets(view["args"]), indent=2, ensure_ascii=False, sort_keys=True),
+            mono=True,
+            limit=MAX_ARGS_CHARS,
+        ),
+    ]
+    if justification:
+        body += [_literal("The requester's reason (unverified)", weight="Bolder"), _literal(justification)]
+    if tool_description:
+        body += [_literal("Tool description (written by the server, unverified)", weight="Bolder")]
+        body.append(_literal(tool_description))
+    body.append(
+        {"type": "Container", "id": f"status-{rid}", "items": [_literal(status_line(view), weight="Bolder")]}
+    )
+    card: dict[str, Any] = {
+        "type": "AdaptiveCard",
+        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+        "version": "1.5",
+        "body": body,
+    }
+    pending = view["state"] == "pending"
+    if pending and buttons:
+        body.append(
+            {
+                "type": "Input.Text",
+                "id": "reason",
+                "label": "Reason (needed to deny; the agent is told it)",
+                "isMultiline": True,
+                "maxLength": 2000,
+            }
+        )
+        actions = [_execute("Approve", VERB_APPROVE, rid, style="positive")]
+        actions.append(_execute("Deny", VERB_DENY, rid, style="destructive"))
+        if grant_allowed:
+            minutes = int(GRANT_FOR.total_seconds() // 60)
+            actions.append(_execute(f"Approve for {minutes} min", VERB_APPROVE_FOR, rid))
+        card["actions"] = actions
+    if console_url:
+        card.setdefault("actions", []).append(
+            {"type": "Action.OpenUrl", "title": "Open in console", "url": console_url}
+        )
+    if pending and refresh_users:
+        card["refresh"] = {
+            "action": {"type": "Action.Execute", "verb": VERB_REFRESH, "data": {"request_id": rid}},
+            "userIds": list(refresh_users)[:60],  # Teams refreshes automatically for at most 60 users
+        }
+    return card
+
+
+def _execute(title: str, verb: str, request_id: str, *, style: str | None = None) -> dict[str, Any]:
+    action: dict[str, Any] = {
+        "type": "Action.Execute",
+        "title": title,
+        "verb": verb,
+        "data": {"request_id": request_id},
+    }
+    if style is not None:
+        action["style"] = style
+    return action
+
+
+def card_attachment(card: Mapping[str, Any]) -> dict[str, Any]:
+    return {"contentType": CARD_TYPE, "content": dict(card)}
+
+
+def card_answer(card: Mapping[str, Any]) -> dict[str, Any]:
+    """The invoke response that replaces the clicked card with `card`."""
+    return {"statusCode": 200, "type": CARD_TYPE, "value": dict(card)}
+
+
+def message_answer(text: str) -> dict[str, Any]:
+    """The invoke response that shows the clicker a short message (and leaves the card as it is)."""
+    return {
+        "statusCode": 200,
+        "type": "application/vnd.microsoft.activity.message",
+        "value": untrusted(text, 500),
+    }
+
+
+def error_answer(status: int, message: str) -> dict[str, Any]:
+    return {
+        "statusCode": status,
+        "type": "application/vnd.microsoft.error",
+        "value": {"code": "BadRequest" if status < 500 else "ServiceError", "message": message},
+    }
