@@ -160,6 +160,19 @@ async def test_the_url_and_password_may_come_from_the_environment_and_are_never_
         ('url_env = "STORE_URL"', {}, "store.url_env", "STORE_URL is not set"),
         ('url = "postgresql://db/gate"\npassword_env = "PW"', {}, "store.password_env", "PW is not set"),
         ('url = "postgresql://db/gate"\npool = 3', {}, "store.pool", ""),
+        # A password with an unencoded "/" or "#" is misread as the port: never quoted back.
+        (
+            'url_env = "STORE_URL"',
+            {"STORE_URL": "postgresql://gate:hunter2/x@db/gate"},
+            "store.url",
+            "not a URL",
+        ),
+        (
+            'url_env = "STORE_URL"',
+            {"STORE_URL": "postgresql://gate:hunter2#x@db/gate"},
+            "store.url",
+            "not a URL",
+        ),
     ],
 )
 def test_a_bad_store_section_is_one_config_error_that_never_shows_a_password(
@@ -171,6 +184,15 @@ def test_a_bad_store_section_is_one_config_error_that_never_shows_a_password(
     message = str(caught.value)
     assert key in message and problem in message and "hunter2" not in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://gate:hunter2/rest@db:5432/gate", "postgresql://gate:hunter2@db/gate"]
+)
+def test_the_shown_url_never_carries_the_password(url: str) -> None:
+    from mcp_gate.storage.postgres.schema import redacted
+
+    assert "hunter2" not in redacted(url)
 
 
 def test_without_a_store_section_the_gate_keeps_its_sqlite_file(tmp_path: Path) -> None:

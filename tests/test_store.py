@@ -65,6 +65,7 @@ def test_the_storage_modules_export_their_names() -> None:
 
     assert set(base.__all__) == {
         "Changes",
+        "CommitObserver",
         "Inflight",
         "LogReader",
         "PinRecord",

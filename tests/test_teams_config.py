@@ -74,6 +74,7 @@ def test_a_minimal_table_defaults_to_the_public_bot_framework_and_maps_approvers
         ('app_id = "my-bot"\n', "channels.teams.app_id", "expected a GUID"),
         ('token_url = "http://login.example.com/t"\n', "channels.teams.token_url", "https"),
         ('listen = "nowhere"\n', "channels.teams.listen", "HOST:PORT"),
+        ('service_url = "https://[bad"\n', "channels.teams.service_url", "expected an https URL"),
         (
             'app_password_env = "A"\napp_password_file = "pw"\n',
             "channels.teams.app_password_file",

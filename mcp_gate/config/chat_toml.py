@@ -180,8 +180,11 @@ class _TeamsSection(Strict):
 
 def _https_url(file: str, key: str, value: str) -> None:
     # http only for a local fake or a test: a real Bot Framework endpoint is https.
-    parts = urlsplit(value)
-    local = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    try:
+        parts = urlsplit(value)
+        local = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    except ValueError:
+        raise ConfigError(file, key, f"expected an https URL, got {value!r}") from None
     if not (parts.scheme == "https" or (parts.scheme == "http" and local)) or not parts.hostname:
         raise ConfigError(file, key, f"expected an https URL (http only on 127.0.0.1), got {value!r}")
 

@@ -96,7 +96,10 @@ def _password(file: str, key: str, url: str) -> str | None:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError as exc:
-        raise ConfigError(file, key, f"is not a URL ({exc})") from exc
+        # The parser's message may quote a misread password: say nothing of the url itself.
+        raise ConfigError(
+            file, key, "is not a URL (a password with special characters must be percent-encoded)"
+        ) from exc
     if parts.scheme not in _SCHEMES or not parts.hostname:
         raise ConfigError(
             file, key, f"expected postgresql://USER@HOST:PORT/DATABASE, got {redact_url(url)!r}"

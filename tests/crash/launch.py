@@ -167,21 +167,21 @@ def _arm_downstream() -> None:
 def _arm_api() -> None:
     import anyio
 
-    import mcp_gate.channels.api as api
+    import mcp_gate.health as health
 
-    original = api.serve_api
+    original = health.serve_admin
 
-    async def serve_api(
-        gate: Any, host: str, port: int, *, task_status: Any = anyio.TASK_STATUS_IGNORED
+    async def serve_admin(
+        probes: Any, host: str, port: int, *, task_status: Any = anyio.TASK_STATUS_IGNORED
     ) -> None:
         class Status:
             def started(self, value: Any = None) -> None:
                 note("admin_port", value)
                 task_status.started(value)
 
-        await original(gate, host, port, task_status=Status())
+        await original(probes, host, port, task_status=Status())
 
-    api.serve_api = serve_api
+    health.serve_admin = serve_admin
 
 
 def _arm_slack() -> None:

@@ -200,8 +200,12 @@ def redacted(url: str) -> str:
         info = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error:
         return "postgresql://(unreadable url)"
+    port = str(info.get("port") or "")
+    if port and not port.isdigit():
+        # A password with an unencoded / # or ? is read as (part of) the port: show nothing of it.
+        return "postgresql://(unreadable url)"
     user = f"{info['user']}@" if info.get("user") else ""
-    port = f":{info['port']}" if info.get("port") else ""
+    port = f":{port}" if port else ""
     return f"postgresql://{user}{info.get('host', '')}{port}/{info.get('dbname', '')}"
 
 
