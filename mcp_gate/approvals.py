@@ -24,6 +24,7 @@ __all__ = [
     "Refusal",
     "Released",
     "Revoked",
+    "may_decide",
     "Verdict",
     "Void",
     "Vote",
@@ -278,6 +279,11 @@ def _eligibility(request: ApprovalRequest, approver: Approver) -> Refusal | None
             f"{', '.join(request.groups)}",
         )
     return None
+
+
+def may_decide(request: ApprovalRequest, approver: Approver) -> bool:
+    """Whether `approver` may vote on `request` at all: not its owner, and in one of its groups."""
+    return _eligibility(request, approver) is None
 
 
 def decide(

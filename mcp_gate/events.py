@@ -60,6 +60,8 @@ EventType = Literal[
     "approval.escalated",  # nobody eligible decided in time: further groups may now decide, sealed
     "breakglass.used",  # an operator released one held call without its approvals, with a reason, sealed
     "breakglass.refused",  # a break-glass refused: own request, not allowed, no reason, already used
+    "approver.away",  # an approver marked themselves away (until a time, or until back): not notified, sealed
+    "approver.back",  # an approver marked themselves back, sealed
     # -- tools --------------------------------------------------------------------------------
     "tool.pinned",  # a tool's definition first seen and trusted: its pin
     "tool.new",  # a new tool on a known server, quarantined until accepted (`[pins] new_tools`)

@@ -9,6 +9,7 @@ remote one `/metrics` asks for the scrape token and the health endpoints say onl
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -23,12 +24,15 @@ import anyio
 import anyio.abc
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mcp_gate.availability import read_availability
 from mcp_gate.channels.api import build_api
 from mcp_gate.checkpoints import parse_checkpoint
 from mcp_gate.errors import CheckpointError, GateError
+from mcp_gate.escalation import ESCALATED, escalated_groups
 from mcp_gate.gateway import Gateway
 from mcp_gate.http import bearer_token, serve_asgi
 from mcp_gate.metrics import CONTENT_TYPE
+from mcp_gate.storage.base import Tx
 
 __all__ = ["HEALTH_PATHS", "AdminApp", "Probes", "readiness", "refresh_metrics", "serve_admin"]
 
@@ -91,10 +95,28 @@ async def refresh_metrics(gate: Gateway) -> None:
     metrics.oldest_held_expires_in.set(
         min((r.expires_at - now).total_seconds() for r in pending) if pending else float("inf")
     )
+    present = await read_availability(gate.store, gate.engine.key, now)
+    approvers = list(gate.config.approvers.values())
+    unattended = []
+    for r in pending:
+        if present.available(present.eligible(r, approvers)):
+            continue
+        bodies = await gate.store.read(functools.partial(_escalations, r.correlation_id))
+        added = escalated_groups(gate.engine.key, r, bodies)
+        if not added or not present.available(present.eligible(r, approvers, added)):
+            unattended.append(r)
+    metrics.unattended.set(len(unattended))
+    metrics.unattended_expires_in.set(
+        min((r.expires_at - now).total_seconds() for r in unattended) if unattended else float("inf")
+    )
     notes = await gate.store.checkpoint_notes()
     signed_at = _signed_at(notes[-1]) if notes else None
     if signed_at is not None:
         metrics.checkpoint_age.set(max(0.0, (now - signed_at).total_seconds()))
+
+
+def _escalations(correlation_id: str, tx: Tx) -> list[dict[str, Any]]:
+    return tx.bodies_for(correlation_id, (ESCALATED,))
 
 
 def _signed_at(note: str) -> datetime | None:

@@ -68,6 +68,16 @@ class GateMetrics:
             "Seconds until the soonest-expiring open approval request expires (+Inf when none is open)",
             registry=r,
         )
+        self.unattended = Gauge(
+            "mcp_gate_unattended_held_requests",
+            "Open approval requests whose every eligible approver is marked away (or that nobody may decide)",
+            registry=r,
+        )
+        self.unattended_expires_in = Gauge(
+            "mcp_gate_unattended_held_request_expires_in_seconds",
+            "Seconds until the soonest-expiring unattended request expires (+Inf when none is unattended)",
+            registry=r,
+        )
         self.append_time = Histogram(
             "mcp_gate_evidence_append_seconds",
             "Time to commit one group-commit batch of evidence and state",

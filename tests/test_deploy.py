@@ -55,7 +55,16 @@ def test_the_compose_file_runs_postgresql_two_replicas_a_proxy_and_prometheus_sc
 def test_the_deploy_gate_toml_loads_and_knows_the_scrape_token_and_the_replicas_names() -> None:
     import hashlib
 
-    config = load_config(DEPLOY / "gate.toml", {})
+    dotenv = dict(
+        line.split("=", 1) for line in (DEPLOY / ".env").read_text().splitlines() if line and line[0] != "#"
+    )
+    config = load_config(DEPLOY / "gate.toml", dotenv)
+    # Both replicas keep their state in the compose file's database, its password from the .env.
+    assert config.store is not None and "@postgres:5432/mcp_gate" in config.store.url
+    services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    for name in ("gate-1", "gate-2"):
+        assert "MCP_GATE_DB_PASSWORD" in services[name]["environment"]
+    assert "MCP_GATE_DB_PASSWORD" in services["postgres"]["environment"]["POSTGRES_PASSWORD"]
     assert config.admin is not None and config.admin.allow_remote
     token = (DEPLOY / "scrape-token").read_text().strip()
     assert config.admin.scrape_token_sha256 == hashlib.sha256(token.encode()).hexdigest()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any, TypeVar, assert_never
 
@@ -28,10 +28,12 @@ from mcp_gate.approvals import (
     parse_duration,
     quorum_progress,
 )
+from mcp_gate.availability import mark_away, mark_back, read_availability
 from mcp_gate.breakglass import break_glass
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import BreakGlassSettings, GateConfig
 from mcp_gate.errors import GateError, NoSuchRequest
+from mcp_gate.escalation import ESCALATED, escalated_groups
 from mcp_gate.evidence import Record
 from mcp_gate.gateway import Gateway
 from mcp_gate.holds import ApprovalEngine
@@ -168,29 +170,68 @@ class Desk:
     engine: ApprovalEngine
     channel: str
     rules: RedactionRules = DEFAULT_RULES  # shown arguments are scrubbed once more with these
+    # The configured approvers: who may decide each request, and which of them are away.
+    approvers: Mapping[str, Approver] = field(default_factory=dict)
 
     def _now(self) -> datetime:
         return self.engine.clock.now()
 
     async def open_requests(self) -> list[dict[str, Any]]:
         now = self._now()
-        return [request_view(r, now, self.rules) for r in await self.engine.pending()]
+        requests = await self.engine.pending()
+        present = await read_availability(self.engine.store, self.engine.key, now) if self.approvers else None
+        views = []
+        for r in requests:
+            view = request_view(r, now, self.rules)
+            if present is not None:
+                added = await self._escalated_to(r)
+                view["availability"] = present.request_view(r, self.approvers.values(), added)
+            views.append(view)
+        return views
+
+    async def _escalated_to(self, request: ApprovalRequest) -> tuple[str, ...]:
+        bodies = await self.engine.store.read(lambda tx: tx.bodies_for(request.correlation_id, (ESCALATED,)))
+        return escalated_groups(self.engine.key, request, bodies)
 
     async def show(self, request_id: str) -> dict[str, Any]:
         request = await self.engine.get(_normal(request_id))
-        view = request_view(request, self._now(), self.rules)
+        now = self._now()
+        view = request_view(request, now, self.rules)
         agent = request.binding.agent
         mine = await self.engine.store.read(lambda tx: tx.recent_calls(agent, RECENT_CALLS))
         view["recent_calls"] = [_call_view(r, self.rules) for r in mine]
-        steps = await self.engine.store.read(
-            lambda tx: tx.bodies_for(request.correlation_id, ("approval.escalated",))
-        )
+        steps = await self.engine.store.read(lambda tx: tx.bodies_for(request.correlation_id, (ESCALATED,)))
         view["escalations"] = [
             {"after": b.get("after"), "to_groups": b.get("to_groups"), "at": b.get("ts")}
             for b in steps
             if b.get("request_id") == request.id
         ]
+        if self.approvers:
+            present = await read_availability(self.engine.store, self.engine.key, now)
+            added = escalated_groups(self.engine.key, request, steps)
+            view["availability"] = present.request_view(request, self.approvers.values(), added)
         return view
+
+    async def approvers_view(self) -> list[dict[str, Any]]:
+        """Every configured approver, their groups, and whether they are away now."""
+        present = await read_availability(self.engine.store, self.engine.key, self._now())
+        return [
+            {
+                "name": a.name,
+                "groups": sorted(a.groups),
+                "away": present.away[a.name].view() if present.is_away(a.name) else None,
+            }
+            for a in sorted(self.approvers.values(), key=lambda a: a.name)
+        ]
+
+    async def away(self, approver: Approver, *, until: datetime | None, note: str | None) -> dict[str, Any]:
+        """Mark `approver` away; ValueError when `until` is not in the future."""
+        mark = await mark_away(self.engine, approver, until=until, note=note, channel=self.channel)
+        return {"outcome": "away", "away": mark.view()}
+
+    async def back(self, approver: Approver) -> dict[str, Any]:
+        was_away = await mark_back(self.engine, approver, channel=self.channel)
+        return {"outcome": "back" if was_away else "not away", "approver": approver.name}
 
     async def approve(
         self,
@@ -327,6 +368,12 @@ class EmptyBody(_Body):
     pass
 
 
+class AwayBody(_Body):
+    until: datetime | None = None  # ISO 8601 with a zone; or
+    for_: Annotated[str, AfterValidator(_duration)] | None = Field(default=None, alias="for")
+    note: Text | None = None
+
+
 class BadRequest(Exception):
     def __init__(self, message: str) -> None:
         self.message = message
@@ -405,7 +452,7 @@ def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 
 def build_api(gate: Gateway) -> ASGIApp:
     """The approvers' API over a running gate, under /v1, behind approver bearer tokens."""
-    desk = Desk(gate.engine, channel="api", rules=gate.config.redaction)
+    desk = Desk(gate.engine, channel="api", rules=gate.config.redaction, approvers=gate.config.approvers)
 
     async def list_requests(request: Request, approver: Approver) -> Any:
         return {"requests": await desk.open_requests()}
@@ -449,7 +496,31 @@ def build_api(gate: Gateway) -> ASGIApp:
         await _body(request, EmptyBody)
         return await desk.revoke_grant(request.path_params["grant_id"], approver)
 
+    async def list_approvers(request: Request, approver: Approver) -> Any:
+        return {"approvers": await desk.approvers_view()}
+
+    async def away(request: Request, approver: Approver) -> Any:
+        body = await _body(request, AwayBody)
+        if body.until is not None and body.for_ is not None:
+            raise BadRequest("give until or for, not both")
+        until = body.until
+        if until is not None and until.tzinfo is None:
+            raise BadRequest("until: give a time zone (2026-12-08T09:00:00Z)")
+        if body.for_ is not None:
+            until = gate.clock.now() + parse_duration(body.for_)
+        try:
+            return await desk.away(approver, until=until, note=body.note)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from exc
+
+    async def back(request: Request, approver: Approver) -> Any:
+        await _body(request, EmptyBody)
+        return await desk.back(approver)
+
     routes = [
+        Route("/v1/approvers", _endpoint(list_approvers), methods=["GET"]),
+        Route("/v1/approvers/me/away", _endpoint(away), methods=["POST"]),
+        Route("/v1/approvers/me/back", _endpoint(back), methods=["POST"]),
         Route("/v1/requests", _endpoint(list_requests), methods=["GET"]),
         Route("/v1/requests/{request_id}", _endpoint(show_request), methods=["GET"]),
         Route("/v1/requests/{request_id}/approve", _endpoint(approve), methods=["POST"]),

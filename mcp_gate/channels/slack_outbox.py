@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 
 from mcp_gate.approvals import ApprovalRequest
+from mcp_gate.availability import read_availability
 from mcp_gate.channels.api import Desk
 from mcp_gate.channels.slack_api import AuthInfo, SlackApi
 from mcp_gate.channels.slack_blocks import (
@@ -170,19 +171,22 @@ class SlackOutbox:
             f"{groups} may decide it now, until it expires at {e('expires_at')}.\nPlease look: {mentions}"
         )
 
-    def _notified(self, body: Mapping[str, Any]) -> list[str]:
+    async def _notified(self, body: Mapping[str, Any]) -> list[str]:
+        """Who a notice mentions: every approver of the tier for a break-glass (an alarm reaches
+        everyone), the members of the added groups for an escalation, less those marked away."""
         if body.get("event_type") == "breakglass.used":
             return [str(n) for n in body.get("notify") or []]
         groups = {str(g) for g in body.get("to_groups") or []}
         owner = str((body.get("requester") or {}).get("owner", "")).strip().lower()
+        present = await read_availability(self.gate.store, self.gate.engine.key, self.gate.clock.now())
         return sorted(
             a.name
             for a in self.gate.config.approvers.values()
-            if a.groups & groups and owner not in a.identities()
+            if a.groups & groups and owner not in a.identities() and not present.is_away(a.name)
         )
 
     async def _notice(self, body: Mapping[str, Any], event_id: str, told_kind: EventType) -> bool:
-        names = self._notified(body)
+        names = await self._notified(body)
         ids = {name: sorted(u for u, a in self.settings.users.items() if a == name) for name in names}
         mentions = (
             " ".join(f"<@{u}>" for name in names for u in ids[name]) or "(no approver has a Slack user)"

@@ -11,6 +11,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -140,7 +141,7 @@ async def _over_db(config: GateConfig, token: str, op: _Op) -> Any:
         where = runtime.store_where(config)
         raise GateError(f"{where}: no approval requests here yet (has the gate run with this config?)")
     async with runtime.open_engine(config) as engine:
-        desk = Desk(engine, channel="cli", rules=config.redaction)
+        desk = Desk(engine, channel="cli", rules=config.redaction, approvers=config.approvers)
         try:
             result = await op.run(desk, approver)
         except NoSuchRequest as exc:
@@ -195,7 +196,14 @@ def cmd_pending(args: argparse.Namespace) -> int:
         say(f"    args: {_capped(json.dumps(r['args'], ensure_ascii=False, sort_keys=True))}")
         if r.get("justification"):
             say(f"    requester says: {r['justification']}")
+        _say_unattended(r, "    ")
     return EXIT_OK
+
+
+def _say_unattended(view: dict[str, Any], indent: str) -> None:
+    warning = (view.get("availability") or {}).get("warning")
+    if warning:
+        say(f"{indent}{warning}")
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -217,6 +225,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     say(f"  expires:    {r['expires_at']} (in {_in(r['expires_in_seconds'])})")
     for step in r.get("escalations") or []:
         say(f"  escalated:  {step['at']}, after {step['after']}, to {', '.join(step['to_groups'])}")
+    _say_unattended(r, "  ")
     say("  arguments (redacted):")
     for line in json.dumps(r["args"], indent=2, ensure_ascii=False).splitlines():
         say(f"    {line}")
@@ -352,6 +361,79 @@ def cmd_grants(args: argparse.Namespace) -> int:
 _APPROVER_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 
 
+def _until(args: argparse.Namespace) -> datetime | None:
+    """--until TIME or --for DURATION as a moment, or None (away until back)."""
+    from mcp_gate.approvals import parse_duration
+
+    if args.until is not None and args.away_for is not None:
+        raise GateError("away: give --until or --for, not both")
+    if args.away_for is not None:
+        try:
+            return datetime.now(UTC) + parse_duration(args.away_for)
+        except ValueError as exc:
+            raise GateError(f"away --for: {exc}") from exc
+    if args.until is None:
+        return None
+    try:
+        until = datetime.fromisoformat(args.until.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise GateError(f"away --until {args.until!r}: expected a time like 2026-12-08T09:00Z") from exc
+    if until.tzinfo is None:
+        raise GateError(f"away --until {args.until!r}: give a time zone, e.g. 2026-12-08T09:00Z")
+    if until <= datetime.now(UTC):
+        raise GateError(f"away --until {args.until}: that time has passed")
+    return until
+
+
+def cmd_away(args: argparse.Namespace) -> int:
+    until = _until(args)
+    note = args.note.strip() if args.note else None
+
+    async def run(desk: Any, approver: Any) -> Any:
+        return await desk.away(approver, until=until, note=note)
+
+    body: dict[str, Any] = {"until": until.isoformat() if until else None, "note": note}
+    result = _perform(args, _Op("POST", "/approvers/me/away", body, run))
+    if args.json:
+        _print_json(result)
+        return EXIT_OK
+    away = result["away"]
+    when = f"until {away['until']}" if away["until"] else "until you run `mcp-gate back`"
+    say(f"{away['approver']} is away {when}: notices go to the other approvers meanwhile")
+    return EXIT_OK
+
+
+def cmd_back(args: argparse.Namespace) -> int:
+    async def run(desk: Any, approver: Any) -> Any:
+        return await desk.back(approver)
+
+    result = _perform(args, _Op("POST", "/approvers/me/back", {}, run))
+    if args.json:
+        _print_json(result)
+        return EXIT_OK
+    if result["outcome"] == "back":
+        say(f"{result['approver']} is back: notices reach you again")
+    else:
+        say(f"{result['approver']} was not marked away")
+    return EXIT_OK
+
+
+def cmd_approvers_list(args: argparse.Namespace) -> int:
+    async def run(desk: Any, approver: Any) -> Any:
+        return {"approvers": await desk.approvers_view()}
+
+    approvers = _perform(args, _Op("GET", "/approvers", None, run))["approvers"]
+    if args.json:
+        _print_json(approvers)
+        return EXIT_OK
+    for a in approvers:
+        away = a["away"]
+        state = "available" if away is None else f"away until {away['until'] or 'back'}"
+        note = f" ({away['note']})" if away and away.get("note") else ""
+        say(f"{a['name']:<20} {', '.join(a['groups']) or '(any request)':<30} {state}{note}")
+    return EXIT_OK
+
+
 def cmd_approvers_token(args: argparse.Namespace) -> int:
     name = args.name
     if not _APPROVER_NAME.fullmatch(name):
@@ -475,3 +557,29 @@ def add_commands(sub: Any) -> None:
     )
     t.add_argument("name", metavar="NAME", help="the approver's name in gate.toml")
     t.set_defaults(func=cmd_approvers_token)
+    t = subcommand(
+        approvers_sub,
+        "list",
+        "list the approvers, their groups, and who is away",
+        "List every approver in gate.toml with their groups and whether they are marked away now.",
+    )
+    _add_approver(t, json_help="print the approvers as JSON")
+    t.set_defaults(func=cmd_approvers_list)
+
+    p = subcommand(
+        sub,
+        "away",
+        "mark yourself away: notices go to the other approvers meanwhile",
+        "Mark yourself away, until a time (--until), for a while (--for) or until `mcp-gate back`. "
+        "Break-glass and escalation notices are not sent to you meanwhile, and a request whose every "
+        "eligible approver is away says so (as does `mcp-gate check`). You may still decide requests.",
+    )
+    p.add_argument("--until", metavar="TIME", help="back at this time, e.g. 2026-12-08T09:00Z")
+    p.add_argument("--for", dest="away_for", metavar="DURATION", help="away for 90m, 8h or 3d")
+    p.add_argument("--note", metavar="TEXT", help="a note other approvers see, e.g. 'on leave'")
+    _add_approver(p)
+    p.set_defaults(func=cmd_away)
+
+    p = subcommand(sub, "back", "mark yourself back", "End your away mark: notices reach you again.")
+    _add_approver(p)
+    p.set_defaults(func=cmd_back)

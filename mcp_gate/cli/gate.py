@@ -29,6 +29,7 @@ from mcp_gate.cli._common import (
     say,
     subcommand,
 )
+from mcp_gate.cli.approval_checks import approval_problems, availability_problems
 from mcp_gate.cli.audit import checkpoint_warnings, missed_copies
 from mcp_gate.cli.policy import run_policy_tests
 from mcp_gate.cli.slack import slack_check
@@ -46,7 +47,6 @@ from mcp_gate.errors import GateError
 from mcp_gate.logs import configure_logging
 from mcp_gate.manifests import load_manifests
 from mcp_gate.offering import SEPARATOR, split_name
-from mcp_gate.policy import Approvals
 
 __all__ = ["add_commands"]
 
@@ -263,49 +263,11 @@ def _print_tools(tools: list[dict[str, Any]]) -> None:
         say("  * a rule with argument conditions may give a different tier for some arguments")
 
 
-def _approval_problems(config: GateConfig) -> list[str]:
-    """Tiers whose approvals could never all be given for some requester (nobody approves their
-    own calls): their calls would wait and expire."""
-    owners = sorted({config.requester.owner, *(a.owner for a in config.agents.values())})
-    problems = []
-    for tier, requirement in config.requirements.items():
-        if not isinstance(requirement, Approvals):
-            continue
-        groups = set(requirement.groups)
-        for owner in owners:
-            eligible = [
-                a
-                for a in config.approvers.values()
-                if (not groups or a.groups & groups) and owner.strip().lower() not in a.identities()
-            ]
-            if len(eligible) < requirement.count:
-                problems.append(_approval_problem(tier, requirement, owner, len(eligible)))
-    return problems
-
-
-def _approval_problem(tier: str, requirement: Approvals, owner: str, eligible: int) -> str:
-    """Who is missing, in plain words, and what to add."""
-    groups = ", ".join(f'"{g}"' for g in requirement.groups)
-    add = "an [approvers.NAME] with a token_sha256 (or a Slack user)"
-    if requirement.groups:
-        add += f" and groups = [{groups}]"
-    owner_note = f"; approvers never decide calls made for their own owner ({owner})"
-    if eligible == 0:
-        return (
-            f"no approver may decide {tier} calls made for {owner}, of any server{owner_note}: "
-            f"add {add}, or those calls wait and expire"
-        )
-    missing = requirement.count - eligible
-    return (
-        f"{tier} calls need {requirement.count} distinct approvers but only {eligible} may decide calls "
-        f"made for {owner}{owner_note}: add {missing} more, each {add}, or those calls wait and expire"
-    )
-
-
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config_from_args(args)
     report = _inspect(config, timeout=args.timeout)
-    report["approval_problems"] = _approval_problems(config)
+    report["approval_problems"] = approval_problems(config)
+    report["away"], report["availability_problems"] = availability_problems(config)
     report["missed_checkpoint_copies"] = missed_copies(config)
     report["checkpoint_warnings"] = checkpoint_warnings(config)
     report["mode"] = config.rollout.describe()
@@ -355,6 +317,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             + (f" ({', '.join(ready['degraded'])})" if ready["degraded"] else "")
         )
         for problem in report["approval_problems"]:
+            say(f"approvals: {problem}")
+        for problem in report["availability_problems"]:
             say(f"approvals: {problem}")
         for missed in report["missed_checkpoint_copies"]:
             say(f"checkpoints: a copy was missed: {missed}")
