@@ -21,7 +21,7 @@ from mcp_gate.health import Probes, serve_admin
 from mcp_gate.server import FrontServer
 from mcp_gate.storage.memory import MemoryStore
 from mcp_gate.testing import NOTES_MANIFEST, eventually, notes_server_table, running_gate, write_config
-from tests.pg_helpers import postgres_database, postgres_url  # noqa: F401 (fixtures)
+from tests.pg_helpers import PrivateServer, postgres_database, postgres_url, private_postgres  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.anyio
 
@@ -181,3 +181,34 @@ def test_check_json_reports_the_same_readiness_offline(tmp_path: Path) -> None:
     assert ready["checks"]["store"]["state"] == "up"
     assert ready["checks"]["downstreams"] == {"notes": "up"}
     assert ready["checks"]["signing_key"] == "off"
+
+
+@pytest.mark.timeout(120)  # a private PostgreSQL server is made, stopped and started again
+async def test_readyz_flips_with_a_stopped_postgresql_server_and_comes_back_when_it_starts(
+    tmp_path: Path,
+    private_postgres: PrivateServer,  # noqa: F811
+) -> None:
+    from mcp_gate.storage.postgres import PostgresStore
+
+    config = load_config(make_config(tmp_path), {})
+    store = await PostgresStore.open(private_postgres.url, connect_timeout=2)
+    try:
+        async with running_gate(config, store=store) as front, admin(front) as http:
+            assert (await http.get("/readyz")).json()["status"] == "ready"
+            await anyio.to_thread.run_sync(private_postgres.stop)
+
+            async def not_ready() -> bool:
+                response = await http.get("/readyz")
+                return response.status_code == 503 and response.json()["checks"]["store"]["state"] == "down"
+
+            await eventually(not_ready, what="/readyz to be 503 with the PostgreSQL server stopped")
+            assert (await http.get("/healthz")).status_code == 200  # alive, only not ready
+            await anyio.to_thread.run_sync(private_postgres.start)
+
+            async def ready() -> bool:
+                response = await http.get("/readyz")
+                return response.status_code == 200 and response.json()["status"] == "ready"
+
+            await eventually(ready, what="/readyz to be ready again with the server started", timeout=40)
+    finally:
+        await store.close()
