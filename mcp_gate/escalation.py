@@ -1,6 +1,7 @@
-"""Escalation: a request nobody eligible has decided within its tier's `escalate_after` is opened to
-further groups, once, by a sealed `approval.escalated` record (which the engine reads back when it
-checks who may decide); expiry still ends it. Driven by the engine's clock, at every sweep."""
+"""Escalation: a request nobody eligible has decided within a step's `after` is opened to that
+step's further groups, once per step, by a sealed `approval.escalated` record (which the engine
+reads back when it checks who may decide); a tier may have several steps, each later than the one
+before, and expiry still ends the request. Driven by the engine's clock, at every sweep."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def escalated_groups(
 
 
 async def escalate_due(engine: ApprovalEngine) -> int:
-    """Record an escalation for every pending, unexpired request whose tier's time is up; return how many."""
+    """Record each escalation step that is due for a pending, unexpired request; return how many."""
     escalations = engine.settings.escalations
     if not escalations:
         return 0
@@ -46,32 +47,45 @@ async def escalate_due(engine: ApprovalEngine) -> int:
     def write(tx: Tx) -> int:
         count = 0
         for request in tx.requests(states=("pending",)):
-            step = escalations.get(request.tier)
-            if step is None or not request.groups or request.expired_at(now):
+            steps = escalations.get(request.tier)
+            if not steps or not request.groups or request.expired_at(now):
                 continue  # a request any approver may decide has nobody further to reach
-            if now < request.created_at + timedelta(seconds=step.after):
+            due = [
+                (number, step)
+                for number, step in enumerate(steps, start=1)
+                if now >= request.created_at + timedelta(seconds=step.after)
+            ]
+            if not due:
                 continue
             earlier = tx.bodies_for(request.correlation_id, (ESCALATED,))
-            if any(b.get("request_id") == request.id and sealed_by(engine.key, b) for b in earlier):
-                continue
-            event = engine.events(
-                ESCALATED,
-                request.correlation_id,
-                request_id=request.id,
-                step=1,
-                after=format_duration(timedelta(seconds=step.after)),
-                from_groups=list(request.groups),
-                to_groups=[g for g in step.groups if g not in request.groups],
-                channel=step.channel,
-                server=request.binding.server,
-                tool=request.binding.tool,
-                tier=request.tier,
-                requester={"agent": request.binding.agent, "owner": request.binding.owner},
-                expires_at=utc_iso(request.expires_at),
-                votes=len(request.votes),
-            )
-            tx.append([seal(engine.key, event)])
-            count += 1
+            done = {
+                b.get("step", 1)
+                for b in earlier
+                if b.get("request_id") == request.id and sealed_by(engine.key, b)
+            }
+            reached = [*request.groups, *escalated_groups(engine.key, request, earlier)]
+            for number, step in due:
+                if number in done:
+                    continue
+                event = engine.events(
+                    ESCALATED,
+                    request.correlation_id,
+                    request_id=request.id,
+                    step=number,
+                    after=format_duration(timedelta(seconds=step.after)),
+                    from_groups=list(dict.fromkeys(reached)),
+                    to_groups=[g for g in step.groups if g not in reached],
+                    channel=step.channel,
+                    server=request.binding.server,
+                    tool=request.binding.tool,
+                    tier=request.tier,
+                    requester={"agent": request.binding.agent, "owner": request.binding.owner},
+                    expires_at=utc_iso(request.expires_at),
+                    votes=len(request.votes),
+                )
+                tx.append([seal(engine.key, event)])
+                reached.extend(g for g in step.groups if g not in reached)
+                count += 1
         return count
 
     return await engine.store.transact(write)

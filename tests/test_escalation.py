@@ -40,7 +40,9 @@ TIERS = {
 
 
 @asynccontextmanager
-async def escalating_gate(tmp_path: Path, clock: FakeClock) -> AsyncIterator[SlackGate]:
+async def escalating_gate(
+    tmp_path: Path, clock: FakeClock, tiers: dict[str, Any] | None = None
+) -> AsyncIterator[SlackGate]:
     fake = fake_slack()
     with fake.running():
         path = write_config(
@@ -48,7 +50,7 @@ async def escalating_gate(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Sla
             servers={"notes": notes_server_table(tmp_path / "notes")},
             manifests={"notes": NOTES_MANIFEST.read_text()},
             approvers=APPROVERS,
-            tiers=TIERS,
+            tiers=tiers or TIERS,
             approvals={"hold_seconds": 60, "progress_seconds": 0.5, "expires": "15m"},
             extra=slack_table(fake),
         )
@@ -140,3 +142,110 @@ def test_an_escalation_needs_both_keys_and_known_groups(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as caught:
             load_config(config, os.environ)
         assert where in str(caught.value)
+
+
+STEPS = {
+    "high": {
+        "approvals": 1,
+        "groups": ["finance"],
+        "escalation": [{"after": "5m", "to": ["security"]}, {"after": "10m", "to": ["sre"]}],
+    },
+}
+
+
+async def test_each_step_opens_the_request_to_its_groups_in_turn_and_is_told_once(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with escalating_gate(tmp_path, clock, STEPS) as s:
+        box = s.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await s.held()
+        await s.posted(request.id)
+        bob = s.config.approvers["bob"]  # sre: reached by the second step only
+        clock.advance(minutes=6)
+        first = await s.wait_record(lambda r: r["event_type"] == "approval.escalated", "the first step")
+        early = await s.gate.engine.decide(request.id, bob, "approve", channel="test")
+        clock.advance(minutes=5)
+        second = await s.wait_record(
+            lambda r: r["event_type"] == "approval.escalated" and r["step"] == 2, "the second step"
+        )
+        await s.wait_record(
+            lambda r: r["event_type"] == "slack.escalation_notified" and r["notice_of"] == second["event_id"],
+            "the second step's notice",
+        )
+        shown = await Desk(s.gate.engine, channel="test").show(request.id)
+        late = await s.gate.engine.decide(request.id, bob, "approve", channel="test")
+        await s.fake.wait_for(lambda: box)
+        records = await s.records()
+        posted = [str(m.get("text")) for m in s.fake.messages.values() if "Escalated" in str(m.get("text"))]
+    assert (first["step"], first["from_groups"], first["to_groups"]) == (1, ["finance"], ["security"])
+    assert (second["step"], second["from_groups"], second["to_groups"]) == (
+        2,
+        ["finance", "security"],
+        ["sre"],
+    )
+    assert isinstance(early, Refusal) and early.code == "not-eligible"
+    assert not isinstance(late, Refusal) and not box[0].is_error
+    assert [e["step"] for e in of_type(records, "approval.escalated")] == [1, 2]
+    assert len(of_type(records, "slack.escalation_notified")) == 2
+    assert any("(step 2)" in text for text in posted)
+    assert [(e["step"], e["to_groups"]) for e in shown["escalations"]] == [(1, ["security"]), (2, ["sre"])]
+
+
+async def test_steps_due_together_are_recorded_in_order_in_one_sweep(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with escalating_gate(tmp_path, clock, STEPS) as s:
+        s.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await s.held()
+        clock.advance(minutes=12)  # both steps are due at once
+        await s.wait_record(
+            lambda r: r["event_type"] == "approval.escalated" and r["step"] == 2, "the second step"
+        )
+        steps = of_type(await s.records(), "approval.escalated")
+        await s.gate.engine.decide(request.id, s.config.approvers["bob"], "deny", channel="test", note="no")
+    assert [(e["step"], e["to_groups"]) for e in steps] == [(1, ["security"]), (2, ["sre"])]
+    assert steps[0]["seq"] < steps[1]["seq"]
+
+
+def test_a_list_of_steps_must_be_ordered_known_and_not_mixed_with_the_shorthand(tmp_path: Path) -> None:
+    bad = (
+        ({"approvals": 1, "escalation": []}, "tiers.high.escalation"),
+        ({"approvals": 1, "escalation": [{"after": "10m"}]}, "tiers.high.escalation[0]"),
+        (
+            {"approvals": 1, "escalation": [{"after": "10m", "to": ["sre"]}, {"after": "5m", "to": ["sre"]}]},
+            "tiers.high.escalation[1].after",
+        ),
+        (
+            {"approvals": 1, "escalation": [{"after": "1m", "to": ["sre"], "when": 1}]},
+            "tiers.high.escalation[0]",
+        ),
+        ({"approvals": 1, "escalation": [{"after": "1m", "to": ["nobody"]}]}, "tiers.high.escalation[0].to"),
+        (
+            {"approvals": 1, "escalate_after": "1m", "escalation": [{"after": "1m", "to": ["sre"]}]},
+            "tiers.high",
+        ),
+    )
+    for i, (tier, where) in enumerate(bad):
+        config = write_config(
+            tmp_path / str(i),
+            servers={"notes": notes_server_table(tmp_path)},
+            approvers={"bob": APPROVERS["bob"]},
+            tiers={"high": tier},
+        )
+        with pytest.raises(ConfigError) as caught:
+            load_config(config, os.environ)
+        assert where in str(caught.value), (where, str(caught.value))
+
+
+def test_one_step_written_either_way_is_the_same_policy(tmp_path: Path) -> None:
+    def digest(i: int, tier: dict[str, Any]) -> str:
+        config = write_config(
+            tmp_path / "gate",  # one path each time: the path is part of the digest
+            servers={"notes": notes_server_table(tmp_path)},
+            approvers={"bob": APPROVERS["bob"]},
+            tiers={"high": {"approvals": 1, "groups": ["sre"], **tier}},
+        )
+        return load_config(config, os.environ).config_sha256
+
+    shorthand = digest(0, {"escalate_after": "10m", "escalate_to": ["sre"]})
+    listed = digest(1, {"escalation": [{"after": "10m", "to": ["sre"]}]})
+    two = digest(2, {"escalation": [{"after": "10m", "to": ["sre"]}, {"after": "20m", "to": ["sre"]}]})
+    assert shorthand == listed != two

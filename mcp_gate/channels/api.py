@@ -202,7 +202,12 @@ class Desk:
         view["recent_calls"] = [_call_view(r, self.rules) for r in mine]
         steps = await self.engine.store.read(lambda tx: tx.bodies_for(request.correlation_id, (ESCALATED,)))
         view["escalations"] = [
-            {"after": b.get("after"), "to_groups": b.get("to_groups"), "at": b.get("ts")}
+            {
+                "step": b.get("step", 1),
+                "after": b.get("after"),
+                "to_groups": b.get("to_groups"),
+                "at": b.get("ts"),
+            }
             for b in steps
             if b.get("request_id") == request.id
         ]

@@ -166,8 +166,10 @@ class SlackOutbox:
                 f"its approvals. Reason: {e('reason')}\nApprovers of this tier: {mentions}"
             )
         groups = escape_mrkdwn(", ".join(str(g) for g in body.get("to_groups") or []))
+        step = body.get("step", 1)
+        label = f"*Escalated* (step {step})" if isinstance(step, int) and step > 1 else "*Escalated*"
         return (
-            f":arrow_double_up: *Escalated* on gate {gate}: nobody decided {what} within {e('after')}; "
+            f":arrow_double_up: {label} on gate {gate}: nobody decided {what} within {e('after')}; "
             f"{groups} may decide it now, until it expires at {e('expires_at')}.\nPlease look: {mentions}"
         )
 

@@ -224,7 +224,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         say(f"  requester's justification (their own words): {r['justification']}")
     say(f"  expires:    {r['expires_at']} (in {_in(r['expires_in_seconds'])})")
     for step in r.get("escalations") or []:
-        say(f"  escalated:  {step['at']}, after {step['after']}, to {', '.join(step['to_groups'])}")
+        say(
+            f"  escalated:  {step['at']}, step {step.get('step', 1)} after {step['after']}, "
+            f"to {', '.join(step['to_groups'])}"
+        )
     _say_unattended(r, "  ")
     say("  arguments (redacted):")
     for line in json.dumps(r["args"], indent=2, ensure_ascii=False).splitlines():

@@ -496,8 +496,10 @@ def _config_sha256(fields: Mapping[str, Any]) -> str:
     if fields["rollout"] != RolloutSettings():  # shadow mode is a policy of its own
         document["rollout"] = fields["rollout"].describe()
     if fields["approval_settings"].escalations:
+        # One step as before (so a config of one step keeps its digest), several as a list.
         document["escalations"] = {
-            t: asdict(e) for t, e in sorted(fields["approval_settings"].escalations.items())
+            t: asdict(steps[0]) if len(steps) == 1 else [asdict(e) for e in steps]
+            for t, steps in sorted(fields["approval_settings"].escalations.items())
         }
     if fields["breakglass"].groups:
         document["breakglass"] = sorted(fields["breakglass"].groups)

@@ -70,8 +70,8 @@ class ServerSpec:
 
 @dataclass(frozen=True)
 class Escalation:
-    """A tier's escalation: when nobody has decided `after` seconds into a request, the members of
-    `groups` may decide it too and are told (also in the Slack `channel`, when given)."""
+    """One step of a tier's escalation: when nobody has decided `after` seconds into a request, the
+    members of `groups` may decide it too and are told (also in the Slack `channel`, when given)."""
 
     after: float
     groups: tuple[str, ...]
@@ -87,7 +87,8 @@ class ApprovalSettings:
     progress_seconds: float = 5.0
     expires_after: float = 15 * 60.0
     max_pending: int = 10
-    escalations: Mapping[str, Escalation] = field(default_factory=lambda: MappingProxyType({}))
+    # Each tier's escalation steps, in the order of their `after`.
+    escalations: Mapping[str, tuple[Escalation, ...]] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)

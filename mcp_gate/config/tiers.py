@@ -49,38 +49,78 @@ def rollout_from(
     return rest, RolloutSettings(mode=cast(Mode, mode), servers=MappingProxyType(own))
 
 
-_ESCALATION_KEYS = ("escalate_after", "escalate_to", "escalate_channel")
+_ESCALATION_KEYS = ("escalate_after", "escalate_to", "escalate_channel", "escalation")
+_STEP_KEYS = ("after", "to", "channel")
 
 
 def escalations_from(
     file: str, tiers: Mapping[str, Any], approvers: Mapping[str, Approver]
-) -> tuple[dict[str, Any], dict[str, Escalation]]:
-    """Take `escalate_after`, `escalate_to` and `escalate_channel` out of the tiers' tables."""
+) -> tuple[dict[str, Any], dict[str, tuple[Escalation, ...]]]:
+    """Take each tier's escalation out of its table: one step as `escalate_after`, `escalate_to`
+    and `escalate_channel`, or several as `escalation = [{ after, to, channel }, ...]`."""
     rest: dict[str, Any] = {}
-    found: dict[str, Escalation] = {}
+    found: dict[str, tuple[Escalation, ...]] = {}
     known = {g for a in approvers.values() for g in a.groups}
     for tier, value in tiers.items():
         if not isinstance(value, dict) or not set(value) & set(_ESCALATION_KEYS):
             rest[tier] = value
             continue
         key = f"tiers.{tier}"
-        if "escalate_after" not in value or "escalate_to" not in value:
-            raise ConfigError(file, key, "escalation needs both escalate_after and escalate_to")
-        after = duration(file, f"{key}.escalate_after", value["escalate_after"])
-        groups = value["escalate_to"]
-        if not isinstance(groups, list) or not groups or not all(isinstance(g, str) and g for g in groups):
-            raise ConfigError(file, f"{key}.escalate_to", f"must be a list of group names, got {groups!r}")
-        for group in groups:
-            if group not in known:
+        if "escalation" in value:
+            if set(value) & set(_ESCALATION_KEYS[:3]):
                 raise ConfigError(
-                    file, f"{key}.escalate_to", f"no approver is in group {group!r} (known: {sorted(known)})"
+                    file, key, "give escalation = [...] or escalate_after/escalate_to, not both"
                 )
-        channel = value.get("escalate_channel")
-        if channel is not None and (not isinstance(channel, str) or not channel.strip()):
-            raise ConfigError(file, f"{key}.escalate_channel", f"must be a Slack channel id, got {channel!r}")
-        found[tier] = Escalation(after=after, groups=tuple(groups), channel=channel)
+            found[tier] = _steps(file, f"{key}.escalation", value["escalation"], known)
+        else:
+            if "escalate_after" not in value or "escalate_to" not in value:
+                raise ConfigError(file, key, "escalation needs both escalate_after and escalate_to")
+            step = {"after": value["escalate_after"], "to": value["escalate_to"]}
+            if "escalate_channel" in value:
+                step["channel"] = value["escalate_channel"]
+            found[tier] = (_step(file, key, step, known, prefix="escalate_"),)
         rest[tier] = {k: v for k, v in value.items() if k not in _ESCALATION_KEYS}
     return rest, found
+
+
+def _steps(file: str, key: str, value: Any, known: set[str]) -> tuple[Escalation, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(
+            file, key, f'must be a list of steps like {{ after = "10m", to = ["leads"] }}, got {value!r}'
+        )
+    steps: list[Escalation] = []
+    for index, item in enumerate(value):
+        where = f"{key}[{index}]"
+        if not isinstance(item, dict):
+            raise ConfigError(
+                file, where, f'must be a table like {{ after = "10m", to = ["leads"] }}, got {item!r}'
+            )
+        unknown = sorted(set(item) - set(_STEP_KEYS))
+        if unknown:
+            raise ConfigError(file, where, f"unknown key {unknown[0]!r}; a step has after, to and channel")
+        if "after" not in item or "to" not in item:
+            raise ConfigError(file, where, "a step needs both after and to")
+        step = _step(file, where, item, known, prefix="")
+        if steps and step.after <= steps[-1].after:
+            raise ConfigError(file, f"{where}.after", "each step must come after the one before it")
+        steps.append(step)
+    return tuple(steps)
+
+
+def _step(file: str, key: str, item: Mapping[str, Any], known: set[str], *, prefix: str) -> Escalation:
+    after = duration(file, f"{key}.{prefix}after", item["after"])
+    groups = item["to"]
+    if not isinstance(groups, list) or not groups or not all(isinstance(g, str) and g for g in groups):
+        raise ConfigError(file, f"{key}.{prefix}to", f"must be a list of group names, got {groups!r}")
+    for group in groups:
+        if group not in known:
+            raise ConfigError(
+                file, f"{key}.{prefix}to", f"no approver is in group {group!r} (known: {sorted(known)})"
+            )
+    channel = item.get("channel")
+    if channel is not None and (not isinstance(channel, str) or not channel.strip()):
+        raise ConfigError(file, f"{key}.{prefix}channel", f"must be a Slack channel id, got {channel!r}")
+    return Escalation(after=after, groups=tuple(groups), channel=channel)
 
 
 def breakglass_from(
