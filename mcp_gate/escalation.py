@@ -18,7 +18,7 @@ from mcp_gate.storage.base import Tx
 if TYPE_CHECKING:
     from mcp_gate.holds import ApprovalEngine
 
-__all__ = ["ESCALATED", "escalate_due", "escalated_groups"]
+__all__ = ["ESCALATED", "escalate_due", "escalated_groups", "escalation_steps"]
 
 ESCALATED: EventType = "approval.escalated"
 
@@ -35,6 +35,13 @@ def escalated_groups(
             continue
         added.extend(str(g) for g in body.get("to_groups") or [] if str(g) not in added)
     return tuple(added)
+
+
+async def escalation_steps(engine: ApprovalEngine, request: ApprovalRequest) -> list[dict[str, Any]]:
+    """The sealed escalation records of `request`, in order: what its messages show of it."""
+    correlation_id = request.correlation_id
+    bodies = await engine.store.read(lambda tx: tx.bodies_for(correlation_id, (ESCALATED,)))
+    return [b for b in bodies if b.get("request_id") == request.id and sealed_by(engine.key, b)]
 
 
 async def escalate_due(engine: ApprovalEngine) -> int:

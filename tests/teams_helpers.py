@@ -71,13 +71,15 @@ def teams_table(fake: FakeTeams, **extra: str) -> str:
     return "[channels.teams]\n" + "".join(f'{k} = "{v}"\n' for k, v in values.items())
 
 
-def make_config(tmp_path: Path, fake: FakeTeams, *, tail: str = "", **approvals: Any) -> Path:
+def make_config(
+    tmp_path: Path, fake: FakeTeams, *, tail: str = "", tiers: dict[str, Any] | None = None, **approvals: Any
+) -> Path:
     return write_config(
         tmp_path / "gate",
         servers={"notes": notes_server_table(tmp_path / "notes")},
         manifests={"notes": NOTES_MANIFEST.read_text()},
         approvers=APPROVERS,
-        tiers=TIERS,
+        tiers=tiers or TIERS,
         approvals={"hold_seconds": 60, "progress_seconds": 0.5, **approvals},
         extra=teams_table(fake) + tail,
     )
@@ -188,11 +190,12 @@ async def teams_gate(
     fake: FakeTeams | None = None,
     clock: Clock | None = None,
     tail: str = "",
+    tiers: dict[str, Any] | None = None,
     **approvals: Any,
 ) -> AsyncIterator[TeamsGate]:
     fake = fake or FakeTeams(conversations={CONVERSATION})
     with fake.running():
-        path = make_config(tmp_path, fake, tail=tail, **approvals)
+        path = make_config(tmp_path, fake, tail=tail, tiers=tiers, **approvals)
         config = load_config(path, env(fake))
         async with (
             running_gate(config, clock=clock) as front,

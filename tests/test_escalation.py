@@ -87,6 +87,9 @@ async def test_after_escalate_after_the_further_group_may_decide_and_is_told_in_
         step = await s.wait_record(lambda r: r["event_type"] == "approval.escalated", "the escalation")
         notice = await s.wait_record(lambda r: r["event_type"] == "slack.escalation_notified", "its notice")
         shown = await Desk(s.gate.engine, channel="test").show(request.id)
+        # The request's own message shows the step too, updated in place.
+        line = "Escalated (step 1) after 10m: security may decide it too"
+        await s.fake.wait_for(lambda: any(line in str(m.get("blocks")) for m in s.fake.messages.values()))
         late = await s.gate.engine.decide(request.id, dave, "approve", channel="test")
         await s.fake.wait_for(lambda: box)
         records = await s.records()

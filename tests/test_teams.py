@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mcp_gate.channels.api import Desk
 from mcp_gate.runtime import open_engine
-from mcp_gate.testing import FakeClock
+from mcp_gate.testing import FakeClock, eventually
 from tests.teams_helpers import (
     ALICE,
     BOB,
@@ -269,6 +269,12 @@ async def test_two_channels_on_one_store_post_each_card_once(tmp_path: Path) -> 
         requests = await t.gate.engine.pending()
         for request in requests:
             await t.posted(request.id)
+
+        async def recorded() -> list[dict[str, Any]] | None:
+            found = of_type(await t.records(), "teams.posted")
+            return found if len(found) >= 3 else None
+
+        await eventually(recorded, what="three teams.posted records")  # a post is seen before it is recorded
         records = await t.records()
     assert len(t.fake.calls_to("POST")) == 3
     assert sorted(r["request_id"] for r in of_type(records, "teams.posted")) == sorted(r.id for r in requests)
@@ -363,3 +369,26 @@ async def test_a_request_the_connector_never_took_expires_and_says_it_was_not_po
     assert box[0].is_error and "expired" in text_of(box[0])
     assert gave_up["request_id"] == request.id and gave_up["attempts"] >= 1
     assert t.fake.calls_to("POST") == [] and not (tmp_path / "notes" / "plan").exists()
+
+
+async def test_an_escalated_request_shows_its_step_on_the_card_and_the_added_group_gets_buttons(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    tiers = {
+        "high": {"approvals": 1, "groups": ["security"], "escalate_after": "10m", "escalate_to": ["finance"]}
+    }
+    async with teams_gate(tmp_path, clock=clock, tiers=tiers) as t:
+        box = t.call("notes__write_note", {"name": "plan", "text": "ship"})
+        request = await t.held()
+        _, _, first = await t.posted(request.id)
+        before = await t.click(FRANK, "refresh", request.id)
+        clock.advance(minutes=11)
+        await t.wait_record(lambda r: r["event_type"] == "approval.escalated", "the escalation")
+        card = await t.showing(request.id, "Escalated (step 1) after 10m: finance may decide it too")
+        after = await t.click(FRANK, "refresh", request.id)
+        await t.click(FRANK, "approve", request.id)
+        await t.fake.wait_for(lambda: box)
+    assert FRANK not in first["refresh"]["userIds"] and FRANK in card["refresh"]["userIds"]
+    assert verbs(before["value"]) == [] and verbs(after["value"]) == ["approve", "deny", "approve_for"]
+    assert not box[0].is_error

@@ -99,3 +99,22 @@ async def test_a_rolled_over_key_is_fetched_again_on_its_unknown_kid(fake: FakeT
     # ...and after it, fetched again and taken.
     verifier.monotonic = lambda: 1e12
     await verifier.verify(f"Bearer {fake.token()}", fake.invoke("u", "approve", {}))
+
+
+@pytest.mark.parametrize(
+    ("uri", "usable"),
+    [
+        ("https://login.botframework.com/v1/.well-known/keys", True),
+        ("http://127.0.0.1:8123/keys", True),
+        ("http://localhost/keys", True),
+        ("http://127.0.0.1.example.com/keys", False),  # a name that merely starts like loopback
+        ("http://login.botframework.com/keys", False),
+        ("ftp://127.0.0.1/keys", False),
+        ("https:///keys", False),
+        ("http://[::1/keys", False),
+    ],
+)
+def test_the_keys_url_must_be_https_or_loopback_by_its_parsed_host(uri: str, usable: bool) -> None:
+    from mcp_gate.channels.teams_auth import _usable_keys_url
+
+    assert _usable_keys_url(uri) is usable

@@ -226,6 +226,15 @@ def render_request(
     blocks.append(
         {"type": "context", "block_id": f"status:{rid}", "elements": [_mrkdwn(_status(view, voters))]}
     )
+    steps = [escalation_line(step) for step in view.get("escalations") or []]
+    if steps:
+        blocks.append(
+            {
+                "type": "context",
+                "block_id": f"escalated:{rid}",
+                "elements": [_mrkdwn(escape_mrkdwn(line)) for line in steps],
+            }
+        )
     if view["state"] == "pending":
         buttons: list[dict[str, Any]] = [
             _button(ACTION_APPROVE, "Approve", rid, style="primary"),
@@ -238,6 +247,12 @@ def render_request(
     name = escape_mrkdwn(view["name"])
     text = f"{escape_mrkdwn(gate)}: approval request {escape_mrkdwn(rid)} for {name} ({state})"
     return {"text": text, "blocks": blocks}
+
+
+def escalation_line(step: Mapping[str, Any]) -> str:
+    """One escalation step of a request view, as its messages show it (plain text: escape it)."""
+    groups = ", ".join(str(g) for g in step.get("to_groups") or []) or "nobody new"
+    return f"Escalated (step {step.get('step', 1)}) after {step.get('after')}: {groups} may decide it too"
 
 
 def _button(action_id: str, label: str, request_id: str, *, style: str | None = None) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from mcp_gate.channels.slack_blocks import (
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import SlackSettings
 from mcp_gate.errors import GateError, SlackFailure
+from mcp_gate.escalation import escalation_steps
 from mcp_gate.events import OPEN_STATES, TERMINAL_STATES, EventType
 from mcp_gate.gateway import Gateway
 from mcp_gate.holds import grant_refusal
@@ -239,7 +240,7 @@ class SlackOutbox:
                 return False
             return await self._post(request, message, now, unread=unread)
         voters = message.voters
-        key = _render_key(request, voters)
+        key = _render_key(request, voters, len(await escalation_steps(self.gate.engine, request)))
         if key == message.rendered_sha256 or not _due(message, now):
             return False
         rendered = await self.render(request, voters)
@@ -382,6 +383,7 @@ class SlackOutbox:
         claimed = await self.gate.store.transact(claim)
         if claimed is None:
             return False
+        steps = len(await escalation_steps(self.gate.engine, request))
         rendered = {**await self.render(request, {}), "metadata": request_metadata(request.id)}
         failure: SlackFailure | None = None
         for target in self._targets(request):
@@ -396,7 +398,7 @@ class SlackOutbox:
                 claimed,
                 channel=where,
                 ts=ts,
-                rendered_sha256=_render_key(request, {}),
+                rendered_sha256=_render_key(request, {}, steps),
                 attempts=0,
                 next_attempt_at=None,
                 lease_until=None,
@@ -537,14 +539,16 @@ class SlackOutbox:
         )
 
 
-def _render_key(request: ApprovalRequest, voters: Mapping[str, str]) -> str:
+def _render_key(request: ApprovalRequest, voters: Mapping[str, str], escalations: int = 0) -> str:
     """What a message shows, as a hash: a change in any of it means the message needs an update."""
-    shown = {
+    shown: dict[str, Any] = {
         "state": request.state,
         "votes": [(v.approver, v.verdict, v.channel, utc_iso(v.at), v.note) for v in request.votes],
         "closed_by": request.closed_by,
         "voters": dict(sorted(voters.items())),
     }
+    if escalations:  # absent otherwise, so a message rendered before escalations existed keeps its key
+        shown["escalations"] = escalations
     return hashlib.sha256(json.dumps(shown, sort_keys=True).encode()).hexdigest()
 
 

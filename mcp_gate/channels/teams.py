@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,6 +27,7 @@ from mcp_gate.channels.teams_outbox import TeamsOutbox
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import GateConfig, TeamsSettings
 from mcp_gate.errors import ConfigError, NoSuchRequest, TeamsFailure
+from mcp_gate.escalation import escalated_groups, escalation_steps
 from mcp_gate.gateway import Gateway
 from mcp_gate.http import serve_asgi
 from mcp_gate.storage.base import Tx
@@ -222,14 +224,20 @@ class TeamsChannel:
 
     async def _decide(self, click: TeamsClick, who: Approver) -> dict[str, Any]:
         request = await self.gate.engine.get(click.request_id)
+        # Who may decide, for the dry runs below, as the engine sees it: with the groups any sealed
+        # escalation added (the engine's own decision checks the same again).
+        added = escalated_groups(
+            self.gate.engine.key, request, await escalation_steps(self.gate.engine, request)
+        )
+        widened = replace(request, groups=(*request.groups, *added)) if added else request
         if click.verb == "refresh":
             # Each viewer sees only the buttons they may use.
-            allowed = decide(request, who, "approve", channel="teams", now=self.gate.clock.now())
+            allowed = decide(widened, who, "approve", channel="teams", now=self.gate.clock.now())
             return card_answer(await self.outbox.render(request, buttons=not isinstance(allowed, Refusal)))
         match click.verb:
             case "deny":
                 if not click.reason:
-                    dry_run = decide(request, who, "deny", channel="teams", now=self.gate.clock.now())
+                    dry_run = decide(widened, who, "deny", channel="teams", now=self.gate.clock.now())
                     if isinstance(dry_run, Refusal):
                         await self._refused(click, who, dry_run.why, code=dry_run.code)
                         return message_answer(f"You cannot decide this: {dry_run.why}")

@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -152,7 +153,7 @@ class BotFrameworkVerifier:
         async with httpx2.AsyncClient(timeout=FETCH_TIMEOUT, follow_redirects=False) as client:
             metadata = await _get_json(client, self.settings.openid_metadata)
             uri = metadata.get("jwks_uri")
-            if not isinstance(uri, str) or not uri.startswith(("https://", "http://127.0.0.1")):
+            if not isinstance(uri, str) or not _usable_keys_url(uri):
                 raise Unverified("the OpenID metadata names no usable jwks_uri")
             document = await _get_json(client, uri)
         keys: dict[str, _Key] = {}
@@ -196,3 +197,15 @@ async def _get_json(client: httpx2.AsyncClient, url: str) -> dict[str, Any]:
     if not isinstance(found, dict):
         raise Unverified(f"{url} is not a JSON object")
     return found
+
+
+def _usable_keys_url(uri: str) -> bool:
+    """https anywhere, plain http only to this machine (the local fake): by the parsed host, so
+    `http://127.0.0.1.example.com` is not taken for a loopback address."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+    except ValueError:
+        return False
+    if parts.scheme == "https":
+        return bool(parts.hostname)
+    return parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")

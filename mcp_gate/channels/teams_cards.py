@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mcp_gate.channels.slack_blocks import GRANT_FOR, scrub_secrets, untrusted
+from mcp_gate.channels.slack_blocks import GRANT_FOR, escalation_line, scrub_secrets, untrusted
 
 __all__ = [
     "CARD_TYPE",
@@ -140,6 +140,7 @@ def render_card(
     body.append(
         {"type": "Container", "id": f"status-{rid}", "items": [_literal(status_line(view), weight="Bolder")]}
     )
+    body += [_literal(escalation_line(step)) for step in view.get("escalations") or []]
     card: dict[str, Any] = {
         "type": "AdaptiveCard",
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",

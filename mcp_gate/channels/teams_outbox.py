@@ -21,6 +21,7 @@ from mcp_gate.channels.teams_connector import Connector
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import TeamsSettings
 from mcp_gate.errors import TeamsFailure
+from mcp_gate.escalation import escalation_steps
 from mcp_gate.events import OPEN_STATES, TERMINAL_STATES, EventType
 from mcp_gate.gateway import Gateway
 from mcp_gate.holds import grant_refusal
@@ -31,13 +32,15 @@ __all__ = ["TeamsOutbox", "render_key"]
 log = logging.getLogger("mcp_gate.teams")
 
 
-def render_key(request: ApprovalRequest) -> str:
+def render_key(request: ApprovalRequest, escalations: int = 0) -> str:
     """What a card shows, as a hash: a change in any of it means the card needs an update."""
-    shown = {
+    shown: dict[str, Any] = {
         "state": request.state,
         "votes": [(v.approver, v.verdict, v.channel, utc_iso(v.at), v.note) for v in request.votes],
         "closed_by": request.closed_by,
     }
+    if escalations:  # absent otherwise, so a card rendered before escalations existed keeps its key
+        shown["escalations"] = escalations
     return hashlib.sha256(json.dumps(shown, sort_keys=True).encode()).hexdigest()
 
 
@@ -121,7 +124,7 @@ class TeamsOutbox:
                     await self._give_up(SlackMessage(request.id, self.settings.conversation), request)
                 return False
             return await self._post(request, message, now)
-        key = render_key(request)
+        key = render_key(request, len(await escalation_steps(self.gate.engine, request)))
         if key == message.rendered_sha256 or not _due(message, now):
             return False
         card = await self.render(request)
@@ -164,6 +167,8 @@ class TeamsOutbox:
         conversation = self.settings.conversation
         maybe_twice = message is not None and message.last_error == "unanswered"
 
+        now = self.wall()  # the pass's `now` may be old by now: a lease runs from the moment it is taken
+
         def claim(tx: Tx) -> SlackMessage | None:
             current = tx.teams_message(request.id)
             if current is not None and (
@@ -179,13 +184,13 @@ class TeamsOutbox:
         claimed = await self.gate.store.transact(claim)
         if claimed is None:
             return False
+        key = render_key(request, len(await escalation_steps(self.gate.engine, request)))
         card = await self.render(request)
         try:
             activity_id = await self.connector.post_card(conversation, card)
         except TeamsFailure as exc:
             await self._failed(claimed, request, exc, now, event="teams.post_failed")
             return False
-        key = render_key(request)
 
         def write(tx: Tx) -> None:
             current = tx.teams_message(request.id) or claimed
@@ -234,6 +239,7 @@ class TeamsOutbox:
         if exc.retry_after is not None:
             delay = max(delay, exc.retry_after)
         log.warning("Teams: %s for request %s; retrying in %.1fs", exc, request.id, delay)
+        now = max(now, self.wall())  # the backoff and the lease run from the failure, not the pass's start
         next_at = utc_iso(now + timedelta(seconds=delay))
         # A post the Connector may have taken keeps its lease: no other gate posts it until it runs out.
         maybe_posted = exc.unanswered and message.ts is None
@@ -297,16 +303,18 @@ class TeamsOutbox:
             tool_description=offered.served.description if offered is not None else None,
             grant_allowed=grant_refusal(request, GRANT_FOR, self.gate.policy_sha256) is None,
             buttons=buttons,
-            refresh_users=self.eligible_users(request),
+            refresh_users=self.eligible_users(
+                request, tuple(g for s in view.get("escalations") or [] for g in s.get("to_groups") or [])
+            ),
             console_url=self.settings.console_url,
         )
 
-    def eligible_users(self, request: ApprovalRequest) -> list[str]:
-        """The Teams users (object ids) mapped to approvers who may decide this request: those who
-        see its buttons when the card refreshes for them."""
+    def eligible_users(self, request: ApprovalRequest, added: tuple[str, ...] = ()) -> list[str]:
+        """The Teams users (object ids) mapped to approvers who may decide this request (its groups
+        and those its escalations added): those who see its buttons when the card refreshes for them."""
         approvers = self.gate.config.approvers
         owner = request.binding.owner.strip().lower()
-        groups = set(request.groups)
+        groups = set(request.groups) | set(added) if request.groups else set()
         found = []
         for user, name in sorted(self.settings.users.items()):
             approver = approvers[name]
