@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from mcp_gate.approvals import ApprovalRequest, format_duration
 from mcp_gate.clock import utc_iso
 from mcp_gate.events import EventType
+from mcp_gate.policy import Escalation
 from mcp_gate.seals import seal, sealed_by
 from mcp_gate.storage.base import Tx
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["ESCALATED", "escalate_due", "escalated_groups", "escalation_steps"]
 
 ESCALATED: EventType = "approval.escalated"
+REQUESTED: EventType = "approval.requested"
 
 
 def escalated_groups(
@@ -44,19 +46,46 @@ async def escalation_steps(engine: ApprovalEngine, request: ApprovalRequest) -> 
     return [b for b in bodies if b.get("request_id") == request.id and sealed_by(engine.key, b)]
 
 
+def _own_steps(
+    key: bytes, request: ApprovalRequest, bodies: Iterable[Mapping[str, Any]]
+) -> tuple[Escalation, ...] | None:
+    """The escalation a manifest rule gave `request`, sealed in its `approval.requested` record
+    (None: it has none of its own, and its tier's steps apply)."""
+    for body in bodies:
+        if body.get("event_type") != REQUESTED or body.get("request_id") != request.id:
+            continue
+        steps = body.get("escalation")
+        if not steps or not sealed_by(key, body):
+            return None
+        return tuple(
+            Escalation(float(s["after"]), tuple(str(g) for g in s["groups"]), s.get("channel")) for s in steps
+        )
+    return None
+
+
 async def escalate_due(engine: ApprovalEngine) -> int:
-    """Record each escalation step that is due for a pending, unexpired request; return how many."""
+    """Record each escalation step that is due for a pending, unexpired request (its rule's steps,
+    else its tier's); return how many."""
     escalations = engine.settings.escalations
-    if not escalations:
+    if not escalations and not engine.rule_escalations:
         return 0
     now = engine.clock.now()
 
     def write(tx: Tx) -> int:
         count = 0
-        for request in tx.requests(states=("pending",)):
-            steps = escalations.get(request.tier)
-            if not steps or not request.groups or request.expired_at(now):
+        pending = tx.requests(states=("pending",))
+        for gone in engine.own_escalation.keys() - {r.id for r in pending}:
+            del engine.own_escalation[gone]  # what was read of a closed request is not needed again
+        for request in pending:
+            if not request.groups or request.expired_at(now):
                 continue  # a request any approver may decide has nobody further to reach
+            own = engine.own_escalation.get(request.id)
+            if own is None:
+                bodies = tx.bodies_for(request.correlation_id, (REQUESTED,))
+                own = engine.own_escalation[request.id] = _own_steps(engine.key, request, bodies) or ()
+            steps = own or escalations.get(request.tier)
+            if not steps:
+                continue
             due = [
                 (number, step)
                 for number, step in enumerate(steps, start=1)

@@ -119,6 +119,7 @@ class Gateway:
         self.policy_sha256 = policy_sha256(config.config_sha256, manifests)
         self.events = EventFactory(config.name, __version__, self.policy_sha256, clock)
         self.engine = ApprovalEngine(store, clock, config.approval_settings, self.events, decision_key)
+        self.engine.rule_escalations = any(r.escalation for m in manifests.values() for r in m.rules)
         self.offering = Offering(config, manifests, store, downstreams, self.events)
         self.asking = Asking(config, store, clock, self.engine, self.event)
         self._args_key = args_key
@@ -428,6 +429,7 @@ class Gateway:
                     progress=progress,
                     justification=justification,
                     hold_seconds=call.requester.hold_seconds,
+                    escalation=decision.escalation,
                 )
             tally.waited += time.perf_counter() - held
             self._decided(outcome, tally)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from typing import Any, assert_never
 
@@ -49,6 +49,7 @@ from mcp_gate.events import (
     RequestState,
 )
 from mcp_gate.evidence import EventFactory
+from mcp_gate.policy import Escalation
 from mcp_gate.seals import derive, grant_forgery, seal
 from mcp_gate.storage.base import Store, Tx
 
@@ -119,6 +120,10 @@ class ApprovalEngine:
         self.clock = clock
         self.settings = settings
         self.events = events
+        # Escalation by manifest rule: whether any rule has steps (the gate says), and the steps
+        # read back from each pending request's sealed record, so each is read once.
+        self.rule_escalations = False
+        self.own_escalation: dict[str, tuple[Escalation, ...]] = {}
 
     def _ev(self, event_type: EventType, correlation_id: str | None, **fields: Any) -> dict[str, Any]:
         body = self.events(event_type, correlation_id, **fields)
@@ -141,6 +146,7 @@ class ApprovalEngine:
         progress: ProgressFn | None,
         justification: str | None = None,
         hold_seconds: float | None = None,
+        escalation: tuple[Escalation, ...] = (),
     ) -> HoldOutcome:
         """Create or join the request for this exact call and wait for it to be decided: at most
         `hold_seconds` (the requester's own budget; default `[approvals] hold_seconds`)."""
@@ -222,6 +228,8 @@ class ApprovalEngine:
                         justification=justification,
                         tier=tier,
                         rule=rule,
+                        # A rule's own escalation steps, sealed with the request (none: the tier's).
+                        **({"escalation": [asdict(e) for e in escalation]} if escalation else {}),
                     )
                 ]
             )

@@ -14,9 +14,10 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
+from mcp_gate.approvals import parse_duration
 from mcp_gate.config.files import config_error_from, read_toml
 from mcp_gate.errors import ConfigError, GateError
-from mcp_gate.policy import UNSET, Condition, Manifest, Regex, Rule, Tier, compile_glob
+from mcp_gate.policy import UNSET, Condition, Escalation, Manifest, Regex, Rule, Tier, compile_glob
 
 __all__ = [
     "Shipped",
@@ -50,6 +51,11 @@ def _reason(value: str) -> str:
     return value
 
 
+def _duration(value: str) -> str:
+    parse_duration(value)  # ValueError: "'soon' is not a duration like 90s, 30m, 2h or 1d"
+    return value
+
+
 def _pointer(value: str) -> str:
     if value != "" and not value.startswith("/"):
         raise ValueError(
@@ -77,12 +83,19 @@ class _ConditionModel(_Strict):
     max: float | None = None
 
 
+class _StepModel(_Strict):
+    after: Annotated[str, AfterValidator(_duration)]
+    to: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    channel: Annotated[str, Field(min_length=1)] | None = None
+
+
 class _RuleModel(_Strict):
     tools: list[Glob] = Field(min_length=1)
     when: dict[str, _ConditionModel] = Field(default_factory=dict)
     tier: Tier
     reason: Annotated[str, AfterValidator(_reason)]
     approvers: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    escalation: list[_StepModel] = Field(default_factory=list)
 
 
 class _ManifestModel(_Strict):
@@ -130,6 +143,17 @@ def load_manifest(path: Path) -> Manifest:
             except ValueError as exc:
                 raise ConfigError(file, key, str(exc)) from exc
             when.append((pointer, _condition(file, key, condition)))
+        steps = tuple(
+            Escalation(parse_duration(s.after).total_seconds(), tuple(s.to), s.channel)
+            for s in rule.escalation
+        )
+        for number in range(1, len(steps)):
+            if steps[number].after <= steps[number - 1].after:
+                raise ConfigError(
+                    file,
+                    f"rule[{index}].escalation[{number}].after",
+                    "each step must come after the one before it",
+                )
         rules.append(
             Rule(
                 index=index,
@@ -138,6 +162,7 @@ def load_manifest(path: Path) -> Manifest:
                 tier=rule.tier,
                 reason=rule.reason,
                 approvers=tuple(rule.approvers),
+                escalation=steps,
             )
         )
     return Manifest(

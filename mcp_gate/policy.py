@@ -199,6 +199,17 @@ class Condition:
 
 
 @dataclass(frozen=True)
+class Escalation:
+    """One step of an escalation (a tier's, or a manifest rule's): when nobody has decided `after`
+    seconds into a request, the members of `groups` may decide it too and are told (also in the
+    Slack `channel`, when given)."""
+
+    after: float
+    groups: tuple[str, ...]
+    channel: str | None = None
+
+
+@dataclass(frozen=True)
 class Rule:
     """One manifest rule: tool-name globs, argument conditions (JSON pointer -> Condition), tier, reason."""
 
@@ -208,6 +219,7 @@ class Rule:
     tier: Tier
     reason: str
     approvers: tuple[str, ...] = ()  # approver groups for this rule's calls; empty: the tier's groups
+    escalation: tuple[Escalation, ...] = ()  # this rule's escalation steps; empty: the tier's
 
 
 @dataclass(frozen=True)
@@ -236,6 +248,8 @@ class Decision:
     conditional: bool = False
     # Approver groups named by the matching rule; they replace the tier's groups for this call.
     approvers: tuple[str, ...] = ()
+    # The matching rule's escalation steps; they replace the tier's for this call's request.
+    escalation: tuple[Escalation, ...] = ()
 
 
 def classify(
@@ -278,6 +292,7 @@ def classify(
             source="rule",
             conditional=skipped_conditional,
             approvers=rule.approvers,
+            escalation=rule.escalation,
         )
     if manifest.trust_annotations and manifest.default != "low" and _read_only(annotations):
         return Decision(

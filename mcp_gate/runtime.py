@@ -200,6 +200,15 @@ def _check_rule_groups(manifests: Mapping[str, Manifest], config: GateConfig) ->
                         f"rule[{rule.index}].approvers",
                         f"no approver in {config.path.name} is in group {group!r} (known: {sorted(known)})",
                     )
+            for number, step in enumerate(rule.escalation):
+                for group in step.groups:
+                    if group not in known:
+                        raise ConfigError(
+                            str(manifest.path),
+                            f"rule[{rule.index}].escalation[{number}].to",
+                            f"no approver in {config.path.name} is in group {group!r} "
+                            f"(known: {sorted(known)})",
+                        )
 
 
 _ENFORCING: dict[str, Any] = {"default": "enforce", "servers": {}}

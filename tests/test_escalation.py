@@ -41,14 +41,14 @@ TIERS = {
 
 @asynccontextmanager
 async def escalating_gate(
-    tmp_path: Path, clock: FakeClock, tiers: dict[str, Any] | None = None
+    tmp_path: Path, clock: FakeClock, tiers: dict[str, Any] | None = None, manifest: str | None = None
 ) -> AsyncIterator[SlackGate]:
     fake = fake_slack()
     with fake.running():
         path = write_config(
             tmp_path / "gate",
             servers={"notes": notes_server_table(tmp_path / "notes")},
-            manifests={"notes": NOTES_MANIFEST.read_text()},
+            manifests={"notes": manifest or NOTES_MANIFEST.read_text()},
             approvers=APPROVERS,
             tiers=tiers or TIERS,
             approvals={"hold_seconds": 60, "progress_seconds": 0.5, "expires": "15m"},
@@ -252,3 +252,79 @@ def test_one_step_written_either_way_is_the_same_policy(tmp_path: Path) -> None:
     listed = digest(1, {"escalation": [{"after": "10m", "to": ["sre"]}]})
     two = digest(2, {"escalation": [{"after": "10m", "to": ["sre"]}, {"after": "20m", "to": ["sre"]}]})
     assert shorthand == listed != two
+
+
+def with_rule_escalation(steps: str) -> str:
+    """The notes manifest with write_note's rule escalating on its own."""
+    text = NOTES_MANIFEST.read_text()
+    rule = 'reason = "replaces a note\'s whole text; the old text is lost"\n'
+    assert rule in text
+    return text.replace(rule, rule + f"escalation = {steps}\n")
+
+
+async def test_a_manifest_rule_escalates_by_its_own_steps_and_other_calls_by_the_tiers(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    tiers = {"high": {"approvals": 1, "groups": ["finance"], "escalate_after": "10m", "escalate_to": ["sre"]}}
+    manifest = with_rule_escalation('[{ after = "3m", to = ["security"] }]')
+    async with escalating_gate(tmp_path, clock, tiers, manifest) as s:
+        s.call("notes__write_note", {"name": "plan", "text": "ship"})
+        written = await s.held()
+        s.call("notes__delete_note", {"name": "old"})
+        deleted = await s.held(2)
+        [requested] = [
+            r for r in of_type(await s.records(), "approval.requested") if r["request_id"] == written.id
+        ]
+        clock.advance(minutes=4)
+        first = await s.wait_record(lambda r: r["event_type"] == "approval.escalated", "the rule's step")
+        early = of_type(await s.records(), "approval.escalated")
+        clock.advance(minutes=7)
+        await s.wait_record(
+            lambda r: r["event_type"] == "approval.escalated" and r["request_id"] == deleted.id,
+            "the tier's step",
+        )
+        steps = of_type(await s.records(), "approval.escalated")
+        for request in (written, deleted):
+            await s.gate.engine.decide(
+                request.id, s.config.approvers["frank"], "deny", channel="test", note="no"
+            )
+    assert requested["escalation"] == [{"after": 180.0, "groups": ["security"], "channel": None}]
+    assert requested["seal"]  # sealed with the request: a row edited later escalates nobody
+    assert (first["request_id"], first["to_groups"], first["after"]) == (written.id, ["security"], "3m")
+    assert len(early) == 1
+    # write_note's rule replaces the tier's steps: it never goes to sre; delete_note follows the tier.
+    assert sorted((e["request_id"], tuple(e["to_groups"])) for e in steps) == sorted(
+        [(written.id, ("security",)), (deleted.id, ("sre",))]
+    )
+
+
+def test_a_rules_steps_must_be_ordered_and_name_known_groups(tmp_path: Path) -> None:
+    from mcp_gate.manifests import load_manifest
+
+    unordered = tmp_path / "unordered.toml"
+    unordered.write_text(
+        with_rule_escalation('[{ after = "10m", to = ["sre"] }, { after = "5m", to = ["sre"] }]')
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_manifest(unordered)
+    assert "rule[5].escalation[1].after" in str(caught.value)
+    garbled = tmp_path / "garbled.toml"
+    garbled.write_text(with_rule_escalation('[{ after = "soon", to = ["sre"] }]'))
+    with pytest.raises(ConfigError) as caught:
+        load_manifest(garbled)
+    assert "is not a duration" in str(caught.value)
+
+
+async def test_a_rule_escalating_to_a_group_nobody_is_in_stops_the_gate_from_starting(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path / "gate",
+        servers={"notes": notes_server_table(tmp_path / "notes")},
+        manifests={"notes": with_rule_escalation('[{ after = "3m", to = ["nobody"] }]')},
+        approvers=APPROVERS,
+        tiers=TIERS,
+    )
+    with pytest.raises(ConfigError) as caught:
+        async with running_gate(load_config(path, env())):
+            pass
+    assert "rule[5].escalation[0].to" in str(caught.value) and "'nobody'" in str(caught.value)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from mcp_gate.approvals import Approver
 from mcp_gate.config.files import decode, read_bytes
 from mcp_gate.errors import ConfigError
+from mcp_gate.policy import Escalation as Escalation  # re-exported: a tier's steps are config
 from mcp_gate.policy import Requirement, Tier
 from mcp_gate.redaction import RedactionRules
 
@@ -66,16 +67,6 @@ class ServerSpec:
         # Neither a command nor a URL: served in the gate's own process by an embedding program
         # or a test (`runtime.open_gate(servers=...)`); gate.toml cannot say this.
         return "http" if self.url is not None else "in-process"
-
-
-@dataclass(frozen=True)
-class Escalation:
-    """One step of a tier's escalation: when nobody has decided `after` seconds into a request, the
-    members of `groups` may decide it too and are told (also in the Slack `channel`, when given)."""
-
-    after: float
-    groups: tuple[str, ...]
-    channel: str | None = None
 
 
 @dataclass(frozen=True)
