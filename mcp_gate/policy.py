@@ -23,6 +23,7 @@ __all__ = [
     "TIERS",
     "Approvals",
     "Block",
+    "Escalation",
     "Condition",
     "Confirm",
     "Decision",
