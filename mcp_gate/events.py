@@ -85,6 +85,8 @@ EventType = Literal[
     "teams.update_failed",  # updating a request's card failed; it is retried
     "teams.not_posted",  # a request closed while its card still failed to post: the outbox stopped
     "teams.refused",  # a click from someone not mapped to an approver, another tenant, or who may not decide
+    # -- the console --------------------------------------------------------------------------
+    "console.refused",  # a console request refused before the engine: no session, bad CSRF token, login limit
     # -- evidence and audit -------------------------------------------------------------------
     "checkpoint.copy_failed",  # a signed checkpoint could not be copied to a sink (file or webhook)
     "audit.verified",  # `mcp-gate audit verify` ran, and what it found

@@ -415,6 +415,14 @@ def decision_key(config: GateConfig) -> bytes:
     return load_key(config.data_dir / DECISION_KEY_FILE, "decision key")
 
 
+def console_key(config: GateConfig) -> bytes:
+    """The key that signs the console's cookies (`[console] secret_file`, else
+    `data_dir/console.key`; 0600, made on first use). Consoles that serve the same people share it."""
+    if config.console is None:
+        raise GateError(f"{config.path}: there is no [console] section")
+    return load_key(config.console.secret_file, "console key")
+
+
 # -- moving to PostgreSQL -----------------------------------------------------------------------
 
 

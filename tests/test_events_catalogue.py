@@ -22,6 +22,12 @@ FAMILIES = {kind.split(".")[0] for kind in EVENT_TYPES}
 # gate.toml keys in error messages, and file names.
 NOT_EVENT_TYPES = {
     "breakglass.groups",
+    "console.css",
+    "console.js",
+    "console.key",
+    "console.listen",
+    "console.public_url",
+    "console.session",
     "elicitation.key",
     "gate.db",
     "gate.lock",

@@ -121,10 +121,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 )
             if admin is not None:
                 host, port = admin
-                bound = await tg.start(functools.partial(serve_admin, probes, host, port))
+                console = None
+                if config.console is not None and config.console.enabled:
+                    from mcp_gate.console import build_console
+
+                    console = build_console(gate.engine, config, runtime.console_key(config))
+                bound = await tg.start(functools.partial(serve_admin, probes, host, port, console=console))
                 progress(
                     f"mcp-gate {config.name}: approver API on {api_url(host, bound)} "
                     "(and /healthz, /readyz, /metrics)"
+                )
+                if console is not None:
+                    base = api_url(host, bound).removesuffix("/v1")
+                    progress(f"mcp-gate {config.name}: console on {base}/console")
+            elif config.console is not None and config.console.enabled:
+                progress(
+                    f"mcp-gate {config.name}: [console] is enabled but there is no admin listener "
+                    "([admin] listen or --admin): run `mcp-gate console` beside the gate to serve it"
                 )
             if http is None:
                 await front.serve_stdio()

@@ -91,6 +91,26 @@ class ApprovalSettings:
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    """The console: served on the admin listener at /console when `enabled`, and by
+    `mcp-gate console` on `listen`. `public_url` is where people reach it (links in chat, the CLI,
+    the agent's errors); `secret_file` holds the key that signs its cookies (never gate.toml)."""
+
+    enabled: bool
+    public_url: str | None
+    session_seconds: float
+    secret_file: Path
+    listen: tuple[str, int] | None = None
+    login_attempts: int = 5  # failed logins a client may make per minute
+
+    def request_url(self, request_id: str) -> str | None:
+        """The console page of one request, or None without a public URL."""
+        if self.public_url is None:
+            return None
+        return f"{self.public_url.rstrip('/')}/requests/{request_id}"
+
+
+@dataclass(frozen=True)
 class AdminSettings:
     """The admin listener (the approvers' API, health and metrics): where it listens, and the
     SHA-256 of the token a scraper shows for /metrics when it listens beyond loopback."""
@@ -188,6 +208,7 @@ class GateConfig:
     pins: PinSettings = field(default_factory=PinSettings)
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
     breakglass: BreakGlassSettings = field(default_factory=BreakGlassSettings)
+    console: ConsoleSettings | None = None  # [console]: the approval console in the browser
     # The gate's own files (data dir, config, manifests, signing key): a downstream call whose
     # arguments name a path inside them is blocked. Empty when [gate] protect_own_files = false.
     protected_paths: tuple[Path, ...] = ()

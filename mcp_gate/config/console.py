@@ -1,0 +1,71 @@
+"""[console]: the approval console in the browser: whether it is served, its public URL, sessions, its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError
+
+from mcp_gate.config.files import Strict, config_error_from
+from mcp_gate.config.model import ConsoleSettings
+from mcp_gate.config.tiers import duration
+from mcp_gate.errors import ConfigError
+
+__all__ = ["CONSOLE_KEY_FILE", "console_settings"]
+
+CONSOLE_KEY_FILE = "console.key"  # in data_dir unless [console] secret_file names another
+MAX_SESSION_SECONDS = 7 * 24 * 3600.0
+
+
+class _ConsoleSection(Strict):
+    enabled: bool = True
+    public_url: str | None = None
+    session: str = "8h"
+    secret_file: str | None = None
+    listen: str | None = None
+    login_attempts: int = Field(default=5, ge=1, le=1000)
+
+
+def console_settings(
+    file: str, data: dict[str, Any] | None, base: Path, data_dir: Path
+) -> ConsoleSettings | None:
+    """gate.toml's [console] as settings, or None when the section is absent."""
+    if data is None:
+        return None
+    try:
+        section = _ConsoleSection.model_validate(data)
+    except ValidationError as exc:
+        raise config_error_from(file, exc, prefix=("console",)) from exc
+    public_url = section.public_url
+    if public_url is not None:
+        parts = urlsplit(public_url)
+        if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
+            raise ConfigError(
+                file,
+                "console.public_url",
+                f"expected an http(s) URL such as https://gate.example.com/console, got {public_url!r}",
+            )
+        public_url = public_url.rstrip("/")
+    seconds = duration(file, "console.session", section.session)
+    if not 60 <= seconds <= MAX_SESSION_SECONDS:
+        raise ConfigError(file, "console.session", "a session lasts between 1m and 7d")
+    listen = None
+    if section.listen is not None:
+        host, sep, port = section.listen.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(
+                file, "console.listen", f"expected HOST:PORT such as 127.0.0.1:8767, got {section.listen!r}"
+            )
+        listen = (host, int(port))
+    secret = base / section.secret_file if section.secret_file is not None else data_dir / CONSOLE_KEY_FILE
+    return ConsoleSettings(
+        enabled=section.enabled,
+        public_url=public_url,
+        session_seconds=seconds,
+        secret_file=secret,
+        listen=listen,
+        login_attempts=section.login_attempts,
+    )
