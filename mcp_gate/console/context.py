@@ -121,7 +121,10 @@ async def request_context(desk: Desk, request_id: str, viewer: Approver) -> dict
 
     escalations, outcomes, earlier = await engine.store.read(gather)
     for call in view["recent_calls"]:
-        call["outcome"] = outcomes.get(call["correlation_id"], "no outcome yet").removeprefix("call.")
+        outcome = outcomes.get(call["correlation_id"], "no outcome yet").removeprefix("call.")
+        if call["correlation_id"] == request.correlation_id and outcome == "no outcome yet":
+            outcome = "this request"
+        call["outcome"] = outcome
     definition = dict(pin.definition) if pin is not None else {}
     return {
         "r": view,
