@@ -110,7 +110,8 @@ async def gate_with_console(config: Path) -> AsyncIterator[Gate]:
     notes = notes_server(config.parent.parent / "notes")
     async with running_gate(config, servers={"notes": notes}) as front, anyio.create_task_group() as tg:
         gate = front.gateway
-        console = build_console(gate.engine, gate.config, runtime.console_key(gate.config))
+        report = partial(runtime.evidence_report, gate.config)
+        console = build_console(gate.engine, gate.config, runtime.console_key(gate.config), report=report)
         port = await tg.start(partial(serve_admin, Probes(gate), "127.0.0.1", 0, console=console))
         async with Client(front.server, mode="legacy") as agent, anyio.create_task_group() as calls:
             yield Gate(front, agent, f"http://127.0.0.1:{port}", config, calls)

@@ -30,7 +30,7 @@ from mcp_gate.approvals import (
 )
 from mcp_gate.breakglass import break_glass
 from mcp_gate.clock import utc_iso
-from mcp_gate.config import BreakGlassSettings, GateConfig
+from mcp_gate.config import BreakGlassSettings, ConsoleSettings, GateConfig
 from mcp_gate.errors import GateError, NoSuchRequest
 from mcp_gate.evidence import Record
 from mcp_gate.gateway import Gateway
@@ -168,17 +168,25 @@ class Desk:
     engine: ApprovalEngine
     channel: str
     rules: RedactionRules = DEFAULT_RULES  # shown arguments are scrubbed once more with these
+    links: ConsoleSettings | None = None  # with a public URL, each view names its console page
+
+    def _view(self, request: ApprovalRequest, now: datetime) -> dict[str, Any]:
+        view = request_view(request, now, self.rules)
+        url = None if self.links is None else self.links.request_url(request.id)
+        if url is not None:
+            view["console_url"] = url
+        return view
 
     def _now(self) -> datetime:
         return self.engine.clock.now()
 
     async def open_requests(self) -> list[dict[str, Any]]:
         now = self._now()
-        return [request_view(r, now, self.rules) for r in await self.engine.pending()]
+        return [self._view(r, now) for r in await self.engine.pending()]
 
     async def show(self, request_id: str) -> dict[str, Any]:
         request = await self.engine.get(_normal(request_id))
-        view = request_view(request, self._now(), self.rules)
+        view = self._view(request, self._now())
         agent = request.binding.agent
         mine = await self.engine.store.read(lambda tx: tx.recent_calls(agent, RECENT_CALLS))
         view["recent_calls"] = [_call_view(r, self.rules) for r in mine]
@@ -231,7 +239,7 @@ class Desk:
         outcome = await self.engine.revoke(_normal(request_id), approver)
         if isinstance(outcome, Refusal):
             return outcome
-        return {"outcome": "revoked", "request": request_view(outcome.request, self._now(), self.rules)}
+        return {"outcome": "revoked", "request": self._view(outcome.request, self._now())}
 
     async def grants(self, *, live_only: bool = True) -> list[dict[str, Any]]:
         now = self._now()
@@ -266,7 +274,7 @@ class Desk:
         return {
             "outcome": "released by break-glass",
             "notified": list(outcome.notified),
-            "request": request_view(outcome.request, self._now(), self.rules),
+            "request": self._view(outcome.request, self._now()),
         }
 
     def _decided(self, outcome: Pending | Approved | Denied | Refusal) -> dict[str, Any] | Refusal:
@@ -275,11 +283,11 @@ class Desk:
             case Refusal():
                 return outcome
             case Pending(request=request):
-                return {"outcome": "pending", "request": request_view(request, now, self.rules)}
+                return {"outcome": "pending", "request": self._view(request, now)}
             case Approved(request=request):
-                return {"outcome": "approved", "request": request_view(request, now, self.rules)}
+                return {"outcome": "approved", "request": self._view(request, now)}
             case Denied(request=request):
-                return {"outcome": "denied", "request": request_view(request, now, self.rules)}
+                return {"outcome": "denied", "request": self._view(request, now)}
             case _:
                 assert_never(outcome)
 
@@ -405,7 +413,7 @@ def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 
 def build_api(gate: Gateway) -> ASGIApp:
     """The approvers' API over a running gate, under /v1, behind approver bearer tokens."""
-    desk = Desk(gate.engine, channel="api", rules=gate.config.redaction)
+    desk = Desk(gate.engine, channel="api", rules=gate.config.redaction, links=gate.config.console)
 
     async def list_requests(request: Request, approver: Approver) -> Any:
         return {"requests": await desk.open_requests()}

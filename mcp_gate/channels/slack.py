@@ -88,7 +88,7 @@ class SlackChannel:
         self.settings: SlackSettings = settings
         self.secrets = secrets
         self.api = SlackApi(secrets.bot_token, settings.api_url)
-        self.desk = Desk(gate.engine, channel="slack", rules=gate.config.redaction)
+        self.desk = Desk(gate.engine, channel="slack", rules=gate.config.redaction, links=gate.config.console)
         self.backoff = backoff
         self.max_backoff = max_backoff
         # Retries and replay windows follow real time, whatever clock the gate's requests use.

@@ -85,7 +85,7 @@ class TeamsChannel:
         self.settings: TeamsSettings = settings
         self.verifier = BotFrameworkVerifier(settings)
         self.connector = Connector(settings, secrets.app_password)
-        self.desk = Desk(gate.engine, channel="teams", rules=gate.config.redaction)
+        self.desk = Desk(gate.engine, channel="teams", rules=gate.config.redaction, links=gate.config.console)
         self.wall: Callable[[], datetime] = wall or (lambda: datetime.now(UTC))
         self._members: dict[str, tuple[float, dict[str, Any]]] = {}
         self.outbox = TeamsOutbox(

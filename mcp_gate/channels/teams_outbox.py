@@ -298,7 +298,7 @@ class TeamsOutbox:
             grant_allowed=grant_refusal(request, GRANT_FOR, self.gate.policy_sha256) is None,
             buttons=buttons,
             refresh_users=self.eligible_users(request),
-            console_url=self.settings.console_url,
+            console_url=view.get("console_url") or self.settings.console_url,
         )
 
     def eligible_users(self, request: ApprovalRequest) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from typing import Any
 
 import anyio
@@ -46,7 +47,9 @@ def cmd_console(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         async with runtime.open_engine(config) as engine, anyio.create_task_group() as tg:
-            app = build_console(engine, config, key)
+            app = build_console(
+                engine, config, key, report=functools.partial(runtime.evidence_report, config)
+            )
             limits = config.http
 
             async def serve(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:

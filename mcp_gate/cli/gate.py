@@ -125,7 +125,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 if config.console is not None and config.console.enabled:
                     from mcp_gate.console import build_console
 
-                    console = build_console(gate.engine, config, runtime.console_key(config))
+                    report = functools.partial(runtime.evidence_report, config)
+                    console = build_console(gate.engine, config, runtime.console_key(config), report=report)
                 bound = await tg.start(functools.partial(serve_admin, probes, host, port, console=console))
                 progress(
                     f"mcp-gate {config.name}: approver API on {api_url(host, bound)} "

@@ -26,6 +26,7 @@ class _ConsoleSection(Strict):
     secret_file: str | None = None
     listen: str | None = None
     login_attempts: int = Field(default=5, ge=1, le=1000)
+    operators: list[str] = Field(default_factory=list)
 
 
 def console_settings(
@@ -68,4 +69,5 @@ def console_settings(
         secret_file=secret,
         listen=listen,
         login_attempts=section.login_attempts,
+        operators=tuple(section.operators),
     )

@@ -102,6 +102,7 @@ class ConsoleSettings:
     secret_file: Path
     listen: tuple[str, int] | None = None
     login_attempts: int = 5  # failed logins a client may make per minute
+    operators: tuple[str, ...] = ()  # approver groups that may accept a changed tool's definition here
 
     def request_url(self, request_id: str) -> str | None:
         """The console page of one request, or None without a public URL."""

@@ -8,10 +8,13 @@ console refuses itself (no session, a missing or wrong CSRF token, a failed logi
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
@@ -29,10 +32,15 @@ from mcp_gate.channels.api import Desk, summarize
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import ConsoleSettings, GateConfig
 from mcp_gate.console.context import GRANT_CHOICES, request_context
+from mcp_gate.console.records import call_story, drift_rows
 from mcp_gate.console.sessions import LoginLimiter, LoginMethod, Session, SessionManager, TokenLogin
 from mcp_gate.errors import GateError, NoSuchRequest
 from mcp_gate.holds import ApprovalEngine
 from mcp_gate.redaction import scrub
+from mcp_gate.report import render_html
+
+# The audit report of a period (since, until as UTC text or None), built beside the store.
+ReportFn = Callable[[str | None, str | None], Awaitable[dict[str, Any]]]
 
 __all__ = ["PREFIX", "Console", "build_console"]
 
@@ -57,6 +65,7 @@ SECURITY_HEADERS = [
     (b"cache-control", b"no-store"),
 ]
 DONE = {  # what a redirect after a decision says; fixed texts, never text from the query
+    "accepted": "The new definition is accepted; agents can call the tool again.",
     "approved": "Approved.",
     "pending": "Your approval is recorded; the request waits for more.",
     "denied": "Denied.",
@@ -87,6 +96,7 @@ class Console:
     settings: ConsoleSettings
     key: bytes
     logins: list[LoginMethod] = field(default_factory=list)
+    report: ReportFn | None = None  # the audit report of a period (None: no report page)
 
     def __post_init__(self) -> None:
         self.desk = Desk(self.engine, channel="console", rules=self.config.redaction)
@@ -370,6 +380,90 @@ class Console:
             return self._refused(request, Refused(409, outcome.why))
         return RedirectResponse(f"{PREFIX}/grants?done=grant-revoked", status_code=303)
 
+    # -- evidence and tools -------------------------------------------------------------------------------
+
+    async def evidence(self, request: Request) -> Response:
+        who = await self._viewer(request)
+        if who is None:
+            return self._to_login(request)
+        correlation_id = request.path_params["correlation_id"][:100]
+        records, story = await call_story(self.engine.store, correlation_id)
+        rows = [
+            {"seq": r.seq, "ts": r.ts, "event_type": r.event_type, "entry_hash": r.entry_hash}
+            for r in records
+        ]
+        status = 200 if records else 404
+        return self._page(
+            "evidence.html", request, who[0], status, correlation_id=correlation_id, records=rows, story=story
+        )
+
+    def _operator(self, approver: Approver) -> bool:
+        return bool(approver.groups & set(self.settings.operators))
+
+    async def tools(self, request: Request) -> Response:
+        who = await self._viewer(request)
+        if who is None:
+            return self._to_login(request)
+        drift = drift_rows(await self.engine.store.list_pins())
+        return self._page(
+            "tools.html",
+            request,
+            who[0],
+            drift=drift,
+            operator=self._operator(who[1]),
+            operator_groups=self.settings.operators,
+            done=DONE.get(request.query_params.get("done", "")),
+        )
+
+    async def accept_tool(self, request: Request) -> Response:
+        server, tool = request.path_params["server"], request.path_params["tool"]
+        try:
+            session, approver, form = await self._checked_post(request)
+            if not self._operator(approver):
+                await self._record_refusal(
+                    request, "accepting a tool's definition needs an operator", session
+                )
+                raise Refused(403, "Only operators ([console] operators) may accept a tool's new definition.")
+            pin = await self.engine.store.get_pin(server, tool)
+            if pin is None or pin.drifted_pin is None:
+                raise Refused(409, f"{server}__{tool} has no changed definition waiting to be accepted.")
+            if form.get("pin") != pin.drifted_pin:
+                raise Refused(409, "The definition changed again since the page was shown: look at it again.")
+            event = self.engine.events(
+                "tool.accepted",
+                None,
+                server=server,
+                tool=tool,
+                pin=pin.drifted_pin,
+                previous_pin=None if pin.new else pin.pin,
+                accepted_by=approver.name,
+                channel="console",
+            )
+            await self.engine.store.accept_drift(server, tool, events=[event])
+        except Refused as exc:
+            return self._refused(request, exc)
+        except GateError as exc:
+            return self._refused(request, Refused(503, f"Nothing was accepted: {exc}"))
+        return RedirectResponse(f"{PREFIX}/tools?done=accepted", status_code=303)
+
+    async def report_page(self, request: Request) -> Response:
+        who = await self._viewer(request)
+        if who is None:
+            return self._to_login(request)
+        if self.report is None:
+            return self._page(
+                "message.html", request, who[0], 404, title="No report", message="Not served here."
+            )
+        since, until = request.query_params.get("since") or None, request.query_params.get("until") or None
+        try:
+            period = [None if v is None else _moment(v) for v in (since, until)]
+        except ValueError as exc:
+            return self._page("report.html", request, who[0], 400, error=str(exc), since=since, until=until)
+        if request.query_params.get("show") != "1":
+            return self._page("report.html", request, who[0], since=since, until=until, error=None)
+        report = await self.report(period[0], period[1])
+        return report_response(report)
+
     # -- live updates --------------------------------------------------------------------------------------
 
     async def events(self, request: Request) -> Response:
@@ -430,10 +524,39 @@ class Console:
             Route(f"{p}/grants", self.grants, methods=["GET"]),
             Route(f"{p}/grants/{{grant_id}}/revoke", self.revoke_grant, methods=["POST"]),
             Route(f"{p}/static/{{name}}", self.static, methods=["GET"]),
+            Route(f"{p}/evidence/{{correlation_id}}", self.evidence, methods=["GET"]),
+            Route(f"{p}/tools", self.tools, methods=["GET"]),
+            Route(f"{p}/tools/{{server}}/{{tool}}/accept", self.accept_tool, methods=["POST"]),
+            Route(f"{p}/report", self.report_page, methods=["GET"]),
         ]
         for method in self.logins:
             routes.extend(method.routes(self.establish))
         return routes
+
+
+def _moment(value: str) -> str:
+    """A period's end from the report form: a date or an ISO-8601 moment, as UTC text."""
+    text = value.strip()
+    moment = datetime.fromisoformat(text if "T" in text or len(text) > 10 else f"{text}T00:00:00+00:00")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return utc_iso(moment)
+
+
+def report_response(report: dict[str, Any]) -> Response:
+    """The evidence report's own page, without its script (sorting and filtering are extras), its
+    style allowed by hash: the console's pages run no inline script."""
+    page = render_html(report)
+    page = re.sub(r"<script>.*?</script>", "", page, flags=re.S)
+    styles = re.findall(r"<style>(.*?)</style>", page, flags=re.S)
+    hashes = " ".join(
+        f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in styles
+    )
+    style = hashes or "'none'"
+    csp = (
+        f"default-src 'none'; style-src {style}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+    return HTMLResponse(page, headers={"content-security-policy": csp})
 
 
 def _now(console: Console) -> str:
@@ -467,11 +590,11 @@ class SecurityHeaders:
 
         async def with_headers(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                names = {name for name, _ in SECURITY_HEADERS}
-                headers = [(n, v) for n, v in message.get("headers", []) if n.lower() not in names]
-                keep_cache = [(n, v) for n, v in message.get("headers", []) if n.lower() == b"cache-control"]
-                extra = [(n, v) for n, v in SECURITY_HEADERS if not (n == b"cache-control" and keep_cache)]
-                message = {**message, "headers": [*headers, *keep_cache, *extra]}
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                # A page that sets its own policy (the report's) or caching keeps it.
+                missing = [(n, v) for n, v in SECURITY_HEADERS if n not in present]
+                message = {**message, "headers": [*headers, *missing]}
             await send(message)
 
         await self.app(scope, receive, with_headers)
@@ -484,10 +607,11 @@ def build_console(
     *,
     logins: list[LoginMethod] | None = None,
     settings: ConsoleSettings | None = None,
+    report: ReportFn | None = None,
 ) -> ASGIApp:
     """The console's ASGI app under /console, over `engine`, its cookies signed with `key`."""
     chosen = settings or config.console
     if chosen is None:
         raise GateError(f"{config.path}: there is no [console] section")
-    console = Console(engine, config, chosen, key, list(logins or []))
+    console = Console(engine, config, chosen, key, list(logins or []), report)
     return SecurityHeaders(Starlette(routes=console.routes()))
