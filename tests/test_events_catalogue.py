@@ -33,6 +33,7 @@ NOT_EVENT_TYPES = {
     "gate.lock",
     "gate.toml",
     "evidence.checkpoint_every",
+    "evidence.html",
     "evidence.key",
     "evidence.key_name",
     "evidence.origin",
