@@ -87,6 +87,10 @@ EventType = Literal[
     "teams.refused",  # a click from someone not mapped to an approver, another tenant, or who may not decide
     # -- the console --------------------------------------------------------------------------
     "console.refused",  # a console request refused before the engine: no session, bad CSRF token, login limit
+    # -- email --------------------------------------------------------------------------------
+    "email.sent",  # a request mailed to its eligible approvers (and the notify-only list), with signed links
+    "email.send_failed",  # mailing a request failed (SMTP down, refused); it is retried
+    "email.link_used",  # an emailed decision link was confirmed in the console: it is never good again
     # -- evidence and audit -------------------------------------------------------------------
     "checkpoint.copy_failed",  # a signed checkpoint could not be copied to a sink (file or webhook)
     "audit.verified",  # `mcp-gate audit verify` ran, and what it found

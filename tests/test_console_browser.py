@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from mcp_gate.testing import eventually
 from tests.console_helpers import Gate, gate_with_console, make_config, text_of
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]  # a browser start takes seconds on 2 cores
@@ -201,3 +202,36 @@ async def test_the_pending_page_is_readable_at_a_phones_width(tmp_path: Path) ->
         assert await page.evaluate("document.activeElement.textContent") == "Skip to content"
         outline = await page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
         assert outline == "solid"
+
+
+async def test_an_email_link_opens_the_confirm_page_and_decides_once_when_opened_twice(
+    tmp_path: Path,
+) -> None:
+    from tests.email_helpers import Inbox, smtp_server
+    from tests.test_console_email import email_config, local, mailer
+
+    async with (
+        smtp_server() as inbox,
+        gate_with_console(email_config(tmp_path, inbox.port)) as gate,
+        chromium(tmp_path / "bob") as bob,
+    ):
+        await mailer(gate, gate.tg)
+        held = await gate.hold("notes__write_note", {"name": "todo", "text": "x"})
+        await eventually(lambda: len(inbox.mails) >= 3, what="three mails")
+        link = gate.base + local(gate, Inbox.links(inbox.to("bob@example.com"))["approve"])
+        page = bob.pages[0] if bob.pages else await bob.new_page()
+        await page.goto(link)  # not logged in yet: the login page first, then back to the link
+        await page.get_by_label("Approver token").fill("tok-bob")
+        await page.get_by_role("button", name="Log in").click()
+        confirm = page.get_by_role("button", name=f"Approve {held.request.id}")
+        await expect(confirm).to_be_visible()
+        assert not held.done.is_set()  # opening the link decided nothing
+        await confirm.click()
+        await expect(page.get_by_role("status")).to_have_text("Approved.")
+        await held.outcome()
+        second = await bob.new_page()
+        await second.goto(link)
+        await expect(second.get_by_role("alert")).to_contain_text("already used")
+        await expect(second.get_by_role("button", name=f"Approve {held.request.id}")).to_have_count(0)
+    decided = [r for r in await gate.evidence() if r["event_type"] == "approval.decided"]
+    assert [(d["approver"], d["channel"]) for d in decided] == [("bob", "console")]

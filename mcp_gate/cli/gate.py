@@ -98,6 +98,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         teams_secrets = TeamsSecrets.read(config, os.environ)
 
+    email_password = None
+    if config.email is not None and config.email.password is not None:  # now: a missing one is one line
+        email_password = config.email.password.read(os.environ, str(config.path))
     signing: Literal["loaded", "off"] = "off" if runtime.gate_notary(config) is None else "loaded"
     tracing = runtime.gate_tracing(tracing_settings(os.environ, default_service=f"mcp-gate {config.name}"))
 
@@ -119,6 +122,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     f"mcp-gate {config.name}: Teams approvals (messaging endpoint on "
                     f"http://{teams_host}:{teams_port}/api/messages)"
                 )
+            if config.email is not None:
+                from mcp_gate.channels.email import EmailChannel
+
+                mailer = EmailChannel(gate, config.email, email_password, runtime.console_key(config))
+                await tg.start(mailer.run)
+                progress(f"mcp-gate {config.name}: email approvals via {config.email.smtp_host}")
             if admin is not None:
                 host, port = admin
                 console = None

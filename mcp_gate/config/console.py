@@ -9,11 +9,11 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError
 
 from mcp_gate.config.files import Strict, config_error_from
-from mcp_gate.config.model import ConsoleSettings
+from mcp_gate.config.model import ConsoleSettings, EmailSettings, SlackSecret
 from mcp_gate.config.tiers import duration
 from mcp_gate.errors import ConfigError
 
-__all__ = ["CONSOLE_KEY_FILE", "console_settings"]
+__all__ = ["CONSOLE_KEY_FILE", "console_settings", "email_settings"]
 
 CONSOLE_KEY_FILE = "console.key"  # in data_dir unless [console] secret_file names another
 MAX_SESSION_SECONDS = 7 * 24 * 3600.0
@@ -70,4 +70,52 @@ def console_settings(
         listen=listen,
         login_attempts=section.login_attempts,
         operators=tuple(section.operators),
+    )
+
+
+class _EmailSection(Strict):
+    smtp_host: str
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    starttls: bool = True
+    sender: str = Field(alias="from")
+    username: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    link_expires: str = "15m"
+    notify: list[str] = Field(default_factory=list)
+
+
+def email_settings(
+    file: str, data: dict[str, Any] | None, base: Path, console: ConsoleSettings | None
+) -> EmailSettings | None:
+    """gate.toml's [email] as settings, or None when the section is absent. Its links lead to the
+    console, so it needs [console] public_url."""
+    if data is None:
+        return None
+    try:
+        section = _EmailSection.model_validate(data)
+    except ValidationError as exc:
+        raise config_error_from(file, exc, prefix=("email",)) from exc
+    if console is None or console.public_url is None:
+        raise ConfigError(file, "email", "email links lead to the console: set [console] public_url")
+    if section.password_env is not None and section.password_file is not None:
+        raise ConfigError(file, "email.password_file", "give password_env or password_file, not both")
+    password = None
+    if section.password_env is not None or section.password_file is not None:
+        if section.username is None:
+            raise ConfigError(file, "email.username", "a password needs the username it belongs to")
+        where = None if section.password_file is None else base / section.password_file
+        password = SlackSecret("password", section.password_env, where, section="email")
+    seconds = duration(file, "email.link_expires", section.link_expires)
+    if not 60 <= seconds <= 24 * 3600:
+        raise ConfigError(file, "email.link_expires", "a link lasts between 1m and 24h")
+    return EmailSettings(
+        smtp_host=section.smtp_host,
+        smtp_port=section.smtp_port,
+        sender=section.sender,
+        starttls=section.starttls,
+        username=section.username,
+        password=password,
+        link_seconds=seconds,
+        notify=tuple(section.notify),
     )

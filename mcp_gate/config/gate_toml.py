@@ -15,7 +15,7 @@ from pydantic import AfterValidator, Field, ValidationError
 
 from mcp_gate.approvals import Approver
 from mcp_gate.config.chat_toml import slack_settings, teams_settings
-from mcp_gate.config.console import console_settings
+from mcp_gate.config.console import console_settings, email_settings
 from mcp_gate.config.files import Strict, config_error_from, read_toml
 from mcp_gate.config.model import (
     AdminSettings,
@@ -149,6 +149,7 @@ class _GateFile(Strict):
     redaction: _RedactionSection = Field(default_factory=lambda: _RedactionSection())
     breakglass: BreakGlassSection | None = None
     console: dict[str, Any] | None = None
+    email: dict[str, Any] | None = None
 
 
 # --- gate.toml ---------------------------------------------------------------------------------------
@@ -312,6 +313,7 @@ def load_config(path: Path, environ: Mapping[str, str]) -> GateConfig:
         evidence=evidence,
         redaction=redaction,
         console=console,
+        email=email_settings(file, model.email, base, console),
         config_sha256=_config_sha256(fields),
     )
 

@@ -112,6 +112,22 @@ class ConsoleSettings:
 
 
 @dataclass(frozen=True)
+class EmailSettings:
+    """[email]: requests mailed to their eligible approvers over SMTP, with Approve and Deny links to
+    the console (each signed, single-use and short-lived; a link alone never decides). The SMTP
+    password comes from `password` (an environment variable or a file), never from gate.toml."""
+
+    smtp_host: str
+    smtp_port: int
+    sender: str
+    starttls: bool = True
+    username: str | None = None
+    password: SlackSecret | None = None
+    link_seconds: float = 15 * 60.0
+    notify: tuple[str, ...] = ()  # addresses told of every request, who cannot decide it
+
+
+@dataclass(frozen=True)
 class AdminSettings:
     """The admin listener (the approvers' API, health and metrics): where it listens, and the
     SHA-256 of the token a scraper shows for /metrics when it listens beyond loopback."""
@@ -210,6 +226,7 @@ class GateConfig:
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
     breakglass: BreakGlassSettings = field(default_factory=BreakGlassSettings)
     console: ConsoleSettings | None = None  # [console]: the approval console in the browser
+    email: EmailSettings | None = None  # [email]: requests mailed to approvers with console links
     # The gate's own files (data dir, config, manifests, signing key): a downstream call whose
     # arguments name a path inside them is blocked. Empty when [gate] protect_own_files = false.
     protected_paths: tuple[Path, ...] = ()
@@ -287,6 +304,8 @@ class SlackSecret:
 
     @property
     def _holds(self) -> str:
+        if self.section == "email":
+            return "SMTP password"
         return (
             f"Slack {self.what}" if self.section == "slack" else f"Teams bot's {self.what.replace('_', ' ')}"
         )

@@ -8,11 +8,8 @@ console refuses itself (no session, a missing or wrong CSRF token, a failed logi
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
-import re
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -25,19 +22,20 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from mcp_gate.approvals import Approver, Refusal
 from mcp_gate.channels.api import Desk, summarize
+from mcp_gate.channels.email import DecisionLink, verify_link
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import ConsoleSettings, GateConfig
-from mcp_gate.console.context import GRANT_CHOICES, request_context
+from mcp_gate.console.context import GRANT_CHOICES, lay_out, request_context
+from mcp_gate.console.headers import SecurityHeaders, report_response
 from mcp_gate.console.records import call_story, drift_rows
 from mcp_gate.console.sessions import LoginLimiter, LoginMethod, Session, SessionManager, TokenLogin
 from mcp_gate.errors import GateError, NoSuchRequest
 from mcp_gate.holds import ApprovalEngine
 from mcp_gate.redaction import scrub
-from mcp_gate.report import render_html
 
 # The audit report of a period (since, until as UTC text or None), built beside the store.
 ReportFn = Callable[[str | None, str | None], Awaitable[dict[str, Any]]]
@@ -52,18 +50,6 @@ MAX_REASON = 2000
 KEEPALIVE_SECONDS = 15.0
 COALESCE_SECONDS = 0.2  # commits close together wake each page once
 STATIC = ("console.css", "console.js")
-CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
-)
-SECURITY_HEADERS = [
-    (b"content-security-policy", CSP.encode()),
-    (b"x-content-type-options", b"nosniff"),
-    # no-referrer would make the browser send "Origin: null" with every form post
-    (b"referrer-policy", b"same-origin"),
-    (b"x-frame-options", b"DENY"),
-    (b"cache-control", b"no-store"),
-]
 DONE = {  # what a redirect after a decision says; fixed texts, never text from the query
     "accepted": "The new definition is accepted; agents can call the tool again.",
     "approved": "Approved.",
@@ -380,6 +366,95 @@ class Console:
             return self._refused(request, Refused(409, outcome.why))
         return RedirectResponse(f"{PREFIX}/grants?done=grant-revoked", status_code=303)
 
+    # -- emailed decision links: confirmed here after login, good once ----------------------------------
+
+    async def _email_link(self, request: Request, session: Session, approver: Approver) -> DecisionLink:
+        link = verify_link(self.key, request.path_params["token"])
+        if link is None:
+            await self._record_refusal(request, "an email link whose signature does not hold", session)
+            raise Refused(400, "This is not a valid decision link.")
+        if link.approver != approver.name:
+            await self._record_refusal(request, f"an email link sent to {link.approver}", session)
+            raise Refused(
+                403, f"This link was sent to another approver; log in as {link.approver} to use it."
+            )
+        if link.expires_at <= self.engine.clock.now().timestamp():
+            raise Refused(410, "This link has expired. Open the request in the console instead.")
+        return link
+
+    def _used(self, tx: Any, correlation_id: str, link: DecisionLink) -> bool:
+        return any(b.get("nonce") == link.nonce for b in tx.bodies_for(correlation_id, ("email.link_used",)))
+
+    async def email_page(self, request: Request) -> Response:
+        who = await self._viewer(request)
+        if who is None:
+            return self._to_login(request)
+        session, viewer = who
+        try:
+            link = await self._email_link(request, session, viewer)
+            view = await self.desk.show(link.request_id)
+        except Refused as exc:
+            return self._refused(request, exc)
+        except NoSuchRequest:
+            return self._refused(request, Refused(404, "The request of this link does not exist."))
+        used = await self.engine.store.read(lambda tx: self._used(tx, view["correlation_id"], link))
+        return self._page(
+            "email_confirm.html",
+            request,
+            session,
+            r=view,
+            verdict=link.verdict,
+            used=used,
+            args_rows=lay_out(view["args"]),
+            token=request.path_params["token"],
+        )
+
+    async def email_confirm(self, request: Request) -> Response:
+        try:
+            session, approver, form = await self._checked_post(request)
+            link = await self._email_link(request, session, approver)
+            target = await self.engine.get(link.request_id)
+            reason = _text(form.get("reason"))
+            if link.verdict == "deny" and reason is None:
+                raise Refused(400, "A denial needs a reason.")
+
+            def use(tx: Any) -> bool:
+                if self._used(tx, target.correlation_id, link):
+                    return False
+                tx.append(
+                    [
+                        self.engine.events(
+                            "email.link_used",
+                            target.correlation_id,
+                            request_id=target.id,
+                            nonce=link.nonce,
+                            approver=approver.name,
+                            verdict=link.verdict,
+                        )
+                    ]
+                )
+                return True
+
+            if not await self.engine.store.transact(use):
+                raise Refused(409, "This link was already used; its decision stands.")
+            if link.verdict == "approve":
+                outcome = await self.desk.approve(target.id, approver, note=reason)
+            else:
+                assert reason is not None
+                outcome = await self.desk.deny(target.id, approver, reason=reason)
+        except Refused as exc:
+            return self._refused(request, exc)
+        except NoSuchRequest:
+            return self._refused(request, Refused(404, "The request of this link does not exist."))
+        except GateError as exc:
+            return self._refused(request, Refused(503, f"Nothing was decided: {exc}"))
+        if isinstance(outcome, Refusal):
+            return self._refused(request, Refused(409, outcome.why))
+        state = outcome["outcome"]
+        return RedirectResponse(
+            f"{PREFIX}/requests/{quote(target.id, safe='')}?done={state}", status_code=303
+        )
+
     # -- evidence and tools -------------------------------------------------------------------------------
 
     async def evidence(self, request: Request) -> Response:
@@ -525,6 +600,8 @@ class Console:
             Route(f"{p}/grants/{{grant_id}}/revoke", self.revoke_grant, methods=["POST"]),
             Route(f"{p}/static/{{name}}", self.static, methods=["GET"]),
             Route(f"{p}/evidence/{{correlation_id}}", self.evidence, methods=["GET"]),
+            Route(f"{p}/email/{{token}}", self.email_page, methods=["GET"]),
+            Route(f"{p}/email/{{token}}", self.email_confirm, methods=["POST"]),
             Route(f"{p}/tools", self.tools, methods=["GET"]),
             Route(f"{p}/tools/{{server}}/{{tool}}/accept", self.accept_tool, methods=["POST"]),
             Route(f"{p}/report", self.report_page, methods=["GET"]),
@@ -543,22 +620,6 @@ def _moment(value: str) -> str:
     return utc_iso(moment)
 
 
-def report_response(report: dict[str, Any]) -> Response:
-    """The evidence report's own page, without its script (sorting and filtering are extras), its
-    style allowed by hash: the console's pages run no inline script."""
-    page = render_html(report)
-    page = re.sub(r"<script>.*?</script>", "", page, flags=re.S)
-    styles = re.findall(r"<style>(.*?)</style>", page, flags=re.S)
-    hashes = " ".join(
-        f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in styles
-    )
-    style = hashes or "'none'"
-    csp = (
-        f"default-src 'none'; style-src {style}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    )
-    return HTMLResponse(page, headers={"content-security-policy": csp})
-
-
 def _now(console: Console) -> str:
     return utc_iso(console.engine.clock.now())
 
@@ -575,29 +636,6 @@ def _next(value: str | None) -> str:
     if value and value.startswith(f"{PREFIX}/") and not value.startswith("//") and "\\" not in value:
         return value
     return f"{PREFIX}/pending"
-
-
-class SecurityHeaders:
-    """Every console response carries the CSP (no inline script, no framing) and its siblings."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def with_headers(message: MutableMapping[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                present = {name.lower() for name, _ in headers}
-                # A page that sets its own policy (the report's) or caching keeps it.
-                missing = [(n, v) for n, v in SECURITY_HEADERS if n not in present]
-                message = {**message, "headers": [*headers, *missing]}
-            await send(message)
-
-        await self.app(scope, receive, with_headers)
 
 
 def build_console(
