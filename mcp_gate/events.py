@@ -85,6 +85,9 @@ EventType = Literal[
     "teams.update_failed",  # updating a request's card failed; it is retried
     "teams.not_posted",  # a request closed while its card still failed to post: the outbox stopped
     "teams.refused",  # a click from someone not mapped to an approver, another tenant, or who may not decide
+    # -- the webhook --------------------------------------------------------------------------
+    "webhook.delivered",  # the webhook receiver took every request event up to a sequence number
+    "webhook.failed",  # one request event could not be delivered after every retry; delivery went on
     # -- the console --------------------------------------------------------------------------
     "console.refused",  # a console request refused before the engine: no session, bad CSRF token, login limit
     # -- email --------------------------------------------------------------------------------

@@ -36,6 +36,8 @@ NOT_EVENT_TYPES = {
     "email.password_file",
     "email.username",
     "evidence.checkpoint_every",
+    "webhook.secret_env",
+    "webhook.url",
     "evidence.html",
     "evidence.key",
     "evidence.key_name",

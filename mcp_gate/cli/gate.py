@@ -101,6 +101,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     email_password = None
     if config.email is not None and config.email.password is not None:  # now: a missing one is one line
         email_password = config.email.password.read(os.environ, str(config.path))
+    webhook_secret = (
+        None if config.webhook is None else config.webhook.secret.read(os.environ, str(config.path))
+    )
     signing: Literal["loaded", "off"] = "off" if runtime.gate_notary(config) is None else "loaded"
     tracing = runtime.gate_tracing(tracing_settings(os.environ, default_service=f"mcp-gate {config.name}"))
 
@@ -128,6 +131,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 mailer = EmailChannel(gate, config.email, email_password, runtime.console_key(config))
                 await tg.start(mailer.run)
                 progress(f"mcp-gate {config.name}: email approvals via {config.email.smtp_host}")
+            if config.webhook is not None and webhook_secret is not None:
+                from mcp_gate.channels.webhook import WebhookChannel
+
+                await tg.start(WebhookChannel(gate, config.webhook, webhook_secret).run)
+                progress(f"mcp-gate {config.name}: request events to the webhook {config.webhook.url}")
             if admin is not None:
                 host, port = admin
                 console = None

@@ -9,11 +9,11 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError
 
 from mcp_gate.config.files import Strict, config_error_from
-from mcp_gate.config.model import ConsoleSettings, EmailSettings, SlackSecret
+from mcp_gate.config.model import ConsoleSettings, EmailSettings, SlackSecret, WebhookSettings
 from mcp_gate.config.tiers import duration
 from mcp_gate.errors import ConfigError
 
-__all__ = ["CONSOLE_KEY_FILE", "console_settings", "email_settings"]
+__all__ = ["CONSOLE_KEY_FILE", "console_settings", "email_settings", "webhook_settings"]
 
 CONSOLE_KEY_FILE = "console.key"  # in data_dir unless [console] secret_file names another
 MAX_SESSION_SECONDS = 7 * 24 * 3600.0
@@ -119,3 +119,32 @@ def email_settings(
         link_seconds=seconds,
         notify=tuple(section.notify),
     )
+
+
+class _WebhookSection(Strict):
+    url: str
+    secret_env: str | None = None
+    secret_file: str | None = None
+    attempts: int = Field(default=6, ge=1, le=20)
+    backoff: float = Field(default=0.5, gt=0, le=60)
+
+
+def webhook_settings(file: str, data: dict[str, Any] | None, base: Path) -> WebhookSettings | None:
+    """gate.toml's [webhook] as settings, or None when the section is absent."""
+    if data is None:
+        return None
+    try:
+        section = _WebhookSection.model_validate(data)
+    except ValidationError as exc:
+        raise config_error_from(file, exc, prefix=("webhook",)) from exc
+    parts = urlsplit(section.url)
+    local = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if not parts.netloc or not (parts.scheme == "https" or (parts.scheme == "http" and local)):
+        raise ConfigError(
+            file, "webhook.url", f"expected an https URL (http only on loopback), got {section.url!r}"
+        )
+    if (section.secret_env is None) == (section.secret_file is None):
+        raise ConfigError(file, "webhook.secret_env", "give secret_env or secret_file (one of them)")
+    where = None if section.secret_file is None else base / section.secret_file
+    secret = SlackSecret("secret", section.secret_env, where, section="webhook")
+    return WebhookSettings(url=section.url, secret=secret, attempts=section.attempts, backoff=section.backoff)

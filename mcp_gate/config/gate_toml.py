@@ -15,7 +15,7 @@ from pydantic import AfterValidator, Field, ValidationError
 
 from mcp_gate.approvals import Approver
 from mcp_gate.config.chat_toml import slack_settings, teams_settings
-from mcp_gate.config.console import console_settings, email_settings
+from mcp_gate.config.console import console_settings, email_settings, webhook_settings
 from mcp_gate.config.files import Strict, config_error_from, read_toml
 from mcp_gate.config.model import (
     AdminSettings,
@@ -150,6 +150,7 @@ class _GateFile(Strict):
     breakglass: BreakGlassSection | None = None
     console: dict[str, Any] | None = None
     email: dict[str, Any] | None = None
+    webhook: dict[str, Any] | None = None
 
 
 # --- gate.toml ---------------------------------------------------------------------------------------
@@ -314,6 +315,7 @@ def load_config(path: Path, environ: Mapping[str, str]) -> GateConfig:
         redaction=redaction,
         console=console,
         email=email_settings(file, model.email, base, console),
+        webhook=webhook_settings(file, model.webhook, base),
         config_sha256=_config_sha256(fields),
     )
 

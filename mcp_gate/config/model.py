@@ -128,6 +128,17 @@ class EmailSettings:
 
 
 @dataclass(frozen=True)
+class WebhookSettings:
+    """[webhook]: every request and outcome POSTed as JSON to `url`, signed with HMAC-SHA256 over
+    the timestamp and body under a secret from the environment or a file; retried with backoff."""
+
+    url: str
+    secret: SlackSecret
+    attempts: int = 6
+    backoff: float = 0.5  # seconds before the first retry; doubled after each
+
+
+@dataclass(frozen=True)
 class AdminSettings:
     """The admin listener (the approvers' API, health and metrics): where it listens, and the
     SHA-256 of the token a scraper shows for /metrics when it listens beyond loopback."""
@@ -227,6 +238,7 @@ class GateConfig:
     breakglass: BreakGlassSettings = field(default_factory=BreakGlassSettings)
     console: ConsoleSettings | None = None  # [console]: the approval console in the browser
     email: EmailSettings | None = None  # [email]: requests mailed to approvers with console links
+    webhook: WebhookSettings | None = None  # [webhook]: requests and outcomes POSTed, signed
     # The gate's own files (data dir, config, manifests, signing key): a downstream call whose
     # arguments name a path inside them is blocked. Empty when [gate] protect_own_files = false.
     protected_paths: tuple[Path, ...] = ()
@@ -306,6 +318,8 @@ class SlackSecret:
     def _holds(self) -> str:
         if self.section == "email":
             return "SMTP password"
+        if self.section == "webhook":
+            return "webhook's signing secret"
         return (
             f"Slack {self.what}" if self.section == "slack" else f"Teams bot's {self.what.replace('_', ' ')}"
         )
