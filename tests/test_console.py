@@ -279,3 +279,37 @@ async def test_the_audit_report_of_a_period_is_served_without_inline_script(tmp_
         assert "<script" not in report.text
         csp = report.headers["content-security-policy"]
         assert "script-src" not in csp and "default-src 'none'" in csp and "'sha256-" in csp
+
+
+@pytest.mark.timeout(90)  # a second Python process starts and imports the gate
+async def test_mcp_gate_console_beside_the_gate_decides_a_call_the_gate_holds(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = make_config(tmp_path)
+    async with gate_with_console(config) as gate:
+        held = await gate.hold("notes__write_note", {"name": "todo", "text": "from the side"})
+        process = await anyio.open_process(
+            [sys.executable, "-m", "mcp_gate", "console", "--config", str(config), "--listen", "127.0.0.1:0"],
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert process.stderr is not None
+            line = b""
+            with anyio.fail_after(60):
+                while b"console on http://" not in line:
+                    line += await process.stderr.receive()
+            port = int(line.split(b"127.0.0.1:")[1].split(b"/")[0])
+            async with Browserless(f"http://127.0.0.1:{port}") as browser:
+                await browser.login("tok-carol")
+                page = await browser.get(f"/console/requests/{held.request.id}")
+                assert "from the side" in page.text
+                approved = await browser.post(f"/console/requests/{held.request.id}/approve", {})
+                assert approved.status_code == 303
+            result = await held.outcome()
+            assert not result.is_error, text_of(result)
+        finally:
+            process.terminate()
+            await process.wait()
+            if process.stderr is not None:
+                await process.stderr.aclose()
