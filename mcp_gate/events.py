@@ -52,6 +52,7 @@ EventType = Literal[
     "approval.refused",  # a vote refused: self-approval, not eligible, not pending, duplicate, expired, ...
     "approval.expired",  # a request ran out of time before its call was released
     "approval.revoked",  # an approver withdrew a request before its call ran
+    "approval.annotated",  # an approver's note on a request; it decides nothing
     "approval.voided",  # a request voided: the tool's pin or the policy changed since it was made
     "approval.forged",  # a request's approvals are not backed by sealed evidence: the call does not run
     "grant.created",  # a time-boxed grant of one tool to one requester, sealed

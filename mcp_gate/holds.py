@@ -562,6 +562,22 @@ class ApprovalEngine:
 
         return await self.store.transact(write)
 
+    async def annotate(self, request_id: str, approver: Approver, note: str, *, channel: str) -> None:
+        """An approver's note on a request, decided or not: recorded, it changes no state."""
+        request = await self.get(request_id)
+        await self.store.append(
+            [
+                self._ev(
+                    "approval.annotated",
+                    request.correlation_id,
+                    request_id=request_id,
+                    approver=approver.name,
+                    channel=channel,
+                    note=note,
+                )
+            ]
+        )
+
     async def revoke_grant(self, grant_id: str, approver: Approver) -> Grant | Refusal:
         def write(tx: Tx) -> Grant | Refusal:
             grant = tx.get_grant(grant_id)

@@ -313,3 +313,16 @@ async def test_mcp_gate_console_beside_the_gate_decides_a_call_the_gate_holds(tm
             await process.wait()
             if process.stderr is not None:
                 await process.stderr.aclose()
+
+
+async def test_an_annotation_is_recorded_and_shown_and_decides_nothing(tmp_path: Path) -> None:
+    async with gate_with_console(make_config(tmp_path)) as gate, Browserless(gate.base) as frank:
+        held = await gate.hold("notes__write_note", {"name": "todo", "text": "x"})
+        await frank.login("tok-frank")  # not eligible to decide: may still leave a note
+        path = f"/console/requests/{held.request.id}"
+        assert (await frank.post(f"{path}/annotate", {"note": "<i>ask finance first</i>"})).status_code == 303
+        page = await frank.get(path)
+        assert "&lt;i&gt;ask finance first&lt;/i&gt;" in page.text
+        assert (await gate.front.gateway.engine.get(held.request.id)).state == "pending"
+    notes = [r for r in await gate.evidence() if r["event_type"] == "approval.annotated"]
+    assert [(n["approver"], n["note"]) for n in notes] == [("frank", "<i>ask finance first</i>")]

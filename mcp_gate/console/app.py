@@ -52,6 +52,7 @@ COALESCE_SECONDS = 0.2  # commits close together wake each page once
 STATIC = ("console.css", "console.js")
 DONE = {  # what a redirect after a decision says; fixed texts, never text from the query
     "accepted": "The new definition is accepted; agents can call the tool again.",
+    "annotated": "Your note is recorded.",
     "approved": "Approved.",
     "pending": "Your approval is recorded; the request waits for more.",
     "denied": "Denied.",
@@ -354,6 +355,22 @@ class Console:
 
         return await self._decide(request, act)
 
+    async def annotate(self, request: Request) -> Response:
+        request_id = request.path_params["request_id"]
+        try:
+            _, approver, form = await self._checked_post(request)
+            note = _text(form.get("note"))
+            if note is None:
+                raise Refused(400, "An annotation needs some text.")
+            await self.engine.annotate(request_id, approver, note, channel="console")
+        except Refused as exc:
+            return self._refused(request, exc)
+        except NoSuchRequest:
+            return self._refused(request, Refused(404, f"There is no request {request_id}."))
+        return RedirectResponse(
+            f"{PREFIX}/requests/{quote(request_id, safe='')}?done=annotated", status_code=303
+        )
+
     async def revoke_grant(self, request: Request) -> Response:
         try:
             _, approver, _ = await self._checked_post(request)
@@ -596,6 +613,7 @@ class Console:
             Route(f"{p}/requests/{{request_id}}/approve", self.approve, methods=["POST"]),
             Route(f"{p}/requests/{{request_id}}/deny", self.deny, methods=["POST"]),
             Route(f"{p}/requests/{{request_id}}/revoke", self.revoke, methods=["POST"]),
+            Route(f"{p}/requests/{{request_id}}/annotate", self.annotate, methods=["POST"]),
             Route(f"{p}/grants", self.grants, methods=["GET"]),
             Route(f"{p}/grants/{{grant_id}}/revoke", self.revoke_grant, methods=["POST"]),
             Route(f"{p}/static/{{name}}", self.static, methods=["GET"]),

@@ -103,8 +103,15 @@ async def request_context(desk: Desk, request_id: str, viewer: Approver) -> dict
     now = engine.clock.now()
     pin = await engine.store.get_pin(request.binding.server, request.binding.tool)
 
-    def gather(tx: Any) -> tuple[list[dict[str, Any]], dict[str, str], list[ApprovalRequest]]:
+    def gather(
+        tx: Any,
+    ) -> tuple[list[dict[str, Any]], dict[str, str], list[ApprovalRequest], list[dict[str, Any]]]:
         escalations = tx.bodies_for(request.correlation_id, (ESCALATED,))
+        notes = [
+            {"approver": b.get("approver"), "note": b.get("note"), "at": b.get("ts")}
+            for b in tx.bodies_for(request.correlation_id, ("approval.annotated",))
+            if b.get("request_id") == request.id
+        ]
         outcomes = {}
         for call in view["recent_calls"]:
             found = tx.bodies_for(call["correlation_id"], OUTCOMES)
@@ -117,9 +124,9 @@ async def request_context(desk: Desk, request_id: str, viewer: Approver) -> dict
             and r.binding.tool == request.binding.tool
             and (r.state in FINAL_STATES or r.state in RELEASED_STATES)
         ]
-        return escalations, outcomes, earlier[-EARLIER:][::-1]
+        return escalations, outcomes, earlier[-EARLIER:][::-1], notes
 
-    escalations, outcomes, earlier = await engine.store.read(gather)
+    escalations, outcomes, earlier, notes = await engine.store.read(gather)
     for call in view["recent_calls"]:
         outcome = outcomes.get(call["correlation_id"], "no outcome yet").removeprefix("call.")
         if call["correlation_id"] == request.correlation_id and outcome == "no outcome yet":
@@ -148,4 +155,5 @@ async def request_context(desk: Desk, request_id: str, viewer: Approver) -> dict
         ],
         "can": abilities(engine.key, request, viewer, engine.events.policy_sha256, escalations, now),
         "open": request.state == "pending" and not request.expired_at(now),
+        "notes": notes,
     }
