@@ -326,3 +326,23 @@ async def test_an_annotation_is_recorded_and_shown_and_decides_nothing(tmp_path:
         assert (await gate.front.gateway.engine.get(held.request.id)).state == "pending"
     notes = [r for r in await gate.evidence() if r["event_type"] == "approval.annotated"]
     assert [(n["approver"], n["note"]) for n in notes] == [("frank", "<i>ask finance first</i>")]
+
+
+def test_a_session_ends_after_its_lifetime_and_a_login_gets_a_new_session_id() -> None:
+    from mcp_gate.approvals import Approver
+    from mcp_gate.console.sessions import SessionManager
+
+    now = [1000.0]
+    bob = Approver(name="bob", email="bob@example.com", groups=frozenset({"sre"}))
+    sessions = SessionManager(b"k" * 32, 600.0, {"bob": bob}, clock=lambda: now[0])
+    visitor = sessions.fresh()
+    session = sessions.establish(bob, "token")
+    assert session.sid != visitor.sid and sessions.csrf(session) != sessions.csrf(visitor)
+    cookie = sessions.encode(session)
+    assert sessions.decode(cookie) == session
+    now[0] += 599
+    assert sessions.decode(cookie) is not None
+    now[0] += 1
+    assert sessions.decode(cookie) is None  # ended
+    other = SessionManager(b"x" * 32, 600.0, {"bob": bob}, clock=lambda: 1000.0)
+    assert other.decode(cookie) is None  # signed with another key
