@@ -24,6 +24,7 @@ __all__ = [
     "Refusal",
     "Released",
     "Revoked",
+    "grant_refusal",
     "may_decide",
     "Verdict",
     "Void",
@@ -392,3 +393,17 @@ def quorum_progress(request: ApprovalRequest) -> str:
     names: Sequence[str] = [v.approver for v in request.approvals]
     listed = f": {', '.join(names)}" if names else ""
     return f"{len(names)} of {request.required} approvals{listed}"
+
+
+def grant_refusal(request: ApprovalRequest, duration: timedelta, policy: str) -> str | None:
+    """Why a grant of `duration` may not come with an approval of `request`, or None if it may
+    (channels use this to offer a grant only where the engine would accept one)."""
+    if request.binding.policy_sha256 != policy:
+        return f"request {request.id} was made under an earlier policy; a grant must follow the current one"
+    if request.tier == "critical":
+        return f"request {request.id} is critical; critical calls get no grants"
+    if request.required > 1:
+        return f"request {request.id} needs {request.required} approvals; a grant could stand in for only one"
+    if duration > MAX_GRANT:
+        return f"a grant lasts at most {format_duration(MAX_GRANT)}"
+    return None

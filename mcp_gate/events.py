@@ -52,6 +52,7 @@ EventType = Literal[
     "approval.refused",  # a vote refused: self-approval, not eligible, not pending, duplicate, expired, ...
     "approval.expired",  # a request ran out of time before its call was released
     "approval.revoked",  # an approver withdrew a request before its call ran
+    "approval.annotated",  # an approver's note on a request; it decides nothing
     "approval.voided",  # a request voided: the tool's pin or the policy changed since it was made
     "approval.forged",  # a request's approvals are not backed by sealed evidence: the call does not run
     "grant.created",  # a time-boxed grant of one tool to one requester, sealed
@@ -87,6 +88,15 @@ EventType = Literal[
     "teams.update_failed",  # updating a request's card failed; it is retried
     "teams.not_posted",  # a request closed while its card still failed to post: the outbox stopped
     "teams.refused",  # a click from someone not mapped to an approver, another tenant, or who may not decide
+    # -- the webhook --------------------------------------------------------------------------
+    "webhook.delivered",  # the webhook receiver took every request event up to a sequence number
+    "webhook.failed",  # one request event could not be delivered after every retry; delivery went on
+    # -- the console --------------------------------------------------------------------------
+    "console.refused",  # a console request refused before the engine: no session, bad CSRF token, login limit
+    # -- email --------------------------------------------------------------------------------
+    "email.sent",  # a request mailed to its eligible approvers (and the notify-only list), with signed links
+    "email.send_failed",  # mailing a request failed (SMTP down, refused); it is retried
+    "email.link_used",  # an emailed decision link was confirmed in the console: it is never good again
     # -- evidence and audit -------------------------------------------------------------------
     "checkpoint.copy_failed",  # a signed checkpoint could not be copied to a sink (file or webhook)
     "audit.verified",  # `mcp-gate audit verify` ran, and what it found

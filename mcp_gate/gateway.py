@@ -451,7 +451,7 @@ class Gateway:
                     f"{said}{name} was not run yet: its tier is {decision.tier} ({why}), which requires "
                     f"{describe_requirement(requirement)}, and it is {describe_wait(request)}. "
                     "Call again with the same arguments after approval; an identical call joins the same "
-                    "request instead of making a new one.",
+                    f"request instead of making a new one.{self._follow(request.id)}",
                     correlation_id,
                 )
             case TooMany(limit=limit):
@@ -469,6 +469,12 @@ class Gateway:
         if not isinstance(outcome, TooMany):  # name the request, so `audit show` finds its decisions
             call = replace(call, request_id=outcome.request.id)
         return await self._refuse(correlation_id, call.linked(), CallRefused(text))
+
+    def _follow(self, request_id: str) -> str:
+        """Where the person at the agent can follow a held request (view only), if a console is public."""
+        console = self.config.console
+        url = None if console is None or not console.enabled else console.request_url(request_id)
+        return "" if url is None else f" Follow it at {url}"
 
     def _decided(self, outcome: object, tally: _Tally) -> None:
         """A held call's outcome, for its metrics: the route it runs by, or how it ended; and how

@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mcp_gate.availability import read_availability
 from mcp_gate.channels.api import build_api
 from mcp_gate.checkpoints import parse_checkpoint
+from mcp_gate.console import PREFIX as CONSOLE_PREFIX
 from mcp_gate.errors import CheckpointError, GateError
 from mcp_gate.escalation import ESCALATED, escalated_groups
 from mcp_gate.gateway import Gateway
@@ -138,17 +139,23 @@ def is_loopback(host: str) -> bool:
 
 
 class AdminApp:
-    """The admin listener: the health paths here, everything else to the approvers' API."""
+    """The admin listener: the health paths here, /console to the console when it is served,
+    everything else to the approvers' API."""
 
-    def __init__(self, api: ASGIApp, probes: Probes, *, remote: bool) -> None:
+    def __init__(self, api: ASGIApp, probes: Probes, *, remote: bool, console: ASGIApp | None = None) -> None:
         self.api = api
+        self.console = console
         self.probes = probes
         self.remote = remote
         admin = probes.gate.config.admin
         self.scrape_sha256 = None if admin is None else admin.scrape_token_sha256
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") not in HEALTH_PATHS:
+        path = scope.get("path", "")
+        if self.console is not None and (path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/")):
+            await self.console(scope, receive, send)
+            return
+        if scope["type"] != "http" or path not in HEALTH_PATHS:
             await self.api(scope, receive, send)
             return
         if scope.get("method") not in ("GET", "HEAD"):
@@ -219,14 +226,15 @@ async def serve_admin(
     host: str,
     port: int,
     *,
+    console: ASGIApp | None = None,
     task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the admin listener on host:port: the approvers' API and the health paths (port 0
-    picks a free port, reported via task_status)."""
+    """Serve the admin listener on host:port: the approvers' API, the health paths and, given one,
+    the console at /console (port 0 picks a free port, reported via task_status)."""
     gate = probes.gate
     limits = gate.config.http
     await serve_asgi(
-        AdminApp(build_api(gate), probes, remote=not is_loopback(host)),
+        AdminApp(build_api(gate), probes, remote=not is_loopback(host), console=console),
         host,
         port,
         what="approver API",

@@ -11,7 +11,6 @@ from typing import Any, assert_never
 import anyio
 
 from mcp_gate.approvals import (
-    MAX_GRANT,
     ApprovalRequest,
     Approved,
     Approver,
@@ -30,6 +29,7 @@ from mcp_gate.approvals import (
     final_outcome,
     format_duration,
     grant_covers,
+    grant_refusal,
     new_id,
     quorum_progress,
     release,
@@ -59,7 +59,6 @@ __all__ = [
     "StillPending",
     "TooMany",
     "UsedElsewhere",
-    "grant_refusal",
 ]
 
 log = logging.getLogger("mcp_gate.holds")
@@ -95,18 +94,6 @@ HoldOutcome = Released | Denied | Expired | Revoked | Void | StillPending | TooM
 @dataclass(frozen=True)
 class _Joined:
     request: ApprovalRequest
-
-
-def _no_grant_reason(request: ApprovalRequest, duration: timedelta, policy: str) -> str | None:
-    if request.binding.policy_sha256 != policy:
-        return f"request {request.id} was made under an earlier policy; a grant must follow the current one"
-    if request.tier == "critical":
-        return f"request {request.id} is critical; critical calls get no grants"
-    if request.required > 1:
-        return f"request {request.id} needs {request.required} approvals; a grant could stand in for only one"
-    if duration > MAX_GRANT:
-        return f"a grant lasts at most {format_duration(MAX_GRANT)}"
-    return None
 
 
 class ApprovalEngine:
@@ -456,7 +443,7 @@ class ApprovalEngine:
             outcome = decide(eligible, approver, verdict, channel=channel, now=now, note=note)
             if grant_for is not None and not isinstance(outcome, Refusal):
                 # Checked after who-may-decide, so a self-approval with --for is recorded as one.
-                why = _no_grant_reason(request, grant_for, self.events.policy_sha256)
+                why = grant_refusal(request, grant_for, self.events.policy_sha256)
                 if why is not None:
                     outcome = Refusal("no-grant", why)
             match outcome:
@@ -570,6 +557,22 @@ class ApprovalEngine:
 
         return await self.store.transact(write)
 
+    async def annotate(self, request_id: str, approver: Approver, note: str, *, channel: str) -> None:
+        """An approver's note on a request, decided or not: recorded, it changes no state."""
+        request = await self.get(request_id)
+        await self.store.append(
+            [
+                self._ev(
+                    "approval.annotated",
+                    request.correlation_id,
+                    request_id=request_id,
+                    approver=approver.name,
+                    channel=channel,
+                    note=note,
+                )
+            ]
+        )
+
     async def revoke_grant(self, grant_id: str, approver: Approver) -> Grant | Refusal:
         def write(tx: Tx) -> Grant | Refusal:
             grant = tx.get_grant(grant_id)
@@ -681,9 +684,3 @@ class ApprovalEngine:
     async def grants(self, *, live_only: bool = True) -> list[Grant]:
         now = utc_iso(self.clock.now())
         return await self.store.read(lambda tx: tx.grants(live_at=now if live_only else None))
-
-
-def grant_refusal(request: ApprovalRequest, duration: timedelta, policy: str) -> str | None:
-    """Why a grant of `duration` may not come with an approval of `request`, or None if it may
-    (channels use this to offer a grant only where the engine would accept one)."""
-    return _no_grant_reason(request, duration, policy)

@@ -424,6 +424,27 @@ def decision_key(config: GateConfig) -> bytes:
     return load_key(config.data_dir / DECISION_KEY_FILE, "decision key")
 
 
+async def evidence_report(config: GateConfig, since: str | None, until: str | None) -> dict[str, Any]:
+    """`audit report` of a period as a value (for the console): the chain verified, then the report."""
+    from mcp_gate.report import build_report
+
+    verified = await verify_gate_store(config)
+
+    def build() -> dict[str, Any]:
+        with open_log_reader(config) as reader:
+            return build_report(reader, since=since, until=until, gate=config.name, verified=verified)
+
+    return await anyio.to_thread.run_sync(build)
+
+
+def console_key(config: GateConfig) -> bytes:
+    """The key that signs the console's cookies (`[console] secret_file`, else
+    `data_dir/console.key`; 0600, made on first use). Consoles that serve the same people share it."""
+    if config.console is None:
+        raise GateError(f"{config.path}: there is no [console] section")
+    return load_key(config.console.secret_file, "console key")
+
+
 # -- moving to PostgreSQL -----------------------------------------------------------------------
 
 

@@ -31,7 +31,7 @@ from mcp_gate.approvals import (
 from mcp_gate.availability import mark_away, mark_back, read_availability
 from mcp_gate.breakglass import break_glass
 from mcp_gate.clock import utc_iso
-from mcp_gate.config import BreakGlassSettings, GateConfig
+from mcp_gate.config import BreakGlassSettings, ConsoleSettings, GateConfig
 from mcp_gate.errors import GateError, NoSuchRequest
 from mcp_gate.escalation import ESCALATED, escalated_groups
 from mcp_gate.evidence import Record
@@ -172,6 +172,14 @@ class Desk:
     rules: RedactionRules = DEFAULT_RULES  # shown arguments are scrubbed once more with these
     # The configured approvers: who may decide each request, and which of them are away.
     approvers: Mapping[str, Approver] = field(default_factory=dict)
+    links: ConsoleSettings | None = None  # with a public URL, each view names its console page
+
+    def _view(self, request: ApprovalRequest, now: datetime) -> dict[str, Any]:
+        view = request_view(request, now, self.rules)
+        url = None if self.links is None else self.links.request_url(request.id)
+        if url is not None:
+            view["console_url"] = url
+        return view
 
     def _now(self) -> datetime:
         return self.engine.clock.now()
@@ -182,7 +190,7 @@ class Desk:
         present = await read_availability(self.engine.store, self.engine.key, now) if self.approvers else None
         views = []
         for r in requests:
-            view = request_view(r, now, self.rules)
+            view = self._view(r, now)
             if present is not None:
                 added = await self._escalated_to(r)
                 view["availability"] = present.request_view(r, self.approvers.values(), added)
@@ -196,7 +204,7 @@ class Desk:
     async def show(self, request_id: str) -> dict[str, Any]:
         request = await self.engine.get(_normal(request_id))
         now = self._now()
-        view = request_view(request, now, self.rules)
+        view = self._view(request, now)
         agent = request.binding.agent
         mine = await self.engine.store.read(lambda tx: tx.recent_calls(agent, RECENT_CALLS))
         view["recent_calls"] = [_call_view(r, self.rules) for r in mine]
@@ -277,7 +285,7 @@ class Desk:
         outcome = await self.engine.revoke(_normal(request_id), approver)
         if isinstance(outcome, Refusal):
             return outcome
-        return {"outcome": "revoked", "request": request_view(outcome.request, self._now(), self.rules)}
+        return {"outcome": "revoked", "request": self._view(outcome.request, self._now())}
 
     async def grants(self, *, live_only: bool = True) -> list[dict[str, Any]]:
         now = self._now()
@@ -312,7 +320,7 @@ class Desk:
         return {
             "outcome": "released by break-glass",
             "notified": list(outcome.notified),
-            "request": request_view(outcome.request, self._now(), self.rules),
+            "request": self._view(outcome.request, self._now()),
         }
 
     def _decided(self, outcome: Pending | Approved | Denied | Refusal) -> dict[str, Any] | Refusal:
@@ -321,11 +329,11 @@ class Desk:
             case Refusal():
                 return outcome
             case Pending(request=request):
-                return {"outcome": "pending", "request": request_view(request, now, self.rules)}
+                return {"outcome": "pending", "request": self._view(request, now)}
             case Approved(request=request):
-                return {"outcome": "approved", "request": request_view(request, now, self.rules)}
+                return {"outcome": "approved", "request": self._view(request, now)}
             case Denied(request=request):
-                return {"outcome": "denied", "request": request_view(request, now, self.rules)}
+                return {"outcome": "denied", "request": self._view(request, now)}
             case _:
                 assert_never(outcome)
 
@@ -457,7 +465,13 @@ def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 
 def build_api(gate: Gateway) -> ASGIApp:
     """The approvers' API over a running gate, under /v1, behind approver bearer tokens."""
-    desk = Desk(gate.engine, channel="api", rules=gate.config.redaction, approvers=gate.config.approvers)
+    desk = Desk(
+        gate.engine,
+        channel="api",
+        rules=gate.config.redaction,
+        approvers=gate.config.approvers,
+        links=gate.config.console,
+    )
 
     async def list_requests(request: Request, approver: Approver) -> Any:
         return {"requests": await desk.open_requests()}

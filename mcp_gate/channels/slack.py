@@ -89,7 +89,11 @@ class SlackChannel:
         self.secrets = secrets
         self.api = SlackApi(secrets.bot_token, settings.api_url)
         self.desk = Desk(
-            gate.engine, channel="slack", rules=gate.config.redaction, approvers=gate.config.approvers
+            gate.engine,
+            channel="slack",
+            rules=gate.config.redaction,
+            approvers=gate.config.approvers,
+            links=gate.config.console,
         )
         self.backoff = backoff
         self.max_backoff = max_backoff

@@ -223,6 +223,9 @@ def render_request(
             "\n".join(lines),
             style="rich_text_preformatted",
         )
+    if view.get("console_url"):  # from [console] public_url: the gate's own configuration
+        link = f"<{view['console_url']}|Open {escape_mrkdwn(rid)} in the console>"
+        blocks.append({"type": "context", "block_id": f"console:{rid}", "elements": [_mrkdwn(link)]})
     blocks.append(
         {"type": "context", "block_id": f"status:{rid}", "elements": [_mrkdwn(_status(view, voters))]}
     )

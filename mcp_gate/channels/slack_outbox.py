@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 
-from mcp_gate.approvals import ApprovalRequest
+from mcp_gate.approvals import ApprovalRequest, grant_refusal
 from mcp_gate.availability import read_availability
 from mcp_gate.channels.api import Desk
 from mcp_gate.channels.slack_api import AuthInfo, SlackApi
@@ -29,7 +29,6 @@ from mcp_gate.errors import GateError, SlackFailure
 from mcp_gate.escalation import escalation_steps
 from mcp_gate.events import OPEN_STATES, TERMINAL_STATES, EventType
 from mcp_gate.gateway import Gateway
-from mcp_gate.holds import grant_refusal
 from mcp_gate.storage.base import SlackMessage, Tx
 
 __all__ = ["LEASE", "SlackOutbox", "safely"]

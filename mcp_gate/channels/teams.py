@@ -88,7 +88,11 @@ class TeamsChannel:
         self.verifier = BotFrameworkVerifier(settings)
         self.connector = Connector(settings, secrets.app_password)
         self.desk = Desk(
-            gate.engine, channel="teams", rules=gate.config.redaction, approvers=gate.config.approvers
+            gate.engine,
+            channel="teams",
+            rules=gate.config.redaction,
+            approvers=gate.config.approvers,
+            links=gate.config.console,
         )
         self.wall: Callable[[], datetime] = wall or (lambda: datetime.now(UTC))
         self._members: dict[str, tuple[float, dict[str, Any]]] = {}

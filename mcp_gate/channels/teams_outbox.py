@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 
-from mcp_gate.approvals import ApprovalRequest
+from mcp_gate.approvals import ApprovalRequest, grant_refusal
 from mcp_gate.channels.api import Desk
 from mcp_gate.channels.slack_blocks import GRANT_FOR
 from mcp_gate.channels.slack_outbox import LEASE, safely
@@ -24,7 +24,6 @@ from mcp_gate.errors import TeamsFailure
 from mcp_gate.escalation import escalation_steps
 from mcp_gate.events import OPEN_STATES, TERMINAL_STATES, EventType
 from mcp_gate.gateway import Gateway
-from mcp_gate.holds import grant_refusal
 from mcp_gate.storage.base import SlackMessage, Tx
 
 __all__ = ["TeamsOutbox", "render_key"]
@@ -306,7 +305,7 @@ class TeamsOutbox:
             refresh_users=self.eligible_users(
                 request, tuple(g for s in view.get("escalations") or [] for g in s.get("to_groups") or [])
             ),
-            console_url=self.settings.console_url,
+            console_url=view.get("console_url") or self.settings.console_url,
         )
 
     def eligible_users(self, request: ApprovalRequest, added: tuple[str, ...] = ()) -> list[str]:

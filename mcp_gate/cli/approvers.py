@@ -141,7 +141,9 @@ async def _over_db(config: GateConfig, token: str, op: _Op) -> Any:
         where = runtime.store_where(config)
         raise GateError(f"{where}: no approval requests here yet (has the gate run with this config?)")
     async with runtime.open_engine(config) as engine:
-        desk = Desk(engine, channel="cli", rules=config.redaction, approvers=config.approvers)
+        desk = Desk(
+            engine, channel="cli", rules=config.redaction, approvers=config.approvers, links=config.console
+        )
         try:
             result = await op.run(desk, approver)
         except NoSuchRequest as exc:
@@ -196,6 +198,8 @@ def cmd_pending(args: argparse.Namespace) -> int:
         say(f"    args: {_capped(json.dumps(r['args'], ensure_ascii=False, sort_keys=True))}")
         if r.get("justification"):
             say(f"    requester says: {r['justification']}")
+        if r.get("console_url"):
+            say(f"    console: {r['console_url']}")
         _say_unattended(r, "    ")
     return EXIT_OK
 
@@ -236,6 +240,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     say(f"  pin:           {r['pin']}")
     say(f"  policy_sha256: {r['policy_sha256']}")
     say(f"  correlation:   {r['correlation_id']}")
+    if r.get("console_url"):
+        say(f"  console:       {r['console_url']}")
     say("  votes:" if r["votes"] else "  votes: none yet")
     for v in r["votes"]:
         note = f": {v['note']}" if v["note"] else ""

@@ -98,6 +98,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         teams_secrets = TeamsSecrets.read(config, os.environ)
 
+    email_password = None
+    if config.email is not None and config.email.password is not None:  # now: a missing one is one line
+        email_password = config.email.password.read(os.environ, str(config.path))
+    webhook_secret = (
+        None if config.webhook is None else config.webhook.secret.read(os.environ, str(config.path))
+    )
     signing: Literal["loaded", "off"] = "off" if runtime.gate_notary(config) is None else "loaded"
     tracing = runtime.gate_tracing(tracing_settings(os.environ, default_service=f"mcp-gate {config.name}"))
 
@@ -119,12 +125,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     f"mcp-gate {config.name}: Teams approvals (messaging endpoint on "
                     f"http://{teams_host}:{teams_port}/api/messages)"
                 )
+            if config.email is not None:
+                from mcp_gate.channels.email import EmailChannel
+
+                mailer = EmailChannel(gate, config.email, email_password, runtime.console_key(config))
+                await tg.start(mailer.run)
+                progress(f"mcp-gate {config.name}: email approvals via {config.email.smtp_host}")
+            if config.webhook is not None and webhook_secret is not None:
+                from mcp_gate.channels.webhook import WebhookChannel
+
+                await tg.start(WebhookChannel(gate, config.webhook, webhook_secret).run)
+                progress(f"mcp-gate {config.name}: request events to the webhook {config.webhook.url}")
             if admin is not None:
                 host, port = admin
-                bound = await tg.start(functools.partial(serve_admin, probes, host, port))
+                console = None
+                if config.console is not None and config.console.enabled:
+                    from mcp_gate.console import build_console
+
+                    report = functools.partial(runtime.evidence_report, config)
+                    console = build_console(gate.engine, config, runtime.console_key(config), report=report)
+                bound = await tg.start(functools.partial(serve_admin, probes, host, port, console=console))
                 progress(
                     f"mcp-gate {config.name}: approver API on {api_url(host, bound)} "
                     "(and /healthz, /readyz, /metrics)"
+                )
+                if console is not None:
+                    base = api_url(host, bound).removesuffix("/v1")
+                    progress(f"mcp-gate {config.name}: console on {base}/console")
+            elif config.console is not None and config.console.enabled:
+                progress(
+                    f"mcp-gate {config.name}: [console] is enabled but there is no admin listener "
+                    "([admin] listen or --admin): run `mcp-gate console` beside the gate to serve it"
                 )
             if http is None:
                 await front.serve_stdio()

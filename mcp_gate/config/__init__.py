@@ -23,7 +23,9 @@ from mcp_gate.config.model import (
     Agent,
     ApprovalSettings,
     BreakGlassSettings,
+    ConsoleSettings,
     ElicitationSettings,
+    EmailSettings,
     Escalation,
     EvidenceSettings,
     GateConfig,
@@ -38,6 +40,7 @@ from mcp_gate.config.model import (
     SlackSettings,
     StoreSettings,
     TeamsSettings,
+    WebhookSettings,
 )
 from mcp_gate.config.servers import read_client_config, serve_in_process, servers_to_toml
 from mcp_gate.config.telemetry import TracingSettings, tracing_settings
@@ -47,6 +50,8 @@ __all__ = [
     "Agent",
     "ApprovalSettings",
     "BreakGlassSettings",
+    "ConsoleSettings",
+    "EmailSettings",
     "ElicitationSettings",
     "Escalation",
     "EvidenceSettings",
@@ -66,6 +71,7 @@ __all__ = [
     "StoreSettings",
     "TracingSettings",
     "TeamsSettings",
+    "WebhookSettings",
     "invoking_user",
     "load_config",
     "read_client_config",

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, Field, ValidationError
 
 from mcp_gate.approvals import Approver
 from mcp_gate.config.chat_toml import slack_settings, teams_settings
+from mcp_gate.config.console import console_settings, email_settings, webhook_settings
 from mcp_gate.config.files import Strict, config_error_from, read_toml
 from mcp_gate.config.model import (
     AdminSettings,
@@ -147,6 +148,9 @@ class _GateFile(Strict):
     channels: dict[str, Any] | None = None  # [channels.teams]
     redaction: _RedactionSection = Field(default_factory=lambda: _RedactionSection())
     breakglass: BreakGlassSection | None = None
+    console: dict[str, Any] | None = None
+    email: dict[str, Any] | None = None
+    webhook: dict[str, Any] | None = None
 
 
 # --- gate.toml ---------------------------------------------------------------------------------------
@@ -303,7 +307,17 @@ def load_config(path: Path, environ: Mapping[str, str]) -> GateConfig:
             own.append(evidence.key_path)
         protected = tuple(dict.fromkeys(p.resolve() for p in own))
     fields["protected_paths"] = protected
-    return GateConfig(**fields, evidence=evidence, redaction=redaction, config_sha256=_config_sha256(fields))
+    # Not hashed: where the console is served changes no decision.
+    console = console_settings(file, model.console, base, base / model.gate.data_dir)
+    return GateConfig(
+        **fields,
+        evidence=evidence,
+        redaction=redaction,
+        console=console,
+        email=email_settings(file, model.email, base, console),
+        webhook=webhook_settings(file, model.webhook, base),
+        config_sha256=_config_sha256(fields),
+    )
 
 
 # --- [redaction]: what counts as a secret beyond the built-in detectors ------------------------------

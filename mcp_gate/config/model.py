@@ -83,6 +83,54 @@ class ApprovalSettings:
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    """The console: served on the admin listener at /console when `enabled`, and by
+    `mcp-gate console` on `listen`. `public_url` is where people reach it (links in chat, the CLI,
+    the agent's errors); `secret_file` holds the key that signs its cookies (never gate.toml)."""
+
+    enabled: bool
+    public_url: str | None
+    session_seconds: float
+    secret_file: Path
+    listen: tuple[str, int] | None = None
+    login_attempts: int = 5  # failed logins a client may make per minute
+    operators: tuple[str, ...] = ()  # approver groups that may accept a changed tool's definition here
+
+    def request_url(self, request_id: str) -> str | None:
+        """The console page of one request, or None without a public URL."""
+        if self.public_url is None:
+            return None
+        return f"{self.public_url.rstrip('/')}/requests/{request_id}"
+
+
+@dataclass(frozen=True)
+class EmailSettings:
+    """[email]: requests mailed to their eligible approvers over SMTP, with Approve and Deny links to
+    the console (each signed, single-use and short-lived; a link alone never decides). The SMTP
+    password comes from `password` (an environment variable or a file), never from gate.toml."""
+
+    smtp_host: str
+    smtp_port: int
+    sender: str
+    starttls: bool = True
+    username: str | None = None
+    password: SlackSecret | None = None
+    link_seconds: float = 15 * 60.0
+    notify: tuple[str, ...] = ()  # addresses told of every request, who cannot decide it
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """[webhook]: every request and outcome POSTed as JSON to `url`, signed with HMAC-SHA256 over
+    the timestamp and body under a secret from the environment or a file; retried with backoff."""
+
+    url: str
+    secret: SlackSecret
+    attempts: int = 6
+    backoff: float = 0.5  # seconds before the first retry; doubled after each
+
+
+@dataclass(frozen=True)
 class AdminSettings:
     """The admin listener (the approvers' API, health and metrics): where it listens, and the
     SHA-256 of the token a scraper shows for /metrics when it listens beyond loopback."""
@@ -180,6 +228,9 @@ class GateConfig:
     pins: PinSettings = field(default_factory=PinSettings)
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
     breakglass: BreakGlassSettings = field(default_factory=BreakGlassSettings)
+    console: ConsoleSettings | None = None  # [console]: the approval console in the browser
+    email: EmailSettings | None = None  # [email]: requests mailed to approvers with console links
+    webhook: WebhookSettings | None = None  # [webhook]: requests and outcomes POSTed, signed
     # The gate's own files (data dir, config, manifests, signing key): a downstream call whose
     # arguments name a path inside them is blocked. Empty when [gate] protect_own_files = false.
     protected_paths: tuple[Path, ...] = ()
@@ -257,6 +308,10 @@ class SlackSecret:
 
     @property
     def _holds(self) -> str:
+        if self.section == "email":
+            return "SMTP password"
+        if self.section == "webhook":
+            return "webhook's signing secret"
         return (
             f"Slack {self.what}" if self.section == "slack" else f"Teams bot's {self.what.replace('_', ' ')}"
         )
