@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
@@ -29,6 +30,7 @@ from mcp_gate.channels.api import Desk, summarize
 from mcp_gate.channels.email import DecisionLink, verify_link
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import ConsoleSettings, GateConfig
+from mcp_gate.console.actions import AWAY_CHOICES, away, back, breakglass, may_break_glass
 from mcp_gate.console.context import GRANT_CHOICES, lay_out, request_context
 from mcp_gate.console.headers import SecurityHeaders, report_response
 from mcp_gate.console.records import call_story, drift_rows
@@ -58,6 +60,9 @@ DONE = {  # what a redirect after a decision says; fixed texts, never text from 
     "denied": "Denied.",
     "revoked": "Revoked.",
     "grant-revoked": "Grant revoked.",
+    "released by break-glass": "Released by break-glass: it runs once; every approver of its tier is told.",
+    "away": "You are marked away: notices go to the other approvers meanwhile.",
+    "back": "You are back: notices reach you again.",
 }
 
 
@@ -242,7 +247,17 @@ class Console:
         if who is None:
             return self._to_login(request)
         session, viewer = who
-        return self._page("pending.html", request, session, requests=await self._rows(), now=_now(self))
+        present = [a for a in await self.desk.approvers_view() if a["name"] == viewer.name]
+        return self._page(
+            "pending.html",
+            request,
+            session,
+            requests=await self._rows(),
+            now=_now(self),
+            away=present[0]["away"] if present else None,
+            away_choices=AWAY_CHOICES,
+            done=DONE.get(request.query_params.get("done", "")),
+        )
 
     async def pending_rows(self, request: Request) -> Response:
         who = await self._viewer(request)
@@ -278,6 +293,7 @@ class Console:
             refusal=refusal,
             done=done,
             grant_choices=GRANT_CHOICES,
+            breakglass=may_break_glass(self.config.breakglass, context["r"], viewer),
             **context,
         )
 
@@ -289,7 +305,10 @@ class Console:
             context = await request_context(self.desk, request.path_params["request_id"], who[1])
         except NoSuchRequest:
             return Response("no such request", status_code=404)
-        return self._page("_state.html", request, who[0], grant_choices=GRANT_CHOICES, **context)
+        breakglass = may_break_glass(self.config.breakglass, context["r"], who[1])
+        return self._page(
+            "_state.html", request, who[0], grant_choices=GRANT_CHOICES, breakglass=breakglass, **context
+        )
 
     async def grants(self, request: Request) -> Response:
         who = await self._viewer(request)
@@ -616,6 +635,9 @@ class Console:
             Route(f"{p}/requests/{{request_id}}/deny", self.deny, methods=["POST"]),
             Route(f"{p}/requests/{{request_id}}/revoke", self.revoke, methods=["POST"]),
             Route(f"{p}/requests/{{request_id}}/annotate", self.annotate, methods=["POST"]),
+            Route(f"{p}/requests/{{request_id}}/breakglass", partial(breakglass, self), methods=["POST"]),
+            Route(f"{p}/away", partial(away, self), methods=["POST"]),
+            Route(f"{p}/back", partial(back, self), methods=["POST"]),
             Route(f"{p}/grants", self.grants, methods=["GET"]),
             Route(f"{p}/grants/{{grant_id}}/revoke", self.revoke_grant, methods=["POST"]),
             Route(f"{p}/static/{{name}}", self.static, methods=["GET"]),
