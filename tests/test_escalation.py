@@ -41,7 +41,11 @@ TIERS = {
 
 @asynccontextmanager
 async def escalating_gate(
-    tmp_path: Path, clock: FakeClock, tiers: dict[str, Any] | None = None, manifest: str | None = None
+    tmp_path: Path,
+    clock: FakeClock,
+    tiers: dict[str, Any] | None = None,
+    manifest: str | None = None,
+    extra: str = "",
 ) -> AsyncIterator[SlackGate]:
     fake = fake_slack()
     with fake.running():
@@ -52,7 +56,7 @@ async def escalating_gate(
             approvers=APPROVERS,
             tiers=tiers or TIERS,
             approvals={"hold_seconds": 60, "progress_seconds": 0.5, "expires": "15m"},
-            extra=slack_table(fake),
+            extra=slack_table(fake) + extra,
         )
         config = load_config(path, env())
         async with (
@@ -328,3 +332,32 @@ async def test_a_rule_escalating_to_a_group_nobody_is_in_stops_the_gate_from_sta
         async with running_gate(load_config(path, env())):
             pass
     assert "rule[5].escalation[0].to" in str(caught.value) and "'nobody'" in str(caught.value)
+
+
+async def test_an_escalation_reaches_the_on_call_webhook_signed_as_well_as_slack(tmp_path: Path) -> None:
+    from mcp_gate.channels.webhook import WebhookChannel
+    from tests.test_webhook import SECRET, Receiver, receiver_at
+
+    clock = FakeClock()
+    receiver = Receiver()
+    (tmp_path / "hook.secret").write_text(SECRET)
+    async with anyio.create_task_group() as outer:
+        url = await receiver_at(outer, receiver)
+        hook = f'\n[webhook]\nurl = "{url}"\nsecret_file = "{tmp_path / "hook.secret"}"\nbackoff = 0.05\n'
+        async with escalating_gate(tmp_path, clock, extra=hook) as s:
+            assert s.config.webhook is not None
+            await s.tg.start(WebhookChannel(s.gate, s.config.webhook, SECRET).run)
+            s.call("notes__write_note", {"name": "plan", "text": "ship"})
+            request = await s.held()
+            clock.advance(minutes=11)
+            await s.wait_record(lambda r: r["event_type"] == "slack.escalation_notified", "the Slack notice")
+            await eventually(
+                lambda: any(p["type"] == "approval.escalated" for p in receiver.payloads),
+                what="the escalation posted to the webhook",
+            )
+            await s.gate.engine.decide(
+                request.id, s.config.approvers["frank"], "deny", channel="test", note="no"
+            )
+        outer.cancel_scope.cancel()
+    [posted] = [p for p in receiver.payloads if p["type"] == "approval.escalated"]
+    assert posted["request_id"] == request.id and receiver.refused == 0
