@@ -97,6 +97,7 @@ EventType = Literal[
     "email.sent",  # a request mailed to its eligible approvers (and the notify-only list), with signed links
     "email.send_failed",  # mailing a request failed (SMTP down, refused); it is retried
     "email.link_used",  # an emailed decision link was confirmed in the console: it is never good again
+    "email.breakglass_notified",  # every approver of the tier mailed of a break-glass use
     # -- evidence and audit -------------------------------------------------------------------
     "checkpoint.copy_failed",  # a signed checkpoint could not be copied to a sink (file or webhook)
     "audit.verified",  # `mcp-gate audit verify` ran, and what it found

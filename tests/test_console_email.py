@@ -123,3 +123,39 @@ def test_email_needs_the_consoles_public_url(tmp_path: Path) -> None:
         f.write('\n[email]\nsmtp_host = "127.0.0.1"\nfrom = "gate@example.com"\n')
     with pytest.raises(ConfigError, match="public_url"):
         load_config(config, {})
+
+
+async def test_an_approver_who_is_away_is_not_mailed_and_break_glass_mails_every_approver_of_the_tier(
+    tmp_path: Path,
+) -> None:
+    from mcp_gate.availability import mark_away
+
+    async with smtp_server() as inbox:
+        config = email_config(tmp_path, inbox.port)
+        with config.open("a") as f:
+            f.write('\n[breakglass]\ngroups = ["security"]\n')
+        async with gate_with_console(config) as gate, Browserless(gate.base) as carol:
+            engine = gate.front.gateway.engine
+            bob = gate.front.gateway.config.approvers["bob"]
+            await mark_away(engine, bob, until=None, note="on leave", channel="test")
+            await mailer(gate, gate.tg)
+            held = await gate.hold("notes__write_note", {"name": "todo", "text": "x"})
+            await eventually(lambda: len(inbox.mails) >= 2, what="the request's mails")
+            first = sorted(m["To"] for m in inbox.mails)
+            await carol.login("tok-carol")
+            page = f"/console/requests/{held.request.id}"
+            await carol.get(page)
+            assert (await carol.post(f"{page}/breakglass", {"reason": "prod is down"})).status_code == 303
+            await held.outcome()
+            await eventually(
+                lambda: any(str(m["Subject"]).startswith("Break-glass") for m in inbox.mails),
+                what="the break-glass mails",
+            )
+            notices = sorted(m["To"] for m in inbox.mails if str(m["Subject"]).startswith("Break-glass"))
+    assert first == ["audit@example.com", "carol@example.com"]  # bob is away: not mailed
+    records = await gate.evidence()
+    (sent,) = [r for r in records if r["event_type"] == "email.sent"]
+    assert sent["to"] == ["carol"] and sent["away"] == ["bob"]
+    # Break-glass is an alarm: every approver of the tier, bob too (away), carol (who broke it) too.
+    (told,) = [r for r in records if r["event_type"] == "email.breakglass_notified"]
+    assert notices == sorted(f"{n}@example.com" for n in told["to"]) and "bob" in told["to"]

@@ -25,6 +25,7 @@ from typing import Literal
 import anyio
 
 from mcp_gate.approvals import ApprovalRequest, Approver
+from mcp_gate.availability import read_availability
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import EmailSettings
 from mcp_gate.errors import GateError
@@ -108,6 +109,7 @@ class EmailChannel:
         console = gate.config.console
         assert console is not None and console.public_url is not None  # checked when the config loaded
         self.public_url = console.public_url
+        self._noticed = 0  # the last break-glass record looked at
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -121,8 +123,8 @@ class EmailChannel:
                     await changes.wait()
 
     async def send_due(self) -> int:
-        """Mail each open request not mailed yet; how many were mailed."""
-        sent = 0
+        """Mail each open request not mailed yet, and each break-glass use not told yet; how many."""
+        sent = await self.breakglass_notices()
         for request in await self.gate.engine.pending():
             if request.state != "pending":
                 continue
@@ -135,7 +137,11 @@ class EmailChannel:
         return sent
 
     async def _send(self, request: ApprovalRequest) -> int:
-        approvers = eligible(request, self.gate.config.approvers)
+        # Not routed to an approver who is away (`mcp-gate away`); the request's view says so
+        # when that leaves nobody.
+        present = await read_availability(self.gate.store, self.gate.engine.key, self.gate.clock.now())
+        everyone = eligible(request, self.gate.config.approvers)
+        approvers = present.available(everyone)
         messages = [self._message(request, a) for a in approvers]
         messages += [self._notice(request, to) for to in self.settings.notify]
         try:
@@ -154,11 +160,60 @@ class EmailChannel:
                     request.correlation_id,
                     request_id=request.id,
                     to=[a.name for a in approvers],
+                    away=[a.name for a in everyone if present.is_away(a.name)],
                     notified=list(self.settings.notify),
                 )
             ]
         )
         return 1
+
+    async def breakglass_notices(self) -> int:
+        """Mail every approver of the tier (away or not: it is an alarm) of each break-glass use,
+        once, recorded as `email.breakglass_notified`."""
+        used = await self.gate.store.records(event_type="breakglass.used", after_seq=self._noticed)
+        if not used:
+            return 0
+        told = {
+            r.body.get("notice_of")
+            for r in await self.gate.store.records(event_type="email.breakglass_notified")
+        }
+        sent = 0
+        for record in used:
+            if record.event_id not in told:
+                body = record.body
+                names = [str(n) for n in body.get("notify") or []]
+                approvers = [self.gate.config.approvers[n] for n in names if n in self.gate.config.approvers]
+                what = f"{body.get('server')}__{body.get('tool')} (tier {body.get('tier')})"
+                text = [
+                    f"Break-glass on {self.gate.config.name}: {body.get('operator')} released request "
+                    f"{body.get('request_id')}, {what}, without its approvals.",
+                    f"Reason: {body.get('reason')}",
+                    "",
+                    f"Details: {self.public_url}/requests/{body.get('request_id')}",
+                ]
+                mails = [
+                    self._mail(a.email, f"Break-glass: {what} ({body.get('request_id')})", text)
+                    for a in approvers
+                ]
+                try:
+                    await anyio.to_thread.run_sync(self._deliver, mails)
+                except (OSError, smtplib.SMTPException) as exc:
+                    log.warning("email: break-glass notice not mailed: %s", " ".join(str(exc).split())[:300])
+                    return sent  # this one (and those after it) on the next pass
+                await self.gate.store.append(
+                    [
+                        self.gate.event(
+                            "email.breakglass_notified",
+                            record.correlation_id,
+                            notice_of=record.event_id,
+                            request_id=body.get("request_id"),
+                            to=[a.name for a in approvers],
+                        )
+                    ]
+                )
+                sent += 1
+            self._noticed = record.seq
+        return sent
 
     def _deliver(self, messages: list[EmailMessage]) -> None:
         s = self.settings
