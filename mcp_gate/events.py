@@ -87,6 +87,7 @@ EventType = Literal[
     "teams.post_failed",  # posting a request's card failed; it is retried
     "teams.update_failed",  # updating a request's card failed; it is retried
     "teams.not_posted",  # a request closed while its card still failed to post: the outbox stopped
+    "teams.breakglass_notified",  # the Teams approvals conversation told of a break-glass use
     "teams.refused",  # a click from someone not mapped to an approver, another tenant, or who may not decide
     # -- the webhook --------------------------------------------------------------------------
     "webhook.delivered",  # the webhook receiver took every request event up to a sequence number

@@ -392,3 +392,32 @@ async def test_an_escalated_request_shows_its_step_on_the_card_and_the_added_gro
     assert FRANK not in first["refresh"]["userIds"] and FRANK in card["refresh"]["userIds"]
     assert verbs(before["value"]) == [] and verbs(after["value"]) == ["approve", "deny", "approve_for"]
     assert not box[0].is_error
+
+
+async def test_a_break_glass_use_is_told_in_the_teams_conversation_once_naming_the_tiers_approvers(
+    tmp_path: Path,
+) -> None:
+    async with teams_gate(tmp_path, tail='\n[breakglass]\ngroups = ["security"]\n') as t:
+        box = t.call("notes__write_note", {"name": "plan", "text": "now"})
+        request = await t.held()
+        await t.posted(request.id)
+        dave = t.config.approvers["dave"]
+        outcome = await Desk(t.gate.engine, channel="cli").break_glass(
+            request.id, dave, reason="the outage", settings=t.config.breakglass, approvers=t.config.approvers
+        )
+        notice = await t.wait_record(lambda r: r["event_type"] == "teams.breakglass_notified", "the notice")
+        await t.fake.wait_for(lambda: box)
+        await t.channel.outbox.sync()  # another pass posts nothing more
+        records = await t.records()
+        cards = [
+            a["content"]
+            for c in t.fake.calls_to("POST")
+            for a in (c.body or {}).get("attachments") or []
+            if "Break-glass" in json.dumps(a.get("content"))
+        ]
+    assert isinstance(outcome, dict) and not box[0].is_error
+    assert len(of_type(records, "teams.breakglass_notified")) == 1
+    [card] = cards
+    text = card_text(card)
+    assert "dave released request" in text and "the outage" in text
+    assert notice["approvers"] and all(name in text for name in notice["approvers"])

@@ -9,6 +9,7 @@ from typing import Any
 from mcp_gate.channels.slack_blocks import GRANT_FOR, escalation_line, scrub_secrets, untrusted
 
 __all__ = [
+    "breakglass_card",
     "CARD_TYPE",
     "VERB_APPROVE",
     "VERB_APPROVE_FOR",
@@ -174,6 +175,28 @@ def render_card(
             "userIds": list(refresh_users)[:60],  # Teams refreshes automatically for at most 60 users
         }
     return card
+
+
+def breakglass_card(body: Mapping[str, Any], *, gate: str) -> dict[str, Any]:
+    """The notice of a break-glass use (a `breakglass.used` body): who released what, why, and every
+    approver of the tier it tells. Text only, in TextRuns: nothing in it is a mention or a link."""
+    what = f"{body.get('server')}__{body.get('tool')} (tier {body.get('tier')})"
+    released = (
+        f"{body.get('operator')} released request {body.get('request_id')}, {what}, "
+        f"on gate {gate} without its approvals."
+    )
+    title = {"type": "TextBlock", "text": "Break-glass", "weight": "Bolder", "size": "Medium"}
+    return {
+        "type": "AdaptiveCard",
+        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+        "version": "1.5",
+        "body": [
+            {**title, "color": "Attention"},
+            _literal(released),
+            _fact("Reason", str(body.get("reason"))),
+            _fact("Approvers of this tier", ", ".join(str(n) for n in body.get("notify") or []) or "none"),
+        ],
+    }
 
 
 def _execute(title: str, verb: str, request_id: str, *, style: str | None = None) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from mcp_gate.approvals import ApprovalRequest, grant_refusal
 from mcp_gate.channels.api import Desk
 from mcp_gate.channels.slack_blocks import GRANT_FOR
 from mcp_gate.channels.slack_outbox import LEASE, safely
-from mcp_gate.channels.teams_cards import render_card
+from mcp_gate.channels.teams_cards import breakglass_card, render_card
 from mcp_gate.channels.teams_connector import Connector
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import TeamsSettings
@@ -74,6 +74,7 @@ class TeamsOutbox:
         self.poll = poll
         self.wall = wall
         self._poke = anyio.Event()
+        self._noticed = 0  # the last break-glass record looked at
 
     def poke(self) -> None:
         """Sync now: a request changed in this process."""
@@ -111,6 +112,38 @@ class TeamsOutbox:
                 continue
             if await self._sync_one(request, message, now):
                 sent += 1
+        return sent + await self.breakglass_notices()
+
+    async def breakglass_notices(self) -> int:
+        """Tell the approvals conversation of each break-glass use, naming every approver of the
+        tier, once, recorded as `teams.breakglass_notified` (checked before posting)."""
+        store = self.gate.store
+        used = await store.records(event_type="breakglass.used", after_seq=self._noticed)
+        if not used:
+            return 0
+        told = {r.body.get("notice_of") for r in await store.records(event_type="teams.breakglass_notified")}
+        sent = 0
+        for record in used:
+            if record.event_id not in told:
+                body = record.body
+                card = breakglass_card(body, gate=self.gate.config.name)
+                try:
+                    activity_id = await self.connector.post_card(self.settings.conversation, card)
+                except TeamsFailure as exc:
+                    log.warning("Teams: break-glass notice not posted: %s", exc)
+                    return sent  # this one (and those after it) on the next pass
+                notice = self.gate.event(
+                    "teams.breakglass_notified",
+                    record.correlation_id,
+                    notice_of=record.event_id,
+                    request_id=body.get("request_id"),
+                    conversation=self.settings.conversation,
+                    activity_id=activity_id,
+                    approvers=[str(n) for n in body.get("notify") or []],
+                )
+                await store.append([notice])
+                sent += 1
+            self._noticed = record.seq
         return sent
 
     async def _sync_one(self, request: ApprovalRequest, message: SlackMessage | None, now: datetime) -> bool:
