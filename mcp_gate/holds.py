@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, assert_never
 
 import anyio
 
+from mcp_gate import inflight
 from mcp_gate.approvals import (
     MAX_GRANT,
     ApprovalRequest,
@@ -50,7 +51,7 @@ from mcp_gate.events import (
 )
 from mcp_gate.evidence import EventFactory
 from mcp_gate.seals import derive, grant_forgery, seal
-from mcp_gate.storage.base import Store, Tx
+from mcp_gate.storage.base import Inflight, Store, Tx
 
 __all__ = [
     "ApprovalEngine",
@@ -411,15 +412,13 @@ class ApprovalEngine:
     async def finish(
         self, correlation_id: str, request_id: str | None, event: dict[str, Any], state: RequestState
     ) -> None:
-        """Record a forwarded call's outcome, clear its in-flight marker, and close its request."""
-
-        def write(tx: Tx) -> None:
-            tx.end_inflight(correlation_id)
-            if request_id is not None:
-                tx.set_request_state(request_id, state)
-            tx.append([event])
-
-        await self.store.transact(write)
+        """Record a forwarded call's outcome, clear its in-flight marker, and close its request (a
+        call taken over meanwhile gets a `call.late_result`: `inflight.finish`)."""
+        late = await self.store.transact(
+            lambda tx: inflight.finish(tx, self._ev, correlation_id, request_id, event, state)
+        )
+        if late:
+            log.warning("%s: its result came after it was recorded as outcome_unknown", correlation_id)
 
     # -- decisions -----------------------------------------------------------------------------
 
@@ -621,30 +620,19 @@ class ApprovalEngine:
 
         return await self.store.transact(write)
 
-    async def recover(self) -> int:
-        """At start-up: calls whose execution began but has no recorded outcome become
-        `call.outcome_unknown`; they are never re-run automatically."""
-
-        def write(tx: Tx) -> int:
-            unknown = tx.inflight()
-            for call in unknown:
-                if call.request_id is not None:
-                    tx.set_request_state(call.request_id, "outcome_unknown")
-                tx.append(
-                    [
-                        self._ev(
-                            "call.outcome_unknown",
-                            call.correlation_id,
-                            started_at=call.started_at,
-                            why="the gate stopped after sending the call and before recording its outcome",
-                            **dict(call.fields),
-                        )
-                    ]
-                )
-                tx.end_inflight(call.correlation_id)
-            return len(unknown)
-
-        return await self.store.transact(write)
+    async def recover(
+        self,
+        *,
+        claim: Callable[[Tx], list[Inflight]] | None = None,
+        by: str | None = None,
+        sender: Callable[[Tx, str], Mapping[str, Any] | None] | None = None,
+    ) -> int:
+        """Calls whose execution began but has no recorded outcome become `call.outcome_unknown`;
+        they are never re-run automatically. At start-up (alone): all of them; with `claim`, those
+        it hands over (a lapsed replica's, `inflight.recover`)."""
+        return await self.store.transact(
+            lambda tx: inflight.recover(tx, self._ev, claim=claim, by=by, sender=sender)
+        )
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Background duty: expire due requests. (Held calls learn of decisions from the store.)"""

@@ -64,8 +64,10 @@ class PostgresStore:
         clock: Clock,
         notary: Notary | None,
         connect_timeout: float,
+        replica: str | None = None,
     ) -> None:
         self._url = url
+        self.replica = replica  # this process's replica id (its calls in flight carry it), if it serves
         self._where = redacted(url)
         self._writer: psycopg.Connection | None = writer
         self._pool: psycopg_pool.ConnectionPool | None = pool
@@ -88,10 +90,12 @@ class PostgresStore:
         pool_size: int = 4,
         connect_timeout: float = 10.0,
         create: bool = True,
+        replica: str | None = None,
     ) -> PostgresStore:
         """Open the store in the database at `url`; StoreError naming it (never its password) if it
         cannot be reached or its schema is not this gate's. With `create`, a database the gate
-        never touched gets the schema; an older schema needs `mcp-gate store migrate`."""
+        never touched gets the schema; an older schema needs `mcp-gate store migrate`. `replica`: the
+        id of this serving process's lease (`replicas.ReplicaLock`), which its calls in flight carry."""
         clock = clock or SystemClock()
         writer = await anyio.to_thread.run_sync(lambda: connect(url, connect_timeout=connect_timeout))
         pool: psycopg_pool.ConnectionPool | None = None
@@ -117,7 +121,7 @@ class PostgresStore:
             if isinstance(exc, psycopg.Error | psycopg_pool.PoolTimeout):
                 raise StoreError(f"cannot open the store at {redacted(url)}: {stored.one_line(exc)}") from exc
             raise
-        return cls(url, writer, pool, clock, notary, connect_timeout)
+        return cls(url, writer, pool, clock, notary, connect_timeout, replica)
 
     async def __aenter__(self) -> PostgresStore:
         return self
@@ -282,7 +286,7 @@ class PostgresStore:
     # transactions over approvals, grants and calls in flight
 
     async def transact(self, fn: Callable[[Tx], T]) -> T:
-        return await self._write_evidence(lambda conn: fn(PostgresTx(conn)))
+        return await self._write_evidence(lambda conn: fn(PostgresTx(conn, self.replica)))
 
     async def read(self, fn: Callable[[Tx], T]) -> T:
         return await self._read(lambda conn: fn(PostgresTx(conn)))
