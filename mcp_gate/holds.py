@@ -39,7 +39,7 @@ from mcp_gate.approvals import (
 )
 from mcp_gate.clock import Clock, utc_iso
 from mcp_gate.config import ApprovalSettings
-from mcp_gate.errors import GateError, NoSuchRequest
+from mcp_gate.errors import GateError, NoSuchRequest, StoreError
 from mcp_gate.escalation import ESCALATED, escalate_due, escalated_groups
 from mcp_gate.events import (
     FINAL_STATES,
@@ -249,19 +249,19 @@ class ApprovalEngine:
             # Subscribed before the first read, so a decision committed after it wakes this call.
             async with self.store.changes() as changes:
                 while True:
-                    current = await self.store.read(lambda tx: tx.get_request(request.id))
-                    if current is None:  # cannot happen: requests are never deleted
-                        raise NoSuchRequest(request.id)
-                    outcome = await self._settle(current, binding, correlation_id)
-                    if outcome is not None:
-                        return outcome
+                    current = await self._reread(request.id)
+                    if current is not None:
+                        outcome = await self._settle(current, binding, correlation_id)
+                        if outcome is not None:
+                            return outcome
                     now = anyio.current_time()
                     if now >= deadline:
-                        await self._defer(current, correlation_id, "the hold budget ran out")
-                        return StillPending(current)
+                        if current is not None:
+                            await self._defer(current, correlation_id, "the hold budget ran out")
+                        return StillPending(current or request)
                     if progress is not None and now >= next_progress:
                         steps += 1
-                        await progress(float(steps), None, describe_wait(current))
+                        await progress(float(steps), None, describe_wait(current or request))
                         next_progress = now + self.settings.progress_seconds
                     # Re-read at least every REREAD_INTERVAL too: expiry is a matter of time, not
                     # of a commit, and a backend may lose a wake-up.
@@ -269,10 +269,25 @@ class ApprovalEngine:
                         await changes.wait()
         except BaseException:
             with anyio.CancelScope(shield=True):
-                still = await self.store.read(lambda tx: tx.get_request(request.id))
+                still = await self._reread(request.id)
                 if still is not None and still.state in OPEN_STATES:
-                    await self._defer(still, correlation_id, "the client cancelled or disconnected")
+                    try:
+                        await self._defer(still, correlation_id, "the client cancelled or disconnected")
+                    except StoreError as exc:
+                        log.error("cannot record that %s stopped waiting: %s", correlation_id, exc)
             raise
+
+    async def _reread(self, request_id: str) -> ApprovalRequest | None:
+        """The request as the store has it now; None while the store cannot be read (a database
+        outage): the call stays held, nothing runs, and it is looked at again at the next re-read."""
+        try:
+            current = await self.store.read(lambda tx: tx.get_request(request_id))
+        except StoreError as exc:
+            log.warning("cannot read request %s (the call stays held): %s", request_id, exc)
+            return None
+        if current is None:  # cannot happen: requests are never deleted
+            raise NoSuchRequest(request_id)
+        return current
 
     async def _settle(
         self, request: ApprovalRequest, binding: Binding, correlation_id: str

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from mcp_gate.events import RequestState
+from mcp_gate.events import EventType, RequestState
 from mcp_gate.storage.base import Inflight, Tx
 
 __all__ = ["finish", "recover"]
@@ -15,6 +15,7 @@ __all__ = ["finish", "recover"]
 # Makes an evidence body (`ApprovalEngine._ev`): event type, correlation id, fields.
 Events = Callable[..., dict[str, Any]]
 
+LATE: EventType = "call.late_result"  # the type a result recorded after its outcome_unknown gets
 AT_START = "the gate stopped after sending the call and before recording its outcome"
 LAPSED = (
     "replica {replica} stopped renewing its lease on the database after sending the call and before "
@@ -83,18 +84,17 @@ def finish(
         tx.append([event])
         return False
     unknown = taken[-1]
-    result = {k: v for k, v in event.items() if k not in ("event_id", "ts", "event_type", "correlation_id")}
+    # The result's own body (its event id, time and fields, never written), retyped and linked.
     tx.append(
         [
-            events(
-                "call.late_result",
-                correlation_id,
-                outcome_unknown_event_id=unknown.get("event_id"),
-                recovered_by=unknown.get("recovered_by"),
-                result_event_type=event["event_type"],
-                result_state=state,
-                **result,
-            )
+            {
+                **event,
+                "event_type": LATE,
+                "result_event_type": event["event_type"],
+                "result_state": state,
+                "outcome_unknown_event_id": unknown.get("event_id"),
+                "recovered_by": unknown.get("recovered_by"),
+            }
         ]
     )
     return True

@@ -11,12 +11,15 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.abc
 import httpx2
 import mcp_types as types
 from mcp import Client
@@ -26,10 +29,11 @@ from mcp_gate.testing import approver_table, eventually, write_config
 
 AGENT_TOKEN = "tok-agent-replicas"
 APPROVER_TOKEN = "tok-bob"
+BOB = "U0BOB"  # bob's Slack user
 
 # A downstream whose `deploy` appends its name to $COUNT_FILE (one line per execution, so a test
 # can count them) and then waits `seconds` before answering: a call can be caught mid-execution.
-COUNTER_SERVER = '''
+COUNTER_SERVER = """
 import os, sys
 from pathlib import Path
 import anyio
@@ -65,7 +69,7 @@ async def main():
         await server.run(read, write, server.create_initialization_options())
 
 anyio.run(main)
-'''
+"""
 
 MANIFEST = """
 server = "ops"
@@ -78,8 +82,9 @@ reason = "a deployment changes production"
 """
 
 
-def replica_config(directory: Path, url: str, *, lease_seconds: float = 2) -> Path:
-    """gate.toml for every replica: the database, an HTTP agent, the approver bob, the counter."""
+def replica_config(directory: Path, url: str, *, lease_seconds: float = 2, tail: str = "") -> Path:
+    """gate.toml for every replica: the database, an HTTP agent, the approver bob (Slack user
+    U0BOB), the counter; `tail` adds sections (a [slack] table)."""
     directory.mkdir(parents=True, exist_ok=True)
     script = directory / "counter_server.py"
     script.write_text(COUNTER_SERVER)
@@ -94,12 +99,14 @@ def replica_config(directory: Path, url: str, *, lease_seconds: float = 2) -> Pa
             }
         },
         manifests={"ops": MANIFEST},
-        approvers={"bob": approver_table("bob@example.com", ["sre"], APPROVER_TOKEN)},
+        approvers={
+            "bob": {**approver_table("bob@example.com", ["sre"], APPROVER_TOKEN), "slack_user": "U0BOB"}
+        },
         tiers={"high": {"approvals": 1, "groups": ["sre"]}},
         approvals={"hold_seconds": 60, "progress_seconds": 1},
         extra=(
             f'[agents.bot]\nowner = "bot@example.com"\ntoken_sha256 = "{digest}"\n'
-            f"[store]\nurl = {json.dumps(url)}\nlease_seconds = {lease_seconds}\n"
+            f"[store]\nurl = {json.dumps(url)}\nlease_seconds = {lease_seconds}\n" + tail
         ),
     )
 
@@ -127,11 +134,12 @@ class Replica:
 
 
 @asynccontextmanager
-async def replica(config: Path, name: str) -> AsyncIterator[Replica]:
+async def replica(config: Path, name: str, **extra_env: str) -> AsyncIterator[Replica]:
     """One `mcp-gate serve --http 127.0.0.1:0 --admin 127.0.0.1:0` process on the config's
     database, once it says where it serves; stopped with SIGINT (if still alive) on exit."""
     stderr = config.parent / f"{name}.stderr.log"
     env = {k: v for k, v in os.environ.items() if k not in ("MCP_GATE_CONFIG", "MCP_GATE_TOKEN")}
+    env.update(extra_env)
     command = [sys.executable, "-m", "mcp_gate", "serve", "--config", str(config)]
     command += ["--http", "127.0.0.1:0", "--admin", "127.0.0.1:0"]
     with stderr.open("w") as err:
@@ -176,9 +184,7 @@ async def agent(rep: Replica, *, mode: str = "legacy") -> AsyncIterator[Client]:
 
 async def api(rep: Replica, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     """The approvers' API of one replica, as bob."""
-    async with httpx2.AsyncClient(
-        headers={"Authorization": f"Bearer {APPROVER_TOKEN}"}, timeout=30
-    ) as http:
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {APPROVER_TOKEN}"}, timeout=30) as http:
         response = await http.request(method, rep.api_url + path, json=body)
         assert response.status_code < 500, response.text
         return response.json()
@@ -192,3 +198,70 @@ async def pending(rep: Replica) -> list[dict[str, Any]]:
 
 def text_of(result: types.CallToolResult) -> str:
     return " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+class CuttableProxy:
+    """A TCP proxy in this test's event loop between one gate and PostgreSQL, to stage a database
+    outage for that gate alone (the shared server itself is never stopped): `cut` closes every
+    connection through it and refuses new ones, `restore` lets them through again."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self.cut_off = False
+        self._streams: set[Any] = set()
+
+    async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with listener:
+            task_status.started()
+            await listener.serve(self._handle)
+
+    async def _handle(self, client: Any) -> None:
+        async with client:
+            if self.cut_off:
+                return
+            try:
+                upstream = await anyio.connect_tcp(*self.target)
+            except OSError:
+                return
+            async with upstream, anyio.create_task_group() as tg:
+                self._streams.update({client, upstream})
+
+                async def pump(source: Any, sink: Any) -> None:
+                    try:
+                        async for chunk in source:
+                            await sink.send(chunk)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                        pass
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(pump, client, upstream)
+                tg.start_soon(pump, upstream, client)
+            self._streams.discard(client)
+            self._streams.discard(upstream)
+
+    async def cut(self) -> None:
+        self.cut_off = True
+        for stream in list(self._streams):
+            await stream.aclose()
+        self._streams.clear()
+
+    def restore(self) -> None:
+        self.cut_off = False
+
+    def url(self, url: str) -> str:
+        """`url` (a test database's) reaching PostgreSQL through this proxy."""
+        parts = urllib.parse.urlsplit(url)
+        return parts._replace(netloc=f"{parts.username}@127.0.0.1:{self.port}").geturl()
+
+
+def through(config: Path, url: str, name: str) -> Path:
+    """A copy of gate.toml beside it (same data_dir, manifests and keys) whose [store] url is `url`."""
+    text = config.read_text()
+    start = text.index("[store]")
+    copy = config.with_name(f"{name}.toml")
+    store = re.sub(r"^url = .*$", lambda _: f"url = {json.dumps(url)}", text[start:], count=1, flags=re.M)
+    copy.write_text(text[:start] + store)
+    return copy

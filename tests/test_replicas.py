@@ -120,3 +120,43 @@ async def test_a_call_held_at_a_killed_replica_is_decided_at_another_and_runs_on
     kinds = [r["event_type"] for r in await records(postgres_url)]
     assert kinds.count("call.executed") == 1 and "call.outcome_unknown" not in kinds
     await audit_verifies(config)
+
+
+# Two gate processes with a downstream each, and two Slack Socket Mode sessions.
+@pytest.mark.timeout(180)
+async def test_two_replicas_post_one_slack_message_per_request_and_a_click_both_receive_decides_once(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    from mcp_gate.channels.slack_blocks import ACTION_APPROVE
+    from tests.slack_helpers import ENV, fake_slack, slack_table
+
+    fake = fake_slack()
+    with fake.running():
+        config = replica_config(tmp_path, postgres_url, tail=slack_table(fake))
+        async with replica(config, "a", **ENV) as a, replica(config, "b", **ENV):
+            await fake.wait_for(lambda: fake.connected >= 2)
+            async with agent(a) as client, anyio.create_task_group() as tg:
+                box: list[Any] = []
+                done = anyio.Event()
+
+                async def call() -> None:
+                    box.append(await client.call_tool("ops__deploy", {"name": "api", "seconds": 0}))
+                    done.set()
+
+                tg.start_soon(call)
+                [request] = await eventually(lambda: pending(a), what="the held call")
+                await fake.wait_for(lambda: fake.message_for(request["id"]))
+                # Both outboxes look at the request many times meanwhile (they poll every second).
+                await anyio.sleep(3)
+                posts = [c for c in fake.calls_to("chat.postMessage", ok_only=False)]
+                assert len(posts) == 1, posts
+                # Socket Mode hands the click to every connected session: both replicas get it.
+                envelope = fake.send_envelope(fake.block_actions("U0BOB", ACTION_APPROVE, request["id"]))
+                await fake.wait_for(lambda: fake.acked(envelope))
+                await done.wait()
+    assert text_of(box[0]) == "deployed api"
+    kinds = [r["event_type"] for r in await records(postgres_url)]
+    assert kinds.count("approval.decided") == 1 and "approval.refused" not in kinds
+    assert kinds.count("call.executed") == 1 and executions(config) == ["api"]
+    assert len(fake.calls_to("chat.postMessage", ok_only=False)) == 1
+    await audit_verifies(config)

@@ -17,7 +17,7 @@ import psycopg_pool
 
 from mcp_gate.checkpoints import Pruned, parse_checkpoint
 from mcp_gate.clock import Clock, SystemClock, utc_iso
-from mcp_gate.errors import EvidenceWriteError, GateError, StoreError
+from mcp_gate.errors import EvidenceWriteError, GateError, StoreError, StoreUnreachable
 from mcp_gate.events import EventType
 from mcp_gate.evidence import Record, VerifyReport, canonical_json, new_event
 from mcp_gate.notary import Notary
@@ -318,7 +318,11 @@ class PostgresStore:
 
         try:
             return await anyio.to_thread.run_sync(run)
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            raise StoreUnreachable(
+                f"the store at {self._where} is unreachable: {stored.one_line(exc)}"
+            ) from exc
+        except psycopg.Error as exc:
             raise StoreError(f"cannot read the store at {self._where}: {stored.one_line(exc)}") from exc
 
     def _writer_connection(self) -> psycopg.Connection:
@@ -377,6 +381,13 @@ class PostgresStore:
             await self._copy_note(note)
         if job.error is not None:
             exc = job.error
+            if isinstance(exc, StoreUnreachable | psycopg.OperationalError):
+                # The database is away (or the connection broke): nothing of this write is known to
+                # have committed, and a later try may succeed.
+                raise EvidenceWriteError(
+                    f"the evidence store at {self._where} is unreachable: {stored.one_line(exc)}",
+                    unreachable=True,
+                ) from exc
             if isinstance(exc, StoreError):
                 raise exc
             if isinstance(exc, psycopg.Error | ValueError | TypeError):

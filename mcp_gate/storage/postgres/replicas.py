@@ -160,7 +160,12 @@ class ReplicaLock:
                         )
                     except psycopg.Error as exc:
                         log.warning("cannot end this gate's lease: %s", stored.one_line(exc))
-                conn.close()  # closing the session releases the lock
+                if not conn.broken:
+                    try:  # at once: a closed session's locks go only when its backend has exited
+                        conn.execute("SELECT pg_advisory_unlock_all()")
+                    except psycopg.Error as exc:
+                        log.debug("cannot release the replica lock: %s", stored.one_line(exc))
+                conn.close()  # closing the session releases the lock in any case
 
             await anyio.to_thread.run_sync(close)
 
