@@ -34,7 +34,7 @@ BOB = "U0BOB"  # bob's Slack user
 # A downstream whose `deploy` appends its name to $COUNT_FILE (one line per execution, so a test
 # can count them) and then waits `seconds` before answering: a call can be caught mid-execution.
 COUNTER_SERVER = """
-import os, sys
+import os, sys, time
 from pathlib import Path
 import anyio
 import mcp_types as types
@@ -58,6 +58,9 @@ async def on_call_tool(ctx, params):
     args = params.arguments or {}
     with COUNT.open("a") as f:
         f.write(str(args["name"]) + "\\n")
+    if os.environ.get("TIMES_FILE"):  # benchmarks: when each call reached the downstream
+        with open(os.environ["TIMES_FILE"], "a") as f:
+            f.write(f"{args['name']} {time.time()}\\n")
     await anyio.sleep(float(args.get("seconds", 0)))
     return types.CallToolResult(content=[types.TextContent(type="text", text="deployed " + args["name"])])
 
@@ -95,7 +98,7 @@ def replica_config(directory: Path, url: str, *, lease_seconds: float = 2, tail:
             "ops": {
                 "command": sys.executable,
                 "args": [str(script)],
-                "env": {"COUNT_FILE": str(directory / "executions")},
+                "env": {"COUNT_FILE": str(directory / "executions"), "TIMES_FILE": str(directory / "times")},
             }
         },
         manifests={"ops": MANIFEST},
