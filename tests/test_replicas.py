@@ -154,9 +154,19 @@ async def test_two_replicas_post_one_slack_message_per_request_and_a_click_both_
                 envelope = fake.send_envelope(fake.block_actions("U0BOB", ACTION_APPROVE, request["id"]))
                 await fake.wait_for(lambda: fake.acked(envelope))
                 await done.wait()
+                await fake.wait_for(
+                    lambda: "the call ran" in json.dumps(fake.message_for(request["id"])) or None
+                )
+                await anyio.sleep(3)  # both outboxes look again meanwhile
     assert text_of(box[0]) == "deployed api"
     kinds = [r["event_type"] for r in await records(postgres_url)]
     assert kinds.count("approval.decided") == 1 and "approval.refused" not in kinds
     assert kinds.count("call.executed") == 1 and executions(config) == ["api"]
     assert len(fake.calls_to("chat.postMessage", ok_only=False)) == 1
+    # Each change of the message (approved, then executed) applied by one replica, once.
+    updates = [
+        (c.params.get("ts"), json.dumps(c.params.get("blocks"), sort_keys=True))
+        for c in fake.calls_to("chat.update", ok_only=False)
+    ]
+    assert updates and len(updates) == len(set(updates)), updates
     await audit_verifies(config)

@@ -234,7 +234,18 @@ class SlackOutbox:
             return await self._post(request, message, now, unread=unread)
         voters = message.voters
         key = _render_key(request, voters)
-        if key == message.rendered_sha256 or not _due(message, now):
+        if key == message.rendered_sha256 or not _due(message, now) or _leased(message, now):
+            return False
+
+        def claim(tx: Tx) -> bool:
+            # Under a lease, as a post is: of several gates sharing the store, one applies the update.
+            current = tx.slack_message(message.request_id)
+            if current is None or current.rendered_sha256 == key or _leased(current, now):
+                return False
+            tx.save_slack_message(replace(current, lease_until=_utc(now + LEASE)))
+            return True
+
+        if not await self.gate.store.transact(claim):
             return False
         rendered = await self.render(request, voters)
         try:
@@ -254,6 +265,7 @@ class SlackOutbox:
                     rendered_sha256=key,
                     attempts=0,
                     next_attempt_at=None,
+                    lease_until=None,
                     last_error=None,
                     done=final and rendered_all,
                 )
