@@ -35,6 +35,10 @@ __all__ = ["LEASE", "SlackOutbox", "safely"]
 log = logging.getLogger("mcp_gate.slack")
 
 LEASE = timedelta(seconds=30)
+# An update's claim is short: applying a render twice shows the same thing, so a gate killed
+# mid-update holds the message back only briefly, while gates sharing the store still apply each
+# render once in the common case.
+UPDATE_LEASE = timedelta(seconds=5)
 # Looking for a message a gate may have posted without recording it (conversations.history):
 HISTORY_PAGE = 200  # messages a page
 HISTORY_PAGES = 5  # pages at most; a busier channel cannot be searched, and the request is posted again
@@ -242,7 +246,7 @@ class SlackOutbox:
             current = tx.slack_message(message.request_id)
             if current is None or current.rendered_sha256 == key or _leased(current, now):
                 return False
-            tx.save_slack_message(replace(current, lease_until=_utc(now + LEASE)))
+            tx.save_slack_message(replace(current, lease_until=_utc(now + UPDATE_LEASE)))
             return True
 
         if not await self.gate.store.transact(claim):
