@@ -17,7 +17,7 @@ from mcp_gate.clock import Clock, utc_iso
 from mcp_gate.config import GateConfig
 from mcp_gate.datadir import ELICITATION_KEY_FILE
 from mcp_gate.downstream import ElicitFn
-from mcp_gate.errors import EvidenceWriteError, StoreError
+from mcp_gate.errors import EvidenceWriteError, StoreError, not_run_text
 from mcp_gate.events import FINAL_STATES
 from mcp_gate.evidence import MakeEvent
 from mcp_gate.holds import ApprovalEngine
@@ -320,7 +320,7 @@ class Asking:
             fresh = await self.store.transact(write)
         except EvidenceWriteError as exc:
             log.error("evidence write failed for an answer: %s", exc)
-            return Stop(f"{call.name} was not run: the gate could not write its evidence record ({exc})")
+            return Stop(not_run_text(call.name, exc))
         return None if fresh else Stop(replayed)
 
     # -- a downstream's own questions --------------------------------------------------------------

@@ -67,7 +67,12 @@ class StoreError(GateError):
 
 
 class EvidenceWriteError(StoreError):
-    """An evidence record could not be committed; the call it describes must not run."""
+    """An evidence record could not be committed; the call it describes must not run.
+    `unreachable`: because the database could not be reached (a retry later may succeed)."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        self.unreachable = unreachable
+        super().__init__(message)
 
 
 class StoreUnreachable(StoreError):
@@ -197,3 +202,13 @@ class DecisionRefused(GateError):
 
 class ApiUnreachable(GateError):
     """The approver API could not be reached or answered unexpectedly: exit 1."""
+
+
+def not_run_text(name: str, exc: StoreError) -> str:
+    """What the agent is told of a call not run because its evidence could not be recorded: one line
+    an LLM can act on, saying whether waiting and trying again may help."""
+    if isinstance(exc, StoreUnreachable) or getattr(exc, "unreachable", False):
+        return (
+            f"{name} was not run: the evidence store is unreachable; nothing was run; try again later ({exc})"
+        )
+    return f"{name} was not run: the gate could not write its evidence record ({exc})"

@@ -44,7 +44,8 @@ EventType = Literal[
     "call.failed",  # sent, then the connection broke, timed out or was cancelled: the outcome is unknown
     "call.input_required",  # the downstream asked for input first; the agent's retry continues the call
     "call.refused",  # the call did not run, and why (unknown tool, bad input, blocked, denied, expired, ...)
-    "call.outcome_unknown",  # at start-up: a call was sent but its outcome never recorded; it is not re-run
+    "call.outcome_unknown",  # a call sent, its outcome never recorded (a restart, a lapsed lease); not re-run
+    "call.late_result",  # a result that came after its call was recorded as outcome_unknown, linked to it
     # -- approval requests and grants ---------------------------------------------------------
     "approval.requested",  # a request bound to one exact call, persisted and sealed; channels show it
     "approval.joined",  # the same call sent again joined the open request instead of opening another

@@ -35,6 +35,8 @@ from mcp_gate.errors import (
     DownstreamFailed,
     EvidenceWriteError,
     StoreError,
+    StoreUnreachable,
+    not_run_text,
 )
 from mcp_gate.events import EventType, RequestState
 from mcp_gate.evidence import EventFactory, args_digest, result_digest
@@ -168,6 +170,8 @@ class Gateway:
                 # they happen): fail closed, and say why.
                 log.error("store failure; refusing %s: %s", name, exc)
                 tally.end("refused")
+                if isinstance(exc, StoreUnreachable | EvidenceWriteError):
+                    return _error_result(not_run_text(name, exc), correlation_id)
                 return _error_result(f"{name} was not run: the gate's store failed ({exc})", correlation_id)
             except BaseException:
                 tally.end("failed")
@@ -316,9 +320,7 @@ class Gateway:
                 fresh = await self.store.transact(write)
         except EvidenceWriteError as exc:
             log.error("evidence write failed; refusing %s: %s", name, exc)
-            return _error_result(
-                f"{name} was not run: the gate could not write its evidence record ({exc})", correlation_id
-            )
+            return _error_result(not_run_text(name, exc), correlation_id)
         if not fresh:
             return _error_result(replayed, correlation_id)
         if isinstance(requirement, Run) or relayed is not None:
@@ -435,9 +437,7 @@ class Gateway:
             self._decided(outcome, tally)
         except EvidenceWriteError as exc:
             log.error("evidence write failed while holding %s: %s", name, exc)
-            return _error_result(
-                f"{name} was not run: the gate could not write its evidence record ({exc})", correlation_id
-            )
+            return _error_result(not_run_text(name, exc), correlation_id)
         match outcome:
             case Released(request=request):
                 return await self._forward(

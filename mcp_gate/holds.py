@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from typing import Any, assert_never
 
 import anyio
 
+from mcp_gate import inflight
 from mcp_gate.approvals import (
     ApprovalRequest,
     Approved,
@@ -38,7 +39,7 @@ from mcp_gate.approvals import (
 )
 from mcp_gate.clock import Clock, utc_iso
 from mcp_gate.config import ApprovalSettings
-from mcp_gate.errors import GateError, NoSuchRequest
+from mcp_gate.errors import GateError, NoSuchRequest, StoreError
 from mcp_gate.escalation import ESCALATED, escalate_due, escalated_groups
 from mcp_gate.events import (
     FINAL_STATES,
@@ -51,7 +52,7 @@ from mcp_gate.events import (
 from mcp_gate.evidence import EventFactory
 from mcp_gate.policy import Escalation
 from mcp_gate.seals import derive, grant_forgery, seal
-from mcp_gate.storage.base import Store, Tx
+from mcp_gate.storage.base import Inflight, Store, Tx
 
 __all__ = [
     "ApprovalEngine",
@@ -243,19 +244,19 @@ class ApprovalEngine:
             # Subscribed before the first read, so a decision committed after it wakes this call.
             async with self.store.changes() as changes:
                 while True:
-                    current = await self.store.read(lambda tx: tx.get_request(request.id))
-                    if current is None:  # cannot happen: requests are never deleted
-                        raise NoSuchRequest(request.id)
-                    outcome = await self._settle(current, binding, correlation_id)
-                    if outcome is not None:
-                        return outcome
+                    current = await self._reread(request.id)
+                    if current is not None:
+                        outcome = await self._settle(current, binding, correlation_id)
+                        if outcome is not None:
+                            return outcome
                     now = anyio.current_time()
                     if now >= deadline:
-                        await self._defer(current, correlation_id, "the hold budget ran out")
-                        return StillPending(current)
+                        if current is not None:
+                            await self._defer(current, correlation_id, "the hold budget ran out")
+                        return StillPending(current or request)
                     if progress is not None and now >= next_progress:
                         steps += 1
-                        await progress(float(steps), None, describe_wait(current))
+                        await progress(float(steps), None, describe_wait(current or request))
                         next_progress = now + self.settings.progress_seconds
                     # Re-read at least every REREAD_INTERVAL too: expiry is a matter of time, not
                     # of a commit, and a backend may lose a wake-up.
@@ -263,10 +264,25 @@ class ApprovalEngine:
                         await changes.wait()
         except BaseException:
             with anyio.CancelScope(shield=True):
-                still = await self.store.read(lambda tx: tx.get_request(request.id))
+                still = await self._reread(request.id)
                 if still is not None and still.state in OPEN_STATES:
-                    await self._defer(still, correlation_id, "the client cancelled or disconnected")
+                    try:
+                        await self._defer(still, correlation_id, "the client cancelled or disconnected")
+                    except StoreError as exc:
+                        log.error("cannot record that %s stopped waiting: %s", correlation_id, exc)
             raise
+
+    async def _reread(self, request_id: str) -> ApprovalRequest | None:
+        """The request as the store has it now; None while the store cannot be read (a database
+        outage): the call stays held, nothing runs, and it is looked at again at the next re-read."""
+        try:
+            current = await self.store.read(lambda tx: tx.get_request(request_id))
+        except StoreError as exc:
+            log.warning("cannot read request %s (the call stays held): %s", request_id, exc)
+            return None
+        if current is None:  # cannot happen: requests are never deleted
+            raise NoSuchRequest(request_id)
+        return current
 
     async def _settle(
         self, request: ApprovalRequest, binding: Binding, correlation_id: str
@@ -406,15 +422,13 @@ class ApprovalEngine:
     async def finish(
         self, correlation_id: str, request_id: str | None, event: dict[str, Any], state: RequestState
     ) -> None:
-        """Record a forwarded call's outcome, clear its in-flight marker, and close its request."""
-
-        def write(tx: Tx) -> None:
-            tx.end_inflight(correlation_id)
-            if request_id is not None:
-                tx.set_request_state(request_id, state)
-            tx.append([event])
-
-        await self.store.transact(write)
+        """Record a forwarded call's outcome, clear its in-flight marker, and close its request (a
+        call taken over meanwhile gets a `call.late_result`: `inflight.finish`)."""
+        late = await self.store.transact(
+            lambda tx: inflight.finish(tx, self._ev, correlation_id, request_id, event, state)
+        )
+        if late:
+            log.warning("%s: its result came after it was recorded as outcome_unknown", correlation_id)
 
     # -- decisions -----------------------------------------------------------------------------
 
@@ -632,30 +646,19 @@ class ApprovalEngine:
 
         return await self.store.transact(write)
 
-    async def recover(self) -> int:
-        """At start-up: calls whose execution began but has no recorded outcome become
-        `call.outcome_unknown`; they are never re-run automatically."""
-
-        def write(tx: Tx) -> int:
-            unknown = tx.inflight()
-            for call in unknown:
-                if call.request_id is not None:
-                    tx.set_request_state(call.request_id, "outcome_unknown")
-                tx.append(
-                    [
-                        self._ev(
-                            "call.outcome_unknown",
-                            call.correlation_id,
-                            started_at=call.started_at,
-                            why="the gate stopped after sending the call and before recording its outcome",
-                            **dict(call.fields),
-                        )
-                    ]
-                )
-                tx.end_inflight(call.correlation_id)
-            return len(unknown)
-
-        return await self.store.transact(write)
+    async def recover(
+        self,
+        *,
+        claim: Callable[[Tx], list[Inflight]] | None = None,
+        by: str | None = None,
+        sender: Callable[[Tx, str], Mapping[str, Any] | None] | None = None,
+    ) -> int:
+        """Calls whose execution began but has no recorded outcome become `call.outcome_unknown`;
+        they are never re-run automatically. At start-up (alone): all of them; with `claim`, those
+        it hands over (a lapsed replica's, `inflight.recover`)."""
+        return await self.store.transact(
+            lambda tx: inflight.recover(tx, self._ev, claim=claim, by=by, sender=sender)
+        )
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Background duty: expire due requests. (Held calls learn of decisions from the store.)"""

@@ -17,7 +17,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import anyio
 
@@ -43,11 +43,13 @@ from mcp_gate.storage import (
     copy_into_database,
     database_schema,
     file_head,
+    lapsed_replica_calls,
     open_database,
     open_database_reader,
     open_reader,
     open_store,
     replica_lock,
+    replica_seen,
     verify_database,
     verify_file,
 )
@@ -107,8 +109,12 @@ async def open_gate(
     clock = clock or SystemClock()
     own_store = store is None
     notary = notary_for(config) if own_store else None
+    # On a database, this process is one replica: its lease row and its calls in flight carry this id.
+    replica = new_id() if config.store is not None and own_store else None
     opened: Store = (
-        store if store is not None else await _open(config, clock=clock, notary=notary, create=True)
+        store
+        if store is not None
+        else await _open(config, clock=clock, notary=notary, create=True, replica=replica)
     )
     try:
         downstreams = Downstreams(config.servers, log_dir=config.data_dir / "logs", in_process=in_process)
@@ -141,12 +147,12 @@ async def open_gate(
         )
         if previous is not None and previous.get("policy_sha256") != gate.policy_sha256:
             await _record_policy_change(gate, run, previous)
-        async with _instance_lock(config) as lock, RunMarker(config.data_dir, run) as marker:
+        async with _instance_lock(config, replica) as lock, RunMarker(config.data_dir, run) as marker:
             if lock.exclusive:
                 unclean = marker.left_over()
                 await _record_unclean_ends(gate, unclean)
                 marker.forget(unclean)
-                recovered = await gate.engine.recover()
+                recovered = await gate.engine.recover(by=replica)
                 if recovered:
                     log.warning("%d call(s) had no recorded outcome: recorded as outcome_unknown", recovered)
                 lock.share()
@@ -159,6 +165,8 @@ async def open_gate(
                     await tg.start(gate.engine.run)
                     if notary is not None:
                         tg.start_soon(_checkpoint_timer, opened, notary.every_seconds)
+                    if replica is not None:
+                        tg.start_soon(_keep_lease, gate, cast(_Lease, lock), replica)
                     await tg.start(
                         functools.partial(
                             downstreams.run, gate.offering.tools_changed, startup_timeout=startup_timeout
@@ -278,6 +286,24 @@ async def _held_at_crash(store: Store) -> list[dict[str, Any]]:
     ]
 
 
+async def _keep_lease(gate: Gateway, lock: _Lease, replica: str) -> None:
+    """This replica's heartbeat: renew its lease, then record as outcome_unknown the calls in
+    flight of any other replica whose lease lapsed (once: the first live replica to look takes
+    them). A database that cannot be reached is retried at the next beat."""
+    while True:
+        await anyio.sleep(lock.heartbeat_seconds)
+        try:
+            await lock.renew()
+            taken = await gate.engine.recover(
+                claim=lambda tx: lapsed_replica_calls(tx, replica), by=replica, sender=replica_seen
+            )
+        except GateError as exc:
+            log.error("cannot renew this gate's lease or look for lapsed replicas: %s", exc)
+            continue
+        if taken:
+            log.warning("%d call(s) of a replica whose lease lapsed: recorded as outcome_unknown", taken)
+
+
 async def _checkpoint_timer(store: Store, every_seconds: float) -> None:
     """Every `every_seconds`, sign a checkpoint if the log grew: a quiet gate leaves no unsigned tail."""
     while True:
@@ -373,7 +399,12 @@ def store_writable(config: GateConfig) -> bool:
 
 
 async def _open(
-    config: GateConfig, *, clock: Clock | None = None, notary: Notary | None = None, create: bool = False
+    config: GateConfig,
+    *,
+    clock: Clock | None = None,
+    notary: Notary | None = None,
+    create: bool = False,
+    replica: str | None = None,
 ) -> Store:
     """The gate's store as its config names it: the PostgreSQL database of [store], else the SQLite
     file in data_dir. Only the running gate gives a new database its schema (`create`), as it is
@@ -388,7 +419,17 @@ async def _open(
         pool_size=settings.pool_size,
         connect_timeout=settings.connect_timeout,
         create=create,
+        replica=replica,
     )
+
+
+class _Lease(Protocol):
+    """The replica lock's lease (PostgreSQL only; the SQLite file's lock has none)."""
+
+    @property
+    def heartbeat_seconds(self) -> float: ...
+
+    async def renew(self) -> None: ...
 
 
 class _InstanceLock(Protocol):
@@ -401,13 +442,20 @@ class _InstanceLock(Protocol):
     async def __aexit__(self, *exc: object) -> None: ...
 
 
-def _instance_lock(config: GateConfig) -> _InstanceLock:
+def _instance_lock(config: GateConfig, replica: str | None) -> _InstanceLock:
     """What tells a starting gate whether it is alone, so it may recover what a crash left in
     flight: the data directory's file lock for the SQLite file (one host), the database's replica
     lock for PostgreSQL (replicas on any number of hosts; each host's data_dir keeps its own run
-    markers and keys)."""
+    markers and keys), which also keeps this replica's lease (`replica`: None for a store a test
+    handed in, which serves without one)."""
     if config.store is not None:
-        return replica_lock(config.store.url, connect_timeout=config.store.connect_timeout)
+        settings = config.store
+        return replica_lock(
+            settings.url,
+            replica=replica,
+            lease_seconds=settings.lease_seconds,
+            connect_timeout=settings.connect_timeout,
+        )
     return DataDirLock(config.data_dir)
 
 

@@ -160,6 +160,12 @@ async def test_the_url_and_password_may_come_from_the_environment_and_are_never_
         ('url_env = "STORE_URL"', {}, "store.url_env", "STORE_URL is not set"),
         ('url = "postgresql://db/gate"\npassword_env = "PW"', {}, "store.password_env", "PW is not set"),
         ('url = "postgresql://db/gate"\npool = 3', {}, "store.pool", ""),
+        (
+            'url = "postgresql://db/gate"\nlease_seconds = 0.5',
+            {},
+            "store.lease_seconds",
+            "greater than or equal to 1",
+        ),
         # A password with an unencoded "/" or "#" is misread as the port: never quoted back.
         (
             'url_env = "STORE_URL"',

@@ -81,6 +81,8 @@ def test_the_storage_modules_export_their_names() -> None:
         "open_database_reader",
         "verify_database",
         "replica_lock",
+        "lapsed_replica_calls",
+        "replica_seen",
         "database_schema",
         "copy_into_database",
         "file_head",

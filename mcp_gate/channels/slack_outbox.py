@@ -36,6 +36,10 @@ __all__ = ["LEASE", "SlackOutbox", "safely"]
 log = logging.getLogger("mcp_gate.slack")
 
 LEASE = timedelta(seconds=30)
+# An update's claim is short: applying a render twice shows the same thing, so a gate killed
+# mid-update holds the message back only briefly, while gates sharing the store still apply each
+# render once in the common case.
+UPDATE_LEASE = timedelta(seconds=5)
 # Looking for a message a gate may have posted without recording it (conversations.history):
 HISTORY_PAGE = 200  # messages a page
 HISTORY_PAGES = 5  # pages at most; a busier channel cannot be searched, and the request is posted again
@@ -240,7 +244,18 @@ class SlackOutbox:
             return await self._post(request, message, now, unread=unread)
         voters = message.voters
         key = _render_key(request, voters, len(await escalation_steps(self.gate.engine, request)))
-        if key == message.rendered_sha256 or not _due(message, now):
+        if key == message.rendered_sha256 or not _due(message, now) or _leased(message, now):
+            return False
+
+        def claim(tx: Tx) -> bool:
+            # Under a lease, as a post is: of several gates sharing the store, one applies the update.
+            current = tx.slack_message(message.request_id)
+            if current is None or current.rendered_sha256 == key or _leased(current, now):
+                return False
+            tx.save_slack_message(replace(current, lease_until=_utc(now + UPDATE_LEASE)))
+            return True
+
+        if not await self.gate.store.transact(claim):
             return False
         rendered = await self.render(request, voters)
         try:
@@ -260,6 +275,7 @@ class SlackOutbox:
                     rendered_sha256=key,
                     attempts=0,
                     next_attempt_at=None,
+                    lease_until=None,
                     last_error=None,
                     done=final and rendered_all,
                 )

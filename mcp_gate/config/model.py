@@ -256,6 +256,9 @@ class StoreSettings:
     where: str
     pool_size: int = 4
     connect_timeout: float = 10.0
+    # How long a replica's heartbeat vouches for its calls in flight; after that a live replica
+    # records them as outcome_unknown.
+    lease_seconds: float = 15.0
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ class _StoreSection(Strict):
     password_file: str | None = None
     pool_size: int = Field(default=4, ge=1, le=100)
     connect_timeout: float = Field(default=10.0, gt=0, le=300)
+    lease_seconds: float = Field(default=15.0, ge=1, le=3600)
 
 
 def redact_url(url: str) -> str:
@@ -85,7 +86,11 @@ def store_settings(
             raise ConfigError(file, key, "the url already has a password; drop password_env/password_file")
         url = _with_password(url, password)
     return StoreSettings(
-        url=url, where=redact_url(url), pool_size=section.pool_size, connect_timeout=section.connect_timeout
+        url=url,
+        where=redact_url(url),
+        pool_size=section.pool_size,
+        connect_timeout=section.connect_timeout,
+        lease_seconds=section.lease_seconds,
     )
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from mcp_gate.clock import Clock
 from mcp_gate.errors import StoreError
 from mcp_gate.notary import Notary
-from mcp_gate.storage.base import LogReader, Store
+from mcp_gate.storage.base import Inflight, LogReader, Store, Tx
 from mcp_gate.storage.sqlite import SQLiteStore
 from mcp_gate.storage.sqlite.reader import read_only, verify_file
 
@@ -31,7 +31,9 @@ __all__ = [
     "open_database_reader",
     "open_reader",
     "open_store",
+    "lapsed_replica_calls",
     "replica_lock",
+    "replica_seen",
     "verify_database",
     "verify_file",
 ]
@@ -77,16 +79,24 @@ async def open_database(
     pool_size: int = 4,
     connect_timeout: float = 10.0,
     create: bool = False,
+    replica: str | None = None,
 ) -> Store:
     """Open the store in the PostgreSQL database at `url`; StoreError naming it (never its password)
     if it cannot be reached or its schema is not this gate's. With `create`, a database the gate
     never touched gets the schema, as `open_store` creates a file; an older one needs
-    `mcp-gate store migrate`."""
+    `mcp-gate store migrate`. `replica`: the serving replica's id (`replica_lock`), which its calls
+    in flight carry."""
     _postgres()
     from mcp_gate.storage.postgres import PostgresStore
 
     return await PostgresStore.open(
-        url, clock=clock, notary=notary, pool_size=pool_size, connect_timeout=connect_timeout, create=create
+        url,
+        clock=clock,
+        notary=notary,
+        pool_size=pool_size,
+        connect_timeout=connect_timeout,
+        create=create,
+        replica=replica,
     )
 
 
@@ -112,12 +122,30 @@ async def verify_database(
     return await verify(url, verifiers=verifiers, extra_notes=extra_notes, progress=progress)
 
 
-def replica_lock(url: str, *, connect_timeout: float = 10.0) -> ReplicaLock:
-    """The replicas' lock on the database (what `datadir.DataDirLock` is to one host's file)."""
+def replica_lock(
+    url: str, *, replica: str | None = None, lease_seconds: float = 15.0, connect_timeout: float = 10.0
+) -> ReplicaLock:
+    """The replicas' lock on the database (what `datadir.DataDirLock` is to one host's file) and
+    this replica's lease row, renewed by `ReplicaLock.renew`."""
     _postgres()
     from mcp_gate.storage.postgres.replicas import ReplicaLock
 
-    return ReplicaLock(url, connect_timeout=connect_timeout)
+    return ReplicaLock(url, replica=replica, lease_seconds=lease_seconds, connect_timeout=connect_timeout)
+
+
+def lapsed_replica_calls(tx: Tx, me: str) -> list[Inflight]:
+    """Inside a write transaction on the database: the calls in flight of every other replica
+    whose lease lapsed, marked as taken over by `me` (`replicas.lapsed_calls`)."""
+    from mcp_gate.storage.postgres.replicas import lapsed_calls
+
+    return lapsed_calls(tx, me)
+
+
+def replica_seen(tx: Tx, replica: str) -> dict[str, object] | None:
+    """What the database last knew of `replica`: host, pid, last heartbeat, a clean stop."""
+    from mcp_gate.storage.postgres.replicas import replica_of
+
+    return replica_of(tx, replica)
 
 
 async def database_schema(url: str, *, apply: bool, connect_timeout: float = 10.0) -> tuple[int, int, int]:

@@ -50,6 +50,7 @@ class Inflight:
     request_id: str | None
     started_at: str
     fields: Mapping[str, Any]
+    replica: str | None = None  # the replica that sent it, where the backend keeps one (PostgreSQL)
 
 
 @dataclass(frozen=True)

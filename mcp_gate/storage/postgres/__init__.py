@@ -17,7 +17,7 @@ import psycopg_pool
 
 from mcp_gate.checkpoints import Pruned, parse_checkpoint
 from mcp_gate.clock import Clock, SystemClock, utc_iso
-from mcp_gate.errors import EvidenceWriteError, GateError, StoreError
+from mcp_gate.errors import EvidenceWriteError, GateError, StoreError, StoreUnreachable
 from mcp_gate.events import EventType
 from mcp_gate.evidence import Record, VerifyReport, canonical_json, new_event
 from mcp_gate.notary import Notary
@@ -64,8 +64,10 @@ class PostgresStore:
         clock: Clock,
         notary: Notary | None,
         connect_timeout: float,
+        replica: str | None = None,
     ) -> None:
         self._url = url
+        self.replica = replica  # this process's replica id (its calls in flight carry it), if it serves
         self._where = redacted(url)
         self._writer: psycopg.Connection | None = writer
         self._pool: psycopg_pool.ConnectionPool | None = pool
@@ -88,10 +90,12 @@ class PostgresStore:
         pool_size: int = 4,
         connect_timeout: float = 10.0,
         create: bool = True,
+        replica: str | None = None,
     ) -> PostgresStore:
         """Open the store in the database at `url`; StoreError naming it (never its password) if it
         cannot be reached or its schema is not this gate's. With `create`, a database the gate
-        never touched gets the schema; an older schema needs `mcp-gate store migrate`."""
+        never touched gets the schema; an older schema needs `mcp-gate store migrate`. `replica`: the
+        id of this serving process's lease (`replicas.ReplicaLock`), which its calls in flight carry."""
         clock = clock or SystemClock()
         writer = await anyio.to_thread.run_sync(lambda: connect(url, connect_timeout=connect_timeout))
         pool: psycopg_pool.ConnectionPool | None = None
@@ -117,7 +121,7 @@ class PostgresStore:
             if isinstance(exc, psycopg.Error | psycopg_pool.PoolTimeout):
                 raise StoreError(f"cannot open the store at {redacted(url)}: {stored.one_line(exc)}") from exc
             raise
-        return cls(url, writer, pool, clock, notary, connect_timeout)
+        return cls(url, writer, pool, clock, notary, connect_timeout, replica)
 
     async def __aenter__(self) -> PostgresStore:
         return self
@@ -282,7 +286,7 @@ class PostgresStore:
     # transactions over approvals, grants and calls in flight
 
     async def transact(self, fn: Callable[[Tx], T]) -> T:
-        return await self._write_evidence(lambda conn: fn(PostgresTx(conn)))
+        return await self._write_evidence(lambda conn: fn(PostgresTx(conn, self.replica)))
 
     async def read(self, fn: Callable[[Tx], T]) -> T:
         return await self._read(lambda conn: fn(PostgresTx(conn)))
@@ -314,7 +318,11 @@ class PostgresStore:
 
         try:
             return await anyio.to_thread.run_sync(run)
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            raise StoreUnreachable(
+                f"the store at {self._where} is unreachable: {stored.one_line(exc)}"
+            ) from exc
+        except psycopg.Error as exc:
             raise StoreError(f"cannot read the store at {self._where}: {stored.one_line(exc)}") from exc
 
     def _writer_connection(self) -> psycopg.Connection:
@@ -373,6 +381,13 @@ class PostgresStore:
             await self._copy_note(note)
         if job.error is not None:
             exc = job.error
+            if isinstance(exc, StoreUnreachable | psycopg.OperationalError):
+                # The database is away (or the connection broke): nothing of this write is known to
+                # have committed, and a later try may succeed.
+                raise EvidenceWriteError(
+                    f"the evidence store at {self._where} is unreachable: {stored.one_line(exc)}",
+                    unreachable=True,
+                ) from exc
             if isinstance(exc, StoreError):
                 raise exc
             if isinstance(exc, psycopg.Error | ValueError | TypeError):

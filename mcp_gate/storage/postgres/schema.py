@@ -178,7 +178,25 @@ CREATE TABLE teams_messages (
 )
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+# Each replica's lease (renewed by its heartbeat, on the database's clock), and which replica a
+# call in flight was sent by: a live replica turns a lapsed one's calls into outcome_unknown.
+_V3 = """
+CREATE TABLE replicas (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    lease_until TIMESTAMPTZ NOT NULL,
+    stopped_at TIMESTAMPTZ,
+    taken_over_by TEXT,
+    taken_over_at TIMESTAMPTZ
+);
+ALTER TABLE inflight ADD COLUMN replica_id TEXT;
+CREATE INDEX inflight_by_replica ON inflight (replica_id)
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # Taken (transaction-scoped) by whoever creates or migrates the schema, so two replicas starting

@@ -13,6 +13,7 @@ import psycopg
 
 from mcp_gate.approvals import ApprovalRequest, Binding, Grant, Vote
 from mcp_gate.clock import utc_iso
+from mcp_gate.errors import EvidenceWriteError
 from mcp_gate.events import EventType, RequestState
 from mcp_gate.evidence import GENESIS_HASH, Record, canonical_json, chain_events
 from mcp_gate.storage import rows as stored
@@ -35,8 +36,11 @@ class PostgresTx:
     """The `Tx` of the PostgreSQL store: typed reads and writes over one connection, inside
     `PostgresStore.transact` / `read`."""
 
-    def __init__(self, conn: psycopg.Connection) -> None:
+    def __init__(self, conn: psycopg.Connection, replica: str | None = None) -> None:
         self.conn = conn
+        # The replica this process is (`replicas.ReplicaLock`): its calls in flight carry its id
+        # and begin only while its lease is live. None: a process that serves no calls.
+        self.replica = replica
 
     def append(self, events: Sequence[Mapping[str, Any]]) -> list[Record]:
         return _append(self.conn, events)
@@ -263,19 +267,36 @@ class PostgresTx:
     def begin_inflight(
         self, correlation_id: str, request_id: str | None, started_at: str, fields: Mapping[str, Any]
     ) -> None:
-        self.conn.execute(
-            "INSERT INTO inflight (correlation_id, request_id, started_at, fields) VALUES (%s, %s, %s, %s)",
-            (correlation_id, request_id, started_at, canonical_json(dict(fields)).decode("utf-8")),
-        )
+        text = canonical_json(dict(fields)).decode("utf-8")
+        if self.replica is None:
+            self.conn.execute(
+                "INSERT INTO inflight (correlation_id, request_id, started_at, fields) "
+                "VALUES (%s, %s, %s, %s)",
+                (correlation_id, request_id, started_at, text),
+            )
+            return
+        # Only under a live lease: a replica another one may already take for dead sends nothing.
+        added = self.conn.execute(
+            "INSERT INTO inflight (correlation_id, request_id, started_at, fields, replica_id) "
+            "SELECT %s, %s, %s, %s, id FROM replicas "
+            "WHERE id = %s AND taken_over_at IS NULL AND lease_until > clock_timestamp()",
+            (correlation_id, request_id, started_at, text, self.replica),
+        ).rowcount
+        if added != 1:
+            raise EvidenceWriteError(
+                f"this gate's lease on the database (replica {self.replica}) has lapsed; "
+                "it sends no call until the lease is renewed"
+            )
 
     def end_inflight(self, correlation_id: str) -> None:
         self.conn.execute("DELETE FROM inflight WHERE correlation_id = %s", (correlation_id,))
 
     def inflight(self) -> list[Inflight]:
         rows = self.conn.execute(
-            "SELECT correlation_id, request_id, started_at, fields FROM inflight ORDER BY started_at"
+            "SELECT correlation_id, request_id, started_at, fields, replica_id FROM inflight "
+            "ORDER BY started_at"
         ).fetchall()
-        return [Inflight(c, r, s, json.loads(f)) for c, r, s, f in rows]
+        return [Inflight(c, r, s, json.loads(f), replica) for c, r, s, f, replica in rows]
 
     # elicitation request_state nonces
 
