@@ -172,14 +172,14 @@ def _arm_api() -> None:
     original = health.serve_admin
 
     async def serve_admin(
-        probes: Any, host: str, port: int, *, task_status: Any = anyio.TASK_STATUS_IGNORED
+        probes: Any, host: str, port: int, *, task_status: Any = anyio.TASK_STATUS_IGNORED, **options: Any
     ) -> None:
         class Status:
             def started(self, value: Any = None) -> None:
                 note("admin_port", value)
                 task_status.started(value)
 
-        await original(probes, host, port, task_status=Status())
+        await original(probes, host, port, task_status=Status(), **options)
 
     health.serve_admin = serve_admin
 
