@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcp_gate.channels.teams_activity import parse_activity, parse_body
-from mcp_gate.channels.teams_cards import render_card
+from mcp_gate.channels.teams_cards import breakglass_card, card_answer, render_card
 from mcp_gate.fake_teams import FakeTeams
 
 RID = "K7Q2M9XA"
@@ -136,3 +136,35 @@ def test_the_console_link_is_an_open_url_action_beside_the_buttons() -> None:
         "title": "Open in console",
         "url": "https://gate.example.com/console",
     }
+
+
+def test_every_card_the_gate_renders_is_one_teams_own_card_model_reads_back_unchanged() -> None:
+    from microsoft_teams.cards import AdaptiveCard
+
+    vote = {
+        "approver": "bob",
+        "verdict": "deny",
+        "channel": "teams",
+        "at": "2026-11-24T12:01:00Z",
+        "note": "no",
+    }
+    notice = {"operator": "carol", "request_id": RID, "server": "notes", "tool": "write_note", "tier": "high"}
+    for card in [
+        render_card(
+            view(), gate="gate", grant_allowed=True, refresh_users=["b0b"], console_url="https://g/c"
+        ),
+        render_card(view("denied", votes=[vote]), gate="gate"),
+        breakglass_card({**notice, "reason": HOSTILE, "notify": ["bob"]}, gate="gate"),
+    ]:
+        read = AdaptiveCard.model_validate(card)
+        assert read.model_dump(mode="json", exclude_none=True) == card
+        assert card["$schema"] == "http://adaptivecards.io/schemas/adaptive-card.json"
+    answer = card_answer(card)
+    assert answer == {"statusCode": 200, "type": "application/vnd.microsoft.card.adaptive", "value": card}
+
+
+def test_an_invoke_teams_own_model_would_not_read_is_malformed() -> None:
+    activity = click()
+    del activity["recipient"]  # Teams always names the bot an activity is for
+    assert parse_activity(activity) == "the card action is malformed"
+    assert parse_activity(click(serviceUrl=None)) == "the card action is malformed"

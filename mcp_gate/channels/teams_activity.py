@@ -1,4 +1,5 @@
-"""Bot Framework activities from Teams (Action.Execute invokes) parsed strictly into TeamsClick values."""
+"""Bot Framework activities from Teams (Action.Execute invokes), read with Teams' own model of the
+invoke and then bounded strictly, into TeamsClick values."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mcp_gate.approvals import ID_ALPHABET, ID_LENGTH
 from mcp_gate.channels.slack_clicks import MAX_REASON
+from mcp_gate.channels.teams_api import InvokeMalformed, read_invoke
 from mcp_gate.channels.teams_cards import VERB_APPROVE, VERB_APPROVE_FOR, VERB_DENY, VERB_REFRESH
 
 __all__ = ["INVOKE_NAME", "TeamsClick", "parse_activity", "parse_body"]
@@ -24,29 +26,6 @@ TeamsId = Annotated[str, Field(min_length=1, max_length=MAX_ID)]
 Verb = Literal["approve", "deny", "approve_for", "refresh"]
 
 
-class _Loose(BaseModel):
-    # Teams adds fields to activities freely: keep what the gate reads, ignore the rest.
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-class _From(_Loose):
-    id: TeamsId
-    aadObjectId: TeamsId | None = None  # noqa: N815 (the wire's spelling)
-
-
-class _Conversation(_Loose):
-    id: TeamsId
-    tenantId: TeamsId | None = None  # noqa: N815
-
-
-class _Tenant(_Loose):
-    id: TeamsId
-
-
-class _ChannelData(_Loose):
-    tenant: _Tenant | None = None
-
-
 class _Data(BaseModel):
     # What rides in an action's data: the request id the card put there and the card's one input.
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -54,28 +33,20 @@ class _Data(BaseModel):
     reason: Annotated[str, Field(max_length=4 * MAX_REASON)] | None = None
 
 
-class _Action(_Loose):
-    type: Literal["Action.Execute"]
+class _Fields(BaseModel):
+    # Bounds on the fields the gate reads, over what Teams' own model of the invoke accepts.
+    model_config = ConfigDict(frozen=True)
+    id: TeamsId
+    channel_id: Literal["msteams"]
+    service_url: Annotated[str, Field(max_length=2048)]
+    user_id: TeamsId
+    aad_object_id: TeamsId | None
+    conversation: TeamsId
+    tenants: tuple[TeamsId, ...]
+    reply_to: TeamsId | None
+    action_type: Literal["Action.Execute"]
     verb: Annotated[str, Field(max_length=64)]
     data: _Data
-
-
-class _Value(_Loose):
-    action: _Action
-    trigger: Literal["manual", "automatic"] | None = None
-
-
-class _Invoke(_Loose):
-    type: Literal["invoke"]
-    name: Literal["adaptiveCard/action"]
-    id: TeamsId
-    channelId: Literal["msteams"]  # noqa: N815
-    serviceUrl: Annotated[str, Field(max_length=2048)]  # noqa: N815
-    from_: _From = Field(alias="from")
-    conversation: _Conversation
-    channelData: _ChannelData | None = None  # noqa: N815
-    replyToId: TeamsId | None = None  # noqa: N815
-    value: _Value
 
 
 @dataclass(frozen=True)
@@ -124,36 +95,52 @@ def parse_activity(activity: Mapping[str, Any]) -> TeamsClick | str | None:
     if activity.get("type") != "invoke" or activity.get("name") != INVOKE_NAME:
         return None
     try:
-        invoke = _Invoke.model_validate(activity)
-    except ValidationError:
+        invoke = read_invoke(activity)
+        channel = invoke.channel_data
+        action = invoke.value.action
+        found = _Fields.model_validate(
+            {
+                "id": invoke.id,
+                "channel_id": invoke.channel_id,
+                "service_url": invoke.service_url,
+                "user_id": invoke.from_.id,
+                "aad_object_id": invoke.from_.aad_object_id,
+                "conversation": invoke.conversation.id,
+                "tenants": tuple(
+                    t
+                    for t in (
+                        invoke.conversation.tenant_id,
+                        channel.tenant.id if channel is not None and channel.tenant is not None else None,
+                    )
+                    if t
+                ),
+                "reply_to": invoke.reply_to_id,
+                "action_type": action.type,
+                "verb": action.verb or "",
+                "data": action.data,
+            }
+        )
+    except (InvokeMalformed, ValidationError):
         return "the card action is malformed"
-    action = invoke.value.action
-    verb = _VERBS.get(action.verb)
+    verb = _VERBS.get(found.verb)
     if verb is None:
         return "the card action is not one this gate knows"
-    request_id = action.data.request_id.strip().upper()
+    request_id = found.data.request_id.strip().upper()
     if not _REQUEST_ID.fullmatch(request_id):
         return "the card action names no approval request"
-    reason = action.data.reason.strip() if action.data.reason else None
+    reason = found.data.reason.strip() if found.data.reason else None
     if reason is not None and len(reason) > MAX_REASON:
         return f"keep the reason under {MAX_REASON} characters"
-    aad = invoke.from_.aadObjectId
-    tenants = {
-        t
-        for t in (
-            invoke.conversation.tenantId,
-            invoke.channelData.tenant.id if invoke.channelData and invoke.channelData.tenant else None,
-        )
-        if t
-    }
+    aad = found.aad_object_id
+    tenants = set(found.tenants)
     return TeamsClick(
         verb=verb,
         request_id=request_id,
-        activity_id=invoke.id,
-        user_id=invoke.from_.id,
+        activity_id=found.id,
+        user_id=found.user_id,
         aad_object_id=aad.lower() if aad and _GUID.fullmatch(aad) else None,
         tenant_id=next(iter(tenants)).lower() if len(tenants) == 1 else None,
-        conversation=invoke.conversation.id,
-        reply_to=invoke.replyToId,
+        conversation=found.conversation,
+        reply_to=found.reply_to,
         reason=reason or None,
     )

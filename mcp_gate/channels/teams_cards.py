@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from mcp_gate.channels.slack_blocks import GRANT_FOR, escalation_line, scrub_secrets, untrusted
+from mcp_gate.channels.teams_api import (
+    CARD_TYPE,
+    Action,
+    Element,
+    action_execute,
+    action_open_url,
+    adaptive_card,
+    card_response,
+    column_set,
+    container,
+    message_response,
+    text_block,
+    text_input,
+    text_run,
+)
 
 __all__ = [
     "breakglass_card",
@@ -22,7 +37,6 @@ __all__ = [
     "render_card",
 ]
 
-CARD_TYPE = "application/vnd.microsoft.card.adaptive"
 VERB_APPROVE = "approve"
 VERB_DENY = "deny"
 VERB_APPROVE_FOR = "approve_for"
@@ -36,28 +50,18 @@ def _hhmm(iso: str) -> str:
 
 
 def _literal(
-    text: str, *, weight: str | None = None, mono: bool = False, limit: int = 1000
-) -> dict[str, Any]:
+    text: str, *, weight: Literal["Bolder"] | None = None, mono: bool = False, limit: int = 1000
+) -> Element:
     """Untrusted text as a RichTextBlock of one TextRun: a TextRun takes no Markdown, so agent or
     server text can never become a link, a mention (<at> needs an entity the gate never adds) or an
     action; invisible controls are shown as `?`."""
-    run: dict[str, Any] = {"type": "TextRun", "text": untrusted(text, limit) or " "}
-    if weight:
-        run["weight"] = weight
-    if mono:
-        run["fontType"] = "Monospace"
-    return {"type": "RichTextBlock", "inlines": [run]}
+    return text_run(untrusted(text, limit) or " ", weight=weight, mono=mono)
 
 
-def _fact(title: str, value: str) -> dict[str, Any]:
+def _fact(title: str, value: str) -> Element:
     # FactSet values render Markdown: everything written by an agent or server goes in TextRuns.
-    return {
-        "type": "ColumnSet",
-        "columns": [
-            {"type": "Column", "width": "90px", "items": [_literal(title, weight="Bolder")]},
-            {"type": "Column", "width": "stretch", "items": [_literal(value, limit=300)]},
-        ],
-    }
+    title_column = ("90px", [_literal(title, weight="Bolder")])
+    return column_set([title_column, ("stretch", [_literal(value, limit=300)])])
 
 
 def status_line(view: Mapping[str, Any]) -> str:
@@ -111,14 +115,8 @@ def render_card(
     requester = view["requester"]
     groups = ", ".join(view["groups"]) or "any approver"
     needs = f"{view['required']} approval{'s' if view['required'] != 1 else ''} from {groups}"
-    body: list[dict[str, Any]] = [
-        {
-            "type": "TextBlock",
-            "text": "Approval needed",
-            "weight": "Bolder",
-            "size": "Medium",
-            "wrap": True,
-        },
+    body: list[Element] = [
+        text_block("Approval needed", weight="Bolder", size="Medium"),
         _literal(view["name"], weight="Bolder", limit=140),
         _fact("Gate", gate),
         _fact("Requester", f"{requester['agent']} for {requester['owner']}"),
@@ -138,43 +136,24 @@ def render_card(
     if tool_description:
         body += [_literal("Tool description (written by the server, unverified)", weight="Bolder")]
         body.append(_literal(tool_description))
-    body.append(
-        {"type": "Container", "id": f"status-{rid}", "items": [_literal(status_line(view), weight="Bolder")]}
-    )
+    body.append(container(f"status-{rid}", [_literal(status_line(view), weight="Bolder")]))
     body += [_literal(escalation_line(step)) for step in view.get("escalations") or []]
-    card: dict[str, Any] = {
-        "type": "AdaptiveCard",
-        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
-        "version": "1.5",
-        "body": body,
-    }
     pending = view["state"] == "pending"
+    data = {"request_id": rid}
+    actions: list[Action] = []
     if pending and buttons:
-        body.append(
-            {
-                "type": "Input.Text",
-                "id": "reason",
-                "label": "Reason (needed to deny; the agent is told it)",
-                "isMultiline": True,
-                "maxLength": 2000,
-            }
-        )
-        actions = [_execute("Approve", VERB_APPROVE, rid, style="positive")]
-        actions.append(_execute("Deny", VERB_DENY, rid, style="destructive"))
+        label = "Reason (needed to deny; the agent is told it)"
+        body.append(text_input("reason", label=label, max_length=2000))
+        actions.append(action_execute("Approve", VERB_APPROVE, data, style="positive"))
+        actions.append(action_execute("Deny", VERB_DENY, data, style="destructive"))
         if grant_allowed:
             minutes = int(GRANT_FOR.total_seconds() // 60)
-            actions.append(_execute(f"Approve for {minutes} min", VERB_APPROVE_FOR, rid))
-        card["actions"] = actions
+            actions.append(action_execute(f"Approve for {minutes} min", VERB_APPROVE_FOR, data))
     if console_url:
-        card.setdefault("actions", []).append(
-            {"type": "Action.OpenUrl", "title": "Open in console", "url": console_url}
-        )
-    if pending and refresh_users:
-        card["refresh"] = {
-            "action": {"type": "Action.Execute", "verb": VERB_REFRESH, "data": {"request_id": rid}},
-            "userIds": list(refresh_users)[:60],  # Teams refreshes automatically for at most 60 users
-        }
-    return card
+        actions.append(action_open_url("Open in console", console_url))
+    # Teams refreshes automatically for at most 60 users.
+    refresh = (VERB_REFRESH, data, list(refresh_users)[:60]) if pending and refresh_users else None
+    return adaptive_card(body, actions=actions, refresh=refresh)
 
 
 def breakglass_card(body: Mapping[str, Any], *, gate: str) -> dict[str, Any]:
@@ -185,30 +164,14 @@ def breakglass_card(body: Mapping[str, Any], *, gate: str) -> dict[str, Any]:
         f"{body.get('operator')} released request {body.get('request_id')}, {what}, "
         f"on gate {gate} without its approvals."
     )
-    title = {"type": "TextBlock", "text": "Break-glass", "weight": "Bolder", "size": "Medium"}
-    return {
-        "type": "AdaptiveCard",
-        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
-        "version": "1.5",
-        "body": [
-            {**title, "color": "Attention"},
+    return adaptive_card(
+        [
+            text_run("Break-glass", weight="Bolder", color="Attention"),
             _literal(released),
             _fact("Reason", str(body.get("reason"))),
             _fact("Approvers of this tier", ", ".join(str(n) for n in body.get("notify") or []) or "none"),
-        ],
-    }
-
-
-def _execute(title: str, verb: str, request_id: str, *, style: str | None = None) -> dict[str, Any]:
-    action: dict[str, Any] = {
-        "type": "Action.Execute",
-        "title": title,
-        "verb": verb,
-        "data": {"request_id": request_id},
-    }
-    if style is not None:
-        action["style"] = style
-    return action
+        ]
+    )
 
 
 def card_attachment(card: Mapping[str, Any]) -> dict[str, Any]:
@@ -217,19 +180,16 @@ def card_attachment(card: Mapping[str, Any]) -> dict[str, Any]:
 
 def card_answer(card: Mapping[str, Any]) -> dict[str, Any]:
     """The invoke response that replaces the clicked card with `card`."""
-    return {"statusCode": 200, "type": CARD_TYPE, "value": dict(card)}
+    return card_response(card)
 
 
 def message_answer(text: str) -> dict[str, Any]:
     """The invoke response that shows the clicker a short message (and leaves the card as it is)."""
-    return {
-        "statusCode": 200,
-        "type": "application/vnd.microsoft.activity.message",
-        "value": untrusted(text, 500),
-    }
+    return message_response(untrusted(text, 500))
 
 
 def error_answer(status: int, message: str) -> dict[str, Any]:
+    # Not the SDK's model: its HttpError requires an inner HTTP error that a refused invoke has not.
     return {
         "statusCode": status,
         "type": "application/vnd.microsoft.error",
