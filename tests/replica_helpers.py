@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,9 +85,16 @@ reason = "a deployment changes production"
 """
 
 
-def replica_config(directory: Path, url: str, *, lease_seconds: float = 2, tail: str = "") -> Path:
+def replica_config(
+    directory: Path,
+    url: str,
+    *,
+    lease_seconds: float = 2,
+    tail: str = "",
+    bob: Mapping[str, Any] | None = None,
+) -> Path:
     """gate.toml for every replica: the database, an HTTP agent, the approver bob (Slack user
-    U0BOB), the counter; `tail` adds sections (a [slack] table)."""
+    U0BOB, and `bob`'s keys), the counter; `tail` adds sections (a [slack] table)."""
     directory.mkdir(parents=True, exist_ok=True)
     script = directory / "counter_server.py"
     script.write_text(COUNTER_SERVER)
@@ -103,7 +110,11 @@ def replica_config(directory: Path, url: str, *, lease_seconds: float = 2, tail:
         },
         manifests={"ops": MANIFEST},
         approvers={
-            "bob": {**approver_table("bob@example.com", ["sre"], APPROVER_TOKEN), "slack_user": "U0BOB"}
+            "bob": {
+                **approver_table("bob@example.com", ["sre"], APPROVER_TOKEN),
+                "slack_user": "U0BOB",
+                **(bob or {}),
+            }
         },
         tiers={"high": {"approvals": 1, "groups": ["sre"]}},
         approvals={"hold_seconds": 60, "progress_seconds": 1},

@@ -170,3 +170,77 @@ async def test_two_replicas_post_one_slack_message_per_request_and_a_click_both_
     ]
     assert updates and len(updates) == len(set(updates)), updates
     await audit_verifies(config)
+
+
+# Two gate processes with a downstream each, each with its own Teams messaging endpoint.
+@pytest.mark.timeout(180)
+async def test_two_replicas_post_one_teams_card_per_request_and_a_click_replayed_at_the_other_decides_once(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    import re
+
+    import httpx2
+
+    from mcp_gate.fake_teams import FakeTeams
+    from tests.teams_helpers import BOB, card_text, env, teams_table
+
+    fake = FakeTeams()
+
+    def endpoint(rep: Any) -> str:
+        found = re.search(r"messaging endpoint on (\S+)\)", rep.log())
+        assert found, rep.log()
+        return found.group(1)
+
+    async def send(url: str, activity: dict[str, Any]) -> dict[str, Any]:
+        headers = {"authorization": f"Bearer {fake.token()}"}
+        async with httpx2.AsyncClient(timeout=20) as http:
+            response = await http.post(url, json=activity, headers=headers)
+        assert response.status_code == 200, response.text
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    with fake.running():
+        config = replica_config(tmp_path, postgres_url, tail=teams_table(fake), bob={"teams_user": BOB})
+        async with (
+            replica(config, "a", **env(fake)) as a,
+            replica(config, "b", **env(fake)) as b,
+            agent(a) as client,
+            anyio.create_task_group() as tg,
+        ):
+            box: list[Any] = []
+            done = anyio.Event()
+
+            async def call() -> None:
+                box.append(await client.call_tool("ops__deploy", {"name": "api", "seconds": 0}))
+                done.set()
+
+            tg.start_soon(call)
+            [request] = await eventually(lambda: pending(a), what="the held call")
+            await fake.wait_for(lambda: fake.card_for(request["id"]), timeout=30)
+            # Both outboxes look at the request many times meanwhile (they poll every second).
+            await anyio.sleep(3)
+            assert len(fake.calls_to("POST", ok_only=False)) == 1
+            click = fake.invoke(BOB, "approve", {"request_id": request["id"]}, activity_id="f:once")
+            answered = await send(endpoint(b), click)
+            assert answered["type"] == "application/vnd.microsoft.card.adaptive", answered
+            # The Bot Connector retries an invoke it saw no answer to; this one reaches replica a.
+            replayed = await send(endpoint(a), click)
+            assert "already received" in json.dumps(replayed), replayed
+            await done.wait()
+
+            def ran() -> bool | None:
+                found = fake.card_for(request["id"])
+                return (found is not None and "the call ran" in card_text(found[2])) or None
+
+            await fake.wait_for(ran, timeout=30)
+            await anyio.sleep(3)  # both outboxes look again meanwhile
+    assert text_of(box[0]) == "deployed api"
+    kinds = [r["event_type"] for r in await records(postgres_url)]
+    assert kinds.count("approval.decided") == 1 and kinds.count("call.executed") == 1
+    assert executions(config) == ["api"] and kinds.count("teams.posted") == 1
+    assert len(fake.calls_to("POST", ok_only=False)) == 1
+    # Each change of the card (approved, then executed) applied by one replica, once.
+    updates = [json.dumps(c.body, sort_keys=True) for c in fake.calls_to("PUT", ok_only=False)]
+    assert updates and len(updates) == len(set(updates)), updates
+    assert kinds.count("teams.updated") == 1
+    await audit_verifies(config)

@@ -31,7 +31,7 @@ from mcp_gate.events import OPEN_STATES, TERMINAL_STATES, EventType
 from mcp_gate.gateway import Gateway
 from mcp_gate.storage.base import SlackMessage, Tx
 
-__all__ = ["LEASE", "SlackOutbox", "safely"]
+__all__ = ["LEASE", "UPDATE_LEASE", "SlackOutbox", "safely"]
 
 log = logging.getLogger("mcp_gate.slack")
 

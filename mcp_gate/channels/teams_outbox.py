@@ -15,7 +15,7 @@ import anyio
 from mcp_gate.approvals import ApprovalRequest, grant_refusal
 from mcp_gate.channels.api import Desk
 from mcp_gate.channels.slack_blocks import GRANT_FOR
-from mcp_gate.channels.slack_outbox import LEASE, safely
+from mcp_gate.channels.slack_outbox import LEASE, UPDATE_LEASE, safely
 from mcp_gate.channels.teams_cards import breakglass_card, render_card
 from mcp_gate.channels.teams_connector import Connector
 from mcp_gate.clock import utc_iso
@@ -157,7 +157,19 @@ class TeamsOutbox:
                 return False
             return await self._post(request, message, now)
         key = render_key(request, len(await escalation_steps(self.gate.engine, request)))
-        if key == message.rendered_sha256 or not _due(message, now):
+        if key == message.rendered_sha256 or not _due(message, now) or _leased(message, now):
+            return False
+        now = self.wall()
+
+        def claim(tx: Tx) -> bool:
+            # Under a lease, as a post is: of several gates sharing the store, one applies the update.
+            current = tx.teams_message(message.request_id)
+            if current is None or current.rendered_sha256 == key or _leased(current, now):
+                return False
+            tx.save_teams_message(replace(current, lease_until=utc_iso(now + UPDATE_LEASE)))
+            return True
+
+        if not await self.gate.store.transact(claim):
             return False
         card = await self.render(request)
         try:
@@ -174,6 +186,7 @@ class TeamsOutbox:
                     rendered_sha256=key,
                     attempts=0,
                     next_attempt_at=None,
+                    lease_until=None,
                     last_error=None,
                     done=final,
                 )
