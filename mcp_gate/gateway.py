@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, assert_never
 
@@ -125,6 +126,7 @@ class Gateway:
         self.offering = Offering(config, manifests, store, downstreams, self.events)
         self.asking = Asking(config, store, clock, self.engine, self.event)
         self._args_key = args_key
+        self.holder = uuid.uuid4().hex  # this gate's name on the leases it takes in the store
 
     def args_key(self) -> bytes:
         """The deployment's key for `args_sha256` (`data_dir/args.key`)."""
@@ -137,6 +139,13 @@ class Gateway:
 
     async def record(self, event_type: EventType, correlation_id: str | None, **fields: Any) -> None:
         await self.store.append([self.event(event_type, correlation_id, **fields)])
+
+    async def claim(self, key: str, seconds: float) -> bool:
+        """Take, or renew, the lease `key` for this gate for `seconds` of wall time. Of several gates
+        sharing the store, the one this returns True to does that piece of work (a mail, a notice)."""
+        now = datetime.now(UTC)
+        start, end = utc_iso(now), utc_iso(now + timedelta(seconds=seconds))
+        return await self.store.transact(lambda tx: tx.claim(key, self.holder, start, end))
 
     # -- calls ----------------------------------------------------------------------------
 

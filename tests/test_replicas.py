@@ -4,6 +4,7 @@ SIGKILL mid-call or mid-hold, its lease lapsing, another replica taking over wha
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,10 @@ async def replica_ids(url: str) -> dict[int, str]:
 
 
 async def audit_verifies(config: Path) -> None:
-    done = await anyio.run_process(
-        [sys.executable, "-m", "mcp_gate", "audit", "verify", "--json", "--config", str(config)], check=False
-    )
+    command = [sys.executable, "-m", "mcp_gate", "audit", "verify", "--json", "--config", str(config)]
+    # In a worker thread: after aiosmtpd has served on this loop, asyncio's own wait for a child
+    # process was seen never to return (Python 3.11), though the child had exited.
+    done = await anyio.to_thread.run_sync(lambda: subprocess.run(command, capture_output=True, timeout=60))
     assert done.returncode == 0, done.stderr.decode()
     assert json.loads(done.stdout)["ok"] is True
 
@@ -243,4 +245,59 @@ async def test_two_replicas_post_one_teams_card_per_request_and_a_click_replayed
     updates = [json.dumps(c.body, sort_keys=True) for c in fake.calls_to("PUT", ok_only=False)]
     assert updates and len(updates) == len(set(updates)), updates
     assert kinds.count("teams.updated") == 1
+    await audit_verifies(config)
+
+
+# Two gate processes with a downstream each, a real SMTP server and a webhook receiver.
+@pytest.mark.timeout(180)
+async def test_two_replicas_mail_each_approver_once_and_deliver_each_webhook_event_once(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    from tests.email_helpers import smtp_server
+    from tests.test_webhook import SECRET, Receiver, receiver_at
+
+    receiver = Receiver()
+    (tmp_path / "hook.secret").write_text(SECRET)
+    async with smtp_server() as inbox, anyio.create_task_group() as hooks:
+        hook = await receiver_at(hooks, receiver)
+        tail = (
+            '[console]\npublic_url = "https://gate.example.com/console"\n'
+            f'[email]\nsmtp_host = "127.0.0.1"\nsmtp_port = {inbox.port}\nstarttls = false\n'
+            'from = "gate@example.com"\nnotify = ["audit@example.com"]\n'
+            f'[webhook]\nurl = "{hook}"\nsecret_file = {json.dumps(str(tmp_path / "hook.secret"))}\n'
+        )
+        config = replica_config(tmp_path, postgres_url, tail=tail)
+        async with (
+            replica(config, "a") as a,
+            replica(config, "b") as b,
+            agent(a) as client,
+            anyio.create_task_group() as tg,
+        ):
+            box: list[Any] = []
+            done = anyio.Event()
+
+            async def call() -> None:
+                box.append(await client.call_tool("ops__deploy", {"name": "api", "seconds": 0}))
+                done.set()
+
+            tg.start_soon(call)
+            [request] = await eventually(lambda: pending(a), what="the held call")
+            await eventually(lambda: [m for m in inbox.mails if m["To"] == "bob@example.com"], what="a mail")
+            await anyio.sleep(3)  # both mailers look at the request meanwhile
+            await api(b, "POST", f"/requests/{request['id']}/approve", {"note": "ok"})
+            await done.wait()
+
+            def delivered() -> bool | None:
+                kinds = {p["type"] for p in receiver.payloads if p["request_id"] == request["id"]}
+                return {"approval.requested", "approval.decided", "call.executed"} <= kinds or None
+
+            await eventually(delivered, what="the request's events at the webhook", timeout=30)
+            await anyio.sleep(3)  # both webhooks look again meanwhile
+        hooks.cancel_scope.cancel()
+    assert text_of(box[0]) == "deployed api" and executions(config) == ["api"]
+    assert inbox.to("bob@example.com") and inbox.to("audit@example.com") and len(inbox.mails) == 2
+    kinds = [r["event_type"] for r in await records(postgres_url)]
+    assert kinds.count("email.sent") == 1
+    ids = [p["event_id"] for p in receiver.payloads]
+    assert ids and len(ids) == len(set(ids)), ids
     await audit_verifies(config)

@@ -588,6 +588,40 @@ async def test_a_slack_delivery_is_seen_once_until_it_is_forgotten(store: Store)
     assert await store.transact(lambda tx: tx.slack_first_sight("sig", t[6], t[5])) is True
 
 
+async def test_a_lease_is_held_by_one_holder_until_it_runs_out_and_its_holder_renews_it(store: Store) -> None:
+    t = [utc_iso(START + timedelta(seconds=n)) for n in range(100)]
+
+    def claim(key: str, holder: str, now: int, until: int) -> Callable[[Tx], bool]:
+        return lambda tx: tx.claim(key, holder, t[now], t[until])
+
+    assert await store.transact(claim("mail:R1", "a", 0, 30)) is True
+    assert await store.transact(claim("mail:R1", "b", 1, 31)) is False  # a's lease runs
+    assert await store.transact(claim("mail:R2", "b", 1, 31)) is True  # another key is free
+    assert await store.transact(claim("mail:R1", "a", 20, 50)) is True  # a renews
+    assert await store.transact(claim("mail:R1", "b", 40, 70)) is False  # to t[50] now
+    assert await store.transact(claim("mail:R1", "b", 50, 80)) is True  # a's lease ran out
+    assert await store.transact(claim("mail:R1", "a", 51, 81)) is False
+
+
+async def test_of_many_holders_racing_for_one_lease_exactly_one_wins(backend: Backend) -> None:
+    one, two = await backend.open(), await backend.open()
+    now, until = utc_iso(START), utc_iso(START + timedelta(seconds=30))
+    try:
+        won = []
+
+        async def race(store: Store, holder: str) -> None:
+            if await store.transact(lambda tx: tx.claim("webhook", holder, now, until)):
+                won.append(holder)
+
+        async with anyio.create_task_group() as tg:
+            for n in range(20):
+                tg.start_soon(race, (one, two)[n % 2], f"holder-{n}")
+        assert len(won) == 1, won
+    finally:
+        await one.close()
+        await two.close()
+
+
 async def test_a_sealed_request_state_nonce_is_used_once(backend: Backend) -> None:
     one, two = await backend.open(), await backend.open()
     assert await one.transact(lambda tx: tx.use_nonce("n1", "c1", TS)) is True

@@ -38,6 +38,7 @@ log = logging.getLogger("mcp_gate.email")
 
 SMTP_TIMEOUT = 20.0
 RETRY_SECONDS = 30.0
+LEASE_SECONDS = 120.0  # a gate's lease on one mail: SMTP_TIMEOUT for each of a few steps, and more
 MAX_ARGS_CHARS = 4000
 
 LinkVerdict = Literal["approve", "deny"]
@@ -128,13 +129,18 @@ class EmailChannel:
         for request in await self.gate.engine.pending():
             if request.state != "pending":
                 continue
-            done = await self.gate.store.read(
-                lambda tx, cid=request.correlation_id: tx.bodies_for(cid, ("email.sent",))  # type: ignore[misc]
-            )
-            if any(b.get("request_id") == request.id for b in done):
+            if await self._mailed(request):
+                continue
+            # Of several gates sharing the store, the one holding the lease mails it; it looks
+            # again under the lease, as another may have mailed it meanwhile.
+            if not await self.gate.claim(f"email:{request.id}", LEASE_SECONDS) or await self._mailed(request):
                 continue
             sent += await self._send(request)
         return sent
+
+    async def _mailed(self, request: ApprovalRequest) -> bool:
+        done = await self.gate.store.read(lambda tx: tx.bodies_for(request.correlation_id, ("email.sent",)))
+        return any(b.get("request_id") == request.id for b in done)
 
     async def _send(self, request: ApprovalRequest) -> int:
         # Not routed to an approver who is away (`mcp-gate away`); the request's view says so
@@ -173,13 +179,14 @@ class EmailChannel:
         used = await self.gate.store.records(event_type="breakglass.used", after_seq=self._noticed)
         if not used:
             return 0
-        told = {
-            r.body.get("notice_of")
-            for r in await self.gate.store.records(event_type="email.breakglass_notified")
-        }
         sent = 0
         for record in used:
-            if record.event_id not in told:
+            if record.event_id not in await self._told():
+                if not await self.gate.claim(f"email.breakglass:{record.event_id}", LEASE_SECONDS):
+                    return sent  # another gate is mailing it: look again on the next pass
+                if record.event_id in await self._told():  # mailed meanwhile, by another gate
+                    self._noticed = record.seq
+                    continue
                 body = record.body
                 names = [str(n) for n in body.get("notify") or []]
                 approvers = [self.gate.config.approvers[n] for n in names if n in self.gate.config.approvers]
@@ -214,6 +221,12 @@ class EmailChannel:
                 sent += 1
             self._noticed = record.seq
         return sent
+
+    async def _told(self) -> set[object]:
+        return {
+            r.body.get("notice_of")
+            for r in await self.gate.store.records(event_type="email.breakglass_notified")
+        }
 
     def _deliver(self, messages: list[EmailMessage]) -> None:
         s = self.settings

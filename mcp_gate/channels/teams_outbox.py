@@ -30,6 +30,8 @@ __all__ = ["TeamsOutbox", "render_key"]
 
 log = logging.getLogger("mcp_gate.teams")
 
+NOTICE_LEASE_SECONDS = 60.0  # a gate's lease on posting one break-glass notice
+
 
 def render_key(request: ApprovalRequest, escalations: int = 0) -> str:
     """What a card shows, as a hash: a change in any of it means the card needs an update."""
@@ -121,10 +123,15 @@ class TeamsOutbox:
         used = await store.records(event_type="breakglass.used", after_seq=self._noticed)
         if not used:
             return 0
-        told = {r.body.get("notice_of") for r in await store.records(event_type="teams.breakglass_notified")}
         sent = 0
         for record in used:
-            if record.event_id not in told:
+            if record.event_id not in await self._told():
+                # Of several gates sharing the store, the one holding the lease posts it.
+                if not await self.gate.claim(f"teams.breakglass:{record.event_id}", NOTICE_LEASE_SECONDS):
+                    return sent  # another gate is posting it: look again on the next pass
+                if record.event_id in await self._told():  # posted meanwhile, by another gate
+                    self._noticed = record.seq
+                    continue
                 body = record.body
                 card = breakglass_card(body, gate=self.gate.config.name)
                 try:
@@ -145,6 +152,10 @@ class TeamsOutbox:
                 sent += 1
             self._noticed = record.seq
         return sent
+
+    async def _told(self) -> set[object]:
+        found = await self.gate.store.records(event_type="teams.breakglass_notified")
+        return {r.body.get("notice_of") for r in found}
 
     async def _sync_one(self, request: ApprovalRequest, message: SlackMessage | None, now: datetime) -> bool:
         final = request.state in TERMINAL_STATES

@@ -4,7 +4,9 @@ Each event about a request (docs/webhook.schema.json) is one POST with
 `X-MCP-Gate-Timestamp: <unix seconds>` and `X-MCP-Gate-Signature: v1=<hex>`, the HMAC-SHA256 of
 `<timestamp>.<body>` under the configured secret, so a receiver checks who sent it and how fresh it
 is. A failed POST is retried with backoff; how far delivery got is recorded (`webhook.delivered`),
-so a restarted gate goes on from there rather than from the start.
+so a restarted gate goes on from there rather than from the start. Of several gates sharing a
+store, one delivers at a time, under a lease; a gate that stops mid-batch leaves the events after
+the last record to the next, which may deliver some of them again (receivers dedupe by event_id).
 """
 
 from __future__ import annotations
@@ -84,13 +86,22 @@ class WebhookChannel:
                     await changes.wait()
 
     async def deliver_due(self, http: httpx2.AsyncClient) -> int:
-        """POST every request event after the last delivered one; how many were delivered."""
+        """POST every request event after the last delivered one; how many were delivered.
+
+        Of several gates sharing the store, the one holding the webhook's lease delivers, renewing
+        it before each POST, from where the last `webhook.delivered` (by whichever gate) got to."""
+        if not await self._lease():
+            self.after = None  # another gate delivers; from its record on, if this one takes over
+            return 0
         if self.after is None:
             self.after = await self._start()
         records = await self.gate.store.records(after_seq=self.after, limit=BATCH)
         wanted = [r for r in records if r.event_type in WEBHOOK_EVENTS]
         delivered = 0
-        for record in wanted:
+        for n, record in enumerate(wanted):
+            if n and not await self._lease():
+                self.after = None
+                return delivered
             if await self._post(http, record):
                 delivered += 1
         if records:
@@ -98,6 +109,12 @@ class WebhookChannel:
             if wanted:
                 await self.gate.record("webhook.delivered", None, upto_seq=self.after, delivered=delivered)
         return delivered
+
+    async def _lease(self) -> bool:
+        # Long enough for one event's every attempt, so a lease never lapses under a POST.
+        settings = self.settings
+        seconds = settings.attempts * POST_TIMEOUT + settings.backoff * 2**settings.attempts + 30
+        return await self.gate.claim("webhook", seconds)
 
     async def payload(self, record: Record) -> dict[str, Any]:
         body = record.body

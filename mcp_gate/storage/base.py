@@ -307,6 +307,13 @@ class Tx(Protocol):
         """Remember `key` (a delivery's signature or envelope id); False if it was seen already."""
         ...
 
+    # leases on work that one gate of several sharing the store does (a mail, a notice, a webhook)
+
+    def claim(self, key: str, holder: str, now: str, until: str) -> bool:
+        """Take the lease `key` for `holder` until `until`, or renew it; False while another
+        holder's lease runs (its end is after `now`). Leases that ran out are forgotten."""
+        ...
+
 
 class LogReader(Protocol):
     """Streaming reads of evidence rows and checkpoint notes over one consistent read-only snapshot

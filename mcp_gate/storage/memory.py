@@ -62,6 +62,7 @@ class _Tables:
     slack_messages: dict[str, SlackMessage] = field(default_factory=dict)  # in rowid order
     slack_seen: dict[str, str] = field(default_factory=dict)
     teams_messages: dict[str, SlackMessage] = field(default_factory=dict)  # in rowid order
+    claims: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (holder, until)
     checkpoints: list[tuple[int, str, str, str]] = field(default_factory=list)  # size, kind, at, note
     rowid: int = 0
 
@@ -77,6 +78,7 @@ class _Tables:
             slack_messages=dict(self.slack_messages),
             slack_seen=dict(self.slack_seen),
             teams_messages=dict(self.teams_messages),
+            claims=dict(self.claims),
             checkpoints=list(self.checkpoints),
         )
 
@@ -355,6 +357,13 @@ class MemoryTx:
         if key in seen:
             return False
         seen[key] = now
+        return True
+
+    def claim(self, key: str, holder: str, now: str, until: str) -> bool:
+        claims = self._t.claims = {k: (h, end) for k, (h, end) in self._t.claims.items() if end > now}
+        if claims.get(key, (holder,))[0] != holder:
+            return False
+        claims[key] = (holder, until)
         return True
 
 

@@ -196,7 +196,18 @@ ALTER TABLE inflight ADD COLUMN replica_id TEXT;
 CREATE INDEX inflight_by_replica ON inflight (replica_id)
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+# Leases on pieces of work that one replica of several does: a mail, a notice, the webhook's
+# delivery. A lease that ran out is as good as none.
+_V4 = """
+CREATE TABLE claims (
+    key TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    until TEXT NOT NULL
+);
+CREATE INDEX claims_by_until ON claims (until)
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # Taken (transaction-scoped) by whoever creates or migrates the schema, so two replicas starting

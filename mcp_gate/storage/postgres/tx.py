@@ -372,6 +372,15 @@ class PostgresTx:
         )
         return cursor.rowcount == 1
 
+    def claim(self, key: str, holder: str, now: str, until: str) -> bool:
+        self.conn.execute("DELETE FROM claims WHERE until <= %s", (now,))
+        cursor = self.conn.execute(
+            "INSERT INTO claims (key, holder, until) VALUES (%s, %s, %s) ON CONFLICT (key) DO UPDATE "
+            "SET until = EXCLUDED.until WHERE claims.holder = EXCLUDED.holder",
+            (key, holder, until),
+        )
+        return cursor.rowcount == 1
+
 
 def _head(conn: psycopg.Connection) -> tuple[int, str]:
     row = conn.execute("SELECT seq, entry_hash FROM evidence_head WHERE id = 1").fetchone()

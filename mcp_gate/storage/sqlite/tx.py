@@ -329,6 +329,15 @@ class SQLiteTx:
         )
         return cursor.rowcount == 1
 
+    def claim(self, key: str, holder: str, now: str, until: str) -> bool:
+        self.conn.execute("DELETE FROM claims WHERE until <= ?", (now,))
+        cursor = self.conn.execute(
+            "INSERT INTO claims (key, holder, until) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE "
+            "SET until = excluded.until WHERE claims.holder = excluded.holder",
+            (key, holder, until),
+        )
+        return cursor.rowcount == 1
+
 
 def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
     conn.execute("BEGIN IMMEDIATE")
