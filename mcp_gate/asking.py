@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, assert_never
 
 import anyio
 import mcp_types as types
 
-from mcp_gate.approvals import Binding
+from mcp_gate.approvals import ApprovalRequest, Binding
 from mcp_gate.call import CallContext
 from mcp_gate.clock import Clock, utc_iso
 from mcp_gate.config import GateConfig
@@ -119,6 +120,60 @@ class Asking:
         if isinstance(requirement, Approvals) and tier in self.config.elicitation.ask_justification:
             return "justification"
         return None
+
+    # -- a link to follow a held call ---------------------------------------------------------------
+
+    @asynccontextmanager
+    async def following(
+        self, call: CallContext, asker: Asker | None
+    ) -> AsyncIterator[Callable[[ApprovalRequest], None] | None]:
+        """While a call is held, offer the person at the agent its request's console page, view
+        only, by URL-mode elicitation (2025-11-25 clients that declared it, a public console): the
+        `on_held` to give the engine, or None. When the hold ends the client is told the link is
+        done with, and the offer and its answer are recorded (`elicitation.url_offered`)."""
+        console = self.config.console
+        if asker is None or asker.era != "legacy" or not asker.can_open_url or console is None:
+            yield None
+            return
+        offered: dict[str, str] = {}  # request id -> the answer, once given
+        elicitation_id = call.correlation_id
+        async with anyio.create_task_group() as tg:
+
+            async def offer(request: ApprovalRequest, url: str) -> None:
+                message = (
+                    f"{call.name} waits for approval (request {request.id}). You can follow it here; "
+                    "approving it is for someone else."
+                )
+                answer = await asker.offer_url(message, url, elicitation_id)
+                offered[request.id] = answer if isinstance(answer, str) else f"unsupported: {answer.why}"
+
+            def on_held(request: ApprovalRequest) -> None:
+                url = console.request_url(request.id) if console.enabled else None
+                if url is not None:
+                    offered[request.id] = "unanswered"
+                    tg.start_soon(offer, request, url)
+
+            try:
+                yield on_held
+            finally:
+                tg.cancel_scope.cancel()
+        for request_id, answer in offered.items():
+            await asker.url_done(elicitation_id)
+            try:
+                await self.store.append(
+                    [
+                        self.event(
+                            "elicitation.url_offered",
+                            call.correlation_id,
+                            request_id=request_id,
+                            elicitation_id=elicitation_id,
+                            answer=answer[:300],
+                        )
+                    ]
+                )
+            except (EvidenceWriteError, StoreError) as exc:
+                # What the hold decided stands; only this note of the link is lost.
+                log.error("the offer of a link to follow request %s was not recorded: %s", request_id, exc)
 
     # -- the 2026-07-28 retry ----------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ EventType = Literal[
     "call.released",  # a held call released once, by its approvers or a grant
     "call.deferred",  # a held call stopped waiting (its hold ran out, its client left); its request stays
     "elicitation.relayed",  # a downstream's question relayed to the person at the agent, and the answer
+    "elicitation.url_offered",  # a held call's request offered as a link to follow (view only), the answer
     "call.executed",  # the downstream answered: result digest, redacted result, duration
     "call.failed",  # sent, then the connection broke, timed out or was cancelled: the outcome is unknown
     "call.input_required",  # the downstream asked for input first; the agent's retry continues the call

@@ -427,21 +427,23 @@ class Gateway:
             tally = _TALLY.get(_Tally())
             held = time.perf_counter()
             with self.tracing.step("mcp_gate.hold"):
-                outcome = await self.engine.hold(
-                    call.binding,
-                    correlation_id=correlation_id,
-                    tier=decision.tier,
-                    required=requirement.count,
-                    groups=decision.approvers or requirement.groups,
-                    expires_after=requirement.expires_after,
-                    rule=decision.rule,
-                    reason=decision.reason,
-                    args=redact(call.args, rules=self.config.redaction),
-                    progress=progress,
-                    justification=justification,
-                    hold_seconds=call.requester.hold_seconds,
-                    escalation=decision.escalation,
-                )
+                async with self.asking.following(call, asker) as on_held:
+                    outcome = await self.engine.hold(
+                        call.binding,
+                        correlation_id=correlation_id,
+                        tier=decision.tier,
+                        required=requirement.count,
+                        groups=decision.approvers or requirement.groups,
+                        expires_after=requirement.expires_after,
+                        rule=decision.rule,
+                        reason=decision.reason,
+                        args=redact(call.args, rules=self.config.redaction),
+                        progress=progress,
+                        justification=justification,
+                        hold_seconds=call.requester.hold_seconds,
+                        escalation=decision.escalation,
+                        on_held=on_held,
+                    )
             tally.waited += time.perf_counter() - held
             self._decided(outcome, tally)
         except EvidenceWriteError as exc:

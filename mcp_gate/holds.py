@@ -135,9 +135,11 @@ class ApprovalEngine:
         justification: str | None = None,
         hold_seconds: float | None = None,
         escalation: tuple[Escalation, ...] = (),
+        on_held: Callable[[ApprovalRequest], None] | None = None,
     ) -> HoldOutcome:
         """Create or join the request for this exact call and wait for it to be decided: at most
-        `hold_seconds` (the requester's own budget; default `[approvals] hold_seconds`)."""
+        `hold_seconds` (the requester's own budget; default `[approvals] hold_seconds`).
+        `on_held` is told the request once the call waits on it."""
         now = self.clock.now()
         lifetime = timedelta(seconds=expires_after or self.settings.expires_after)
         ev = self._ev
@@ -227,6 +229,8 @@ class ApprovalEngine:
         if not isinstance(admitted, _Joined):
             return admitted
         budget = self.settings.hold_seconds if hold_seconds is None else hold_seconds
+        if on_held is not None:
+            on_held(admitted.request)
         return await self._wait(admitted.request, binding, correlation_id, progress, budget)
 
     async def _wait(

@@ -268,3 +268,16 @@ class Asker(Protocol):
     def responses(self) -> types.InputResponses | None:
         """2026-07-28: every answer the retry carries (for a relayed downstream question)."""
         ...
+
+    @property
+    def can_open_url(self) -> bool:
+        """The client declared URL-mode elicitation (2025-11-25)."""
+        ...
+
+    async def offer_url(self, message: str, url: str, elicitation_id: str) -> str | Unsupported:
+        """2025-11-25: offer a link mid-call; the person's answer (accept, decline or cancel)."""
+        ...
+
+    async def url_done(self, elicitation_id: str) -> None:
+        """2025-11-25: tell the client that what an offered link was about is over."""
+        ...

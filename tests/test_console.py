@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from mcp_gate.channels.api import Desk
 from mcp_gate.config import load_config
 from mcp_gate.errors import ConfigError
+from mcp_gate.testing import eventually
 from tests.console_helpers import Browserless, gate_with_console, make_config, text_of
 
 pytestmark = pytest.mark.anyio
@@ -346,3 +348,77 @@ def test_a_session_ends_after_its_lifetime_and_a_login_gets_a_new_session_id() -
     assert sessions.decode(cookie) is None  # ended
     other = SessionManager(b"x" * 32, 600.0, {"bob": bob}, clock=lambda: 1000.0)
     assert other.decode(cookie) is None  # signed with another key
+
+
+async def test_a_client_that_takes_links_is_offered_the_request_page_while_held_and_told_when_it_is_done(
+    tmp_path: Path,
+) -> None:
+    import mcp_types as types
+    from mcp import Client
+
+    offered: list[types.ElicitRequestURLParams] = []
+    completed: list[str] = []
+
+    async def on_elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        assert isinstance(params, types.ElicitRequestURLParams), params  # never a form: nothing to answer
+        offered.append(params)
+        return types.ElicitResult(action="accept")
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ElicitCompleteNotification):
+            completed.append(message.params.elicitation_id)
+
+    config = make_config(tmp_path, console='public_url = "https://gate.example.com/console"')
+    async with (
+        gate_with_console(config) as gate,
+        Client(
+            gate.front.server, mode="legacy", elicitation_callback=on_elicit, message_handler=on_message
+        ) as agent,
+        anyio.create_task_group() as tg,
+    ):
+        box: list[types.CallToolResult] = []
+        tg.start_soon(lambda: _call(agent, box))
+        engine = gate.front.gateway.engine
+        (request,) = await eventually(engine.pending, what="the held call")
+        await eventually(lambda: offered, what="the link offered to the person at the agent")
+        assert offered[0].url == f"https://gate.example.com/console/requests/{request.id}"
+        assert request.id in offered[0].message and "someone else" in offered[0].message
+        bob = gate.front.gateway.config.approvers["bob"]
+        await Desk(engine, "api").approve(request.id, bob)
+        await eventually(lambda: box, what="the call to return")
+    assert not box[0].is_error, text_of(box[0])
+    assert completed == [offered[0].elicitation_id]
+    (note,) = [r for r in await gate.evidence() if r["event_type"] == "elicitation.url_offered"]
+    assert note["request_id"] == request.id and note["answer"] == "accept"
+    assert note["elicitation_id"] == offered[0].elicitation_id
+
+
+async def test_without_a_public_console_or_in_the_2026_era_no_link_is_offered(tmp_path: Path) -> None:
+    import mcp_types as types
+    from mcp import Client
+
+    from mcp_gate.testing import ScriptedAsker
+
+    asker = ScriptedAsker()  # fails the test on any question at all
+    config = make_config(tmp_path, console='public_url = "https://gate.example.com/console"', hold_seconds=1)
+    async with gate_with_console(config) as gate:
+        async with Client(gate.front.server, mode="auto", elicitation_callback=asker) as agent:
+            result: types.CallToolResult = await agent.call_tool(
+                "notes__write_note", {"name": "a", "text": "x"}
+            )
+        assert result.is_error and "Follow it at https://gate.example.com/console/requests/" in text_of(
+            result
+        )
+    asker.check()
+    plain = make_config(tmp_path / "plain", hold_seconds=1)
+    async with gate_with_console(plain) as gate:
+        async with Client(gate.front.server, mode="legacy", elicitation_callback=asker) as agent:
+            result = await agent.call_tool("notes__write_note", {"name": "a", "text": "x"})
+        assert result.is_error and "Follow it at" not in text_of(result)
+    asker.check()
+    kinds = [r["event_type"] for r in await gate.evidence()]
+    assert "elicitation.url_offered" not in kinds
+
+
+async def _call(agent: Any, box: list[Any]) -> None:
+    box.append(await agent.call_tool("notes__write_note", {"name": "todo", "text": "x"}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,3 +58,27 @@ class ContextAsker:
 
     def responses(self) -> types.InputResponses | None:
         return self._params.input_responses
+
+    @property
+    def can_open_url(self) -> bool:
+        caps = self._ctx.session.client_capabilities
+        return caps is not None and caps.elicitation is not None and caps.elicitation.url is not None
+
+    async def offer_url(self, message: str, url: str, elicitation_id: str) -> str | Unsupported:
+        if self.era != "legacy":
+            return Unsupported("a 2026-07-28 client cannot be asked in the middle of a call")
+        try:
+            result = await self._ctx.session.elicit_url(
+                message, url, elicitation_id, related_request_id=self._ctx.request_id
+            )
+        except MCPError as exc:
+            return Unsupported(f"the client could not show the link ({exc.error.message[:200]})")
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
+            return Unsupported(f"the client went away ({type(exc).__name__})")
+        return result.action
+
+    async def url_done(self, elicitation_id: str) -> None:
+        with contextlib.suppress(MCPError, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            await self._ctx.session.send_elicit_complete(
+                elicitation_id, related_request_id=self._ctx.request_id
+            )
