@@ -160,3 +160,85 @@ async def test_an_approver_who_is_away_is_not_mailed_and_break_glass_mails_every
     # Break-glass is an alarm: every approver of the tier, bob too (away), carol (who broke it) too.
     (told,) = [r for r in records if r["event_type"] == "email.breakglass_notified"]
     assert notices == sorted(f"{n}@example.com" for n in told["to"]) and "bob" in told["to"]
+
+
+def tls_config(tmp_path: Path, port: int, *, ca: bool) -> Path:
+    """[email] for the relay: STARTTLS, a user, its password in a 0600 file, the relay's CA or not."""
+    config = make_config(tmp_path, console=f'public_url = "{PUBLIC}"')
+    secret = tmp_path / "smtp-password"
+    secret.write_text("relay-pass-9f2c\n")
+    secret.chmod(0o600)
+    with config.open("a") as f:
+        f.write(
+            f'\n[email]\nsmtp_host = "127.0.0.1"\nsmtp_port = {port}\nfrom = "gate@example.com"\n'
+            f'username = "gate"\npassword_file = "{secret}"\n'
+            + ('ca_file = "../relay-ca.pem"\n' if ca else "")
+        )
+    return config
+
+
+async def start_mailer(gate: Gate) -> None:
+    config = gate.front.gateway.config
+    assert config.email is not None and config.email.password is not None
+    password = config.email.password.read({}, str(config.path))
+    await gate.tg.start(
+        EmailChannel(gate.front.gateway, config.email, password, runtime.console_key(config)).run
+    )
+
+
+async def test_mail_goes_over_starttls_to_a_relay_whose_certificate_is_verified_and_then_logs_in(
+    tmp_path: Path,
+) -> None:
+    from tests.email_helpers import relay
+
+    server = relay({"gate": "relay-pass-9f2c"}, directory=tmp_path)
+    (tmp_path / "relay-ca.pem").write_text(server.ca_pem)
+    async with smtp_server(server) as inbox:
+        config = tls_config(tmp_path, inbox.port, ca=True)
+        async with gate_with_console(config) as gate:
+            await start_mailer(gate)
+            await gate.hold("notes__write_note", {"name": "todo", "text": "x"})
+            await eventually(lambda: inbox.mails, what="a mail through the relay")
+            records = await gate.evidence()
+    assert server.logins == [("gate", True)]
+    assert inbox.to("bob@example.com") and "relay-pass-9f2c" not in str(records)
+
+
+async def test_a_relay_whose_certificate_does_not_verify_gets_no_password_and_the_failure_is_recorded(
+    tmp_path: Path,
+) -> None:
+    from tests.email_helpers import relay
+
+    server = relay({"gate": "relay-pass-9f2c"}, directory=tmp_path)
+    async with smtp_server(server) as inbox:
+        config = tls_config(tmp_path, inbox.port, ca=False)  # the system's CAs: not the relay's
+        async with gate_with_console(config) as gate:
+            await start_mailer(gate)
+            await gate.hold("notes__write_note", {"name": "todo", "text": "x"})
+
+            async def failed() -> list[dict[str, object]]:
+                return [r for r in await gate.evidence() if r["event_type"] == "email.send_failed"]
+
+            (failure,) = (await eventually(failed, what="the failed send, recorded"))[:1]
+    assert "certificate verify failed" in str(failure["why"])
+    assert server.logins == [] and inbox.mails == []
+
+
+def test_an_smtp_password_is_never_sent_in_clear_off_loopback_and_a_ca_file_must_hold_a_certificate(
+    tmp_path: Path,
+) -> None:
+    config = make_config(tmp_path, console=f'public_url = "{PUBLIC}"')
+    base = config.read_text()
+    for tail, key in [
+        (
+            'smtp_host = "mail.example.com"\nstarttls = false\nusername = "u"\npassword_env = "P"\n',
+            "starttls",
+        ),
+        ('smtp_host = "mail.example.com"\nca_file = "gate.toml"\n', "email.ca_file"),
+        ('smtp_host = "mail.example.com"\nca_file = "missing.pem"\n', "email.ca_file"),
+    ]:
+        config.write_text(base + f'\n[email]\nfrom = "gate@example.com"\n{tail}')
+        with pytest.raises(ConfigError, match=key):
+            load_config(config, {})
+    config.write_text(base + '\n[email]\nfrom = "g@example.com"\nsmtp_host = "127.0.0.1"\nstarttls = false\n')
+    assert load_config(config, {}).email is not None  # loopback, no password: a local relay

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError
 
-from mcp_gate.config.files import Strict, config_error_from
+from mcp_gate.config.files import Strict, config_error_from, decode, read_bytes
 from mcp_gate.config.model import ConsoleSettings, EmailSettings, SlackSecret, WebhookSettings
 from mcp_gate.config.tiers import duration
 from mcp_gate.errors import ConfigError
@@ -73,6 +74,9 @@ def console_settings(
     )
 
 
+MAX_CA_BYTES = 1024 * 1024  # [email] ca_file: a PEM bundle
+
+
 class _EmailSection(Strict):
     smtp_host: str
     smtp_port: int = Field(default=587, ge=1, le=65535)
@@ -83,6 +87,7 @@ class _EmailSection(Strict):
     password_file: str | None = None
     link_expires: str = "15m"
     notify: list[str] = Field(default_factory=list)
+    ca_file: str | None = None  # a PEM bundle to trust for the SMTP server's certificate
 
 
 def email_settings(
@@ -106,6 +111,16 @@ def email_settings(
             raise ConfigError(file, "email.username", "a password needs the username it belongs to")
         where = None if section.password_file is None else base / section.password_file
         password = SlackSecret("password", section.password_env, where, section="email")
+    if password is not None and not section.starttls and not _loopback(section.smtp_host):
+        raise ConfigError(
+            file, "email.starttls", "the SMTP password would cross the network in clear: set starttls = true"
+        )
+    ca = None
+    if section.ca_file is not None:
+        where = base / section.ca_file
+        ca = decode(where, read_bytes(where, "no such file (email.ca_file)", limit=MAX_CA_BYTES))
+        if "-----BEGIN CERTIFICATE-----" not in ca:
+            raise ConfigError(file, "email.ca_file", f"{section.ca_file} holds no PEM certificate")
     seconds = duration(file, "email.link_expires", section.link_expires)
     if not 60 <= seconds <= 24 * 3600:
         raise ConfigError(file, "email.link_expires", "a link lasts between 1m and 24h")
@@ -118,7 +133,15 @@ def email_settings(
         password=password,
         link_seconds=seconds,
         notify=tuple(section.notify),
+        ca_pem=ca,
     )
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class _WebhookSection(Strict):

@@ -117,6 +117,7 @@ class EmailSettings:
     password: SlackSecret | None = None
     link_seconds: float = 15 * 60.0
     notify: tuple[str, ...] = ()  # addresses told of every request, who cannot decide it
+    ca_pem: str | None = None  # certificates to trust for the SMTP server (else the system's)
 
 
 @dataclass(frozen=True)
