@@ -196,6 +196,30 @@ async def agent(rep: Replica, *, mode: str = "legacy") -> AsyncIterator[Client]:
         yield client
 
 
+@dataclass
+class Call:
+    """An agent's call running in the background: its result, once it returns."""
+
+    done: anyio.Event
+    box: list[types.CallToolResult]
+
+    async def result(self) -> types.CallToolResult:
+        await self.done.wait()
+        return self.box[0]
+
+
+def deploy(client: Client, tg: anyio.abc.TaskGroup, name: str = "api") -> Call:
+    """`ops__deploy` called in the background (a high call: it is held)."""
+    call = Call(anyio.Event(), [])
+
+    async def run() -> None:
+        call.box.append(await client.call_tool("ops__deploy", {"name": name, "seconds": 0}))
+        call.done.set()
+
+    tg.start_soon(run)
+    return call
+
+
 async def api(rep: Replica, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     """The approvers' API of one replica, as bob."""
     async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {APPROVER_TOKEN}"}, timeout=30) as http:

@@ -15,7 +15,16 @@ import pytest
 from mcp_gate.storage.postgres import PostgresStore
 from mcp_gate.testing import eventually
 from tests import pg_helpers
-from tests.replica_helpers import agent, api, executions, pending, replica, replica_config, text_of
+from tests.replica_helpers import (
+    agent,
+    api,
+    deploy,
+    executions,
+    pending,
+    replica,
+    replica_config,
+    text_of,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -138,14 +147,7 @@ async def test_two_replicas_post_one_slack_message_per_request_and_a_click_both_
         async with replica(config, "a", **ENV) as a, replica(config, "b", **ENV):
             await fake.wait_for(lambda: fake.connected >= 2)
             async with agent(a) as client, anyio.create_task_group() as tg:
-                box: list[Any] = []
-                done = anyio.Event()
-
-                async def call() -> None:
-                    box.append(await client.call_tool("ops__deploy", {"name": "api", "seconds": 0}))
-                    done.set()
-
-                tg.start_soon(call)
+                call = deploy(client, tg)
                 [request] = await eventually(lambda: pending(a), what="the held call")
                 await fake.wait_for(lambda: fake.message_for(request["id"]))
                 # Both outboxes look at the request many times meanwhile (they poll every second).
@@ -155,12 +157,12 @@ async def test_two_replicas_post_one_slack_message_per_request_and_a_click_both_
                 # Socket Mode hands the click to every connected session: both replicas get it.
                 envelope = fake.send_envelope(fake.block_actions("U0BOB", ACTION_APPROVE, request["id"]))
                 await fake.wait_for(lambda: fake.acked(envelope))
-                await done.wait()
+                result = await call.result()
                 await fake.wait_for(
                     lambda: "the call ran" in json.dumps(fake.message_for(request["id"])) or None
                 )
                 await anyio.sleep(3)  # both outboxes look again meanwhile
-    assert text_of(box[0]) == "deployed api"
+    assert text_of(result) == "deployed api"
     kinds = [r["event_type"] for r in await records(postgres_url)]
     assert kinds.count("approval.decided") == 1 and "approval.refused" not in kinds
     assert kinds.count("call.executed") == 1 and executions(config) == ["api"]
@@ -209,14 +211,7 @@ async def test_two_replicas_post_one_teams_card_per_request_and_a_click_replayed
             agent(a) as client,
             anyio.create_task_group() as tg,
         ):
-            box: list[Any] = []
-            done = anyio.Event()
-
-            async def call() -> None:
-                box.append(await client.call_tool("ops__deploy", {"name": "api", "seconds": 0}))
-                done.set()
-
-            tg.start_soon(call)
+            call = deploy(client, tg)
             [request] = await eventually(lambda: pending(a), what="the held call")
             await fake.wait_for(lambda: fake.card_for(request["id"]), timeout=30)
             # Both outboxes look at the request many times meanwhile (they poll every second).
@@ -228,7 +223,7 @@ async def test_two_replicas_post_one_teams_card_per_request_and_a_click_replayed
             # The Bot Connector retries an invoke it saw no answer to; this one reaches replica a.
             replayed = await send(endpoint(a), click)
             assert "already received" in json.dumps(replayed), replayed
-            await done.wait()
+            result = await call.result()
 
             def ran() -> bool | None:
                 found = fake.card_for(request["id"])
@@ -236,7 +231,7 @@ async def test_two_replicas_post_one_teams_card_per_request_and_a_click_replayed
 
             await fake.wait_for(ran, timeout=30)
             await anyio.sleep(3)  # both outboxes look again meanwhile
-    assert text_of(box[0]) == "deployed api"
+    assert text_of(result) == "deployed api"
     kinds = [r["event_type"] for r in await records(postgres_url)]
     assert kinds.count("approval.decided") == 1 and kinds.count("call.executed") == 1
     assert executions(config) == ["api"] and kinds.count("teams.posted") == 1
@@ -273,19 +268,12 @@ async def test_two_replicas_mail_each_approver_once_and_deliver_each_webhook_eve
             agent(a) as client,
             anyio.create_task_group() as tg,
         ):
-            box: list[Any] = []
-            done = anyio.Event()
-
-            async def call() -> None:
-                box.append(await client.call_tool("ops__deploy", {"name": "api", "seconds": 0}))
-                done.set()
-
-            tg.start_soon(call)
+            call = deploy(client, tg)
             [request] = await eventually(lambda: pending(a), what="the held call")
             await eventually(lambda: [m for m in inbox.mails if m["To"] == "bob@example.com"], what="a mail")
             await anyio.sleep(3)  # both mailers look at the request meanwhile
             await api(b, "POST", f"/requests/{request['id']}/approve", {"note": "ok"})
-            await done.wait()
+            result = await call.result()
 
             def delivered() -> bool | None:
                 kinds = {p["type"] for p in receiver.payloads if p["request_id"] == request["id"]}
@@ -294,7 +282,7 @@ async def test_two_replicas_mail_each_approver_once_and_deliver_each_webhook_eve
             await eventually(delivered, what="the request's events at the webhook", timeout=30)
             await anyio.sleep(3)  # both webhooks look again meanwhile
         hooks.cancel_scope.cancel()
-    assert text_of(box[0]) == "deployed api" and executions(config) == ["api"]
+    assert text_of(result) == "deployed api" and executions(config) == ["api"]
     assert inbox.to("bob@example.com") and inbox.to("audit@example.com") and len(inbox.mails) == 2
     kinds = [r["event_type"] for r in await records(postgres_url)]
     assert kinds.count("email.sent") == 1
