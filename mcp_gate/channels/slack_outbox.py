@@ -246,6 +246,7 @@ class SlackOutbox:
         key = _render_key(request, voters, len(await escalation_steps(self.gate.engine, request)))
         if key == message.rendered_sha256 or not _due(message, now) or _leased(message, now):
             return False
+        now = self.wall()  # the pass's `now` may be old by now: a lease runs from the moment it is taken
 
         def claim(tx: Tx) -> bool:
             # Under a lease, as a post is: of several gates sharing the store, one applies the update.
@@ -384,6 +385,7 @@ class SlackOutbox:
         """Post a request's message. `unread`: an earlier attempt may have posted it, but the
         history could not be read to find it; it is posted anyway (it may show twice), and said so."""
         channel = self.settings.channel_for(request.binding.server, request.tier)
+        now = self.wall()  # as for an update: the lease runs from the moment it is taken
 
         def claim(tx: Tx) -> SlackMessage | None:
             current = tx.slack_message(request.id)
