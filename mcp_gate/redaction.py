@@ -15,16 +15,12 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import re2  # type: ignore[import-untyped]  # google-re2 ships no type hints
-from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
-from detect_secrets.plugins.base import RegexBasedDetector
-from detect_secrets.plugins.high_entropy_strings import Base64HighEntropyString, HexHighEntropyString
-from detect_secrets.plugins.ip_public import IPPublicDetector
 
 __all__ = [
     "CUT_KEY",
@@ -143,11 +139,11 @@ def scrub_text(text: str, rules: RedactionRules = DEFAULT_RULES) -> str:
             spans.append(match.span(2))
     if rules.entropy_limit is not None:
         for match in _B64_TOKEN.finditer(text):
-            if _BASE64.calculate_shannon_entropy(match.group()) > rules.entropy_limit:
+            if _entropy("base64")(match.group()) > rules.entropy_limit:
                 spans.append(match.span())
     if rules.hex_entropy_limit is not None:
         for match in _HEX_TOKEN.finditer(text):
-            if _HEX.calculate_shannon_entropy(match.group()) > rules.hex_entropy_limit:
+            if _entropy("hex")(match.group()) > rules.hex_entropy_limit:
                 spans.append(match.span())
     return _replace(text, spans)
 
@@ -240,13 +236,28 @@ class _Redactor:
         return _cut_string(safe_repr(key), self.max_string)
 
 
-_BASE64 = Base64HighEntropyString()
-_HEX = HexHighEntropyString()
+# detect-secrets is imported on first use, not with this module: importing it costs more than the
+# rest of a short command's start-up (its plugins import `requests`), and most values never reach a
+# detector (strings shorter than _MIN_SCAN, or commands such as `mcp-gate --version`).
+
+
+@lru_cache(maxsize=2)
+def _entropy(kind: Literal["base64", "hex"]) -> Callable[[str], float]:
+    """detect-secrets' Shannon entropy over the Base64 or the hex alphabet."""
+    from detect_secrets.plugins.high_entropy_strings import Base64HighEntropyString, HexHighEntropyString
+
+    plugin = Base64HighEntropyString() if kind == "base64" else HexHighEntropyString()
+    measure: Callable[[str], float] = plugin.calculate_shannon_entropy
+    return measure
 
 
 @lru_cache(maxsize=1)
 def _builtin_detectors() -> tuple[re.Pattern[str], ...]:
     """Every regular expression of detect-secrets' regex plugins, except public IP addresses."""
+    from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
+    from detect_secrets.plugins.base import RegexBasedDetector
+    from detect_secrets.plugins.ip_public import IPPublicDetector
+
     found: list[re.Pattern[str]] = []
     plugin: type[Any]
     for plugin in get_mapping_from_secret_type_to_class().values():

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from mcp_gate.approvals import ApprovalRequest, Binding
-from mcp_gate.channels.api import request_view
 from mcp_gate.channels.slack_blocks import render_request
 from mcp_gate.config import load_config
+from mcp_gate.desk import request_view
 from mcp_gate.errors import ConfigError
 from mcp_gate.redaction import DEFAULT_RULES, RedactionRules, is_secret_key, redact, scrub, scrub_text
 from mcp_gate.testing import write_config
