@@ -116,7 +116,7 @@ async def hold_requests(directory: Path, count: int) -> tuple[Path, list[str]]:
         manifests={"notes": NOTES_MANIFEST.read_text(encoding="utf-8")},
         approvers={"bob": approver_table("bob@example.com", ["sre"], TOKEN)},
         tiers={"high": {"approvals": 1, "groups": ["sre"]}},
-        approvals={"hold_seconds": 900},
+        approvals={"hold_seconds": 900, "max_pending": max(count, 10)},
     )
     async with (
         running_gate(config, servers={"notes": notes_server(directory / "notes")}) as front,

@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any
 
 import re2  # type: ignore[import-untyped]  # google-re2 ships no type hints
+
+from mcp_gate.secret_patterns import BASE64_CHARSET, HEX_CHARSET, detector_patterns, entropy
 
 __all__ = [
     "CUT_KEY",
@@ -139,11 +141,11 @@ def scrub_text(text: str, rules: RedactionRules = DEFAULT_RULES) -> str:
             spans.append(match.span(2))
     if rules.entropy_limit is not None:
         for match in _B64_TOKEN.finditer(text):
-            if _entropy("base64")(match.group()) > rules.entropy_limit:
+            if entropy(match.group(), BASE64_CHARSET) > rules.entropy_limit:
                 spans.append(match.span())
     if rules.hex_entropy_limit is not None:
         for match in _HEX_TOKEN.finditer(text):
-            if _entropy("hex")(match.group()) > rules.hex_entropy_limit:
+            if entropy(match.group(), HEX_CHARSET) > rules.hex_entropy_limit:
                 spans.append(match.span())
     return _replace(text, spans)
 
@@ -236,40 +238,12 @@ class _Redactor:
         return _cut_string(safe_repr(key), self.max_string)
 
 
-# detect-secrets is imported on first use, not with this module: importing it costs more than the
-# rest of a short command's start-up (its plugins import `requests`), and most values never reach a
-# detector (strings shorter than _MIN_SCAN, or commands such as `mcp-gate --version`).
-
-
-@lru_cache(maxsize=2)
-def _entropy(kind: Literal["base64", "hex"]) -> Callable[[str], float]:
-    """detect-secrets' Shannon entropy over the Base64 or the hex alphabet."""
-    from detect_secrets.plugins.high_entropy_strings import Base64HighEntropyString, HexHighEntropyString
-
-    plugin = Base64HighEntropyString() if kind == "base64" else HexHighEntropyString()
-    measure: Callable[[str], float] = plugin.calculate_shannon_entropy
-    return measure
-
-
-@lru_cache(maxsize=1)
-def _builtin_detectors() -> tuple[re.Pattern[str], ...]:
-    """Every regular expression of detect-secrets' regex plugins, except public IP addresses."""
-    from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
-    from detect_secrets.plugins.base import RegexBasedDetector
-    from detect_secrets.plugins.ip_public import IPPublicDetector
-
-    found: list[re.Pattern[str]] = []
-    plugin: type[Any]
-    for plugin in get_mapping_from_secret_type_to_class().values():
-        if issubclass(plugin, RegexBasedDetector) and plugin is not IPPublicDetector:
-            # `denylist` is a class attribute in every plugin (typed as a property on the base).
-            found.extend(getattr(plugin, "denylist"))  # noqa: B009
-    return (*found, *_EXTRA_PATTERNS)
-
-
 @lru_cache(maxsize=16)
 def _backtracking(extra: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
-    return _builtin_detectors() + tuple(re.compile(p) for p in extra)
+    """Every detector in Python's engine: detect-secrets' regex plugins (but public IP addresses,
+    secret_patterns.py), ours, then `extra`. Compiled on first use: most texts RE2 reads."""
+    builtin = tuple(re.compile(pattern, flags) for pattern, flags in detector_patterns())
+    return builtin + _EXTRA_PATTERNS + tuple(re.compile(p) for p in extra)
 
 
 @lru_cache(maxsize=16)
@@ -277,20 +251,22 @@ def _detectors(extra: tuple[str, ...]) -> tuple[Any, ...]:
     """The detectors, each compiled by RE2 where RE2 can run it: some of detect-secrets' patterns
     (npm's `//.+/:_authToken=`, OpenAI's `sk-[...]*[...]{20}T3BlbkFJ`) take quadratic time in
     Python's engine on a long run of `/` or `sk-`, RE2 linear time. Those that need lookaround or
-    are written verbose stay as they are."""
-    return tuple(_linear(p) for p in _backtracking(extra))
+    are written verbose stay in Python's engine."""
+    ours = ((p.pattern, p.flags) for p in _EXTRA_PATTERNS)
+    given = ((p, re.compile(p).flags) for p in extra)
+    return tuple(_linear(pattern, flags) for pattern, flags in (*detector_patterns(), *ours, *given))
 
 
-def _linear(pattern: re.Pattern[str]) -> Any:
-    if pattern.flags & ~(re.UNICODE | re.IGNORECASE):
-        return pattern
+def _linear(pattern: str, flags: int) -> Any:
+    if flags & ~(re.UNICODE | re.IGNORECASE):
+        return re.compile(pattern, flags)
     options = re2.Options()
     options.log_errors = False
-    options.case_sensitive = not pattern.flags & re.IGNORECASE
+    options.case_sensitive = not flags & re.IGNORECASE
     try:
-        return re2.compile(pattern.pattern, options)
+        return re2.compile(pattern, options)
     except re2.error:
-        return pattern
+        return re.compile(pattern, flags)
 
 
 def _utf8(text: str) -> bool:
