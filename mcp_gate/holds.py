@@ -53,6 +53,7 @@ from mcp_gate.evidence import EventFactory
 from mcp_gate.policy import Escalation
 from mcp_gate.seals import derive, grant_forgery, seal
 from mcp_gate.storage.base import Inflight, Store, Tx
+from mcp_gate.wakeups import HeldCalls
 
 __all__ = [
     "ApprovalEngine",
@@ -65,7 +66,7 @@ __all__ = [
 log = logging.getLogger("mcp_gate.holds")
 
 SWEEP_INTERVAL = 1.0  # seconds between sweeps for requests whose time is up
-REREAD_INTERVAL = 1.0  # a held call re-reads its request at least this often, woken or not
+REREAD_INTERVAL = 1.0  # the held calls' watcher reads the log this often woken or not (wakeups.py)
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 
@@ -112,6 +113,7 @@ class ApprovalEngine:
         # read back from each pending request's sealed record, so each is read once.
         self.rule_escalations = False
         self.own_escalation: dict[str, tuple[Escalation, ...]] = {}
+        self.held = HeldCalls(store, clock, interval=REREAD_INTERVAL)  # the calls held in this process
 
     def _ev(self, event_type: EventType, correlation_id: str | None, **fields: Any) -> dict[str, Any]:
         body = self.events(event_type, correlation_id, **fields)
@@ -241,15 +243,21 @@ class ApprovalEngine:
         next_progress = anyio.current_time()
         steps = 0
         try:
-            # Subscribed before the first read, so a decision committed after it wakes this call.
-            async with self.store.changes() as changes:
+            # Registered before the first read, so a decision committed after it wakes this call;
+            # a held call is woken only by a record naming its request, or by its expiry.
+            async with self.held.holding(request) as waiter:
+                current: ApprovalRequest | None = None
                 while True:
-                    current = await self._reread(request.id)
-                    if current is not None:
-                        outcome = await self._settle(current, binding, correlation_id)
-                        if outcome is not None:
-                            return outcome
                     now = anyio.current_time()
+                    if current is None or waiter.event.is_set() or now >= deadline:  # not on a progress tick
+                        waiter.reset()
+                        current = await self._reread(request.id)
+                        if current is not None:
+                            waiter.expires_at = current.expires_at
+                            outcome = await self._settle(current, binding, correlation_id)
+                            if outcome is not None:
+                                return outcome
+                        now = anyio.current_time()
                     if now >= deadline:
                         if current is not None:
                             await self._defer(current, correlation_id, "the hold budget ran out")
@@ -258,10 +266,9 @@ class ApprovalEngine:
                         steps += 1
                         await progress(float(steps), None, describe_wait(current or request))
                         next_progress = now + self.settings.progress_seconds
-                    # Re-read at least every REREAD_INTERVAL too: expiry is a matter of time, not
-                    # of a commit, and a backend may lose a wake-up.
-                    with anyio.move_on_after(min(deadline, next_progress, now + REREAD_INTERVAL) - now):
-                        await changes.wait()
+                    # A request that could not be read is read again after REREAD_INTERVAL.
+                    retry = now + REREAD_INTERVAL if current is None else deadline
+                    await self.held.wait(waiter, min(deadline, next_progress, retry) - now)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 still = await self._reread(request.id)
@@ -644,6 +651,9 @@ class ApprovalEngine:
                 self._expire(tx, request)
             return len(due)
 
+        # Looked for first in a read: most sweeps find nothing, and need no write transaction.
+        if not await self.store.read(lambda tx: tx.due_for_expiry(now)):
+            return 0
         return await self.store.transact(write)
 
     async def recover(
