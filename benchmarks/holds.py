@@ -92,8 +92,13 @@ def idle_cpu(pid: int, seconds: float) -> float:
 
 
 def commit() -> str:
+    """The commit of the package the gate runs: the checkout first on PYTHONPATH, else this one."""
+    root = Path(os.environ.get("PYTHONPATH", str(HERE)).split(os.pathsep)[0])
+    if not (root / ".git").exists() and root != HERE:
+        return f"{root} (not a git checkout)"
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
 
     head = git("rev-parse", "--short", "HEAD") or "?"
     return (
@@ -199,15 +204,23 @@ async def run(args: argparse.Namespace, work: Path) -> Figures:
         manifests={"notes": NOTES_MANIFEST.read_text(encoding="utf-8")},
         approvers={"bob": approver_table("bob@example.com", ["sre"], "tok-bob")},
         tiers={"high": {"approvals": 1, "groups": ["sre"]}},
-        approvals={"hold_seconds": 3600, "expires": "2h", "max_pending": max(args.held, 10)},
+        approvals={
+            "hold_seconds": 3600,
+            "expires": "2h",
+            "max_pending": max(args.held, 10),
+            "progress_seconds": args.progress_seconds,
+        },
     )
     config = load_config(config_path, os.environ)
     db = work / "gate" / "data" / "gate.db"
     approver = config.approvers["bob"]
     figures = Figures(args.held)
     env = {name: os.environ[name] for name in ("PYTHONPATH",) if name in os.environ}
-    params = mcp.StdioServerParameters(
-        command=sys.executable, args=["-m", "mcp_gate", "serve", "--config", str(config_path)], env=env
+    params = mcp.StdioServerParameters(  # run in `work`: `-m` puts the working directory on sys.path
+        command=sys.executable,
+        args=["-m", "mcp_gate", "serve", "--config", str(config_path)],
+        env=env,
+        cwd=work,
     )
     errlog = (work / "gate.stderr.log").open("a", encoding="utf-8")
     gate_pid = 0
@@ -297,6 +310,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--releases", type=int, default=20, help="releases timed per case (default 20)")
     parser.add_argument("--idle-seconds", type=float, default=10.0, help="CPU sampling window (default 10)")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds to wait before sampling")
+    parser.add_argument(
+        "--progress-seconds", type=float, default=5.0, help="[approvals] progress_seconds (default 5)"
+    )
     parser.add_argument("--hold-timeout", type=float, default=900.0, help="give up holding after this")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 200 held, short windows")
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write the figures here")
