@@ -266,9 +266,9 @@ class ApprovalEngine:
                         steps += 1
                         await progress(float(steps), None, describe_wait(current or request))
                         next_progress = now + self.settings.progress_seconds
-                    # A request that could not be read is read again after REREAD_INTERVAL.
-                    retry = now + REREAD_INTERVAL if current is None else deadline
-                    await self.held.wait(waiter, min(deadline, next_progress, retry) - now)
+                    retry = now + REREAD_INTERVAL if current is None else deadline  # unread: soon again
+                    tick = deadline if progress is None else next_progress
+                    await self.held.wait(waiter, min(deadline, tick, retry) - now)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 still = await self._reread(request.id)
