@@ -1,17 +1,20 @@
 """What the gate costs per call: low-tier echo calls direct to a downstream and through the gate.
 
 Runs, in one process and one run, the example notes server's `echo` tool from an SDK client
-(`mcp.Client`) over stdio, directly and through a real `mcp-gate serve` process with evidence on,
-sequentially and with many calls in flight, in both protocol eras. Direct and gated runs are
-interleaved within each repeat (the order alternates) so machine noise hits both; ratios are
-computed within a repeat and the table shows medians over repeats. A second table gives the CPU
-each process spends per call (Linux /proc), a third breaks one sequential call through an
-in-process gate into its parts, a fourth compares in-process gates with metrics on and off.
+(`mcp.Client`) over stdio, directly, through a bare proxy (FastMCP's `create_proxy`,
+benchmarks/bare_proxy.py: no policy, no evidence; the `bench` extra) and through a real
+`mcp-gate serve` process with evidence on, sequentially and with many calls in flight, in both
+protocol eras. The three are interleaved within each repeat (the order rotates) so machine noise
+hits them alike; ratios are computed within a repeat and the table shows medians over repeats.
+A second table gives the CPU each process spends per call (Linux /proc), a third breaks one
+sequential call through an in-process gate into its parts, a fourth compares in-process gates
+with metrics on and off.
 
     python benchmarks/overhead.py                 # full run (about 2 minutes on 2 cores)
     python benchmarks/overhead.py --quick         # smoke run
     python benchmarks/overhead.py --json out.json # also write the per-repeat figures
     python benchmarks/overhead.py --only-metrics  # only the metrics on / off comparison
+    python benchmarks/overhead.py --no-proxy      # without the bare proxy (no `bench` extra)
 
 The table goes to stdout as markdown; progress goes to stderr.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import inspect
 import json
 import math
@@ -27,6 +31,7 @@ import os
 import platform
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +55,7 @@ from mcp_gate.testing import NOTES_MANIFEST, NOTES_SERVER, notes_server_table, r
 ERAS = {"legacy": "2025-11-25", "auto": "2026-07-28"}
 GATED_TOOL = "notes__echo"
 DIRECT_TOOL = "echo"
+BARE_PROXY = Path(__file__).resolve().parent / "bare_proxy.py"
 
 
 def progress(text: str) -> None:
@@ -88,13 +94,15 @@ class Sample:
 
 @dataclass(frozen=True)
 class Pair:
-    """A direct and a gated sample of one cell, taken back to back in the same repeat."""
+    """A direct, a gated and (with the `bench` extra) a bare-proxy sample of one cell, taken back
+    to back in the same repeat."""
 
     era: str
     mode: str
     repeat: int
     direct: Sample
     gate: Sample
+    proxy: Sample | None = None
 
     @property
     def p50_ratio(self) -> float:
@@ -103,6 +111,23 @@ class Pair:
     @property
     def throughput_ratio(self) -> float:
         return self.gate.calls_per_s / self.direct.calls_per_s
+
+    @property
+    def proxy_p50_ratio(self) -> float:
+        """Gate p50 over the bare proxy's p50 (NaN without the proxy)."""
+        return math.nan if self.proxy is None else self.gate.p50_ms / self.proxy.p50_ms
+
+    @property
+    def proxy_throughput_ratio(self) -> float:
+        return math.nan if self.proxy is None else self.gate.calls_per_s / self.proxy.calls_per_s
+
+    def ratios(self) -> dict[str, float]:
+        return {
+            "p50_ratio": self.p50_ratio,
+            "throughput_ratio": self.throughput_ratio,
+            "gate_over_proxy_p50": self.proxy_p50_ratio,
+            "gate_over_proxy_throughput": self.proxy_throughput_ratio,
+        }
 
 
 # -- load -----------------------------------------------------------------------------------
@@ -222,20 +247,33 @@ def inherited(*names: str) -> dict[str, str]:
 
 
 async def open_target(
-    stack: AsyncExitStack, params: mcp.StdioServerParameters, mode: str, tool: str, errlog: TextIO
+    stack: AsyncExitStack,
+    params: mcp.StdioServerParameters,
+    mode: str,
+    tool: str,
+    errlog: TextIO,
+    *,
+    front: str | None = None,
 ) -> Target:
+    """A connected client; `front` names the role of a process that sits in front of the notes
+    server (the gate, the proxy), whose own child is then the downstream."""
     before = children(os.getpid())
     client = await stack.enter_async_context(mcp.Client(stdio_client(params, errlog=errlog), mode=mode))
     if client.protocol_version != ERAS[mode]:
         raise RuntimeError(f"mode={mode!r} negotiated {client.protocol_version}, expected {ERAS[mode]}")
+    await client.call_tool(tool, {"text": "warm"})  # a proxy may start its downstream on first use
     spawned = sorted(children(os.getpid()) - before)
     processes = {"server": spawned[0]} if len(spawned) == 1 else {}
-    if processes and tool == GATED_TOOL:
+    if processes and front is not None:
         grandchildren = sorted(children(spawned[0]))
-        processes = {"gate": spawned[0]}
+        processes = {front: spawned[0]}
         if len(grandchildren) == 1:
             processes["downstream"] = grandchildren[0]
-    return Target(echo_caller(client, tool), processes)
+    return Target(echo_caller(client, tool), processes, calls=1)  # the warm-up call above counts
+
+
+def proxy_available() -> bool:
+    return importlib.util.find_spec("fastmcp") is not None
 
 
 async def count_executed(db: Path) -> int:
@@ -267,9 +305,18 @@ async def compare(args: argparse.Namespace, work: Path) -> list[Pair]:
                     args=["-m", "mcp_gate", "serve", "--config", str(config)],
                     env=inherited("PYTHONPATH"),  # so a checkout on PYTHONPATH is what gets measured
                 )
-                progress(f"starting the direct server and the gate ({ERAS[era]})...")
+                progress(f"starting the direct server, the bare proxy and the gate ({ERAS[era]})...")
                 targets[era, "direct"] = await open_target(stack, direct, era, DIRECT_TOOL, errlog)
-                targets[era, "gate"] = await open_target(stack, gate, era, GATED_TOOL, errlog)
+                if args.proxy:
+                    notes_dir = work / f"proxy-{era}" / "notes"
+                    notes_dir.mkdir(parents=True)
+                    proxy = mcp.StdioServerParameters(
+                        command=sys.executable, args=[str(BARE_PROXY)], env={"NOTES_DIR": str(notes_dir)}
+                    )
+                    targets[era, "proxy"] = await open_target(
+                        stack, proxy, era, DIRECT_TOOL, errlog, front="proxy"
+                    )
+                targets[era, "gate"] = await open_target(stack, gate, era, GATED_TOOL, errlog, front="gate")
 
             progress(f"warming up ({args.warmup} calls per client)...")
             for target in targets.values():
@@ -277,8 +324,10 @@ async def compare(args: argparse.Namespace, work: Path) -> list[Pair]:
                     await target.counted(i)
 
             modes = [("sequential", 1), (f"{args.concurrency} in flight", args.concurrency)]
+            kinds = ["direct", "proxy", "gate"] if args.proxy else ["direct", "gate"]
             for repeat in range(args.repeats):
-                order = ("direct", "gate") if repeat % 2 == 0 else ("gate", "direct")
+                turn = repeat % len(kinds)
+                order = kinds[turn:] + kinds[:turn]
                 for era in ERAS:
                     for mode, concurrency in modes:
                         taken: dict[str, Sample] = {}
@@ -287,11 +336,17 @@ async def compare(args: argparse.Namespace, work: Path) -> list[Pair]:
                             for i in range(args.warmup // 5):  # settle after switching targets
                                 await target.counted(i)
                             taken[kind] = await target.run(args.calls, concurrency)
-                        pair = Pair(era, mode, repeat + 1, taken["direct"], taken["gate"])
+                        pair = Pair(era, mode, repeat + 1, taken["direct"], taken["gate"], taken.get("proxy"))
                         pairs.append(pair)
+                        bare = (
+                            ""
+                            if pair.proxy is None
+                            else f"proxy {pair.proxy.calls_per_s:5.0f}/s p50 {pair.proxy.p50_ms:5.2f} ms | "
+                        )
                         progress(
                             f"repeat {repeat + 1}/{args.repeats} {ERAS[era]} {mode:>13}: "
                             f"direct {pair.direct.calls_per_s:5.0f}/s p50 {pair.direct.p50_ms:5.2f} ms | "
+                            f"{bare}"
                             f"gate {pair.gate.calls_per_s:5.0f}/s p50 {pair.gate.p50_ms:6.2f} ms | "
                             f"p50 x{pair.p50_ratio:.2f}"
                         )
@@ -522,21 +577,35 @@ def med(values: list[float]) -> float:
 
 
 def table(pairs: list[Pair], concurrency: int) -> str:
+    proxied = all(p.proxy is not None for p in pairs)
     lines = [
-        "| era | mode | direct calls/s | direct p50 / p99 ms | gate calls/s | gate p50 / p99 ms "
-        "| p50 ratio | throughput ratio |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| era | mode | direct calls/s | direct p50 / p99 ms "
+        + ("| proxy calls/s | proxy p50 / p99 ms " if proxied else "")
+        + "| gate calls/s | gate p50 / p99 ms | p50 gate/direct | throughput gate/direct "
+        + ("| p50 gate/proxy | throughput gate/proxy |" if proxied else "|"),
+        "|---|---|" + "---:|" * (10 if proxied else 6),
     ]
+
+    def figures(samples: list[Sample]) -> str:
+        return (
+            f"| {med([s.calls_per_s for s in samples]):.0f} "
+            f"| {med([s.p50_ms for s in samples]):.2f} / {med([s.p99_ms for s in samples]):.2f} "
+        )
+
     for era, mode, cell in cells(pairs, concurrency):
-        d, g = [p.direct for p in cell], [p.gate for p in cell]
-        lines.append(
-            f"| {ERAS[era]} ({era}) | {mode} "
-            f"| {med([s.calls_per_s for s in d]):.0f} "
-            f"| {med([s.p50_ms for s in d]):.2f} / {med([s.p99_ms for s in d]):.2f} "
-            f"| {med([s.calls_per_s for s in g]):.0f} "
-            f"| {med([s.p50_ms for s in g]):.2f} / {med([s.p99_ms for s in g]):.2f} "
+        line = f"| {ERAS[era]} ({era}) | {mode} " + figures([p.direct for p in cell])
+        if proxied:
+            line += figures([p.proxy for p in cell if p.proxy is not None])
+        line += figures([p.gate for p in cell])
+        line += (
             f"| x{med([p.p50_ratio for p in cell]):.2f} | x{med([p.throughput_ratio for p in cell]):.2f} |"
         )
+        if proxied:
+            line += (
+                f" x{med([p.proxy_p50_ratio for p in cell]):.2f} "
+                f"| x{med([p.proxy_throughput_ratio for p in cell]):.2f} |"
+            )
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -549,18 +618,23 @@ def cpu_table(pairs: list[Pair], concurrency: int) -> str | None:
 
     if not any(p.gate.cpu_ms.get("gate") for p in pairs):
         return None
+    proxied = all(p.proxy is not None for p in pairs)
     lines = [
         "CPU per call, ms (same runs):",
         "",
-        "| era | mode | direct: client / server | gate: client / gate / downstream |",
-        "|---|---|---:|---:|",
+        "| era | mode | direct: client / server "
+        + ("| proxy: client / proxy / downstream " if proxied else "")
+        + "| gate: client / gate / downstream |",
+        "|---|---|---:|---:|" + ("---:|" if proxied else ""),
     ]
     for era, mode, cell in cells(pairs, concurrency):
         d, g = [p.direct for p in cell], [p.gate for p in cell]
-        lines.append(
-            f"| {ERAS[era]} | {mode} | {cpu(d, 'client')} / {cpu(d, 'server')} "
-            f"| {cpu(g, 'client')} / {cpu(g, 'gate')} / {cpu(g, 'downstream')} |"
-        )
+        line = f"| {ERAS[era]} | {mode} | {cpu(d, 'client')} / {cpu(d, 'server')} "
+        if proxied:
+            x = [p.proxy for p in cell if p.proxy is not None]
+            line += f"| {cpu(x, 'client')} / {cpu(x, 'proxy')} / {cpu(x, 'downstream')} "
+        line += f"| {cpu(g, 'client')} / {cpu(g, 'gate')} / {cpu(g, 'downstream')} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -589,7 +663,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--only-metrics", action="store_true", help="only the in-process metrics on / off comparison"
     )
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write the per-repeat figures here")
+    parser.add_argument(
+        "--no-proxy", dest="proxy", action="store_false", help="leave out the bare FastMCP proxy baseline"
+    )
     args = parser.parse_args(argv)
+    if args.proxy and not proxy_available():
+        progress("fastmcp is not installed (pip install -e '.[bench]'): no bare-proxy baseline this run")
+        args.proxy = False
     if args.quick:
         args.calls, args.repeats, args.warmup, args.profile_calls = 200, 1, 20, 200
     return args
@@ -606,14 +686,17 @@ async def run(args: argparse.Namespace) -> None:
         parts = await breakdown(args, work)
         costs = await metrics_cost(args, work)
     command = " ".join(["python benchmarks/overhead.py", *sys.argv[1:]])
+    bare = f"; fastmcp {version('fastmcp')}" if args.proxy else ""
     print(
-        f"{date.today().isoformat()}; {os.cpu_count()} CPUs; Python {platform.python_version()}; "
-        f"mcp {version('mcp')}; `{command}`\n"
+        f"{date.today().isoformat()}; commit {commit()}; {os.cpu_count()} CPUs; Python "
+        f"{platform.python_version()}; mcp {version('mcp')}{bare}; load average {os.getloadavg()[0]:.2f} "
+        f"at the end; `{command}`\n"
     )
     print(
         f"{args.repeats} repeat(s) x {args.calls} echo calls per cell, over stdio; medians over repeats; "
-        "ratios are gate/direct within a repeat. The gate talks to the notes server in the 2025-11-25 "
-        "era (its default `protocol`), whatever the era of its own client.\n"
+        "ratios are within a repeat. The gate talks to the notes server in the 2025-11-25 era (its "
+        "default `protocol`), whatever the era of its own client; the bare proxy follows its client's "
+        "era (FastMCP's default).\n"
     )
     print(table(pairs, args.concurrency))
     if (cpu := cpu_table(pairs, args.concurrency)) is not None:
@@ -627,13 +710,25 @@ async def run(args: argparse.Namespace) -> None:
     if args.json is not None:
         raw = {
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "pairs": [
-                asdict(p) | {"p50_ratio": p.p50_ratio, "throughput_ratio": p.throughput_ratio} for p in pairs
-            ],
+            "commit": commit(),
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load": os.getloadavg()},
+            "pairs": [asdict(p) | p.ratios() for p in pairs],
             "breakdown": [asdict(p) for p in parts],
             "metrics_on_off": [asdict(c) | {"ratio": c.ratio} for c in costs],
         }
         args.json.write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
+
+
+def commit() -> str:
+    """This checkout's HEAD, marked `+changes` when the package differs from it."""
+    here = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "?"
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "mcp_gate")
+    return f"{head}+changes" if changed else head
 
 
 def main(argv: list[str]) -> None:

@@ -20,10 +20,14 @@ __all__ = [
     "Denied",
     "Expired",
     "Grant",
+    "HoldOutcome",
     "Pending",
     "Refusal",
     "Released",
     "Revoked",
+    "StillPending",
+    "TooMany",
+    "UsedElsewhere",
     "grant_refusal",
     "may_decide",
     "Verdict",
@@ -249,6 +253,29 @@ class Released:
 
 
 DecisionOutcome = Pending | Approved | Denied | Refusal
+
+
+@dataclass(frozen=True)
+class StillPending:
+    """The hold budget ran out; the request stays open for a later identical call."""
+
+    request: ApprovalRequest
+
+
+@dataclass(frozen=True)
+class TooMany:
+    limit: int
+
+
+@dataclass(frozen=True)
+class UsedElsewhere:
+    """An identical call, joined to the same request, used the approval first."""
+
+    request: ApprovalRequest
+
+
+# What holding a call came to (holds.ApprovalEngine.hold).
+HoldOutcome = Released | Denied | Expired | Revoked | Void | StillPending | TooMany | UsedElsewhere
 
 
 def final_outcome(request: ApprovalRequest) -> Denied | Expired | Revoked | Void:

@@ -7,8 +7,8 @@ from typing import Any
 
 from mcp_gate.approvals import Binding
 from mcp_gate.config import Requester
-from mcp_gate.offering import OfferedTool, split_name
-from mcp_gate.policy import Decision
+from mcp_gate.offering import OfferedTool
+from mcp_gate.policy import Decision, split_name
 
 __all__ = ["CallContext", "arrival_fields"]
 

@@ -19,10 +19,14 @@ from mcp_gate.approvals import (
     Denied,
     Expired,
     Grant,
+    HoldOutcome,
     Pending,
     Refusal,
     Released,
     Revoked,
+    StillPending,
+    TooMany,
+    UsedElsewhere,
     Verdict,
     Void,
     decide,
@@ -53,6 +57,7 @@ from mcp_gate.evidence import EventFactory
 from mcp_gate.policy import Escalation
 from mcp_gate.seals import derive, grant_forgery, seal
 from mcp_gate.storage.base import Inflight, Store, Tx
+from mcp_gate.wakeups import HeldCalls
 
 __all__ = [
     "ApprovalEngine",
@@ -65,31 +70,9 @@ __all__ = [
 log = logging.getLogger("mcp_gate.holds")
 
 SWEEP_INTERVAL = 1.0  # seconds between sweeps for requests whose time is up
-REREAD_INTERVAL = 1.0  # a held call re-reads its request at least this often, woken or not
+REREAD_INTERVAL = 1.0  # the held calls' watcher reads the log this often woken or not (wakeups.py)
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class StillPending:
-    """The hold budget ran out; the request stays open for a later identical call."""
-
-    request: ApprovalRequest
-
-
-@dataclass(frozen=True)
-class TooMany:
-    limit: int
-
-
-@dataclass(frozen=True)
-class UsedElsewhere:
-    """An identical call, joined to the same request, used the approval first."""
-
-    request: ApprovalRequest
-
-
-HoldOutcome = Released | Denied | Expired | Revoked | Void | StillPending | TooMany | UsedElsewhere
 
 
 @dataclass(frozen=True)
@@ -112,6 +95,7 @@ class ApprovalEngine:
         # read back from each pending request's sealed record, so each is read once.
         self.rule_escalations = False
         self.own_escalation: dict[str, tuple[Escalation, ...]] = {}
+        self.held = HeldCalls(store, clock, interval=REREAD_INTERVAL)  # the calls held in this process
 
     def _ev(self, event_type: EventType, correlation_id: str | None, **fields: Any) -> dict[str, Any]:
         body = self.events(event_type, correlation_id, **fields)
@@ -245,15 +229,21 @@ class ApprovalEngine:
         next_progress = anyio.current_time()
         steps = 0
         try:
-            # Subscribed before the first read, so a decision committed after it wakes this call.
-            async with self.store.changes() as changes:
+            # Registered before the first read, so a decision committed after it wakes this call;
+            # a held call is woken only by a record naming its request, or by its expiry.
+            async with self.held.holding(request) as waiter:
+                current: ApprovalRequest | None = None
                 while True:
-                    current = await self._reread(request.id)
-                    if current is not None:
-                        outcome = await self._settle(current, binding, correlation_id)
-                        if outcome is not None:
-                            return outcome
                     now = anyio.current_time()
+                    if current is None or waiter.event.is_set() or now >= deadline:  # not on a progress tick
+                        waiter.reset()
+                        current = await self._reread(request.id)
+                        if current is not None:
+                            waiter.expires_at = current.expires_at
+                            outcome = await self._settle(current, binding, correlation_id)
+                            if outcome is not None:
+                                return outcome
+                        now = anyio.current_time()
                     if now >= deadline:
                         if current is not None:
                             await self._defer(current, correlation_id, "the hold budget ran out")
@@ -262,10 +252,9 @@ class ApprovalEngine:
                         steps += 1
                         await progress(float(steps), None, describe_wait(current or request))
                         next_progress = now + self.settings.progress_seconds
-                    # Re-read at least every REREAD_INTERVAL too: expiry is a matter of time, not
-                    # of a commit, and a backend may lose a wake-up.
-                    with anyio.move_on_after(min(deadline, next_progress, now + REREAD_INTERVAL) - now):
-                        await changes.wait()
+                    retry = now + REREAD_INTERVAL if current is None else deadline  # unread: soon again
+                    tick = deadline if progress is None else next_progress
+                    await self.held.wait(waiter, min(deadline, tick, retry) - now)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 still = await self._reread(request.id)
@@ -648,6 +637,9 @@ class ApprovalEngine:
                 self._expire(tx, request)
             return len(due)
 
+        # Looked for first in a read: most sweeps find nothing, and need no write transaction.
+        if not await self.store.read(lambda tx: tx.due_for_expiry(now)):
+            return 0
         return await self.store.transact(write)
 
     async def recover(

@@ -10,8 +10,6 @@ import json
 import logging
 import os
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -210,6 +208,9 @@ class WebhookSink:
         if self.secret is not None:
             mac = hmac.new(self.secret.encode(), body, hashlib.sha256).hexdigest()
             headers["X-MCP-Gate-Signature"] = f"sha256={mac}"
+        import urllib.error  # only a copy sink posting over HTTP needs it
+        import urllib.request
+
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310

@@ -23,24 +23,21 @@ from mcp_gate.errors import (
 )
 from mcp_gate.evidence import MakeEvent, canonical_json
 from mcp_gate.pins import Accepted, Drifted, New, StillDrifted, canonical_definition, observe, pin_of
-from mcp_gate.policy import Decision, Manifest, classify
+from mcp_gate.policy import SEPARATOR, Decision, Manifest, classify, split_name
 from mcp_gate.redaction import redact
 from mcp_gate.storage.base import PinRecord, Store
 
 __all__ = [
     "MAX_ARGUMENT_BYTES",
     "MAX_ARGUMENT_DEPTH",
-    "SEPARATOR",
     "TIER_META_KEY",
     "OfferedTool",
     "Offering",
     "deeper_than",
-    "split_name",
 ]
 
 log = logging.getLogger("mcp_gate.offering")
 
-SEPARATOR = "__"
 MAX_ARGUMENT_BYTES = 256 * 1024
 # Nesting of tool arguments: far more than any tool's schema uses, far less than the recursion
 # limit of the canonical JSON, redaction and jsonschema code that walks them.
@@ -61,13 +58,6 @@ def deeper_than(value: Any, limit: int) -> bool:
             children = item.values() if isinstance(item, dict) else item
             stack.extend((child, depth + 1) for child in children)
     return False
-
-
-def split_name(name: str) -> tuple[str, str] | None:
-    server, sep, tool = name.partition(SEPARATOR)
-    if not sep or not server or not tool:
-        return None
-    return server, tool
 
 
 @dataclass(frozen=True)

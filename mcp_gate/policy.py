@@ -17,7 +17,9 @@ import re2  # type: ignore[import-untyped]  # google-re2 ships no type hints
 import rfc8785
 
 __all__ = [
+    "CASES_DIR",
     "DEFAULT_REQUIREMENTS",
+    "SEPARATOR",
     "UNSET",
     "protected_path",
     "TIERS",
@@ -41,10 +43,24 @@ __all__ = [
     "policy_sha256",
     "resolve_pointer",
     "shadow_outcome",
+    "split_name",
 ]
 
 Tier = Literal["low", "medium", "high", "critical", "blocked"]
 TIERS: tuple[Tier, ...] = ("low", "medium", "high", "critical", "blocked")
+
+# A manifest directory keeps its policy test cases (policy_tests.py) in this folder.
+CASES_DIR = "tests"
+# An offered tool's name is `<server>__<tool>`: the server's manifest holds the tool's rules.
+SEPARATOR = "__"
+
+
+def split_name(name: str) -> tuple[str, str] | None:
+    """(server, tool) of an offered tool's name, or None when it names no server."""
+    server, sep, tool = name.partition(SEPARATOR)
+    if not sep or not server or not tool:
+        return None
+    return server, tool
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from mcp_gate.config import GateConfig, Requester
 from mcp_gate.config.files import Strict, config_error_from, read_toml
 from mcp_gate.errors import ConfigError
 from mcp_gate.policy import (
+    CASES_DIR,
     Approvals,
     Block,
     Confirm,
@@ -61,7 +62,6 @@ __all__ = [
     "requester_of",
 ]
 
-CASES_DIR = "tests"  # inside the manifest directory
 MAX_CASES = 10_000
 RequirementKind = Literal["run", "confirm", "approvals", "block"]
 

@@ -21,10 +21,8 @@ from functools import lru_cache
 from typing import Any
 
 import re2  # type: ignore[import-untyped]  # google-re2 ships no type hints
-from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
-from detect_secrets.plugins.base import RegexBasedDetector
-from detect_secrets.plugins.high_entropy_strings import Base64HighEntropyString, HexHighEntropyString
-from detect_secrets.plugins.ip_public import IPPublicDetector
+
+from mcp_gate.secret_patterns import BASE64_CHARSET, HEX_CHARSET, detector_patterns, entropy
 
 __all__ = [
     "CUT_KEY",
@@ -143,11 +141,11 @@ def scrub_text(text: str, rules: RedactionRules = DEFAULT_RULES) -> str:
             spans.append(match.span(2))
     if rules.entropy_limit is not None:
         for match in _B64_TOKEN.finditer(text):
-            if _BASE64.calculate_shannon_entropy(match.group()) > rules.entropy_limit:
+            if entropy(match.group(), BASE64_CHARSET) > rules.entropy_limit:
                 spans.append(match.span())
     if rules.hex_entropy_limit is not None:
         for match in _HEX_TOKEN.finditer(text):
-            if _HEX.calculate_shannon_entropy(match.group()) > rules.hex_entropy_limit:
+            if entropy(match.group(), HEX_CHARSET) > rules.hex_entropy_limit:
                 spans.append(match.span())
     return _replace(text, spans)
 
@@ -240,25 +238,12 @@ class _Redactor:
         return _cut_string(safe_repr(key), self.max_string)
 
 
-_BASE64 = Base64HighEntropyString()
-_HEX = HexHighEntropyString()
-
-
-@lru_cache(maxsize=1)
-def _builtin_detectors() -> tuple[re.Pattern[str], ...]:
-    """Every regular expression of detect-secrets' regex plugins, except public IP addresses."""
-    found: list[re.Pattern[str]] = []
-    plugin: type[Any]
-    for plugin in get_mapping_from_secret_type_to_class().values():
-        if issubclass(plugin, RegexBasedDetector) and plugin is not IPPublicDetector:
-            # `denylist` is a class attribute in every plugin (typed as a property on the base).
-            found.extend(getattr(plugin, "denylist"))  # noqa: B009
-    return (*found, *_EXTRA_PATTERNS)
-
-
 @lru_cache(maxsize=16)
 def _backtracking(extra: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
-    return _builtin_detectors() + tuple(re.compile(p) for p in extra)
+    """Every detector in Python's engine: detect-secrets' regex plugins (but public IP addresses,
+    secret_patterns.py), ours, then `extra`. Compiled on first use: most texts RE2 reads."""
+    builtin = tuple(re.compile(pattern, flags) for pattern, flags in detector_patterns())
+    return builtin + _EXTRA_PATTERNS + tuple(re.compile(p) for p in extra)
 
 
 @lru_cache(maxsize=16)
@@ -266,20 +251,22 @@ def _detectors(extra: tuple[str, ...]) -> tuple[Any, ...]:
     """The detectors, each compiled by RE2 where RE2 can run it: some of detect-secrets' patterns
     (npm's `//.+/:_authToken=`, OpenAI's `sk-[...]*[...]{20}T3BlbkFJ`) take quadratic time in
     Python's engine on a long run of `/` or `sk-`, RE2 linear time. Those that need lookaround or
-    are written verbose stay as they are."""
-    return tuple(_linear(p) for p in _backtracking(extra))
+    are written verbose stay in Python's engine."""
+    ours = ((p.pattern, p.flags) for p in _EXTRA_PATTERNS)
+    given = ((p, re.compile(p).flags) for p in extra)
+    return tuple(_linear(pattern, flags) for pattern, flags in (*detector_patterns(), *ours, *given))
 
 
-def _linear(pattern: re.Pattern[str]) -> Any:
-    if pattern.flags & ~(re.UNICODE | re.IGNORECASE):
-        return pattern
+def _linear(pattern: str, flags: int) -> Any:
+    if flags & ~(re.UNICODE | re.IGNORECASE):
+        return re.compile(pattern, flags)
     options = re2.Options()
     options.log_errors = False
-    options.case_sensitive = not pattern.flags & re.IGNORECASE
+    options.case_sensitive = not flags & re.IGNORECASE
     try:
-        return re2.compile(pattern.pattern, options)
+        return re2.compile(pattern, options)
     except re2.error:
-        return pattern
+        return re.compile(pattern, flags)
 
 
 def _utf8(text: str) -> bool:

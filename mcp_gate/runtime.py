@@ -17,7 +17,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import anyio
 
@@ -28,14 +28,11 @@ from mcp_gate.checkpoints import VerifierKey
 from mcp_gate.clock import Clock, SystemClock
 from mcp_gate.config import GateConfig, TracingSettings, serve_in_process
 from mcp_gate.datadir import ARGS_KEY_FILE, DECISION_KEY_FILE, DataDirLock, RunMarker, gate_db
-from mcp_gate.downstream import Downstreams, InProcessServer
 from mcp_gate.errors import ConfigError, GateError, StoreError
 from mcp_gate.events import OPEN_STATES, EventType
 from mcp_gate.evidence import ARGS_DIGEST, EventFactory, args_key_id
-from mcp_gate.gateway import Gateway
 from mcp_gate.holds import ApprovalEngine
 from mcp_gate.manifests import load_manifests
-from mcp_gate.metrics import GateMetrics
 from mcp_gate.notary import Notary, notary_for
 from mcp_gate.policy import Manifest, policy_sha256
 from mcp_gate.seals import load_key
@@ -55,6 +52,11 @@ from mcp_gate.storage import (
 )
 from mcp_gate.storage.base import LogReader, Store
 from mcp_gate.tracing import Tracing
+
+if TYPE_CHECKING:
+    from mcp_gate.downstream import InProcessServer
+    from mcp_gate.gateway import Gateway
+    from mcp_gate.metrics import GateMetrics
 
 __all__ = [
     "decision_key",
@@ -99,6 +101,11 @@ async def open_gate(
     command or URL gate.toml gives (or added to it): for embedding programs and tests.
     `metrics` replaces the gate's own registry (GateMetrics(enabled=False) measures nothing);
     `tracing` is where its spans go (`gate_tracing`; default: nowhere)."""
+    # The call path (the SDK's client and server among it) is imported here, not with this module:
+    # the commands beside the gate (`pending`, `approve`, the audit commands) never load it.
+    from mcp_gate.downstream import Downstreams
+    from mcp_gate.gateway import Gateway
+
     in_process = dict(servers or {})
     if in_process:
         config = serve_in_process(config, in_process)

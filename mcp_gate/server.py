@@ -91,6 +91,9 @@ class FrontServer:
         self.gateway = gateway
         self.bus = InMemorySubscriptionBus()
         self._legacy_sessions: list[ServerSession] = []
+        # Over stdio and HTTP every request says on the wire whether it asked for progress; in this
+        # process (tests, embedding) the modern dispatcher carries no token, so progress is relayed.
+        self._on_the_wire = False
         self.server: Server[Any] = _GateServer(
             "mcp-gate",
             version=__version__,
@@ -154,7 +157,7 @@ class FrontServer:
             params.name,
             bad[0] if bad else params.arguments,
             transport=transport,
-            progress=_progress_relay(ctx),
+            progress=_progress_relay(ctx) if not self._on_the_wire or _asked_for_progress(ctx) else None,
             asker=ContextAsker(ctx, params),
             trace_context=traceparent_of(scope.get("headers")) if isinstance(scope, dict) else None,
         )
@@ -164,6 +167,7 @@ class FrontServer:
         MAX_STDIO_LINE_BYTES: the connection closes, with that one line on stderr."""
         from mcp.server.stdio import stdio_server
 
+        self._on_the_wire = True
         with _claimed_stdin() as wire:
             lines = anyio.AsyncFile(cast(IO[str], BoundedLines(wire, MAX_STDIO_LINE_BYTES)))
             async with stdio_server(stdin=lines) as (read, write):
@@ -174,6 +178,7 @@ class FrontServer:
                     tg.cancel_scope.cancel()
 
     def http_app(self) -> ASGIApp:
+        self._on_the_wire = True
         limits = self.gateway.config.http
         app = self.server.streamable_http_app(
             max_request_body_size=limits.max_body_bytes,
@@ -283,10 +288,17 @@ def _is_fd(stream: IO[str], fd: int) -> bool:
         return False
 
 
+def _asked_for_progress(ctx: ServerRequestContext[Any]) -> bool:
+    """Whether the request carries `_meta.progressToken`. Without one the SDK drops every progress
+    notification, so a held call need not wake every `progress_seconds` to send one."""
+    meta = (ctx.params or {}).get("_meta")
+    token = meta.get("progressToken") if isinstance(meta, Mapping) else None
+    return isinstance(token, str | int) and not isinstance(token, bool)
+
+
 def _progress_relay(ctx: ServerRequestContext[Any]) -> ProgressFn:
-    # Always relayed: whether the agent asked for progress is not visible on every transport
-    # (the in-process modern dispatcher carries no token), and report_progress is a no-op
-    # for a request that did not ask.
+    # report_progress is a no-op for a request that did not ask; over stdio and HTTP such a request
+    # gets no relay at all (`_asked_for_progress`), in this process it gets one (no token is seen).
     async def relay(progress: float, total: float | None, message: str | None) -> None:
         await ctx.session.report_progress(progress, total, message)
 

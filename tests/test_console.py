@@ -8,8 +8,8 @@ from typing import Any
 import anyio
 import pytest
 
-from mcp_gate.channels.api import Desk
 from mcp_gate.config import load_config
+from mcp_gate.desk import Desk
 from mcp_gate.errors import ConfigError
 from mcp_gate.testing import eventually
 from tests.console_helpers import Browserless, gate_with_console, make_config, text_of

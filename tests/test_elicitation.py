@@ -16,7 +16,7 @@ import mcp_types as types
 import pytest
 from mcp import Client
 
-from mcp_gate.channels.api import request_view
+from mcp_gate.desk import request_view
 from mcp_gate.gateway import Gateway
 from mcp_gate.server import FrontServer
 from mcp_gate.storage.sqlite import SQLiteStore

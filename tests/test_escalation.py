@@ -16,9 +16,9 @@ from mcp import Client
 
 from mcp_gate import runtime
 from mcp_gate.approvals import Refusal
-from mcp_gate.channels.api import Desk
 from mcp_gate.channels.slack import SlackChannel, SlackSecrets
 from mcp_gate.config import load_config
+from mcp_gate.desk import Desk
 from mcp_gate.errors import ConfigError
 from mcp_gate.evidence import VerifyReport
 from mcp_gate.report import build_report

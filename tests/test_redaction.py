@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from mcp_gate.approvals import ApprovalRequest, Binding
-from mcp_gate.channels.api import request_view
 from mcp_gate.channels.slack_blocks import render_request
 from mcp_gate.config import load_config
+from mcp_gate.desk import request_view
 from mcp_gate.errors import ConfigError
 from mcp_gate.redaction import DEFAULT_RULES, RedactionRules, is_secret_key, redact, scrub, scrub_text
+from mcp_gate.secret_patterns import (
+    BASE64_CHARSET,
+    HEX_CHARSET,
+    PATTERNS,
+    detector_patterns,
+    entropy,
+    read_patterns,
+)
 from mcp_gate.testing import write_config
 
 # Real-looking (but made-up) credentials of the kinds agents pass in arguments. Each is checked
@@ -197,3 +209,39 @@ def test_the_approvers_view_scrubs_arguments_an_older_gate_stored_with_the_confi
     shown = request_view(request, now, rules)["args"]
     assert shown == {"note": "badge [redacted] key [redacted]", "pwd": "[redacted]"}
     assert request_view(request, now)["args"]["note"] == "badge ACME-123456 key [redacted]"
+
+
+# -- the detectors without detect-secrets' import ------------------------------------------------
+
+
+def test_the_detectors_are_those_the_installed_detect_secrets_has() -> None:
+    """secret_patterns.PATTERNS is read from detect-secrets DETECT_SECRETS; another installed
+    version is read live. Either way the detectors are the installed detect-secrets' own."""
+    assert detector_patterns() == read_patterns()
+    assert len(PATTERNS) > 40  # every regex plugin, not an empty list that would hide nothing
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([BASE64_CHARSET, HEX_CHARSET]).flatmap(
+        lambda charset: st.tuples(st.just(charset), st.text(alphabet=charset, min_size=1, max_size=80))
+    )
+)
+@example((HEX_CHARSET, "0123456789012345678901"))  # digits alone count less over the hex alphabet
+@example((HEX_CHARSET, "7"))
+def test_entropy_is_detect_secrets_own(case: tuple[str, str]) -> None:
+    from detect_secrets.plugins.high_entropy_strings import Base64HighEntropyString, HexHighEntropyString
+
+    charset, text = case
+    theirs = Base64HighEntropyString() if charset == BASE64_CHARSET else HexHighEntropyString()
+    assert entropy(text, charset) == theirs.calculate_shannon_entropy(text)
+
+
+def test_scrubbing_hides_secrets_without_importing_detect_secrets() -> None:
+    code = (
+        "import sys; from mcp_gate.redaction import scrub_text; "
+        f"print(scrub_text({CORPUS['aws access key id']!r} + ' and ' + {CORPUS['gitlab']!r})); "
+        "print('detect_secrets' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines() == ["[redacted] and [redacted]", "False"]

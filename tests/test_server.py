@@ -314,3 +314,21 @@ async def test_a_downstream_over_streamable_http_is_served_with_its_configured_h
         downstream.should_exit = True
     sock.close()
     assert seen_headers and set(seen_headers) == {"k-123"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_over_http_progress_reaches_an_agent_that_asked_for_it(notes_config: Path, mode: str) -> None:
+    """On the wire the gate relays progress only to a request carrying a progress token (one that
+    carries none would have every notification dropped); this one asks, and hears every step."""
+    seen: list[float] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(progress)
+
+    async with http_gate(notes_config) as url:
+        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=httpx2.Timeout(30.0))
+        async with http, Client(streamable_http_client(url, http_client=http), mode=mode) as agent:
+            asked = await agent.call_tool("notes__sleep", {"seconds": 0.2}, progress_callback=on_progress)
+            not_asked = await agent.call_tool("notes__sleep", {"seconds": 0.2})
+    assert text_of(asked) == text_of(not_asked) == "slept"
+    assert seen == [float(i) for i in range(1, 11)]

@@ -14,7 +14,6 @@ import mcp_types as types
 import pytest
 from mcp import Client
 
-from mcp_gate.channels.api import Desk
 from mcp_gate.channels.slack import SlackChannel, SlackSecrets
 from mcp_gate.channels.slack_api import SlackApi
 from mcp_gate.channels.slack_blocks import (
@@ -27,6 +26,7 @@ from mcp_gate.channels.slack_blocks import (
 from mcp_gate.channels.slack_outbox import LEASE
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import load_config
+from mcp_gate.desk import Desk
 from mcp_gate.fake_slack import FakeSlack
 from mcp_gate.runtime import open_engine
 from mcp_gate.storage.base import SlackMessage

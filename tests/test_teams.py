@@ -10,7 +10,7 @@ import mcp_types as types
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from mcp_gate.channels.api import Desk
+from mcp_gate.desk import Desk
 from mcp_gate.runtime import open_engine
 from mcp_gate.testing import FakeClock, eventually
 from tests.teams_helpers import (

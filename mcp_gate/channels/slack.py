@@ -14,7 +14,6 @@ import anyio.abc
 import anyio.lowlevel
 
 from mcp_gate.approvals import Approver, Refusal, decide
-from mcp_gate.channels.api import Desk
 from mcp_gate.channels.slack_api import SlackApi, SocketModeLink, connect_socket_mode
 from mcp_gate.channels.slack_blocks import GRANT_FOR, deny_modal, refusal_text
 from mcp_gate.channels.slack_clicks import Click, modal_errors, parse_interaction
@@ -22,6 +21,7 @@ from mcp_gate.channels.slack_http import MAX_AGE, MAX_BODY_BYTES, build_interact
 from mcp_gate.channels.slack_outbox import SlackOutbox, safely
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import GateConfig, SlackSettings
+from mcp_gate.desk import Desk
 from mcp_gate.errors import ConfigError, NoSuchRequest, SlackFailure
 from mcp_gate.gateway import Gateway
 from mcp_gate.http import serve_asgi

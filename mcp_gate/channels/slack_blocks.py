@@ -166,7 +166,7 @@ def render_request(
     voters: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The chat.postMessage / chat.update arguments (`text`, `blocks`) for a request view
-    (channels.api.request_view). Buttons only while it is pending; they carry only the request id."""
+    (desk.request_view). Buttons only while it is pending; they carry only the request id."""
     voters = voters or {}
     rid = view["id"]
     requester = view["requester"]

@@ -14,7 +14,6 @@ import anyio
 
 from mcp_gate.approvals import ApprovalRequest, grant_refusal
 from mcp_gate.availability import read_availability
-from mcp_gate.channels.api import Desk
 from mcp_gate.channels.slack_api import AuthInfo, SlackApi
 from mcp_gate.channels.slack_blocks import (
     GRANT_FOR,
@@ -25,6 +24,7 @@ from mcp_gate.channels.slack_blocks import (
 )
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import SlackSettings
+from mcp_gate.desk import Desk
 from mcp_gate.errors import GateError, SlackFailure
 from mcp_gate.escalation import escalation_steps
 from mcp_gate.events import OPEN_STATES, TERMINAL_STATES, EventType

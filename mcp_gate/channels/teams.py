@@ -17,7 +17,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mcp_gate.approvals import Approver, Refusal, decide
-from mcp_gate.channels.api import Desk
 from mcp_gate.channels.slack_blocks import GRANT_FOR
 from mcp_gate.channels.teams_activity import TeamsClick, parse_activity, parse_body
 from mcp_gate.channels.teams_auth import BotFrameworkVerifier, Unverified
@@ -26,6 +25,7 @@ from mcp_gate.channels.teams_connector import Connector
 from mcp_gate.channels.teams_outbox import TeamsOutbox
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import GateConfig, TeamsSettings
+from mcp_gate.desk import Desk
 from mcp_gate.errors import ConfigError, NoSuchRequest, TeamsFailure
 from mcp_gate.escalation import escalated_groups, escalation_steps
 from mcp_gate.gateway import Gateway

@@ -108,7 +108,7 @@ def render_card(
     refresh_users: Sequence[str] = (),
     console_url: str | None = None,
 ) -> dict[str, Any]:
-    """The Adaptive Card for a request view (channels.api.request_view). Buttons (Action.Execute)
+    """The Adaptive Card for a request view (desk.request_view). Buttons (Action.Execute)
     only while it is pending and `buttons`; they carry only the request id. `refresh_users` (Entra
     object ids) get a card of their own on opening it, with the buttons they may use."""
     rid = view["id"]

@@ -13,13 +13,13 @@ from typing import Any
 import anyio
 
 from mcp_gate.approvals import ApprovalRequest, grant_refusal
-from mcp_gate.channels.api import Desk
 from mcp_gate.channels.slack_blocks import GRANT_FOR
 from mcp_gate.channels.slack_outbox import LEASE, UPDATE_LEASE, safely
 from mcp_gate.channels.teams_cards import breakglass_card, render_card
 from mcp_gate.channels.teams_connector import Connector
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import TeamsSettings
+from mcp_gate.desk import Desk
 from mcp_gate.errors import TeamsFailure
 from mcp_gate.escalation import escalation_steps
 from mcp_gate.events import OPEN_STATES, TERMINAL_STATES, EventType

@@ -21,8 +21,8 @@ from typing import Any
 import anyio
 import httpx2
 
-from mcp_gate.channels.api import request_view
 from mcp_gate.config import WebhookSettings
+from mcp_gate.desk import request_view
 from mcp_gate.errors import GateError
 from mcp_gate.events import EventType
 from mcp_gate.evidence import Record

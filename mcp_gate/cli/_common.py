@@ -1,7 +1,12 @@
 """What every `mcp-gate` command module shares: exit codes, --config, output, sub-parsers, addresses.
 
 The leaf of the CLI package: it imports no other CLI module, so the command modules import it and
-never each other's private helpers."""
+never each other's private helpers.
+
+Every command module is imported to build the parser, so each imports at its top only what is
+cheap (the standard library, this module, `errors`, the pure core) and the rest (the config, the
+store, the SDK, the channels) in the commands that use it: `mcp-gate --version`, `pending` and
+`approve` start without loading the call path (tests/test_cli_imports.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +16,12 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mcp_gate.config import GateConfig, load_config, resolve_config_path
 from mcp_gate.errors import GateError
+
+if TYPE_CHECKING:
+    from mcp_gate.config import GateConfig
 
 __all__ = [
     "EXIT_FAILED",
@@ -37,6 +44,8 @@ EXIT_USAGE = 2
 
 
 def load_config_from_args(args: argparse.Namespace) -> GateConfig:
+    from mcp_gate.config import load_config, resolve_config_path
+
     return load_config(resolve_config_path(args.config, os.environ, Path.cwd()), os.environ)
 
 

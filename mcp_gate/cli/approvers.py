@@ -13,12 +13,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import anyio
-
-from mcp_gate import runtime
 from mcp_gate.cli._common import (
     EXIT_OK,
     add_config,
@@ -28,8 +25,10 @@ from mcp_gate.cli._common import (
     say,
     subcommand,
 )
-from mcp_gate.config import GateConfig, read_private_text
 from mcp_gate.errors import ApiUnreachable, DecisionRefused, GateError, NoSuchRequest
+
+if TYPE_CHECKING:
+    from mcp_gate.config import GateConfig
 
 __all__ = ["add_commands"]
 
@@ -43,6 +42,8 @@ PENDING_ARGS_CHARS = 160
 
 def _token(args: argparse.Namespace) -> str:
     """The approver's token: --token-file, else $MCP_GATE_TOKEN. Never a name typed here."""
+    from mcp_gate.config import read_private_text
+
     if args.token_file is not None:
         path = Path(args.token_file)
         try:
@@ -75,6 +76,8 @@ class _Op:
 
 def _perform(args: argparse.Namespace, op: _Op) -> Any:
     """Run an operation through the API or the gate's database, as --via and the config say."""
+    import anyio
+
     token = _token(args)
     if args.api is not None:
         if args.via == "db":
@@ -132,7 +135,8 @@ def _over_api(url: str, token: str, op: _Op, *, connect_errors: bool = False) ->
 
 
 async def _over_db(config: GateConfig, token: str, op: _Op) -> Any:
-    from mcp_gate.channels.api import Desk
+    from mcp_gate import runtime
+    from mcp_gate.desk import Desk
 
     approver = config.approver_by_token(token)
     if approver is None:
@@ -254,7 +258,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def _decided(args: argparse.Namespace, result: dict[str, Any]) -> int:
-    from mcp_gate.channels.api import summarize
+    from mcp_gate.desk import summarize
 
     if args.json:
         _print_json(result)

@@ -10,15 +10,9 @@ import sys
 from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio
-import anyio.to_thread
-
-from mcp_gate import __version__, runtime
 from mcp_gate.approvals import ApprovalRequest
-from mcp_gate.audit import AuditReport
-from mcp_gate.bundle import Progress
 from mcp_gate.checkpoints import (
     VerifierKey,
     checkpoint_body,
@@ -37,19 +31,15 @@ from mcp_gate.cli._common import (
     subcommand,
 )
 from mcp_gate.clock import SystemClock, utc_iso
-from mcp_gate.config import GateConfig, invoking_user, load_config, resolve_config_path
 from mcp_gate.errors import CheckpointError, GateError, StoreError
 from mcp_gate.events import EventType
 from mcp_gate.evidence import GENESIS_HASH, new_event, render_story
-from mcp_gate.notary import (
-    Notary,
-    create_key_file,
-    head_path,
-    load_key_file,
-    read_head_text,
-    write_head,
-)
-from mcp_gate.storage.base import Tx
+
+if TYPE_CHECKING:
+    from mcp_gate.audit import AuditReport
+    from mcp_gate.config import GateConfig
+    from mcp_gate.notary import Notary
+    from mcp_gate.storage.base import Tx
 
 __all__ = [
     "add_audit_commands",
@@ -64,6 +54,8 @@ __all__ = [
 def _db(config: GateConfig) -> str:
     """Where the gate's evidence is (its file, or its database's url without the password);
     GateError if there is no file yet."""
+    from mcp_gate import runtime
+
     where = runtime.store_where(config)
     if not runtime.store_exists(config):
         raise GateError(f"{where}: no evidence log here yet (has the gate run with this config?)")
@@ -71,6 +63,9 @@ def _db(config: GateConfig) -> str:
 
 
 def _event(config: GateConfig, event_type: EventType, **fields: Any) -> dict[str, Any]:
+    from mcp_gate import __version__
+    from mcp_gate.config import invoking_user
+
     return new_event(
         event_type,
         ts=utc_iso(SystemClock().now()),
@@ -86,6 +81,8 @@ async def _record(config: GateConfig, notary: Notary | None, event: dict[str, An
 
     Only a gate with a signing key records them (then a checkpoint covers them too); a read-only
     copy of the file is left as it is."""
+    from mcp_gate import runtime
+
     if notary is None or not runtime.store_writable(config):
         return
     try:
@@ -129,6 +126,8 @@ def _pubkey(text: str) -> VerifierKey:
 
 
 def cmd_keys_init(args: argparse.Namespace) -> int:
+    from mcp_gate.notary import create_key_file, head_path, write_head
+
     config = load_config_from_args(args)
     settings = config.evidence
     assert settings is not None
@@ -147,6 +146,8 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_show(args: argparse.Namespace) -> int:
+    from mcp_gate.notary import load_key_file
+
     config = load_config_from_args(args)
     assert config.evidence is not None
     if config.evidence.signer_pubkey is not None:
@@ -164,6 +165,10 @@ def _get_request(tx: Tx, request_id: str) -> ApprovalRequest | None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    import anyio.to_thread
+
+    from mcp_gate import runtime
+
     config = load_config_from_args(args)
     _db(config)
 
@@ -199,6 +204,8 @@ def _verification_inputs(
 
     With --pubkey nothing private is needed: a missing or unusable signing key only means the
     check cannot be recorded in the log."""
+    from mcp_gate import runtime
+
     notary: Notary | None
     if pubkey is not None:
         verifiers: list[VerifierKey] | None = [_pubkey(pubkey)]
@@ -227,6 +234,11 @@ def _verification_inputs(
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    import anyio.to_thread
+
+    from mcp_gate import runtime
+    from mcp_gate.bundle import Progress
+
     if args.bundle is not None:
         return _verify_bundle(args)
     config = load_config_from_args(args)
@@ -299,6 +311,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def _head_text(config: GateConfig, verifiers: list[VerifierKey] | None) -> tuple[str, str] | None:
     """The signed-head file as a (source, note) pair, so verify checks the log against it too."""
+    from mcp_gate.notary import head_path, read_head_text
+
     if verifiers is None or config.evidence is None:
         return None
     path = head_path(config.evidence.key_path)
@@ -318,6 +332,9 @@ def _check_history(
 ) -> AuditReport:
     """With a key, the checkpoint table must reach the signed head, and the key must be the one the
     log pinned; otherwise the report fails with the reason."""
+    from mcp_gate import runtime
+    from mcp_gate.notary import head_path
+
     if verifiers is None or config.evidence is None or not report.ok:
         return report
     settings = config.evidence
@@ -366,7 +383,10 @@ def _note_size(note: str, verifiers: list[VerifierKey]) -> int:
 
 
 def _verify_bundle(args: argparse.Namespace) -> int:
+    import anyio.to_thread
+
     from mcp_gate.bundle import verify_bundle
+    from mcp_gate.config import load_config, resolve_config_path
 
     if args.pubkey is None:
         raise GateError("--bundle: verifying a bundle needs the gate's public key: --pubkey KEY")
@@ -410,6 +430,8 @@ def _verify_bundle(args: argparse.Namespace) -> int:
 
 
 def _needs_notary(config: GateConfig, what: str) -> Notary:
+    from mcp_gate import runtime
+
     notary = runtime.gate_notary(config)
     if notary is None:
         raise GateError(f"{what} needs a signing key; create one with `mcp-gate keys init`")
@@ -417,6 +439,9 @@ def _needs_notary(config: GateConfig, what: str) -> Notary:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    import anyio.to_thread
+
+    from mcp_gate import __version__, runtime
     from mcp_gate.bundle import export_bundle
 
     config = load_config_from_args(args)
@@ -460,6 +485,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    import anyio.to_thread
+
+    from mcp_gate import runtime
     from mcp_gate.report import build_report, render_html
 
     config = load_config_from_args(args)
@@ -494,6 +522,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    import anyio.to_thread
+
+    from mcp_gate import runtime
+
     config = load_config_from_args(args)
     _db(config)
     _needs_notary(config, "audit prune")
@@ -532,6 +564,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def missed_copies(config: GateConfig) -> list[str]:
     """One line per checkpoint copy that failed (for `mcp-gate check`)."""
+    from mcp_gate import runtime
+
     if not runtime.store_exists(config):
         return []
     lines: list[str] = []

@@ -6,9 +6,6 @@ import argparse
 import functools
 from typing import Any
 
-import anyio
-
-from mcp_gate import runtime
 from mcp_gate.cli._common import (
     EXIT_OK,
     add_config,
@@ -26,6 +23,9 @@ DEFAULT_LISTEN = ("127.0.0.1", 8767)
 
 
 def cmd_console(args: argparse.Namespace) -> int:
+    import anyio
+
+    from mcp_gate import runtime
     from mcp_gate.console import build_console
     from mcp_gate.http import serve_asgi
 

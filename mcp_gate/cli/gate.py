@@ -11,11 +11,8 @@ import socket
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import anyio
-
-from mcp_gate import __version__, runtime
 from mcp_gate.cli._common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -29,24 +26,11 @@ from mcp_gate.cli._common import (
     say,
     subcommand,
 )
-from mcp_gate.cli.approval_checks import approval_problems, availability_problems
-from mcp_gate.cli.audit import checkpoint_warnings, missed_copies
-from mcp_gate.cli.policy import run_policy_tests
-from mcp_gate.cli.slack import slack_check
-from mcp_gate.cli.teams import teams_check
-from mcp_gate.config import (
-    GateConfig,
-    invoking_user,
-    load_config,
-    read_client_config,
-    resolve_config_path,
-    servers_to_toml,
-    tracing_settings,
-)
 from mcp_gate.errors import GateError
-from mcp_gate.logs import configure_logging
-from mcp_gate.manifests import load_manifests
-from mcp_gate.offering import SEPARATOR, split_name
+from mcp_gate.policy import SEPARATOR, split_name
+
+if TYPE_CHECKING:
+    from mcp_gate.config import GateConfig
 
 __all__ = ["add_commands"]
 
@@ -55,7 +39,12 @@ __all__ = ["add_commands"]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import anyio
+
+    from mcp_gate import runtime
+    from mcp_gate.config import tracing_settings
     from mcp_gate.health import Probes, serve_admin
+    from mcp_gate.logs import configure_logging
     from mcp_gate.server import FrontServer
 
     config = load_config_from_args(args)
@@ -229,6 +218,11 @@ def _admin_address(option: str | None, config: GateConfig) -> tuple[str, int] | 
 def _inspect(config: GateConfig, *, timeout: float) -> dict[str, Any]:
     """Start the gate's downstreams once and describe servers and tools."""
 
+    import anyio
+
+    from mcp_gate import runtime
+    from mcp_gate.manifests import load_manifests
+
     # Manifest errors are bad input: report them alone, before any progress about servers.
     load_manifests(config.manifests_dir, config.servers.keys(), required=config.manifests_required)
     signing = "off" if runtime.gate_notary(config) is None else "loaded"  # an unusable key is bad input too
@@ -295,6 +289,12 @@ def _print_tools(tools: list[dict[str, Any]]) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from mcp_gate.cli.approval_checks import approval_problems, availability_problems
+    from mcp_gate.cli.audit import checkpoint_warnings, missed_copies
+    from mcp_gate.cli.policy import run_policy_tests
+    from mcp_gate.cli.slack import slack_check
+    from mcp_gate.cli.teams import teams_check
+
     config = load_config_from_args(args)
     report = _inspect(config, timeout=args.timeout)
     report["approval_problems"] = approval_problems(config)
@@ -389,6 +389,11 @@ def cmd_tools(args: argparse.Namespace) -> int:
 
 
 def cmd_tools_accept(args: argparse.Namespace) -> int:
+    import anyio
+
+    from mcp_gate import __version__, runtime
+    from mcp_gate.config import invoking_user
+
     config = load_config_from_args(args)
     split = split_name(args.name)
     if split is None or split[0] not in config.servers:
@@ -477,6 +482,8 @@ def cmd_manifests(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from mcp_gate.config import read_client_config, servers_to_toml
+
     # ${...} references stay references: gate.toml resolves them when it loads, so a secret in
     # this shell's environment is never printed.
     servers = read_client_config(Path(args.path), os.environ, keep_references=True)
@@ -489,6 +496,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def _existing_config(args: argparse.Namespace) -> GateConfig | None:
     """The gate.toml the imported servers go into, when there is one that loads."""
+    from mcp_gate.config import load_config, resolve_config_path
+
     path = resolve_config_path(args.config, os.environ, Path.cwd())
     if not path.exists():
         return None
@@ -501,6 +510,8 @@ def _existing_config(args: argparse.Namespace) -> GateConfig | None:
 def _import_hints(servers: dict[str, Any], config: GateConfig | None) -> list[str]:
     """What a new user has still to do after pasting the tables: one line each, on stderr."""
     import shutil
+
+    from mcp_gate.manifests import load_manifests
 
     hints = []
     manifests_dir = config.manifests_dir if config is not None else Path.cwd() / "tool_manifests"

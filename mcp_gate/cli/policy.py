@@ -5,32 +5,29 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcp_gate.cli._common import EXIT_FAILED, EXIT_OK, add_config, load_config_from_args, say, subcommand
-from mcp_gate.config import GateConfig
 from mcp_gate.errors import ConfigError, GateError
-from mcp_gate.manifests import load_manifests
-from mcp_gate.policy import Manifest
-from mcp_gate.policy_tests import (
-    CASES_DIR,
-    Verdict,
-    case_files,
-    evaluate,
-    explain,
-    load_cases,
-    requester_of,
-)
+from mcp_gate.policy import CASES_DIR, Manifest
+
+if TYPE_CHECKING:
+    from mcp_gate.config import GateConfig
+    from mcp_gate.policy_tests import Verdict
 
 __all__ = ["add_commands", "run_policy_tests"]
 
 
 def _manifests(config: GateConfig) -> dict[str, Manifest]:
+    from mcp_gate.manifests import load_manifests
+
     return load_manifests(config.manifests_dir, config.servers.keys(), required=config.manifests_required)
 
 
 def run_policy_tests(config: GateConfig, files: list[Path] | None = None) -> list[Verdict]:
     """Every case of `files` (default: the case files next to the manifests), evaluated."""
+    from mcp_gate.policy_tests import case_files, evaluate, load_cases
+
     manifests = _manifests(config)
     verdicts = []
     for path in files if files is not None else case_files(config.manifests_dir):
@@ -92,6 +89,8 @@ def _verdict_json(verdict: Verdict) -> dict[str, Any]:
 
 
 def cmd_policy_explain(args: argparse.Namespace) -> int:
+    from mcp_gate.policy_tests import explain, requester_of
+
     config = load_config_from_args(args)
     if args.server not in config.servers:
         known = ", ".join(sorted(config.servers)) or "none"

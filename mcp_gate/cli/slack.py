@@ -7,13 +7,8 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio
-
-from mcp_gate import runtime
-from mcp_gate.channels.slack import SlackSecrets
-from mcp_gate.channels.slack_api import SlackApi, connect_socket_mode
 from mcp_gate.cli._common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -23,9 +18,12 @@ from mcp_gate.cli._common import (
     say,
     subcommand,
 )
-from mcp_gate.config import GateConfig, SlackSettings
 from mcp_gate.errors import ConfigError, GateError, SlackFailure
 from mcp_gate.events import SLACK_DELIVERY
+
+if TYPE_CHECKING:
+    from mcp_gate.channels.slack_api import SlackApi
+    from mcp_gate.config import GateConfig, SlackSettings
 
 __all__ = ["Finding", "add_commands", "diagnose", "slack_check"]
 
@@ -103,6 +101,11 @@ async def _auth(config: GateConfig, settings: SlackSettings, api: SlackApi) -> l
 
 async def diagnose(config: GateConfig, environ: Mapping[str, str], *, post: bool = True) -> list[Finding]:
     """Check the Slack set-up end to end; with `post`, send a test message to every channel."""
+    import anyio
+
+    from mcp_gate.channels.slack import SlackSecrets
+    from mcp_gate.channels.slack_api import SlackApi, connect_socket_mode
+
     settings = _settings(config)
     try:
         secrets = SlackSecrets.read(config, environ)
@@ -158,6 +161,8 @@ async def diagnose(config: GateConfig, environ: Mapping[str, str], *, post: bool
 
 async def _recent_failure(config: GateConfig) -> str | None:
     """The last Slack failure the gate recorded, if nothing was posted or updated since."""
+    from mcp_gate import runtime
+
     if not runtime.store_exists(config):
         return None
     async with runtime.read_gate_store(config) as store:
@@ -175,6 +180,8 @@ async def _recent_failure(config: GateConfig) -> str | None:
 def slack_check(config: GateConfig, environ: Mapping[str, str]) -> Finding:
     """One line for `mcp-gate check`: the Slack problem, or that Slack is fine (posts nothing)."""
 
+    import anyio
+
     async def run() -> Finding:
         findings = await diagnose(config, environ, post=False)
         failed = [f for f in findings if not f.ok]
@@ -190,6 +197,8 @@ def slack_check(config: GateConfig, environ: Mapping[str, str]) -> Finding:
 
 
 def cmd_slack_test(args: argparse.Namespace) -> int:
+    import anyio
+
     config = load_config_from_args(args)
     _settings(config)
     progress("checking Slack: auth, scopes, channels, connection...")

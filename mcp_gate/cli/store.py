@@ -9,10 +9,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import anyio
-
-from mcp_gate import runtime
-from mcp_gate.bundle import Progress
 from mcp_gate.cli._common import EXIT_OK, add_config, load_config_from_args, progress, say, subcommand
 from mcp_gate.errors import GateError
 
@@ -28,6 +24,10 @@ Stop the gate first; afterwards point gate.toml's [store] at the database and ke
 
 
 def cmd_store_migrate(args: argparse.Namespace) -> int:
+    import anyio
+
+    from mcp_gate import runtime
+
     config = load_config_from_args(args)
     before, after, known = anyio.run(lambda: runtime.migrate_store(config, apply=not args.check))
     where = runtime.store_where(config)
@@ -43,6 +43,11 @@ def cmd_store_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_store_copy(args: argparse.Namespace) -> int:
+    import anyio
+
+    from mcp_gate import runtime
+    from mcp_gate.bundle import Progress
+
     source = Path(args.source)
     url: str | None = args.to
     verifiers = None

@@ -7,14 +7,8 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio
-import httpx2
-
-from mcp_gate.channels.teams import MESSAGES_PATH, TeamsSecrets
-from mcp_gate.channels.teams_auth import BotFrameworkVerifier, Unverified
-from mcp_gate.channels.teams_connector import Connector
 from mcp_gate.cli._common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -24,9 +18,11 @@ from mcp_gate.cli._common import (
     say,
     subcommand,
 )
-from mcp_gate.cli.slack import Finding
-from mcp_gate.config import GateConfig, TeamsSettings
 from mcp_gate.errors import ConfigError, TeamsFailure
+
+if TYPE_CHECKING:
+    from mcp_gate.cli.slack import Finding
+    from mcp_gate.config import GateConfig, TeamsSettings
 
 __all__ = ["add_commands", "diagnose", "teams_check"]
 
@@ -45,6 +41,13 @@ async def diagnose(
     """What works and what is missing: the bot's password, a token from the token service, the Bot
     Framework signing keys, (with `post`) a test card in the conversation, and (with `endpoint`) that
     the public messaging endpoint answers and refuses a request without a token."""
+    import httpx2
+
+    from mcp_gate.channels.teams import MESSAGES_PATH, TeamsSecrets
+    from mcp_gate.channels.teams_auth import BotFrameworkVerifier, Unverified
+    from mcp_gate.channels.teams_connector import Connector
+    from mcp_gate.cli.slack import Finding
+
     settings = _settings(config)
     findings: list[Finding] = []
     try:
@@ -96,6 +99,11 @@ async def diagnose(
 
 def teams_check(config: GateConfig, environ: Mapping[str, str]) -> Finding:
     """One line for `mcp-gate check`: the Teams problem, or that Teams is fine (posts nothing)."""
+    import anyio
+
+    from mcp_gate.channels.teams import MESSAGES_PATH
+    from mcp_gate.cli.slack import Finding
+
     findings = anyio.run(lambda: diagnose(config, environ, post=False))
     failed = [f for f in findings if not f.ok]
     if failed:
@@ -108,6 +116,8 @@ def teams_check(config: GateConfig, environ: Mapping[str, str]) -> Finding:
 
 
 def cmd_teams_test(args: argparse.Namespace) -> int:
+    import anyio
+
     config = load_config_from_args(args)
     _settings(config)
     progress("checking Teams: credentials, signing keys, conversation, endpoint...")

@@ -180,4 +180,6 @@ def config_error_from(file: str, exc: ValidationError, *, prefix: tuple[str | in
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # A model's validator is built when it first validates, not when its module is imported: a
+    # gate.toml uses a few of the many sections, and a short command should not build the rest.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)

@@ -1,6 +1,6 @@
 """The console's pages and posts: login, pending (live), one request, grants; decisions by the engine.
 
-A thin front over `channels.api.Desk`: it shows what the engine holds and hands each decision to
+A thin front over `desk.Desk`: it shows what the engine holds and hands each decision to
 the engine, which alone enforces who may decide, separation of duties, quorum and expiry. What the
 console refuses itself (no session, a missing or wrong CSRF token, a failed login) is recorded as
 `console.refused`; what the engine refuses it records as `approval.refused`.
@@ -26,7 +26,6 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
 from mcp_gate.approvals import Approver, Refusal
-from mcp_gate.channels.api import Desk, summarize
 from mcp_gate.channels.email import DecisionLink, verify_link
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import ConsoleSettings, GateConfig
@@ -35,6 +34,7 @@ from mcp_gate.console.context import GRANT_CHOICES, lay_out, request_context
 from mcp_gate.console.headers import SecurityHeaders, report_response
 from mcp_gate.console.records import call_story, drift_rows
 from mcp_gate.console.sessions import LoginLimiter, LoginMethod, Session, SessionManager, TokenLogin
+from mcp_gate.desk import Desk, summarize
 from mcp_gate.errors import GateError, NoSuchRequest
 from mcp_gate.holds import ApprovalEngine
 from mcp_gate.redaction import scrub

@@ -14,8 +14,8 @@ from datetime import timedelta
 from typing import Any
 
 from mcp_gate.approvals import ApprovalRequest, Approver, Refusal, decide, grant_refusal, revoke
-from mcp_gate.channels.api import Desk
 from mcp_gate.clock import utc_iso
+from mcp_gate.desk import Desk
 from mcp_gate.escalation import ESCALATED, escalated_groups
 from mcp_gate.events import FINAL_STATES, RELEASED_STATES, EventType
 
