@@ -36,6 +36,7 @@ __all__ = [
     "grant_covers",
     "new_id",
     "parse_duration",
+    "principal",
     "release",
     "revoke",
     "void_reason",
@@ -79,18 +80,48 @@ def format_duration(delta: timedelta) -> str:
     return f"{seconds}s"
 
 
+def principal(issuer: str, subject: str) -> str:
+    """A person at an identity provider as one string: the issuer and the subject it vouches for.
+    A subject is unique only per issuer, so the two always travel together."""
+    return f"{issuer.rstrip('/')}#{subject}"
+
+
 @dataclass(frozen=True)
 class Approver:
-    """A person who may decide, authenticated by a token (or a chat identity in later channels)."""
+    """A person who may decide, authenticated by a token (or a chat identity in later channels).
+
+    One authenticated by the organisation's identity provider carries its `issuer` and `subject`
+    (their principal is among its identities), the SHA-256 of the token's `jti`, and the claims
+    that made it a member of its groups (`granted_by`), all recorded with its decisions."""
 
     name: str
     email: str
     groups: frozenset[str]
     token_sha256: str | None = None
     aliases: frozenset[str] = frozenset()
+    issuer: str | None = None
+    subject: str | None = None
+    jti_sha256: str | None = None
+    granted_by: tuple[str, ...] = ()
+    display_name: str | None = None
 
     def identities(self) -> frozenset[str]:
-        return frozenset(i.strip().lower() for i in (self.name, self.email, *self.aliases) if i.strip())
+        own = [self.name, self.email, *self.aliases]
+        if self.issuer is not None and self.subject is not None:
+            own.append(principal(self.issuer, self.subject))
+        return frozenset(i.strip().lower() for i in own if i.strip())
+
+    def idp_fields(self) -> dict[str, Any]:
+        """What a decision's record says of an approver from the identity provider (nothing for others)."""
+        if self.subject is None:
+            return {}
+        return {
+            "approver_iss": self.issuer,
+            "approver_sub": self.subject,
+            "approver_name": self.display_name,
+            "approver_jti_sha256": self.jti_sha256,
+            "eligible_by": list(self.granted_by),
+        }
 
 
 @dataclass(frozen=True)

@@ -231,6 +231,7 @@ class GateConfig:
     console: ConsoleSettings | None = None  # [console]: the approval console in the browser
     email: EmailSettings | None = None  # [email]: requests mailed to approvers with console links
     webhook: WebhookSettings | None = None  # [webhook]: requests and outcomes POSTed, signed
+    identity: IdentitySettings | None = None  # [identity]: the organisation's identity provider
     # The gate's own files (data dir, config, manifests, signing key): a downstream call whose
     # arguments name a path inside them is blocked. Empty when [gate] protect_own_files = false.
     protected_paths: tuple[Path, ...] = ()
@@ -243,6 +244,46 @@ class GateConfig:
             if approver.token_sha256 is not None and hmac.compare_digest(approver.token_sha256, presented):
                 found = approver
         return found
+
+
+@dataclass(frozen=True)
+class IdentitySettings:
+    """[identity]: the organisation's identity provider. Agents over HTTP present its JWT access
+    tokens (the gate is an OAuth 2.1 resource server for `audience`, its canonical resource URI);
+    people are (issuer, subject), their email and name taken from the named claims, their approver
+    groups from `groups` (approver group -> the provider's groups in `groups_claim`)."""
+
+    issuer: str
+    audience: str
+    discovery_url: str | None = None  # None: issuer + /.well-known/openid-configuration
+    jwks_uri: str | None = None  # None: the discovery document's
+    algorithms: tuple[str, ...] = ("RS256", "ES256", "PS256", "EdDSA")
+    leeway: float = 30.0
+    email_claim: str = "email"
+    name_claim: str = "name"
+    groups_claim: str = "groups"
+    agent_claims: tuple[str, ...] = ("azp", "client_id")
+    owner_claim: str | None = None  # a client-credentials agent's owner, from this claim
+    required_scope: str | None = None
+    tier_scopes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    # A client-credentials agent's owner by its client id.
+    agent_owners: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    slack_subjects: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # Slack id -> sub
+    require_idp: bool = False
+    refresh_seconds: float = 3600.0  # keys are fetched again this often
+    max_key_age: float = 86400.0  # fetched keys are used, while the key set cannot be fetched, this long
+    refetch_every: float = 30.0  # an unknown kid fetches the keys again, at most this often
+    cli_client_id: str | None = None  # the public client `mcp-gate login` uses (device grant)
+    cli_scopes: tuple[str, ...] = ()
+
+    @property
+    def discovery(self) -> str:
+        return self.discovery_url or f"{self.issuer.rstrip('/')}/.well-known/openid-configuration"
+
+    def scopes_supported(self) -> list[str]:
+        found = [self.required_scope, *self.tier_scopes.values()]
+        return list(dict.fromkeys(s for s in found if s is not None))
 
 
 @dataclass(frozen=True)
