@@ -24,11 +24,30 @@ Mode = Literal["enforce", "shadow"]
 @dataclass(frozen=True)
 class Requester:
     """Who calls: the agent principal and the human it acts for. `hold_seconds` is this
-    requester's own hold budget (None: `[approvals] hold_seconds`), set below its client's timeout."""
+    requester's own hold budget (None: `[approvals] hold_seconds`), set below its client's timeout.
+
+    A requester from the identity provider's access token also carries the token's issuer, its
+    subject (the person; None for a client acting as itself), their email and name as the token
+    claims them, the SHA-256 of its `jti`, and its scopes (None: a static requester, unscoped)."""
 
     agent: str
     owner: str
     hold_seconds: float | None = None
+    issuer: str | None = None
+    subject: str | None = None
+    email: str | None = None
+    name: str | None = None
+    jti_sha256: str | None = None
+    scopes: frozenset[str] | None = None
+
+    def recorded(self) -> dict[str, Any]:
+        """As every record of a call names it: agent and owner, and for a token from the identity
+        provider its issuer, subject, email, name and hashed jti (never the token)."""
+        shown: dict[str, Any] = {"agent": self.agent, "owner": self.owner}
+        if self.issuer is not None:
+            shown |= {"iss": self.issuer, "sub": self.subject, "email": self.email, "name": self.name}
+            shown["jti_sha256"] = self.jti_sha256
+        return shown
 
 
 @dataclass(frozen=True)
