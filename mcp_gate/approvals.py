@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, assert_never
@@ -37,6 +37,7 @@ __all__ = [
     "new_id",
     "parse_duration",
     "principal",
+    "requester_identities",
     "release",
     "revoke",
     "void_reason",
@@ -236,7 +237,7 @@ class Refusal:
 
     code: Literal[
         "self-approval", "not-eligible", "not-pending", "expired", "duplicate", "no-grant", "void",
-        "breakglass-off", "not-allowed", "own-request", "no-reason",
+        "breakglass-off", "not-allowed", "own-request", "no-reason", "no-identity",
     ]  # fmt: skip
     why: str
 
@@ -297,8 +298,25 @@ def final_outcome(request: ApprovalRequest) -> Denied | Expired | Revoked | Void
             return Void(request, request.closed_by or "the call changed")
 
 
-def _eligibility(request: ApprovalRequest, approver: Approver) -> Refusal | None:
-    if request.binding.owner.strip().lower() in approver.identities():
+def requester_identities(bodies: Iterable[Mapping[str, Any]]) -> frozenset[str]:
+    """Every identity of the person a call was made for, from the `requester` of its records: the
+    owner, and for a token from the identity provider their email and (issuer, subject) principal."""
+    found: list[Any] = []
+    for body in bodies:
+        recorded = body.get("requester")
+        if not isinstance(recorded, dict):
+            continue
+        found += [recorded.get("owner"), recorded.get("email")]
+        issuer, subject = recorded.get("iss"), recorded.get("sub")
+        if isinstance(issuer, str) and isinstance(subject, str):
+            found.append(principal(issuer, subject))
+    return frozenset(i.strip().lower() for i in found if isinstance(i, str) and i.strip())
+
+
+def _eligibility(
+    request: ApprovalRequest, approver: Approver, requester: frozenset[str] = frozenset()
+) -> Refusal | None:
+    if ({request.binding.owner.strip().lower()} | requester) & approver.identities():
         return Refusal(
             "self-approval",
             f"{approver.name} cannot decide request {request.id}: it was made on behalf of "
@@ -313,9 +331,10 @@ def _eligibility(request: ApprovalRequest, approver: Approver) -> Refusal | None
     return None
 
 
-def may_decide(request: ApprovalRequest, approver: Approver) -> bool:
-    """Whether `approver` may vote on `request` at all: not its owner, and in one of its groups."""
-    return _eligibility(request, approver) is None
+def may_decide(request: ApprovalRequest, approver: Approver, requester: frozenset[str] = frozenset()) -> bool:
+    """Whether `approver` may vote on `request` at all: not its owner (nor any identity of the
+    person it was made for, `requester`), and in one of its groups."""
+    return _eligibility(request, approver, requester) is None
 
 
 def decide(
@@ -326,9 +345,11 @@ def decide(
     channel: str,
     now: datetime,
     note: str | None = None,
+    requester: frozenset[str] = frozenset(),
 ) -> DecisionOutcome:
-    """One approver's decision on a request, checked at decision time."""
-    refusal = _eligibility(request, approver)
+    """One approver's decision on a request, checked at decision time. `requester` holds every
+    identity of the person the call was made for (`requester_identities`): none may decide it."""
+    refusal = _eligibility(request, approver, requester)
     if refusal is not None:
         return refusal
     if request.state != "pending":

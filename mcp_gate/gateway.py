@@ -122,6 +122,7 @@ class Gateway:
         self.events = EventFactory(config.name, __version__, self.policy_sha256, clock)
         self.engine = ApprovalEngine(store, clock, config.approval_settings, self.events, decision_key)
         self.engine.rule_escalations = any(r.escalation for m in manifests.values() for r in m.rules)
+        self.engine.require_idp = config.identity is not None and config.identity.require_idp
         self.offering = Offering(config, manifests, store, downstreams, self.events)
         self.asking = Asking(config, store, clock, self.engine, self.event)
         self._args_key = args_key

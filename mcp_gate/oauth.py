@@ -27,13 +27,20 @@ from starlette.authentication import AuthCredentials
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mcp_gate.approvals import principal
+from mcp_gate.approvals import Approver, principal
 from mcp_gate.config import Agent, IdentitySettings, Requester
 from mcp_gate.http import bearer_token
 from mcp_gate.idp import TokenRefused, TokenVerifier, VerifiedToken
 from mcp_gate.metrics import GateMetrics
 
-__all__ = ["METADATA_PATH", "REQUESTER_SCOPE_KEY", "ResourceServer", "requester_from"]
+__all__ = [
+    "METADATA_PATH",
+    "REQUESTER_SCOPE_KEY",
+    "Refused",
+    "ResourceServer",
+    "approver_from",
+    "requester_from",
+]
 
 log = logging.getLogger("mcp_gate.oauth")
 
@@ -88,6 +95,57 @@ def requester_from(verified: VerifiedToken, settings: IdentitySettings) -> Reque
         name=name if isinstance(name, str) and not acting_as_itself else None,
         jti_sha256=verified.jti_sha256,
         scopes=verified.scopes,
+    )
+
+
+def approver_from(
+    verified: VerifiedToken, settings: IdentitySettings, configured: Mapping[str, Approver]
+) -> Approver:
+    """The person a token names, as an approver at the moment of a decision: their groups are the
+    approver groups `[identity.groups]` maps the token's own group claims to (a group the provider
+    no longer gives them is gone at once); `granted_by` names the claims that made them members.
+    A configured approver with the same subject lends their name and every identity of theirs
+    (aliases, chat users), so separation of duties sees one person however they sign in."""
+    if verified.subject is None:
+        raise Refused(403, "access_denied", "a token that names no person (no sub) cannot decide")
+    claims = verified.claims
+    raw = claims.get(settings.groups_claim)
+    held = (
+        {raw}
+        if isinstance(raw, str)
+        else {g for g in raw if isinstance(g, str)}
+        if isinstance(raw, list)
+        else set()
+    )
+    groups: set[str] = set()
+    granted: list[str] = []
+    for group, members in sorted(settings.groups.items()):
+        matched = sorted(held.intersection(members))
+        if matched:
+            groups.add(group)
+            granted += [
+                f"{settings.groups_claim}={m}"
+                for m in matched
+                if f"{settings.groups_claim}={m}" not in granted
+            ]
+    email = claims.get(settings.email_claim)
+    name = claims.get(settings.name_claim)
+    me = principal(verified.issuer, verified.subject)
+    known = next(
+        (a for a in configured.values() if a.subject is not None and a.issuer is not None
+         and principal(a.issuer, a.subject) == me),
+        None,
+    )  # fmt: skip
+    return Approver(
+        name=known.name if known is not None else me,
+        email=email if isinstance(email, str) else (known.email if known is not None else ""),
+        groups=frozenset(groups),
+        aliases=known.identities() if known is not None else frozenset(),
+        issuer=verified.issuer,
+        subject=verified.subject,
+        jti_sha256=verified.jti_sha256,
+        granted_by=tuple(granted),
+        display_name=name if isinstance(name, str) else None,
     )
 
 
