@@ -62,9 +62,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, verbose=args.verbose, rules=config.redaction)
     log_json(args.log_format == "json")
     http = host_port(args.http, "--http") if args.http else None
-    if http is not None and not config.agents:
+    if http is not None and not config.agents and config.identity is None:
         raise GateError(
-            f"{config.path}: agents: serving HTTP needs at least one [agents.NAME] with a token_sha256"
+            f"{config.path}: agents: serving HTTP needs at least one [agents.NAME] with a token_sha256, "
+            "or [identity] for the identity provider's access tokens"
         )
     admin = _admin_address(args.admin, config)
     # Fail closed before any server starts: a gate whose approvers' API cannot listen would hold
