@@ -28,6 +28,7 @@ from mcp_gate.cli._common import (
     say,
     subcommand,
 )
+from mcp_gate.cli.login import stored_access_token
 from mcp_gate.config import GateConfig, read_private_text
 from mcp_gate.errors import ApiUnreachable, DecisionRefused, GateError, NoSuchRequest
 
@@ -42,7 +43,8 @@ PENDING_ARGS_CHARS = 160
 
 
 def _token(args: argparse.Namespace) -> str:
-    """The approver's token: --token-file, else $MCP_GATE_TOKEN. Never a name typed here."""
+    """The approver's token: --token-file, else $MCP_GATE_TOKEN, else the identity provider's token
+    `mcp-gate login` keeps (refreshed when due). Never a name typed here."""
     if args.token_file is not None:
         path = Path(args.token_file)
         try:
@@ -56,9 +58,15 @@ def _token(args: argparse.Namespace) -> str:
         return token
     token = os.environ.get("MCP_GATE_TOKEN", "").strip()
     if not token:
+        try:
+            config = load_config_from_args(args)
+        except GateError:
+            config = None
+        token = (stored_access_token(config) if config is not None else None) or ""
+    if not token:
         raise GateError(
-            "no approver token: set MCP_GATE_TOKEN or pass --token-file PATH "
-            "(`mcp-gate approvers token NAME` makes one)"
+            "no approver token: set MCP_GATE_TOKEN, pass --token-file PATH "
+            "(`mcp-gate approvers token NAME` makes one), or run `mcp-gate login`"
         )
     return token
 
@@ -135,6 +143,15 @@ async def _over_db(config: GateConfig, token: str, op: _Op) -> Any:
     from mcp_gate.channels.api import Desk
 
     approver = config.approver_by_token(token)
+    if approver is None and config.identity is not None:
+        from mcp_gate.idp import TokenRefused, TokenVerifier
+        from mcp_gate.oauth import Refused, approver_from
+
+        try:
+            verified = await TokenVerifier(config.identity).check(token)
+            approver = approver_from(verified, config.identity, config.approvers)
+        except (TokenRefused, Refused) as exc:
+            raise GateError(f"the identity provider's token is refused: {exc}") from exc
     if approver is None:
         raise GateError(f"the token is no approver's token in {config.path}")
     if not runtime.store_exists(config):

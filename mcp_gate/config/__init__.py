@@ -45,6 +45,7 @@ from mcp_gate.config.model import (
 )
 from mcp_gate.config.servers import read_client_config, serve_in_process, servers_to_toml
 from mcp_gate.config.telemetry import TracingSettings, tracing_settings
+from mcp_gate.config.user_token import read_user_token, remove_user_token, user_token_path, write_user_token
 
 __all__ = [
     "AdminSettings",
@@ -83,6 +84,10 @@ __all__ = [
     "serve_in_process",
     "tracing_settings",
     "servers_to_toml",
+    "read_user_token",
+    "remove_user_token",
+    "user_token_path",
+    "write_user_token",
 ]
 
 
