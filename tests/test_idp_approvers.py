@@ -199,3 +199,26 @@ async def test_a_refused_idp_token_gets_401_at_the_approvers_api(tmp_path: Path,
 def test_the_requesters_identities_are_their_owner_email_and_principal() -> None:
     body = {"requester": {"agent": "a", "owner": "X#s", "iss": "https://idp", "sub": "S1", "email": "A@x"}}
     assert requester_identities([body, {"requester": None}]) == {"x#s", "a@x", "https://idp#s1"}
+
+
+async def test_the_audit_report_shows_people_by_name_and_subject(tmp_path: Path, idp: LocalIdp) -> None:
+    import json
+    import sys
+
+    config = make_config(tmp_path, idp)
+    token = idp.mint(sub="00u-dave", email="dave@example.com", name="Dave Ops")
+    async with gate_with_api(config) as (front, http):
+        request_id = await held_request(front, alice(idp))
+        assert (await approve(http, request_id, token)).status_code == 200
+    done = await anyio.run_process(
+        [sys.executable, "-m", "mcp_gate", "audit", "report", "--config", str(config), "--format", "json"],
+        check=False,
+    )
+    report = json.loads(done.stdout)
+    [entry] = [a for a in report["approvals"] if a["request_id"] == request_id]
+    assert entry["person"] == "Alice Example (subject 00u-alice)"
+    assert entry["decided_by"] == ["approve: Dave Ops (subject 00u-dave)"]
+    html = await anyio.run_process(
+        [sys.executable, "-m", "mcp_gate", "audit", "report", "--config", str(config)], check=False
+    )
+    assert b"Dave Ops (subject 00u-dave)" in html.stdout
