@@ -21,7 +21,8 @@ import httpx2
 import jwt
 from mcp.server.auth.provider import AccessToken
 
-from mcp_gate.config import IdentitySettings
+from mcp_gate.config import IdentitySettings, introspection_secret
+from mcp_gate.errors import ConfigError
 
 __all__ = ["MAX_TOKEN_CHARS", "TokenRefused", "TokenVerifier", "VerifiedToken", "scopes_of"]
 
@@ -101,8 +102,10 @@ class TokenVerifier:
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        config_file: str = "gate.toml",
     ) -> None:
         self.settings = settings
+        self.config_file = config_file  # named when the introspection secret cannot be read
         self.clock = clock
         self.monotonic = monotonic
         self._keys: dict[str, jwt.PyJWK] = {}
@@ -129,7 +132,9 @@ class TokenVerifier:
         if len(token) > MAX_TOKEN_CHARS:
             raise TokenRefused("malformed", f"the token is longer than {MAX_TOKEN_CHARS} characters")
         if token.count(".") != 2:
-            # An opaque token: this gate reads only JWT access tokens (no introspection configured).
+            if self.settings.introspection_url is not None:
+                return await self._introspect(token)
+            # An opaque token, and no introspection endpoint to ask about it.
             raise TokenRefused("malformed", "the token is not a JWT (three dot-separated parts)")
         try:
             header = jwt.get_unverified_header(token)
@@ -176,6 +181,53 @@ class TokenVerifier:
             raise TokenRefused("bad_signature", "the token's signature does not verify") from exc
         except jwt.PyJWTError as exc:
             raise TokenRefused("malformed", f"the token is not valid ({type(exc).__name__})") from exc
+        return self._identity(claims)
+
+    async def _introspect(self, token: str) -> VerifiedToken:
+        """RFC 7662: ask the issuer about an opaque token, as the gate's own client there, and hold
+        its answer to the same rules as a JWT's claims (active, issuer, audience, exp and nbf)."""
+        assert self.settings.introspection_url is not None
+        try:
+            secret = introspection_secret(self.settings, self.config_file)
+        except ConfigError as exc:
+            raise TokenRefused("keys_unavailable", f"the introspection secret: {exc.problem}") from exc
+        form = {"token": token, "token_type_hint": "access_token"}
+        auth = (self.settings.introspection_client_id or "", secret or "")
+        try:
+            async with httpx2.AsyncClient(timeout=FETCH_TIMEOUT, follow_redirects=False) as client:
+                response = await client.post(
+                    self.settings.introspection_url,
+                    data=form,
+                    auth=auth,
+                    headers={"accept": "application/json"},
+                )
+        except httpx2.HTTPError as exc:
+            raise TokenRefused(
+                "keys_unavailable", f"cannot reach the introspection endpoint: {type(exc).__name__}"
+            ) from exc
+        if response.status_code != 200 or len(response.content) > MAX_DOCUMENT_BYTES:
+            raise TokenRefused(
+                "keys_unavailable", f"the introspection endpoint answered HTTP {response.status_code}"
+            )
+        try:
+            claims = json.loads(response.content)
+        except ValueError as exc:
+            raise TokenRefused("keys_unavailable", "the introspection endpoint answered no JSON") from exc
+        if not isinstance(claims, dict) or claims.get("active") is not True:
+            raise TokenRefused("inactive", "the identity provider says the token is not active")
+        issuer = claims.get("iss", self.settings.issuer)  # optional in RFC 7662: the endpoint is the issuer's
+        if issuer != self.settings.issuer:
+            raise TokenRefused("wrong_issuer", f"the token's issuer is not {self.settings.issuer}")
+        audience = claims.get("aud")
+        if audience is None:
+            raise TokenRefused("missing_audience", "the token has no 'aud' claim")
+        if self.settings.audience not in (audience if isinstance(audience, list) else [audience]):
+            raise TokenRefused(
+                "wrong_audience",
+                f"the token is not for this gate: its aud does not contain {self.settings.audience}",
+            )
+        if "exp" not in claims:
+            raise TokenRefused("missing_claim", "the token has no 'exp' claim")
         return self._identity(claims)
 
     def _identity(self, claims: dict[str, Any]) -> VerifiedToken:

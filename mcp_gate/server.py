@@ -189,7 +189,7 @@ class FrontServer:
         if identity is None:
             return BearerAuth(app, self.gateway.config.agents, self.gateway.metrics)
         if self.verifier is None:
-            self.verifier = TokenVerifier(identity)
+            self.verifier = TokenVerifier(identity, config_file=str(self.gateway.config.path))
 
         async def record(body: dict[str, Any]) -> None:
             await self.gateway.record("token.refused", None, **body)

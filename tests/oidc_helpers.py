@@ -111,10 +111,11 @@ class OidcProvider:
 
 
 @contextmanager
-def oidc_provider(resource: str) -> Iterator[OidcProvider]:
+def oidc_provider(resource: str, *, opaque: bool = False) -> Iterator[OidcProvider]:
+    """The provider, issuing JWT access tokens for `resource` (or opaque ones, to introspect)."""
     node = _node()
     process = subprocess.Popen(
-        [node, str(HERE / "provider.mjs"), resource],
+        [node, str(HERE / "provider.mjs"), resource, *(["opaque"] if opaque else [])],
         cwd=HERE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

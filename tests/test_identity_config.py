@@ -137,3 +137,28 @@ def test_an_approvers_subject_is_one_of_their_identities(tmp_path: Path) -> None
     path.write_text(BASE + '[approvers.alice]\nemail = "a@x"\nsubject = "00u1"\n', encoding="utf-8")
     alice = load_config(path, {}).approvers["alice"]
     assert "https://example.okta.com/oauth2/default#00u1" in alice.identities()
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ('introspection_client_id = "gate"\n', "identity.introspection_url"),
+        ('introspection_url = "https://idp.example/introspect"\n', "identity.introspection_client_id"),
+        (
+            'introspection_url = "https://idp.example/introspect"\nintrospection_client_id = "gate"\n',
+            "identity.introspection_secret_env",
+        ),
+    ],
+)
+def test_introspection_needs_its_endpoint_client_and_one_secret(tmp_path: Path, extra: str, key: str) -> None:
+    assert error(tmp_path, BASE + extra).key == key
+
+
+def test_introspection_settings_are_read_and_the_secret_only_when_used(tmp_path: Path) -> None:
+    text = BASE + (
+        'introspection_url = "https://idp.example/introspect"\nintrospection_client_id = "gate"\n'
+        'introspection_secret_env = "GATE_INTROSPECTION_SECRET"\n'
+    )
+    identity = load(tmp_path, text)
+    assert identity.introspection_url == "https://idp.example/introspect"
+    assert identity.introspection_secret is not None and "SECRET" in identity.introspection_secret.where()

@@ -203,3 +203,58 @@ def test_without_node_the_provider_fixture_fails_under_ci_and_skips_elsewhere(
     monkeypatch.setenv("CI", "false")
     with pytest.raises(pytest.skip.Exception):
         oidc_helpers._node()
+
+
+# -- opaque tokens: RFC 7662 introspection -----------------------------------------------------------
+
+
+@pytest.fixture
+def opaque_provider() -> Iterator[OidcProvider]:
+    with oidc_provider(AUDIENCE, opaque=True) as running:
+        yield running
+
+
+def introspecting_config(tmp_path: Path, provider: OidcProvider) -> Path:
+    config = gate_config(tmp_path, provider)
+    endpoint = provider.document()["introspection_endpoint"]
+    text = config.read_text().replace(
+        'cli_client_id = "mcp-gate-cli"\n',
+        f'cli_client_id = "mcp-gate-cli"\nintrospection_url = "{endpoint}"\n'
+        'introspection_client_id = "mcp-gate"\nintrospection_secret_file = "introspection.secret"\n',
+    )
+    config.write_text(text)
+    (config.parent / "introspection.secret").write_text("mcp-gate-introspection-secret\n")
+    return config
+
+
+async def test_an_opaque_token_is_introspected_and_a_revoked_one_refused(
+    tmp_path: Path, opaque_provider: OidcProvider
+) -> None:
+    config = introspecting_config(tmp_path, opaque_provider)
+    tokens = opaque_provider.person_token("00u-alice")
+    assert tokens["access_token"].count(".") != 2  # opaque, not a JWT
+    async with serve(config) as served:
+        async with agent(served.mcp_url, tokens["access_token"]) as client:
+            assert text_of(await client.call_tool("notes__echo", {"text": "opaque"})) == "opaque"
+        revoked = httpx2.post(
+            opaque_provider.document()["revocation_endpoint"],
+            data={"token": tokens["access_token"], "client_id": "mcp-gate-cli"},
+        )
+        assert revoked.status_code == 200
+        async with httpx2.AsyncClient() as http:
+            response = await http.post(
+                served.mcp_url,
+                json={"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}},
+                headers={
+                    "Authorization": f"Bearer {tokens['access_token']}",
+                    "Accept": "application/json, text/event-stream",
+                },
+            )
+    assert response.status_code == 401
+    records = await evidence(config)
+    requested = [r for r in records if r["event_type"] == "call.requested"][-1]
+    assert (requested["requester"]["sub"], requested["requester"]["email"]) == (
+        "00u-alice",
+        "alice@example.com",
+    )
+    assert [r["code"] for r in records if r["event_type"] == "token.refused"] == ["inactive"]

@@ -575,7 +575,8 @@ class ApproverAuth:
         self.app = app
         self.config = config
         self.metrics = metrics
-        self.verifier = None if config.identity is None else TokenVerifier(config.identity)
+        identity = config.identity
+        self.verifier = None if identity is None else TokenVerifier(identity, config_file=str(config.path))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

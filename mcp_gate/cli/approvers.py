@@ -148,7 +148,7 @@ async def _over_db(config: GateConfig, token: str, op: _Op) -> Any:
         from mcp_gate.oauth import Refused, approver_from
 
         try:
-            verified = await TokenVerifier(config.identity).check(token)
+            verified = await TokenVerifier(config.identity, config_file=str(config.path)).check(token)
             approver = approver_from(verified, config.identity, config.approvers)
         except (TokenRefused, Refused) as exc:
             raise GateError(f"the identity provider's token is refused: {exc}") from exc

@@ -18,6 +18,7 @@ from mcp_gate.config.files import (
     read_private_text,
 )
 from mcp_gate.config.gate_toml import load_config
+from mcp_gate.config.identity import introspection_secret
 from mcp_gate.config.model import (
     AdminSettings,
     Agent,
@@ -75,6 +76,7 @@ __all__ = [
     "TracingSettings",
     "TeamsSettings",
     "WebhookSettings",
+    "introspection_secret",
     "invoking_user",
     "load_config",
     "read_client_config",

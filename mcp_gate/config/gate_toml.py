@@ -268,7 +268,7 @@ def load_config(path: Path, environ: Mapping[str, str]) -> GateConfig:
             name=name, token_sha256=agent.token_sha256, owner=agent.owner, hold_seconds=agent.hold_seconds
         )
 
-    identity = identity_settings(file, model.identity)
+    identity = identity_settings(file, model.identity, base)
     approvers = _approvers(file, model, agents, identity)
     tiers, rollout = rollout_from(file, model.tiers, {n: s.mode for n, s in model.servers.items()})
     tiers, elicitation = elicitation_from(file, tiers)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
@@ -9,10 +11,10 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError
 
 from mcp_gate.config.files import Strict, config_error_from
-from mcp_gate.config.model import IdentitySettings
+from mcp_gate.config.model import IdentitySettings, SlackSecret
 from mcp_gate.errors import ConfigError
 
-__all__ = ["ASYMMETRIC_ALGORITHMS", "identity_settings", "known_groups"]
+__all__ = ["ASYMMETRIC_ALGORITHMS", "identity_settings", "introspection_secret", "known_groups"]
 
 # Only public-key algorithms: a symmetric one (HS*) would let anyone holding the issuer's public
 # key sign tokens, and `none` signs nothing.
@@ -59,6 +61,10 @@ class _IdentitySection(Strict):
     refetch_every_seconds: float = Field(default=30.0, ge=1, le=3600)
     cli_client_id: str | None = None
     cli_scopes: list[str] = Field(default_factory=list)
+    introspection_url: str | None = None
+    introspection_client_id: str | None = None
+    introspection_secret_env: str | None = None
+    introspection_secret_file: str | None = None
 
 
 def _https_url(file: str, key: str, value: str, *, path_ok: bool = True) -> str:
@@ -83,7 +89,7 @@ def _scope(file: str, key: str, value: str) -> str:
     return value
 
 
-def identity_settings(file: str, data: dict[str, Any] | None) -> IdentitySettings | None:
+def identity_settings(file: str, data: dict[str, Any] | None, base: Path) -> IdentitySettings | None:
     """gate.toml's [identity] as settings, or None when the section is absent (static tokens only)."""
     if data is None:
         return None
@@ -140,6 +146,7 @@ def identity_settings(file: str, data: dict[str, Any] | None) -> IdentitySetting
         groups[group] = tuple(members)
     if section.cli_client_id is not None and not section.cli_client_id.strip():
         raise ConfigError(file, "identity.cli_client_id", "must not be empty")
+    secret = _introspection(file, section, base)
     return IdentitySettings(
         issuer=issuer,  # compared with `iss` exactly, as given
         audience=audience,
@@ -163,7 +170,39 @@ def identity_settings(file: str, data: dict[str, Any] | None) -> IdentitySetting
         refetch_every=section.refetch_every_seconds,
         cli_client_id=section.cli_client_id,
         cli_scopes=tuple(section.cli_scopes),
+        introspection_url=section.introspection_url,
+        introspection_client_id=section.introspection_client_id,
+        introspection_secret=secret,
     )
+
+
+def _introspection(file: str, section: _IdentitySection, base: Path) -> SlackSecret | None:
+    given = [
+        section.introspection_client_id,
+        section.introspection_secret_env or section.introspection_secret_file,
+    ]
+    if section.introspection_url is None:
+        if any(g is not None for g in given):
+            raise ConfigError(
+                file, "identity.introspection_url", "the introspection client needs its endpoint"
+            )
+        return None
+    _https_url(file, "identity.introspection_url", section.introspection_url)
+    if section.introspection_client_id is None:
+        raise ConfigError(file, "identity.introspection_client_id", "name the gate's client at the endpoint")
+    if (section.introspection_secret_env is None) == (section.introspection_secret_file is None):
+        raise ConfigError(
+            file, "identity.introspection_secret_env", "give introspection_secret_env or _file (one of them)"
+        )
+    path = None if section.introspection_secret_file is None else base / section.introspection_secret_file
+    return SlackSecret("introspection_secret", section.introspection_secret_env, path, section="identity")
+
+
+def introspection_secret(settings: IdentitySettings, config_file: str) -> str | None:
+    """The gate's client secret at the introspection endpoint, read now from its variable or file."""
+    if settings.introspection_secret is None:
+        return None
+    return settings.introspection_secret.read(os.environ, config_file)
 
 
 def known_groups(settings: IdentitySettings | None) -> frozenset[str]:

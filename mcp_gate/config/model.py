@@ -295,6 +295,10 @@ class IdentitySettings:
     refetch_every: float = 30.0  # an unknown kid fetches the keys again, at most this often
     cli_client_id: str | None = None  # the public client `mcp-gate login` uses (device grant)
     cli_scopes: tuple[str, ...] = ()
+    # RFC 7662 introspection of opaque access tokens: the endpoint and the gate's client there.
+    introspection_url: str | None = None
+    introspection_client_id: str | None = None
+    introspection_secret: SlackSecret | None = None
 
     @property
     def discovery(self) -> str:
@@ -375,6 +379,8 @@ class SlackSecret:
             return "SMTP password"
         if self.section == "webhook":
             return "webhook's signing secret"
+        if self.section == "identity":
+            return "client secret the gate introspects tokens with"
         return (
             f"Slack {self.what}" if self.section == "slack" else f"Teams bot's {self.what.replace('_', ' ')}"
         )

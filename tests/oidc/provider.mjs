@@ -1,6 +1,6 @@
 // A real, certified OpenID provider (panva/oidc-provider) for the test suite, on 127.0.0.1.
 //
-// Usage: node provider.mjs <gate resource URI>
+// Usage: node provider.mjs <gate resource URI> [opaque]
 // Listens on a free port, then prints one JSON line {"issuer": "..."} on stdout.
 //
 // What the tests own here: the clients, the accounts and their groups, resource indicators that
@@ -12,6 +12,7 @@ import http from 'node:http';
 import Provider from 'oidc-provider';
 
 const resource = process.argv[2];
+const format = process.argv[3] === 'opaque' ? 'opaque' : 'jwt'; // opaque: the gate introspects them
 if (!resource) {
   process.stderr.write('usage: node provider.mjs <resource URI>\n');
   process.exit(2);
@@ -41,6 +42,15 @@ const provider = new Provider(issuer, {
       scope: SCOPES,
     },
     {
+      // The gate itself, introspecting opaque tokens (RFC 7662).
+      client_id: 'mcp-gate',
+      client_secret: 'mcp-gate-introspection-secret',
+      grant_types: [],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+    },
+    {
       // A public client for people: the agent acting for a person, and `mcp-gate login`.
       client_id: 'mcp-gate-cli',
       grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'refresh_token'],
@@ -65,6 +75,7 @@ const provider = new Provider(issuer, {
     clientCredentials: { enabled: true },
     deviceFlow: { enabled: true },
     revocation: { enabled: true },
+    introspection: { enabled: true },
     resourceIndicators: {
       enabled: true,
       defaultResource: () => resource,
@@ -75,8 +86,8 @@ const provider = new Provider(issuer, {
           scope: SCOPES,
           audience: resource,
           accessTokenTTL: 300,
-          accessTokenFormat: 'jwt',
-          jwt: { sign: { alg: 'RS256' } },
+          accessTokenFormat: format,
+          ...(format === 'jwt' ? { jwt: { sign: { alg: 'RS256' } } } : {}),
         };
       },
     },
