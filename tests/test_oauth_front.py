@@ -310,3 +310,29 @@ async def test_the_agents_token_is_never_passed_to_a_downstream(tmp_path: Path, 
     assert seen
     assert {h.get("authorization") for h in seen} == {"Bearer own-cred"}
     assert not any(token in json.dumps(h) for h in seen)
+
+
+@pytest.mark.parametrize("down", [False, True])
+async def test_check_fetches_the_providers_keys_and_fails_when_it_cannot(
+    tmp_path: Path, idp: LocalIdp, down: bool
+) -> None:
+    import sys
+
+    from mcp_gate.testing import notes_server_table
+
+    config = write_config(
+        tmp_path / "gate",
+        servers={"notes": notes_server_table(tmp_path / "notes")},
+        manifests={"notes": NOTES_MANIFEST.read_text()},
+        extra=identity_toml(idp),
+    )
+    idp.down = down
+    done = await anyio.run_process(
+        [sys.executable, "-m", "mcp_gate", "check", "--config", str(config)], check=False
+    )
+    out = done.stdout.decode()
+    if down:
+        assert done.returncode == 1 and f"identity: PROBLEM: {idp.issuer}" in out
+    else:
+        assert done.returncode == 0, out + done.stderr.decode()
+        assert f"identity: ok: 1 signing key(s) from {idp.issuer}; resource {AUDIENCE}" in out
