@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, assert_never
@@ -40,6 +40,8 @@ __all__ = [
     "grant_covers",
     "new_id",
     "parse_duration",
+    "principal",
+    "requester_identities",
     "release",
     "revoke",
     "void_reason",
@@ -83,18 +85,48 @@ def format_duration(delta: timedelta) -> str:
     return f"{seconds}s"
 
 
+def principal(issuer: str, subject: str) -> str:
+    """A person at an identity provider as one string: the issuer and the subject it vouches for.
+    A subject is unique only per issuer, so the two always travel together."""
+    return f"{issuer.rstrip('/')}#{subject}"
+
+
 @dataclass(frozen=True)
 class Approver:
-    """A person who may decide, authenticated by a token (or a chat identity in later channels)."""
+    """A person who may decide, authenticated by a token (or a chat identity in later channels).
+
+    One authenticated by the organisation's identity provider carries its `issuer` and `subject`
+    (their principal is among its identities), the SHA-256 of the token's `jti`, and the claims
+    that made it a member of its groups (`granted_by`), all recorded with its decisions."""
 
     name: str
     email: str
     groups: frozenset[str]
     token_sha256: str | None = None
     aliases: frozenset[str] = frozenset()
+    issuer: str | None = None
+    subject: str | None = None
+    jti_sha256: str | None = None
+    granted_by: tuple[str, ...] = ()
+    display_name: str | None = None
 
     def identities(self) -> frozenset[str]:
-        return frozenset(i.strip().lower() for i in (self.name, self.email, *self.aliases) if i.strip())
+        own = [self.name, self.email, *self.aliases]
+        if self.issuer is not None and self.subject is not None:
+            own.append(principal(self.issuer, self.subject))
+        return frozenset(i.strip().lower() for i in own if i.strip())
+
+    def idp_fields(self) -> dict[str, Any]:
+        """What a decision's record says of an approver from the identity provider (nothing for others)."""
+        if self.subject is None:
+            return {}
+        return {
+            "approver_iss": self.issuer,
+            "approver_sub": self.subject,
+            "approver_name": self.display_name,
+            "approver_jti_sha256": self.jti_sha256,
+            "eligible_by": list(self.granted_by),
+        }
 
 
 @dataclass(frozen=True)
@@ -209,7 +241,7 @@ class Refusal:
 
     code: Literal[
         "self-approval", "not-eligible", "not-pending", "expired", "duplicate", "no-grant", "void",
-        "breakglass-off", "not-allowed", "own-request", "no-reason",
+        "breakglass-off", "not-allowed", "own-request", "no-reason", "no-identity",
     ]  # fmt: skip
     why: str
 
@@ -293,8 +325,25 @@ def final_outcome(request: ApprovalRequest) -> Denied | Expired | Revoked | Void
             return Void(request, request.closed_by or "the call changed")
 
 
-def _eligibility(request: ApprovalRequest, approver: Approver) -> Refusal | None:
-    if request.binding.owner.strip().lower() in approver.identities():
+def requester_identities(bodies: Iterable[Mapping[str, Any]]) -> frozenset[str]:
+    """Every identity of the person a call was made for, from the `requester` of its records: the
+    owner, and for a token from the identity provider their email and (issuer, subject) principal."""
+    found: list[Any] = []
+    for body in bodies:
+        recorded = body.get("requester")
+        if not isinstance(recorded, dict):
+            continue
+        found += [recorded.get("owner"), recorded.get("email")]
+        issuer, subject = recorded.get("iss"), recorded.get("sub")
+        if isinstance(issuer, str) and isinstance(subject, str):
+            found.append(principal(issuer, subject))
+    return frozenset(i.strip().lower() for i in found if isinstance(i, str) and i.strip())
+
+
+def _eligibility(
+    request: ApprovalRequest, approver: Approver, requester: frozenset[str] = frozenset()
+) -> Refusal | None:
+    if ({request.binding.owner.strip().lower()} | requester) & approver.identities():
         return Refusal(
             "self-approval",
             f"{approver.name} cannot decide request {request.id}: it was made on behalf of "
@@ -309,9 +358,10 @@ def _eligibility(request: ApprovalRequest, approver: Approver) -> Refusal | None
     return None
 
 
-def may_decide(request: ApprovalRequest, approver: Approver) -> bool:
-    """Whether `approver` may vote on `request` at all: not its owner, and in one of its groups."""
-    return _eligibility(request, approver) is None
+def may_decide(request: ApprovalRequest, approver: Approver, requester: frozenset[str] = frozenset()) -> bool:
+    """Whether `approver` may vote on `request` at all: not its owner (nor any identity of the
+    person it was made for, `requester`), and in one of its groups."""
+    return _eligibility(request, approver, requester) is None
 
 
 def decide(
@@ -322,9 +372,11 @@ def decide(
     channel: str,
     now: datetime,
     note: str | None = None,
+    requester: frozenset[str] = frozenset(),
 ) -> DecisionOutcome:
-    """One approver's decision on a request, checked at decision time."""
-    refusal = _eligibility(request, approver)
+    """One approver's decision on a request, checked at decision time. `requester` holds every
+    identity of the person the call was made for (`requester_identities`): none may decide it."""
+    refusal = _eligibility(request, approver, requester)
     if refusal is not None:
         return refusal
     if request.state != "pending":

@@ -18,7 +18,7 @@ def arrival_fields(requester: Requester, transport: str, name: str) -> dict[str,
     (a name that names no server is recorded whole, as the tool)."""
     split = split_name(name)
     return {
-        "requester": {"agent": requester.agent, "owner": requester.owner},
+        "requester": requester.recorded(),
         "transport": transport,
         "server": split[0] if split else None,
         "tool": split[1] if split else name,

@@ -47,6 +47,7 @@ EventType = Literal[
     "call.refused",  # the call did not run, and why (unknown tool, bad input, blocked, denied, expired, ...)
     "call.outcome_unknown",  # a call sent, its outcome never recorded (a restart, a lapsed lease); not re-run
     "call.late_result",  # a result that came after its call was recorded as outcome_unknown, linked to it
+    "token.refused",  # an access token refused at the agent front: the reason, never the token
     # -- approval requests and grants ---------------------------------------------------------
     "approval.requested",  # a request bound to one exact call, persisted and sealed; channels show it
     "approval.joined",  # the same call sent again joined the open request instead of opening another

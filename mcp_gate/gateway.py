@@ -123,6 +123,7 @@ class Gateway:
         self.events = EventFactory(config.name, __version__, self.policy_sha256, clock)
         self.engine = ApprovalEngine(store, clock, config.approval_settings, self.events, decision_key)
         self.engine.rule_escalations = any(r.escalation for m in manifests.values() for r in m.rules)
+        self.engine.require_idp = config.identity is not None and config.identity.require_idp
         self.offering = Offering(config, manifests, store, downstreams, self.events)
         self.asking = Asking(config, store, clock, self.engine, self.event)
         self._args_key = args_key
@@ -244,6 +245,17 @@ class Gateway:
                 rule="the gate's own files",
                 reason=f"its arguments name {guarded}, which only the gate may touch",
             )
+        missing = self._missing_scope(requester, decision.tier)
+        if missing is not None:
+            # The HTTP front answers such a call 403 before it gets here; this is the second lock.
+            fields = arrival_fields(requester, transport, name) | {
+                "pin": offered.pin,
+                "args_sha256": args_sha256,
+            }
+            why = (
+                f"{name} was not run: its tier is {decision.tier}, and the access token lacks scope {missing}"
+            )
+            return await self._refuse(correlation_id, fields, CallRefused(why), arguments)
         call = CallContext(
             correlation_id, requester, transport, offered, args, args_sha256, decision, self.policy_sha256
         )
@@ -365,6 +377,15 @@ class Gateway:
                 return await self._hold(call, requirement, progress, asker=asker, justification=justification)
             case _:
                 assert_never(requirement)
+
+    def _missing_scope(self, requester: Requester, tier: str) -> str | None:
+        """The scope a requester's access token needs for a call of `tier` and lacks (static
+        requesters carry no scopes and need none)."""
+        identity = self.config.identity
+        if identity is None or requester.scopes is None:
+            return None
+        needed = identity.tier_scopes.get(tier)
+        return needed if needed is not None and needed not in requester.scopes else None
 
     async def _unconfirmable(
         self, call: CallContext, progress: ProgressFn | None

@@ -38,6 +38,7 @@ from mcp_gate.approvals import (
     new_id,
     quorum_progress,
     release,
+    requester_identities,
     revoke,
     void_reason,
 )
@@ -94,6 +95,7 @@ class ApprovalEngine:
         # Escalation by manifest rule: whether any rule has steps (the gate says), and the steps
         # read back from each pending request's sealed record, so each is read once.
         self.rule_escalations = False
+        self.require_idp = False  # [identity] require_idp: only people with an IdP subject decide
         self.own_escalation: dict[str, tuple[Escalation, ...]] = {}
         self.held = HeldCalls(store, clock, interval=REREAD_INTERVAL)  # the calls held in this process
 
@@ -446,8 +448,15 @@ class ApprovalEngine:
             # An escalated request may also be decided by the groups its sealed escalation added.
             added = escalated_groups(self.key, request, tx.bodies_for(request.correlation_id, (ESCALATED,)))
             eligible = replace(request, groups=(*request.groups, *added)) if added else request
+            made_for = requester_identities(tx.bodies_for(request.correlation_id, ("call.requested",)))
             outcome: Pending | Approved | Denied | Refusal
-            outcome = decide(eligible, approver, verdict, channel=channel, now=now, note=note)
+            outcome = decide(
+                eligible, approver, verdict, channel=channel, now=now, note=note, requester=made_for
+            )
+            if self.require_idp and approver.subject is None and not isinstance(outcome, Refusal):
+                outcome = Refusal(
+                    "no-identity", f"{approver.name} is known by no subject at the identity provider"
+                )
             if grant_for is not None and not isinstance(outcome, Refusal):
                 # Checked after who-may-decide, so a self-approval with --for is recorded as one.
                 why = grant_refusal(request, grant_for, self.events.policy_sha256)
@@ -465,6 +474,7 @@ class ApprovalEngine:
                                 request_id=request_id,
                                 approver=approver.name,
                                 approver_email=approver.email,
+                                **approver.idp_fields(),
                                 channel=channel,
                                 verdict=verdict,
                                 code=code,
@@ -482,6 +492,7 @@ class ApprovalEngine:
                             request_id=request_id,
                             approver=approver.name,
                             approver_email=approver.email,
+                            **approver.idp_fields(),
                             channel=channel,
                             verdict=verdict,
                             note=note,

@@ -39,6 +39,14 @@ def _who(body: Mapping[str, Any]) -> tuple[Any, Any]:
     return None, None
 
 
+def _person(name: Any, email: Any, subject: Any) -> str | None:
+    """A person from the identity provider as the report shows them: by name, and by subject."""
+    if not isinstance(subject, str):
+        return None
+    shown = name if isinstance(name, str) and name else email if isinstance(email, str) and email else None
+    return f"{shown} (subject {subject})" if shown else f"subject {subject}"
+
+
 def _seconds_between(start: Any, end: Any) -> float | None:
     try:
         a = datetime.fromisoformat(str(start).replace("Z", "+00:00"))
@@ -53,6 +61,9 @@ def _call_of(body: Mapping[str, Any]) -> dict[str, Any]:
     call["tier"] = body.get("tier")
     call["requirement"] = body.get("requirement")
     call["agent"], call["owner"] = _who(body)
+    requester = body.get("requester")
+    if isinstance(requester, Mapping):
+        call["person"] = _person(requester.get("name"), requester.get("email"), requester.get("sub"))
     call["enforced"] = body.get("enforced") is not False  # shadow mode let it run unenforced
     return call
 
@@ -118,13 +129,17 @@ def summarize(
                 "tool": body.get("tool"), "tier": calls.get(str(cid), {}).get("tier"), "requester": agent,
                 "owner": owner, "required": body.get("required"), "requested_at": ts, "approvers": [],
                 "deniers": [], "outcome": "pending", "decided_at": None, "latency_seconds": None,
-                "approver_emails": [],
+                "approver_emails": [], "person": calls.get(str(cid), {}).get("person"), "decided_by": [],
             }  # fmt: skip
         elif kind == "approval.decided":
             entry = approvals.get(str(body.get("request_id")))
             if entry is not None:
                 who = body.get("approver")
                 entry["approvers" if body.get("verdict") == "approve" else "deniers"].append(who)
+                person = _person(
+                    body.get("approver_name"), body.get("approver_email"), body.get("approver_sub")
+                )
+                entry["decided_by"].append(f"{body.get('verdict')}: {person or who}")
                 if body.get("verdict") == "approve":
                     entry["approver_emails"].append(body.get("approver_email"))
                 state = body.get("state")
@@ -548,8 +563,10 @@ def render_html(report: Mapping[str, Any]) -> str:
                 "tier",
                 "requester",
                 "owner",
+                "person",
                 "required",
                 "approvers",
+                "decided_by",
                 "deniers",
                 "outcome",
                 "requested_at",

@@ -344,7 +344,9 @@ async def open_engine(config: GateConfig, *, clock: Clock | None = None) -> Asyn
     # The same policy hash the gate computes, so the decisions recorded here match its records.
     events = EventFactory(config.name, __version__, policy_sha256(config.config_sha256, manifests), clock)
     async with await _open(config, clock=clock, notary=notary_for(config)) as store:
-        yield ApprovalEngine(store, clock, config.approval_settings, events, decision_key(config))
+        engine = ApprovalEngine(store, clock, config.approval_settings, events, decision_key(config))
+        engine.require_idp = config.identity is not None and config.identity.require_idp
+        yield engine
 
 
 @asynccontextmanager

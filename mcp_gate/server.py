@@ -33,14 +33,15 @@ from mcp_gate.downstream import ProgressFn
 from mcp_gate.errors import GateError
 from mcp_gate.gateway import Gateway
 from mcp_gate.http import bearer_token, json_error, serve_asgi
+from mcp_gate.idp import TokenVerifier
 from mcp_gate.metrics import GateMetrics
+from mcp_gate.oauth import REQUESTER_SCOPE_KEY, ResourceServer
 from mcp_gate.tracing import traceparent_of
 
 __all__ = ["MAX_STDIO_LINE_BYTES", "BearerAuth", "FrontServer", "REQUESTER_SCOPE_KEY"]
 
 log = logging.getLogger("mcp_gate.server")
 
-REQUESTER_SCOPE_KEY = "mcp_gate.requester"
 # One JSON-RPC message on stdin. The largest call the gate admits (256 KiB of arguments as
 # canonical JSON) takes at most 1.5 MiB even with every character written as a \\uXXXX escape;
 # 4 MiB leaves room for the rest of the message and for whitespace, and bounds what one line costs.
@@ -90,6 +91,7 @@ class FrontServer:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.bus = InMemorySubscriptionBus()
+        self.verifier: TokenVerifier | None = None  # with [identity], made with the HTTP app
         self._legacy_sessions: list[ServerSession] = []
         # Over stdio and HTTP every request says on the wire whether it asked for progress; in this
         # process (tests, embedding) the modern dispatcher carries no token, so progress is relayed.
@@ -139,6 +141,8 @@ class FrontServer:
         request = ctx.request
         if request is not None and hasattr(request, "scope"):
             agent = request.scope.get(REQUESTER_SCOPE_KEY)
+            if isinstance(agent, Requester):
+                return agent, "http"
             if not isinstance(agent, Agent):
                 # The ASGI guard admits no request without an agent; this is a second lock.
                 raise PermissionError("no authenticated agent on this HTTP request")
@@ -186,7 +190,35 @@ class FrontServer:
             # allowed hosts, before authentication; the SDK's own check knows only loopback names.
             transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         )
-        return BearerAuth(app, self.gateway.config.agents, self.gateway.metrics)
+        identity = self.gateway.config.identity
+        if identity is None:
+            return BearerAuth(app, self.gateway.config.agents, self.gateway.metrics)
+        if self.verifier is None:
+            self.verifier = TokenVerifier(identity, config_file=str(self.gateway.config.path))
+
+        async def record(body: dict[str, Any]) -> None:
+            await self.gateway.record("token.refused", None, **body)
+
+        return ResourceServer(
+            app,
+            identity,
+            self.verifier,
+            agents=self.gateway.config.agents,
+            tier_of=self.tier_of,
+            record=record,
+            metrics=self.gateway.metrics,
+        )
+
+    def tier_of(self, name: str, arguments: Any) -> str | None:
+        """The tier a call of `name` with `arguments` would get, where the tool is offered and the
+        arguments are an object (else None: the pipeline refuses such a call with its reason)."""
+        offered = self.gateway.offering.offered.get(name)
+        if offered is None or not isinstance(arguments, dict | None):
+            return None
+        try:
+            return offered.classify(arguments or {}, self.gateway.manifests.get(offered.server)).tier
+        except Exception:  # hostile arguments: the pipeline decides, records and refuses them
+            return None
 
     async def serve_http(self, host: str, port: int, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve streamable HTTP on host:port (port 0 picks a free one; the bound port is reported)."""

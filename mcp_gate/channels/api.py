@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
@@ -22,9 +23,13 @@ from mcp_gate.desk import Desk
 from mcp_gate.errors import GateError, NoSuchRequest
 from mcp_gate.gateway import Gateway
 from mcp_gate.http import bearer_token, serve_asgi
+from mcp_gate.idp import TokenRefused, TokenVerifier
 from mcp_gate.metrics import GateMetrics
+from mcp_gate.oauth import Refused, approver_from
 
 __all__ = ["APPROVER_SCOPE_KEY", "build_api", "serve_api"]
+
+log = logging.getLogger("mcp_gate.api")
 
 APPROVER_SCOPE_KEY = "mcp_gate.approver"
 MAX_TEXT = 2000
@@ -249,22 +254,25 @@ def build_api(gate: Gateway) -> ASGIApp:
 
 
 class ApproverAuth:
-    """ASGI guard: every request must carry `Authorization: Bearer <token>` of a configured approver.
-    The token is compared by SHA-256 in constant time and never logged or stored."""
+    """ASGI guard: every request must carry `Authorization: Bearer <token>` of a configured approver,
+    or with [identity] an access token of the identity provider (the approver is then the token's
+    subject, in the groups its claims map to now). A gate-issued token is compared by SHA-256 in
+    constant time; no token is ever logged or stored, only the reason one was refused."""
 
     def __init__(self, app: ASGIApp, config: GateConfig, metrics: GateMetrics | None = None) -> None:
         self.app = app
         self.config = config
         self.metrics = metrics
+        identity = config.identity
+        self.verifier = None if identity is None else TokenVerifier(identity, config_file=str(config.path))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        approver = self._authenticate(scope)
+        approver, reason = await self._authenticate(scope)
         if approver is None:
             if self.metrics is not None:
-                reason = "missing" if bearer_token(scope) is None else "unknown"
                 self.metrics.refused_tokens.labels("approver", reason).inc()
             response = _error(401, "a valid approver token is required: Authorization: Bearer <token>")
             response.headers["www-authenticate"] = 'Bearer realm="mcp-gate approvers"'
@@ -273,9 +281,22 @@ class ApproverAuth:
         scope[APPROVER_SCOPE_KEY] = approver
         await self.app(scope, receive, send)
 
-    def _authenticate(self, scope: Scope) -> Approver | None:
+    async def _authenticate(self, scope: Scope) -> tuple[Approver | None, str]:
         token = bearer_token(scope)
-        return None if token is None else self.config.approver_by_token(token)
+        if token is None:
+            return None, "missing"
+        found = self.config.approver_by_token(token)
+        if found is not None or self.verifier is None or self.config.identity is None:
+            return found, "unknown"
+        try:
+            verified = await self.verifier.check(token)
+            return approver_from(verified, self.config.identity, self.config.approvers), "ok"
+        except TokenRefused as refused:
+            log.warning("refused an approver's access token (%s): %s", refused.code, refused.why)
+            return None, refused.code
+        except Refused as refused:
+            log.warning("refused an approver's access token: %s", refused.description)
+            return None, "no_subject"
 
 
 async def serve_api(

@@ -213,7 +213,25 @@ class SlackChannel:
     # -- who clicked --------------------------------------------------------------------------
 
     async def identify(self, user_id: str, team_id: str) -> Approver | str:
-        """The approver behind a Slack user, or why they are none (said to them, and recorded)."""
+        """The approver behind a Slack user, with their subject at the identity provider where
+        [identity] maps one, or why they are none (said to them, and recorded)."""
+        found = await self._approver(user_id, team_id)
+        identity = self.gate.config.identity
+        if isinstance(found, str) or identity is None:
+            return found
+        # An explicit [identity.subjects] entry for this Slack user, else the subject of the
+        # approver their verified Slack email (or slack_user) matched.
+        subject = identity.slack_subjects.get(user_id) or found.subject
+        if subject is not None:
+            found = replace(found, issuer=identity.issuer, subject=subject)
+        elif identity.require_idp:
+            return (
+                f"your Slack account ({user_id}) maps to no subject at the identity provider, and "
+                "[identity] require_idp is on: add it under [identity.subjects] or the approver's subject"
+            )
+        return found
+
+    async def _approver(self, user_id: str, team_id: str) -> Approver | str:
         team = self.settings.team_id
         if team_id != team:
             return f"your Slack workspace ({team_id or 'unknown'}) is not the one this gate trusts ({team})"

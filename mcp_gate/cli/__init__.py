@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from mcp_gate import __version__
-from mcp_gate.cli import approvers, audit, console, demo, gate, policy, slack, store, teams
+from mcp_gate.cli import approvers, audit, console, demo, gate, login, policy, slack, store, teams
 from mcp_gate.cli._common import EXIT_FAILED, EXIT_USAGE, progress
 from mcp_gate.errors import ApiUnreachable, DecisionRefused, GateError, StoreError, StoreUnreachable
 
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_commands(sub)
     audit.add_audit_commands(sub)
     approvers.add_commands(sub)
+    login.add_commands(sub)
     console.add_commands(sub)
     audit.add_key_commands(sub)
     policy.add_commands(sub)

@@ -41,7 +41,8 @@ PENDING_ARGS_CHARS = 160
 
 
 def _token(args: argparse.Namespace) -> str:
-    """The approver's token: --token-file, else $MCP_GATE_TOKEN. Never a name typed here."""
+    """The approver's token: --token-file, else $MCP_GATE_TOKEN, else the identity provider's token
+    `mcp-gate login` keeps (refreshed when due). Never a name typed here."""
     from mcp_gate.config import read_private_text
 
     if args.token_file is not None:
@@ -57,9 +58,18 @@ def _token(args: argparse.Namespace) -> str:
         return token
     token = os.environ.get("MCP_GATE_TOKEN", "").strip()
     if not token:
+        try:
+            config = load_config_from_args(args)
+        except GateError:
+            config = None
+        if config is not None and config.identity is not None:
+            from mcp_gate.cli.login import stored_access_token
+
+            token = stored_access_token(config) or ""
+    if not token:
         raise GateError(
-            "no approver token: set MCP_GATE_TOKEN or pass --token-file PATH "
-            "(`mcp-gate approvers token NAME` makes one)"
+            "no approver token: set MCP_GATE_TOKEN, pass --token-file PATH "
+            "(`mcp-gate approvers token NAME` makes one), or run `mcp-gate login`"
         )
     return token
 
@@ -139,6 +149,15 @@ async def _over_db(config: GateConfig, token: str, op: _Op) -> Any:
     from mcp_gate.desk import Desk
 
     approver = config.approver_by_token(token)
+    if approver is None and config.identity is not None:
+        from mcp_gate.idp import TokenRefused, TokenVerifier
+        from mcp_gate.oauth import Refused, approver_from
+
+        try:
+            verified = await TokenVerifier(config.identity, config_file=str(config.path)).check(token)
+            approver = approver_from(verified, config.identity, config.approvers)
+        except (TokenRefused, Refused) as exc:
+            raise GateError(f"the identity provider's token is refused: {exc}") from exc
     if approver is None:
         raise GateError(f"the token is no approver's token in {config.path}")
     if not runtime.store_exists(config):

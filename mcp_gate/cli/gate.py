@@ -51,9 +51,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, verbose=args.verbose, rules=config.redaction)
     log_json(args.log_format == "json")
     http = host_port(args.http, "--http") if args.http else None
-    if http is not None and not config.agents:
+    if http is not None and not config.agents and config.identity is None:
         raise GateError(
-            f"{config.path}: agents: serving HTTP needs at least one [agents.NAME] with a token_sha256"
+            f"{config.path}: agents: serving HTTP needs at least one [agents.NAME] with a token_sha256, "
+            "or [identity] for the identity provider's access tokens"
         )
     admin = _admin_address(args.admin, config)
     # Fail closed before any server starts: a gate whose approvers' API cannot listen would hold
@@ -312,6 +313,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             report["readiness"]["degraded"].append("slack")
     if config.teams is not None:
         report["teams"] = asdict(teams_check(config, os.environ))
+    if config.identity is not None:
+        report["identity"] = _identity_check(config)
     verdicts = run_policy_tests(config)
     failing = [v for v in verdicts if not v.passed]
     if verdicts:
@@ -359,6 +362,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             say(f"slack: {'ok' if report['slack']['ok'] else 'PROBLEM'}: {report['slack']['detail']}")
         if "teams" in report:
             say(f"teams: {'ok' if report['teams']['ok'] else 'PROBLEM'}: {report['teams']['detail']}")
+        if "identity" in report:
+            found = report["identity"]
+            say(f"identity: {'ok' if found['ok'] else 'PROBLEM'}: {found['detail']}")
         if verdicts and not failing:
             say(f"policy tests: {len(verdicts)} case(s), all hold")
         for verdict in failing:
@@ -371,9 +377,29 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if "teams" in report and not report["teams"]["ok"]:
         return EXIT_FAILED
+    if "identity" in report and not report["identity"]["ok"]:
+        return EXIT_FAILED
     if failing:
         return EXIT_FAILED
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _identity_check(config: GateConfig) -> dict[str, Any]:
+    """The identity provider's line: its discovery document and signing keys fetched now."""
+    import anyio
+
+    from mcp_gate.idp import TokenRefused, TokenVerifier
+
+    identity = config.identity
+    assert identity is not None
+    try:
+        count = anyio.run(TokenVerifier(identity, config_file=str(config.path)).load_keys)
+    except TokenRefused as refused:
+        return {"ok": False, "detail": f"{identity.issuer}: {refused.why}"}
+    return {
+        "ok": True,
+        "detail": f"{count} signing key(s) from {identity.issuer}; resource {identity.audience}",
+    }
 
 
 def cmd_tools(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from mcp_gate.config.files import (
     read_private_text,
 )
 from mcp_gate.config.gate_toml import load_config
+from mcp_gate.config.identity import introspection_secret
 from mcp_gate.config.model import (
     AdminSettings,
     Agent,
@@ -30,6 +31,7 @@ from mcp_gate.config.model import (
     EvidenceSettings,
     GateConfig,
     HttpSettings,
+    IdentitySettings,
     Mode,
     PinSettings,
     ProtocolEra,
@@ -44,6 +46,7 @@ from mcp_gate.config.model import (
 )
 from mcp_gate.config.servers import read_client_config, serve_in_process, servers_to_toml
 from mcp_gate.config.telemetry import TracingSettings, tracing_settings
+from mcp_gate.config.user_token import read_user_token, remove_user_token, user_token_path, write_user_token
 
 __all__ = [
     "AdminSettings",
@@ -60,6 +63,7 @@ __all__ = [
     "MAX_NESTING",
     "MAX_TOML_BYTES",
     "HttpSettings",
+    "IdentitySettings",
     "Mode",
     "PinSettings",
     "ProtocolEra",
@@ -72,6 +76,7 @@ __all__ = [
     "TracingSettings",
     "TeamsSettings",
     "WebhookSettings",
+    "introspection_secret",
     "invoking_user",
     "load_config",
     "read_client_config",
@@ -81,6 +86,10 @@ __all__ = [
     "serve_in_process",
     "tracing_settings",
     "servers_to_toml",
+    "read_user_token",
+    "remove_user_token",
+    "user_token_path",
+    "write_user_token",
 ]
 
 

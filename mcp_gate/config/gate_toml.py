@@ -17,6 +17,7 @@ from mcp_gate.approvals import Approver
 from mcp_gate.config.chat_toml import slack_settings, teams_settings
 from mcp_gate.config.console import console_settings, email_settings, webhook_settings
 from mcp_gate.config.files import Strict, config_error_from, read_toml
+from mcp_gate.config.identity import identity_settings, known_groups
 from mcp_gate.config.model import (
     AdminSettings,
     Agent,
@@ -24,6 +25,7 @@ from mcp_gate.config.model import (
     EvidenceSettings,
     GateConfig,
     HttpSettings,
+    IdentitySettings,
     PinSettings,
     Requester,
     RolloutSettings,
@@ -101,6 +103,7 @@ class _ApproverSection(Strict):
     aliases: list[NonEmpty] = Field(default_factory=list)
     slack_user: NonEmpty | list[NonEmpty] | None = None
     teams_user: NonEmpty | list[NonEmpty] | None = None  # Entra ID object ids
+    subject: NonEmpty | None = None  # their subject at [identity] issuer
 
 
 class _ApprovalsSection(Strict):
@@ -151,12 +154,15 @@ class _GateFile(Strict):
     console: dict[str, Any] | None = None
     email: dict[str, Any] | None = None
     webhook: dict[str, Any] | None = None
+    identity: dict[str, Any] | None = None
 
 
 # --- gate.toml ---------------------------------------------------------------------------------------
 
 
-def _approvers(file: str, model: _GateFile, agents: Mapping[str, Agent]) -> dict[str, Approver]:
+def _approvers(
+    file: str, model: _GateFile, agents: Mapping[str, Agent], identity: IdentitySettings | None
+) -> dict[str, Approver]:
     approvers: dict[str, Approver] = {}
     tokens = {a.token_sha256: f"agent {a.name!r}" for a in agents.values()}
     identities: dict[str, str] = {}
@@ -172,24 +178,28 @@ def _approvers(file: str, model: _GateFile, agents: Mapping[str, Agent]) -> dict
                     f"the same token is already given to {tokens[section.token_sha256]}",
                 )
             tokens[section.token_sha256] = f"approver {name!r}"
+        if section.subject is not None and identity is None:
+            raise ConfigError(file, f"{key}.subject", "a subject needs [identity] to name its issuer")
         approver = Approver(
             name=name,
             email=section.email,
             groups=frozenset(section.groups),
             token_sha256=section.token_sha256,
             aliases=frozenset(section.aliases),
+            issuer=None if section.subject is None or identity is None else identity.issuer,
+            subject=section.subject,
         )
         # One person, one approver: two entries sharing an identity would let one person count
         # twice towards a quorum.
-        for identity in sorted(approver.identities()):
-            if identity in identities and identities[identity] != name:
+        for known in sorted(approver.identities()):
+            if known in identities and identities[known] != name:
                 raise ConfigError(
                     file,
                     key,
-                    f"identity {identity!r} already belongs to approver {identities[identity]!r}; "
+                    f"identity {known!r} already belongs to approver {identities[known]!r}; "
                     "one person is one approver (use aliases for their other identities)",
                 )
-            identities[identity] = name
+            identities[known] = name
         approvers[name] = approver
     return approvers
 
@@ -258,12 +268,13 @@ def load_config(path: Path, environ: Mapping[str, str]) -> GateConfig:
             name=name, token_sha256=agent.token_sha256, owner=agent.owner, hold_seconds=agent.hold_seconds
         )
 
-    approvers = _approvers(file, model, agents)
+    identity = identity_settings(file, model.identity, base)
+    approvers = _approvers(file, model, agents, identity)
     tiers, rollout = rollout_from(file, model.tiers, {n: s.mode for n, s in model.servers.items()})
     tiers, elicitation = elicitation_from(file, tiers)
     tiers, escalations = escalations_from(file, tiers, approvers)
     requirements = requirements_from(file, tiers)
-    check_groups(file, requirements, approvers)
+    check_groups(file, requirements, approvers, known_groups(identity))
     settings = ApprovalSettings(
         hold_seconds=model.approvals.hold_seconds,
         progress_seconds=model.approvals.progress_seconds,
@@ -297,6 +308,7 @@ def load_config(path: Path, environ: Mapping[str, str]) -> GateConfig:
         "store": store_settings(file, model.store, base, environ),  # not hashed: its url has the password
         "rollout": rollout,
         "breakglass": breakglass_from(file, model.breakglass, approvers),
+        "identity": identity,
     }
     evidence = _evidence(file, model.evidence, base / model.gate.data_dir, model.gate.name, environ)
     redaction = _redaction(file, model.redaction)
@@ -517,6 +529,25 @@ def _config_sha256(fields: Mapping[str, Any]) -> str:
         }
     if fields["breakglass"].groups:
         document["breakglass"] = sorted(fields["breakglass"].groups)
+    identity: IdentitySettings | None = fields["identity"]
+    if identity is not None:  # who may call and who may decide: policy
+        document["identity"] = {
+            "issuer": identity.issuer,
+            "audience": identity.audience,
+            "algorithms": list(identity.algorithms),
+            "claims": [identity.email_claim, identity.name_claim, identity.groups_claim],
+            "agent_claims": list(identity.agent_claims),
+            "owner_claim": identity.owner_claim,
+            "required_scope": identity.required_scope,
+            "tier_scopes": dict(sorted(identity.tier_scopes.items())),
+            "groups": {g: list(m) for g, m in sorted(identity.groups.items())},
+            "agents": dict(sorted(identity.agent_owners.items())),
+            "subjects": dict(sorted(identity.slack_subjects.items())),
+            "require_idp": identity.require_idp,
+        }
+    subjects = {n: a.subject for n, a in fields["approvers"].items() if a.subject is not None}
+    if subjects:
+        document["approver_subjects"] = dict(sorted(subjects.items()))
     if not fields["protected_paths"]:  # protection off: a policy of its own; on, the default, adds nothing
         document["protect_own_files"] = False
     return hashlib.sha256(rfc8785.dumps(document)).hexdigest()

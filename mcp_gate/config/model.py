@@ -24,11 +24,30 @@ Mode = Literal["enforce", "shadow"]
 @dataclass(frozen=True)
 class Requester:
     """Who calls: the agent principal and the human it acts for. `hold_seconds` is this
-    requester's own hold budget (None: `[approvals] hold_seconds`), set below its client's timeout."""
+    requester's own hold budget (None: `[approvals] hold_seconds`), set below its client's timeout.
+
+    A requester from the identity provider's access token also carries the token's issuer, its
+    subject (the person; None for a client acting as itself), their email and name as the token
+    claims them, the SHA-256 of its `jti`, and its scopes (None: a static requester, unscoped)."""
 
     agent: str
     owner: str
     hold_seconds: float | None = None
+    issuer: str | None = None
+    subject: str | None = None
+    email: str | None = None
+    name: str | None = None
+    jti_sha256: str | None = None
+    scopes: frozenset[str] | None = None
+
+    def recorded(self) -> dict[str, Any]:
+        """As every record of a call names it: agent and owner, and for a token from the identity
+        provider its issuer, subject, email, name and hashed jti (never the token)."""
+        shown: dict[str, Any] = {"agent": self.agent, "owner": self.owner}
+        if self.issuer is not None:
+            shown |= {"iss": self.issuer, "sub": self.subject, "email": self.email, "name": self.name}
+            shown["jti_sha256"] = self.jti_sha256
+        return shown
 
 
 @dataclass(frozen=True)
@@ -232,6 +251,7 @@ class GateConfig:
     console: ConsoleSettings | None = None  # [console]: the approval console in the browser
     email: EmailSettings | None = None  # [email]: requests mailed to approvers with console links
     webhook: WebhookSettings | None = None  # [webhook]: requests and outcomes POSTed, signed
+    identity: IdentitySettings | None = None  # [identity]: the organisation's identity provider
     # The gate's own files (data dir, config, manifests, signing key): a downstream call whose
     # arguments name a path inside them is blocked. Empty when [gate] protect_own_files = false.
     protected_paths: tuple[Path, ...] = ()
@@ -244,6 +264,50 @@ class GateConfig:
             if approver.token_sha256 is not None and hmac.compare_digest(approver.token_sha256, presented):
                 found = approver
         return found
+
+
+@dataclass(frozen=True)
+class IdentitySettings:
+    """[identity]: the organisation's identity provider. Agents over HTTP present its JWT access
+    tokens (the gate is an OAuth 2.1 resource server for `audience`, its canonical resource URI);
+    people are (issuer, subject), their email and name taken from the named claims, their approver
+    groups from `groups` (approver group -> the provider's groups in `groups_claim`)."""
+
+    issuer: str
+    audience: str
+    discovery_url: str | None = None  # None: issuer + /.well-known/openid-configuration
+    jwks_uri: str | None = None  # None: the discovery document's
+    algorithms: tuple[str, ...] = ("RS256", "ES256", "PS256", "EdDSA")
+    leeway: float = 30.0
+    email_claim: str = "email"
+    name_claim: str = "name"
+    groups_claim: str = "groups"
+    agent_claims: tuple[str, ...] = ("azp", "client_id")
+    owner_claim: str | None = None  # a client-credentials agent's owner, from this claim
+    required_scope: str | None = None
+    tier_scopes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    # A client-credentials agent's owner by its client id.
+    agent_owners: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    slack_subjects: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # Slack id -> sub
+    require_idp: bool = False
+    refresh_seconds: float = 3600.0  # keys are fetched again this often
+    max_key_age: float = 86400.0  # fetched keys are used, while the key set cannot be fetched, this long
+    refetch_every: float = 30.0  # an unknown kid fetches the keys again, at most this often
+    cli_client_id: str | None = None  # the public client `mcp-gate login` uses (device grant)
+    cli_scopes: tuple[str, ...] = ()
+    # RFC 7662 introspection of opaque access tokens: the endpoint and the gate's client there.
+    introspection_url: str | None = None
+    introspection_client_id: str | None = None
+    introspection_secret: SlackSecret | None = None
+
+    @property
+    def discovery(self) -> str:
+        return self.discovery_url or f"{self.issuer.rstrip('/')}/.well-known/openid-configuration"
+
+    def scopes_supported(self) -> list[str]:
+        found = [self.required_scope, *self.tier_scopes.values()]
+        return list(dict.fromkeys(s for s in found if s is not None))
 
 
 @dataclass(frozen=True)
@@ -316,6 +380,8 @@ class SlackSecret:
             return "SMTP password"
         if self.section == "webhook":
             return "webhook's signing secret"
+        if self.section == "identity":
+            return "client secret the gate introspects tokens with"
         return (
             f"Slack {self.what}" if self.section == "slack" else f"Teams bot's {self.what.replace('_', ' ')}"
         )

@@ -216,9 +216,12 @@ def duration(file: str, key: str, value: Any) -> float:
 
 
 def check_groups(
-    file: str, requirements: Mapping[Tier, Requirement], approvers: Mapping[str, Approver]
+    file: str,
+    requirements: Mapping[Tier, Requirement],
+    approvers: Mapping[str, Approver],
+    idp_groups: frozenset[str] = frozenset(),
 ) -> None:
-    known = {g for a in approvers.values() for g in a.groups}
+    known = {g for a in approvers.values() for g in a.groups} | idp_groups
     for tier, requirement in requirements.items():
         if isinstance(requirement, Approvals):
             for group in requirement.groups:
