@@ -39,7 +39,7 @@ LEASE = timedelta(seconds=30)
 # An update's claim is short: applying a render twice shows the same thing, so a gate killed
 # mid-update holds the message back only briefly, while gates sharing the store still apply each
 # render once in the common case.
-UPDATE_LEASE = timedelta(seconds=5)
+UPDATE_LEASE = timedelta(seconds=15)
 # Looking for a message a gate may have posted without recording it (conversations.history):
 HISTORY_PAGE = 200  # messages a page
 HISTORY_PAGES = 5  # pages at most; a busier channel cannot be searched, and the request is posted again
@@ -258,6 +258,13 @@ class SlackOutbox:
 
         if not await self.gate.store.transact(claim):
             return False
+        # The request as it is now, which the message shows: the pass's copy may be old by now, and
+        # a key for an older state would have the next pass send this same message again.
+        request_id = request.id
+        fresh = await self.gate.store.read(lambda tx: tx.get_request(request_id))
+        request = fresh if fresh is not None else request
+        final = request.state in TERMINAL_STATES
+        key = _render_key(request, voters, len(await escalation_steps(self.gate.engine, request)))
         rendered = await self.render(request, voters)
         try:
             await self.api.update(message.channel, message.ts, rendered)

@@ -182,6 +182,13 @@ class TeamsOutbox:
 
         if not await self.gate.store.transact(claim):
             return False
+        # The request as it is now, which the card shows: the pass's copy may be old by now, and a
+        # key for an older state would have the next pass send this same card again.
+        request_id = request.id
+        fresh = await self.gate.store.read(lambda tx: tx.get_request(request_id))
+        request = fresh if fresh is not None else request
+        final = request.state in TERMINAL_STATES
+        key = render_key(request, len(await escalation_steps(self.gate.engine, request)))
         card = await self.render(request)
         try:
             await self.connector.update_card(message.channel, message.ts, card)
