@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, assert_never
 
@@ -140,13 +139,6 @@ class Gateway:
 
     async def record(self, event_type: EventType, correlation_id: str | None, **fields: Any) -> None:
         await self.store.append([self.event(event_type, correlation_id, **fields)])
-
-    async def claim(self, key: str, seconds: float) -> bool:
-        """Take, or renew, the lease `key` for this gate for `seconds` of wall time. Of several gates
-        sharing the store, the one this returns True to does that piece of work (a mail, a notice)."""
-        now = datetime.now(UTC)
-        start, end = utc_iso(now), utc_iso(now + timedelta(seconds=seconds))
-        return await self.store.transact(lambda tx: tx.claim(key, self.holder, start, end))
 
     # -- calls ----------------------------------------------------------------------------
 

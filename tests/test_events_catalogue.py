@@ -35,6 +35,8 @@ NOT_EVENT_TYPES = {
     "email.link_expires",
     "email.password_file",
     "email.username",
+    "email.starttls",
+    "email.ca_file",
     "evidence.checkpoint_every",
     "webhook.secret_env",
     "webhook.url",

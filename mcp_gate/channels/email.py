@@ -27,6 +27,7 @@ import anyio
 
 from mcp_gate.approvals import ApprovalRequest, Approver
 from mcp_gate.availability import read_availability
+from mcp_gate.channels.leases import claim
 from mcp_gate.clock import utc_iso
 from mcp_gate.config import EmailSettings
 from mcp_gate.errors import GateError
@@ -134,7 +135,8 @@ class EmailChannel:
                 continue
             # Of several gates sharing the store, the one holding the lease mails it; it looks
             # again under the lease, as another may have mailed it meanwhile.
-            if not await self.gate.claim(f"email:{request.id}", LEASE_SECONDS) or await self._mailed(request):
+            leased = await claim(self.gate, f"email:{request.id}", LEASE_SECONDS)
+            if not leased or await self._mailed(request):
                 continue
             sent += await self._send(request)
         return sent
@@ -183,7 +185,7 @@ class EmailChannel:
         sent = 0
         for record in used:
             if record.event_id not in await self._told():
-                if not await self.gate.claim(f"email.breakglass:{record.event_id}", LEASE_SECONDS):
+                if not await claim(self.gate, f"email.breakglass:{record.event_id}", LEASE_SECONDS):
                     return sent  # another gate is mailing it: look again on the next pass
                 if record.event_id in await self._told():  # mailed meanwhile, by another gate
                     self._noticed = record.seq

@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 
 from mcp_gate.approvals import ApprovalRequest, grant_refusal
+from mcp_gate.channels.leases import claim
 from mcp_gate.channels.slack_blocks import GRANT_FOR
 from mcp_gate.channels.slack_outbox import LEASE, UPDATE_LEASE, safely
 from mcp_gate.channels.teams_cards import breakglass_card, render_card
@@ -127,7 +128,7 @@ class TeamsOutbox:
         for record in used:
             if record.event_id not in await self._told():
                 # Of several gates sharing the store, the one holding the lease posts it.
-                if not await self.gate.claim(f"teams.breakglass:{record.event_id}", NOTICE_LEASE_SECONDS):
+                if not await claim(self.gate, f"teams.breakglass:{record.event_id}", NOTICE_LEASE_SECONDS):
                     return sent  # another gate is posting it: look again on the next pass
                 if record.event_id in await self._told():  # posted meanwhile, by another gate
                     self._noticed = record.seq

@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 import httpx2
 
+from mcp_gate.channels.leases import claim
 from mcp_gate.config import WebhookSettings
 from mcp_gate.desk import request_view
 from mcp_gate.errors import GateError
@@ -114,7 +115,7 @@ class WebhookChannel:
         # Long enough for one event's every attempt, so a lease never lapses under a POST.
         settings = self.settings
         seconds = settings.attempts * POST_TIMEOUT + settings.backoff * 2**settings.attempts + 30
-        return await self.gate.claim("webhook", seconds)
+        return await claim(self.gate, "webhook", seconds)
 
     async def payload(self, record: Record) -> dict[str, Any]:
         body = record.body
