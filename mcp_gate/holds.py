@@ -243,8 +243,7 @@ class ApprovalEngine:
         next_progress = anyio.current_time()
         steps = 0
         try:
-            # Registered before the first read, so a decision committed after it wakes this call;
-            # a held call is woken only by a record naming its request, or by its expiry.
+            # Registered before the first read: a record naming its request (or its expiry) wakes it.
             async with self.held.holding(request) as waiter:
                 current: ApprovalRequest | None = None
                 while True:
@@ -266,9 +265,9 @@ class ApprovalEngine:
                         steps += 1
                         await progress(float(steps), None, describe_wait(current or request))
                         next_progress = now + self.settings.progress_seconds
-                    retry = now + REREAD_INTERVAL if current is None else deadline  # unread: soon again
-                    tick = deadline if progress is None else next_progress
-                    await self.held.wait(waiter, min(deadline, tick, retry) - now)
+                    until = deadline if progress is None else min(deadline, next_progress)
+                    retry = now + REREAD_INTERVAL if current is None else until  # unread: soon again
+                    await self.held.wait(waiter, min(retry, until) - now)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 still = await self._reread(request.id)
@@ -642,7 +641,7 @@ class ApprovalEngine:
     # -- housekeeping --------------------------------------------------------------------------
 
     async def sweep(self) -> int:
-        """Expire every open request whose time is up; return how many."""
+        """Expire every open request whose time is up; return how many (read first: most find none)."""
         now = utc_iso(self.clock.now())
 
         def write(tx: Tx) -> int:
@@ -651,7 +650,6 @@ class ApprovalEngine:
                 self._expire(tx, request)
             return len(due)
 
-        # Looked for first in a read: most sweeps find nothing, and need no write transaction.
         if not await self.store.read(lambda tx: tx.due_for_expiry(now)):
             return 0
         return await self.store.transact(write)
