@@ -240,23 +240,21 @@ class ApprovalEngine:
         hold_seconds: float,
     ) -> HoldOutcome:
         deadline = anyio.current_time() + hold_seconds
-        next_progress = anyio.current_time()
-        steps = 0
+        next_progress, steps = anyio.current_time(), 0
         try:
             # Registered before the first read: a record naming its request (or its expiry) wakes it.
             async with self.held.holding(request) as waiter:
                 current: ApprovalRequest | None = None
                 while True:
-                    now = anyio.current_time()
-                    if current is None or waiter.event.is_set() or now >= deadline:  # not on a progress tick
-                        waiter.reset()
+                    if current is None or waiter.event.is_set() or anyio.current_time() >= deadline:
+                        waiter.reset()  # not on a progress tick: then nothing changed
                         current = await self._reread(request.id)
                         if current is not None:
                             waiter.expires_at = current.expires_at
                             outcome = await self._settle(current, binding, correlation_id)
                             if outcome is not None:
                                 return outcome
-                        now = anyio.current_time()
+                    now = anyio.current_time()
                     if now >= deadline:
                         if current is not None:
                             await self._defer(current, correlation_id, "the hold budget ran out")
