@@ -677,6 +677,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 async def run(args: argparse.Namespace) -> None:
     started = time.perf_counter()
+    measured = commit()  # what the gate processes run: the checkout as it is now, not at the end
     with tempfile.TemporaryDirectory(prefix="mcp-gate-bench-") as tmp:
         work = Path(tmp)
         if args.only_metrics:
@@ -688,7 +689,7 @@ async def run(args: argparse.Namespace) -> None:
     command = " ".join(["python benchmarks/overhead.py", *sys.argv[1:]])
     bare = f"; fastmcp {version('fastmcp')}" if args.proxy else ""
     print(
-        f"{date.today().isoformat()}; commit {commit()}; {os.cpu_count()} CPUs; Python "
+        f"{date.today().isoformat()}; commit {measured}; {os.cpu_count()} CPUs; Python "
         f"{platform.python_version()}; mcp {version('mcp')}{bare}; load average {os.getloadavg()[0]:.2f} "
         f"at the end; `{command}`\n"
     )
@@ -710,7 +711,7 @@ async def run(args: argparse.Namespace) -> None:
     if args.json is not None:
         raw = {
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "commit": commit(),
+            "commit": measured,
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load": os.getloadavg()},
             "pairs": [asdict(p) | p.ratios() for p in pairs],
             "breakdown": [asdict(p) for p in parts],

@@ -228,24 +228,21 @@ class ApprovalEngine:
         hold_seconds: float,
     ) -> HoldOutcome:
         deadline = anyio.current_time() + hold_seconds
-        next_progress = anyio.current_time()
-        steps = 0
+        next_progress, steps = anyio.current_time(), 0
         try:
-            # Registered before the first read, so a decision committed after it wakes this call;
-            # a held call is woken only by a record naming its request, or by its expiry.
+            # Registered before the first read: a record naming its request (or its expiry) wakes it.
             async with self.held.holding(request) as waiter:
                 current: ApprovalRequest | None = None
                 while True:
-                    now = anyio.current_time()
-                    if current is None or waiter.event.is_set() or now >= deadline:  # not on a progress tick
-                        waiter.reset()
+                    if current is None or waiter.event.is_set() or anyio.current_time() >= deadline:
+                        waiter.reset()  # not on a progress tick: then nothing changed
                         current = await self._reread(request.id)
                         if current is not None:
                             waiter.expires_at = current.expires_at
                             outcome = await self._settle(current, binding, correlation_id)
                             if outcome is not None:
                                 return outcome
-                        now = anyio.current_time()
+                    now = anyio.current_time()
                     if now >= deadline:
                         if current is not None:
                             await self._defer(current, correlation_id, "the hold budget ran out")
@@ -254,9 +251,9 @@ class ApprovalEngine:
                         steps += 1
                         await progress(float(steps), None, describe_wait(current or request))
                         next_progress = now + self.settings.progress_seconds
-                    retry = now + REREAD_INTERVAL if current is None else deadline  # unread: soon again
-                    tick = deadline if progress is None else next_progress
-                    await self.held.wait(waiter, min(deadline, tick, retry) - now)
+                    until = deadline if progress is None else min(deadline, next_progress)
+                    retry = now + REREAD_INTERVAL if current is None else until  # unread: soon again
+                    await self.held.wait(waiter, min(retry, until) - now)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 still = await self._reread(request.id)
@@ -639,7 +636,7 @@ class ApprovalEngine:
     # -- housekeeping --------------------------------------------------------------------------
 
     async def sweep(self) -> int:
-        """Expire every open request whose time is up; return how many."""
+        """Expire every open request whose time is up; return how many (read first: most find none)."""
         now = utc_iso(self.clock.now())
 
         def write(tx: Tx) -> int:
@@ -648,7 +645,6 @@ class ApprovalEngine:
                 self._expire(tx, request)
             return len(due)
 
-        # Looked for first in a read: most sweeps find nothing, and need no write transaction.
         if not await self.store.read(lambda tx: tx.due_for_expiry(now)):
             return 0
         return await self.store.transact(write)

@@ -11,6 +11,7 @@ from mcp_gate import __version__
 from mcp_gate.cli import approvers, audit, console, demo, gate, login, policy, slack, store, teams
 from mcp_gate.cli._common import EXIT_FAILED, EXIT_USAGE, progress
 from mcp_gate.errors import ApiUnreachable, DecisionRefused, GateError, StoreError, StoreUnreachable
+from mcp_gate.logs import configure_logging
 
 __all__ = ["build_parser", "main"]
 
@@ -66,8 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
-    from mcp_gate.logs import configure_logging
-
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging("text", verbose=args.verbose)
