@@ -35,8 +35,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+import urllib.parse
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from datetime import date
 from importlib.metadata import version
@@ -231,14 +233,31 @@ class Target:
 # -- setup ----------------------------------------------------------------------------------
 
 
-def gate_config(directory: Path) -> Path:
-    """A gate.toml with the notes server (its default `protocol`: the gate talks to it in legacy)."""
+def gate_config(directory: Path, store_url: str | None = None) -> Path:
+    """A gate.toml with the notes server (its default `protocol`: the gate talks to it in legacy);
+    with `store_url`, its store is that PostgreSQL database instead of a SQLite file."""
     notes_dir = directory / "notes"
     return write_config(
         directory,
         servers={"notes": notes_server_table(notes_dir, test_tools=False)},
         manifests={"notes": NOTES_MANIFEST.read_text(encoding="utf-8")},
+        extra="" if store_url is None else f"[store]\nurl = {json.dumps(store_url)}\n",
     )
+
+
+@contextmanager
+def fresh_database(dsn: str) -> Iterator[str]:
+    """A new, empty database on the server at `dsn` (its URL), dropped afterwards."""
+    import psycopg
+
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urllib.parse.urlsplit(dsn)._replace(path=f"/{name}").geturl()
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def inherited(*names: str) -> dict[str, str]:
@@ -287,7 +306,8 @@ async def count_executed(db: Path) -> int:
 # -- the stdio comparison -------------------------------------------------------------------
 
 
-async def compare(args: argparse.Namespace, work: Path) -> list[Pair]:
+async def compare(args: argparse.Namespace, work: Path, store_url: str | None = None) -> list[Pair]:
+    work.mkdir(parents=True, exist_ok=True)
     errlog = (work / "children.stderr.log").open("a", encoding="utf-8")
     targets: dict[tuple[str, str], Target] = {}
     pairs: list[Pair] = []
@@ -299,7 +319,7 @@ async def compare(args: argparse.Namespace, work: Path) -> list[Pair]:
                 direct = mcp.StdioServerParameters(
                     command=sys.executable, args=[str(NOTES_SERVER)], env={"NOTES_DIR": str(notes_dir)}
                 )
-                config = gate_config(work / f"gate-{era}")
+                config = gate_config(work / f"gate-{era}", store_url)
                 gate = mcp.StdioServerParameters(
                     command=sys.executable,
                     args=["-m", "mcp_gate", "serve", "--config", str(config)],
@@ -358,6 +378,16 @@ async def compare(args: argparse.Namespace, work: Path) -> list[Pair]:
     finally:
         errlog.close()
 
+    if store_url is not None:  # both eras' gates wrote to the one database
+        from mcp_gate.storage.postgres import PostgresStore
+
+        gated = sum(targets[era, "gate"].calls for era in ERAS)
+        async with await PostgresStore.open(store_url, create=False) as store:
+            executed = len(await store.records(event_type="call.executed"))
+        if executed != gated:
+            raise RuntimeError(f"PostgreSQL: {executed} call.executed records for {gated} gated calls")
+        progress(f"evidence (PostgreSQL): {executed} call.executed records for {gated} gated calls")
+        return pairs
     for era in ERAS:
         gated = targets[era, "gate"].calls
         executed = await count_executed(work / f"gate-{era}" / "data" / "gate.db")
@@ -666,6 +696,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--no-proxy", dest="proxy", action="store_false", help="leave out the bare FastMCP proxy baseline"
     )
+    parser.add_argument(
+        "--postgres",
+        metavar="DSN",
+        help="also run the stdio comparison with the gates' store on a fresh database of this "
+        "PostgreSQL server (for example postgresql://postgres@127.0.0.1:5432/postgres)",
+    )
     args = parser.parse_args(argv)
     if args.proxy and not proxy_available():
         progress("fastmcp is not installed (pip install -e '.[bench]'): no bare-proxy baseline this run")
@@ -684,6 +720,11 @@ async def run(args: argparse.Namespace) -> None:
             print(metrics_table(await metrics_cost(args, work)))
             return
         pairs = await compare(args, work)
+        on_postgres: list[Pair] = []
+        if args.postgres is not None:
+            progress("again, with the gates' store on PostgreSQL...")
+            with fresh_database(args.postgres) as url:
+                on_postgres = await compare(args, work / "postgres", url)
         parts = await breakdown(args, work)
         costs = await metrics_cost(args, work)
     command = " ".join(["python benchmarks/overhead.py", *sys.argv[1:]])
@@ -703,6 +744,10 @@ async def run(args: argparse.Namespace) -> None:
     if (cpu := cpu_table(pairs, args.concurrency)) is not None:
         print()
         print(cpu)
+    if on_postgres:
+        where = _server(args.postgres)
+        print(f"\nThe same, in the same run, with the gates' store on PostgreSQL ({where}):\n")
+        print(table(on_postgres, args.concurrency))
     print()
     print(parts_table(parts, args.profile_calls))
     print()
@@ -730,6 +775,12 @@ def commit() -> str:
     head = git("rev-parse", "--short", "HEAD") or "?"
     changed = git("status", "--porcelain", "--untracked-files=no", "--", "mcp_gate")
     return f"{head}+changes" if changed else head
+
+
+def _server(dsn: str) -> str:
+    """host:port of a DSN, without its user or password."""
+    parts = urllib.parse.urlsplit(dsn)
+    return f"{parts.hostname}:{parts.port or 5432}"
 
 
 def main(argv: list[str]) -> None:
