@@ -182,9 +182,10 @@ class EmailChannel:
         used = await self.gate.store.records(event_type="breakglass.used", after_seq=self._noticed)
         if not used:
             return 0
+        told = await self._told()  # read once a pass; again only under a lease just taken
         sent = 0
         for record in used:
-            if record.event_id not in await self._told():
+            if record.event_id not in told:
                 if not await claim(self.gate, f"email.breakglass:{record.event_id}", LEASE_SECONDS):
                     return sent  # another gate is mailing it: look again on the next pass
                 if record.event_id in await self._told():  # mailed meanwhile, by another gate

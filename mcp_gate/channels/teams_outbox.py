@@ -124,9 +124,10 @@ class TeamsOutbox:
         used = await store.records(event_type="breakglass.used", after_seq=self._noticed)
         if not used:
             return 0
+        told = await self._told()  # read once a pass; again only under a lease just taken
         sent = 0
         for record in used:
-            if record.event_id not in await self._told():
+            if record.event_id not in told:
                 # Of several gates sharing the store, the one holding the lease posts it.
                 if not await claim(self.gate, f"teams.breakglass:{record.event_id}", NOTICE_LEASE_SECONDS):
                     return sent  # another gate is posting it: look again on the next pass
